@@ -1,0 +1,192 @@
+// The node agent: wires the workload source, capture membership, identities and the three data-path
+// listeners together, and owns their lifecycle (ready, drain, close).
+import net from 'node:net';
+import type http from 'node:http';
+import type { Logger } from 'pino';
+import type { AgentConfig } from './config.ts';
+import { createAdminServer, createReadinessServer, Readiness } from './admin/server.ts';
+import { isCaptureInstalled } from './capture/install.ts';
+import { createIpsetSync } from './capture/ipset.ts';
+import { loadCaDir } from './identity/ca.ts';
+import { CertificateManager } from './identity/certs.ts';
+import { createLocalCaProvider } from './identity/provider.ts';
+import { allowAllPolicy, type PolicyEngine } from './policy/hook.ts';
+import type { ProxyContext } from './proxy/context.ts';
+import { handleInboundPlaintext } from './proxy/inbound-plaintext.ts';
+import { TunnelServer } from './proxy/inbound.ts';
+import { handleOutbound } from './proxy/outbound.ts';
+import { TunnelPool } from './proxy/tunnel/pool.ts';
+import { accessLogger } from './telemetry/log.ts';
+import { ConnectionTracker } from './telemetry/connections.ts';
+import { createFileSource } from './workloads/file.ts';
+import type { MeshSnapshot } from './workloads/model.ts';
+import { WorkloadRegistry } from './workloads/registry.ts';
+import type { WorkloadSource } from './workloads/source.ts';
+
+export interface AgentDeps {
+  log: Logger;
+  policy?: PolicyEngine;
+  source?: WorkloadSource;
+}
+
+const CAPTURE_RECHECK_MS = 5_000;
+
+export class Agent {
+  readonly registry: WorkloadRegistry;
+  readonly certs: CertificateManager;
+  readonly readiness = new Readiness();
+  readonly connections: ConnectionTracker;
+  readonly pool: TunnelPool;
+  readonly #servers: Array<net.Server | http.Server> = [];
+  readonly #sockets = new Set<net.Socket>();
+  readonly #log: Logger;
+  readonly #source: WorkloadSource;
+  #captureInstalled = false;
+  #ipsetSynced = false;
+  #captureTimer: NodeJS.Timeout | undefined;
+  #tunnel: TunnelServer | undefined;
+
+  readonly config: AgentConfig;
+
+  private constructor(config: AgentConfig, deps: Required<AgentDeps>, certs: CertificateManager) {
+    this.config = config;
+    this.#log = deps.log.child({ component: 'agent', node: config.nodeName });
+    this.#source = deps.source;
+    this.registry = new WorkloadRegistry(config.nodeName);
+    this.certs = certs;
+    this.connections = new ConnectionTracker(accessLogger(deps.log));
+    this.pool = new TunnelPool({
+      tunnelPort: config.ports.tunnel,
+      connectTimeoutMs: config.connectTimeoutMs,
+      log: deps.log,
+      secureContextFor: (id) => certs.secureContextFor(id),
+    });
+    this.readiness.add({ name: 'capture', done: () => this.#captureInstalled });
+    this.readiness.add({ name: 'workloads-synced', done: () => this.registry.synced && this.#ipsetSynced });
+    this.readiness.add({ name: 'certificates', done: () => this.certs.allReady });
+  }
+
+  static async start(config: AgentConfig, deps: AgentDeps): Promise<Agent> {
+    const root = await loadCaDir(config.caDir);
+    const source = deps.source ?? createFileSource({ path: config.workloadsFile, pollIntervalMs: config.workloadsPollMs });
+    let agent: Agent | undefined;
+    const provider = createLocalCaProvider(root, { trustDomain: () => agent?.registry.trustDomain ?? '', ttlMs: config.certTtlMs });
+    const certs = new CertificateManager({ provider, log: deps.log });
+    agent = new Agent(config, { log: deps.log, policy: deps.policy ?? allowAllPolicy, source }, certs);
+    await agent.#checkCapture();
+    await source.start({
+      onSnapshot: (s) => agent.#apply(s),
+      onError: (err) => agent.#log.error({ err: err.message }, 'workload source rejected an update; the last good registry stays in force'),
+    });
+    await agent.#listen(deps.policy ?? allowAllPolicy, deps.log);
+    agent.#log.info({ ports: config.ports }, 'agent listening');
+    return agent;
+  }
+
+  async #checkCapture(): Promise<void> {
+    try {
+      const installed = await isCaptureInstalled(this.config.capture);
+      if (installed !== this.#captureInstalled) this.#log.info({ installed }, 'capture state changed');
+      this.#captureInstalled = installed;
+      if (!installed) this.#log.warn('capture is not installed on this node (run `meshlet init`); not ready');
+    } catch (err) {
+      this.#captureInstalled = false;
+      this.#log.error({ err: (err as Error).message }, 'cannot read capture state');
+    }
+    this.#captureTimer = setTimeout(() => void this.#checkCapture(), CAPTURE_RECHECK_MS).unref();
+  }
+
+  #apply(snapshot: MeshSnapshot): void {
+    this.registry.replace(snapshot);
+    const local = this.registry.localCaptured();
+    this.certs.reconcile(new Set(local.map((w) => w.spiffeId)));
+    this.#tunnel?.prune();
+    const ips = new Set(local.map((w) => w.ip));
+    this.#log.info({ workloads: snapshot.workloads.length, localCaptured: local.length }, 'registry updated');
+    createIpsetSync(this.config.capture.ipset).sync(ips).then(
+      (r) => { this.#ipsetSynced = true; if (r.added || r.removed) this.#log.info(r, 'captured-pods ipset updated'); },
+      (err) => { this.#log.error({ err: (err as Error).message }, 'cannot update the captured-pods ipset'); },
+    );
+  }
+
+  async #listen(policy: PolicyEngine, log: Logger): Promise<void> {
+    const ctx: ProxyContext = {
+      registry: this.registry,
+      certs: this.certs,
+      policy,
+      pool: this.pool,
+      connections: this.connections,
+      log,
+      tunnelPort: this.config.ports.tunnel,
+      connectTimeoutMs: this.config.connectTimeoutMs,
+      handshakeTimeoutMs: this.config.handshakeTimeoutMs,
+    };
+    const track = (socket: net.Socket) => {
+      this.#sockets.add(socket);
+      socket.once('close', () => this.#sockets.delete(socket));
+    };
+    const outbound = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => { track(s); void handleOutbound(s, ctx); });
+    const inboundPlain = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => { track(s); void handleInboundPlaintext(s, ctx); });
+    const tunnelServer = new TunnelServer(ctx);
+    this.#tunnel = tunnelServer;
+    const tunnel = tunnelServer.listener;
+    tunnel.on('connection', track);
+    const admin = createAdminServer({ '/config_dump': () => this.configDump() });
+    const ready = createReadinessServer(this.readiness);
+    // Wildcard binds: REDIRECT rewrites the destination to the receiving interface's address.
+    // reusePort lets an upgraded agent listen beside this one during a rollout.
+    await Promise.all([
+      listen(outbound, { port: this.config.ports.outbound, host: '0.0.0.0', reusePort: true }),
+      listen(inboundPlain, { port: this.config.ports.inboundPlaintext, host: '0.0.0.0', reusePort: true }),
+      listen(tunnel, { port: this.config.ports.tunnel, host: '0.0.0.0', reusePort: true }),
+      listen(admin, { port: this.config.ports.admin, host: this.config.adminAddress, reusePort: true }),
+      listen(ready, { port: this.config.ports.readiness, host: this.config.readinessAddress, reusePort: true }),
+    ]);
+    this.#servers.push(outbound, inboundPlain, tunnel, admin, ready);
+  }
+
+  configDump(): unknown {
+    const snapshot = this.registry.snapshot;
+    return {
+      node: this.config.nodeName,
+      ready: this.readiness.ready,
+      pending: this.readiness.pending(),
+      trustDomain: snapshot?.trustDomain,
+      workloads: (snapshot?.workloads ?? []).map((w) => ({ ...w, local: w.node === this.config.nodeName })),
+      certificates: this.certs.states().map((c) => c.state === 'available'
+        ? { spiffeId: c.spiffeId, state: c.state, serial: c.serial, notBefore: new Date(c.notBefore).toISOString(), notAfter: new Date(c.notAfter).toISOString() }
+        : c),
+      pools: this.pool.dump(),
+      connections: { totals: this.connections.totals, open: this.connections.list() },
+    };
+  }
+
+  /**
+   * Stops accepting, tells tunnel peers to go away (GOAWAY), lets open connections finish for up to
+   * the drain period, then closes whatever is left.
+   */
+  async close(): Promise<void> {
+    this.readiness.drain();
+    if (this.#captureTimer) clearTimeout(this.#captureTimer);
+    await this.#source.close();
+    const closed = Promise.all(this.#servers.map((s) => new Promise<void>((resolve) => {
+      s.close(() => resolve());
+      if ('closeIdleConnections' in s) s.closeIdleConnections();
+    })));
+    await this.pool.close();
+    this.#tunnel?.close();
+    const deadline = Date.now() + this.config.drainMs;
+    while (this.#sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const s of this.#sockets) s.destroy();
+    this.pool.destroy();
+    this.certs.close();
+    await closed;
+  }
+}
+
+function listen(server: net.Server, opts: net.ListenOptions & { reusePort?: boolean }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts, () => { server.off('error', reject); resolve(); });
+  });
+}

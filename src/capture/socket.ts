@@ -1,0 +1,94 @@
+// The one home for OS-specific socket calls (FFI). Nothing else in meshlet touches file descriptors.
+import type { Socket } from 'node:net';
+import koffi from 'koffi';
+import { OriginalDestinationError } from '../errors.ts';
+
+const SOL_IP = 0;
+const SOL_IPV6 = 41;
+const SO_ORIGINAL_DST = 80; // same value as IP6T_SO_ORIGINAL_DST
+const AF_INET = 2;
+const AF_INET6 = 10;
+
+export interface SocketAddress {
+  ip: string;
+  port: number;
+  family: 4 | 6;
+}
+
+type GetSockOpt = (fd: number, level: number, name: number, out: Buffer, len: number[]) => number;
+let getsockoptFn: GetSockOpt | undefined;
+
+function getsockopt(): GetSockOpt {
+  if (!getsockoptFn) {
+    const libc = koffi.load('libc.so.6');
+    // The option value is a raw buffer (sockaddr_in or sockaddr_in6) that we decode ourselves, so
+    // port and address stay in network byte order exactly as the kernel wrote them.
+    getsockoptFn = libc.func('int getsockopt(int, int, int, _Out_ void *, _Inout_ uint32_t *)') as GetSockOpt;
+  }
+  return getsockoptFn;
+}
+
+/** Decodes a sockaddr_in / sockaddr_in6 as written by the kernel. Exported for unit tests. */
+export function decodeSockaddr(buf: Buffer): SocketAddress {
+  if (buf.length < 16) throw new OriginalDestinationError(`sockaddr too short (${buf.length} bytes)`);
+  const family = buf.readUInt16LE(0); // sa_family_t is host order (little-endian on x86/arm64)
+  const port = buf.readUInt16BE(2);
+  if (family === AF_INET) {
+    return { ip: `${buf[4]}.${buf[5]}.${buf[6]}.${buf[7]}`, port, family: 4 };
+  }
+  if (family === AF_INET6) {
+    if (buf.length < 24) throw new OriginalDestinationError(`sockaddr_in6 too short (${buf.length} bytes)`);
+    const groups: string[] = [];
+    for (let i = 0; i < 8; i++) groups.push(buf.readUInt16BE(8 + i * 2).toString(16));
+    return { ip: compressIpv6(groups), port, family: 6 };
+  }
+  throw new OriginalDestinationError(`unexpected address family ${family}`);
+}
+
+function compressIpv6(groups: string[]): string {
+  const full = groups.join(':');
+  // IPv4-mapped addresses read better in their dotted form, as Node prints them.
+  if (/^0:0:0:0:0:ffff:/.test(full)) {
+    const hi = parseInt(groups[6] ?? '0', 16);
+    const lo = parseInt(groups[7] ?? '0', 16);
+    return `::ffff:${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+  }
+  let bestStart = -1;
+  let bestLen = 0;
+  for (let i = 0; i < 8;) {
+    if (groups[i] !== '0') { i++; continue; }
+    let j = i;
+    while (j < 8 && groups[j] === '0') j++;
+    if (j - i > bestLen && j - i > 1) { bestStart = i; bestLen = j - i; }
+    i = j;
+  }
+  if (bestStart < 0) return full;
+  return `${groups.slice(0, bestStart).join(':')}::${groups.slice(bestStart + bestLen).join(':')}`;
+}
+
+function socketFd(socket: Socket): number {
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw new OriginalDestinationError('socket has no file descriptor');
+  return fd;
+}
+
+/** The destination a redirected TCP connection was originally addressed to (SO_ORIGINAL_DST). */
+export function originalDestination(socket: Socket): SocketAddress {
+  const fd = socketFd(socket);
+  const v6 = socket.localFamily === 'IPv6' && !socket.localAddress?.startsWith('::ffff:');
+  const buf = Buffer.alloc(28);
+  const len = [v6 ? 28 : 16];
+  const rc = getsockopt()(fd, v6 ? SOL_IPV6 : SOL_IP, SO_ORIGINAL_DST, buf, len);
+  if (rc !== 0) {
+    const errno = koffi.errno();
+    throw new OriginalDestinationError(`getsockopt(SO_ORIGINAL_DST) failed with errno ${errno}` +
+      (errno === 2 ? ' (no NAT entry: the connection was not redirected)' : ''));
+  }
+  return decodeSockaddr(buf.subarray(0, Math.max(16, len[0] ?? 16)));
+}
+
+/** Strips the IPv4-mapped prefix a dual-stack listener reports. */
+export function plainIp(address: string | undefined): string {
+  if (!address) return '';
+  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
+}

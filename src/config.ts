@@ -1,0 +1,180 @@
+// One configuration, parsed and validated once at the door. Nothing else reads process.env or argv.
+import { parseArgs } from 'node:util';
+import { isIP } from 'node:net';
+import { ConfigError } from './errors.ts';
+import { type CaptureSettings, defaultCaptureSettings } from './capture/rules.ts';
+
+export interface Ports {
+  outbound: number;
+  inboundPlaintext: number;
+  tunnel: number;
+  admin: number;
+  readiness: number;
+}
+
+export interface AgentConfig {
+  nodeName: string;
+  workloadsFile: string;
+  caDir: string;
+  certTtlMs: number;
+  ports: Ports;
+  adminAddress: string;
+  readinessAddress: string;
+  logLevel: LogLevel;
+  connectTimeoutMs: number;
+  handshakeTimeoutMs: number;
+  drainMs: number;
+  workloadsPollMs: number;
+  capture: CaptureSettings;
+}
+
+export interface InitConfig {
+  capture: CaptureSettings;
+  dryRun: boolean;
+  cleanup: boolean;
+}
+
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export const defaults = {
+  certTtl: '24h',
+  ports: { outbound: 15001, inboundPlaintext: 15006, tunnel: 15008, admin: 15000, readiness: 15021 } satisfies Ports,
+  adminAddress: '127.0.0.1',
+  readinessAddress: '0.0.0.0',
+  logLevel: 'info' as LogLevel,
+  connectTimeout: '5s',
+  handshakeTimeout: '5s',
+  drain: '5s',
+  workloadsPoll: '500ms',
+};
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** Parses durations like 500ms, 20s, 5m, 24h. */
+export function parseDuration(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(text.trim());
+  if (!m) return undefined;
+  return Math.round(Number(m[1]) * (UNITS[m[2] as string] as number));
+}
+
+class Problems {
+  readonly list: string[] = [];
+  duration(flag: string, value: string, min: number, max: number): number {
+    const ms = parseDuration(value);
+    if (ms === undefined) this.list.push(`--${flag}: ${JSON.stringify(value)} is not a duration (e.g. 500ms, 20s, 24h)`);
+    else if (ms < min || ms > max) this.list.push(`--${flag}: ${value} is outside ${min} ms .. ${max} ms`);
+    return ms ?? 0;
+  }
+  port(flag: string, value: string): number {
+    const n = Number(value);
+    if (!/^\d+$/.test(value) || n < 1 || n > 65535) this.list.push(`--${flag}: ${JSON.stringify(value)} is not a TCP port`);
+    return n;
+  }
+  required(flag: string, value: string | undefined): string {
+    if (!value) this.list.push(`--${flag} is required`);
+    return value ?? '';
+  }
+  ip(flag: string, value: string): string {
+    if (!isIP(value)) this.list.push(`--${flag}: ${JSON.stringify(value)} is not an IP address`);
+    return value;
+  }
+  throwIfAny(): void {
+    if (this.list.length > 0) throw new ConfigError(this.list);
+  }
+}
+
+const captureOptions = {
+  ipset: { type: 'string', default: defaultCaptureSettings.ipset },
+  chain: { type: 'string', default: defaultCaptureSettings.chain },
+  'outbound-port': { type: 'string', default: String(defaults.ports.outbound) },
+  'inbound-port': { type: 'string', default: String(defaults.ports.inboundPlaintext) },
+  'tunnel-port': { type: 'string', default: String(defaults.ports.tunnel) },
+} as const;
+
+/** parseArgs with its errors (unknown flag, missing value) turned into ConfigError. */
+function parse<T>(run: () => T): T {
+  try {
+    return run();
+  } catch (err) {
+    throw new ConfigError([(err as Error).message]);
+  }
+}
+
+function captureSettings(v: Record<string, unknown>, p: Problems): CaptureSettings {
+  const ipset = String(v.ipset);
+  const chain = String(v.chain);
+  if (!/^[A-Za-z0-9_.-]{1,31}$/.test(ipset)) p.list.push(`--ipset: ${JSON.stringify(ipset)} is not a valid set name (1-31 of A-Z a-z 0-9 _ . -)`);
+  if (!/^[A-Z0-9_-]{1,28}$/.test(chain)) p.list.push(`--chain: ${JSON.stringify(chain)} is not a valid chain name (1-28 of A-Z 0-9 _ -)`);
+  return {
+    ipset, chain,
+    outboundPort: p.port('outbound-port', String(v['outbound-port'])),
+    inboundPlaintextPort: p.port('inbound-port', String(v['inbound-port'])),
+    tunnelPort: p.port('tunnel-port', String(v['tunnel-port'])),
+  };
+}
+
+export function loadInitConfig(argv: string[]): InitConfig {
+  const { values } = parse(() => parseArgs({ args: argv, strict: true, options: {
+    ...captureOptions,
+    'dry-run': { type: 'boolean', default: false },
+    cleanup: { type: 'boolean', default: false },
+  } }));
+  const p = new Problems();
+  const capture = captureSettings(values, p);
+  p.throwIfAny();
+  return { capture, dryRun: Boolean(values['dry-run']), cleanup: Boolean(values.cleanup) };
+}
+
+export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentConfig {
+  const { values: v } = parse(() => parseArgs({ args: argv, strict: true, options: {
+    ...captureOptions,
+    node: { type: 'string', default: env.MESHLET_NODE_NAME ?? env.NODE_NAME },
+    workloads: { type: 'string' },
+    'ca-dir': { type: 'string' },
+    'cert-ttl': { type: 'string', default: defaults.certTtl },
+    'admin-port': { type: 'string', default: String(defaults.ports.admin) },
+    'readiness-port': { type: 'string', default: String(defaults.ports.readiness) },
+    'admin-address': { type: 'string', default: defaults.adminAddress },
+    'readiness-address': { type: 'string', default: defaults.readinessAddress },
+    'log-level': { type: 'string', default: env.MESHLET_LOG_LEVEL ?? defaults.logLevel },
+    'connect-timeout': { type: 'string', default: defaults.connectTimeout },
+    'handshake-timeout': { type: 'string', default: defaults.handshakeTimeout },
+    drain: { type: 'string', default: defaults.drain },
+    'workloads-poll': { type: 'string', default: defaults.workloadsPoll },
+  } }));
+  const p = new Problems();
+  const nodeName = p.required('node (or MESHLET_NODE_NAME)', v.node);
+  const workloadsFile = p.required('workloads', v.workloads);
+  const caDir = p.required('ca-dir', v['ca-dir']);
+  const capture = captureSettings(v, p);
+  const logLevel = String(v['log-level']);
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) p.list.push(`--log-level: ${JSON.stringify(logLevel)} is not one of ${LOG_LEVELS.join(', ')}`);
+  const config: AgentConfig = {
+    nodeName, workloadsFile, caDir,
+    // A certificate shorter-lived than a minute would spend most of its life being renewed.
+    certTtlMs: p.duration('cert-ttl', String(v['cert-ttl']), 10_000, 90 * 86_400_000),
+    ports: {
+      outbound: capture.outboundPort,
+      inboundPlaintext: capture.inboundPlaintextPort,
+      tunnel: capture.tunnelPort,
+      admin: p.port('admin-port', String(v['admin-port'])),
+      readiness: p.port('readiness-port', String(v['readiness-port'])),
+    },
+    adminAddress: p.ip('admin-address', String(v['admin-address'])),
+    readinessAddress: p.ip('readiness-address', String(v['readiness-address'])),
+    logLevel: logLevel as LogLevel,
+    connectTimeoutMs: p.duration('connect-timeout', String(v['connect-timeout']), 100, 120_000),
+    handshakeTimeoutMs: p.duration('handshake-timeout', String(v['handshake-timeout']), 100, 120_000),
+    drainMs: p.duration('drain', String(v.drain), 0, 3_600_000),
+    workloadsPollMs: p.duration('workloads-poll', String(v['workloads-poll']), 50, 60_000),
+    capture,
+  };
+  const ports = Object.entries(config.ports);
+  for (const [i, [name, port]] of ports.entries()) {
+    const clash = ports.slice(0, i).find(([, other]) => other === port);
+    if (clash) p.list.push(`port ${port} is used for both ${clash[0]} and ${name}`);
+  }
+  p.throwIfAny();
+  return config;
+}

@@ -1,0 +1,108 @@
+// `meshlet demo` (npm start): a local mesh of two nodes and five pods in network namespaces, real
+// capture, real agents, real clients and servers; prints who talked to whom under which identity and
+// shows from a packet capture that what crossed between the nodes was TLS. Removes everything after.
+import { parseArgs } from 'node:util';
+import { PrerequisiteError } from '../errors.ts';
+import { tlsRecordTypes } from '../netns/pcap.ts';
+import { assertNetnsPrerequisites } from '../netns/topology.ts';
+import { MeshLab } from './lab.ts';
+
+const APP_PORT = 8080;
+const MARKER = 'meshlet-demo-secret-payload ';
+
+interface Flow {
+  from: string;
+  to: string;
+  what: string;
+}
+
+const flows: Flow[] = [
+  { from: 'frontend', to: 'payments', what: 'captured -> captured, across nodes (mTLS tunnel)' },
+  { from: 'frontend', to: 'cart', what: 'captured -> captured, same node (local, same decisions)' },
+  { from: 'cart', to: 'legacy', what: 'captured -> outside the mesh (passthrough)' },
+  { from: 'legacy', to: 'payments', what: 'outside the mesh -> captured (plaintext inbound, permissive)' },
+];
+
+function table(rows: string[][]): string {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ')).join('\n');
+}
+
+export async function runDemo(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { 'keep-logs': { type: 'boolean', default: false } } });
+  try {
+    await assertNetnsPrerequisites();
+  } catch (err) {
+    if (err instanceof PrerequisiteError) {
+      process.stderr.write(`meshlet demo: ${err.message}\nThe demo builds network namespaces and iptables rules: run it as root on Linux.\n`);
+      return 3;
+    }
+    throw err;
+  }
+  const say = (s: string) => process.stdout.write(`${s}\n`);
+  say('meshlet demo: building 2 nodes and 5 pods as network namespaces ...');
+  const lab = await MeshLab.create({
+    trustDomain: 'demo.local',
+    nodes: [
+      { name: 'node-a', pods: [
+        { name: 'frontend', namespace: 'shop', serviceAccount: 'frontend' },
+        { name: 'cart', namespace: 'shop', serviceAccount: 'cart' },
+      ] },
+      { name: 'node-b', pods: [
+        { name: 'payments', namespace: 'shop', serviceAccount: 'payments' },
+        { name: 'legacy', namespace: 'legacy', serviceAccount: 'legacy', captured: false },
+      ] },
+    ],
+  });
+  let failed = false;
+  try {
+    for (const n of lab.topo.nodes) {
+      say(`  ${n.name} ${n.ip}: ${n.pods.map((p) => `${p.name} ${p.ip}${lab.pod(p.name).spec.captured === false ? ' (not captured)' : ''}`).join(', ')}`);
+    }
+    say('meshlet init in each node, then one agent per node ...');
+    await lab.startMesh();
+    for (const n of lab.topo.nodes) {
+      const dump = await lab.configDump(n);
+      for (const c of dump.certificates) say(`  ${n.name}: certificate for ${c.spiffeId} valid until ${c.notAfter}`);
+    }
+    for (const p of ['payments', 'cart', 'legacy']) await lab.startServer(p, APP_PORT);
+
+    const capture = await lab.startPacketCapture(lab.node('node-a'));
+    say('\nclients connect to servers by pod IP; the applications know nothing of the mesh:');
+    const results: string[][] = [['from', 'to', 'result', 'what']];
+    for (const f of flows) {
+      const r = await lab.client(f.from, { host: lab.pod(f.to).ip, port: APP_PORT, bytes: 256 * 1024, pattern: MARKER, timeoutMs: 15_000 });
+      const res = r.results[0];
+      if (!r.ok) failed = true;
+      results.push([f.from, f.to, r.ok ? `ok, ${res?.received} bytes echoed, sha256 match` : `FAILED (${res?.error ?? 'mismatch'})`, f.what]);
+    }
+    const segments = await capture.stop();
+    say(table(results));
+
+    say('\naccess log (one line per connection, from each agent):');
+    const rows: string[][] = [['agent', 'direction', 'route', 'source', 'source identity', 'destination', 'bytes out/in', 'outcome']];
+    for (const n of lab.topo.nodes) {
+      for (const l of await lab.accessLog(n.name)) {
+        rows.push([n.name, l.direction, l.route ?? '', l.src?.workload ?? l.src?.ip ?? '', l.src?.principal ?? '(plaintext)',
+          `${l.dst?.workload ?? ''} ${l.dst?.addr ?? ''}`.trim(), `${l.bytes_sent}/${l.bytes_received}`, l.outcome]);
+      }
+    }
+    say(table(rows));
+
+    const tunnel = segments.filter((s) => (s.dstPort === 15008 || s.srcPort === 15008) && s.payload.length > 0);
+    const plaintextHits = segments.filter((s) => s.payload.includes(MARKER) && s.dstPort !== APP_PORT && s.srcPort !== APP_PORT);
+    const crossNodeApp = segments.filter((s) => s.payload.includes(MARKER));
+    const types = tlsRecordTypes(tunnel);
+    say('\nwhat crossed the wire between the nodes (tcpdump on node-a eth0):');
+    say(`  ${tunnel.length} TCP segments with payload on port 15008; TLS record types seen: ${[...types].map((t) => `0x${t.toString(16)}`).join(', ') || 'none'}` +
+      ' (0x16 handshake, 0x17 application data)');
+    say(`  segments carrying the demo's plaintext payload on port 15008: ${plaintextHits.length}`);
+    say(`  segments carrying it in the clear at all: ${crossNodeApp.length} (the passthrough and plaintext flows to/from the non-mesh pod 'legacy' are plain TCP by design)`);
+    if (tunnel.length === 0 || plaintextHits.length > 0 || !types.has(0x17)) failed = true;
+    say(failed ? '\nmeshlet demo: FAILED' : '\nmeshlet demo: all flows ok; cross-node mesh traffic was TLS only');
+  } finally {
+    say(values['keep-logs'] ? `agent logs kept in ${lab.dir}` : 'removing namespaces, rules and files ...');
+    await lab.destroy({ keepDir: values['keep-logs'] });
+  }
+  return failed ? 1 : 0;
+}

@@ -1,0 +1,118 @@
+// Ordinary TCP clients and servers for the demo and the end-to-end tests, run inside pod namespaces.
+// They know nothing of meshlet: that is the point.
+//
+//   peer serve --port P                  echo server, and a "sink" mode selected by the first byte
+//   peer client --host H --port P --bytes N [--connections C] [--mode echo|halfclose] [--pattern TEXT]
+//   peer get --url URL                   prints an HTTP body (admin endpoints inside a node namespace)
+//
+// Protocol: the client's first byte picks the server's behaviour. 'E': echo every byte back and end
+// when the client ends. 'S': read until the client's FIN, then answer "<bytes> <sha256>" and end: the
+// answer only comes if the FIN crossed the mesh (half-close), and flows after it (the other half).
+import { createHash, randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { parseArgs } from 'node:util';
+
+function serve(port: number): void {
+  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+    socket.on('error', () => undefined);
+    socket.once('readable', function first() {
+      const head = socket.read(1) as Buffer | null;
+      if (!head) { socket.once('readable', first); return; }
+      if (head.toString() === 'E') {
+        socket.pipe(socket);
+        return;
+      }
+      const hash = createHash('sha256');
+      let bytes = 0;
+      socket.on('data', (d: Buffer) => { hash.update(d); bytes += d.length; });
+      socket.on('end', () => socket.end(`${bytes} ${hash.digest('hex')}\n`));
+    });
+  });
+  server.listen(port, '0.0.0.0', () => process.stdout.write(`listening ${port}\n`));
+}
+
+interface ClientResult {
+  ok: boolean;
+  sent: number;
+  received: number;
+  sentSha: string;
+  receivedSha: string;
+  ms: number;
+  error?: string;
+  reply?: string;
+}
+
+function makePayload(bytes: number, pattern: string | undefined): Buffer {
+  if (!pattern) return randomBytes(bytes);
+  // A known, repeated text lets a packet capture prove that it never crossed the wire in the clear.
+  return Buffer.alloc(bytes, pattern);
+}
+
+function oneConnection(host: string, port: number, bytes: number, mode: 'echo' | 'halfclose', timeoutMs: number, pattern?: string): Promise<ClientResult> {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    const payload = makePayload(bytes, pattern);
+    const sentSha = createHash('sha256').update(payload).digest('hex');
+    const recv = createHash('sha256');
+    const chunks: Buffer[] = [];
+    let received = 0;
+    let done = false;
+    const finish = (extra: Partial<ClientResult>) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      const receivedSha = recv.digest('hex');
+      const reply = mode === 'halfclose' ? Buffer.concat(chunks).toString().trim() : undefined;
+      const ok = extra.error === undefined && (mode === 'echo'
+        ? received === bytes && receivedSha === sentSha
+        : reply === `${bytes} ${sentSha}`);
+      resolve({ ok, sent: bytes, received, sentSha, receivedSha, ms: Date.now() - started, ...(reply !== undefined ? { reply } : {}), ...extra });
+    };
+    const timer = setTimeout(() => { socket.destroy(); finish({ error: 'timeout' }); }, timeoutMs);
+    const socket = net.connect({ host, port, allowHalfOpen: true });
+    socket.on('connect', () => {
+      socket.write(mode === 'echo' ? 'E' : 'S');
+      socket.end(payload);
+    });
+    socket.on('data', (d: Buffer) => {
+      received += d.length;
+      if (mode === 'echo') recv.update(d); else chunks.push(d);
+    });
+    socket.on('end', () => finish({}));
+    socket.on('error', (err: NodeJS.ErrnoException) => finish({ error: err.code ?? err.message }));
+    socket.on('close', () => finish({ error: 'closed before end' }));
+  });
+}
+
+async function client(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: {
+    host: { type: 'string' }, port: { type: 'string' }, bytes: { type: 'string', default: '1024' },
+    connections: { type: 'string', default: '1' }, mode: { type: 'string', default: 'echo' },
+    timeout: { type: 'string', default: '60000' }, pattern: { type: 'string' },
+  } });
+  const n = Number(values.connections);
+  const mode = values.mode === 'halfclose' ? 'halfclose' : 'echo';
+  const results = await Promise.all(Array.from({ length: n }, () =>
+    oneConnection(String(values.host), Number(values.port), Number(values.bytes), mode, Number(values.timeout), values.pattern)));
+  process.stdout.write(`${JSON.stringify({ ok: results.every((r) => r.ok), results })}\n`);
+}
+
+async function get(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { url: { type: 'string' } } });
+  const res = await fetch(String(values.url));
+  process.stdout.write(await res.text());
+  if (!res.ok) process.exitCode = 1;
+}
+
+const [cmd, ...rest] = process.argv.slice(2);
+if (cmd === 'serve') {
+  const { values } = parseArgs({ args: rest, options: { port: { type: 'string' } } });
+  serve(Number(values.port));
+} else if (cmd === 'client') {
+  await client(rest);
+} else if (cmd === 'get') {
+  await get(rest);
+} else {
+  process.stderr.write('usage: peer serve|client|get ...\n');
+  process.exitCode = 2;
+}

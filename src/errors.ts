@@ -1,0 +1,175 @@
+// Every failure a user can see in a log line or a metric label is one of these classes, each with a
+// stable `code`. Codes are documented in docs/errors.md; test/errors.test.ts fails when one is not.
+
+export abstract class MeshletError extends Error {
+  abstract readonly code: string;
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** A connection reached the outbound listener from an IP that is no known workload on this node. */
+export class UnknownSourceError extends MeshletError {
+  readonly code = 'unknown_source';
+  readonly ip: string;
+  constructor(ip: string) {
+    super(`no captured workload on this node has source IP ${ip}`);
+    this.ip = ip;
+  }
+}
+
+/** A connection was made straight to one of the agent's own listeners instead of being redirected. */
+export class SelfCallError extends MeshletError {
+  readonly code = 'self_call';
+  readonly target: string;
+  constructor(target: string) {
+    super(`connection addressed to the agent itself (${target}), not redirected by capture`);
+    this.target = target;
+  }
+}
+
+/** The original destination of a redirected socket could not be read. */
+export class OriginalDestinationError extends MeshletError {
+  readonly code = 'original_dst';
+  constructor(message: string) {
+    super(message);
+  }
+}
+
+/** The workload has no usable certificate: no traffic flows for it (fail closed). */
+export class NoCertificateError extends MeshletError {
+  readonly code = 'no_certificate';
+  readonly identity: string;
+  readonly reason: string;
+  constructor(identity: string, reason: string) {
+    super(`no certificate for ${identity}: ${reason}`);
+    this.identity = identity;
+    this.reason = reason;
+  }
+}
+
+/** The peer agent answered the tunnel's CONNECT with something other than 200, or not at all. */
+export class TunnelRejectedError extends MeshletError {
+  readonly code = 'tunnel_rejected';
+  readonly status: number | undefined;
+  constructor(status: number | undefined, detail: string) {
+    super(`tunnel CONNECT rejected${status === undefined ? '' : ` with status ${status}`}: ${detail}`);
+    this.status = status;
+  }
+}
+
+/** A tunnel peer presented an identity other than the one expected. */
+export class PeerIdentityError extends MeshletError {
+  readonly code = 'peer_identity';
+  constructor(message: string) {
+    super(message);
+  }
+}
+
+/** A CONNECT asked for a target this agent will not relay to (the tunnel is no open relay). */
+export class BadTunnelTargetError extends MeshletError {
+  readonly code = 'bad_tunnel_target';
+  readonly authority: string;
+  constructor(authority: string, reason: string) {
+    super(`refused CONNECT to ${JSON.stringify(authority)}: ${reason}`);
+    this.authority = authority;
+  }
+}
+
+/** Traffic arrived for an address that is no captured workload on this node. */
+export class UnknownDestinationError extends MeshletError {
+  readonly code = 'unknown_destination';
+  readonly target: string;
+  constructor(target: string) {
+    super(`${target} is not a captured workload on this node`);
+    this.target = target;
+  }
+}
+
+/** A policy refused the connection. */
+export class PolicyDeniedError extends MeshletError {
+  readonly code = 'policy_denied';
+  readonly policy: string;
+  constructor(policy: string, detail: string) {
+    super(`denied by ${policy}: ${detail}`);
+    this.policy = policy;
+  }
+}
+
+/** Connecting to the final destination (pod, passthrough target or tunnel peer) failed. */
+export class UpstreamConnectError extends MeshletError {
+  readonly code = 'upstream_connect';
+  readonly target: string;
+  constructor(target: string, cause: unknown) {
+    super(`connect to ${target} failed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+    this.target = target;
+  }
+}
+
+/** The workloads file (or another source document) is invalid; the last good registry stays. */
+export class WorkloadSourceError extends MeshletError {
+  readonly code = 'bad_workloads';
+  readonly problems: string[];
+  constructor(problems: string[]) {
+    super(`invalid workloads: ${problems.join('; ')}`);
+    this.problems = problems;
+  }
+}
+
+/** Command-line flags or environment failed validation. Lists every problem, not just the first. */
+export class ConfigError extends MeshletError {
+  readonly code = 'bad_config';
+  readonly problems: string[];
+  constructor(problems: string[]) {
+    super(`invalid configuration:\n  - ${problems.join('\n  - ')}`);
+    this.problems = problems;
+  }
+}
+
+/** A SPIFFE ID is malformed or outside the expected trust domain. */
+export class SpiffeIdError extends MeshletError {
+  readonly code = 'bad_spiffe_id';
+  readonly input: string;
+  constructor(input: string, reason: string) {
+    super(`invalid SPIFFE ID ${JSON.stringify(input)}: ${reason}`);
+    this.input = input;
+  }
+}
+
+/** The CA material on disk or a certificate could not be created or read. */
+export class CaError extends MeshletError {
+  readonly code = 'ca_error';
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+  }
+}
+
+/** Installing or removing capture rules failed (missing privileges, missing tools, rejected rules). */
+export class CaptureError extends MeshletError {
+  readonly code = 'capture_error';
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+  }
+}
+
+/** The environment cannot run this command (not root, no iptables, no ip netns). */
+export class PrerequisiteError extends MeshletError {
+  readonly code = 'prerequisite';
+  constructor(message: string) {
+    super(message);
+  }
+}
+
+/** Codes of every error class above, for the docs test and for metric label sets. */
+export const errorCodes = [
+  'unknown_source', 'self_call', 'original_dst', 'no_certificate', 'tunnel_rejected', 'peer_identity',
+  'bad_tunnel_target', 'unknown_destination', 'policy_denied', 'upstream_connect', 'bad_workloads', 'bad_config',
+  'bad_spiffe_id', 'ca_error', 'capture_error', 'prerequisite',
+] as const;
+
+export function errorCode(err: unknown): string {
+  if (err instanceof MeshletError) return err.code;
+  if (err && typeof err === 'object' && 'code' in err && typeof err.code === 'string') return err.code;
+  return 'internal';
+}

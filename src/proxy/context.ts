@@ -1,0 +1,54 @@
+import net from 'node:net';
+import type { Logger } from 'pino';
+import type { CertificateManager } from '../identity/certs.ts';
+import type { PolicyEngine } from '../policy/hook.ts';
+import type { ConnectionTracker } from '../telemetry/connections.ts';
+import type { WorkloadRegistry } from '../workloads/registry.ts';
+import { SelfCallError, UpstreamConnectError } from '../errors.ts';
+import type { SocketAddress } from '../capture/socket.ts';
+import { plainIp } from '../capture/socket.ts';
+import type { TunnelPool } from './tunnel/pool.ts';
+
+/** Everything a connection handler needs, passed explicitly (no module state). */
+export interface ProxyContext {
+  registry: WorkloadRegistry;
+  certs: Pick<CertificateManager, 'assertAvailable' | 'secureContextFor'>;
+  policy: PolicyEngine;
+  pool: TunnelPool;
+  connections: ConnectionTracker;
+  log: Logger;
+  tunnelPort: number;
+  connectTimeoutMs: number;
+  handshakeTimeoutMs: number;
+}
+
+/** A TCP connection to a final destination, resolved once established (never half-set-up). */
+export function connectTcp(host: string, port: number, timeoutMs: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host, port, allowHalfOpen: true, noDelay: true });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new UpstreamConnectError(`${host}:${port}`, `timed out after ${timeoutMs} ms`));
+    }, timeoutMs);
+    const onError = (err: Error) => {
+      clearTimeout(timer);
+      reject(new UpstreamConnectError(`${host}:${port}`, err));
+    };
+    socket.once('error', onError);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      resolve(socket);
+    });
+  });
+}
+
+/**
+ * A connection made straight to an agent port (not redirected) reports the agent itself as its
+ * original destination; relaying it would loop back into the agent.
+ */
+export function assertNotSelf(dst: SocketAddress, socket: net.Socket): void {
+  if (dst.ip === plainIp(socket.localAddress) && dst.port === socket.localPort) {
+    throw new SelfCallError(`${dst.ip}:${dst.port}`);
+  }
+}

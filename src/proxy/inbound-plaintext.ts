@@ -1,0 +1,35 @@
+// Port 15006: plaintext TCP to a captured pod from outside the mesh (a pod that is not captured, a
+// node process). Permissive mode lets it through after policy; strict mode refuses it.
+import type { Socket } from 'node:net';
+import { originalDestination, plainIp } from '../capture/socket.ts';
+import { PolicyDeniedError, UnknownDestinationError } from '../errors.ts';
+import { assertNotSelf, connectTcp, type ProxyContext } from './context.ts';
+import { relay, socketEnd } from './relay.ts';
+
+export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext): Promise<void> {
+  const sourceIp = plainIp(socket.remoteAddress);
+  const conn = ctx.connections.open('inbound_plaintext', sourceIp);
+  const client = socketEnd(socket);
+  try {
+    const dst = originalDestination(socket);
+    assertNotSelf(dst, socket);
+    conn.set({ destination: `${dst.ip}:${dst.port}`, route: 'inbound' });
+    const target = ctx.registry.findWorkload(dst.ip);
+    if (!target || !target.captured || !ctx.registry.isLocal(target)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
+    conn.set({ destinationWorkload: `${target.namespace}/${target.name}`, destinationPrincipal: target.spiffeId });
+    if (ctx.policy.mtlsMode(target) === 'strict') {
+      throw new PolicyDeniedError('mtls-strict', `plaintext to ${target.namespace}/${target.name} is refused in STRICT mode`);
+    }
+    const decision = ctx.policy.authorize({ sourceIp, destination: target, destinationPort: dst.port });
+    if (!decision.allowed) throw new PolicyDeniedError(decision.policy, decision.reason);
+    const upstream = socketEnd(await connectTcp(target.ip, dst.port, ctx.connectTimeoutMs));
+    const result = await relay(client, upstream, (sent, received) => {
+      conn.info.bytesSent += sent;
+      conn.info.bytesReceived += received;
+    });
+    conn.close({ reset: result.abortedBy !== undefined });
+  } catch (err) {
+    client.reset();
+    conn.close({ error: err });
+  }
+}

@@ -1,0 +1,196 @@
+// Port 15008: tunnels from other nodes' agents. The TCP connection was addressed to a captured pod
+// of this node (REDIRECT rewrote it here), so that pod's identity answers the TLS handshake; the
+// client's certificate gives the source identity that policy is evaluated on, never a header.
+//
+// Each local destination pod has its own (non-listening) HTTP/2 secure server holding that pod's
+// certificate; the tunnel listener reads the original destination and hands the raw socket to that
+// pod's server with `emit('connection')`. Node's TLS server then enforces the client certificate,
+// ALPN and the handshake timeout exactly as for a listening server.
+import { X509Certificate } from 'node:crypto';
+import http2 from 'node:http2';
+import net from 'node:net';
+import type tls from 'node:tls';
+import { originalDestination, plainIp } from '../capture/socket.ts';
+import {
+  BadTunnelTargetError, PeerIdentityError, PolicyDeniedError, UnknownDestinationError, errorCode,
+} from '../errors.ts';
+import type { AvailableCert } from '../identity/certs.ts';
+import { parseWorkloadId } from '../identity/spiffe.ts';
+import type { Workload } from '../workloads/model.ts';
+import { connectTcp, type ProxyContext } from './context.ts';
+import { h2StreamEnd, relay, socketEnd } from './relay.ts';
+import { ALPN, h2Settings, parseAuthority, peerSpiffeId, WINDOW_BYTES } from './tunnel/h2.ts';
+
+interface PodServer {
+  server: http2.Http2SecureServer;
+  serial: string;
+  target: Workload;
+}
+
+export class TunnelServer {
+  readonly listener: net.Server;
+  readonly #byPod = new Map<string, PodServer>();
+  readonly #peers = new WeakMap<http2.Http2Session, string>();
+  readonly #ctx: ProxyContext;
+
+  constructor(ctx: ProxyContext) {
+    this.#ctx = ctx;
+    this.listener = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
+  }
+
+  accept(raw: net.Socket): void {
+    const ctx = this.#ctx;
+    raw.on('error', () => { /* reported by the TLS server or the handshake timeout */ });
+    try {
+      const dst = originalDestination(raw);
+      const target = ctx.registry.findWorkload(dst.ip);
+      if (!target || !target.captured || !ctx.registry.isLocal(target)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
+      const cert = ctx.certs.assertAvailable(target.spiffeId);
+      this.#serverFor(target, cert).server.emit('connection', raw);
+    } catch (err) {
+      ctx.log.warn({ component: 'inbound', peer: plainIp(raw.remoteAddress), err: errorCode(err), reason: (err as Error).message },
+        'tunnel connection refused before handshake');
+      raw.destroy();
+    }
+  }
+
+  /** The pod's server, created on first use and rebuilt when its certificate was renewed. */
+  #serverFor(target: Workload, cert: AvailableCert): PodServer {
+    const existing = this.#byPod.get(target.ip);
+    if (existing && existing.serial === cert.serial && existing.target === target) return existing;
+    if (existing && existing.target.spiffeId === target.spiffeId) {
+      // Renewal: new handshakes use the new certificate, established sessions keep going.
+      existing.server.setSecureContext({ key: cert.privateKeyPem, cert: cert.certChainPem, ca: cert.trustBundlePem });
+      existing.serial = cert.serial;
+      existing.target = target;
+      return existing;
+    }
+    const log = this.#ctx.log.child({ component: 'inbound', pod: `${target.namespace}/${target.name}` });
+    const server = http2.createSecureServer({
+      key: cert.privateKeyPem,
+      cert: cert.certChainPem,
+      ca: cert.trustBundlePem,
+      requestCert: true,
+      rejectUnauthorized: true,
+      minVersion: 'TLSv1.3',
+      ALPNProtocols: [ALPN],
+      allowHTTP1: false,
+      handshakeTimeout: this.#ctx.handshakeTimeoutMs,
+      settings: h2Settings,
+    });
+    const entry: PodServer = { server, serial: cert.serial, target };
+    server.on('tlsClientError', (err) => log.warn({ err: 'tls_handshake', reason: err.message }, 'tunnel handshake refused'));
+    server.on('unknownProtocol', (socket: tls.TLSSocket) => {
+      log.warn({ err: 'peer_identity', reason: `ALPN ${String(socket.alpnProtocol)}` }, 'tunnel peer did not negotiate h2');
+      socket.destroy();
+    });
+    server.on('session', (session) => {
+      session.on('error', (err) => log.debug({ err: err.message }, 'tunnel session error'));
+      try {
+        this.#peers.set(session, verifiedPeer(session.socket as tls.TLSSocket, this.#ctx, entry.target));
+      } catch (err) {
+        log.warn({ err: errorCode(err), reason: (err as Error).message }, 'tunnel peer refused');
+        session.destroy();
+        return;
+      }
+      session.once('remoteSettings', () => { if (!session.destroyed) session.setLocalWindowSize(WINDOW_BYTES); });
+    });
+    server.on('stream', (stream, headers) => {
+      const peerId = this.#peers.get(stream.session as http2.Http2Session);
+      if (!peerId) { stream.close(http2.constants.NGHTTP2_REFUSED_STREAM); return; }
+      void handleConnect(stream, headers, { peerId, target: entry.target }, this.#ctx);
+    });
+    this.#byPod.set(target.ip, entry);
+    return entry;
+  }
+
+  /** Drops servers of pods that are no longer local and captured. */
+  prune(): void {
+    for (const [ip, entry] of this.#byPod) {
+      const w = this.#ctx.registry.findWorkload(ip);
+      if (!w || !w.captured || !this.#ctx.registry.isLocal(w) || w.spiffeId !== entry.target.spiffeId) {
+        entry.server.close();
+        this.#byPod.delete(ip);
+      }
+    }
+  }
+
+  /** GOAWAY to every tunnel session so peers open new ones elsewhere; open streams finish. */
+  close(): void {
+    for (const entry of this.#byPod.values()) entry.server.close();
+  }
+}
+
+/**
+ * Defence in depth on top of the TLS server's own verification: the client chain ends at one of our
+ * roots, is within its validity, and names exactly one SPIFFE ID in our trust domain.
+ */
+function verifiedPeer(socket: tls.TLSSocket, ctx: ProxyContext, target: Workload): string {
+  if (socket.alpnProtocol !== ALPN) throw new PeerIdentityError(`peer did not negotiate ALPN ${ALPN}`);
+  const peer = socket.getPeerX509Certificate();
+  if (!peer) throw new PeerIdentityError('peer presented no client certificate');
+  const bundle = ctx.certs.assertAvailable(target.spiffeId).trustBundlePem;
+  const roots = bundle.split(/(?=-----BEGIN CERTIFICATE-----)/).filter((p) => p.includes('BEGIN')).map((p) => new X509Certificate(p));
+  if (!roots.some((root) => peer.checkIssued(root) && peer.verify(root.publicKey))) {
+    throw new PeerIdentityError('peer certificate is not signed by a trusted root');
+  }
+  const now = Date.now();
+  if (now < Date.parse(peer.validFrom) || now > Date.parse(peer.validTo)) throw new PeerIdentityError('peer certificate is outside its validity period');
+  const id = peerSpiffeId(socket);
+  if (!id) throw new PeerIdentityError('peer certificate must carry exactly one SPIFFE ID');
+  parseWorkloadId(id, ctx.registry.trustDomain);
+  return id;
+}
+
+async function handleConnect(
+  stream: http2.ServerHttp2Stream,
+  headers: http2.IncomingHttpHeaders,
+  tunnel: { peerId: string; target: Workload },
+  ctx: ProxyContext,
+): Promise<void> {
+  const conn = ctx.connections.open('inbound', '');
+  conn.set({
+    route: 'inbound', sourcePrincipal: tunnel.peerId,
+    destinationWorkload: `${tunnel.target.namespace}/${tunnel.target.name}`, destinationPrincipal: tunnel.target.spiffeId,
+  });
+  const peer = h2StreamEnd(stream);
+  let status = 500;
+  try {
+    const authorityText = String(headers[':authority'] ?? '');
+    conn.set({ destination: authorityText });
+    if (headers[':method'] !== 'CONNECT') {
+      status = 405;
+      throw new BadTunnelTargetError(authorityText, `method ${String(headers[':method'])} is not CONNECT`);
+    }
+    const authority = parseAuthority(authorityText);
+    // The tunnel is no open relay: it only reaches the pod the connection was addressed to.
+    if (!authority || authority.host !== tunnel.target.ip) {
+      status = 403;
+      throw new BadTunnelTargetError(authorityText, `only ${tunnel.target.ip} is reachable through this tunnel`);
+    }
+    const source = parseWorkloadId(tunnel.peerId);
+    const decision = ctx.policy.authorize({
+      sourcePrincipal: tunnel.peerId, sourceIp: '', sourceNamespace: source.namespace,
+      destination: tunnel.target, destinationPort: authority.port,
+    });
+    if (!decision.allowed) {
+      status = 403;
+      throw new PolicyDeniedError(decision.policy, decision.reason);
+    }
+    status = 502;
+    const upstream = socketEnd(await connectTcp(tunnel.target.ip, authority.port, ctx.connectTimeoutMs));
+    stream.respond({ ':status': 200 });
+    const result = await relay(peer, upstream, (fromPeer, toPeer) => {
+      conn.info.bytesSent += fromPeer;
+      conn.info.bytesReceived += toPeer;
+    });
+    conn.close({ reset: result.abortedBy !== undefined });
+  } catch (err) {
+    if (!stream.destroyed && !stream.headersSent) {
+      stream.respond({ ':status': status, 'x-meshlet-error': errorCode(err) }, { endStream: true });
+    } else {
+      peer.reset();
+    }
+    conn.close({ error: err });
+  }
+}

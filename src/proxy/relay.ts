@@ -1,0 +1,81 @@
+// Copies bytes both ways between two duplex ends (TCP sockets or HTTP/2 CONNECT streams).
+//  - pipe() gives backpressure: a slow reader pauses the fast writer, no buffer grows unbounded;
+//  - an end (FIN / END_STREAM) on one side ends the other side's writable half only (half-close);
+//  - an abnormal end (RST, stream reset, error, destroy before a clean finish) resets the other side.
+import type { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
+import http2 from 'node:http2';
+
+export interface RelayEnd {
+  stream: Duplex;
+  /** Abortive close: TCP RST for sockets, RST_STREAM for HTTP/2 streams. */
+  reset(): void;
+  /** Whether the stream closed cleanly (no error, no reset received). */
+  closedCleanly(): boolean;
+}
+
+export interface RelayResult {
+  /** Bytes read from `a` and written to `b`. */
+  aToB: number;
+  bToA: number;
+  /** Which side ended abnormally first, if any. */
+  abortedBy?: 'a' | 'b';
+  error?: Error;
+}
+
+export function socketEnd(socket: Socket): RelayEnd {
+  let errored = false;
+  socket.on('error', () => { errored = true; });
+  return {
+    stream: socket,
+    reset: () => { if (!socket.destroyed) socket.resetAndDestroy(); },
+    closedCleanly: () => !errored && socket.readableEnded && socket.writableFinished,
+  };
+}
+
+export function h2StreamEnd(stream: http2.Http2Stream): RelayEnd {
+  let errored = false;
+  stream.on('error', () => { errored = true; });
+  stream.on('aborted', () => { errored = true; });
+  return {
+    stream,
+    reset: () => { if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_CANCEL); },
+    closedCleanly: () => !errored && (stream.rstCode === undefined || stream.rstCode === http2.constants.NGHTTP2_NO_ERROR) &&
+      stream.readableEnded && stream.writableFinished,
+  };
+}
+
+export function relay(a: RelayEnd, b: RelayEnd, onBytes?: (aToB: number, bToA: number) => void): Promise<RelayResult> {
+  return new Promise((resolve) => {
+    const result: RelayResult = { aToB: 0, bToA: 0 };
+    let closedA = false;
+    let closedB = false;
+
+    a.stream.on('data', (chunk: Buffer) => { result.aToB += chunk.length; onBytes?.(chunk.length, 0); });
+    b.stream.on('data', (chunk: Buffer) => { result.bToA += chunk.length; onBytes?.(0, chunk.length); });
+    // pipe() ends the destination's writable side when the source ends: that is half-close.
+    a.stream.pipe(b.stream);
+    b.stream.pipe(a.stream);
+
+    const onError = (err: Error) => { result.error ??= err; };
+    a.stream.on('error', onError);
+    b.stream.on('error', onError);
+
+    const onClose = (side: 'a' | 'b') => () => {
+      const self = side === 'a' ? a : b;
+      const other = side === 'a' ? b : a;
+      if (side === 'a') closedA = true; else closedB = true;
+      if (!self.closedCleanly()) {
+        result.abortedBy ??= side;
+        other.reset();
+      } else if (!(side === 'a' ? closedB : closedA)) {
+        // This side finished cleanly in both directions; the other side has nothing more to send
+        // to it, so make sure its write half ends once piped data has drained.
+        if (!other.stream.writableEnded) other.stream.end();
+      }
+      if (closedA && closedB) resolve(result);
+    };
+    a.stream.once('close', onClose('a'));
+    b.stream.once('close', onClose('b'));
+  });
+}

@@ -1,0 +1,162 @@
+// Client side of the tunnel: one mTLS HTTP/2 session per (source identity, destination pod), shared
+// by every app connection between them, so handshakes happen once per pair, not once per connection.
+import http2 from 'node:http2';
+import net from 'node:net';
+import tls from 'node:tls';
+import type { Logger } from 'pino';
+import { PeerIdentityError, TunnelRejectedError, UpstreamConnectError } from '../../errors.ts';
+import { ALPN, formatAuthority, h2Settings, WINDOW_BYTES, uriSans } from './h2.ts';
+
+export interface TunnelTarget {
+  /** IP of the destination pod: the tunnel goes to its port 15008, where its node's agent answers. */
+  podIp: string;
+  port: number;
+  expectedPeerId: string;
+}
+
+export interface TunnelPoolOptions {
+  tunnelPort: number;
+  connectTimeoutMs: number;
+  log: Logger;
+  /** The TLS context to present as `spiffeId` (throws NoCertificateError when there is none). */
+  secureContextFor(spiffeId: string): tls.SecureContext;
+}
+
+interface PoolEntry {
+  key: string;
+  session: Promise<http2.ClientHttp2Session>;
+  streams: number;
+  createdAt: number;
+  peerId: string;
+}
+
+export class TunnelPool {
+  readonly #entries = new Map<string, PoolEntry>();
+  readonly #opts: TunnelPoolOptions;
+  readonly #log: Logger;
+  #closed = false;
+
+  constructor(opts: TunnelPoolOptions) {
+    this.#opts = opts;
+    this.#log = opts.log.child({ component: 'tunnel-pool' });
+  }
+
+  /** Opens a CONNECT stream to `target` as `sourceId`; resolves once the peer answered 200. */
+  async connect(sourceId: string, target: TunnelTarget): Promise<http2.ClientHttp2Stream> {
+    const entry = this.#entry(sourceId, target);
+    const session = await entry.session;
+    const stream = session.request(
+      { ':method': 'CONNECT', ':authority': formatAuthority(target.podIp, target.port) },
+      { endStream: false },
+    );
+    entry.streams++;
+    let answered = false;
+    stream.once('close', () => { entry.streams--; });
+    await new Promise<void>((resolve, reject) => {
+      const settle = (err?: Error) => {
+        if (answered) return;
+        answered = true;
+        clearTimeout(timer);
+        if (err) {
+          if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_CANCEL);
+          reject(err);
+        } else resolve();
+      };
+      const timer = setTimeout(() => settle(new TunnelRejectedError(undefined, `no answer within ${this.#opts.connectTimeoutMs} ms`)),
+        this.#opts.connectTimeoutMs);
+      stream.once('error', (err) => settle(new TunnelRejectedError(undefined, err.message)));
+      stream.once('close', () => settle(new TunnelRejectedError(undefined, `stream closed before an answer (code ${stream.rstCode})`)));
+      stream.once('response', (headers) => {
+        const status = Number(headers[':status']);
+        settle(status === 200 ? undefined
+          : new TunnelRejectedError(status, String(headers['x-meshlet-error'] ?? 'refused by peer agent')));
+      });
+    });
+    return stream;
+  }
+
+  #entry(sourceId: string, target: TunnelTarget): PoolEntry {
+    const key = `${sourceId}|${target.podIp}`;
+    const existing = this.#entries.get(key);
+    if (existing) return existing;
+    const entry: PoolEntry = {
+      key, streams: 0, createdAt: Date.now(), peerId: target.expectedPeerId,
+      session: this.#open(sourceId, target, key),
+    };
+    // A failed session attempt is forgotten at once so the next connection tries again.
+    entry.session.catch(() => { if (this.#entries.get(key) === entry) this.#entries.delete(key); });
+    this.#entries.set(key, entry);
+    return entry;
+  }
+
+  #open(sourceId: string, target: TunnelTarget, key: string): Promise<http2.ClientHttp2Session> {
+    if (this.#closed) return Promise.reject(new UpstreamConnectError(target.podIp, 'pool is closed'));
+    const secureContext = this.#opts.secureContextFor(sourceId);
+    const authority = `https://${formatAuthority(target.podIp, this.#opts.tunnelPort)}`;
+    return new Promise((resolve, reject) => {
+      let identityError: PeerIdentityError | undefined;
+      const session = http2.connect(authority, {
+        settings: h2Settings,
+        createConnection: () => tls.connect({
+          socket: net.connect({ host: target.podIp, port: this.#opts.tunnelPort, noDelay: true }),
+          secureContext,
+          ALPNProtocols: [ALPN],
+          minVersion: 'TLSv1.3',
+          // The peer proves the destination workload's identity, not a host name.
+          checkServerIdentity: (_host, cert) => {
+            const ids = cert.subjectaltname?.split(', ').filter((s) => s.startsWith('URI:')).map((s) => s.slice(4)) ?? [];
+            if (ids.length === 1 && ids[0] === target.expectedPeerId) return undefined;
+            identityError = new PeerIdentityError(`tunnel peer ${target.podIp} presented ${ids.join(',') || 'no SPIFFE ID'}, expected ${target.expectedPeerId}`);
+            return identityError;
+          },
+        }),
+      });
+      const timer = setTimeout(() => {
+        session.destroy();
+        reject(new UpstreamConnectError(authority, `tunnel handshake timed out after ${this.#opts.connectTimeoutMs} ms`));
+      }, this.#opts.connectTimeoutMs);
+      session.once('connect', () => {
+        clearTimeout(timer);
+        session.setLocalWindowSize(WINDOW_BYTES);
+        const peer = (session.socket as tls.TLSSocket).getPeerX509Certificate();
+        this.#log.debug({ key, peer: peer ? uriSans(peer) : [] }, 'tunnel session established');
+        resolve(session);
+      });
+      session.once('error', (err) => {
+        clearTimeout(timer);
+        reject(identityError ?? new UpstreamConnectError(authority, err));
+      });
+      const forget = () => {
+        const current = this.#entries.get(key);
+        void current?.session.then((s) => { if (s === session && this.#entries.get(key) === current) this.#entries.delete(key); }, () => undefined);
+      };
+      session.once('close', forget);
+      session.once('goaway', forget);
+      // Idle sessions should not keep the process alive during shutdown.
+      session.unref();
+    });
+  }
+
+  /** Pool state for /config_dump. */
+  dump(): Array<{ key: string; streams: number; ageMs: number; peer: string }> {
+    return [...this.#entries.values()].map((e) => ({ key: e.key, streams: e.streams, ageMs: Date.now() - e.createdAt, peer: e.peerId }));
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /** Sends GOAWAY on every session; open streams finish, new ones go to new sessions. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    const sessions = await Promise.allSettled([...this.#entries.values()].map((e) => e.session));
+    this.#entries.clear();
+    for (const s of sessions) if (s.status === 'fulfilled') s.value.close();
+  }
+
+  destroy(): void {
+    this.#closed = true;
+    for (const e of this.#entries.values()) void e.session.then((s) => s.destroy(), () => undefined);
+    this.#entries.clear();
+  }
+}

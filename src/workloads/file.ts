@@ -1,0 +1,153 @@
+// The workloads file: the registry as YAML, for local mode, the demo and tests.
+//
+//   trustDomain: cluster.local
+//   nodes:     [{ name: node-a, ip: 172.30.0.1 }]
+//   workloads: [{ name: web, namespace: shop, serviceAccount: web, ip: 10.77.1.10, node: node-a, captured: true }]
+import { readFile } from 'node:fs/promises';
+import { unwatchFile, watchFile } from 'node:fs';
+import { isIPv4, isIPv6 } from 'node:net';
+import { parse } from 'yaml';
+import { WorkloadSourceError } from '../errors.ts';
+import { assertTrustDomain } from '../identity/spiffe.ts';
+import type { MeshNode, MeshSnapshot, Workload } from './model.ts';
+import { workloadSpiffeId } from './model.ts';
+import type { WorkloadSource } from './source.ts';
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+const DNS_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const TOP_LEVEL_KEYS = new Set(['trustDomain', 'nodes', 'workloads']);
+const NODE_KEYS = new Set(['name', 'ip']);
+const WORKLOAD_KEYS = new Set(['name', 'namespace', 'serviceAccount', 'ip', 'node', 'captured']);
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function unknownKeys(obj: Record<string, unknown>, allowed: Set<string>, where: string, problems: string[]): void {
+  for (const key of Object.keys(obj)) if (!allowed.has(key)) problems.push(`${where}: unknown field ${JSON.stringify(key)}`);
+}
+
+function str(obj: Record<string, unknown>, key: string, where: string, problems: string[]): string {
+  const v = obj[key];
+  if (typeof v !== 'string' || v === '') {
+    problems.push(`${where}.${key}: required string`);
+    return '';
+  }
+  return v;
+}
+
+/** Parses and validates the file's text. Throws WorkloadSourceError listing every problem found. */
+export function parseWorkloadsFile(text: string): MeshSnapshot {
+  let doc: unknown;
+  try {
+    doc = parse(text, { maxAliasCount: 100 });
+  } catch (err) {
+    throw new WorkloadSourceError([`not valid YAML: ${(err as Error).message.split('\n')[0]}`]);
+  }
+  if (!isRecord(doc)) throw new WorkloadSourceError(['the document must be a mapping with trustDomain, nodes and workloads']);
+  const problems: string[] = [];
+  unknownKeys(doc, TOP_LEVEL_KEYS, 'file', problems);
+
+  const trustDomain = str(doc, 'trustDomain', 'file', problems);
+  if (trustDomain) {
+    try {
+      assertTrustDomain(trustDomain);
+    } catch (err) {
+      problems.push(`trustDomain: ${(err as Error).message}`);
+    }
+  }
+
+  const nodes: MeshNode[] = [];
+  if (!Array.isArray(doc.nodes)) problems.push('nodes: required list');
+  for (const [i, raw] of (Array.isArray(doc.nodes) ? doc.nodes : []).entries()) {
+    const where = `nodes[${i}]`;
+    if (!isRecord(raw)) { problems.push(`${where}: must be a mapping`); continue; }
+    unknownKeys(raw, NODE_KEYS, where, problems);
+    const name = str(raw, 'name', where, problems);
+    const ip = str(raw, 'ip', where, problems);
+    if (name && !DNS_SUBDOMAIN.test(name)) problems.push(`${where}.name: ${JSON.stringify(name)} is not a DNS subdomain name`);
+    if (ip && !isIPv4(ip) && !isIPv6(ip)) problems.push(`${where}.ip: ${JSON.stringify(ip)} is not an IP address`);
+    if (nodes.some((n) => n.name === name)) problems.push(`${where}.name: duplicate node ${name}`);
+    nodes.push({ name, ip });
+  }
+
+  const workloads: Workload[] = [];
+  const seenIps = new Map<string, string>();
+  const seenNames = new Set<string>();
+  if (!Array.isArray(doc.workloads)) problems.push('workloads: required list');
+  for (const [i, raw] of (Array.isArray(doc.workloads) ? doc.workloads : []).entries()) {
+    const where = `workloads[${i}]`;
+    if (!isRecord(raw)) { problems.push(`${where}: must be a mapping`); continue; }
+    unknownKeys(raw, WORKLOAD_KEYS, where, problems);
+    const name = str(raw, 'name', where, problems);
+    const namespace = str(raw, 'namespace', where, problems);
+    const serviceAccount = str(raw, 'serviceAccount', where, problems);
+    const ip = str(raw, 'ip', where, problems);
+    const node = str(raw, 'node', where, problems);
+    const captured = raw.captured ?? true;
+    if (name && !DNS_SUBDOMAIN.test(name)) problems.push(`${where}.name: ${JSON.stringify(name)} is not a DNS subdomain name`);
+    if (namespace && !DNS_LABEL.test(namespace)) problems.push(`${where}.namespace: ${JSON.stringify(namespace)} is not a DNS label`);
+    if (serviceAccount && !DNS_SUBDOMAIN.test(serviceAccount)) {
+      problems.push(`${where}.serviceAccount: ${JSON.stringify(serviceAccount)} is not a DNS subdomain name`);
+    }
+    if (ip && !isIPv4(ip)) problems.push(`${where}.ip: ${JSON.stringify(ip)} is not an IPv4 address`);
+    if (ip && seenIps.has(ip)) problems.push(`${where}.ip: ${ip} is already used by ${seenIps.get(ip)}`);
+    if (node && nodes.length > 0 && !nodes.some((n) => n.name === node)) problems.push(`${where}.node: unknown node ${JSON.stringify(node)}`);
+    if (typeof captured !== 'boolean') problems.push(`${where}.captured: must be true or false`);
+    const key = `${namespace}/${name}`;
+    if (name && namespace && seenNames.has(key)) problems.push(`${where}: duplicate workload ${key}`);
+    seenNames.add(key);
+    if (ip) seenIps.set(ip, key);
+    if (problems.length === 0) {
+      workloads.push({
+        name, namespace, serviceAccount, ip, node, captured: captured as boolean,
+        spiffeId: workloadSpiffeId(trustDomain, namespace, serviceAccount),
+      });
+    }
+  }
+  if (problems.length > 0) throw new WorkloadSourceError(problems);
+  return { trustDomain, nodes, workloads };
+}
+
+export interface FileSourceOptions {
+  path: string;
+  /** How often the file is polled for changes. Polling survives editors that replace the file. */
+  pollIntervalMs?: number;
+}
+
+export function createFileSource(opts: FileSourceOptions): WorkloadSource {
+  const interval = opts.pollIntervalMs ?? 500;
+  let listener: (() => void) | undefined;
+  let lastText: string | undefined;
+
+  return {
+    async start({ onSnapshot, onError }) {
+      const load = async (initial: boolean): Promise<void> => {
+        let text: string;
+        try {
+          text = await readFile(opts.path, 'utf8');
+        } catch (err) {
+          const e = new WorkloadSourceError([`cannot read ${opts.path}: ${(err as Error).message}`]);
+          if (initial) throw e;
+          onError(e);
+          return;
+        }
+        if (text === lastText) return;
+        lastText = text;
+        try {
+          onSnapshot(parseWorkloadsFile(text));
+        } catch (err) {
+          if (initial) throw err;
+          onError(err as Error);
+        }
+      };
+      await load(true);
+      listener = () => { void load(false); };
+      watchFile(opts.path, { interval, persistent: false }, listener);
+    },
+    async close() {
+      if (listener) unwatchFile(opts.path, listener);
+      listener = undefined;
+    },
+  };
+}

@@ -1,0 +1,29 @@
+import { formatSpiffeId } from '../identity/spiffe.ts';
+
+export interface Workload {
+  name: string;
+  namespace: string;
+  serviceAccount: string;
+  ip: string;
+  node: string;
+  /** Whether this pod's traffic is redirected through the agent on its node. */
+  captured: boolean;
+  /** SPIFFE ID derived from trust domain, namespace and service account. */
+  spiffeId: string;
+}
+
+export interface MeshNode {
+  name: string;
+  ip: string;
+}
+
+/** One consistent view of the mesh, replaced whole on every change (never mutated in place). */
+export interface MeshSnapshot {
+  trustDomain: string;
+  nodes: readonly MeshNode[];
+  workloads: readonly Workload[];
+}
+
+export function workloadSpiffeId(trustDomain: string, namespace: string, serviceAccount: string): string {
+  return formatSpiffeId({ trustDomain, namespace, serviceAccount });
+}

@@ -1,0 +1,54 @@
+// ip -> workload. The data path reads it on every connection, so lookups are one Map access and a
+// new snapshot replaces the indexes in one assignment.
+import { EventEmitter } from 'node:events';
+import { plainIp } from '../capture/socket.ts';
+import type { MeshSnapshot, Workload } from './model.ts';
+
+interface Indexes {
+  snapshot: MeshSnapshot;
+  byIp: Map<string, Workload>;
+}
+
+export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
+  #idx: Indexes | undefined;
+
+  readonly nodeName: string;
+
+  constructor(nodeName: string) {
+    super();
+    this.nodeName = nodeName;
+  }
+
+  /** Whether a first complete snapshot has arrived (readiness waits on it). */
+  get synced(): boolean {
+    return this.#idx !== undefined;
+  }
+
+  get snapshot(): MeshSnapshot | undefined {
+    return this.#idx?.snapshot;
+  }
+
+  get trustDomain(): string {
+    return this.#idx?.snapshot.trustDomain ?? '';
+  }
+
+  replace(snapshot: MeshSnapshot): void {
+    const byIp = new Map<string, Workload>();
+    for (const w of snapshot.workloads) byIp.set(w.ip, w);
+    this.#idx = { snapshot, byIp };
+    this.emit('change', snapshot);
+  }
+
+  findWorkload(ip: string | undefined): Workload | undefined {
+    return this.#idx?.byIp.get(plainIp(ip));
+  }
+
+  /** Captured workloads scheduled on this agent's node: the ones it holds identities for. */
+  localCaptured(): Workload[] {
+    return (this.#idx?.snapshot.workloads ?? []).filter((w) => w.captured && w.node === this.nodeName);
+  }
+
+  isLocal(w: Workload): boolean {
+    return w.node === this.nodeName;
+  }
+}

@@ -1,0 +1,11 @@
+import type { MeshSnapshot } from './model.ts';
+
+/**
+ * Where the registry's content comes from: a YAML file (local mode, demo, tests) or the Kubernetes
+ * API (informers). A source calls `onSnapshot` with a complete, valid view every time it changes,
+ * and `onError` for input it rejected; after an error the last good snapshot stays in force.
+ */
+export interface WorkloadSource {
+  start(handlers: { onSnapshot(s: MeshSnapshot): void; onError(err: Error): void }): Promise<void>;
+  close(): Promise<void>;
+}
