@@ -16,7 +16,7 @@ if (typecheck !== 0) {
 }
 const root = hasNetAdmin();
 const files = globSync('test/**/*.test.ts').filter((f) => root || !f.startsWith('test/e2e/')).sort();
-const code = run(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=300000', ...files]);
+const code = run(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=180000', ...files]);
 if (!root) {
   process.stderr.write('\n' + '!'.repeat(78) + '\n' +
     'npm test: NOT ROOT - the network-namespace suites (test/e2e) were SKIPPED.\n' +

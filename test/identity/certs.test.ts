@@ -1,0 +1,131 @@
+import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import pino from 'pino';
+import { NoCertificateError } from '../../src/errors.ts';
+import { createCsr, createRootCa, generateRsaKey, type RootCa, signWorkloadCsr } from '../../src/identity/ca.ts';
+import { CertificateManager, type Clock } from '../../src/identity/certs.ts';
+import { type CertificateProvider, createLocalCaProvider } from '../../src/identity/provider.ts';
+
+/** A clock the test moves by hand; timers fire when their time has come. */
+class FakeClock implements Clock {
+  t = Date.now();
+  timers: Array<{ at: number; fn: () => void; id: number }> = [];
+  #id = 0;
+  now = () => this.t;
+  setTimeout = (fn: () => void, ms: number) => { const id = ++this.#id; this.timers.push({ at: this.t + ms, fn, id }); return id; };
+  clearTimeout = (h: unknown) => { this.timers = this.timers.filter((x) => x.id !== h); };
+  advance(ms: number): void {
+    this.t += ms;
+    const due = this.timers.filter((x) => x.at <= this.t);
+    this.timers = this.timers.filter((x) => x.at > this.t);
+    for (const d of due) d.fn();
+  }
+}
+
+const log = pino({ level: 'silent' });
+const ID = 'spiffe://td/ns/shop/sa/web';
+let root: RootCa;
+
+async function until(cond: () => boolean): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+describe('local CA', () => {
+  before(async () => { root = await createRootCa({ trustDomain: 'td' }); });
+
+  it('issues a leaf with one SPIFFE URI SAN, client and server auth, signed by the root', async () => {
+    const { privateKeyPem } = await generateRsaKey();
+    const { certPem, spiffeId } = signWorkloadCsr(root, createCsr(privateKeyPem, ID), { trustDomain: 'td', ttlMs: 3_600_000 });
+    assert.equal(spiffeId, ID);
+    const leaf = new X509Certificate(certPem);
+    const ca = new X509Certificate(root.certPem);
+    assert.equal(leaf.subjectAltName, `URI:${ID}`);
+    assert.equal(leaf.ca, false);
+    assert.ok(leaf.verify(ca.publicKey));
+    assert.ok(leaf.checkIssued(ca));
+    assert.deepEqual(leaf.keyUsage?.sort(), ['1.3.6.1.5.5.7.3.1', '1.3.6.1.5.5.7.3.2']);
+    const life = Date.parse(leaf.validTo) - Date.parse(leaf.validFrom);
+    assert.ok(Math.abs(life - 3_660_000) < 2_000, `lifetime ${life}`);
+  });
+
+  it('refuses CSRs for another trust domain and garbage', async () => {
+    const { privateKeyPem } = await generateRsaKey();
+    assert.throws(() => signWorkloadCsr(root, createCsr(privateKeyPem, 'spiffe://other/ns/a/sa/b'), { trustDomain: 'td', ttlMs: 1000 }), /trust domain/);
+    assert.throws(() => signWorkloadCsr(root, 'not a csr', { trustDomain: 'td', ttlMs: 1000 }), /not a valid PKCS#10/);
+  });
+});
+
+describe('certificate manager', () => {
+  before(async () => { root ??= await createRootCa({ trustDomain: 'td' }); });
+  let manager: CertificateManager | undefined;
+  after(() => manager?.close());
+
+  it('fails closed until issued, renews at half life, and fails closed after expiry without a CA', async () => {
+    const clock = new FakeClock();
+    let caUp = true;
+    let issued = 0;
+    const local = createLocalCaProvider(root, { trustDomain: () => 'td', ttlMs: 20_000 });
+    const provider: CertificateProvider = {
+      name: 'test',
+      issue: async (csr, id) => {
+        if (!caUp) throw new Error('CA unavailable');
+        issued++;
+        // Certificates are dated by the fake clock so that half life and expiry follow it.
+        const { certPem } = signWorkloadCsr(root, csr, { trustDomain: 'td', ttlMs: 20_000, now: new Date(clock.t) });
+        void local;
+        void id;
+        return { certChainPem: certPem, trustBundlePem: root.certPem };
+      },
+    };
+    manager = new CertificateManager({ provider, log, clock, retryMinMs: 1000, retryMaxMs: 4000 });
+    manager.reconcile([ID]);
+    assert.throws(() => manager!.secureContextFor(ID), NoCertificateError);
+    assert.equal(manager.allReady, false);
+    await until(() => manager!.allReady);
+    const first = manager.assertAvailable(ID);
+    assert.equal(issued, 1);
+    // notBefore is backdated 60 s and notAfter is now + 20 s: half life (40 s after notBefore) has passed,
+    // so the renewal is due at once, but it only fires when the clock moves.
+    assert.equal(clock.timers.length, 1, 'renewal scheduled');
+
+    clock.advance(25_000);
+    await until(() => issued === 2);
+    await until(() => manager!.assertAvailable(ID).serial !== first.serial);
+
+    // The CA goes away: the current certificate keeps serving until it expires, then fails closed.
+    caUp = false;
+    const current = manager.assertAvailable(ID);
+    clock.advance(current.notAfter - clock.t - 1);
+    assert.doesNotThrow(() => manager!.secureContextFor(ID));
+    clock.advance(2);
+    assert.throws(() => manager!.secureContextFor(ID), /expired/);
+    assert.equal(manager.allReady, false);
+
+    // The CA returns: the next retry issues again.
+    caUp = true;
+    for (let i = 0; i < 10 && !manager.allReady; i++) {
+      clock.advance(4_000);
+      await new Promise((r) => setTimeout(r, 50));
+      await until(() => clock.timers.length > 0 || manager!.allReady);
+    }
+    await until(() => manager!.allReady);
+  });
+
+  it('drops identities that leave the node', async () => {
+    const m = new CertificateManager({ provider: createLocalCaProvider(root, { trustDomain: () => 'td', ttlMs: 60_000 }), log });
+    try {
+      m.reconcile([ID]);
+      await until(() => m.allReady);
+      m.reconcile([]);
+      assert.throws(() => m.secureContextFor(ID), /not managed/);
+      assert.deepEqual(m.states(), []);
+    } finally {
+      m.close();
+    }
+  });
+});

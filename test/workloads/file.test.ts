@@ -1,0 +1,105 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { WorkloadSourceError } from '../../src/errors.ts';
+import { createFileSource, parseWorkloadsFile } from '../../src/workloads/file.ts';
+import type { MeshSnapshot } from '../../src/workloads/model.ts';
+import { WorkloadRegistry } from '../../src/workloads/registry.ts';
+
+const good = `
+trustDomain: cluster.local
+nodes:
+  - { name: node-a, ip: 10.240.0.11 }
+  - { name: node-b, ip: 10.240.0.12 }
+workloads:
+  - { name: web, namespace: shop, serviceAccount: web, ip: 10.241.1.11, node: node-a }
+  - { name: db, namespace: shop, serviceAccount: db, ip: 10.241.2.11, node: node-b, captured: true }
+  - { name: legacy, namespace: old, serviceAccount: default, ip: 10.241.2.12, node: node-b, captured: false }
+`;
+
+function problems(text: string): string[] {
+  try {
+    parseWorkloadsFile(text);
+  } catch (err) {
+    assert.ok(err instanceof WorkloadSourceError, String(err));
+    return err.problems;
+  }
+  assert.fail('expected the file to be rejected');
+}
+
+describe('workloads file', () => {
+  it('parses nodes and workloads and derives SPIFFE IDs', () => {
+    const s = parseWorkloadsFile(good);
+    assert.equal(s.trustDomain, 'cluster.local');
+    assert.equal(s.nodes.length, 2);
+    assert.deepEqual(s.workloads.map((w) => [w.name, w.captured, w.spiffeId]), [
+      ['web', true, 'spiffe://cluster.local/ns/shop/sa/web'],
+      ['db', true, 'spiffe://cluster.local/ns/shop/sa/db'],
+      ['legacy', false, 'spiffe://cluster.local/ns/old/sa/default'],
+    ]);
+  });
+
+  it('lists every problem at once', () => {
+    const p = problems(`
+trustDomain: Bad_Domain!
+nodes: [{ name: node-a, ip: nope }]
+workloads:
+  - { name: web, namespace: Shop, serviceAccount: web, ip: 10.0.0.1, node: node-z, captured: "yes", colour: blue }
+  - { name: web2, namespace: shop, ip: 10.0.0.1, node: node-a }
+`);
+    const text = p.join('\n');
+    for (const expected of [/trustDomain/, /nodes\[0\]\.ip: "nope"/, /workloads\[0\]\.namespace: "Shop"/, /unknown node "node-z"/,
+      /captured: must be true or false/, /unknown field "colour"/, /workloads\[1\]\.serviceAccount: required/, /10\.0\.0\.1 is already used/]) {
+      assert.match(text, expected);
+    }
+  });
+
+  it('rejects documents that are not YAML mappings', () => {
+    assert.match(problems('a: [').join(), /not valid YAML/);
+    assert.match(problems('- 1\n- 2').join(), /must be a mapping/);
+    assert.match(problems('trustDomain: td').join(), /nodes: required list/);
+  });
+
+  it('keeps the last good registry when the file turns bad, and picks up the next good one', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'meshlet-file-'));
+    const path = join(dir, 'w.yaml');
+    await writeFile(path, good);
+    const registry = new WorkloadRegistry('node-a');
+    const errors: Error[] = [];
+    const snapshots: MeshSnapshot[] = [];
+    const source = createFileSource({ path, pollIntervalMs: 20 });
+    try {
+      await source.start({ onSnapshot: (s) => { snapshots.push(s); registry.replace(s); }, onError: (e) => errors.push(e) });
+      assert.equal(registry.findWorkload('10.241.1.11')?.name, 'web');
+      assert.deepEqual(registry.localCaptured().map((w) => w.name), ['web']);
+
+      await writeFile(path, 'trustDomain: [');
+      await waitFor(() => errors.length > 0);
+      assert.ok(errors[0] instanceof WorkloadSourceError);
+      assert.equal(registry.findWorkload('10.241.1.11')?.name, 'web', 'last good registry stays in force');
+
+      await writeFile(path, good.replace(/  - \{ name: web,.*\n/, ''));
+      await waitFor(() => snapshots.length === 2);
+      assert.equal(registry.findWorkload('10.241.1.11'), undefined);
+      assert.deepEqual(registry.localCaptured(), []);
+    } finally {
+      await source.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('fails at start when the file is missing or invalid', async () => {
+    const source = createFileSource({ path: '/nonexistent/meshlet.yaml' });
+    await assert.rejects(source.start({ onSnapshot: () => undefined, onError: () => undefined }), /cannot read/);
+  });
+});
+
+async function waitFor(cond: () => boolean, ms = 3000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
