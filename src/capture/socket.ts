@@ -15,17 +15,24 @@ export interface SocketAddress {
   family: 4 | 6;
 }
 
-type GetSockOpt = (fd: number, level: number, name: number, out: Buffer, len: number[]) => number;
-let getsockoptFn: GetSockOpt | undefined;
+const SOL_SOCKET = 1;
+const SO_LINGER = 13;
 
-function getsockopt(): GetSockOpt {
-  if (!getsockoptFn) {
-    const libc = koffi.load('libc.so.6');
-    // The option value is a raw buffer (sockaddr_in or sockaddr_in6) that we decode ourselves, so
-    // port and address stay in network byte order exactly as the kernel wrote them.
-    getsockoptFn = libc.func('int getsockopt(int, int, int, _Out_ void *, _Inout_ uint32_t *)') as GetSockOpt;
+type GetSockOpt = (fd: number, level: number, name: number, out: Buffer, len: number[]) => number;
+type SetSockOpt = (fd: number, level: number, name: number, value: Buffer, len: number) => number;
+let libc: { getsockopt: GetSockOpt; setsockopt: SetSockOpt } | undefined;
+
+function sys(): { getsockopt: GetSockOpt; setsockopt: SetSockOpt } {
+  if (!libc) {
+    const lib = koffi.load('libc.so.6');
+    libc = {
+      // Option values are raw buffers (sockaddr_in, sockaddr_in6, struct linger) that we encode and
+      // decode ourselves, so ports and addresses stay in network byte order as the kernel has them.
+      getsockopt: lib.func('int getsockopt(int, int, int, _Out_ void *, _Inout_ uint32_t *)') as GetSockOpt,
+      setsockopt: lib.func('int setsockopt(int, int, int, const void *, uint32_t)') as SetSockOpt,
+    };
   }
-  return getsockoptFn;
+  return libc;
 }
 
 /** Decodes a sockaddr_in / sockaddr_in6 as written by the kernel. Exported for unit tests. */
@@ -78,7 +85,7 @@ export function originalDestination(socket: Socket): SocketAddress {
   const v6 = socket.localFamily === 'IPv6' && !socket.localAddress?.startsWith('::ffff:');
   const buf = Buffer.alloc(28);
   const len = [v6 ? 28 : 16];
-  const rc = getsockopt()(fd, v6 ? SOL_IPV6 : SOL_IP, SO_ORIGINAL_DST, buf, len);
+  const rc = sys().getsockopt(fd, v6 ? SOL_IPV6 : SOL_IP, SO_ORIGINAL_DST, buf, len);
   if (rc !== 0) {
     const errno = koffi.errno();
     throw new OriginalDestinationError(`getsockopt(SO_ORIGINAL_DST) failed with errno ${errno}` +
@@ -91,4 +98,21 @@ export function originalDestination(socket: Socket): SocketAddress {
 export function plainIp(address: string | undefined): string {
   if (!address) return '';
   return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
+}
+
+/**
+ * Abortive close: the peer gets a TCP RST, not a FIN, and unsent data is dropped. libuv's own reset
+ * (socket.resetAndDestroy) refuses with EINVAL while a shutdown is pending (right after end()), and
+ * then leaves the descriptor open; SO_LINGER {on, 0} followed by close works in every state.
+ */
+export function resetSocket(socket: Socket): void {
+  if (socket.destroyed) return;
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd === 'number' && fd >= 0) {
+    const linger = Buffer.alloc(8); // struct linger { int l_onoff; int l_linger; }
+    linger.writeInt32LE(1, 0);
+    linger.writeInt32LE(0, 4);
+    sys().setsockopt(fd, SOL_SOCKET, SO_LINGER, linger, linger.length);
+  }
+  socket.destroy();
 }

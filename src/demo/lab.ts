@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { runCommand } from '../capture/exec.ts';
+import { parseIpsetMembers } from '../capture/rules.ts';
 import { type NodeNs, type PodNs, Topology } from '../netns/topology.ts';
 import { readPcap, type TcpSegment } from '../netns/pcap.ts';
 
@@ -191,7 +192,7 @@ export class MeshLab {
   }
 
   /** Runs the peer client in a pod against host:port; returns its parsed JSON report. */
-  async client(podName: string, opts: { host: string; port: number; bytes?: number; connections?: number; mode?: 'echo' | 'halfclose'; timeoutMs?: number; pattern?: string }): Promise<ClientReport> {
+  async client(podName: string, opts: { host: string; port: number; bytes?: number; connections?: number; mode?: 'echo' | 'halfclose' | 'hold'; timeoutMs?: number; pattern?: string }): Promise<ClientReport> {
     const pod = this.pod(podName);
     const r = await this.topo.exec(pod.ns, process.execPath, [PEER, 'client', '--host', opts.host, '--port', String(opts.port),
       '--bytes', String(opts.bytes ?? 1024), '--connections', String(opts.connections ?? 1), '--mode', opts.mode ?? 'echo',
@@ -220,13 +221,24 @@ export class MeshLab {
     };
   }
 
-  /** Access-log lines (parsed JSON) an agent has written so far. */
-  async accessLog(nodeName: string): Promise<Array<Record<string, any>>> {
+  /** Every JSON log line the agent on `nodeName` has written so far. */
+  async agentLog(nodeName: string): Promise<Array<Record<string, any>>> {
     const agent = this.agents.get(nodeName);
     if (!agent) return [];
     const text = await readFile(agent.logFile, 'utf8');
-    return text.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, any>)
-      .filter((l) => l.scope === 'access');
+    return text.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, any>);
+  }
+
+  /** Access-log lines (parsed JSON) an agent has written so far. */
+  async accessLog(nodeName: string): Promise<Array<Record<string, any>>> {
+    return (await this.agentLog(nodeName)).filter((l) => l.scope === 'access');
+  }
+
+  /** Members of the captured-pods ipset in a node's namespace. */
+  async ipsetMembers(node: NodeNs, set = 'meshlet-captured'): Promise<Set<string>> {
+    const r = await this.topo.exec(node.ns, 'ipset', ['save', set]);
+    if (r.code !== 0) throw new Error(`ipset save ${set} in ${node.name}: ${r.stderr.trim()}`);
+    return parseIpsetMembers(set, r.stdout);
   }
 
   async stopAgent(nodeName: string, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {

@@ -2,12 +2,14 @@
 // They know nothing of meshlet: that is the point.
 //
 //   peer serve --port P                  echo server, and a "sink" mode selected by the first byte
-//   peer client --host H --port P --bytes N [--connections C] [--mode echo|halfclose] [--pattern TEXT]
+//   peer client --host H --port P --bytes N [--connections C] [--mode echo|halfclose|hold] [--pattern TEXT]
 //   peer get --url URL                   prints an HTTP body (admin endpoints inside a node namespace)
 //
 // Protocol: the client's first byte picks the server's behaviour. 'E': echo every byte back and end
 // when the client ends. 'S': read until the client's FIN, then answer "<bytes> <sha256>" and end: the
 // answer only comes if the FIN crossed the mesh (half-close), and flows after it (the other half).
+// 'H': never read, never answer (a stalled application); the client in `hold` mode keeps writing
+// until something breaks the connection, and reports how.
 import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { parseArgs } from 'node:util';
@@ -20,6 +22,10 @@ function serve(port: number): void {
       if (!head) { socket.once('readable', first); return; }
       if (head.toString() === 'E') {
         socket.pipe(socket);
+        return;
+      }
+      if (head.toString() === 'H') {
+        socket.pause();
         return;
       }
       const hash = createHash('sha256');
@@ -48,7 +54,9 @@ function makePayload(bytes: number, pattern: string | undefined): Buffer {
   return Buffer.alloc(bytes, pattern);
 }
 
-function oneConnection(host: string, port: number, bytes: number, mode: 'echo' | 'halfclose', timeoutMs: number, pattern?: string): Promise<ClientResult> {
+type Mode = 'echo' | 'halfclose' | 'hold';
+
+function oneConnection(host: string, port: number, bytes: number, mode: Mode, timeoutMs: number, pattern?: string): Promise<ClientResult> {
   return new Promise((resolve) => {
     const started = Date.now();
     const payload = makePayload(bytes, pattern);
@@ -61,9 +69,11 @@ function oneConnection(host: string, port: number, bytes: number, mode: 'echo' |
       if (done) return;
       done = true;
       clearTimeout(timer);
+      // A client that has its answer (or gave up) lets go of the connection, like any real client.
+      socket.destroy();
       const receivedSha = recv.digest('hex');
       const reply = mode === 'halfclose' ? Buffer.concat(chunks).toString().trim() : undefined;
-      const ok = extra.error === undefined && (mode === 'echo'
+      const ok = extra.error === undefined && mode !== 'hold' && (mode === 'echo'
         ? received === bytes && receivedSha === sentSha
         : reply === `${bytes} ${sentSha}`);
       resolve({ ok, sent: bytes, received, sentSha, receivedSha, ms: Date.now() - started, ...(reply !== undefined ? { reply } : {}), ...extra });
@@ -71,6 +81,11 @@ function oneConnection(host: string, port: number, bytes: number, mode: 'echo' |
     const timer = setTimeout(() => { socket.destroy(); finish({ error: 'timeout' }); }, timeoutMs);
     const socket = net.connect({ host, port, allowHalfOpen: true });
     socket.on('connect', () => {
+      if (mode === 'hold') {
+        socket.write('H');
+        socket.write(payload);
+        return;
+      }
       socket.write(mode === 'echo' ? 'E' : 'S');
       socket.end(payload);
     });
@@ -91,7 +106,7 @@ async function client(argv: string[]): Promise<void> {
     timeout: { type: 'string', default: '60000' }, pattern: { type: 'string' },
   } });
   const n = Number(values.connections);
-  const mode = values.mode === 'halfclose' ? 'halfclose' : 'echo';
+  const mode: Mode = values.mode === 'halfclose' || values.mode === 'hold' ? values.mode : 'echo';
   const results = await Promise.all(Array.from({ length: n }, () =>
     oneConnection(String(values.host), Number(values.port), Number(values.bytes), mode, Number(values.timeout), values.pattern)));
   process.stdout.write(`${JSON.stringify({ ok: results.every((r) => r.ok), results })}\n`);

@@ -19,7 +19,7 @@ import { parseWorkloadId } from '../identity/spiffe.ts';
 import type { Workload } from '../workloads/model.ts';
 import { connectTcp, type ProxyContext } from './context.ts';
 import { h2StreamEnd, relay, socketEnd } from './relay.ts';
-import { ALPN, h2Settings, parseAuthority, peerSpiffeId, WINDOW_BYTES } from './tunnel/h2.ts';
+import { ALPN, h2Settings, parseAuthority, parseForwardedFor, peerSpiffeId, WINDOW_BYTES } from './tunnel/h2.ts';
 
 interface PodServer {
   server: http2.Http2SecureServer;
@@ -142,13 +142,25 @@ function verifiedPeer(socket: tls.TLSSocket, ctx: ProxyContext, target: Workload
   return id;
 }
 
+/**
+ * The source pod's IP for logs and IP-block policy. The peer agent names it in `forwarded: for=`; the
+ * claim is believed only when the registry places that IP on the very identity the peer proved, so a
+ * peer cannot borrow another workload's address. Otherwise: the address the tunnel came from.
+ */
+function claimedSourceIp(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, peerId: string, ctx: ProxyContext): string {
+  const claimed = parseForwardedFor(headers.forwarded);
+  if (claimed && ctx.registry.findWorkload(claimed)?.spiffeId === peerId) return claimed;
+  return plainIp(stream.session?.socket?.remoteAddress);
+}
+
 async function handleConnect(
   stream: http2.ServerHttp2Stream,
   headers: http2.IncomingHttpHeaders,
   tunnel: { peerId: string; target: Workload },
   ctx: ProxyContext,
 ): Promise<void> {
-  const conn = ctx.connections.open('inbound', '');
+  const sourceIp = claimedSourceIp(stream, headers, tunnel.peerId, ctx);
+  const conn = ctx.connections.open('inbound', sourceIp);
   conn.set({
     route: 'inbound', sourcePrincipal: tunnel.peerId,
     destinationWorkload: `${tunnel.target.namespace}/${tunnel.target.name}`, destinationPrincipal: tunnel.target.spiffeId,
@@ -170,7 +182,7 @@ async function handleConnect(
     }
     const source = parseWorkloadId(tunnel.peerId);
     const decision = ctx.policy.authorize({
-      sourcePrincipal: tunnel.peerId, sourceIp: '', sourceNamespace: source.namespace,
+      sourcePrincipal: tunnel.peerId, sourceIp, sourceNamespace: source.namespace,
       destination: tunnel.target, destinationPort: authority.port,
     });
     if (!decision.allowed) {

@@ -65,6 +65,6 @@ async function connectRoute(source: Workload, dst: SocketAddress, ctx: ProxyCont
 
   // Another node: the destination agent enforces policy with the identity it verified.
   conn.set({ route: 'tunnel' });
-  const stream = await ctx.pool.connect(source.spiffeId, { podIp: target.ip, port: dst.port, expectedPeerId: target.spiffeId });
+  const stream = await ctx.pool.connect(source.spiffeId, { podIp: target.ip, port: dst.port, expectedPeerId: target.spiffeId, sourceIp: source.ip });
   return h2StreamEnd(stream);
 }

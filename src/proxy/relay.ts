@@ -5,6 +5,7 @@
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import http2 from 'node:http2';
+import { resetSocket } from '../capture/socket.ts';
 
 export interface RelayEnd {
   stream: Duplex;
@@ -12,6 +13,8 @@ export interface RelayEnd {
   reset(): void;
   /** Whether the stream closed cleanly (no error, no reset received). */
   closedCleanly(): boolean;
+  /** Whether the stream has failed: an error, a reset received, an aborted HTTP/2 stream. */
+  failed(): boolean;
 }
 
 export interface RelayResult {
@@ -28,8 +31,9 @@ export function socketEnd(socket: Socket): RelayEnd {
   socket.on('error', () => { errored = true; });
   return {
     stream: socket,
-    reset: () => { if (!socket.destroyed) socket.resetAndDestroy(); },
+    reset: () => resetSocket(socket),
     closedCleanly: () => !errored && socket.readableEnded && socket.writableFinished,
+    failed: () => errored,
   };
 }
 
@@ -42,6 +46,7 @@ export function h2StreamEnd(stream: http2.Http2Stream): RelayEnd {
     reset: () => { if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_CANCEL); },
     closedCleanly: () => !errored && (stream.rstCode === undefined || stream.rstCode === http2.constants.NGHTTP2_NO_ERROR) &&
       stream.readableEnded && stream.writableFinished,
+    failed: () => errored,
   };
 }
 
@@ -53,9 +58,13 @@ export function relay(a: RelayEnd, b: RelayEnd, onBytes?: (aToB: number, bToA: n
 
     a.stream.on('data', (chunk: Buffer) => { result.aToB += chunk.length; onBytes?.(chunk.length, 0); });
     b.stream.on('data', (chunk: Buffer) => { result.bToA += chunk.length; onBytes?.(0, chunk.length); });
-    // pipe() ends the destination's writable side when the source ends: that is half-close.
-    a.stream.pipe(b.stream);
-    b.stream.pipe(a.stream);
+    // pipe() gives backpressure. Its own end handling is off: an end is forwarded as a half-close
+    // only when it is a real one. An HTTP/2 stream whose session died emits 'aborted' and then 'end';
+    // forwarding that as FIN would tell the application its peer finished cleanly.
+    a.stream.pipe(b.stream, { end: false });
+    b.stream.pipe(a.stream, { end: false });
+    a.stream.once('end', () => { if (!a.failed() && !b.stream.writableEnded) b.stream.end(); });
+    b.stream.once('end', () => { if (!b.failed() && !a.stream.writableEnded) a.stream.end(); });
 
     const onError = (err: Error) => { result.error ??= err; };
     a.stream.on('error', onError);

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { describe, it } from 'node:test';
+import { resetSocket } from '../../src/capture/socket.ts';
 import { relay, type RelayResult, socketEnd } from '../../src/proxy/relay.ts';
 
 /** app server <- relay <- client, all on loopback. */
@@ -67,6 +69,37 @@ describe('relay', () => {
       assert.equal(r.abortedBy, 'b');
     } finally {
       env.close();
+    }
+  });
+
+  it('resets a socket whose write half is already shut down (no leaked descriptor)', async () => {
+    // libuv refuses to reset a socket while a shutdown is pending (EINVAL) and leaves it open; the relay's reset must
+    // still send a RST and close, as when an HTTP/2 stream first ends and then turns out aborted.
+    const server = net.createServer({ allowHalfOpen: true });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+      const c = net.connect({ port: (server.address() as net.AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
+      const s = await accepted;
+      s.on('error', () => {});
+      const err = new Promise<NodeJS.ErrnoException>((resolve) => c.on('error', resolve));
+      // Reset right after end(), while the shutdown is still in flight, as a relay does when an
+      // aborted HTTP/2 stream reports 'end' and 'close' back to back.
+      s.end();
+      const serverPort = s.localPort;
+      const closed = new Promise((r) => s.once('close', () => r('closed')));
+      socketEnd(s).reset();
+      assert.equal(await Promise.race([closed, new Promise((r) => setTimeout(() => r('still open'), 2000))]), 'closed');
+      // An abortive close leaves nothing behind in the kernel; a plain close after end() would
+      // leave the server side in FIN-WAIT-2 (the client never closed its half).
+      const ss = execFileSync('ss', ['-Htan', `sport = :${serverPort}`]).toString()
+        .split('\n').filter((l) => l.trim() && !l.startsWith('LISTEN')).join('\n');
+      assert.equal(ss, '', `server side of the connection still in the kernel: ${ss}`);
+      // And the client's connection is gone: writing to it fails.
+      c.write('x');
+      assert.match(String((await err).code), /^(ECONNRESET|EPIPE)$/);
+    } finally {
+      server.close();
     }
   });
 

@@ -1,6 +1,7 @@
 // Settings shared by both ends of the HBONE-style tunnel (HTTP/2 CONNECT over mutual TLS 1.3).
 import { X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
+import { isIP } from 'node:net';
 
 export const ALPN = 'h2';
 
@@ -39,4 +40,17 @@ export function parseAuthority(authority: string | undefined): { host: string; p
 
 export function formatAuthority(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** RFC 7239 `Forwarded: for=` naming the source pod (IPv6 quoted and bracketed). */
+export function formatForwardedFor(ip: string): string {
+  return ip.includes(':') ? `for="[${ip}]"` : `for=${ip}`;
+}
+
+/** The IP in a `forwarded: for=` header this agent's peers send, or undefined for anything else. */
+export function parseForwardedFor(value: string | string[] | undefined): string | undefined {
+  if (typeof value !== 'string' || value.length > 80) return undefined;
+  const m = /^for=(?:"\[([0-9a-fA-F:.]+)\]"|([0-9.]+))$/.exec(value.trim());
+  const ip = m?.[1] ?? m?.[2];
+  return ip && isIP(ip) ? ip : undefined;
 }

@@ -5,13 +5,15 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { PeerIdentityError, TunnelRejectedError, UpstreamConnectError } from '../../errors.ts';
-import { ALPN, formatAuthority, h2Settings, WINDOW_BYTES, uriSans } from './h2.ts';
+import { ALPN, formatAuthority, formatForwardedFor, h2Settings, WINDOW_BYTES, uriSans } from './h2.ts';
 
 export interface TunnelTarget {
   /** IP of the destination pod: the tunnel goes to its port 15008, where its node's agent answers. */
   podIp: string;
   port: number;
   expectedPeerId: string;
+  /** The source pod's IP, sent as `forwarded: for=` so the destination's policy sees the pod, not the node. */
+  sourceIp?: string;
 }
 
 export interface TunnelPoolOptions {
@@ -46,7 +48,10 @@ export class TunnelPool {
     const entry = this.#entry(sourceId, target);
     const session = await entry.session;
     const stream = session.request(
-      { ':method': 'CONNECT', ':authority': formatAuthority(target.podIp, target.port) },
+      {
+        ':method': 'CONNECT', ':authority': formatAuthority(target.podIp, target.port),
+        ...(target.sourceIp ? { forwarded: formatForwardedFor(target.sourceIp) } : {}),
+      },
       { endStream: false },
     );
     entry.streams++;
