@@ -5,7 +5,9 @@ import type http from 'node:http';
 import type { Logger } from 'pino';
 import type { AgentConfig } from './config.ts';
 import { createAdminServer, createReadinessServer, Readiness } from './admin/server.ts';
+import { hasNetAdmin } from './capture/exec.ts';
 import { isCaptureInstalled } from './capture/install.ts';
+import { PrerequisiteError } from './errors.ts';
 import { createIpsetSync } from './capture/ipset.ts';
 import { loadCaDir } from './identity/ca.ts';
 import { CertificateManager } from './identity/certs.ts';
@@ -67,6 +69,12 @@ export class Agent {
   }
 
   static async start(config: AgentConfig, deps: AgentDeps): Promise<Agent> {
+    // The agent keeps the captured-pods ipset in step with the registry and reads the nat table:
+    // without CAP_NET_ADMIN it could never become ready, so say so now instead of failing later.
+    if (!hasNetAdmin()) {
+      throw new PrerequisiteError('meshlet agent needs CAP_NET_ADMIN to manage the captured-pods ipset and read the nat ' +
+        'table (run it as root, or give the DaemonSet container the NET_ADMIN capability)');
+    }
     const root = await loadCaDir(config.caDir);
     const source = deps.source ?? createFileSource({ path: config.workloadsFile, pollIntervalMs: config.workloadsPollMs });
     let agent: Agent | undefined;

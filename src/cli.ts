@@ -26,8 +26,11 @@ async function cmdInit(argv: string[]): Promise<number> {
     return 0;
   }
   const result = await installCapture(config.capture, { dryRun: config.dryRun });
-  if (result.action === 'dry-run') process.stdout.write(result.script);
-  else process.stderr.write(`meshlet init: capture ${result.action}\n`);
+  if (result.action === 'dry-run') {
+    // stdout is exactly the iptables-restore input; the set it references is created first.
+    process.stderr.write(`meshlet init --dry-run: would run \`ipset create ${config.capture.ipset} hash:ip family inet -exist\`, then \`iptables-restore --noflush\` with:\n`);
+    process.stdout.write(result.script);
+  } else process.stderr.write(`meshlet init: capture ${result.action}\n`);
   return 0;
 }
 

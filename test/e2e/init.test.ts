@@ -1,0 +1,139 @@
+// `meshlet init` against a real kernel, in a node namespace of its own that already has rules and
+// sets of its own: install is idempotent, --dry-run changes nothing and prints input iptables-restore
+// accepts, --cleanup leaves the tables exactly as they were, and an unprivileged run fails clearly.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { runCommand } from '../../src/capture/exec.ts';
+import { CLI } from '../../src/demo/lab.ts';
+import { Topology } from '../../src/netns/topology.ts';
+
+/** iptables-save without the parts that change on their own (comments with dates, counters). */
+function normalize(save: string): string {
+  return save.split('\n').filter((l) => !l.startsWith('#')).map((l) => l.replace(/\[\d+:\d+\]/g, '[0:0]')).join('\n');
+}
+
+describe('meshlet init on a node', { concurrency: false }, () => {
+  let topo: Topology;
+  let ns: string;
+  const sh = async (cmd: string, args: string[], input?: string) => {
+    const r = await topo.exec(ns, cmd, args, input);
+    if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
+    return r.stdout;
+  };
+  const meshlet = (args: string[]) => topo.exec(ns, process.execPath, [CLI, ...args]);
+  const save = async () => normalize(await sh('iptables-save', []));
+  const sets = async () => (await sh('ipset', ['list', '-n'])).split('\n').filter(Boolean).sort();
+  let pristine: string;
+  let pristineSets: string[];
+
+  before(async () => {
+    topo = await Topology.create();
+    ns = (await topo.addNode('init')).ns;
+    // What the node already had: meshlet must neither disturb nor remove any of it.
+    await sh('ipset', ['create', 'user-set', 'hash:ip']);
+    await sh('iptables-restore', ['--noflush'], [
+      '*nat',
+      ':USER_CHAIN - [0:0]',
+      '-A PREROUTING -p tcp -m tcp --dport 9999 -j REDIRECT --to-ports 9998',
+      '-A PREROUTING -j USER_CHAIN',
+      '-A USER_CHAIN -s 192.0.2.0/24 -j RETURN',
+      'COMMIT',
+      '*filter',
+      '-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT',
+      'COMMIT',
+      '',
+    ].join('\n'));
+    pristine = await save();
+    pristineSets = await sets();
+  });
+
+  after(async () => { await topo?.destroy(); });
+
+  it('prints the exact iptables-restore input with --dry-run and changes nothing', async () => {
+    const r = await meshlet(['init', '--dry-run']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^\*nat\n:MESHLET_PREROUTING - \[0:0\]\n/);
+    assert.match(r.stdout, /^-I PREROUTING 1 -j MESHLET_PREROUTING$/m);
+    assert.match(r.stdout, /--to-ports 15001/);
+    assert.match(r.stdout, /COMMIT\n$/);
+    assert.match(r.stderr, /ipset create meshlet-captured hash:ip/);
+    assert.equal(await save(), pristine);
+    assert.deepEqual(await sets(), pristineSets);
+    // iptables-restore accepts it as it is (--test parses and checks without committing) once the
+    // set it references exists.
+    await sh('ipset', ['create', 'meshlet-captured', 'hash:ip', '-exist']);
+    await sh('iptables-restore', ['--test', '--noflush'], r.stdout);
+    await sh('ipset', ['destroy', 'meshlet-captured']);
+    assert.equal(await save(), pristine);
+    assert.deepEqual(await sets(), pristineSets);
+  });
+
+  it('installs the chain, the jump and the set, and a second run changes nothing', async () => {
+    const first = await meshlet(['init']);
+    assert.equal(first.code, 0, first.stderr);
+    assert.match(first.stderr, /capture installed/);
+    const installed = await save();
+    assert.notEqual(installed, pristine);
+    assert.match(installed, /^:MESHLET_PREROUTING /m);
+    assert.equal(installed.match(/-A PREROUTING -j MESHLET_PREROUTING/g)?.length, 1);
+    assert.deepEqual(await sets(), [...pristineSets, 'meshlet-captured'].sort());
+    // The user's own rules are still there, in their order.
+    assert.match(installed, /-A PREROUTING -p tcp -m tcp --dport 9999 -j REDIRECT --to-ports 9998\n-A PREROUTING -j USER_CHAIN\n/);
+
+    const second = await meshlet(['init']);
+    assert.equal(second.code, 0, second.stderr);
+    assert.match(second.stderr, /capture unchanged/);
+    assert.equal(await save(), installed);
+  });
+
+  it('repairs a chain someone emptied', async () => {
+    const installed = await save();
+    await sh('iptables', ['-t', 'nat', '-F', 'MESHLET_PREROUTING']);
+    assert.notEqual(await save(), installed);
+    const r = await meshlet(['init']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(await save(), installed);
+  });
+
+  it('removes everything it created and nothing else with --cleanup, and a second cleanup is a no-op', async () => {
+    await sh('ipset', ['add', 'meshlet-captured', '10.241.9.9']);
+    const r = await meshlet(['init', '--cleanup']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(await save(), pristine);
+    assert.deepEqual(await sets(), pristineSets);
+    const again = await meshlet(['init', '--cleanup']);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stderr, /nothing to remove/);
+    assert.equal(await save(), pristine);
+  });
+
+  it('refuses clearly without CAP_NET_ADMIN and changes nothing', async () => {
+    // The same command as an unprivileged user (runuser drops root and its capabilities).
+    const r = await topo.exec(ns, 'runuser', ['-u', 'nobody', '--', process.execPath, CLI, 'init']);
+    assert.equal(r.code, 3, `exit ${r.code}: ${r.stderr}`);
+    assert.match(r.stderr, /CAP_NET_ADMIN/);
+    assert.equal(await save(), pristine);
+    assert.deepEqual(await sets(), pristineSets);
+  });
+
+  it('rejects bad flags with a usage error', async () => {
+    const r = await meshlet(['init', '--outbound-port', '99999']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /outbound-port/);
+  });
+});
+
+describe('unprivileged agent and demo', () => {
+  it('the agent says it needs CAP_NET_ADMIN and exits 3', async () => {
+    const r = await runCommand('runuser', ['-u', 'nobody', '--', process.execPath, CLI, 'agent',
+      '--node', 'n', '--workloads', '/nonexistent/w.yaml', '--ca-dir', '/nonexistent']);
+    assert.equal(r.code, 3, `exit ${r.code}: ${r.stderr}`);
+    assert.match(r.stderr, /CAP_NET_ADMIN/);
+  });
+
+  it('the demo says it needs root and exits 3', async () => {
+    const r = await runCommand('runuser', ['-u', 'nobody', '--', process.execPath, CLI, 'demo']);
+    assert.equal(r.code, 3, `exit ${r.code}: ${r.stderr}`);
+    assert.match(r.stderr, /root/);
+  });
+});
