@@ -2,7 +2,7 @@
 // installed by the real `meshlet init` in each node, and one real agent process per node.
 // The demo drives it; the end-to-end tests build on it.
 import type { ChildProcess } from 'node:child_process';
-import { createWriteStream, type WriteStream } from 'node:fs';
+import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -256,6 +256,18 @@ export class MeshLab {
     for (const log of this.#logs) log.end();
     if (!opts.keepDir) await rm(this.dir, { recursive: true, force: true });
   }
+}
+
+/** utime + stime of a process in seconds (fields 14 and 15 of /proc/PID/stat, 100 ticks a second). */
+export function processCpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** Resident set size of a process in MiB. */
+export function processRssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
 }
 
 export interface ClientReport {

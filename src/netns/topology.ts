@@ -74,6 +74,23 @@ function isAlive(pid: number): boolean {
   }
 }
 
+/** Live topologies of this process: a signal tears them all down before the process goes. */
+const live = new Set<Topology>();
+let signalsHooked = false;
+
+function hookSignals(): void {
+  if (signalsHooked) return;
+  signalsHooked = true;
+  // A SIGTERM or Ctrl-C would otherwise end the process without 'exit' handlers, leaving agents
+  // running in namespaces nobody can find any more.
+  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
+    process.once(signal, () => {
+      for (const topo of live) topo.destroySync();
+      process.exit(code);
+    });
+  }
+}
+
 export class Topology {
   readonly prefix: string;
   readonly nodes: NodeNs[] = [];
@@ -88,6 +105,8 @@ export class Topology {
     this.underlay = `${this.prefix}-net`;
     // Even an uncaught exception must not leave namespaces behind.
     process.once('exit', this.#exitHook);
+    live.add(this);
+    hookSignals();
   }
 
   static async create(): Promise<Topology> {
@@ -176,6 +195,7 @@ export class Topology {
   async destroy(): Promise<void> {
     if (this.#destroyed) return;
     this.#destroyed = true;
+    live.delete(this);
     process.off('exit', this.#exitHook);
     await Promise.all([...this.#children].map((c) => new Promise<void>((resolve) => {
       if (c.exitCode !== null || c.signalCode !== null) { resolve(); return; }
@@ -197,8 +217,15 @@ export class Topology {
   destroySync(): void {
     if (this.#destroyed) return;
     this.#destroyed = true;
+    live.delete(this);
     for (const c of this.#children) c.kill('SIGKILL');
     for (const ns of [...this.#namespaces].reverse()) {
+      try {
+        const pids = execFileSync('ip', ['netns', 'pids', ns], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+        for (const pid of pids.split('\n').filter(Boolean)) {
+          try { process.kill(Number(pid), 'SIGKILL'); } catch { /* already gone */ }
+        }
+      } catch { /* namespace already gone */ }
       try { execFileSync('ip', ['netns', 'delete', ns], { stdio: 'ignore' }); } catch { /* best effort */ }
     }
   }

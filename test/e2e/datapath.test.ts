@@ -4,7 +4,7 @@
 // a test fails.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { MeshLab } from '../../src/demo/lab.ts';
+import { MeshLab, processCpuSeconds as cpuSeconds } from '../../src/demo/lab.ts';
 import { tlsRecordTypes } from '../../src/netns/pcap.ts';
 
 const PORT = 8080;
@@ -217,6 +217,14 @@ describe('data path in network namespaces', { concurrency: false }, () => {
     // A reset, not a clean end: the application must not mistake a dead peer for a finished one.
     assert.match(String(r.results[0]!.error), /^(ECONNRESET|EPIPE)$/, 'the client was left hanging or saw a clean end');
     assert.ok(Date.now() - started < 30_000);
+    // Nothing leaks on the surviving agent: the connection is gone from its books, and it is idle
+    // (a half-dead socket it failed to close would keep it spinning).
+    await eventually('connection released on node-a', async () =>
+      !(await lab.configDump(lab.node('node-a'))).connections.open.some((c: any) => c.route === 'tunnel'));
+    const pid = lab.agents.get('node-a')!.child.pid!;
+    const cpu0 = cpuSeconds(pid);
+    await new Promise((res) => setTimeout(res, 2000));
+    assert.ok(cpuSeconds(pid) - cpu0 < 1, `node-a agent used ${cpuSeconds(pid) - cpu0} CPU s in 2 s while idle`);
   });
 
   it('does not leave a client hanging when its own agent dies mid-transfer', async () => {

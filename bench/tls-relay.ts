@@ -1,0 +1,75 @@
+// The reference the benchmark compares meshlet with: the simplest secure relay we could write. One
+// mutual-TLS 1.3 connection per application connection (no HTTP/2, no pooling, no resumption), RSA
+// 2048 certificates from the same kind of CA, plain pipes with allowHalfOpen on both ends.
+//
+//   tls-relay entry --map 16080:8080,16081:8081 --exit HOST:PORT --ca-dir DIR
+//       plain TCP in on each local port; TLS to the exit; the first 2 bytes name the target port
+//   tls-relay exit --port 16443 --target HOST --ca-dir DIR
+//       TLS in; plain TCP to HOST:<port from the preamble>
+import net from 'node:net';
+import tls from 'node:tls';
+import { parseArgs } from 'node:util';
+import { createCsr, generateRsaKey, loadCaDir, signWorkloadCsr } from '../src/identity/ca.ts';
+
+const TRUST_DOMAIN = 'bench.local';
+
+async function credentials(caDir: string, name: string): Promise<{ key: string; cert: string; ca: string }> {
+  const root = await loadCaDir(caDir);
+  const { privateKeyPem } = await generateRsaKey();
+  const id = `spiffe://${TRUST_DOMAIN}/ns/bench/sa/${name}`;
+  const { certPem } = signWorkloadCsr(root, createCsr(privateKeyPem, id), { trustDomain: TRUST_DOMAIN, ttlMs: 3_600_000 });
+  return { key: privateKeyPem, cert: certPem, ca: root.certPem };
+}
+
+function pipeBoth(a: net.Socket, b: net.Socket): void {
+  a.on('error', () => b.destroy());
+  b.on('error', () => a.destroy());
+  a.pipe(b);
+  b.pipe(a);
+}
+
+async function entry(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { map: { type: 'string' }, exit: { type: 'string' }, 'ca-dir': { type: 'string' } } });
+  // One secure context for every connection (building one per connect re-parses the PEM).
+  const secureContext = tls.createSecureContext({ ...await credentials(String(values['ca-dir']), 'relay-entry'), minVersion: 'TLSv1.3' });
+  const [exitHost, exitPort] = String(values.exit).split(':');
+  for (const pair of String(values.map).split(',')) {
+    const [listen, target] = pair.split(':').map(Number);
+    const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (client) => {
+      const preamble = Buffer.alloc(2);
+      preamble.writeUInt16BE(target ?? 0);
+      const up = tls.connect({
+        socket: net.connect({ host: exitHost, port: Number(exitPort), noDelay: true, allowHalfOpen: true }), secureContext,
+        minVersion: 'TLSv1.3', checkServerIdentity: () => undefined,
+      });
+      up.write(preamble);
+      pipeBoth(client, up);
+    });
+    await new Promise<void>((r) => server.listen(listen, '0.0.0.0', r));
+  }
+  process.stdout.write('ready\n');
+}
+
+async function exit(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { port: { type: 'string' }, target: { type: 'string' }, 'ca-dir': { type: 'string' } } });
+  // tls.createServer takes the PEM options (a ready-made secureContext option is not used by servers).
+  const server = tls.createServer({ ...await credentials(String(values['ca-dir']), 'relay-exit'), requestCert: true, rejectUnauthorized: true, allowHalfOpen: true, noDelay: true, minVersion: 'TLSv1.3' }, (peer) => {
+    peer.on('error', () => undefined);
+    peer.once('readable', function first() {
+      const head = peer.read(2) as Buffer | null;
+      if (!head) { peer.once('readable', first); return; }
+      const up = net.connect({ host: String(values.target), port: head.readUInt16BE(0), allowHalfOpen: true, noDelay: true });
+      pipeBoth(peer, up);
+    });
+  });
+  await new Promise<void>((r) => server.listen(Number(values.port), '0.0.0.0', r));
+  process.stdout.write('ready\n');
+}
+
+const [cmd, ...rest] = process.argv.slice(2);
+if (cmd === 'entry') await entry(rest);
+else if (cmd === 'exit') await exit(rest);
+else {
+  process.stderr.write('usage: tls-relay entry|exit ...\n');
+  process.exitCode = 2;
+}
