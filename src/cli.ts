@@ -2,11 +2,13 @@
 import { parseArgs } from 'node:util';
 import { Agent } from './agent.ts';
 import { cleanupCapture, installCapture } from './capture/install.ts';
-import { loadAgentConfig, loadInitConfig } from './config.ts';
+import { defaults, loadAgentConfig, loadInitConfig } from './config.ts';
+import { defaultCaptureSettings } from './capture/rules.ts';
 import { ConfigError, MeshletError, PrerequisiteError } from './errors.ts';
 import { createRootCa, writeCaDir } from './identity/ca.ts';
 import { createLogger } from './telemetry/log.ts';
 
+const d = defaults;
 const USAGE = `usage: meshlet <command> [flags]
 
 commands:
@@ -14,7 +16,26 @@ commands:
   agent --node NAME --workloads FILE --ca-dir DIR
                                           run the node agent (local mode)
   ca init --out DIR [--trust-domain TD]  create a root CA shared by local-mode agents
-  demo [--keep-logs DIR]                  run a local demo mesh in network namespaces (root)
+  demo [--keep-logs]                      run a local demo mesh in network namespaces (root)
+
+agent flags (defaults in brackets):
+  --node NAME              this node's name [$MESHLET_NODE_NAME or $NODE_NAME]
+  --workloads FILE         workloads YAML (trustDomain, nodes, workloads), reloaded on change
+  --workloads-poll DUR     how often the file is checked [${d.workloadsPoll}]
+  --ca-dir DIR             root CA from \`meshlet ca init\`
+  --cert-ttl DUR           workload certificate lifetime, renewed at half life [${d.certTtl}]
+  --connect-timeout DUR    upstream and tunnel connect timeout [${d.connectTimeout}]
+  --handshake-timeout DUR  TLS handshake timeout [${d.handshakeTimeout}]
+  --drain DUR              how long SIGTERM lets open connections finish [${d.drain}]
+  --log-level LEVEL        fatal, error, warn, info, debug, trace [${d.logLevel}]
+  --admin-port N --admin-address IP          /config_dump [${d.ports.admin} on ${d.adminAddress}]
+  --readiness-port N --readiness-address IP  /healthz/ready [${d.ports.readiness} on ${d.readinessAddress}]
+
+capture flags (init and agent):
+  --outbound-port N [${d.ports.outbound}]  --inbound-port N [${d.ports.inboundPlaintext}]  --tunnel-port N [${d.ports.tunnel}]
+  --ipset NAME [${defaultCaptureSettings.ipset}]  --chain NAME [${defaultCaptureSettings.chain}]
+
+durations: 500ms, 20s, 5m, 24h. Exit codes: 0 ok, 1 failure, 2 bad flags, 3 missing privilege or tool.
 `;
 
 async function cmdInit(argv: string[]): Promise<number> {
@@ -73,6 +94,10 @@ async function cmdDemo(argv: string[]): Promise<number> {
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
   switch (command) {
     case 'init': return cmdInit(rest);
     case 'agent': return cmdAgent(rest);

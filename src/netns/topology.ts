@@ -59,6 +59,11 @@ export async function reapStaleNamespaces(): Promise<string[]> {
     if (!m) continue;
     const pid = parseInt(m[1] as string, 36);
     if (isAlive(pid)) continue;
+    // Processes of the dead run (an agent, say) would otherwise outlive their namespace's name.
+    const pids = await runCommand('ip', ['netns', 'pids', name]);
+    for (const p of pids.stdout.split('\n').filter(Boolean)) {
+      try { process.kill(Number(p), 'SIGKILL'); } catch { /* already gone */ }
+    }
     await runCommand('ip', ['netns', 'delete', name]);
     reaped.push(name);
   }
