@@ -84,6 +84,7 @@ try {
     { name: 'meshlet', pod: 'client', host: lab.pod('server').ip, echoPort: ECHO_PORT, httpPort: HTTP_PORT },
   ];
   const agentPids = [...lab.agents.values()].map((a) => a.child.pid!);
+  results.agentsRssAtStartMiB = agentPids.map(rssMiB);
 
   for (const p of paths) {
     say(`${p.name}: latency at ${RATE} req/s for ${SECONDS} s (1 KB request, 1 KB response) ...`);
