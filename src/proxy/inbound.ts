@@ -161,8 +161,10 @@ async function handleConnect(
 ): Promise<void> {
   const sourceIp = claimedSourceIp(stream, headers, tunnel.peerId, ctx);
   const conn = ctx.connections.open('inbound', sourceIp);
+  const sourceWorkload = ctx.registry.findWorkload(sourceIp);
   conn.set({
     route: 'inbound', sourcePrincipal: tunnel.peerId,
+    ...(sourceWorkload?.spiffeId === tunnel.peerId ? { sourceWorkload: `${sourceWorkload.namespace}/${sourceWorkload.name}` } : {}),
     destinationWorkload: `${tunnel.target.namespace}/${tunnel.target.name}`, destinationPrincipal: tunnel.target.spiffeId,
   });
   const peer = h2StreamEnd(stream);

@@ -79,6 +79,7 @@ describe('data path in network namespaces', { concurrency: false }, () => {
       (await lab.accessLog('node-b')).find((l) => l.direction === 'inbound' && l.bytes_sent >= 10 * MB));
     assert.equal(inbound.src.principal, id('shop', 'web'));
     assert.equal(inbound.src.ip, lab.pod('a1').ip);
+    assert.equal(inbound.src.workload, 'shop/a1');
     assert.equal(inbound.dst.workload, 'pay/b1');
   });
 
