@@ -73,15 +73,16 @@ function compressIpv6(groups: string[]): string {
   return `${groups.slice(0, bestStart).join(':')}::${groups.slice(bestStart + bestLen).join(':')}`;
 }
 
-function socketFd(socket: Socket): number {
+/** The socket's file descriptor, or undefined once libuv has closed it. */
+function fdOf(socket: Socket): number | undefined {
   const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) throw new OriginalDestinationError('socket has no file descriptor');
-  return fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
 
 /** The destination a redirected TCP connection was originally addressed to (SO_ORIGINAL_DST). */
 export function originalDestination(socket: Socket): SocketAddress {
-  const fd = socketFd(socket);
+  const fd = fdOf(socket);
+  if (fd === undefined) throw new OriginalDestinationError('socket has no file descriptor');
   const v6 = socket.localFamily === 'IPv6' && !socket.localAddress?.startsWith('::ffff:');
   const buf = Buffer.alloc(28);
   const len = [v6 ? 28 : 16];
@@ -107,8 +108,8 @@ export function plainIp(address: string | undefined): string {
  */
 export function resetSocket(socket: Socket): void {
   if (socket.destroyed) return;
-  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd === 'number' && fd >= 0) {
+  const fd = fdOf(socket);
+  if (fd !== undefined) {
     const linger = Buffer.alloc(8); // struct linger { int l_onoff; int l_linger; }
     linger.writeInt32LE(1, 0);
     linger.writeInt32LE(0, 4);

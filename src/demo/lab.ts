@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { runCommand } from '../capture/exec.ts';
-import { parseIpsetMembers } from '../capture/rules.ts';
+import { defaultCaptureSettings, parseIpsetMembers } from '../capture/rules.ts';
 import { type NodeNs, type PodNs, Topology } from '../netns/topology.ts';
 import { readPcap, type TcpSegment } from '../netns/pcap.ts';
 
@@ -235,7 +235,7 @@ export class MeshLab {
   }
 
   /** Members of the captured-pods ipset in a node's namespace. */
-  async ipsetMembers(node: NodeNs, set = 'meshlet-captured'): Promise<Set<string>> {
+  async ipsetMembers(node: NodeNs, set = defaultCaptureSettings.ipset): Promise<Set<string>> {
     const r = await this.topo.exec(node.ns, 'ipset', ['save', set]);
     if (r.code !== 0) throw new Error(`ipset save ${set} in ${node.name}: ${r.stderr.trim()}`);
     return parseIpsetMembers(set, r.stdout);

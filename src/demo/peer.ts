@@ -78,7 +78,7 @@ function oneConnection(host: string, port: number, bytes: number, mode: Mode, ti
         : reply === `${bytes} ${sentSha}`);
       resolve({ ok, sent: bytes, received, sentSha, receivedSha, ms: Date.now() - started, ...(reply !== undefined ? { reply } : {}), ...extra });
     };
-    const timer = setTimeout(() => { socket.destroy(); finish({ error: 'timeout' }); }, timeoutMs);
+    const timer = setTimeout(() => finish({ error: 'timeout' }), timeoutMs);
     const socket = net.connect({ host, port, allowHalfOpen: true });
     socket.on('connect', () => {
       if (mode === 'hold') {

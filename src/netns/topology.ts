@@ -60,14 +60,27 @@ export async function reapStaleNamespaces(): Promise<string[]> {
     const pid = parseInt(m[1] as string, 36);
     if (isAlive(pid)) continue;
     // Processes of the dead run (an agent, say) would otherwise outlive their namespace's name.
-    const pids = await runCommand('ip', ['netns', 'pids', name]);
-    for (const p of pids.stdout.split('\n').filter(Boolean)) {
-      try { process.kill(Number(p), 'SIGKILL'); } catch { /* already gone */ }
-    }
+    killProcessesIn(name);
     await runCommand('ip', ['netns', 'delete', name]);
     reaped.push(name);
   }
   return reaped;
+}
+
+/**
+ * SIGKILLs everything running inside a namespace. Deleting a namespace only removes its name: a
+ * process still inside keeps it (and its ports, rules and CPU) alive where nobody can find it.
+ */
+function killProcessesIn(ns: string): void {
+  let pids: string;
+  try {
+    pids = execFileSync('ip', ['netns', 'pids', ns], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+  } catch {
+    return; // namespace already gone
+  }
+  for (const pid of pids.split('\n').filter(Boolean)) {
+    try { process.kill(Number(pid), 'SIGKILL'); } catch { /* already gone */ }
+  }
 }
 
 function isAlive(pid: number): boolean {
@@ -209,11 +222,7 @@ export class Topology {
     })));
     for (const ns of [...this.#namespaces].reverse()) {
       // Kill anything else still running inside (a server the child forked, say) before deleting.
-      await runCommand('ip', ['netns', 'pids', ns]).then(async (r) => {
-        for (const pid of r.stdout.split('\n').filter(Boolean)) {
-          try { process.kill(Number(pid), 'SIGKILL'); } catch { /* already gone */ }
-        }
-      });
+      killProcessesIn(ns);
       await runCommand('ip', ['netns', 'delete', ns]);
     }
   }
@@ -225,12 +234,7 @@ export class Topology {
     live.delete(this);
     for (const c of this.#children) c.kill('SIGKILL');
     for (const ns of [...this.#namespaces].reverse()) {
-      try {
-        const pids = execFileSync('ip', ['netns', 'pids', ns], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
-        for (const pid of pids.split('\n').filter(Boolean)) {
-          try { process.kill(Number(pid), 'SIGKILL'); } catch { /* already gone */ }
-        }
-      } catch { /* namespace already gone */ }
+      killProcessesIn(ns);
       try { execFileSync('ip', ['netns', 'delete', ns], { stdio: 'ignore' }); } catch { /* best effort */ }
     }
   }

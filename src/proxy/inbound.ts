@@ -17,6 +17,7 @@ import {
 import type { AvailableCert } from '../identity/certs.ts';
 import { parseWorkloadId } from '../identity/spiffe.ts';
 import type { Workload } from '../workloads/model.ts';
+import type { WorkloadRegistry } from '../workloads/registry.ts';
 import { connectTcp, type ProxyContext } from './context.ts';
 import { h2StreamEnd, relay, socketEnd } from './relay.ts';
 import { ALPN, h2Settings, parseAuthority, parseForwardedFor, peerSpiffeId, WINDOW_BYTES } from './tunnel/h2.ts';
@@ -143,14 +144,13 @@ function verifiedPeer(socket: tls.TLSSocket, ctx: ProxyContext, target: Workload
 }
 
 /**
- * The source pod's IP for logs and IP-block policy. The peer agent names it in `forwarded: for=`; the
- * claim is believed only when the registry places that IP on the very identity the peer proved, so a
- * peer cannot borrow another workload's address. Otherwise: the address the tunnel came from.
+ * The source workload a tunnel stream speaks for. The peer agent names the source pod's IP in
+ * `forwarded: for=`; the claim is believed only when the registry places that IP on the very
+ * identity the peer proved, so a peer cannot borrow another workload's address (IP-block policy).
  */
-function claimedSourceIp(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, peerId: string, ctx: ProxyContext): string {
-  const claimed = parseForwardedFor(headers.forwarded);
-  if (claimed && ctx.registry.findWorkload(claimed)?.spiffeId === peerId) return claimed;
-  return plainIp(stream.session?.socket?.remoteAddress);
+export function claimedSource(forwarded: string | string[] | undefined, peerId: string, registry: WorkloadRegistry): Workload | undefined {
+  const w = registry.findWorkload(parseForwardedFor(forwarded));
+  return w?.spiffeId === peerId ? w : undefined;
 }
 
 async function handleConnect(
@@ -159,12 +159,13 @@ async function handleConnect(
   tunnel: { peerId: string; target: Workload },
   ctx: ProxyContext,
 ): Promise<void> {
-  const sourceIp = claimedSourceIp(stream, headers, tunnel.peerId, ctx);
+  const source = claimedSource(headers.forwarded, tunnel.peerId, ctx.registry);
+  // Without a believable claim: the address the tunnel came from (the source node).
+  const sourceIp = source?.ip ?? plainIp(stream.session?.socket?.remoteAddress);
   const conn = ctx.connections.open('inbound', sourceIp);
-  const sourceWorkload = ctx.registry.findWorkload(sourceIp);
   conn.set({
     route: 'inbound', sourcePrincipal: tunnel.peerId,
-    ...(sourceWorkload?.spiffeId === tunnel.peerId ? { sourceWorkload: `${sourceWorkload.namespace}/${sourceWorkload.name}` } : {}),
+    ...(source ? { sourceWorkload: `${source.namespace}/${source.name}` } : {}),
     destinationWorkload: `${tunnel.target.namespace}/${tunnel.target.name}`, destinationPrincipal: tunnel.target.spiffeId,
   });
   const peer = h2StreamEnd(stream);
@@ -182,9 +183,8 @@ async function handleConnect(
       status = 403;
       throw new BadTunnelTargetError(authorityText, `only ${tunnel.target.ip} is reachable through this tunnel`);
     }
-    const source = parseWorkloadId(tunnel.peerId);
     const decision = ctx.policy.authorize({
-      sourcePrincipal: tunnel.peerId, sourceIp, sourceNamespace: source.namespace,
+      sourcePrincipal: tunnel.peerId, sourceIp, sourceNamespace: parseWorkloadId(tunnel.peerId).namespace,
       destination: tunnel.target, destinationPort: authority.port,
     });
     if (!decision.allowed) {

@@ -74,13 +74,10 @@ export function relay(a: RelayEnd, b: RelayEnd, onBytes?: (aToB: number, bToA: n
       const self = side === 'a' ? a : b;
       const other = side === 'a' ? b : a;
       if (side === 'a') closedA = true; else closedB = true;
+      // A clean close already forwarded its end (the 'end' handlers above); only aborts remain.
       if (!self.closedCleanly()) {
         result.abortedBy ??= side;
         other.reset();
-      } else if (!(side === 'a' ? closedB : closedA)) {
-        // This side finished cleanly in both directions; the other side has nothing more to send
-        // to it, so make sure its write half ends once piped data has drained.
-        if (!other.stream.writableEnded) other.stream.end();
       }
       if (closedA && closedB) resolve(result);
     };

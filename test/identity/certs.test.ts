@@ -76,7 +76,7 @@ describe('certificate manager', () => {
         if (!caUp) throw new Error('CA unavailable');
         issued++;
         // Certificates are dated by the fake clock so that half life and expiry follow it.
-        const { certPem } = signWorkloadCsr(root, csr, { trustDomain: 'td', ttlMs: 20_000, now: new Date(clock.t) });
+        const { certPem } = signWorkloadCsr(root, csr, { trustDomain: 'td', ttlMs: 20_000, now: new Date(clock.t + 60_000) });
         void local;
         void id;
         return { certChainPem: certPem, trustBundlePem: root.certPem };
@@ -89,11 +89,18 @@ describe('certificate manager', () => {
     await until(() => manager!.allReady);
     const first = manager.assertAvailable(ID);
     assert.equal(issued, 1);
-    // notBefore is backdated 60 s and notAfter is now + 20 s: half life (40 s after notBefore) has passed,
-    // so the renewal is due at once, but it only fires when the clock moves.
+    // Dated so that notBefore is now (signing backdates by 60 s) and notAfter is now + 80 s: half
+    // life is 40 s from now, and the renewal timer is due then (±5% jitter), not earlier or later.
     assert.equal(clock.timers.length, 1, 'renewal scheduled');
+    const lifetime = first.notAfter - first.notBefore;
+    const halfLife = first.notBefore + lifetime / 2;
+    assert.ok(Math.abs(clock.timers[0]!.at - halfLife) <= lifetime * 0.5 * 0.05 + 1000,
+      `renewal due at +${clock.timers[0]!.at - clock.t} ms, half life at +${halfLife - clock.t} ms`);
+    clock.advance(clock.timers[0]!.at - clock.t - 1);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(issued, 1, 'no renewal before its time');
 
-    clock.advance(25_000);
+    clock.advance(1);
     await until(() => issued === 2);
     await until(() => manager!.assertAvailable(ID).serial !== first.serial);
 

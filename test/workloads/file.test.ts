@@ -93,6 +93,15 @@ workloads:
   it('fails at start when the file is missing or invalid', async () => {
     const source = createFileSource({ path: '/nonexistent/meshlet.yaml' });
     await assert.rejects(source.start({ onSnapshot: () => undefined, onError: () => undefined }), /cannot read/);
+    const dir = await mkdtemp(join(tmpdir(), 'meshlet-file-'));
+    try {
+      await writeFile(join(dir, 'bad.yaml'), 'trustDomain: td\nnodes: []\nworkloads: [{ name: x }]\n');
+      const bad = createFileSource({ path: join(dir, 'bad.yaml') });
+      await assert.rejects(bad.start({ onSnapshot: () => undefined, onError: () => undefined }), WorkloadSourceError);
+      await bad.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 
