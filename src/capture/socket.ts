@@ -16,7 +16,9 @@ export interface SocketAddress {
 }
 
 const SOL_SOCKET = 1;
+const SO_SNDBUF = 7;
 const SO_LINGER = 13;
+const SO_SNDBUFFORCE = 32; // like SO_SNDBUF but past net.core.wmem_max; needs CAP_NET_ADMIN
 
 type GetSockOpt = (fd: number, level: number, name: number, out: Buffer, len: number[]) => number;
 type SetSockOpt = (fd: number, level: number, name: number, value: Buffer, len: number) => number;
@@ -116,4 +118,18 @@ export function resetSocket(socket: Socket): void {
     sys().setsockopt(fd, SOL_SOCKET, SO_LINGER, linger, linger.length);
   }
   socket.destroy();
+}
+
+/**
+ * Gives a TCP socket a kernel send buffer of at least `bytes` (the kernel doubles it for its own
+ * bookkeeping). Uses SO_SNDBUFFORCE, which the agent may (it holds CAP_NET_ADMIN), and falls back to
+ * SO_SNDBUF, which the kernel caps at net.core.wmem_max. Returns whether either call succeeded.
+ */
+export function setSendBuffer(socket: Socket, bytes: number): boolean {
+  const fd = fdOf(socket);
+  if (fd === undefined) return false;
+  const value = Buffer.alloc(4);
+  value.writeInt32LE(bytes, 0);
+  return sys().setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, value, 4) === 0 ||
+    sys().setsockopt(fd, SOL_SOCKET, SO_SNDBUF, value, 4) === 0;
 }

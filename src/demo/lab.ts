@@ -3,7 +3,7 @@
 // The demo drives it; the end-to-end tests build on it.
 import type { ChildProcess } from 'node:child_process';
 import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -114,9 +114,7 @@ export class MeshLab {
     // Write-then-rename so the agent never reads half a file.
     const tmp = `${this.workloadsFile}.tmp`;
     await writeFile(tmp, stringify(doc));
-    await rm(this.workloadsFile, { force: true });
-    await writeFile(this.workloadsFile, await readFile(tmp));
-    await rm(tmp);
+    await rename(tmp, this.workloadsFile);
   }
 
   /** Runs the meshlet CLI in the root namespace or in a node namespace. */

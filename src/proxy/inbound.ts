@@ -10,7 +10,7 @@ import { X509Certificate } from 'node:crypto';
 import http2 from 'node:http2';
 import net from 'node:net';
 import type tls from 'node:tls';
-import { originalDestination, plainIp } from '../capture/socket.ts';
+import { originalDestination, plainIp, setSendBuffer } from '../capture/socket.ts';
 import {
   BadTunnelTargetError, PeerIdentityError, PolicyDeniedError, UnknownDestinationError, errorCode,
 } from '../errors.ts';
@@ -20,7 +20,7 @@ import type { Workload } from '../workloads/model.ts';
 import type { WorkloadRegistry } from '../workloads/registry.ts';
 import { connectTcp, type ProxyContext } from './context.ts';
 import { h2StreamEnd, relay, socketEnd } from './relay.ts';
-import { ALPN, h2Settings, parseAuthority, parseForwardedFor, peerSpiffeId, WINDOW_BYTES } from './tunnel/h2.ts';
+import { ALPN, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, parseAuthority, parseForwardedFor, peerSpiffeId, WINDOW_BYTES } from './tunnel/h2.ts';
 
 interface PodServer {
   server: http2.Http2SecureServer;
@@ -47,6 +47,7 @@ export class TunnelServer {
       const target = ctx.registry.findWorkload(dst.ip);
       if (!target || !target.captured || !ctx.registry.isLocal(target)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
       const cert = ctx.certs.assertAvailable(target.spiffeId);
+      setSendBuffer(raw, TUNNEL_SEND_BUFFER_BYTES);
       this.#serverFor(target, cert).server.emit('connection', raw);
     } catch (err) {
       ctx.log.warn({ component: 'inbound', peer: plainIp(raw.remoteAddress), err: errorCode(err), reason: (err as Error).message },
@@ -78,6 +79,7 @@ export class TunnelServer {
       allowHTTP1: false,
       handshakeTimeout: this.#ctx.handshakeTimeoutMs,
       settings: h2Settings,
+      maxSessionMemory: SESSION_MEMORY_MB,
     });
     const entry: PodServer = { server, serial: cert.serial, target };
     server.on('tlsClientError', (err) => log.warn({ err: 'tls_handshake', reason: err.message }, 'tunnel handshake refused'));

@@ -1,6 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { decodeSockaddr, plainIp } from '../../src/capture/socket.ts';
+import { execFileSync } from 'node:child_process';
+import net from 'node:net';
+import { hasNetAdmin } from '../../src/capture/exec.ts';
+import { decodeSockaddr, plainIp, setSendBuffer } from '../../src/capture/socket.ts';
+import { TUNNEL_SEND_BUFFER_BYTES } from '../../src/proxy/tunnel/h2.ts';
 import { OriginalDestinationError } from '../../src/errors.ts';
 
 function sockaddrIn(ip: number[], port: number): Buffer {
@@ -40,5 +44,28 @@ describe('original destination decoding', () => {
     assert.equal(plainIp('::ffff:10.0.0.1'), '10.0.0.1');
     assert.equal(plainIp('fd00::1'), 'fd00::1');
     assert.equal(plainIp(undefined), '');
+  });
+});
+
+describe('tunnel socket send buffer', () => {
+  it('raises the kernel send buffer past the HTTP/2 window (past wmem_max with CAP_NET_ADMIN)', async (t) => {
+    if (!hasNetAdmin()) { t.skip('SO_SNDBUFFORCE needs CAP_NET_ADMIN'); return; }
+    const server = net.createServer();
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const client = net.connect({ port: (server.address() as net.AddressInfo).port, host: '127.0.0.1' });
+    try {
+      await new Promise((r) => client.once('connect', r));
+      const sndbuf = () => {
+        // ss prints the socket's memory as skmem:(r..,rb..,t..,tb<send buffer>,...)
+        const line = execFileSync('ss', ['-tmnH', `sport = :${client.localPort}`]).toString();
+        return Number(/tb(\d+)/.exec(line)?.[1]);
+      };
+      const before = sndbuf();
+      assert.equal(setSendBuffer(client, TUNNEL_SEND_BUFFER_BYTES), true);
+      assert.ok(sndbuf() >= TUNNEL_SEND_BUFFER_BYTES, `send buffer ${before} -> ${sndbuf()}, wanted >= ${TUNNEL_SEND_BUFFER_BYTES}`);
+    } finally {
+      client.destroy();
+      server.close();
+    }
   });
 });

@@ -129,7 +129,7 @@ describe('data path in network namespaces', { concurrency: false }, () => {
       segments = await capture.stop();
     }
     const tunnel = segments.filter((s) => (s.dstPort === 15008 || s.srcPort === 15008) && s.payload.length > 0);
-    assert.ok(tunnel.length > 100, `only ${tunnel.length} tunnel segments captured`);
+    // Segment counts vary with offloads (GRO/TSO merge segments); the byte count says what crossed.
     const tunnelBytes = tunnel.reduce((n, s) => n + s.payload.length, 0);
     assert.ok(tunnelBytes > 2 * MB, `the 2 MB echo crossed as only ${tunnelBytes} tunnel bytes`);
     assert.equal(segments.filter((s) => s.payload.includes(marker)).length, 0, 'plaintext payload seen on the inter-node link');
@@ -189,9 +189,10 @@ describe('data path in network namespaces', { concurrency: false }, () => {
     assert.ok(!dump.certificates.some((c: any) => c.spiffeId === id('shop', 'cart')), 'certificate dropped with the workload');
 
     // A broken file: rejected with a clear error, and the last good registry stays in force.
+    const rejected = async () => (await lab.agentLog('node-a')).filter((l) => /last good registry stays in force/.test(l.msg ?? ''));
+    const before = (await rejected()).length;
     await lab.writeWorkloads({ trustDomain: TD, nodes: [{ name: 'node-a' }], workloads: [{ name: 'x', ip: 'not-an-ip' }] });
-    const err = await eventually('rejection logged', async () =>
-      (await lab.agentLog('node-a')).find((l) => /last good registry stays in force/.test(l.msg ?? '')));
+    const err = await eventually('rejection logged', async () => (await rejected())[before]);
     assert.match(err.err, /ip/);
     dump = await lab.configDump(a);
     assert.equal(dump.workloads.length, 4, "the last good registry (without a2)");

@@ -15,6 +15,19 @@ export const h2Settings = {
   maxConcurrentStreams: 1000,
 };
 
+// Node caps what one HTTP/2 session may hold (maxSessionMemory, in MB, default 10) and refuses new
+// streams once over it. With 16 MB windows a session legitimately holds a window of data in each
+// direction, so the cap sits above that: two windows each way, plus headroom.
+export const SESSION_MEMORY_MB = (4 * WINDOW_BYTES) / (1024 * 1024) + 16;
+
+// Node's HTTP/2 stops reading its socket while a write to it is in progress (nodejs/node#29399).
+// When both agents write more than TCP will take, each waits for the other to read: the session
+// deadlocks (seen: 50 concurrent echo streams on one session stopped dead, Recv-Q and Send-Q full
+// on both ends). What one side may have written and the other not yet consumed is bounded by the
+// peer's HTTP/2 connection window, so a kernel send buffer larger than that window means a write
+// never waits on the peer, and each side keeps reading. Set on both ends of every tunnel socket.
+export const TUNNEL_SEND_BUFFER_BYTES = 2 * WINDOW_BYTES;
+
 /** The SPIFFE URI SANs of a certificate, from Node's "URI:...,  DNS:..." summary. */
 export function uriSans(cert: X509Certificate): string[] {
   return (cert.subjectAltName ?? '').split(', ').filter((s) => s.startsWith('URI:')).map((s) => s.slice(4));

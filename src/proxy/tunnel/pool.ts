@@ -4,8 +4,9 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
+import { setSendBuffer } from '../../capture/socket.ts';
 import { PeerIdentityError, TunnelRejectedError, UpstreamConnectError } from '../../errors.ts';
-import { ALPN, formatAuthority, formatForwardedFor, h2Settings, WINDOW_BYTES, uriSans } from './h2.ts';
+import { ALPN, formatAuthority, formatForwardedFor, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, WINDOW_BYTES, uriSans } from './h2.ts';
 
 export interface TunnelTarget {
   /** IP of the destination pod: the tunnel goes to its port 15008, where its node's agent answers. */
@@ -102,8 +103,9 @@ export class TunnelPool {
       let identityError: PeerIdentityError | undefined;
       const session = http2.connect(authority, {
         settings: h2Settings,
+        maxSessionMemory: SESSION_MEMORY_MB,
         createConnection: () => tls.connect({
-          socket: net.connect({ host: target.podIp, port: this.#opts.tunnelPort, noDelay: true }),
+          socket: tunnelSocket(target.podIp, this.#opts.tunnelPort),
           secureContext,
           ALPNProtocols: [ALPN],
           minVersion: 'TLSv1.3',
@@ -164,4 +166,12 @@ export class TunnelPool {
     for (const e of this.#entries.values()) void e.session.then((s) => s.destroy(), () => undefined);
     this.#entries.clear();
   }
+}
+
+/** TCP to a tunnel peer, with a send buffer above the peer's window (see TUNNEL_SEND_BUFFER_BYTES). */
+function tunnelSocket(host: string, port: number): net.Socket {
+  const socket = net.connect({ host, port, noDelay: true });
+  // The descriptor exists once connected; the TLS handshake only starts after that.
+  socket.once('connect', () => setSendBuffer(socket, TUNNEL_SEND_BUFFER_BYTES));
+  return socket;
 }
