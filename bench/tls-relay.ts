@@ -9,12 +9,13 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { parseArgs } from 'node:util';
-import { createCsr, generateRsaKey, loadCaDir, signWorkloadCsr } from '../src/identity/ca.ts';
+import { createCsr, generateRsaKey, signWorkloadCsr } from '../src/identity/ca.ts';
+import { DirRootStore, loadRootSet } from '../src/identity/roots.ts';
 
 const TRUST_DOMAIN = 'bench.local';
 
 async function credentials(caDir: string, name: string): Promise<{ key: string; cert: string; ca: string }> {
-  const root = await loadCaDir(caDir);
+  const root = (await loadRootSet(new DirRootStore(caDir))).signing;
   const { privateKeyPem } = await generateRsaKey();
   const id = `spiffe://${TRUST_DOMAIN}/ns/bench/sa/${name}`;
   const { certPem } = signWorkloadCsr(root, createCsr(privateKeyPem, id), { trustDomain: TRUST_DOMAIN, ttlMs: 3_600_000 });

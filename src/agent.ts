@@ -9,9 +9,10 @@ import { hasNetAdmin } from './capture/exec.ts';
 import { isCaptureInstalled } from './capture/install.ts';
 import { PrerequisiteError } from './errors.ts';
 import { createIpsetSync } from './capture/ipset.ts';
-import { loadCaDir } from './identity/ca.ts';
+import { createCaClientProvider } from './identity/ca-client.ts';
 import { CertificateManager } from './identity/certs.ts';
-import { createLocalCaProvider } from './identity/provider.ts';
+import { type CertificateProvider, createLocalCaProvider } from './identity/provider.ts';
+import { DirRootStore, loadRootSet } from './identity/roots.ts';
 import { allowAllPolicy, type PolicyEngine } from './policy/hook.ts';
 import type { ProxyContext } from './proxy/context.ts';
 import { handleInboundPlaintext } from './proxy/inbound-plaintext.ts';
@@ -47,6 +48,7 @@ export class Agent {
   #ipsetSynced = false;
   #captureTimer: NodeJS.Timeout | undefined;
   #tunnel: TunnelServer | undefined;
+  #provider: (CertificateProvider & { close?(): Promise<void> }) | undefined;
 
   readonly config: AgentConfig;
 
@@ -75,12 +77,12 @@ export class Agent {
       throw new PrerequisiteError('meshlet agent needs CAP_NET_ADMIN to manage the captured-pods ipset and read the nat ' +
         'table (run it as root, or give the DaemonSet container the NET_ADMIN capability)');
     }
-    const root = await loadCaDir(config.caDir);
     const source = deps.source ?? createFileSource({ path: config.workloadsFile, pollIntervalMs: config.workloadsPollMs });
     let agent: Agent | undefined;
-    const provider = createLocalCaProvider(root, { trustDomain: () => agent?.registry.trustDomain ?? '', ttlMs: config.certTtlMs });
+    const provider = await identityProvider(config, deps.log, () => agent?.registry.trustDomain ?? '');
     const certs = new CertificateManager({ provider, log: deps.log });
     agent = new Agent(config, { log: deps.log, policy: deps.policy ?? allowAllPolicy, source }, certs);
+    agent.#provider = provider;
     await agent.#checkCapture();
     await source.start({
       onSnapshot: (s) => agent.#apply(s),
@@ -160,9 +162,11 @@ export class Agent {
       ready: this.readiness.ready,
       pending: this.readiness.pending(),
       trustDomain: snapshot?.trustDomain,
+      identityProvider: this.#provider?.name,
+      trustBundle: this.certs.trustBundle ? { signingRoot: this.certs.trustBundle.signingFingerprint, roots: this.certs.trustBundle.pem.split('BEGIN CERTIFICATE').length - 1 } : undefined,
       workloads: (snapshot?.workloads ?? []).map((w) => ({ ...w, local: w.node === this.config.nodeName })),
       certificates: this.certs.states().map((c) => c.state === 'available'
-        ? { spiffeId: c.spiffeId, state: c.state, serial: c.serial, notBefore: new Date(c.notBefore).toISOString(), notAfter: new Date(c.notAfter).toISOString() }
+        ? { spiffeId: c.spiffeId, state: c.state, serial: c.serial, signedBy: c.signedBy, notBefore: new Date(c.notBefore).toISOString(), notAfter: new Date(c.notAfter).toISOString() }
         : c),
       pools: this.pool.dump(),
       connections: { totals: this.connections.totals, open: this.connections.list() },
@@ -188,8 +192,22 @@ export class Agent {
     for (const s of this.#sockets) s.destroy();
     this.pool.destroy();
     this.certs.close();
+    await this.#provider?.close?.();
     await closed;
   }
+}
+
+/** The embedded local CA (--ca-dir) or the CA service (--ca-url). */
+async function identityProvider(config: AgentConfig, log: Logger, trustDomain: () => string): Promise<CertificateProvider & { close?(): Promise<void> }> {
+  const id = config.identity;
+  if (id.mode === 'local') {
+    const roots = await loadRootSet(new DirRootStore(id.caDir));
+    return createLocalCaProvider(roots, { trustDomain, ttlMs: id.certTtlMs });
+  }
+  return createCaClientProvider({
+    url: id.url, tokenFile: id.tokenFile, trustBundleFile: id.trustBundleFile, log,
+    bundlePollMs: id.bundlePollMs, requestTimeoutMs: id.requestTimeoutMs,
+  });
 }
 
 function listen(server: net.Server, opts: net.ListenOptions & { reusePort?: boolean }): Promise<void> {

@@ -2,10 +2,13 @@
 import { parseArgs } from 'node:util';
 import { Agent } from './agent.ts';
 import { cleanupCapture, installCapture } from './capture/install.ts';
-import { defaults, loadAgentConfig, loadInitConfig } from './config.ts';
+import { defaults, loadAgentConfig, loadCaServeConfig, loadInitConfig } from './config.ts';
 import { defaultCaptureSettings } from './capture/rules.ts';
-import { ConfigError, MeshletError, PrerequisiteError } from './errors.ts';
-import { createRootCa, writeCaDir } from './identity/ca.ts';
+import { CaError, ConfigError, MeshletError, PrerequisiteError } from './errors.ts';
+import { createLocalAuthorizer } from './ca/authorizer.ts';
+import { CaService } from './ca/server.ts';
+import { createRootCa } from './identity/ca.ts';
+import { DirRootStore, ensureRoot, ROOT_FILES, rotateRoot, type RotationStep } from './identity/roots.ts';
 import { createLogger } from './telemetry/log.ts';
 
 const d = defaults;
@@ -13,23 +16,42 @@ const USAGE = `usage: meshlet <command> [flags]
 
 commands:
   init [--dry-run] [--cleanup]           install (or remove) the node's capture rules and ipset
-  agent --node NAME --workloads FILE --ca-dir DIR
-                                          run the node agent (local mode)
-  ca init --out DIR [--trust-domain TD]  create a root CA shared by local-mode agents
+  agent --node NAME --workloads FILE (--ca-dir DIR | --ca-url URL --token-file F --trust-bundle F)
+                                          run the node agent
+  ca init --out DIR [--trust-domain TD]  create a root CA (embedded in local-mode agents, or for ca serve)
+  ca serve --ca-dir DIR --tokens F --workloads F
+                                          run the CA service (creates a root in DIR if there is none)
+  ca rotate prepare|activate|finish --ca-dir DIR
+                                          one step of a root rotation (see ARCHITECTURE.md)
   demo [--keep-logs]                      run a local demo mesh in network namespaces (root)
 
 agent flags (defaults in brackets):
   --node NAME              this node's name [$MESHLET_NODE_NAME or $NODE_NAME]
   --workloads FILE         workloads YAML (trustDomain, nodes, workloads), reloaded on change
   --workloads-poll DUR     how often the file is checked [${d.workloadsPoll}]
-  --ca-dir DIR             root CA from \`meshlet ca init\`
-  --cert-ttl DUR           workload certificate lifetime, renewed at half life [${d.certTtl}]
+  --ca-dir DIR             embedded local CA: the root from \`meshlet ca init\`
+  --cert-ttl DUR           with --ca-dir: workload certificate lifetime, renewed at half life [${d.certTtl}]
+  --ca-url URL             the CA service (https://...); excludes --ca-dir
+  --token-file FILE        this node's token for the CA, re-read per request
+  --trust-bundle FILE      roots (PEM) that verify the CA service's certificate
+  --bundle-poll DUR        how often the trust bundle is fetched (root rotation) [${d.bundlePoll}]
+  --ca-timeout DUR         CA request timeout [${d.caRequestTimeout}]
   --connect-timeout DUR    upstream and tunnel connect timeout [${d.connectTimeout}]
   --handshake-timeout DUR  TLS handshake timeout [${d.handshakeTimeout}]
   --drain DUR              how long SIGTERM lets open connections finish [${d.drain}]
   --log-level LEVEL        fatal, error, warn, info, debug, trace [${d.logLevel}]
   --admin-port N --admin-address IP          /config_dump [${d.ports.admin} on ${d.adminAddress}]
   --readiness-port N --readiness-address IP  /healthz/ready [${d.ports.readiness} on ${d.readinessAddress}]
+
+ca serve flags:
+  --ca-dir DIR             root store (ca.key, ca.crt, trust-bundle.pem, next.*), re-read every --reload [${d.ca.reload}]
+  --trust-domain TD        trust domain of a root created on first start [${d.ca.trustDomain}]
+  --listen-address IP --port N   [${d.ca.listenAddress}:${d.ca.port}]
+  --tokens FILE            YAML: tokens: [{ node, token }] (local authorization)
+  --workloads FILE         which pods run on which node (the agents' workloads file)
+  --cert-ttl DUR           lifetime of issued certificates [${d.certTtl}]
+  --max-body BYTES [${d.ca.maxBody}]  --rate N/s per client [${d.ca.rate}]  --burst N [${d.ca.burst}]
+  --san NAME[,NAME]        serving certificate names and IPs [${d.ca.servingNames}]
 
 capture flags (init and agent):
   --outbound-port N [${d.ports.outbound}]  --inbound-port N [${d.ports.inboundPlaintext}]  --tunnel-port N [${d.ports.tunnel}]
@@ -73,17 +95,68 @@ async function cmdAgent(argv: string[]): Promise<number> {
 
 async function cmdCa(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
-  if (sub !== 'init') throw new ConfigError([`unknown ca command ${JSON.stringify(sub ?? '')} (expected: ca init)`]);
-  let values;
+  switch (sub) {
+    case 'init': return cmdCaInit(rest);
+    case 'serve': return cmdCaServe(rest);
+    case 'rotate': return cmdCaRotate(rest);
+    default: throw new ConfigError([`unknown ca command ${JSON.stringify(sub ?? '')} (expected: ca init, ca serve, ca rotate)`]);
+  }
+}
+
+/** parseArgs with its errors turned into ConfigError (exit code 2). */
+function flags<T>(run: () => T): T {
   try {
-    ({ values } = parseArgs({ args: rest, options: { out: { type: 'string' }, 'trust-domain': { type: 'string', default: 'cluster.local' } }, strict: true }));
+    return run();
   } catch (err) {
     throw new ConfigError([(err as Error).message]);
   }
+}
+
+async function cmdCaInit(argv: string[]): Promise<number> {
+  const { values } = flags(() => parseArgs({ args: argv, strict: true, options: { out: { type: 'string' }, 'trust-domain': { type: 'string', default: d.ca.trustDomain } } }));
   if (!values.out) throw new ConfigError(['--out is required']);
   const root = await createRootCa({ trustDomain: String(values['trust-domain']) });
-  await writeCaDir(values.out, root);
-  process.stderr.write(`meshlet ca: root CA written to ${values.out}/ca.crt and ${values.out}/ca.key\n`);
+  const store = new DirRootStore(String(values.out));
+  const created = await store.create({ [ROOT_FILES.key]: root.keyPem, [ROOT_FILES.cert]: root.certPem, [ROOT_FILES.bundle]: root.certPem });
+  if (!created) throw new CaError(`${values.out} already holds a root; refusing to overwrite it (losing a root breaks the mesh)`);
+  process.stderr.write(`meshlet ca: root CA written to ${values.out}/${ROOT_FILES.cert} and ${values.out}/${ROOT_FILES.key}\n`);
+  return 0;
+}
+
+async function cmdCaServe(argv: string[]): Promise<number> {
+  const config = loadCaServeConfig(argv, process.env);
+  const log = createLogger(config.logLevel, { component: 'ca' });
+  const store = new DirRootStore(config.caDir);
+  const { created, set } = await ensureRoot(store, config.trustDomain);
+  if (set.trustDomain !== config.trustDomain) {
+    throw new CaError(`the root in ${config.caDir} is for trust domain ${set.trustDomain}, not --trust-domain ${config.trustDomain}`);
+  }
+  if (created) log.info({ caDir: config.caDir, signingRoot: set.signingFingerprint }, 'no root found: created one');
+  const authorizer = createLocalAuthorizer({ tokensFile: config.tokensFile, workloadsFile: config.workloadsFile, log });
+  const service = await CaService.start({
+    store, authorizer, log, certTtlMs: config.certTtlMs, servingNames: config.servingNames, maxBodyBytes: config.maxBodyBytes,
+    ratePerSecond: config.ratePerSecond, burst: config.burst, reloadMs: config.reloadMs,
+  });
+  await service.listen(config.port, config.listenAddress);
+  log.info({ address: config.listenAddress, port: config.port, trustDomain: set.trustDomain, authorizer: authorizer.name }, 'CA listening');
+  await new Promise<void>((resolve) => {
+    process.once('SIGTERM', () => resolve());
+    process.once('SIGINT', () => resolve());
+  });
+  await service.close();
+  log.info('CA stopped');
+  return 0;
+}
+
+async function cmdCaRotate(argv: string[]): Promise<number> {
+  const { values, positionals } = flags(() => parseArgs({ args: argv, strict: true, allowPositionals: true, options: { 'ca-dir': { type: 'string' } } }));
+  const step = positionals[0];
+  if (positionals.length !== 1 || !['prepare', 'activate', 'finish'].includes(step ?? '')) {
+    throw new ConfigError(['usage: meshlet ca rotate prepare|activate|finish --ca-dir DIR']);
+  }
+  if (!values['ca-dir']) throw new ConfigError(['--ca-dir is required']);
+  const set = await rotateRoot(new DirRootStore(String(values['ca-dir'])), step as RotationStep);
+  process.stderr.write(`meshlet ca rotate ${step}: signing root ${set.signingFingerprint}, ${set.trustBundlePem.split('BEGIN CERTIFICATE').length - 1} root(s) trusted\n`);
   return 0;
 }
 

@@ -12,11 +12,15 @@ export interface Ports {
   readiness: number;
 }
 
+/** Where the agent's workload certificates come from. */
+export type IdentityConfig =
+  | { mode: 'local'; caDir: string; certTtlMs: number }
+  | { mode: 'ca-service'; url: string; tokenFile: string; trustBundleFile: string; bundlePollMs: number; requestTimeoutMs: number };
+
 export interface AgentConfig {
   nodeName: string;
   workloadsFile: string;
-  caDir: string;
-  certTtlMs: number;
+  identity: IdentityConfig;
   ports: Ports;
   adminAddress: string;
   readinessAddress: string;
@@ -26,6 +30,22 @@ export interface AgentConfig {
   drainMs: number;
   workloadsPollMs: number;
   capture: CaptureSettings;
+}
+
+export interface CaServeConfig {
+  caDir: string;
+  trustDomain: string;
+  listenAddress: string;
+  port: number;
+  tokensFile: string;
+  workloadsFile: string;
+  certTtlMs: number;
+  maxBodyBytes: number;
+  ratePerSecond: number;
+  burst: number;
+  servingNames: string[];
+  reloadMs: number;
+  logLevel: LogLevel;
 }
 
 export interface InitConfig {
@@ -47,6 +67,19 @@ export const defaults = {
   handshakeTimeout: '5s',
   drain: '5s',
   workloadsPoll: '500ms',
+  bundlePoll: '30s',
+  caRequestTimeout: '10s',
+  ca: {
+    port: 15012,
+    listenAddress: '0.0.0.0',
+    trustDomain: 'cluster.local',
+    maxBody: 16_384,
+    rate: 20,
+    burst: 40,
+    reload: '10s',
+    // The names agents use in a cluster (Service meshlet-ca in meshlet-system), and loopback.
+    servingNames: 'meshlet-ca,meshlet-ca.meshlet-system,meshlet-ca.meshlet-system.svc,localhost,127.0.0.1',
+  },
 };
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
@@ -74,6 +107,11 @@ class Problems {
   required(flag: string, value: string | undefined): string {
     if (!value) this.list.push(`--${flag} is required`);
     return value ?? '';
+  }
+  int(flag: string, value: string, min: number, max: number): number {
+    const n = Number(value);
+    if (!/^\d+$/.test(value) || n < min || n > max) this.list.push(`--${flag}: ${JSON.stringify(value)} is not a whole number in ${min} .. ${max}`);
+    return n;
   }
   ip(flag: string, value: string): string {
     if (!isIP(value)) this.list.push(`--${flag}: ${JSON.stringify(value)} is not an IP address`);
@@ -132,6 +170,11 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     node: { type: 'string', default: env.MESHLET_NODE_NAME ?? env.NODE_NAME },
     workloads: { type: 'string' },
     'ca-dir': { type: 'string' },
+    'ca-url': { type: 'string' },
+    'token-file': { type: 'string' },
+    'trust-bundle': { type: 'string' },
+    'bundle-poll': { type: 'string', default: defaults.bundlePoll },
+    'ca-timeout': { type: 'string', default: defaults.caRequestTimeout },
     'cert-ttl': { type: 'string', default: defaults.certTtl },
     'admin-port': { type: 'string', default: String(defaults.ports.admin) },
     'readiness-port': { type: 'string', default: String(defaults.ports.readiness) },
@@ -146,14 +189,12 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
   const p = new Problems();
   const nodeName = p.required('node (or MESHLET_NODE_NAME)', v.node);
   const workloadsFile = p.required('workloads', v.workloads);
-  const caDir = p.required('ca-dir', v['ca-dir']);
+  const identity = identityConfig(v, p);
   const capture = captureSettings(v, p);
   const logLevel = String(v['log-level']);
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) p.list.push(`--log-level: ${JSON.stringify(logLevel)} is not one of ${LOG_LEVELS.join(', ')}`);
   const config: AgentConfig = {
-    nodeName, workloadsFile, caDir,
-    // A certificate shorter-lived than a minute would spend most of its life being renewed.
-    certTtlMs: p.duration('cert-ttl', String(v['cert-ttl']), 10_000, 90 * 86_400_000),
+    nodeName, workloadsFile, identity,
     ports: {
       outbound: capture.outboundPort,
       inboundPlaintext: capture.inboundPlaintextPort,
@@ -175,6 +216,77 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     const clash = ports.slice(0, i).find(([, other]) => other === port);
     if (clash) p.list.push(`port ${port} is used for both ${clash[0]} and ${name}`);
   }
+  p.throwIfAny();
+  return config;
+}
+
+function identityConfig(v: Record<string, unknown>, p: Problems): IdentityConfig {
+  const caDir = v['ca-dir'] as string | undefined;
+  const url = v['ca-url'] as string | undefined;
+  if (caDir && url) {
+    p.list.push('--ca-dir (embedded local CA) and --ca-url (CA service) exclude each other');
+  }
+  if (url) {
+    let parsed: URL | undefined;
+    try { parsed = new URL(url); } catch { /* reported below */ }
+    if (parsed?.protocol !== 'https:') p.list.push(`--ca-url: ${JSON.stringify(url)} is not an https:// URL`);
+    return {
+      mode: 'ca-service',
+      url,
+      tokenFile: p.required('token-file (with --ca-url)', v['token-file'] as string | undefined),
+      trustBundleFile: p.required('trust-bundle (with --ca-url)', v['trust-bundle'] as string | undefined),
+      bundlePollMs: p.duration('bundle-poll', String(v['bundle-poll']), 100, 3_600_000),
+      requestTimeoutMs: p.duration('ca-timeout', String(v['ca-timeout']), 100, 120_000),
+    };
+  }
+  for (const flag of ['token-file', 'trust-bundle'] as const) if (v[flag]) p.list.push(`--${flag} only applies with --ca-url`);
+  return {
+    mode: 'local',
+    caDir: p.required('ca-dir (or --ca-url)', caDir),
+    // A certificate shorter-lived than 10 s would spend most of its life being renewed.
+    certTtlMs: p.duration('cert-ttl', String(v['cert-ttl']), 10_000, 90 * 86_400_000),
+  };
+}
+
+export function loadCaServeConfig(argv: string[], env: NodeJS.ProcessEnv): CaServeConfig {
+  const c = defaults.ca;
+  const { values: v } = parse(() => parseArgs({ args: argv, strict: true, options: {
+    'ca-dir': { type: 'string' },
+    'trust-domain': { type: 'string', default: c.trustDomain },
+    'listen-address': { type: 'string', default: c.listenAddress },
+    port: { type: 'string', default: String(c.port) },
+    tokens: { type: 'string' },
+    workloads: { type: 'string' },
+    'cert-ttl': { type: 'string', default: defaults.certTtl },
+    'max-body': { type: 'string', default: String(c.maxBody) },
+    rate: { type: 'string', default: String(c.rate) },
+    burst: { type: 'string', default: String(c.burst) },
+    san: { type: 'string', multiple: true },
+    reload: { type: 'string', default: c.reload },
+    'log-level': { type: 'string', default: env.MESHLET_LOG_LEVEL ?? defaults.logLevel },
+  } }));
+  const p = new Problems();
+  const logLevel = String(v['log-level']);
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) p.list.push(`--log-level: ${JSON.stringify(logLevel)} is not one of ${LOG_LEVELS.join(', ')}`);
+  const servingNames = (v.san ?? [c.servingNames]).flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
+  for (const n of servingNames) {
+    if (!isIP(n) && !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/i.test(n)) p.list.push(`--san: ${JSON.stringify(n)} is neither a DNS name nor an IP address`);
+  }
+  const config: CaServeConfig = {
+    caDir: p.required('ca-dir', v['ca-dir']),
+    trustDomain: String(v['trust-domain']),
+    listenAddress: p.ip('listen-address', String(v['listen-address'])),
+    port: p.port('port', String(v.port)),
+    tokensFile: p.required('tokens', v.tokens),
+    workloadsFile: p.required('workloads', v.workloads),
+    certTtlMs: p.duration('cert-ttl', String(v['cert-ttl']), 10_000, 90 * 86_400_000),
+    maxBodyBytes: p.int('max-body', String(v['max-body']), 1024, 1_048_576),
+    ratePerSecond: p.int('rate', String(v.rate), 1, 100_000),
+    burst: p.int('burst', String(v.burst), 1, 100_000),
+    servingNames,
+    reloadMs: p.duration('reload', String(v.reload), 100, 3_600_000),
+    logLevel: logLevel as LogLevel,
+  };
   p.throwIfAny();
   return config;
 }

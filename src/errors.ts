@@ -145,6 +145,93 @@ export class CaError extends MeshletError {
   }
 }
 
+/**
+ * A request the CA service refused. Each refusal has its own code and the HTTP status the CA answers
+ * with, so an agent (and its operator) can tell a bad CSR from a bad token from a busy CA.
+ */
+export abstract class CaRefusal extends MeshletError {
+  abstract readonly status: number;
+}
+
+/** The CSR is not a valid PKCS#10 request, or asks for something the CA never grants. */
+export class BadCsrError extends CaRefusal {
+  readonly code = 'bad_csr';
+  readonly status = 400;
+  constructor(message: string) {
+    super(message);
+  }
+}
+
+/** The HTTP request itself is malformed: wrong method, path, content type or JSON. */
+export class BadCaRequestError extends CaRefusal {
+  readonly code = 'bad_request';
+  readonly status: number;
+  constructor(message: string, status = 400) {
+    super(message);
+    this.status = typeof status === 'number' ? status : 400;
+  }
+}
+
+/** The request body is larger than the CA accepts. */
+export class BodyTooLargeError extends CaRefusal {
+  readonly code = 'body_too_large';
+  readonly status = 413;
+  constructor(limitBytes: number) {
+    super(`request body is larger than ${limitBytes} bytes`);
+  }
+}
+
+/** The bearer token is missing, malformed, expired, for another audience, or not an agent's. */
+export class TokenRejectedError extends CaRefusal {
+  readonly code = 'bad_token';
+  readonly status = 401;
+  constructor(reason: string) {
+    super(`token rejected: ${reason}`);
+  }
+}
+
+/** The node holding the token runs no workload with the requested identity. */
+export class IdentityNotAllowedError extends CaRefusal {
+  readonly code = 'identity_not_allowed';
+  readonly status = 403;
+  constructor(node: string, spiffeId: string) {
+    super(`node ${JSON.stringify(String(node))} runs no pod with identity ${spiffeId}`);
+  }
+}
+
+/** Too many requests from one client; the answer carries Retry-After. */
+export class RateLimitedError extends CaRefusal {
+  readonly code = 'rate_limited';
+  readonly status = 429;
+  readonly retryAfterSeconds: number;
+  constructor(retryAfterSeconds: number) {
+    const s = typeof retryAfterSeconds === 'number' ? Math.max(1, Math.ceil(retryAfterSeconds)) : 1;
+    super(`too many requests; retry after ${s} s`);
+    this.retryAfterSeconds = s;
+  }
+}
+
+/** The CA cannot decide right now (the Kubernetes API is unreachable, pod placement not loaded). */
+export class AuthorizerUnavailableError extends CaRefusal {
+  readonly code = 'authz_unavailable';
+  readonly status = 503;
+  constructor(reason: string) {
+    super(`cannot authorize now: ${reason}`);
+  }
+}
+
+/** The agent could not obtain a certificate from the CA service (network, TLS, or a refusal). */
+export class CaUnavailableError extends MeshletError {
+  readonly code = 'ca_unavailable';
+  readonly status: number | undefined;
+  /** The CA's Retry-After, when it sent one: the agent waits at least this long. */
+  retryAfterMs: number | undefined;
+  constructor(message: string, status?: number, options?: ErrorOptions) {
+    super(message, options);
+    this.status = typeof status === 'number' ? status : undefined;
+  }
+}
+
 /** Installing or removing capture rules failed (missing privileges, missing tools, rejected rules). */
 export class CaptureError extends MeshletError {
   readonly code = 'capture_error';
@@ -165,7 +252,8 @@ export class PrerequisiteError extends MeshletError {
 export const errorCodes = [
   'unknown_source', 'self_call', 'original_dst', 'no_certificate', 'tunnel_rejected', 'peer_identity',
   'bad_tunnel_target', 'unknown_destination', 'policy_denied', 'upstream_connect', 'bad_workloads', 'bad_config',
-  'bad_spiffe_id', 'ca_error', 'capture_error', 'prerequisite',
+  'bad_spiffe_id', 'ca_error', 'capture_error', 'prerequisite', 'bad_csr', 'bad_request', 'body_too_large', 'bad_token',
+  'identity_not_allowed', 'rate_limited', 'authz_unavailable', 'ca_unavailable',
 ] as const;
 
 export function errorCode(err: unknown): string {

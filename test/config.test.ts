@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { loadAgentConfig, loadInitConfig, parseDuration } from '../src/config.ts';
+import { loadAgentConfig, loadCaServeConfig, loadInitConfig, parseDuration } from '../src/config.ts';
 import { ConfigError } from '../src/errors.ts';
 
 describe('config', () => {
@@ -16,7 +16,7 @@ describe('config', () => {
   it('builds the agent config with defaults', () => {
     const c = loadAgentConfig(['--node', 'n1', '--workloads', 'w.yaml', '--ca-dir', 'ca'], {});
     assert.equal(c.nodeName, 'n1');
-    assert.equal(c.certTtlMs, 86_400_000);
+    assert.deepEqual(c.identity, { mode: 'local', caDir: 'ca', certTtlMs: 86_400_000 });
     assert.deepEqual(c.ports, { outbound: 15001, inboundPlaintext: 15006, tunnel: 15008, admin: 15000, readiness: 15021 });
     assert.equal(c.adminAddress, '127.0.0.1');
     assert.equal(loadAgentConfig(['--workloads', 'w', '--ca-dir', 'c'], { MESHLET_NODE_NAME: 'from-env' }).nodeName, 'from-env');
@@ -27,10 +27,35 @@ describe('config', () => {
       (err: unknown) => {
         assert.ok(err instanceof ConfigError);
         const text = err.problems.join('\n');
-        for (const re of [/--node/, /--workloads is required/, /--ca-dir is required/, /--cert-ttl: "soon"/, /--admin-port: "99999"/,
+        for (const re of [/--node/, /--workloads is required/, /--ca-dir \(or --ca-url\) is required/, /--cert-ttl: "soon"/, /--admin-port: "99999"/,
           /--log-level: "loud"/, /port 15001 is used for both outbound and tunnel/]) assert.match(text, re);
         return true;
       });
+  });
+
+  it('selects the CA service with --ca-url, which needs a token and a trust bundle', () => {
+    const c = loadAgentConfig(['--node', 'n1', '--workloads', 'w', '--ca-url', 'https://ca:15012', '--token-file', 't', '--trust-bundle', 'b'], {});
+    assert.deepEqual(c.identity, { mode: 'ca-service', url: 'https://ca:15012', tokenFile: 't', trustBundleFile: 'b', bundlePollMs: 30_000, requestTimeoutMs: 10_000 });
+    assert.throws(() => loadAgentConfig(['--node', 'n', '--workloads', 'w', '--ca-url', 'http://ca', '--ca-dir', 'd'], {}), (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      const text = err.problems.join('\n');
+      for (const re of [/exclude each other/, /not an https:\/\/ URL/, /--token-file/, /--trust-bundle/]) assert.match(text, re);
+      return true;
+    });
+    assert.throws(() => loadAgentConfig(['--node', 'n', '--workloads', 'w', '--ca-dir', 'd', '--token-file', 't'], {}), /only applies with --ca-url/);
+  });
+
+  it('builds the CA service config and lists its problems', () => {
+    const c = loadCaServeConfig(['--ca-dir', 'd', '--tokens', 't', '--workloads', 'w', '--san', 'ca.example,10.0.0.1', '--san', 'other'], {});
+    assert.equal(c.port, 15012);
+    assert.equal(c.certTtlMs, 86_400_000);
+    assert.deepEqual(c.servingNames, ['ca.example', '10.0.0.1', 'other']);
+    assert.throws(() => loadCaServeConfig(['--rate', '0', '--max-body', 'lots', '--san', 'bad name'], {}), (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      const text = err.problems.join('\n');
+      for (const re of [/--ca-dir is required/, /--tokens is required/, /--workloads is required/, /--rate: "0"/, /--max-body: "lots"/, /--san: "bad name"/]) assert.match(text, re);
+      return true;
+    });
   });
 
   it('turns unknown flags into a ConfigError', () => {

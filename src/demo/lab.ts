@@ -3,7 +3,8 @@
 // The demo drives it; the end-to-end tests build on it.
 import type { ChildProcess } from 'node:child_process';
 import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
-import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,7 +33,17 @@ export interface LabSpec {
   nodes: Array<{ name: string; pods: PodSpec[] }>;
   certTtl?: string;
   agentArgs?: string[];
+  /**
+   * Where agents get certificates: 'local' (default) embeds the CA in each agent (--ca-dir);
+   * 'service' runs `meshlet ca serve` in a namespace of its own and agents use --ca-url.
+   */
+  identity?: 'local' | 'service';
+  /** With identity 'service': how often agents fetch the trust bundle. */
+  bundlePoll?: string;
+  caArgs?: string[];
 }
+
+export const CA_PORT = 15012;
 
 export interface AgentProcess {
   node: NodeNs;
@@ -48,6 +59,10 @@ export class MeshLab {
   readonly pods = new Map<string, PodNs & { spec: PodSpec }>();
   readonly agents = new Map<string, AgentProcess>();
   readonly servers: ChildProcess[] = [];
+  /** The CA service's namespace (identity 'service'), on the underlay like a node. */
+  caNode: NodeNs | undefined;
+  ca: { child: ChildProcess; logFile: string; exited: Promise<number | null> } | undefined;
+  readonly tokens = new Map<string, string>();
   #logs: WriteStream[] = [];
 
   private constructor(topo: Topology, dir: string, spec: LabSpec) {
@@ -58,6 +73,13 @@ export class MeshLab {
 
   get workloadsFile(): string { return join(this.dir, 'workloads.yaml'); }
   get caDir(): string { return join(this.dir, 'ca'); }
+  get tokensFile(): string { return join(this.dir, 'tokens.yaml'); }
+  /** The roots agents are given to verify the CA service (a ConfigMap in a cluster). */
+  get trustBundleFile(): string { return join(this.dir, 'trust-bundle.pem'); }
+  tokenFile(node: string): string { return join(this.dir, `token-${node}`); }
+  get caUrl(): string { return `https://${this.caNode?.ip}:${CA_PORT}`; }
+  /** The mesh's nodes (the CA's namespace is not one). */
+  get meshNodes(): NodeNs[] { return this.topo.nodes.filter((n) => n !== this.caNode); }
 
   /** Builds namespaces, the CA and the workloads file; agents are started separately. */
   static async create(spec: LabSpec): Promise<MeshLab> {
@@ -72,8 +94,15 @@ export class MeshLab {
           lab.pods.set(p.name, { ...pod, spec: p });
         }
       }
+      if (spec.identity === 'service') {
+        lab.caNode = await topo.addNode('ca');
+        for (const n of spec.nodes) lab.tokens.set(n.name, randomBytes(24).toString('base64url'));
+        await writeFile(lab.tokensFile, stringify({ tokens: [...lab.tokens].map(([node, token]) => ({ node, token })) }));
+        for (const [node, token] of lab.tokens) await writeFile(lab.tokenFile(node), `${token}\n`, { mode: 0o600 });
+      }
       await lab.writeWorkloads();
       await lab.meshlet(['ca', 'init', '--out', lab.caDir, '--trust-domain', lab.trustDomain]);
+      await copyFile(join(lab.caDir, 'trust-bundle.pem'), lab.trustBundleFile);
     } catch (err) {
       await lab.destroy();
       throw err;
@@ -98,7 +127,7 @@ export class MeshLab {
   workloadsDocument(filter: (p: PodSpec) => boolean = () => true): object {
     return {
       trustDomain: this.trustDomain,
-      nodes: this.topo.nodes.map((n) => ({ name: n.name, ip: n.ip })),
+      nodes: this.meshNodes.map((n) => ({ name: n.name, ip: n.ip })),
       workloads: [...this.pods.values()].filter((p) => p.spec.registered !== false && filter(p.spec)).map((p) => ({
         name: p.name,
         namespace: p.spec.namespace ?? 'default',
@@ -134,9 +163,13 @@ export class MeshLab {
     const logFile = join(this.dir, `agent-${node.name}-${Date.now()}.log`);
     const log = createWriteStream(logFile);
     this.#logs.push(log);
+    const identity = this.spec.identity === 'service'
+      ? ['--ca-url', this.caUrl, '--token-file', this.tokenFile(node.name), '--trust-bundle', this.trustBundleFile,
+        '--bundle-poll', this.spec.bundlePoll ?? '500ms']
+      : ['--ca-dir', this.caDir, '--cert-ttl', this.spec.certTtl ?? '1h'];
     const child = this.topo.spawn(node.ns, process.execPath, [
-      CLI, 'agent', '--node', node.name, '--workloads', this.workloadsFile, '--ca-dir', this.caDir,
-      '--workloads-poll', '100ms', '--cert-ttl', this.spec.certTtl ?? '1h', ...(this.spec.agentArgs ?? []), ...extraArgs,
+      CLI, 'agent', '--node', node.name, '--workloads', this.workloadsFile, ...identity,
+      '--workloads-poll', '100ms', ...(this.spec.agentArgs ?? []), ...extraArgs,
     ]);
     child.stdout?.pipe(log, { end: false });
     child.stderr?.pipe(log, { end: false });
@@ -163,11 +196,50 @@ export class MeshLab {
     throw new Error(`agent on ${node.name} not ready after ${timeoutMs} ms: ${last}`);
   }
 
-  /** Installs capture and starts a ready agent on every node. */
+  /** Installs capture and starts a ready agent on every node (and the CA service first, if used). */
   async startMesh(): Promise<void> {
-    for (const node of this.topo.nodes) await this.initCapture(node);
-    for (const node of this.topo.nodes) await this.startAgent(node);
-    await Promise.all(this.topo.nodes.map((n) => this.waitReady(n)));
+    if (this.caNode) await this.startCa();
+    for (const node of this.meshNodes) await this.initCapture(node);
+    for (const node of this.meshNodes) await this.startAgent(node);
+    await Promise.all(this.meshNodes.map((n) => this.waitReady(n)));
+  }
+
+  /** Starts `meshlet ca serve` in the CA namespace and waits until it listens. */
+  async startCa(extraArgs: string[] = []): Promise<void> {
+    const caNode = this.caNode;
+    if (!caNode) throw new Error('this lab has no CA service (identity: service)');
+    const logFile = join(this.dir, `ca-${Date.now()}.log`);
+    const log = createWriteStream(logFile);
+    this.#logs.push(log);
+    const child = this.topo.spawn(caNode.ns, process.execPath, [
+      CLI, 'ca', 'serve', '--ca-dir', this.caDir, '--tokens', this.tokensFile, '--workloads', this.workloadsFile,
+      '--port', String(CA_PORT), '--san', caNode.ip, '--reload', '500ms', '--cert-ttl', this.spec.certTtl ?? '1h',
+      '--trust-domain', this.trustDomain, ...(this.spec.caArgs ?? []), ...extraArgs,
+    ]);
+    child.stdout?.pipe(log, { end: false });
+    child.stderr?.pipe(log, { end: false });
+    const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+    this.ca = { child, logFile, exited };
+    const deadline = Date.now() + 15_000;
+    while (!(await this.caLog()).some((l) => l.msg === 'CA listening')) {
+      if (child.exitCode !== null) throw new Error(`CA exited with ${child.exitCode}:\n${await readFile(logFile, 'utf8')}`);
+      if (Date.now() > deadline) throw new Error(`CA did not start:\n${await readFile(logFile, 'utf8')}`);
+      await new Promise((res) => setTimeout(res, 100));
+    }
+  }
+
+  async stopCa(): Promise<void> {
+    const ca = this.ca;
+    if (!ca) return;
+    if (ca.child.exitCode === null && ca.child.signalCode === null) ca.child.kill('SIGTERM');
+    await ca.exited;
+  }
+
+  /** Every JSON log line the CA service has written so far. */
+  async caLog(): Promise<Array<Record<string, any>>> {
+    if (!this.ca) return [];
+    // The log stream opens asynchronously: no file yet means no lines yet.
+    return parseLogLines(await readFile(this.ca.logFile, 'utf8').catch(() => ''));
   }
 
   async configDump(node: NodeNs): Promise<any> {
@@ -223,8 +295,7 @@ export class MeshLab {
   async agentLog(nodeName: string): Promise<Array<Record<string, any>>> {
     const agent = this.agents.get(nodeName);
     if (!agent) return [];
-    const text = await readFile(agent.logFile, 'utf8');
-    return text.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, any>);
+    return parseLogLines(await readFile(agent.logFile, 'utf8'));
   }
 
   /** Access-log lines (parsed JSON) an agent has written so far. */
@@ -254,6 +325,10 @@ export class MeshLab {
     for (const log of this.#logs) log.end();
     if (!opts.keepDir) await rm(this.dir, { recursive: true, force: true });
   }
+}
+
+function parseLogLines(text: string): Array<Record<string, any>> {
+  return text.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, any>);
 }
 
 /** utime + stime of a process in seconds (fields 14 and 15 of /proc/PID/stat, 100 ticks a second). */

@@ -3,6 +3,10 @@
 //
 //   peer serve --port P                  echo server, and a "sink" mode selected by the first byte
 //   peer client --host H --port P --bytes N [--connections C] [--mode echo|halfclose|hold] [--pattern TEXT]
+//   peer chat --host H --port P --duration MS [--interval MS]
+//                                        one long-lived connection: a small echoed message every interval
+//   peer dial --host H --port P --duration MS [--interval MS]
+//                                        a new short connection every interval (echo, 1 KiB)
 //   peer get --url URL                   prints an HTTP body (admin endpoints inside a node namespace)
 //
 // Protocol: the client's first byte picks the server's behaviour. 'E': echo every byte back and end
@@ -112,6 +116,58 @@ async function client(argv: string[]): Promise<void> {
   process.stdout.write(`${JSON.stringify({ ok: results.every((r) => r.ok), results })}\n`);
 }
 
+/** One connection kept open for `durationMs`, checking an echo every `intervalMs`. */
+function chat(host: string, port: number, durationMs: number, intervalMs: number): Promise<{ ok: boolean; rounds: number; ms: number; error?: string }> {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    let rounds = 0;
+    let pending = '';
+    let got = '';
+    let done = false;
+    let timer: NodeJS.Timeout | undefined;
+    const finish = (error?: string) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.destroy();
+      resolve({ ok: error === undefined, rounds, ms: Date.now() - started, ...(error ? { error } : {}) });
+    };
+    const round = () => {
+      if (Date.now() - started >= durationMs) { finish(); return; }
+      pending = `round ${rounds} ${Date.now()}\n`;
+      got = '';
+      socket.write(pending);
+      timer = setTimeout(() => finish(`no echo for round ${rounds} within 5 s`), 5_000);
+    };
+    const socket = net.connect({ host, port });
+    socket.on('connect', () => { socket.write('E'); round(); });
+    socket.on('data', (d: Buffer) => {
+      got += d.toString();
+      if (got.length < pending.length) return;
+      if (got !== pending) { finish(`echo mismatch in round ${rounds}`); return; }
+      clearTimeout(timer);
+      rounds++;
+      timer = setTimeout(round, intervalMs);
+    });
+    socket.on('error', (err: NodeJS.ErrnoException) => finish(err.code ?? err.message));
+    socket.on('close', () => finish('closed'));
+  });
+}
+
+/** A new echo connection every `intervalMs` for `durationMs`; reports each attempt. */
+async function dial(host: string, port: number, durationMs: number, intervalMs: number): Promise<{ ok: boolean; attempts: number; failures: Array<{ atMs: number; error: string }> }> {
+  const started = Date.now();
+  const runs: Array<Promise<{ atMs: number; r: ClientResult }>> = [];
+  while (Date.now() - started < durationMs) {
+    const atMs = Date.now() - started;
+    runs.push(oneConnection(host, port, 1024, 'echo', 10_000).then((r) => ({ atMs, r })));
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+  const all = await Promise.all(runs);
+  const failures = all.filter((x) => !x.r.ok).map((x) => ({ atMs: x.atMs, error: x.r.error ?? 'bad echo' }));
+  return { ok: failures.length === 0, attempts: all.length, failures };
+}
+
 async function get(argv: string[]): Promise<void> {
   const { values } = parseArgs({ args: argv, options: { url: { type: 'string' } } });
   const res = await fetch(String(values.url));
@@ -125,9 +181,16 @@ if (cmd === 'serve') {
   serve(Number(values.port));
 } else if (cmd === 'client') {
   await client(rest);
+} else if (cmd === 'chat' || cmd === 'dial') {
+  const { values } = parseArgs({ args: rest, options: {
+    host: { type: 'string' }, port: { type: 'string' }, duration: { type: 'string' }, interval: { type: 'string', default: '250' },
+  } });
+  const run = cmd === 'chat' ? chat : dial;
+  const report = await run(String(values.host), Number(values.port), Number(values.duration), Number(values.interval));
+  process.stdout.write(`${JSON.stringify(report)}\n`);
 } else if (cmd === 'get') {
   await get(rest);
 } else {
-  process.stderr.write('usage: peer serve|client|get ...\n');
+  process.stderr.write('usage: peer serve|client|chat|dial|get ...\n');
   process.exitCode = 2;
 }

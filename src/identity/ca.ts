@@ -1,12 +1,13 @@
-// The certificate authority: a root kept on disk (local mode) that signs workload CSRs.
-// Keys come from Node's crypto (native, fast); node-forge builds and signs the X.509 structures.
-import { generateKeyPair, randomBytes, X509Certificate } from 'node:crypto';
-import { mkdir, readFile, writeFile, access } from 'node:fs/promises';
-import { join } from 'node:path';
+// X.509 for meshlet's CA: roots, workload CSRs, and signing them. node-forge builds and parses the
+// structures (CSRs, certificates, extensions); Node's crypto generates the keys and computes every
+// signature natively, which is ~10x cheaper than forge's JavaScript RSA and keeps the CA's event
+// loop free for other clients while it signs.
+import { createPrivateKey, createPublicKey, generateKeyPair, type KeyObject, randomBytes, sign as cryptoSign, X509Certificate } from 'node:crypto';
+import { isIP } from 'node:net';
 import { promisify } from 'node:util';
 import forge from 'node-forge';
-import { CaError } from '../errors.ts';
-import { assertTrustDomain, parseWorkloadId } from './spiffe.ts';
+import { BadCsrError, CaError } from '../errors.ts';
+import { assertTrustDomain, parseSpiffeUri, parseWorkloadId } from './spiffe.ts';
 
 const generateKeyPairAsync = promisify(generateKeyPair);
 
@@ -15,7 +16,7 @@ export interface RootCa {
   certPem: string;
 }
 
-/** RSA-2048 keys, PKCS#1 PEM (the form node-forge reads). RSA because forge's X.509 layer signs with RSA. */
+/** RSA-2048 keys, PKCS#1 PEM (the form node-forge reads). RSA because forge's X.509 layer speaks RSA. */
 export async function generateRsaKey(): Promise<{ privateKeyPem: string; publicKeyPem: string }> {
   const { privateKey, publicKey } = await generateKeyPairAsync('rsa', {
     modulusLength: 2048,
@@ -23,6 +24,18 @@ export async function generateRsaKey(): Promise<{ privateKeyPem: string; publicK
     privateKeyEncoding: { type: 'pkcs1', format: 'pem' },
   });
   return { privateKeyPem: privateKey, publicKeyPem: publicKey };
+}
+
+/**
+ * Signs a forge certificate or CSR with Node's crypto. forge's `sign(key, md)` feeds the DER of the
+ * to-be-signed structure to `md.update` and then calls `key.sign(md)`: a digest that only records
+ * the bytes and a key that signs them natively give the same structure, signed in C.
+ */
+function nativeSign(target: { sign(key: never, md: never): void }, key: KeyObject): void {
+  const chunks: string[] = [];
+  const md = { algorithm: 'sha256', update(bytes: string) { chunks.push(bytes); return md; } };
+  const signer = { sign: () => cryptoSign('sha256', Buffer.from(chunks.join(''), 'binary'), key).toString('binary') };
+  target.sign(signer as never, md as never);
 }
 
 function serialNumber(): string {
@@ -34,14 +47,14 @@ function serialNumber(): string {
 export async function createRootCa(opts: { trustDomain: string; validityDays?: number; now?: Date }): Promise<RootCa> {
   assertTrustDomain(opts.trustDomain);
   const now = opts.now ?? new Date();
-  const { privateKeyPem } = await generateRsaKey();
-  const key = forge.pki.privateKeyFromPem(privateKeyPem);
+  const { privateKeyPem, publicKeyPem } = await generateRsaKey();
   const cert = forge.pki.createCertificate();
-  cert.publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
+  cert.publicKey = forge.pki.publicKeyFromPem(publicKeyPem);
   cert.serialNumber = serialNumber();
   cert.validity.notBefore = new Date(now.getTime() - 5 * 60_000);
   cert.validity.notAfter = new Date(now.getTime() + (opts.validityDays ?? 3650) * 86_400_000);
-  const name = [{ name: 'organizationName', value: 'meshlet' }, { name: 'commonName', value: `meshlet root ${opts.trustDomain}` }];
+  // The serial in the name tells two roots of one trust domain apart during a rotation.
+  const name = [{ name: 'organizationName', value: 'meshlet' }, { name: 'commonName', value: `meshlet root ${opts.trustDomain} ${cert.serialNumber.slice(0, 8)}` }];
   cert.setSubject(name);
   cert.setIssuer(name);
   cert.setExtensions([
@@ -50,56 +63,29 @@ export async function createRootCa(opts: { trustDomain: string; validityDays?: n
     { name: 'subjectAltName', altNames: [{ type: 6, value: `spiffe://${opts.trustDomain}` }] },
     { name: 'subjectKeyIdentifier' },
   ]);
-  cert.sign(key, forge.md.sha256.create());
+  nativeSign(cert, createPrivateKey(privateKeyPem));
   return { keyPem: privateKeyPem, certPem: forge.pki.certificateToPem(cert) };
 }
 
-const KEY_FILE = 'ca.key';
-const CERT_FILE = 'ca.crt';
-
-/** Writes a new root into DIR; refuses to overwrite an existing one (losing a root breaks the mesh). */
-export async function writeCaDir(dir: string, root: RootCa): Promise<void> {
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  try {
-    await access(join(dir, KEY_FILE));
-    throw new CaError(`${join(dir, KEY_FILE)} already exists; refusing to overwrite an existing root`);
-  } catch (err) {
-    if (err instanceof CaError) throw err;
-  }
-  await writeFile(join(dir, KEY_FILE), root.keyPem, { mode: 0o600, flag: 'wx' });
-  await writeFile(join(dir, CERT_FILE), root.certPem, { mode: 0o644, flag: 'wx' });
-}
-
-export async function loadCaDir(dir: string): Promise<RootCa> {
-  let keyPem: string;
-  let certPem: string;
-  try {
-    keyPem = await readFile(join(dir, KEY_FILE), 'utf8');
-    certPem = await readFile(join(dir, CERT_FILE), 'utf8');
-  } catch (err) {
-    throw new CaError(`cannot read the root CA from ${dir} (create one with \`meshlet ca init --out ${dir}\`): ${(err as Error).message}`);
-  }
-  try {
-    const cert = new X509Certificate(certPem);
-    if (!cert.ca) throw new Error('certificate is not a CA');
-    forge.pki.privateKeyFromPem(keyPem);
-  } catch (err) {
-    throw new CaError(`root CA in ${dir} is unusable: ${(err as Error).message}`);
-  }
-  return { keyPem, certPem };
+/** The trust domain a root speaks for: its `spiffe://<td>` URI SAN. */
+export function rootTrustDomain(certPem: string): string {
+  const cert = new X509Certificate(certPem);
+  const uri = cert.subjectAltName?.split(', ').find((s) => s.startsWith('URI:spiffe://'));
+  if (!uri) throw new CaError('root certificate carries no spiffe://<trust-domain> SAN');
+  return parseSpiffeUri(uri.slice(4)).trustDomain;
 }
 
 /** Builds a CSR for one SPIFFE ID, signed by the workload's own key. */
 export function createCsr(privateKeyPem: string, spiffeId: string): string {
-  const key = forge.pki.privateKeyFromPem(privateKeyPem);
+  const key = createPrivateKey(privateKeyPem);
   const csr = forge.pki.createCertificationRequest();
-  csr.publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
+  csr.publicKey = forge.pki.publicKeyFromPem(createPublicKey(key).export({ type: 'spki', format: 'pem' }).toString());
   csr.setSubject([{ name: 'organizationName', value: 'meshlet' }]);
   csr.setAttributes([{
     name: 'extensionRequest',
     extensions: [{ name: 'subjectAltName', altNames: [{ type: 6, value: spiffeId }] }],
   }]);
-  csr.sign(key, forge.md.sha256.create());
+  nativeSign(csr, key);
   return forge.pki.certificationRequestToPem(csr);
 }
 
@@ -109,57 +95,145 @@ export interface SignOptions {
   now?: Date;
 }
 
-/** The SPIFFE URI SANs a CSR asks for. */
-export function csrUriSans(csr: forge.pki.CertificateSigningRequest): string[] {
-  const ext = (csr.getAttribute({ name: 'extensionRequest' }) as { extensions?: Array<{ name: string; altNames?: Array<{ type: number; value: string }> }> } | null)?.extensions;
-  const san = ext?.find((e) => e.name === 'subjectAltName');
-  return (san?.altNames ?? []).filter((a) => a.type === 6).map((a) => a.value);
+type RequestedExtension = { name?: string; id?: string; cA?: boolean; altNames?: Array<{ type: number; value?: string }> };
+
+function requestedExtensions(csr: forge.pki.CertificateSigningRequest): RequestedExtension[] {
+  const attr = csr.getAttribute({ name: 'extensionRequest' }) as { extensions?: RequestedExtension[] } | null;
+  return attr?.extensions ?? [];
 }
 
-/**
- * Signs a workload CSR. The CSR must prove possession of its key, carry exactly one SAN (a SPIFFE URI
- * in this trust domain) and use an RSA key of at least 2048 bits. Returns the leaf certificate PEM.
- */
-export function signWorkloadCsr(root: RootCa, csrPem: string, opts: SignOptions): { certPem: string; spiffeId: string } {
+/** The SPIFFE URI SANs a CSR asks for. */
+export function csrUriSans(csr: forge.pki.CertificateSigningRequest): string[] {
+  const san = requestedExtensions(csr).find((e) => e.name === 'subjectAltName');
+  return (san?.altNames ?? []).filter((a) => a.type === 6).map((a) => a.value ?? '');
+}
+
+// Extensions a workload may ask for; the CA sets its own key usages whatever the CSR says.
+const TOLERATED_EXTENSIONS = new Set(['subjectAltName', 'keyUsage', 'extKeyUsage', 'basicConstraints']);
+const MIN_RSA_BITS = 2048;
+// Verifying a CSR is a public-key operation in forge's JavaScript; a huge modulus would stall the CA.
+const MAX_RSA_BITS = 4096;
+const MAX_CSR_PEM = 8192;
+
+/** The checks every workload CSR must pass, before any authorization: throws BadCsrError. */
+export function parseWorkloadCsr(csrPem: string, trustDomain: string): { spiffeId: string; publicKey: forge.pki.rsa.PublicKey } {
+  if (typeof csrPem !== 'string' || csrPem.length > MAX_CSR_PEM) throw new BadCsrError(`CSR must be a PEM string of at most ${MAX_CSR_PEM} bytes`);
   let csr: forge.pki.CertificateSigningRequest;
   try {
     csr = forge.pki.certificationRequestFromPem(csrPem);
   } catch (err) {
-    throw new CaError(`CSR is not a valid PKCS#10 request: ${(err as Error).message}`);
+    throw new BadCsrError(`CSR is not a valid PKCS#10 request: ${(err as Error).message}`);
   }
-  if (!csr.verify()) throw new CaError('CSR signature does not verify');
   const publicKey = csr.publicKey as forge.pki.rsa.PublicKey | null;
-  if (!publicKey || typeof publicKey.n?.bitLength !== 'function' || publicKey.n.bitLength() < 2048) {
-    throw new CaError('CSR key must be RSA with at least 2048 bits');
-  }
-  const ext = (csr.getAttribute({ name: 'extensionRequest' }) as { extensions?: Array<{ name: string; altNames?: unknown[] }> } | null)?.extensions ?? [];
-  const sanExt = ext.find((e) => e.name === 'subjectAltName');
-  const altNames = sanExt?.altNames ?? [];
+  const bits = publicKey && typeof publicKey.n?.bitLength === 'function' ? publicKey.n.bitLength() : 0;
+  if (bits < MIN_RSA_BITS || bits > MAX_RSA_BITS) throw new BadCsrError(`CSR key must be RSA with ${MIN_RSA_BITS} to ${MAX_RSA_BITS} bits (got ${bits || 'no RSA key'})`);
+  let verified = false;
+  try { verified = csr.verify(); } catch { /* malformed signature: reported below */ }
+  if (!verified) throw new BadCsrError('CSR signature does not verify (the requester must prove possession of the key)');
+  const ext = requestedExtensions(csr);
+  const basic = ext.find((e) => e.name === 'basicConstraints');
+  if (basic?.cA) throw new BadCsrError('CSR requests a CA certificate (basicConstraints CA:true)');
+  const foreign = ext.filter((e) => !e.name || !TOLERATED_EXTENSIONS.has(e.name));
+  if (foreign.length > 0) throw new BadCsrError(`CSR requests extensions the CA does not grant: ${foreign.map((e) => e.name ?? e.id).join(', ')}`);
+  const altNames = ext.find((e) => e.name === 'subjectAltName')?.altNames ?? [];
   const uris = csrUriSans(csr);
-  if (altNames.length !== 1 || uris.length !== 1) throw new CaError(`CSR must carry exactly one SAN, a SPIFFE URI (found ${altNames.length})`);
+  if (altNames.length !== 1 || uris.length !== 1) {
+    throw new BadCsrError(`CSR must carry exactly one SAN, a SPIFFE URI (found ${altNames.length} SANs, ${uris.length} URIs)`);
+  }
   const spiffeId = uris[0] as string;
-  parseWorkloadId(spiffeId, opts.trustDomain);
-  if (ext.some((e) => e.name === 'basicConstraints')) throw new CaError('CSR may not request basic constraints');
+  try {
+    parseWorkloadId(spiffeId, trustDomain);
+  } catch (err) {
+    throw new BadCsrError((err as Error).message);
+  }
+  return { spiffeId, publicKey: publicKey as forge.pki.rsa.PublicKey };
+}
 
-  const caKey = forge.pki.privateKeyFromPem(root.keyPem);
-  const caCert = forge.pki.certificateFromPem(root.certPem);
-  const now = opts.now ?? new Date();
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = publicKey;
-  cert.serialNumber = serialNumber();
-  // A little backdating absorbs clock skew between nodes.
-  cert.validity.notBefore = new Date(now.getTime() - 60_000);
-  cert.validity.notAfter = new Date(now.getTime() + opts.ttlMs);
-  cert.setSubject([{ name: 'organizationName', value: 'meshlet' }]);
-  cert.setIssuer(caCert.subject.attributes);
-  cert.setExtensions([
-    { name: 'basicConstraints', cA: false, critical: true },
-    { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
-    { name: 'extKeyUsage', serverAuth: true, clientAuth: true },
-    { name: 'subjectAltName', altNames: [{ type: 6, value: spiffeId }], critical: true },
-    { name: 'subjectKeyIdentifier' },
-    { name: 'authorityKeyIdentifier', keyIdentifier: caCert.generateSubjectKeyIdentifier().getBytes() },
-  ]);
-  cert.sign(caKey, forge.md.sha256.create());
-  return { certPem: forge.pki.certificateToPem(cert), spiffeId };
+/**
+ * One root, parsed once: the CA signs thousands of certificates with the same key and issuer, so
+ * neither the key nor the root certificate is re-read per request.
+ */
+export class CaSigner {
+  readonly root: RootCa;
+  readonly trustDomain: string;
+  readonly #key: KeyObject;
+  readonly #issuer: forge.pki.CertificateField[];
+  readonly #authorityKeyId: string;
+
+  constructor(root: RootCa) {
+    this.root = root;
+    try {
+      this.#key = createPrivateKey(root.keyPem);
+      const caCert = forge.pki.certificateFromPem(root.certPem);
+      this.#issuer = caCert.subject.attributes;
+      this.#authorityKeyId = caCert.generateSubjectKeyIdentifier().getBytes();
+    } catch (err) {
+      throw new CaError(`root CA is unusable: ${(err as Error).message}`);
+    }
+    this.trustDomain = rootTrustDomain(root.certPem);
+  }
+
+  /** Signs a workload CSR that passed `parseWorkloadCsr`. Returns the leaf certificate PEM. */
+  signWorkload(parsed: { spiffeId: string; publicKey: forge.pki.rsa.PublicKey }, opts: { ttlMs: number; now?: Date }): string {
+    return this.#sign(parsed.publicKey, opts, [
+      { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
+      { name: 'extKeyUsage', serverAuth: true, clientAuth: true },
+      { name: 'subjectAltName', altNames: [{ type: 6, value: parsed.spiffeId }], critical: true },
+    ]);
+  }
+
+  /** A serving certificate for the CA service itself: DNS names and IPs, server auth only. */
+  signServing(publicKeyPem: string, opts: { names: string[]; ttlMs: number; now?: Date }): string {
+    const altNames = opts.names.map((n) => (isIP(n) ? { type: 7, ip: n } : { type: 2, value: n }));
+    return this.#sign(forge.pki.publicKeyFromPem(publicKeyPem) as forge.pki.rsa.PublicKey, opts, [
+      { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
+      { name: 'extKeyUsage', serverAuth: true },
+      { name: 'subjectAltName', altNames },
+    ]);
+  }
+
+  #sign(publicKey: forge.pki.rsa.PublicKey, opts: { ttlMs: number; now?: Date }, extensions: object[]): string {
+    const now = opts.now ?? new Date();
+    const cert = forge.pki.createCertificate();
+    cert.publicKey = publicKey;
+    cert.serialNumber = serialNumber();
+    // Backdating absorbs clock skew between nodes; capped so that short test TTLs keep their meaning.
+    cert.validity.notBefore = new Date(now.getTime() - Math.min(60_000, opts.ttlMs / 4));
+    cert.validity.notAfter = new Date(now.getTime() + opts.ttlMs);
+    cert.setSubject([{ name: 'organizationName', value: 'meshlet' }]);
+    cert.setIssuer(this.#issuer);
+    cert.setExtensions([
+      { name: 'basicConstraints', cA: false, critical: true },
+      ...extensions,
+      { name: 'subjectKeyIdentifier' },
+      { name: 'authorityKeyIdentifier', keyIdentifier: this.#authorityKeyId },
+    ]);
+    nativeSign(cert, this.#key);
+    return forge.pki.certificateToPem(cert);
+  }
+}
+
+/** Checks and signs a workload CSR in one call (local mode, tests, benchmarks). */
+export function signWorkloadCsr(root: RootCa | CaSigner, csrPem: string, opts: SignOptions): { certPem: string; spiffeId: string } {
+  const signer = root instanceof CaSigner ? root : new CaSigner(root);
+  const parsed = parseWorkloadCsr(csrPem, opts.trustDomain);
+  return { certPem: signer.signWorkload(parsed, opts), spiffeId: parsed.spiffeId };
+}
+
+/** Splits a PEM bundle into certificates (throws CaError on anything unparsable). */
+export function parseBundle(pem: string): X509Certificate[] {
+  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) throw new CaError('trust bundle holds no certificate');
+  return blocks.map((b) => {
+    try {
+      return new X509Certificate(b);
+    } catch (err) {
+      throw new CaError(`trust bundle holds an unparsable certificate: ${(err as Error).message}`);
+    }
+  });
+}
+
+/** SHA-256 fingerprint of a certificate, as Node prints it (AA:BB:...). */
+export function fingerprint(certPem: string): string {
+  return new X509Certificate(certPem).fingerprint256;
 }

@@ -8,7 +8,8 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { NoCertificateError } from '../errors.ts';
 import { createCsr, generateRsaKey } from './ca.ts';
-import type { CertificateProvider } from './provider.ts';
+import type { CertificateProvider, TrustBundle } from './provider.ts';
+import { signingRootOf } from './roots.ts';
 
 export interface Clock {
   now(): number;
@@ -29,7 +30,13 @@ export interface AvailableCert {
   trustBundlePem: string;
   notBefore: number;
   notAfter: number;
+  /** When this agent received it; renewal is timed from here (CAs backdate notBefore for skew). */
+  receivedAt: number;
   serial: string;
+  /** Changes whenever the context is rebuilt (new certificate, or a new trust bundle for the same one). */
+  revision: number;
+  /** SHA-256 fingerprint of the bundle root that signed the leaf. */
+  signedBy: string | undefined;
   context: SecureContext;
   /** Kept for servers that take PEM options (an http2 secure server per destination pod). */
   privateKeyPem: string;
@@ -57,7 +64,11 @@ export interface CertificateManagerOptions {
   retryMaxMs?: number;
   /** Fraction of lifetime after which renewal starts (0.5 = half life). */
   renewAt?: number;
+  /** When the signing root changes, re-issues are spread over this long so the CA is not stormed. */
+  rootChangeSpreadMs?: number;
 }
+
+let revisions = 0;
 
 export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
   readonly #entries = new Map<string, Entry>();
@@ -67,6 +78,9 @@ export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
   readonly #retryMin: number;
   readonly #retryMax: number;
   readonly #renewAt: number;
+  readonly #rootChangeSpread: number;
+  readonly #unwatch: (() => void) | undefined;
+  #bundle: TrustBundle | undefined;
   #closed = false;
 
   constructor(opts: CertificateManagerOptions) {
@@ -77,6 +91,13 @@ export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
     this.#retryMin = opts.retryMinMs ?? 500;
     this.#retryMax = opts.retryMaxMs ?? 30_000;
     this.#renewAt = opts.renewAt ?? 0.5;
+    this.#rootChangeSpread = opts.rootChangeSpreadMs ?? 5_000;
+    this.#unwatch = opts.provider.watchBundle?.((b) => this.#onBundle(b));
+  }
+
+  /** The newest trust bundle the provider reported (undefined for providers that do not watch). */
+  get trustBundle(): TrustBundle | undefined {
+    return this.#bundle;
   }
 
   /** Makes the set of managed identities equal `spiffeIds`: new ones are issued now, gone ones dropped. */
@@ -137,6 +158,7 @@ export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
 
   close(): void {
     this.#closed = true;
+    this.#unwatch?.();
     for (const entry of this.#entries.values()) if (entry.timer !== undefined) this.#clock.clearTimeout(entry.timer);
     this.#entries.clear();
   }
@@ -152,22 +174,26 @@ export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
       if (!leaf.subjectAltName?.split(', ').includes(`URI:${id}`)) {
         throw new Error(`issued certificate does not carry ${id}`);
       }
-      const cert: AvailableCert = {
+      const receivedAt = this.#clock.now();
+      // During a root rotation the watched bundle may be newer than the one in the answer: use it
+      // when it covers the new certificate.
+      const watched = this.#bundle?.pem;
+      const bundlePem = watched && signingRootOf(issued.certChainPem, watched) ? watched : issued.trustBundlePem;
+      const cert = withBundle({
         state: 'available',
         spiffeId: id,
         certChainPem: issued.certChainPem,
-        trustBundlePem: issued.trustBundlePem,
+        trustBundlePem: bundlePem,
         notBefore: Date.parse(leaf.validFrom),
+        receivedAt,
         notAfter: Date.parse(leaf.validTo),
         serial: leaf.serialNumber,
+        revision: 0,
+        signedBy: undefined,
         privateKeyPem,
-        context: createSecureContext({
-          key: privateKeyPem,
-          cert: issued.certChainPem,
-          ca: issued.trustBundlePem,
-          minVersion: 'TLSv1.3',
-        }),
-      };
+        context: undefined as unknown as SecureContext,
+      }, bundlePem);
+      if (!cert.signedBy) throw new Error('issued certificate does not chain to the trust bundle');
       entry.current = cert;
       entry.last = cert;
       entry.attempts = 0;
@@ -179,19 +205,69 @@ export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
       entry.attempts++;
       const message = (err as Error).message;
       if (entry.current.state !== 'available') entry.current = { state: 'pending', spiffeId: id, attempts: entry.attempts, lastError: message };
-      const delay = Math.min(this.#retryMax, this.#retryMin * 2 ** Math.min(entry.attempts - 1, 16));
+      const backoff = Math.min(this.#retryMax, this.#retryMin * 2 ** Math.min(entry.attempts - 1, 16));
+      const retryAfter = (err as { retryAfterMs?: unknown }).retryAfterMs;
+      const delay = typeof retryAfter === 'number' ? Math.max(backoff, retryAfter) : backoff;
       this.#log.warn({ spiffeId: id, attempts: entry.attempts, retryInMs: delay, err: message }, 'certificate issuance failed');
       this.emit('change', entry.current);
       entry.timer = this.#clock.setTimeout(() => void this.#issue(id, entry), jitter(delay));
     }
   }
 
+  /**
+   * Timed from arrival (or the real notBefore if later): CAs backdate certificates for clock skew,
+   * and half of a backdated lifetime could already be over on arrival.
+   */
   #scheduleRenewal(id: string, entry: Entry, cert: AvailableCert): void {
-    const lifetime = cert.notAfter - cert.notBefore;
-    const renewAt = cert.notBefore + lifetime * this.#renewAt;
+    const start = Math.min(Math.max(cert.notBefore, cert.receivedAt), cert.notAfter);
+    const renewAt = start + (cert.notAfter - start) * this.#renewAt;
     const delay = Math.max(0, renewAt - this.#clock.now());
+    if (entry.timer !== undefined) this.#clock.clearTimeout(entry.timer);
     entry.timer = this.#clock.setTimeout(() => void this.#issue(id, entry), jitter(delay, 0.05));
   }
+
+  /**
+   * Root rotation. A new bundle is trusted at once (contexts rebuilt, established sessions untouched);
+   * certificates signed by a root other than the current signing root are re-issued soon, spread out.
+   */
+  #onBundle(bundle: TrustBundle): void {
+    if (this.#closed) return;
+    const changed = this.#bundle?.pem !== bundle.pem || this.#bundle?.signingFingerprint !== bundle.signingFingerprint;
+    this.#bundle = bundle;
+    let reissue = 0;
+    for (const [id, entry] of this.#entries) {
+      const cert = entry.current.state === 'available' ? entry.current : undefined;
+      if (!cert) continue;
+      let updated: AvailableCert;
+      try {
+        updated = cert.trustBundlePem === bundle.pem ? cert : withBundle({ ...cert }, bundle.pem);
+      } catch (err) {
+        this.#log.error({ spiffeId: id, err: (err as Error).message }, 'new trust bundle is unusable; keeping the old one');
+        continue;
+      }
+      if (updated !== cert) {
+        entry.current = updated;
+        entry.last = updated;
+        this.emit('change', updated);
+      }
+      // Only on a change: a certificate already being re-issued is not pushed back again.
+      if (changed && updated.signedBy !== bundle.signingFingerprint) {
+        reissue++;
+        if (entry.timer !== undefined) this.#clock.clearTimeout(entry.timer);
+        entry.timer = this.#clock.setTimeout(() => void this.#issue(id, entry), Math.round(Math.random() * this.#rootChangeSpread));
+      }
+    }
+    if (changed) this.#log.info({ signingRoot: bundle.signingFingerprint, roots: bundle.pem.split('BEGIN CERTIFICATE').length - 1, reissue }, 'trust bundle changed');
+  }
+}
+
+/** Sets the bundle on a certificate and rebuilds its TLS context (a new revision). */
+function withBundle(cert: AvailableCert, bundlePem: string): AvailableCert {
+  cert.trustBundlePem = bundlePem;
+  cert.signedBy = signingRootOf(cert.certChainPem, bundlePem);
+  cert.revision = ++revisions;
+  cert.context = createSecureContext({ key: cert.privateKeyPem, cert: cert.certChainPem, ca: bundlePem, minVersion: 'TLSv1.3' });
+  return cert;
 }
 
 /** Spreads timers by up to ±fraction so that many workloads do not renew in the same instant. */

@@ -24,7 +24,8 @@ import { ALPN, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, parseAut
 
 interface PodServer {
   server: http2.Http2SecureServer;
-  serial: string;
+  /** Certificate revision the server holds (renewal or a new trust bundle changes it). */
+  revision: number;
   target: Workload;
 }
 
@@ -59,11 +60,11 @@ export class TunnelServer {
   /** The pod's server, created on first use and rebuilt when its certificate was renewed. */
   #serverFor(target: Workload, cert: AvailableCert): PodServer {
     const existing = this.#byPod.get(target.ip);
-    if (existing && existing.serial === cert.serial && existing.target === target) return existing;
+    if (existing && existing.revision === cert.revision && existing.target === target) return existing;
     if (existing && existing.target.spiffeId === target.spiffeId) {
-      // Renewal: new handshakes use the new certificate, established sessions keep going.
-      existing.server.setSecureContext({ key: cert.privateKeyPem, cert: cert.certChainPem, ca: cert.trustBundlePem });
-      existing.serial = cert.serial;
+      // Renewal or root rotation: new handshakes use the new material, established sessions keep going.
+      existing.server.setSecureContext({ key: cert.privateKeyPem, cert: cert.certChainPem, ca: cert.trustBundlePem, minVersion: 'TLSv1.3' });
+      existing.revision = cert.revision;
       existing.target = target;
       return existing;
     }
@@ -81,7 +82,7 @@ export class TunnelServer {
       settings: h2Settings,
       maxSessionMemory: SESSION_MEMORY_MB,
     });
-    const entry: PodServer = { server, serial: cert.serial, target };
+    const entry: PodServer = { server, revision: cert.revision, target };
     server.on('tlsClientError', (err) => log.warn({ err: 'tls_handshake', reason: err.message }, 'tunnel handshake refused'));
     server.on('unknownProtocol', (socket: tls.TLSSocket) => {
       log.warn({ err: 'peer_identity', reason: `ALPN ${String(socket.alpnProtocol)}` }, 'tunnel peer did not negotiate h2');

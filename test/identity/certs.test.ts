@@ -5,7 +5,8 @@ import pino from 'pino';
 import { NoCertificateError } from '../../src/errors.ts';
 import { createCsr, createRootCa, generateRsaKey, type RootCa, signWorkloadCsr } from '../../src/identity/ca.ts';
 import { CertificateManager, type Clock } from '../../src/identity/certs.ts';
-import { type CertificateProvider, createLocalCaProvider } from '../../src/identity/provider.ts';
+import { type CertificateProvider, createLocalCaProvider, type TrustBundle } from '../../src/identity/provider.ts';
+import { ROOT_FILES, rootSetFromFiles } from '../../src/identity/roots.ts';
 
 /** A clock the test moves by hand; timers fire when their time has come. */
 class FakeClock implements Clock {
@@ -24,6 +25,7 @@ class FakeClock implements Clock {
 }
 
 const log = pino({ level: 'silent' });
+const rootSet = (r: RootCa) => rootSetFromFiles({ [ROOT_FILES.key]: r.keyPem, [ROOT_FILES.cert]: r.certPem }, 'test');
 const ID = 'spiffe://td/ns/shop/sa/web';
 let root: RootCa;
 
@@ -69,14 +71,14 @@ describe('certificate manager', () => {
     const clock = new FakeClock();
     let caUp = true;
     let issued = 0;
-    const local = createLocalCaProvider(root, { trustDomain: () => 'td', ttlMs: 20_000 });
+    const local = createLocalCaProvider(rootSet(root), { trustDomain: () => 'td', ttlMs: 20_000 });
     const provider: CertificateProvider = {
       name: 'test',
       issue: async (csr, id) => {
         if (!caUp) throw new Error('CA unavailable');
         issued++;
         // Certificates are dated by the fake clock so that half life and expiry follow it.
-        const { certPem } = signWorkloadCsr(root, csr, { trustDomain: 'td', ttlMs: 20_000, now: new Date(clock.t + 60_000) });
+        const { certPem } = signWorkloadCsr(root, csr, { trustDomain: 'td', ttlMs: 20_000, now: new Date(clock.t + 5_000) });
         void local;
         void id;
         return { certChainPem: certPem, trustBundlePem: root.certPem };
@@ -89,8 +91,8 @@ describe('certificate manager', () => {
     await until(() => manager!.allReady);
     const first = manager.assertAvailable(ID);
     assert.equal(issued, 1);
-    // Dated so that notBefore is now (signing backdates by 60 s) and notAfter is now + 80 s: half
-    // life is 40 s from now, and the renewal timer is due then (±5% jitter), not earlier or later.
+    // Dated so that notBefore is now (signing backdates a 20 s certificate by 5 s) and notAfter is
+    // now + 25 s: the renewal timer is due at half life (±5% jitter), not earlier or later.
     assert.equal(clock.timers.length, 1, 'renewal scheduled');
     const lifetime = first.notAfter - first.notBefore;
     const halfLife = first.notBefore + lifetime / 2;
@@ -124,13 +126,81 @@ describe('certificate manager', () => {
   });
 
   it('drops identities that leave the node', async () => {
-    const m = new CertificateManager({ provider: createLocalCaProvider(root, { trustDomain: () => 'td', ttlMs: 60_000 }), log });
+    const m = new CertificateManager({ provider: createLocalCaProvider(rootSet(root), { trustDomain: () => 'td', ttlMs: 60_000 }), log });
     try {
       m.reconcile([ID]);
       await until(() => m.allReady);
       m.reconcile([]);
       assert.throws(() => m.secureContextFor(ID), /not managed/);
       assert.deepEqual(m.states(), []);
+    } finally {
+      m.close();
+    }
+  });
+
+  it('times renewal from arrival, not from a backdated notBefore', async () => {
+    const clock = new FakeClock();
+    const provider: CertificateProvider = {
+      name: 'test',
+      // Backdated by the CA: notBefore is 5 s ago, notAfter 20 s ahead.
+      issue: async (csr) => ({ certChainPem: signWorkloadCsr(root, csr, { trustDomain: 'td', ttlMs: 20_000, now: new Date(clock.t) }).certPem, trustBundlePem: root.certPem }),
+    };
+    const m = new CertificateManager({ provider, log, clock });
+    try {
+      m.reconcile([ID]);
+      await until(() => m.allReady);
+      const cert = m.assertAvailable(ID);
+      assert.equal(cert.notBefore, Math.floor((clock.t - 5_000) / 1000) * 1000);
+      // Half of the 20 s still ahead (±5%), not half of the 25 s lifetime (which would be 7.5 s).
+      const due = clock.timers[0]!.at - clock.t;
+      assert.ok(due >= 9_400 && due <= 10_600, `renewal due in ${due} ms`);
+    } finally {
+      m.close();
+    }
+  });
+
+  it('trusts a new bundle at once and re-issues certificates from a root that no longer signs', async () => {
+    const clock = new FakeClock();
+    const next = await createRootCa({ trustDomain: 'td' });
+    let signer = root;
+    let bundle = root.certPem;
+    let listener: ((b: TrustBundle) => void) | undefined;
+    let issued = 0;
+    const provider: CertificateProvider = {
+      name: 'test',
+      issue: async (csr) => {
+        issued++;
+        return { certChainPem: signWorkloadCsr(signer, csr, { trustDomain: 'td', ttlMs: 3_600_000 }).certPem, trustBundlePem: bundle };
+      },
+      watchBundle: (l) => { listener = l; return () => { listener = undefined; }; },
+    };
+    const m = new CertificateManager({ provider, log, clock, rootChangeSpreadMs: 1_000 });
+    try {
+      m.reconcile([ID]);
+      await until(() => m.allReady);
+      const first = m.assertAvailable(ID);
+      const fp = (pem: string) => new X509Certificate(pem).fingerprint256;
+      assert.equal(first.signedBy, fp(root.certPem));
+      assert.ok(listener, 'the manager watches the bundle');
+
+      // prepare: both roots trusted, the old one still signs. New context, same certificate, no re-issue.
+      bundle = root.certPem + next.certPem;
+      listener!({ pem: root.certPem + next.certPem, signingFingerprint: fp(root.certPem) });
+      const prepared = m.assertAvailable(ID);
+      assert.equal(prepared.serial, first.serial);
+      assert.ok(prepared.revision > first.revision, 'context rebuilt with the new bundle');
+      assert.equal(prepared.trustBundlePem, root.certPem + next.certPem);
+      assert.equal(clock.timers.length, 1, 'only the regular renewal is scheduled');
+      assert.ok(clock.timers[0]!.at - clock.t > 1_000_000);
+
+      // activate: the new root signs; the certificate is re-issued within the spread.
+      signer = next;
+      listener!({ pem: root.certPem + next.certPem, signingFingerprint: fp(next.certPem) });
+      assert.ok(clock.timers[0]!.at - clock.t <= 1_000, 'early re-issue scheduled within the spread');
+      assert.doesNotThrow(() => m.secureContextFor(ID), 'the old certificate serves meanwhile');
+      clock.advance(1_000);
+      await until(() => m.assertAvailable(ID).signedBy === fp(next.certPem));
+      assert.equal(issued, 2);
     } finally {
       m.close();
     }

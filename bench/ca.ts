@@ -1,0 +1,122 @@
+// `npm run bench:ca`: what identity costs.
+//
+//   sign         CSR checks + signing alone, in this process, one core: native signatures (what the
+//                CA does) and node-forge's JavaScript RSA (what it would cost without them)
+//   ca-service   `meshlet ca serve` pinned to one core (taskset), a load generator on the other:
+//                CSRs per second over HTTPS with token checks, and latency
+//   cold-start   an agent with 100 local workloads, from process start to all 100 certificates
+//                available: with the CA service (in its own namespace) and with the embedded CA
+//
+// Prints a table and writes bench/ca-results.json. Numbers are for the report; nothing is asserted.
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import forge from 'node-forge';
+import { CaSigner, createCsr, createRootCa, generateRsaKey, parseWorkloadCsr } from '../src/identity/ca.ts';
+import { MeshLab, PEER } from '../src/demo/lab.ts';
+import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
+
+const HERE = resolve(fileURLToPath(import.meta.url), '..');
+const { values: opts } = parseArgs({ options: {
+  seconds: { type: 'string', default: '10' },
+  concurrency: { type: 'string', default: '16' },
+  workloads: { type: 'string', default: '100' },
+  out: { type: 'string', default: join(HERE, 'ca-results.json') },
+} });
+const SECONDS = Number(opts.seconds);
+const CONCURRENCY = Number(opts.concurrency);
+const WORKLOADS = Number(opts.workloads);
+const say = (s: string) => process.stderr.write(`${s}\n`);
+const TD = 'bench.local';
+const results: Record<string, unknown> = { date: new Date().toISOString(), seconds: SECONDS, concurrency: CONCURRENCY, workloads: WORKLOADS };
+
+// --- sign: in-process, one core -------------------------------------------------------------------
+{
+  const root = await createRootCa({ trustDomain: TD });
+  const signer = new CaSigner(root);
+  const csr = createCsr((await generateRsaKey()).privateKeyPem, `spiffe://${TD}/ns/bench/sa/app`);
+  const rate = (fn: () => void, ms = 3_000) => {
+    const start = performance.now();
+    let n = 0;
+    while (performance.now() - start < ms) { fn(); n++; }
+    return n / ((performance.now() - start) / 1000);
+  };
+  const native = rate(() => signer.signWorkload(parseWorkloadCsr(csr, TD), { ttlMs: 3_600_000 }));
+  const checkOnly = rate(() => parseWorkloadCsr(csr, TD));
+  const forgeKey = forge.pki.privateKeyFromPem(root.keyPem);
+  const forgeSign = rate(() => {
+    const parsed = parseWorkloadCsr(csr, TD);
+    const cert = forge.pki.createCertificate();
+    cert.publicKey = parsed.publicKey;
+    cert.serialNumber = '01';
+    cert.setSubject([{ name: 'organizationName', value: 'meshlet' }]);
+    cert.setIssuer([{ name: 'organizationName', value: 'meshlet' }]);
+    cert.sign(forgeKey, forge.md.sha256.create());
+    forge.pki.certificateToPem(cert);
+  });
+  results.sign = { nativePerSecond: native, csrChecksPerSecond: checkOnly, forgeJsPerSecond: forgeSign };
+  say(`sign (one core, in process): ${native.toFixed(0)}/s native, ${forgeSign.toFixed(0)}/s with forge's JS RSA; CSR checks alone ${checkOnly.toFixed(0)}/s`);
+}
+
+await assertNetnsPrerequisites();
+
+// --- ca-service and cold start, in namespaces --------------------------------------------------
+const lab = await MeshLab.create({ trustDomain: TD, identity: 'service', nodes: [{ name: 'node-a', pods: [] }], caArgs: ['--rate', '100000', '--burst', '100000'] });
+try {
+  const node = lab.node('node-a');
+  // Workloads need no namespaces to get certificates: addresses in a range no route uses.
+  const workloads = Array.from({ length: WORKLOADS }, (_, i) => ({
+    name: `app-${i}`, namespace: 'bench', serviceAccount: `app-${i}`, ip: `10.242.${Math.floor(i / 250)}.${(i % 250) + 1}`, node: 'node-a', captured: true,
+  }));
+  await lab.writeWorkloads({ trustDomain: TD, nodes: [{ name: 'node-a', ip: node.ip }], workloads });
+  await lab.startCa(['--log-level', 'warn']);
+  const caPid = lab.ca!.child.pid!;
+  // Pin the CA to core 0; the load generator below runs on core 1.
+  await new Promise<void>((res) => spawn('taskset', ['-a', '-p', '-c', '0', String(caPid)], { stdio: 'ignore' }).once('exit', () => res()));
+
+  // Load: CSRs for the node's own workloads with its token, from the node's namespace over the underlay.
+  const gen = join(HERE, 'ca-load.ts');
+  const r = await lab.topo.exec(node.ns, 'taskset', ['-c', '1', process.execPath, gen, '--url', lab.caUrl, '--token-file', lab.tokenFile('node-a'),
+    '--trust-bundle', lab.trustBundleFile, '--seconds', String(SECONDS), '--concurrency', String(CONCURRENCY), '--td', TD]);
+  if (r.code !== 0) throw new Error(`ca-load failed: ${r.stderr}`);
+  const service = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+  results.caService = service;
+  say(`ca-service (CA on one core): ${service.perSecond.toFixed(0)} CSRs/s, p50 ${service.p50.toFixed(1)} ms, p99 ${service.p99.toFixed(1)} ms, ${service.errors} errors`);
+
+  // Cold start: spawn the agent, poll its config_dump until every certificate is available.
+  const coldStart = async (identity: 'service' | 'local'): Promise<{ toListeningMs: number; toAllCertsMs: number }> => {
+    // The lab builds the agent's identity flags from spec.identity.
+    lab.spec.identity = identity;
+    const started = Date.now();
+    const agent = await lab.startAgent(node, ['--log-level', 'warn']);
+    lab.spec.identity = 'service';
+    let toListeningMs = NaN;
+    try {
+      for (;;) {
+        if (Date.now() - started > 120_000) throw new Error('certificates not ready after 120 s');
+        const d = await lab.topo.exec(node.ns, process.execPath, [PEER, 'get', '--url', 'http://127.0.0.1:15000/config_dump']);
+        if (d.code === 0) {
+          if (Number.isNaN(toListeningMs)) toListeningMs = Date.now() - started;
+          const dump = JSON.parse(d.stdout);
+          const ready = dump.certificates.filter((c: any) => c.state === 'available').length;
+          if (ready === WORKLOADS) return { toListeningMs, toAllCertsMs: Date.now() - started };
+        }
+        await new Promise((res) => setTimeout(res, 50));
+      }
+    } finally {
+      agent.child.kill('SIGKILL');
+      await agent.exited;
+    }
+  };
+  const viaService = await coldStart('service');
+  const viaLocal = await coldStart('local');
+  results.coldStart = { service: viaService, local: viaLocal };
+  say(`cold start, ${WORKLOADS} workloads: ${viaService.toAllCertsMs} ms to all certificates via the CA service (admin up after ${viaService.toListeningMs} ms); ${viaLocal.toAllCertsMs} ms with the embedded CA`);
+} finally {
+  await lab.destroy();
+}
+
+writeFileSync(String(opts.out), `${JSON.stringify(results, null, 2)}\n`);
+say(`written to ${opts.out}`);
