@@ -71,7 +71,7 @@ try {
     name: `app-${i}`, namespace: 'bench', serviceAccount: `app-${i}`, ip: `10.242.${Math.floor(i / 250)}.${(i % 250) + 1}`, node: 'node-a', captured: true,
   }));
   await lab.writeWorkloads({ trustDomain: TD, nodes: [{ name: 'node-a', ip: node.ip }], workloads });
-  await lab.startCa(['--log-level', 'warn']);
+  await lab.startCa();
   const caPid = lab.ca!.child.pid!;
   // Pin the CA to core 0; the load generator below runs on core 1.
   await new Promise<void>((res) => spawn('taskset', ['-a', '-p', '-c', '0', String(caPid)], { stdio: 'ignore' }).once('exit', () => res()));

@@ -2,13 +2,14 @@
 import { parseArgs } from 'node:util';
 import { Agent } from './agent.ts';
 import { cleanupCapture, installCapture } from './capture/install.ts';
-import { defaults, loadAgentConfig, loadCaServeConfig, loadInitConfig } from './config.ts';
+import { type CaBackend, defaults, loadAgentConfig, loadCaRotateConfig, loadCaServeConfig, loadInitConfig } from './config.ts';
 import { defaultCaptureSettings } from './capture/rules.ts';
 import { CaError, ConfigError, MeshletError, PrerequisiteError } from './errors.ts';
-import { createLocalAuthorizer } from './ca/authorizer.ts';
+import type { Logger } from 'pino';
+import { createLocalAuthorizer, type NodeAuthorizer } from './ca/authorizer.ts';
 import { CaService } from './ca/server.ts';
 import { createRootCa } from './identity/ca.ts';
-import { DirRootStore, ensureRoot, ROOT_FILES, rotateRoot, type RotationStep } from './identity/roots.ts';
+import { DirRootStore, ensureRoot, ROOT_FILES, type RootSet, type RootStore, rotateRoot, type RotationStep } from './identity/roots.ts';
 import { createLogger } from './telemetry/log.ts';
 
 const d = defaults;
@@ -19,9 +20,9 @@ commands:
   agent --node NAME --workloads FILE (--ca-dir DIR | --ca-url URL --token-file F --trust-bundle F)
                                           run the node agent
   ca init --out DIR [--trust-domain TD]  create a root CA (embedded in local-mode agents, or for ca serve)
-  ca serve --ca-dir DIR --tokens F --workloads F
-                                          run the CA service (creates a root in DIR if there is none)
-  ca rotate prepare|activate|finish --ca-dir DIR
+  ca serve (--ca-dir DIR --tokens F --workloads F | --kubernetes)
+                                          run the CA service (creates a root if there is none)
+  ca rotate prepare|activate|finish (--ca-dir DIR | --kubernetes)
                                           one step of a root rotation (see ARCHITECTURE.md)
   demo [--keep-logs]                      run a local demo mesh in network namespaces (root)
 
@@ -45,6 +46,9 @@ agent flags (defaults in brackets):
 
 ca serve flags:
   --ca-dir DIR             root store (ca.key, ca.crt, trust-bundle.pem, next.*), re-read every --reload [${d.ca.reload}]
+  --kubernetes             root in a Secret, bundle in a ConfigMap, TokenReview + pods for authorization:
+    --kubeconfig PATH [in-cluster]  --namespace NS [${d.ca.namespace}]  --agent-service-account SA [${d.ca.agentServiceAccount}]
+    --root-secret NAME [${d.ca.rootSecret}]  --bundle-configmap NAME [${d.ca.bundleConfigMap}]
   --trust-domain TD        trust domain of a root created on first start [${d.ca.trustDomain}]
   --listen-address IP --port N   [${d.ca.listenAddress}:${d.ca.port}]
   --tokens FILE            YAML: tokens: [{ node, token }] (local authorization)
@@ -123,22 +127,45 @@ async function cmdCaInit(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** The root store and authorizer a CA backend names. */
+async function caBackend(backend: CaBackend, log: Logger): Promise<{ store: RootStore; authorizer?: NodeAuthorizer; onRoots?: (roots: RootSet) => Promise<void> }> {
+  if (backend.kind === 'local') {
+    const store = new DirRootStore(backend.caDir);
+    if (!backend.tokensFile) return { store };
+    return { store, authorizer: createLocalAuthorizer({ tokensFile: backend.tokensFile, workloadsFile: backend.workloadsFile, log }) };
+  }
+  const { KubeConfig } = await import('@kubernetes/client-node');
+  const { bundlePublisher, createKubernetesAuthorizer, SecretRootStore } = await import('./ca/kubernetes.ts');
+  const kc = new KubeConfig();
+  try {
+    if (backend.kubeconfig) kc.loadFromFile(backend.kubeconfig);
+    else kc.loadFromCluster();
+  } catch (err) {
+    throw new ConfigError([`--kubeconfig: cannot load ${backend.kubeconfig ?? 'the in-cluster configuration'}: ${(err as Error).message}`]);
+  }
+  return {
+    store: new SecretRootStore(kc, backend.namespace, backend.rootSecret),
+    authorizer: createKubernetesAuthorizer({ kubeConfig: kc, agentNamespace: backend.namespace, agentServiceAccount: backend.agentServiceAccount, log }),
+    onRoots: bundlePublisher(kc, backend.namespace, backend.bundleConfigMap, log),
+  };
+}
+
 async function cmdCaServe(argv: string[]): Promise<number> {
   const config = loadCaServeConfig(argv, process.env);
   const log = createLogger(config.logLevel, { component: 'ca' });
-  const store = new DirRootStore(config.caDir);
+  const { store, authorizer, onRoots } = await caBackend(config.backend, log);
+  if (!authorizer) throw new ConfigError(['ca serve needs an authorizer (--tokens and --workloads, or --kubernetes)']);
   const { created, set } = await ensureRoot(store, config.trustDomain);
   if (set.trustDomain !== config.trustDomain) {
-    throw new CaError(`the root in ${config.caDir} is for trust domain ${set.trustDomain}, not --trust-domain ${config.trustDomain}`);
+    throw new CaError(`the root in ${store.where} is for trust domain ${set.trustDomain}, not --trust-domain ${config.trustDomain}`);
   }
-  if (created) log.info({ caDir: config.caDir, signingRoot: set.signingFingerprint }, 'no root found: created one');
-  const authorizer = createLocalAuthorizer({ tokensFile: config.tokensFile, workloadsFile: config.workloadsFile, log });
+  if (created) log.info({ store: store.where, signingRoot: set.signingFingerprint }, 'no root found: created one');
   const service = await CaService.start({
     store, authorizer, log, certTtlMs: config.certTtlMs, servingNames: config.servingNames, maxBodyBytes: config.maxBodyBytes,
-    ratePerSecond: config.ratePerSecond, burst: config.burst, reloadMs: config.reloadMs,
+    ratePerSecond: config.ratePerSecond, burst: config.burst, reloadMs: config.reloadMs, ...(onRoots ? { onRoots } : {}),
   });
   await service.listen(config.port, config.listenAddress);
-  log.info({ address: config.listenAddress, port: config.port, trustDomain: set.trustDomain, authorizer: authorizer.name }, 'CA listening');
+  log.info({ address: config.listenAddress, port: config.port, trustDomain: set.trustDomain, authorizer: authorizer.name, store: store.where }, 'CA listening');
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', () => resolve());
     process.once('SIGINT', () => resolve());
@@ -149,13 +176,9 @@ async function cmdCaServe(argv: string[]): Promise<number> {
 }
 
 async function cmdCaRotate(argv: string[]): Promise<number> {
-  const { values, positionals } = flags(() => parseArgs({ args: argv, strict: true, allowPositionals: true, options: { 'ca-dir': { type: 'string' } } }));
-  const step = positionals[0];
-  if (positionals.length !== 1 || !['prepare', 'activate', 'finish'].includes(step ?? '')) {
-    throw new ConfigError(['usage: meshlet ca rotate prepare|activate|finish --ca-dir DIR']);
-  }
-  if (!values['ca-dir']) throw new ConfigError(['--ca-dir is required']);
-  const set = await rotateRoot(new DirRootStore(String(values['ca-dir'])), step as RotationStep);
+  const { step, backend } = loadCaRotateConfig(argv);
+  const { store } = await caBackend(backend, createLogger('warn', { component: 'ca' }));
+  const set = await rotateRoot(store, step as RotationStep);
   process.stderr.write(`meshlet ca rotate ${step}: signing root ${set.signingFingerprint}, ${set.trustBundlePem.split('BEGIN CERTIFICATE').length - 1} root(s) trusted\n`);
   return 0;
 }

@@ -32,13 +32,16 @@ export interface AgentConfig {
   capture: CaptureSettings;
 }
 
+/** Where the CA keeps its root and how it authorizes: files (local) or the Kubernetes API. */
+export type CaBackend =
+  | { kind: 'local'; caDir: string; tokensFile: string; workloadsFile: string }
+  | { kind: 'kubernetes'; kubeconfig: string | undefined; namespace: string; agentServiceAccount: string; rootSecret: string; bundleConfigMap: string };
+
 export interface CaServeConfig {
-  caDir: string;
+  backend: CaBackend;
   trustDomain: string;
   listenAddress: string;
   port: number;
-  tokensFile: string;
-  workloadsFile: string;
   certTtlMs: number;
   maxBodyBytes: number;
   ratePerSecond: number;
@@ -79,6 +82,10 @@ export const defaults = {
     reload: '10s',
     // The names agents use in a cluster (Service meshlet-ca in meshlet-system), and loopback.
     servingNames: 'meshlet-ca,meshlet-ca.meshlet-system,meshlet-ca.meshlet-system.svc,localhost,127.0.0.1',
+    namespace: 'meshlet-system',
+    agentServiceAccount: 'meshlet-agent',
+    rootSecret: 'meshlet-ca-root',
+    bundleConfigMap: 'meshlet-trust-bundle',
   },
 };
 
@@ -248,10 +255,55 @@ function identityConfig(v: Record<string, unknown>, p: Problems): IdentityConfig
   };
 }
 
+const caBackendOptions = {
+  'ca-dir': { type: 'string' },
+  kubernetes: { type: 'boolean', default: false },
+  kubeconfig: { type: 'string' },
+  namespace: { type: 'string', default: defaults.ca.namespace },
+  'agent-service-account': { type: 'string', default: defaults.ca.agentServiceAccount },
+  'root-secret': { type: 'string', default: defaults.ca.rootSecret },
+  'bundle-configmap': { type: 'string', default: defaults.ca.bundleConfigMap },
+} as const;
+
+/** --ca-dir (files) or --kubernetes (Secret, ConfigMap, TokenReview); `serve` also needs the local authorizer's files. */
+function caBackend(v: Record<string, unknown>, p: Problems, serve: boolean): CaBackend {
+  if (v.kubernetes) {
+    for (const flag of ['ca-dir', 'tokens', 'workloads']) if (v[flag]) p.list.push(`--${flag} does not apply with --kubernetes`);
+    const names = ['namespace', 'agent-service-account', 'root-secret', 'bundle-configmap'] as const;
+    for (const flag of names) {
+      if (!/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(String(v[flag]))) p.list.push(`--${flag}: ${JSON.stringify(v[flag])} is not a Kubernetes object name`);
+    }
+    return {
+      kind: 'kubernetes', kubeconfig: v.kubeconfig as string | undefined, namespace: String(v.namespace),
+      agentServiceAccount: String(v['agent-service-account']), rootSecret: String(v['root-secret']), bundleConfigMap: String(v['bundle-configmap']),
+    };
+  }
+  if (v.kubeconfig) p.list.push('--kubeconfig only applies with --kubernetes');
+  return {
+    kind: 'local',
+    caDir: p.required('ca-dir (or --kubernetes)', v['ca-dir'] as string | undefined),
+    tokensFile: serve ? p.required('tokens', v.tokens as string | undefined) : '',
+    workloadsFile: serve ? p.required('workloads', v.workloads as string | undefined) : '',
+  };
+}
+
+/** `meshlet ca rotate STEP`: which store to rotate. */
+export function loadCaRotateConfig(argv: string[]): { step: 'prepare' | 'activate' | 'finish'; backend: CaBackend } {
+  const { values: v, positionals } = parse(() => parseArgs({ args: argv, strict: true, allowPositionals: true, options: caBackendOptions }));
+  const p = new Problems();
+  const step = positionals[0] ?? '';
+  if (positionals.length !== 1 || !['prepare', 'activate', 'finish'].includes(step)) {
+    p.list.push('usage: meshlet ca rotate prepare|activate|finish (--ca-dir DIR | --kubernetes)');
+  }
+  const backend = caBackend(v, p, false);
+  p.throwIfAny();
+  return { step: step as 'prepare' | 'activate' | 'finish', backend };
+}
+
 export function loadCaServeConfig(argv: string[], env: NodeJS.ProcessEnv): CaServeConfig {
   const c = defaults.ca;
   const { values: v } = parse(() => parseArgs({ args: argv, strict: true, options: {
-    'ca-dir': { type: 'string' },
+    ...caBackendOptions,
     'trust-domain': { type: 'string', default: c.trustDomain },
     'listen-address': { type: 'string', default: c.listenAddress },
     port: { type: 'string', default: String(c.port) },
@@ -273,12 +325,10 @@ export function loadCaServeConfig(argv: string[], env: NodeJS.ProcessEnv): CaSer
     if (!isIP(n) && !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/i.test(n)) p.list.push(`--san: ${JSON.stringify(n)} is neither a DNS name nor an IP address`);
   }
   const config: CaServeConfig = {
-    caDir: p.required('ca-dir', v['ca-dir']),
+    backend: caBackend(v, p, true),
     trustDomain: String(v['trust-domain']),
     listenAddress: p.ip('listen-address', String(v['listen-address'])),
     port: p.port('port', String(v.port)),
-    tokensFile: p.required('tokens', v.tokens),
-    workloadsFile: p.required('workloads', v.workloads),
     certTtlMs: p.duration('cert-ttl', String(v['cert-ttl']), 10_000, 90 * 86_400_000),
     maxBodyBytes: p.int('max-body', String(v['max-body']), 1024, 1_048_576),
     ratePerSecond: p.int('rate', String(v.rate), 1, 100_000),

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { loadAgentConfig, loadCaServeConfig, loadInitConfig, parseDuration } from '../src/config.ts';
+import { loadAgentConfig, loadCaRotateConfig, loadCaServeConfig, loadInitConfig, parseDuration } from '../src/config.ts';
 import { ConfigError } from '../src/errors.ts';
 
 describe('config', () => {
@@ -53,9 +53,22 @@ describe('config', () => {
     assert.throws(() => loadCaServeConfig(['--rate', '0', '--max-body', 'lots', '--san', 'bad name'], {}), (err: unknown) => {
       assert.ok(err instanceof ConfigError);
       const text = err.problems.join('\n');
-      for (const re of [/--ca-dir is required/, /--tokens is required/, /--workloads is required/, /--rate: "0"/, /--max-body: "lots"/, /--san: "bad name"/]) assert.match(text, re);
+      for (const re of [/--ca-dir \(or --kubernetes\) is required/, /--tokens is required/, /--workloads is required/, /--rate: "0"/, /--max-body: "lots"/, /--san: "bad name"/]) assert.match(text, re);
       return true;
     });
+  });
+
+  it('selects the Kubernetes backend for the CA, which excludes the local files', () => {
+    const c = loadCaServeConfig(['--kubernetes', '--kubeconfig', 'kc'], {});
+    assert.deepEqual(c.backend, { kind: 'kubernetes', kubeconfig: 'kc', namespace: 'meshlet-system', agentServiceAccount: 'meshlet-agent', rootSecret: 'meshlet-ca-root', bundleConfigMap: 'meshlet-trust-bundle' });
+    assert.throws(() => loadCaServeConfig(['--kubernetes', '--ca-dir', 'd', '--namespace', 'Bad_NS'], {}), (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      assert.match(err.problems.join('\n'), /--ca-dir does not apply with --kubernetes/);
+      assert.match(err.problems.join('\n'), /--namespace: "Bad_NS"/);
+      return true;
+    });
+    assert.deepEqual(loadCaRotateConfig(['activate', '--ca-dir', 'd']), { step: 'activate', backend: { kind: 'local', caDir: 'd', tokensFile: '', workloadsFile: '' } });
+    assert.throws(() => loadCaRotateConfig(['sideways', '--ca-dir', 'd']), /prepare\|activate\|finish/);
   });
 
   it('turns unknown flags into a ConfigError', () => {

@@ -62,6 +62,8 @@ export class CaService {
   #signer: CaSigner;
   #servingKeyPem: string;
   #reloadTimer: NodeJS.Timeout | undefined;
+  /** Roots not yet handed to onRoots successfully (retried on every reload). */
+  #unpublished: RootSet | undefined;
   #servingTimer: NodeJS.Timeout | undefined;
 
   private constructor(opts: CaServiceOptions, roots: RootSet, servingKeyPem: string) {
@@ -90,7 +92,8 @@ export class CaService {
     const { privateKey } = await generateKeyPairAsync('rsa', { modulusLength: 2048, privateKeyEncoding: { type: 'pkcs1', format: 'pem' }, publicKeyEncoding: { type: 'spki', format: 'pem' } });
     await opts.authorizer.start();
     const service = new CaService(opts, roots, privateKey);
-    await opts.onRoots?.(roots);
+    service.#unpublished = roots;
+    await service.#publish();
     service.#reloadTimer = setTimeout(() => void service.#reload(), opts.reloadMs).unref();
     return service;
   }
@@ -144,12 +147,24 @@ export class CaService {
         this.server.setSecureContext(this.#servingMaterial());
         this.#scheduleServingRenewal();
         this.#log.info({ signingRoot: next.signingFingerprint, roots: next.trustBundlePem.split('BEGIN CERTIFICATE').length - 1 }, 'root set changed');
-        await this.#opts.onRoots?.(next);
+        this.#unpublished = next;
       }
     } catch (err) {
       this.#log.error({ err: (err as Error).message }, 'cannot reload the root store; the current roots stay in force');
     }
+    await this.#publish();
     this.#reloadTimer = setTimeout(() => void this.#reload(), this.#opts.reloadMs).unref();
+  }
+
+  async #publish(): Promise<void> {
+    const roots = this.#unpublished;
+    if (!roots || !this.#opts.onRoots) return;
+    try {
+      await this.#opts.onRoots(roots);
+      if (this.#unpublished === roots) this.#unpublished = undefined;
+    } catch (err) {
+      this.#log.error({ err: (err as Error).message }, 'cannot publish the root set; retrying on the next reload');
+    }
   }
 
   async #handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {

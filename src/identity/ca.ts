@@ -2,7 +2,7 @@
 // structures (CSRs, certificates, extensions); Node's crypto generates the keys and computes every
 // signature natively, which is ~10x cheaper than forge's JavaScript RSA and keeps the CA's event
 // loop free for other clients while it signs.
-import { createPrivateKey, createPublicKey, generateKeyPair, type KeyObject, randomBytes, sign as cryptoSign, X509Certificate } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPair, type KeyObject, randomBytes, sign as cryptoSign, verify as cryptoVerify, X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import { promisify } from 'node:util';
 import forge from 'node-forge';
@@ -115,6 +115,29 @@ const MIN_RSA_BITS = 2048;
 const MAX_RSA_BITS = 4096;
 const MAX_CSR_PEM = 8192;
 
+const SIGNATURE_HASHES: Record<string, string> = {
+  [forge.pki.oids.sha256WithRSAEncryption as string]: 'sha256',
+  [forge.pki.oids.sha384WithRSAEncryption as string]: 'sha384',
+  [forge.pki.oids.sha512WithRSAEncryption as string]: 'sha512',
+};
+
+/**
+ * Proof of possession, checked natively: the DER of the request info as parsed, the signature, the
+ * request's own key. (forge's verify does the same in JavaScript at a third of the speed.)
+ */
+function verifyCsrSignature(csr: forge.pki.CertificateSigningRequest, publicKey: forge.pki.rsa.PublicKey): boolean {
+  const parsed = csr as unknown as { signatureOid?: string; certificationRequestInfo?: forge.asn1.Asn1; signature?: string };
+  const hash = SIGNATURE_HASHES[parsed.signatureOid ?? ''];
+  if (!hash || !parsed.certificationRequestInfo || typeof parsed.signature !== 'string') return false;
+  try {
+    const info = Buffer.from(forge.asn1.toDer(parsed.certificationRequestInfo).getBytes(), 'binary');
+    const key = createPublicKey(forge.pki.publicKeyToPem(publicKey));
+    return cryptoVerify(hash, info, key, Buffer.from(parsed.signature, 'binary'));
+  } catch {
+    return false;
+  }
+}
+
 /** The checks every workload CSR must pass, before any authorization: throws BadCsrError. */
 export function parseWorkloadCsr(csrPem: string, trustDomain: string): { spiffeId: string; publicKey: forge.pki.rsa.PublicKey } {
   if (typeof csrPem !== 'string' || csrPem.length > MAX_CSR_PEM) throw new BadCsrError(`CSR must be a PEM string of at most ${MAX_CSR_PEM} bytes`);
@@ -127,9 +150,9 @@ export function parseWorkloadCsr(csrPem: string, trustDomain: string): { spiffeI
   const publicKey = csr.publicKey as forge.pki.rsa.PublicKey | null;
   const bits = publicKey && typeof publicKey.n?.bitLength === 'function' ? publicKey.n.bitLength() : 0;
   if (bits < MIN_RSA_BITS || bits > MAX_RSA_BITS) throw new BadCsrError(`CSR key must be RSA with ${MIN_RSA_BITS} to ${MAX_RSA_BITS} bits (got ${bits || 'no RSA key'})`);
-  let verified = false;
-  try { verified = csr.verify(); } catch { /* malformed signature: reported below */ }
-  if (!verified) throw new BadCsrError('CSR signature does not verify (the requester must prove possession of the key)');
+  if (!verifyCsrSignature(csr, publicKey as forge.pki.rsa.PublicKey)) {
+    throw new BadCsrError('CSR signature does not verify (the requester must prove possession of the key)');
+  }
   const ext = requestedExtensions(csr);
   const basic = ext.find((e) => e.name === 'basicConstraints');
   if (basic?.cA) throw new BadCsrError('CSR requests a CA certificate (basicConstraints CA:true)');
