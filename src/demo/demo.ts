@@ -1,5 +1,5 @@
-// `meshlet demo` (npm start): a local mesh of two nodes and five pods in network namespaces, real
-// capture, real agents, real clients and servers; prints who talked to whom under which identity and
+// `meshlet demo` (npm start): a local mesh of two nodes and four pods in network namespaces, the CA
+// service in a namespace of its own, real capture, real agents, real clients and servers; prints who talked to whom under which identity and
 // shows from a packet capture that what crossed between the nodes was TLS. Removes everything after.
 import { parseArgs } from 'node:util';
 import { PrerequisiteError } from '../errors.ts';
@@ -40,9 +40,10 @@ export async function runDemo(argv: string[]): Promise<number> {
     throw err;
   }
   const say = (s: string) => process.stdout.write(`${s}\n`);
-  say('meshlet demo: building 2 nodes and 5 pods as network namespaces ...');
+  say('meshlet demo: building 2 nodes, 4 pods and a CA as network namespaces ...');
   const lab = await MeshLab.create({
     trustDomain: 'demo.local',
+    identity: 'service',
     nodes: [
       { name: 'node-a', pods: [
         { name: 'frontend', namespace: 'shop', serviceAccount: 'frontend' },
@@ -56,14 +57,14 @@ export async function runDemo(argv: string[]): Promise<number> {
   });
   let failed = false;
   try {
-    for (const n of lab.topo.nodes) {
+    for (const n of lab.meshNodes) {
       say(`  ${n.name} ${n.ip}: ${n.pods.map((p) => `${p.name} ${p.ip}${lab.pod(p.name).spec.captured === false ? ' (not captured)' : ''}`).join(', ')}`);
     }
-    say('meshlet init in each node, then one agent per node ...');
+    say(`  the CA service (meshlet ca serve) in a namespace of its own at ${lab.caUrl}`);
+    say('meshlet init in each node, then one agent per node; agents ask the CA with their node token ...');
     await lab.startMesh();
-    for (const n of lab.topo.nodes) {
-      const dump = await lab.configDump(n);
-      for (const c of dump.certificates) say(`  ${n.name}: certificate for ${c.spiffeId} valid until ${c.notAfter}`);
+    for (const l of await lab.caLog()) {
+      if (l.msg === 'certificate issued') say(`  CA: issued ${l.spiffeId} to ${l.node} (valid until ${l.notAfter})`);
     }
     for (const p of ['payments', 'cart', 'legacy']) await lab.startServer(p, APP_PORT);
 
@@ -81,7 +82,7 @@ export async function runDemo(argv: string[]): Promise<number> {
 
     say('\naccess log (one line per connection, from each agent):');
     const rows: string[][] = [['agent', 'direction', 'route', 'source', 'source identity', 'destination', 'bytes out/in', 'outcome']];
-    for (const n of lab.topo.nodes) {
+    for (const n of lab.meshNodes) {
       for (const l of await lab.accessLog(n.name)) {
         rows.push([n.name, l.direction, l.route ?? '', l.src?.workload ?? l.src?.ip ?? '', l.src?.principal ?? '(plaintext)',
           `${l.dst?.workload ?? ''} ${l.dst?.addr ?? ''}`.trim(), `${l.bytes_sent}/${l.bytes_received}`, l.outcome]);
