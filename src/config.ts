@@ -77,8 +77,9 @@ export const defaults = {
     listenAddress: '0.0.0.0',
     trustDomain: 'cluster.local',
     maxBody: 16_384,
-    rate: 20,
-    burst: 40,
+    // Per client address: a node with 200 pods gets all its certificates at cold start in one burst.
+    rate: 50,
+    burst: 200,
     reload: '10s',
     // The names agents use in a cluster (Service meshlet-ca in meshlet-system), and loopback.
     servingNames: 'meshlet-ca,meshlet-ca.meshlet-system,meshlet-ca.meshlet-system.svc,localhost,127.0.0.1',
