@@ -87,11 +87,8 @@ try {
 
   // Cold start: spawn the agent, poll its config_dump until every certificate is available.
   const coldStart = async (identity: 'service' | 'local'): Promise<{ toListeningMs: number; toAllCertsMs: number }> => {
-    // The lab builds the agent's identity flags from spec.identity.
-    lab.spec.identity = identity;
     const started = Date.now();
-    const agent = await lab.startAgent(node, ['--log-level', 'warn']);
-    lab.spec.identity = 'service';
+    const agent = await lab.startAgent(node, ['--log-level', 'warn'], { identity });
     let toListeningMs = NaN;
     try {
       for (;;) {

@@ -9,6 +9,7 @@ import { hasNetAdmin } from './capture/exec.ts';
 import { isCaptureInstalled } from './capture/install.ts';
 import { PrerequisiteError } from './errors.ts';
 import { createIpsetSync } from './capture/ipset.ts';
+import { bundleSize } from './identity/ca.ts';
 import { createCaClientProvider } from './identity/ca-client.ts';
 import { CertificateManager } from './identity/certs.ts';
 import { type CertificateProvider, createLocalCaProvider } from './identity/provider.ts';
@@ -48,16 +49,17 @@ export class Agent {
   #ipsetSynced = false;
   #captureTimer: NodeJS.Timeout | undefined;
   #tunnel: TunnelServer | undefined;
-  #provider: (CertificateProvider & { close?(): Promise<void> }) | undefined;
+  readonly #provider: CertificateProvider & { close?(): Promise<void> };
 
   readonly config: AgentConfig;
 
-  private constructor(config: AgentConfig, deps: Required<AgentDeps>, certs: CertificateManager) {
+  private constructor(config: AgentConfig, deps: Required<AgentDeps>, certs: CertificateManager, provider: CertificateProvider & { close?(): Promise<void> }) {
     this.config = config;
     this.#log = deps.log.child({ component: 'agent', node: config.nodeName });
     this.#source = deps.source;
     this.registry = new WorkloadRegistry(config.nodeName);
     this.certs = certs;
+    this.#provider = provider;
     this.connections = new ConnectionTracker(accessLogger(deps.log));
     this.pool = new TunnelPool({
       tunnelPort: config.ports.tunnel,
@@ -81,8 +83,7 @@ export class Agent {
     let agent: Agent | undefined;
     const provider = await identityProvider(config, deps.log, () => agent?.registry.trustDomain ?? '');
     const certs = new CertificateManager({ provider, log: deps.log });
-    agent = new Agent(config, { log: deps.log, policy: deps.policy ?? allowAllPolicy, source }, certs);
-    agent.#provider = provider;
+    agent = new Agent(config, { log: deps.log, policy: deps.policy ?? allowAllPolicy, source }, certs, provider);
     await agent.#checkCapture();
     await source.start({
       onSnapshot: (s) => agent.#apply(s),
@@ -162,8 +163,8 @@ export class Agent {
       ready: this.readiness.ready,
       pending: this.readiness.pending(),
       trustDomain: snapshot?.trustDomain,
-      identityProvider: this.#provider?.name,
-      trustBundle: this.certs.trustBundle ? { signingRoot: this.certs.trustBundle.signingFingerprint, roots: this.certs.trustBundle.pem.split('BEGIN CERTIFICATE').length - 1 } : undefined,
+      identityProvider: this.#provider.name,
+      trustBundle: this.certs.trustBundle ? { signingRoot: this.certs.trustBundle.signingFingerprint, roots: bundleSize(this.certs.trustBundle.pem) } : undefined,
       workloads: (snapshot?.workloads ?? []).map((w) => ({ ...w, local: w.node === this.config.nodeName })),
       certificates: this.certs.states().map((c) => c.state === 'available'
         ? { spiffeId: c.spiffeId, state: c.state, serial: c.serial, signedBy: c.signedBy, notBefore: new Date(c.notBefore).toISOString(), notAfter: new Date(c.notAfter).toISOString() }
@@ -192,7 +193,7 @@ export class Agent {
     for (const s of this.#sockets) s.destroy();
     this.pool.destroy();
     this.certs.close();
-    await this.#provider?.close?.();
+    await this.#provider.close?.();
     await closed;
   }
 }

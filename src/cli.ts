@@ -8,8 +8,8 @@ import { CaError, ConfigError, MeshletError, PrerequisiteError } from './errors.
 import type { Logger } from 'pino';
 import { createLocalAuthorizer, type NodeAuthorizer } from './ca/authorizer.ts';
 import { CaService } from './ca/server.ts';
-import { createRootCa } from './identity/ca.ts';
-import { DirRootStore, ensureRoot, ROOT_FILES, type RootSet, type RootStore, rotateRoot, type RotationStep } from './identity/roots.ts';
+import { bundleSize } from './identity/ca.ts';
+import { DirRootStore, ensureRoot, initRoot, ROOT_FILES, type RootSet, type RootStore, rotateRoot, type RotationStep } from './identity/roots.ts';
 import { createLogger } from './telemetry/log.ts';
 
 const d = defaults;
@@ -119,9 +119,7 @@ function flags<T>(run: () => T): T {
 async function cmdCaInit(argv: string[]): Promise<number> {
   const { values } = flags(() => parseArgs({ args: argv, strict: true, options: { out: { type: 'string' }, 'trust-domain': { type: 'string', default: d.ca.trustDomain } } }));
   if (!values.out) throw new ConfigError(['--out is required']);
-  const root = await createRootCa({ trustDomain: String(values['trust-domain']) });
-  const store = new DirRootStore(String(values.out));
-  const created = await store.create({ [ROOT_FILES.key]: root.keyPem, [ROOT_FILES.cert]: root.certPem, [ROOT_FILES.bundle]: root.certPem });
+  const created = await initRoot(new DirRootStore(String(values.out)), String(values['trust-domain']));
   if (!created) throw new CaError(`${values.out} already holds a root; refusing to overwrite it (losing a root breaks the mesh)`);
   process.stderr.write(`meshlet ca: root CA written to ${values.out}/${ROOT_FILES.cert} and ${values.out}/${ROOT_FILES.key}\n`);
   return 0;
@@ -179,7 +177,7 @@ async function cmdCaRotate(argv: string[]): Promise<number> {
   const { step, backend } = loadCaRotateConfig(argv);
   const { store } = await caBackend(backend, createLogger('warn', { component: 'ca' }));
   const set = await rotateRoot(store, step as RotationStep);
-  process.stderr.write(`meshlet ca rotate ${step}: signing root ${set.signingFingerprint}, ${set.trustBundlePem.split('BEGIN CERTIFICATE').length - 1} root(s) trusted\n`);
+  process.stderr.write(`meshlet ca rotate ${step}: signing root ${set.signingFingerprint}, ${bundleSize(set.trustBundlePem)} root(s) trusted\n`);
   return 0;
 }
 

@@ -168,7 +168,7 @@ export class BadCaRequestError extends CaRefusal {
   readonly status: number;
   constructor(message: string, status = 400) {
     super(message);
-    this.status = typeof status === 'number' ? status : 400;
+    this.status = status;
   }
 }
 
@@ -195,7 +195,7 @@ export class IdentityNotAllowedError extends CaRefusal {
   readonly code = 'identity_not_allowed';
   readonly status = 403;
   constructor(node: string, spiffeId: string) {
-    super(`node ${JSON.stringify(String(node))} runs no pod with identity ${spiffeId}`);
+    super(`node ${JSON.stringify(node)} runs no pod with identity ${spiffeId}`);
   }
 }
 
@@ -205,7 +205,7 @@ export class RateLimitedError extends CaRefusal {
   readonly status = 429;
   readonly retryAfterSeconds: number;
   constructor(retryAfterSeconds: number) {
-    const s = typeof retryAfterSeconds === 'number' ? Math.max(1, Math.ceil(retryAfterSeconds)) : 1;
+    const s = Math.max(1, Math.ceil(retryAfterSeconds));
     super(`too many requests; retry after ${s} s`);
     this.retryAfterSeconds = s;
   }
@@ -228,7 +228,7 @@ export class CaUnavailableError extends MeshletError {
   retryAfterMs: number | undefined;
   constructor(message: string, status?: number, options?: ErrorOptions) {
     super(message, options);
-    this.status = typeof status === 'number' ? status : undefined;
+    this.status = status;
   }
 }
 

@@ -5,14 +5,13 @@
 // Two implementations: Kubernetes (TokenReview + pods on the node, kubernetes.ts) and local (this
 // file: a tokens file naming each node's token, and the workloads file for pod placement).
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
-import { unwatchFile, watchFile } from 'node:fs';
 import type { Logger } from 'pino';
 import { parse } from 'yaml';
 import { AuthorizerUnavailableError, ConfigError, IdentityNotAllowedError, TokenRejectedError } from '../errors.ts';
 import type { MeshSnapshot } from '../workloads/model.ts';
 import { createFileSource } from '../workloads/file.ts';
 import type { WorkloadSource } from '../workloads/source.ts';
+import { watchTextFile } from '../watched-file.ts';
 
 export interface NodeIdentity {
   node: string;
@@ -82,26 +81,22 @@ export function createLocalAuthorizer(opts: LocalAuthorizerOptions): NodeAuthori
   const source = opts.source ?? createFileSource({ path: opts.workloadsFile, pollIntervalMs: opts.pollIntervalMs });
   let tokens = new Map<string, Buffer>();
   let snapshot: MeshSnapshot | undefined;
-  let lastTokensText: string | undefined;
-  const reloadTokens = async (initial: boolean): Promise<void> => {
-    try {
-      const text = await readFile(opts.tokensFile, 'utf8');
-      if (text === lastTokensText) return;
-      tokens = parseTokensFile(text, opts.tokensFile);
-      lastTokensText = text;
-      if (!initial) log.info({ nodes: tokens.size }, 'tokens file reloaded');
-    } catch (err) {
-      if (initial) throw err instanceof ConfigError ? err : new ConfigError([`--tokens: cannot read ${opts.tokensFile}: ${(err as Error).message}`]);
-      log.error({ err: (err as Error).message }, 'tokens file rejected; the previous tokens stay in force');
-    }
-  };
-  const onTokensChange = () => { void reloadTokens(false); };
+  const tokensFile = watchTextFile({
+    path: opts.tokensFile,
+    intervalMs: opts.pollIntervalMs ?? 500,
+    parse: (text) => parseTokensFile(text, opts.tokensFile),
+    onValue: (t) => {
+      if (tokens.size > 0) log.info({ nodes: t.size }, 'tokens file reloaded');
+      tokens = t;
+    },
+    onError: (err) => log.error({ err: err.message }, 'tokens file rejected; the previous tokens stay in force'),
+    readError: (err) => new ConfigError([`--tokens: cannot read ${opts.tokensFile}: ${err.message}`]),
+  });
 
   return {
     name: 'local',
     async start() {
-      await reloadTokens(true);
-      watchFile(opts.tokensFile, { interval: opts.pollIntervalMs ?? 500, persistent: false }, onTokensChange);
+      await tokensFile.start();
       await source.start({
         onSnapshot: (s) => { snapshot = s; },
         onError: (err) => log.error({ err: err.message }, 'workloads file rejected; the last good placement stays in force'),
@@ -122,7 +117,7 @@ export function createLocalAuthorizer(opts: LocalAuthorizerOptions): NodeAuthori
     },
     ready: () => snapshot !== undefined && tokens.size > 0,
     async close() {
-      unwatchFile(opts.tokensFile, onTokensChange);
+      tokensFile.close();
       await source.close();
     },
   };

@@ -18,7 +18,7 @@ import type { Logger } from 'pino';
 import {
   AuthorizerUnavailableError, BadCaRequestError, BodyTooLargeError, CaError, CaRefusal, RateLimitedError, TokenRejectedError,
 } from '../errors.ts';
-import { CaSigner, parseWorkloadCsr } from '../identity/ca.ts';
+import { bundleSize, CaSigner, parseWorkloadCsr } from '../identity/ca.ts';
 import { loadRootSet, type RootSet, type RootStore } from '../identity/roots.ts';
 import type { NodeAuthorizer } from './authorizer.ts';
 import { RateLimiter } from './rate-limit.ts';
@@ -98,14 +98,6 @@ export class CaService {
     return service;
   }
 
-  get roots(): RootSet {
-    return this.#roots;
-  }
-
-  get trustDomain(): string {
-    return this.#roots.trustDomain;
-  }
-
   listen(port: number, host: string): Promise<void> {
     return new Promise((resolve, reject) => {
       this.server.once('error', reject);
@@ -146,7 +138,7 @@ export class CaService {
         // The serving certificate follows the signing root so agents can verify it with the new bundle.
         this.server.setSecureContext(this.#servingMaterial());
         this.#scheduleServingRenewal();
-        this.#log.info({ signingRoot: next.signingFingerprint, roots: next.trustBundlePem.split('BEGIN CERTIFICATE').length - 1 }, 'root set changed');
+        this.#log.info({ signingRoot: next.signingFingerprint, roots: bundleSize(next.trustBundlePem) }, 'root set changed');
         this.#unpublished = next;
       }
     } catch (err) {

@@ -159,11 +159,12 @@ export class MeshLab {
     await this.meshlet(['init'], node.ns);
   }
 
-  async startAgent(node: NodeNs, extraArgs: string[] = []): Promise<AgentProcess> {
+  /** Starts an agent; `identity` overrides the lab's (the benchmark compares both on one lab). */
+  async startAgent(node: NodeNs, extraArgs: string[] = [], opts: { identity?: 'local' | 'service' } = {}): Promise<AgentProcess> {
     const logFile = join(this.dir, `agent-${node.name}-${Date.now()}.log`);
     const log = createWriteStream(logFile);
     this.#logs.push(log);
-    const identity = this.spec.identity === 'service'
+    const identity = (opts.identity ?? this.spec.identity) === 'service'
       ? ['--ca-url', this.caUrl, '--token-file', this.tokenFile(node.name), '--trust-bundle', this.trustBundleFile,
         '--bundle-poll', this.spec.bundlePoll ?? '500ms']
       : ['--ca-dir', this.caDir, '--cert-ttl', this.spec.certTtl ?? '1h'];

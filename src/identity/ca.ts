@@ -243,9 +243,16 @@ export function signWorkloadCsr(root: RootCa | CaSigner, csrPem: string, opts: S
   return { certPem: signer.signWorkload(parsed, opts), spiffeId: parsed.spiffeId };
 }
 
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
+
+/** How many certificates a PEM bundle holds (for logs and /config_dump; parses nothing). */
+export function bundleSize(pem: string): number {
+  return pem.match(PEM_CERTIFICATE)?.length ?? 0;
+}
+
 /** Splits a PEM bundle into certificates (throws CaError on anything unparsable). */
 export function parseBundle(pem: string): X509Certificate[] {
-  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  const blocks = pem.match(PEM_CERTIFICATE) ?? [];
   if (blocks.length === 0) throw new CaError('trust bundle holds no certificate');
   return blocks.map((b) => {
     try {
@@ -254,9 +261,4 @@ export function parseBundle(pem: string): X509Certificate[] {
       throw new CaError(`trust bundle holds an unparsable certificate: ${(err as Error).message}`);
     }
   });
-}
-
-/** SHA-256 fingerprint of a certificate, as Node prints it (AA:BB:...). */
-export function fingerprint(certPem: string): string {
-  return new X509Certificate(certPem).fingerprint256;
 }

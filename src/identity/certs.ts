@@ -7,7 +7,7 @@ import { X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { NoCertificateError } from '../errors.ts';
-import { createCsr, generateRsaKey } from './ca.ts';
+import { bundleSize, createCsr, generateRsaKey, parseBundle } from './ca.ts';
 import type { CertificateProvider, TrustBundle } from './provider.ts';
 import { signingRootOf } from './roots.ts';
 
@@ -37,6 +37,8 @@ export interface AvailableCert {
   revision: number;
   /** SHA-256 fingerprint of the bundle root that signed the leaf. */
   signedBy: string | undefined;
+  /** The trust bundle, parsed once per revision (peer checks on every tunnel session use it). */
+  roots: X509Certificate[];
   context: SecureContext;
   /** Kept for servers that take PEM options (an http2 secure server per destination pod). */
   privateKeyPem: string;
@@ -178,7 +180,7 @@ export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
       // During a root rotation the watched bundle may be newer than the one in the answer: use it
       // when it covers the new certificate.
       const watched = this.#bundle?.pem;
-      const bundlePem = watched && signingRootOf(issued.certChainPem, watched) ? watched : issued.trustBundlePem;
+      const bundlePem = watched && signingRootOf(issued.certChainPem, parseBundle(watched)) ? watched : issued.trustBundlePem;
       const cert = withBundle({
         state: 'available',
         spiffeId: id,
@@ -190,6 +192,7 @@ export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
         serial: leaf.serialNumber,
         revision: 0,
         signedBy: undefined,
+        roots: [],
         privateKeyPem,
         context: undefined as unknown as SecureContext,
       }, bundlePem);
@@ -257,14 +260,15 @@ export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
         entry.timer = this.#clock.setTimeout(() => void this.#issue(id, entry), Math.round(Math.random() * this.#rootChangeSpread));
       }
     }
-    if (changed) this.#log.info({ signingRoot: bundle.signingFingerprint, roots: bundle.pem.split('BEGIN CERTIFICATE').length - 1, reissue }, 'trust bundle changed');
+    if (changed) this.#log.info({ signingRoot: bundle.signingFingerprint, roots: bundleSize(bundle.pem), reissue }, 'trust bundle changed');
   }
 }
 
 /** Sets the bundle on a certificate and rebuilds its TLS context (a new revision). */
 function withBundle(cert: AvailableCert, bundlePem: string): AvailableCert {
   cert.trustBundlePem = bundlePem;
-  cert.signedBy = signingRootOf(cert.certChainPem, bundlePem);
+  cert.roots = parseBundle(bundlePem);
+  cert.signedBy = signingRootOf(cert.certChainPem, cert.roots);
   cert.revision = ++revisions;
   cert.context = createSecureContext({ key: cert.privateKeyPem, cert: cert.certChainPem, ca: bundlePem, minVersion: 'TLSv1.3' });
   return cert;

@@ -13,7 +13,7 @@ import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CaError } from '../errors.ts';
-import { createRootCa, fingerprint, parseBundle, type RootCa, rootTrustDomain } from './ca.ts';
+import { createRootCa, parseBundle, type RootCa, rootTrustDomain } from './ca.ts';
 
 export const ROOT_FILES = { key: 'ca.key', cert: 'ca.crt', bundle: 'trust-bundle.pem', nextKey: 'next.key', nextCert: 'next.crt' } as const;
 export type RootFiles = Partial<Record<string, string>>;
@@ -87,12 +87,17 @@ export async function loadRootSet(store: RootStore): Promise<RootSet> {
   return rootSetFromFiles(files, store.where);
 }
 
+/** Writes a new root into the store; false (nothing written) when it already holds one. */
+export async function initRoot(store: RootStore, trustDomain: string): Promise<boolean> {
+  const root = await createRootCa({ trustDomain });
+  return store.create({ [ROOT_FILES.key]: root.keyPem, [ROOT_FILES.cert]: root.certPem, [ROOT_FILES.bundle]: root.certPem });
+}
+
 /** Creates a first root unless the store already has one (which is then kept, never replaced). */
 export async function ensureRoot(store: RootStore, trustDomain: string): Promise<{ created: boolean; set: RootSet }> {
   const existing = await store.read();
   if (existing?.[ROOT_FILES.key]) return { created: false, set: rootSetFromFiles(existing, store.where) };
-  const root = await createRootCa({ trustDomain });
-  const created = await store.create({ [ROOT_FILES.key]: root.keyPem, [ROOT_FILES.cert]: root.certPem, [ROOT_FILES.bundle]: root.certPem });
+  const created = await initRoot(store, trustDomain);
   return { created, set: await loadRootSet(store) };
 }
 
@@ -179,9 +184,8 @@ export class DirRootStore implements RootStore {
   }
 }
 
-/** Which root in the bundle signed a leaf (its fingerprint), or undefined. */
-export function signingRootOf(leafPem: string, bundlePem: string): string | undefined {
+/** Which of the roots signed a leaf (its fingerprint), or undefined. */
+export function signingRootOf(leafPem: string, roots: X509Certificate[]): string | undefined {
   const leaf = new X509Certificate(leafPem);
-  const root = parseBundle(bundlePem).find((r) => leaf.checkIssued(r) && leaf.verify(r.publicKey));
-  return root ? fingerprint(root.toString()) : undefined;
+  return roots.find((r) => leaf.checkIssued(r) && leaf.verify(r.publicKey))?.fingerprint256;
 }

@@ -6,7 +6,6 @@
 // certificate; the tunnel listener reads the original destination and hands the raw socket to that
 // pod's server with `emit('connection')`. Node's TLS server then enforces the client certificate,
 // ALPN and the handshake timeout exactly as for a listening server.
-import { X509Certificate } from 'node:crypto';
 import http2 from 'node:http2';
 import net from 'node:net';
 import type tls from 'node:tls';
@@ -133,8 +132,7 @@ function verifiedPeer(socket: tls.TLSSocket, ctx: ProxyContext, target: Workload
   if (socket.alpnProtocol !== ALPN) throw new PeerIdentityError(`peer did not negotiate ALPN ${ALPN}`);
   const peer = socket.getPeerX509Certificate();
   if (!peer) throw new PeerIdentityError('peer presented no client certificate');
-  const bundle = ctx.certs.assertAvailable(target.spiffeId).trustBundlePem;
-  const roots = bundle.split(/(?=-----BEGIN CERTIFICATE-----)/).filter((p) => p.includes('BEGIN')).map((p) => new X509Certificate(p));
+  const { roots } = ctx.certs.assertAvailable(target.spiffeId);
   if (!roots.some((root) => peer.checkIssued(root) && peer.verify(root.publicKey))) {
     throw new PeerIdentityError('peer certificate is not signed by a trusted root');
   }

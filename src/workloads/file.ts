@@ -3,8 +3,6 @@
 //   trustDomain: cluster.local
 //   nodes:     [{ name: node-a, ip: 172.30.0.1 }]
 //   workloads: [{ name: web, namespace: shop, serviceAccount: web, ip: 10.77.1.10, node: node-a, captured: true }]
-import { readFile } from 'node:fs/promises';
-import { unwatchFile, watchFile } from 'node:fs';
 import { isIPv4, isIPv6 } from 'node:net';
 import { parse } from 'yaml';
 import { WorkloadSourceError } from '../errors.ts';
@@ -12,6 +10,7 @@ import { assertTrustDomain } from '../identity/spiffe.ts';
 import type { MeshNode, MeshSnapshot, Workload } from './model.ts';
 import { workloadSpiffeId } from './model.ts';
 import type { WorkloadSource } from './source.ts';
+import { type WatchedFile, watchTextFile } from '../watched-file.ts';
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const DNS_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
@@ -116,38 +115,21 @@ export interface FileSourceOptions {
 }
 
 export function createFileSource(opts: FileSourceOptions): WorkloadSource {
-  const interval = opts.pollIntervalMs ?? 500;
-  let listener: (() => void) | undefined;
-  let lastText: string | undefined;
-
+  let file: WatchedFile | undefined;
   return {
     async start({ onSnapshot, onError }) {
-      const load = async (initial: boolean): Promise<void> => {
-        let text: string;
-        try {
-          text = await readFile(opts.path, 'utf8');
-        } catch (err) {
-          const e = new WorkloadSourceError([`cannot read ${opts.path}: ${(err as Error).message}`]);
-          if (initial) throw e;
-          onError(e);
-          return;
-        }
-        if (text === lastText) return;
-        lastText = text;
-        try {
-          onSnapshot(parseWorkloadsFile(text));
-        } catch (err) {
-          if (initial) throw err;
-          onError(err as Error);
-        }
-      };
-      await load(true);
-      listener = () => { void load(false); };
-      watchFile(opts.path, { interval, persistent: false }, listener);
+      file = watchTextFile({
+        path: opts.path,
+        intervalMs: opts.pollIntervalMs ?? 500,
+        parse: parseWorkloadsFile,
+        onValue: onSnapshot,
+        onError,
+        readError: (err) => new WorkloadSourceError([`cannot read ${opts.path}: ${err.message}`]),
+      });
+      await file.start();
     },
     async close() {
-      if (listener) unwatchFile(opts.path, listener);
-      listener = undefined;
+      file?.close();
     },
   };
 }

@@ -114,7 +114,9 @@ describe('CA client', () => {
       await rotateRoot(ca.store, 'activate');
       await waitSeen((b) => b.signingFingerprint === fp(next));
       // The bundle file still holds only the old root; the CA now serves a certificate from the new
-      // one, which the client learned from the CA during prepare.
+      // one, which the client learned from the CA during prepare. Dropping the CA's connections makes
+      // the client verify that certificate on a new one.
+      ca.service.server.closeAllConnections();
       const issued = await p.issue(await workloadCsr(WEB), WEB);
       assert.ok(new X509Certificate(issued.certChainPem).verify(new X509Certificate(next).publicKey));
       await rotateRoot(ca.store, 'finish');
