@@ -23,6 +23,7 @@ import { TunnelPool } from './proxy/tunnel/pool.ts';
 import { accessLogger } from './telemetry/log.ts';
 import { ConnectionTracker } from './telemetry/connections.ts';
 import { createFileSource } from './workloads/file.ts';
+import { loadKubeConfig } from './kube-config.ts';
 import type { MeshSnapshot } from './workloads/model.ts';
 import { WorkloadRegistry } from './workloads/registry.ts';
 import type { WorkloadSource } from './workloads/source.ts';
@@ -79,7 +80,7 @@ export class Agent {
       throw new PrerequisiteError('meshlet agent needs CAP_NET_ADMIN to manage the captured-pods ipset and read the nat ' +
         'table (run it as root, or give the DaemonSet container the NET_ADMIN capability)');
     }
-    const source = deps.source ?? createFileSource({ path: config.workloadsFile, pollIntervalMs: config.workloadsPollMs });
+    const source = deps.source ?? await workloadSource(config, deps.log);
     let agent: Agent | undefined;
     const provider = await identityProvider(config, deps.log, () => agent?.registry.trustDomain ?? '');
     const certs = new CertificateManager({ provider, log: deps.log });
@@ -163,6 +164,7 @@ export class Agent {
       ready: this.readiness.ready,
       pending: this.readiness.pending(),
       trustDomain: snapshot?.trustDomain,
+      workloadSource: { kind: this.config.workloads.kind, ...this.#source.status?.() },
       identityProvider: this.#provider.name,
       trustBundle: this.certs.trustBundle ? { signingRoot: this.certs.trustBundle.signingFingerprint, roots: bundleSize(this.certs.trustBundle.pem) } : undefined,
       workloads: (snapshot?.workloads ?? []).map((w) => ({ ...w, local: w.node === this.config.nodeName })),
@@ -196,6 +198,14 @@ export class Agent {
     await this.#provider.close?.();
     await closed;
   }
+}
+
+/** The workloads file (--workloads) or the Kubernetes API (--kubernetes, --kubeconfig). */
+async function workloadSource(config: AgentConfig, log: Logger): Promise<WorkloadSource> {
+  const w = config.workloads;
+  if (w.kind === 'file') return createFileSource({ path: w.path, pollIntervalMs: w.pollMs });
+  const { createKubernetesSource } = await import('./workloads/kubernetes.ts');
+  return createKubernetesSource({ kubeConfig: await loadKubeConfig(w.kubeconfig), trustDomain: w.trustDomain, log });
 }
 
 /** The embedded local CA (--ca-dir) or the CA service (--ca-url). */

@@ -11,13 +11,15 @@ import { CaService } from './ca/server.ts';
 import { bundleSize } from './identity/ca.ts';
 import { DirRootStore, ensureRoot, initRoot, ROOT_FILES, type RootSet, type RootStore, rotateRoot, type RotationStep } from './identity/roots.ts';
 import { createLogger } from './telemetry/log.ts';
+import { loadKubeConfig } from './kube-config.ts';
 
 const d = defaults;
 const USAGE = `usage: meshlet <command> [flags]
 
 commands:
   init [--dry-run] [--cleanup]           install (or remove) the node's capture rules and ipset
-  agent --node NAME --workloads FILE (--ca-dir DIR | --ca-url URL --token-file F --trust-bundle F)
+  agent --node NAME (--workloads FILE | --kubernetes [--kubeconfig F])
+        (--ca-dir DIR | --ca-url URL --token-file F --trust-bundle F)
                                           run the node agent
   ca init --out DIR [--trust-domain TD]  create a root CA (embedded in local-mode agents, or for ca serve)
   ca serve (--ca-dir DIR --tokens F --workloads F | --kubernetes)
@@ -30,6 +32,9 @@ agent flags (defaults in brackets):
   --node NAME              this node's name [$MESHLET_NODE_NAME or $NODE_NAME]
   --workloads FILE         workloads YAML (trustDomain, nodes, workloads), reloaded on change
   --workloads-poll DUR     how often the file is checked [${d.workloadsPoll}]
+  --kubernetes             workloads from the Kubernetes API (Pods, Namespaces; in-cluster config)
+  --kubeconfig PATH        ... from the cluster this kubeconfig names (implies --kubernetes)
+  --trust-domain TD        with --kubernetes: the mesh's trust domain [${d.ca.trustDomain}]
   --ca-dir DIR             embedded local CA: the root from \`meshlet ca init\`
   --cert-ttl DUR           with --ca-dir: workload certificate lifetime, renewed at half life [${d.certTtl}]
   --ca-url URL             the CA service (https://...); excludes --ca-dir
@@ -132,15 +137,8 @@ async function caBackend(backend: CaBackend, log: Logger): Promise<{ store: Root
     if (!backend.tokensFile) return { store };
     return { store, authorizer: createLocalAuthorizer({ tokensFile: backend.tokensFile, workloadsFile: backend.workloadsFile, log }) };
   }
-  const { KubeConfig } = await import('@kubernetes/client-node');
   const { bundlePublisher, createKubernetesAuthorizer, SecretRootStore } = await import('./ca/kubernetes.ts');
-  const kc = new KubeConfig();
-  try {
-    if (backend.kubeconfig) kc.loadFromFile(backend.kubeconfig);
-    else kc.loadFromCluster();
-  } catch (err) {
-    throw new ConfigError([`--kubeconfig: cannot load ${backend.kubeconfig ?? 'the in-cluster configuration'}: ${(err as Error).message}`]);
-  }
+  const kc = await loadKubeConfig(backend.kubeconfig);
   return {
     store: new SecretRootStore(kc, backend.namespace, backend.rootSecret),
     authorizer: createKubernetesAuthorizer({ kubeConfig: kc, agentNamespace: backend.namespace, agentServiceAccount: backend.agentServiceAccount, log }),

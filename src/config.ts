@@ -17,9 +17,14 @@ export type IdentityConfig =
   | { mode: 'local'; caDir: string; certTtlMs: number }
   | { mode: 'ca-service'; url: string; tokenFile: string; trustBundleFile: string; bundlePollMs: number; requestTimeoutMs: number };
 
+/** Where the registry comes from: the workloads file (local mode) or the Kubernetes API. */
+export type WorkloadsConfig =
+  | { kind: 'file'; path: string; pollMs: number }
+  | { kind: 'kubernetes'; kubeconfig: string | undefined; trustDomain: string };
+
 export interface AgentConfig {
   nodeName: string;
-  workloadsFile: string;
+  workloads: WorkloadsConfig;
   identity: IdentityConfig;
   ports: Ports;
   adminAddress: string;
@@ -28,7 +33,6 @@ export interface AgentConfig {
   connectTimeoutMs: number;
   handshakeTimeoutMs: number;
   drainMs: number;
-  workloadsPollMs: number;
   capture: CaptureSettings;
 }
 
@@ -177,6 +181,9 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     ...captureOptions,
     node: { type: 'string', default: env.MESHLET_NODE_NAME ?? env.NODE_NAME },
     workloads: { type: 'string' },
+    kubernetes: { type: 'boolean', default: false },
+    kubeconfig: { type: 'string' },
+    'trust-domain': { type: 'string' },
     'ca-dir': { type: 'string' },
     'ca-url': { type: 'string' },
     'token-file': { type: 'string' },
@@ -196,13 +203,13 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
   } }));
   const p = new Problems();
   const nodeName = p.required('node (or MESHLET_NODE_NAME)', v.node);
-  const workloadsFile = p.required('workloads', v.workloads);
+  const workloads = workloadsConfig(v, p);
   const identity = identityConfig(v, p);
   const capture = captureSettings(v, p);
   const logLevel = String(v['log-level']);
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) p.list.push(`--log-level: ${JSON.stringify(logLevel)} is not one of ${LOG_LEVELS.join(', ')}`);
   const config: AgentConfig = {
-    nodeName, workloadsFile, identity,
+    nodeName, workloads, identity,
     ports: {
       outbound: capture.outboundPort,
       inboundPlaintext: capture.inboundPlaintextPort,
@@ -216,7 +223,6 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     connectTimeoutMs: p.duration('connect-timeout', String(v['connect-timeout']), 100, 120_000),
     handshakeTimeoutMs: p.duration('handshake-timeout', String(v['handshake-timeout']), 100, 120_000),
     drainMs: p.duration('drain', String(v.drain), 0, 3_600_000),
-    workloadsPollMs: p.duration('workloads-poll', String(v['workloads-poll']), 50, 60_000),
     capture,
   };
   const ports = Object.entries(config.ports);
@@ -226,6 +232,23 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
   }
   p.throwIfAny();
   return config;
+}
+
+function workloadsConfig(v: Record<string, unknown>, p: Problems): WorkloadsConfig {
+  const file = v.workloads as string | undefined;
+  const kubeconfig = v.kubeconfig as string | undefined;
+  if (v.kubernetes || kubeconfig) {
+    if (file) p.list.push('--workloads (file) and --kubernetes/--kubeconfig (API) exclude each other');
+    const trustDomain = String(v['trust-domain'] ?? defaults.ca.trustDomain);
+    if (!/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(trustDomain)) p.list.push(`--trust-domain: ${JSON.stringify(trustDomain)} is not a trust domain (lower-case DNS name)`);
+    return { kind: 'kubernetes', kubeconfig, trustDomain };
+  }
+  if (v['trust-domain']) p.list.push('--trust-domain only applies with --kubernetes (the workloads file names its own)');
+  return {
+    kind: 'file',
+    path: p.required('workloads (or --kubernetes)', file),
+    pollMs: p.duration('workloads-poll', String(v['workloads-poll']), 50, 60_000),
+  };
 }
 
 function identityConfig(v: Record<string, unknown>, p: Problems): IdentityConfig {

@@ -22,12 +22,23 @@ describe('config', () => {
     assert.equal(loadAgentConfig(['--workloads', 'w', '--ca-dir', 'c'], { MESHLET_NODE_NAME: 'from-env' }).nodeName, 'from-env');
   });
 
+  it('takes workloads from the file or from the Kubernetes API, never both', () => {
+    assert.deepEqual(loadAgentConfig(['--node', 'n1', '--workloads', 'w.yaml', '--ca-dir', 'ca'], {}).workloads, { kind: 'file', path: 'w.yaml', pollMs: 500 });
+    assert.deepEqual(loadAgentConfig(['--node', 'n1', '--kubernetes', '--ca-dir', 'ca'], {}).workloads, { kind: 'kubernetes', kubeconfig: undefined, trustDomain: 'cluster.local' });
+    assert.deepEqual(loadAgentConfig(['--kubeconfig', 'kc', '--trust-domain', 'example.org', '--ca-dir', 'ca'], { NODE_NAME: 'from-downward-api' }),
+      { ...loadAgentConfig(['--kubeconfig', 'kc', '--trust-domain', 'example.org', '--ca-dir', 'ca', '--node', 'from-downward-api'], {}) });
+    assert.equal(loadAgentConfig(['--kubernetes', '--ca-dir', 'ca'], { NODE_NAME: 'node-7' }).nodeName, 'node-7');
+    assert.throws(() => loadAgentConfig(['--node', 'n', '--workloads', 'w', '--kubernetes', '--ca-dir', 'c'], {}), /exclude each other/);
+    assert.throws(() => loadAgentConfig(['--node', 'n', '--workloads', 'w', '--trust-domain', 'x.org', '--ca-dir', 'c'], {}), /only applies with --kubernetes/);
+    assert.throws(() => loadAgentConfig(['--node', 'n', '--kubernetes', '--trust-domain', 'Not_A_Domain', '--ca-dir', 'c'], {}), /is not a trust domain/);
+  });
+
   it('reports every problem at once', () => {
     assert.throws(() => loadAgentConfig(['--cert-ttl', 'soon', '--admin-port', '99999', '--log-level', 'loud', '--tunnel-port', '15001'], {}),
       (err: unknown) => {
         assert.ok(err instanceof ConfigError);
         const text = err.problems.join('\n');
-        for (const re of [/--node/, /--workloads is required/, /--ca-dir \(or --ca-url\) is required/, /--cert-ttl: "soon"/, /--admin-port: "99999"/,
+        for (const re of [/--node/, /--workloads \(or --kubernetes\) is required/, /--ca-dir \(or --ca-url\) is required/, /--cert-ttl: "soon"/, /--admin-port: "99999"/,
           /--log-level: "loud"/, /port 15001 is used for both outbound and tunnel/]) assert.match(text, re);
         return true;
       });

@@ -41,6 +41,8 @@ export interface LabSpec {
   /** With identity 'service': how often agents fetch the trust bundle. */
   bundlePoll?: string;
   caArgs?: string[];
+  /** A namespace of its own on the underlay for a Kubernetes API stand-in (tests feed agents from it). */
+  apiNode?: boolean;
 }
 
 export const CA_PORT = 15012;
@@ -61,6 +63,8 @@ export class MeshLab {
   readonly servers: ChildProcess[] = [];
   /** The CA service's namespace (identity 'service'), on the underlay like a node. */
   caNode: NodeNs | undefined;
+  /** The API stand-in's namespace (spec.apiNode). */
+  apiNode: NodeNs | undefined;
   ca: { child: ChildProcess; logFile: string; exited: Promise<number | null> } | undefined;
   readonly tokens = new Map<string, string>();
   #logs: WriteStream[] = [];
@@ -79,7 +83,7 @@ export class MeshLab {
   tokenFile(node: string): string { return join(this.dir, `token-${node}`); }
   get caUrl(): string { return `https://${this.caNode?.ip}:${CA_PORT}`; }
   /** The mesh's nodes (the CA's namespace is not one). */
-  get meshNodes(): NodeNs[] { return this.topo.nodes.filter((n) => n !== this.caNode); }
+  get meshNodes(): NodeNs[] { return this.topo.nodes.filter((n) => n !== this.caNode && n !== this.apiNode); }
 
   /** Builds namespaces, the CA and the workloads file; agents are started separately. */
   static async create(spec: LabSpec): Promise<MeshLab> {
@@ -94,6 +98,7 @@ export class MeshLab {
           lab.pods.set(p.name, { ...pod, spec: p });
         }
       }
+      if (spec.apiNode) lab.apiNode = await topo.addNode('api');
       if (spec.identity === 'service') {
         lab.caNode = await topo.addNode('ca');
         for (const n of spec.nodes) lab.tokens.set(n.name, randomBytes(24).toString('base64url'));
@@ -159,8 +164,11 @@ export class MeshLab {
     await this.meshlet(['init'], node.ns);
   }
 
-  /** Starts an agent; `identity` overrides the lab's (the benchmark compares both on one lab). */
-  async startAgent(node: NodeNs, extraArgs: string[] = [], opts: { identity?: 'local' | 'service' } = {}): Promise<AgentProcess> {
+  /**
+   * Starts an agent; `identity` overrides the lab's (the benchmark compares both on one lab) and
+   * `workloads` replaces the workloads-file flags (e.g. with --kubeconfig).
+   */
+  async startAgent(node: NodeNs, extraArgs: string[] = [], opts: { identity?: 'local' | 'service'; workloads?: string[] } = {}): Promise<AgentProcess> {
     const logFile = join(this.dir, `agent-${node.name}-${Date.now()}.log`);
     const log = createWriteStream(logFile);
     this.#logs.push(log);
@@ -169,8 +177,8 @@ export class MeshLab {
         '--bundle-poll', this.spec.bundlePoll ?? '500ms']
       : ['--ca-dir', this.caDir, '--cert-ttl', this.spec.certTtl ?? '1h'];
     const child = this.topo.spawn(node.ns, process.execPath, [
-      CLI, 'agent', '--node', node.name, '--workloads', this.workloadsFile, ...identity,
-      '--workloads-poll', '100ms', ...(this.spec.agentArgs ?? []), ...extraArgs,
+      CLI, 'agent', '--node', node.name, ...(opts.workloads ?? ['--workloads', this.workloadsFile, '--workloads-poll', '100ms']), ...identity,
+      ...(this.spec.agentArgs ?? []), ...extraArgs,
     ]);
     child.stdout?.pipe(log, { end: false });
     child.stderr?.pipe(log, { end: false });

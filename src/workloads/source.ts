@@ -8,4 +8,6 @@ import type { MeshSnapshot } from './model.ts';
 export interface WorkloadSource {
   start(handlers: { onSnapshot(s: MeshSnapshot): void; onError(err: Error): void }): Promise<void>;
   close(): Promise<void>;
+  /** What the source knows about its own health (the config dump shows it). */
+  status?(): object;
 }

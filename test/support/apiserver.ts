@@ -1,7 +1,8 @@
 // A Kubernetes API stand-in for tests: real paths, real object and Status shapes, resourceVersions
-// and optimistic concurrency, field selectors, and TokenReview. It serves what meshlet's CA reads
-// (pods, secrets, configmaps, tokenreviews); list/watch streams for the workload source build on
-// the same store.
+// and optimistic concurrency, field selectors, paged lists (limit/continue), TokenReview, and watch
+// streams the way the apiserver serves them: one chunked HTTP response of JSON lines, replay from a
+// resourceVersion, ADDED/MODIFIED/DELETED (with field-selector transitions turned into ADDED and
+// DELETED), BOOKMARK when asked for, and 410 Gone for a resourceVersion older than the history kept.
 import http from 'node:http';
 import { KubeConfig } from '@kubernetes/client-node';
 
@@ -13,52 +14,86 @@ export interface TokenInfo {
   expired?: boolean;
 }
 
-type Obj = { metadata: { name: string; namespace?: string; resourceVersion?: string; uid?: string; [k: string]: unknown }; [k: string]: unknown };
+export type Obj = { metadata: { name: string; namespace?: string; resourceVersion?: string; uid?: string; [k: string]: unknown }; [k: string]: unknown };
 
-const KINDS: Record<string, { kind: string; list: string }> = {
-  pods: { kind: 'Pod', list: 'PodList' },
-  secrets: { kind: 'Secret', list: 'SecretList' },
-  configmaps: { kind: 'ConfigMap', list: 'ConfigMapList' },
-  namespaces: { kind: 'Namespace', list: 'NamespaceList' },
+interface Resource { kind: string; list: string; apiVersion: string; namespaced: boolean; prefix: string }
+
+const RESOURCES: Record<string, Resource> = {
+  pods: { kind: 'Pod', list: 'PodList', apiVersion: 'v1', namespaced: true, prefix: '/api/v1' },
+  secrets: { kind: 'Secret', list: 'SecretList', apiVersion: 'v1', namespaced: true, prefix: '/api/v1' },
+  configmaps: { kind: 'ConfigMap', list: 'ConfigMapList', apiVersion: 'v1', namespaced: true, prefix: '/api/v1' },
+  namespaces: { kind: 'Namespace', list: 'NamespaceList', apiVersion: 'v1', namespaced: false, prefix: '/api/v1' },
+  meshpolicies: { kind: 'MeshPolicy', list: 'MeshPolicyList', apiVersion: 'meshlet.dev/v1alpha1', namespaced: true, prefix: '/apis/meshlet.dev/v1alpha1' },
 };
+
+type EventType = 'ADDED' | 'MODIFIED' | 'DELETED';
+interface StoredEvent { rv: number; resource: string; type: EventType; obj: Obj; prev?: Obj }
+interface Watcher {
+  resource: string;
+  namespace: string | undefined;
+  selectors: FieldTerm[];
+  bookmarks: boolean;
+  res: http.ServerResponse;
+  timer?: NodeJS.Timeout;
+}
+
+const STAND_IN_TOKEN = 'stand-in-client-token';
 
 export class ApiStandIn {
   readonly server: http.Server;
   readonly tokens = new Map<string, TokenInfo>();
   readonly requests: Array<{ method: string; path: string }> = [];
-  /** The bearer token clients (the CA) must present. */
-  readonly clientToken = 'stand-in-client-token';
+  /** The bearer token clients (the CA, agents) must present. */
+  readonly clientToken = STAND_IN_TOKEN;
   /** When true every request fails at the TCP level, like an apiserver that is down. */
   down = false;
+  /** Resources whose API is not installed (a CRD not applied yet): 404 like the apiserver. */
+  readonly missing = new Set<string>(['meshpolicies']);
   #rv = 100;
+  /** Events at or below this resourceVersion are forgotten: watching from there is 410 Gone. */
+  #compactedRv = 100;
+  readonly #history: StoredEvent[] = [];
+  readonly #watchers = new Set<Watcher>();
+  readonly #pages = new Map<string, { rv: number; items: Obj[] }>();
   readonly #store = new Map<string, Map<string, Obj>>();
 
   private constructor() {
     this.server = http.createServer((req, res) => this.#handle(req, res));
   }
 
-  static async start(): Promise<ApiStandIn> {
+  static async start(opts: { host?: string; port?: number } = {}): Promise<ApiStandIn> {
     const api = new ApiStandIn();
-    await new Promise<void>((resolve) => api.server.listen(0, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => api.server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', resolve));
     return api;
   }
 
   get url(): string {
-    return `http://127.0.0.1:${(this.server.address() as { port: number }).port}`;
+    const a = this.server.address() as { address: string; port: number };
+    return `http://${a.address}:${a.port}`;
+  }
+
+  get resourceVersion(): string {
+    return String(this.#rv);
+  }
+
+  /** Open watch streams, per resource (tests wait for an informer to be watching). */
+  watching(resource: string): number {
+    return [...this.#watchers].filter((w) => w.resource === resource).length;
   }
 
   kubeConfig(): KubeConfig {
     const kc = new KubeConfig();
-    kc.loadFromOptions({
-      clusters: [{ name: 'stand-in', server: this.url, skipTLSVerify: true }],
-      users: [{ name: 'ca', token: this.clientToken }],
-      contexts: [{ name: 'stand-in', cluster: 'stand-in', user: 'ca' }],
-      currentContext: 'stand-in',
-    });
+    kc.loadFromString(this.kubeConfigYaml());
     return kc;
   }
 
+  /** A kubeconfig file's text for this stand-in (what `--kubeconfig` reads). */
+  kubeConfigYaml(): string {
+    return standInKubeConfig(this.url);
+  }
+
   async close(): Promise<void> {
+    for (const w of this.#watchers) this.#endWatch(w);
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
@@ -71,19 +106,101 @@ export class ApiStandIn {
 
   /** Adds or replaces an object (as a controller would); returns it with a new resourceVersion. */
   put(resource: string, obj: Obj): Obj {
+    if (!RESOURCES[resource]) throw new Error(`the stand-in does not serve ${resource}`);
     const stored = structuredClone(obj);
+    const k = key(stored.metadata.namespace, stored.metadata.name);
+    const prev = this.#bucket(resource).get(k);
     stored.metadata.resourceVersion = String(++this.#rv);
-    stored.metadata.uid ??= `uid-${resource}-${stored.metadata.namespace ?? ''}-${stored.metadata.name}`;
-    this.#bucket(resource).set(key(stored.metadata.namespace, stored.metadata.name), stored);
+    stored.metadata.uid ??= prev?.metadata.uid ?? `uid-${resource}-${stored.metadata.namespace ?? ''}-${stored.metadata.name}`;
+    this.#bucket(resource).set(k, stored);
+    this.#record({ rv: this.#rv, resource, type: prev ? 'MODIFIED' : 'ADDED', obj: stored, ...(prev ? { prev } : {}) });
     return stored;
   }
 
+  /** Changes an object in place through a function of its current state (a MODIFIED event). */
+  update(resource: string, namespace: string | undefined, name: string, change: (o: Obj) => void): Obj {
+    const current = this.get(resource, namespace, name);
+    if (!current) throw new Error(`no ${resource} ${namespace ?? ''}/${name}`);
+    const next = structuredClone(current);
+    change(next);
+    return this.put(resource, next);
+  }
+
   remove(resource: string, namespace: string | undefined, name: string): void {
-    this.#bucket(resource).delete(key(namespace, name));
+    const k = key(namespace, name);
+    const prev = this.#bucket(resource).get(k);
+    if (!prev) return;
+    this.#bucket(resource).delete(k);
+    // The DELETED event carries the object's last state at the deletion's resourceVersion.
+    const obj = structuredClone(prev);
+    obj.metadata.resourceVersion = String(++this.#rv);
+    this.#record({ rv: this.#rv, resource, type: 'DELETED', obj });
   }
 
   get(resource: string, namespace: string | undefined, name: string): Obj | undefined {
     return this.#bucket(resource).get(key(namespace, name));
+  }
+
+  /** Sends a BOOKMARK with the current resourceVersion to every watch that asked for bookmarks. */
+  bookmark(): void {
+    for (const w of this.#watchers) {
+      if (!w.bookmarks) continue;
+      const r = RESOURCES[w.resource]!;
+      writeEvent(w.res, { type: 'BOOKMARK', object: { kind: r.kind, apiVersion: r.apiVersion, metadata: { resourceVersion: String(this.#rv) } } });
+    }
+  }
+
+  /** Forgets the event history: a watch resuming from an older resourceVersion gets 410 Gone. */
+  compact(): void {
+    this.#history.length = 0;
+    this.#compactedRv = this.#rv;
+  }
+
+  /**
+   * What an apiserver does when a watcher fell too far behind: forgets history, sends an ERROR
+   * event with a 410 Status on every open watch and ends it. Clients must re-list.
+   */
+  expireWatches(): void {
+    this.compact();
+    for (const w of this.#watchers) {
+      writeEvent(w.res, { type: 'ERROR', object: statusBody(410, 'Expired', `too old resource version: ${this.#rv} (${this.#rv + 1})`) });
+      this.#endWatch(w);
+    }
+  }
+
+  /** Breaks every open watch connection mid-stream (a reset, no final chunk). */
+  breakWatches(): void {
+    for (const w of this.#watchers) {
+      if (w.timer) clearTimeout(w.timer);
+      this.#watchers.delete(w);
+      w.res.socket?.destroy();
+    }
+  }
+
+  #record(ev: StoredEvent): void {
+    this.#history.push(ev);
+    for (const w of this.#watchers) if (w.resource === ev.resource) this.#deliver(w, ev);
+  }
+
+  #deliver(w: Watcher, ev: StoredEvent): void {
+    const r = RESOURCES[w.resource]!;
+    const inScope = (o: Obj | undefined) => o !== undefined && (w.namespace === undefined || o.metadata.namespace === w.namespace) && matches(o, w.selectors);
+    const now = inScope(ev.obj);
+    let type: EventType | undefined;
+    if (ev.type === 'MODIFIED') {
+      // A field selector turns "no longer matches" into DELETED and "now matches" into ADDED.
+      const before = inScope(ev.prev);
+      type = before && now ? 'MODIFIED' : now ? 'ADDED' : before ? 'DELETED' : undefined;
+    } else if (now) {
+      type = ev.type;
+    }
+    if (type) writeEvent(w.res, { type, object: { apiVersion: r.apiVersion, kind: r.kind, ...ev.obj } });
+  }
+
+  #endWatch(w: Watcher): void {
+    if (w.timer) clearTimeout(w.timer);
+    this.#watchers.delete(w);
+    w.res.end();
   }
 
   #handle(req: http.IncomingMessage, res: http.ServerResponse): void {
@@ -105,21 +222,23 @@ export class ApiStandIn {
   #route(method: string, url: URL, body: any, res: http.ServerResponse): void {
     const p = url.pathname;
     if (p === '/apis/authentication.k8s.io/v1/tokenreviews' && method === 'POST') return this.#tokenReview(body, res);
-    let m = /^\/api\/v1\/(pods|secrets|configmaps|namespaces)$/.exec(p);
-    if (m && method === 'GET') return this.#list(m[1]!, undefined, url, res);
-    m = /^\/api\/v1\/namespaces\/([^/]+)\/(pods|secrets|configmaps)(?:\/([^/]+))?$/.exec(p);
-    if (!m) return status(res, 404, 'NotFound', `the server could not find the requested resource (${p})`);
-    const [, ns, resource, name] = m as unknown as [string, string, string, string | undefined];
-    const kind = KINDS[resource]!;
-    if (!name && method === 'GET') return this.#list(resource, ns, url, res);
-    if (!name && method === 'POST') {
-      if (this.get(resource, ns, body.metadata.name)) return status(res, 409, 'AlreadyExists', `${resource} "${body.metadata.name}" already exists`);
-      return json(res, 201, { apiVersion: 'v1', kind: kind.kind, ...this.put(resource, { ...body, metadata: { ...body.metadata, namespace: ns } }) });
+    const { prefix, ns, resource, name, extra } = parsePath(p) ?? {};
+    const r = resource ? RESOURCES[resource] : undefined;
+    if (!r || extra || r.prefix !== prefix || (ns !== undefined && !r.namespaced) || this.missing.has(resource!)) {
+      return status(res, 404, 'NotFound', `the server could not find the requested resource (${p})`);
     }
-    const existing = name ? this.get(resource, ns, name) : undefined;
+    if (!name && method === 'GET') {
+      if (url.searchParams.get('watch') === 'true' || url.searchParams.get('watch') === '1') return this.#watch(resource!, ns, url, res);
+      return this.#list(resource!, ns, url, res);
+    }
+    if (!name && method === 'POST') {
+      if (this.get(resource!, ns, body.metadata.name)) return status(res, 409, 'AlreadyExists', `${resource} "${body.metadata.name}" already exists`);
+      return json(res, 201, { apiVersion: r.apiVersion, kind: r.kind, ...this.put(resource!, { ...body, metadata: { ...body.metadata, namespace: ns } }) });
+    }
+    const existing = name ? this.get(resource!, ns, name) : undefined;
     if (method === 'GET') {
       if (!existing) return status(res, 404, 'NotFound', `${resource} "${name}" not found`);
-      return json(res, 200, { apiVersion: 'v1', kind: kind.kind, ...existing });
+      return json(res, 200, { apiVersion: r.apiVersion, kind: r.kind, ...existing });
     }
     if (method === 'PUT') {
       if (!existing) return status(res, 404, 'NotFound', `${resource} "${name}" not found`);
@@ -127,19 +246,75 @@ export class ApiStandIn {
       if (rv && rv !== existing.metadata.resourceVersion) {
         return status(res, 409, 'Conflict', `Operation cannot be fulfilled on ${resource} "${name}": the object has been modified; please apply your changes to the latest version and try again`);
       }
-      return json(res, 200, { apiVersion: 'v1', kind: kind.kind, ...this.put(resource, { ...body, metadata: { ...body.metadata, namespace: ns, name } }) });
+      return json(res, 200, { apiVersion: r.apiVersion, kind: r.kind, ...this.put(resource!, { ...body, metadata: { ...body.metadata, namespace: ns, name: name! } }) });
+    }
+    if (method === 'DELETE') {
+      if (!existing) return status(res, 404, 'NotFound', `${resource} "${name}" not found`);
+      this.remove(resource!, ns, name!);
+      return json(res, 200, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details: { name, kind: resource } });
     }
     return status(res, 405, 'MethodNotAllowed', `${method} is not supported`);
   }
 
-  #list(resource: string, ns: string | undefined, url: URL, res: http.ServerResponse): void {
-    const selectors = parseFieldSelector(url.searchParams.get('fieldSelector') ?? '');
-    const items = [...this.#bucket(resource).values()]
+  #selected(resource: string, ns: string | undefined, selectors: FieldTerm[]): Obj[] {
+    return [...this.#bucket(resource).entries()]
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([, o]) => o)
       .filter((o) => ns === undefined || o.metadata.namespace === ns)
-      .filter((o) => selectors.every(({ path, op, value }) => (field(o, path) === value) === (op === '=')));
-    json(res, 200, { apiVersion: 'v1', kind: KINDS[resource]!.list, metadata: { resourceVersion: String(this.#rv) }, items });
+      .filter((o) => matches(o, selectors));
   }
 
+  #list(resource: string, ns: string | undefined, url: URL, res: http.ServerResponse): void {
+    const r = RESOURCES[resource]!;
+    const limit = Number(url.searchParams.get('limit') ?? 0);
+    const token = url.searchParams.get('continue');
+    let page: { rv: number; items: Obj[] };
+    if (token) {
+      // A continued list is served from the snapshot its first page was taken at, like etcd's.
+      const snap = this.#pages.get(token);
+      if (!snap) return status(res, 410, 'Expired', 'The provided continue parameter is too old to display a consistent list result.');
+      this.#pages.delete(token);
+      page = snap;
+    } else {
+      page = { rv: this.#rv, items: this.#selected(resource, ns, parseFieldSelector(url.searchParams.get('fieldSelector') ?? '')) };
+    }
+    const items = limit > 0 ? page.items.slice(0, limit) : page.items;
+    const rest = limit > 0 ? page.items.slice(limit) : [];
+    const metadata: Record<string, unknown> = { resourceVersion: String(page.rv) };
+    if (rest.length > 0) {
+      const next = Buffer.from(`${page.rv}:${this.#pages.size}:${Math.random()}`).toString('base64url');
+      this.#pages.set(next, { rv: page.rv, items: rest });
+      metadata.continue = next;
+      metadata.remainingItemCount = rest.length;
+    }
+    json(res, 200, { apiVersion: r.apiVersion, kind: r.list, metadata, items });
+  }
+
+  #watch(resource: string, ns: string | undefined, url: URL, res: http.ServerResponse): void {
+    const selectors = parseFieldSelector(url.searchParams.get('fieldSelector') ?? '');
+    const from = url.searchParams.get('resourceVersion') ?? '';
+    const fromRv = from === '' || from === '0' ? undefined : Number(from);
+    if (fromRv !== undefined && !Number.isInteger(fromRv)) return status(res, 400, 'BadRequest', `invalid resourceVersion ${JSON.stringify(from)}`);
+    const w: Watcher = { resource, namespace: ns, selectors, bookmarks: url.searchParams.get('allowWatchBookmarks') === 'true', res };
+    res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked', 'cache-control': 'no-cache, private' });
+    res.flushHeaders();
+    const r = RESOURCES[resource]!;
+    if (fromRv !== undefined && fromRv < this.#compactedRv) {
+      // The apiserver answers 200 and then an ERROR event carrying a 410 Status, and ends the stream.
+      writeEvent(res, { type: 'ERROR', object: statusBody(410, 'Expired', `too old resource version: ${fromRv} (${this.#compactedRv})`) });
+      res.end();
+      return;
+    }
+    if (fromRv === undefined) {
+      for (const o of this.#selected(resource, ns, selectors)) writeEvent(res, { type: 'ADDED', object: { apiVersion: r.apiVersion, kind: r.kind, ...o } });
+    } else {
+      for (const ev of this.#history) if (ev.rv > fromRv && ev.resource === resource) this.#deliver(w, ev);
+    }
+    this.#watchers.add(w);
+    const timeout = Number(url.searchParams.get('timeoutSeconds') ?? 0);
+    if (timeout > 0) w.timer = setTimeout(() => this.#endWatch(w), timeout * 1000);
+    res.once('close', () => { if (w.timer) clearTimeout(w.timer); this.#watchers.delete(w); });
+  }
   #tokenReview(body: any, res: http.ServerResponse): void {
     const token = body?.spec?.token;
     const wanted: string[] = body?.spec?.audiences ?? [];
@@ -164,21 +339,58 @@ export class ApiStandIn {
   }
 }
 
+/** A kubeconfig for a stand-in at `url` (plain HTTP, hence insecure-skip-tls-verify, which client-node requires for http). */
+export function standInKubeConfig(url: string, token = STAND_IN_TOKEN): string {
+  return JSON.stringify({
+    apiVersion: 'v1', kind: 'Config',
+    clusters: [{ name: 'stand-in', cluster: { server: url, 'insecure-skip-tls-verify': true } }],
+    users: [{ name: 'meshlet', user: { token } }],
+    contexts: [{ name: 'stand-in', context: { cluster: 'stand-in', user: 'meshlet' } }],
+    'current-context': 'stand-in',
+  });
+}
+
 function key(namespace: string | undefined, name: string): string {
   return `${namespace ?? ''}/${name}`;
 }
 
-function field(o: Obj, path: string): unknown {
-  return path.split('.').reduce<any>((v, k) => v?.[k], o);
+function parsePath(p: string): { prefix: string; ns?: string; resource: string; name?: string; extra: boolean } | undefined {
+  const m = /^(\/api\/v1|\/apis\/[^/]+\/[^/]+)\/(.+)$/.exec(p);
+  if (!m) return undefined;
+  const parts = m[2]!.split('/');
+  if (parts[0] === 'namespaces' && parts.length >= 3) {
+    return { prefix: m[1]!, ns: parts[1]!, resource: parts[2]!, ...(parts[3] ? { name: parts[3] } : {}), extra: parts.length > 4 };
+  }
+  return { prefix: m[1]!, resource: parts[0]!, ...(parts[1] ? { name: parts[1] } : {}), extra: parts.length > 2 };
 }
 
-function parseFieldSelector(text: string): Array<{ path: string; op: '=' | '!='; value: string }> {
+interface FieldTerm { path: string; op: '=' | '!='; value: string }
+
+function field(o: Obj, path: string): string {
+  const v = path.split('.').reduce<any>((v, k) => v?.[k], o);
+  // The apiserver compares the field's string form; an absent field is "".
+  return v === undefined || v === null ? '' : String(v);
+}
+
+function matches(o: Obj, selectors: FieldTerm[]): boolean {
+  return selectors.every(({ path, op, value }) => (field(o, path) === value) === (op === '='));
+}
+
+function parseFieldSelector(text: string): FieldTerm[] {
   if (!text) return [];
   return text.split(',').map((term) => {
     const m = /^([a-zA-Z.]+)(!=|==|=)(.*)$/.exec(term);
     if (!m) throw new Error(`invalid field selector term ${JSON.stringify(term)}`);
     return { path: m[1]!, op: m[2] === '!=' ? '!=' : '=', value: m[3]! };
   });
+}
+
+function writeEvent(res: http.ServerResponse, event: { type: string; object: unknown }): void {
+  if (!res.writableEnded) res.write(JSON.stringify(event) + '\n');
+}
+
+function statusBody(code: number, reason: string, message: string): object {
+  return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code };
 }
 
 function json(res: http.ServerResponse, code: number, body: unknown): void {
@@ -188,18 +400,40 @@ function json(res: http.ServerResponse, code: number, body: unknown): void {
 }
 
 function status(res: http.ServerResponse, code: number, reason: string, message: string): void {
-  json(res, code, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code });
+  json(res, code, statusBody(code, reason, message));
 }
 
-/** A running pod as the apiserver returns it (the fields meshlet reads, plus typical ones). */
-export function podObject(opts: { name: string; namespace: string; node: string; serviceAccount?: string; ip?: string; phase?: string; hostNetwork?: boolean }): Obj {
+/** A running pod as the apiserver returns it (the fields meshlet reads, plus typical ones it drops). */
+export function podObject(opts: {
+  name: string; namespace: string; node: string; serviceAccount?: string; ip?: string; ips?: string[]; phase?: string;
+  hostNetwork?: boolean; hostIP?: string; annotations?: Record<string, string>; labels?: Record<string, string>;
+}): Obj {
+  const ips = opts.ips ?? (opts.ip ? [opts.ip] : []);
   return {
     apiVersion: 'v1', kind: 'Pod',
-    metadata: { name: opts.name, namespace: opts.namespace, labels: { app: opts.name }, creationTimestamp: '2026-11-24T10:00:00Z' },
+    metadata: {
+      name: opts.name, namespace: opts.namespace, labels: opts.labels ?? { app: opts.name }, creationTimestamp: '2026-11-24T10:00:00Z',
+      annotations: { 'kubectl.kubernetes.io/last-applied-configuration': '{"apiVersion":"v1","kind":"Pod"}', ...opts.annotations },
+      managedFields: [{ manager: 'kubectl', operation: 'Update', apiVersion: 'v1', time: '2026-11-24T10:00:00Z', fieldsType: 'FieldsV1', fieldsV1: { 'f:spec': {} } }],
+    },
     spec: {
       nodeName: opts.node, serviceAccountName: opts.serviceAccount ?? 'default', hostNetwork: opts.hostNetwork ?? false,
-      containers: [{ name: 'app', image: 'example/app:1' }],
+      containers: [{ name: 'app', image: 'example/app:1', ports: [{ containerPort: 8080, protocol: 'TCP' }], resources: { requests: { cpu: '100m', memory: '128Mi' } } }],
+      restartPolicy: 'Always', dnsPolicy: 'ClusterFirst', schedulerName: 'default-scheduler',
     },
-    status: { phase: opts.phase ?? 'Running', podIP: opts.ip, podIPs: opts.ip ? [{ ip: opts.ip }] : [] },
+    status: {
+      phase: opts.phase ?? 'Running', podIP: ips[0], podIPs: ips.map((ip) => ({ ip })), hostIP: opts.hostIP ?? '192.0.2.1',
+      conditions: [{ type: 'Ready', status: 'True', lastTransitionTime: '2026-11-24T10:00:05Z' }],
+      containerStatuses: [{ name: 'app', ready: true, restartCount: 0, image: 'example/app:1', imageID: 'example/app@sha256:0', containerID: 'containerd://0', state: { running: { startedAt: '2026-11-24T10:00:04Z' } } }],
+    },
+  };
+}
+
+/** A namespace, opted in to capture when `capture` is set. */
+export function namespaceObject(name: string, capture?: 'enabled' | 'disabled'): Obj {
+  return {
+    apiVersion: 'v1', kind: 'Namespace',
+    metadata: { name, labels: { 'kubernetes.io/metadata.name': name }, ...(capture ? { annotations: { 'meshlet.dev/capture': capture } } : {}) },
+    spec: { finalizers: ['kubernetes'] }, status: { phase: 'Active' },
   };
 }

@@ -1,0 +1,19 @@
+// Where meshlet finds the Kubernetes API: a kubeconfig file (--kubeconfig) or, in a pod, the
+// in-cluster configuration (the mounted ServiceAccount token and KUBERNETES_SERVICE_HOST).
+import type { KubeConfig } from '@kubernetes/client-node';
+import { ConfigError } from './errors.ts';
+
+export async function loadKubeConfig(path: string | undefined): Promise<KubeConfig> {
+  // Loaded on demand: local mode and `meshlet init` never pay for the client's import.
+  const { KubeConfig } = await import('@kubernetes/client-node');
+  const kc = new KubeConfig();
+  try {
+    if (path) kc.loadFromFile(path);
+    else if (process.env.KUBERNETES_SERVICE_HOST) kc.loadFromCluster();
+    else throw new Error('not running in a pod (KUBERNETES_SERVICE_HOST is unset); pass --kubeconfig PATH');
+    if (!kc.getCurrentCluster()) throw new Error('it names no current cluster');
+  } catch (err) {
+    throw new ConfigError([`cannot load ${path ? `kubeconfig ${path}` : 'the in-cluster configuration'}: ${(err as Error).message}`]);
+  }
+  return kc;
+}

@@ -1,0 +1,289 @@
+// The Kubernetes workload source: two @kubernetes/client-node informers (ListWatch), Pods and
+// Namespaces, folded into one MeshSnapshot.
+//
+// - A pod is in the mesh when its namespace has `meshlet.dev/capture: enabled`, the pod does not say
+//   `meshlet.dev/capture: disabled`, it is not hostNetwork, it has an IPv4 address and has not
+//   finished. The registry holds every mesh pod of the cluster (destinations on other nodes need
+//   their identity and node), the agent captures the ones on its own node.
+// - Watch only what is needed: the pod watch carries a field selector that leaves out hostNetwork
+//   pods and finished pods on the apiserver side; objects are trimmed to the fields meshlet reads
+//   before the informer caches them (client-go's SetTransform), which is what keeps memory per pod low.
+// - Lists are paged (limit/continue) so a 10,000-pod cluster is not one giant response.
+// - A broken watch resumes from the last resourceVersion; 410 Gone re-lists. Either way the informer
+//   keeps its objects, so the registry never goes empty in between. Errors retry with backoff.
+// - Nothing is published until both informers have listed once: the agent is "not ready" until then.
+import { isIPv4 } from 'node:net';
+import {
+  ADD, CoreV1Api, DELETE, ERROR, type KubeConfig, type KubernetesObject, ListWatch, UPDATE, Watch,
+} from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import type { MeshNode, MeshSnapshot, Workload } from './model.ts';
+import { workloadSpiffeId } from './model.ts';
+import type { WorkloadSource } from './source.ts';
+
+export const CAPTURE_ANNOTATION = 'meshlet.dev/capture';
+/** Pods the agent never needs: host-network pods share the node's IP, finished pods lost theirs. */
+export const POD_FIELD_SELECTOR = 'spec.hostNetwork=false,status.phase!=Succeeded,status.phase!=Failed';
+
+/** The fields of a Pod meshlet reads; everything else is dropped before caching. */
+export interface SlimPod {
+  metadata: {
+    name: string; namespace: string; uid?: string; resourceVersion?: string;
+    labels?: Record<string, string>; annotations?: Record<string, string>;
+    creationTimestamp?: string; deletionTimestamp?: string;
+  };
+  spec: { nodeName?: string; serviceAccountName?: string; hostNetwork?: boolean };
+  status: { phase?: string; podIP?: string; podIPs?: Array<{ ip: string }>; hostIP?: string };
+}
+
+export interface SlimNamespace {
+  metadata: { name: string; uid?: string; resourceVersion?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+}
+
+/** Only meshlet's own annotations are kept (others, like last-applied-configuration, can be large). */
+function meshletAnnotations(a: Record<string, string> | undefined): Record<string, string> | undefined {
+  if (!a) return undefined;
+  let out: Record<string, string> | undefined;
+  for (const [k, v] of Object.entries(a)) if (k.startsWith('meshlet.dev/')) (out ??= {})[k] = v;
+  return out;
+}
+
+function dateText(d: unknown): string | undefined {
+  if (d === undefined || d === null) return undefined;
+  return d instanceof Date ? d.toISOString() : String(d);
+}
+
+export function slimPod(o: any): SlimPod {
+  const m = o?.metadata ?? {};
+  const s = o?.spec ?? {};
+  const st = o?.status ?? {};
+  return {
+    metadata: {
+      name: m.name, namespace: m.namespace, uid: m.uid, resourceVersion: m.resourceVersion,
+      labels: m.labels, annotations: meshletAnnotations(m.annotations),
+      creationTimestamp: dateText(m.creationTimestamp), deletionTimestamp: dateText(m.deletionTimestamp),
+    },
+    spec: { nodeName: s.nodeName, serviceAccountName: s.serviceAccountName, hostNetwork: s.hostNetwork },
+    status: { phase: st.phase, podIP: st.podIP, podIPs: Array.isArray(st.podIPs) ? st.podIPs.map((p: any) => ({ ip: p.ip })) : undefined, hostIP: st.hostIP },
+  };
+}
+
+export function slimNamespace(o: any): SlimNamespace {
+  const m = o?.metadata ?? {};
+  return { metadata: { name: m.name, uid: m.uid, resourceVersion: m.resourceVersion, labels: m.labels, annotations: meshletAnnotations(m.annotations) } };
+}
+
+/** The pod's IPv4 address (the data path is IPv4 today), or undefined. */
+function podIPv4(pod: SlimPod): string | undefined {
+  for (const { ip } of pod.status.podIPs ?? []) if (isIPv4(ip)) return ip;
+  return pod.status.podIP && isIPv4(pod.status.podIP) ? pod.status.podIP : undefined;
+}
+
+/** Why a pod is or is not in the mesh (the config dump and tests read the reason). */
+export function meshMembership(pod: SlimPod, ns: SlimNamespace | undefined): { meshed: true; ip: string } | { meshed: false; reason: string } {
+  if (!ns) return { meshed: false, reason: 'namespace unknown' };
+  if (ns.metadata.annotations?.[CAPTURE_ANNOTATION] !== 'enabled') return { meshed: false, reason: 'namespace not opted in' };
+  if (pod.metadata.annotations?.[CAPTURE_ANNOTATION] === 'disabled') return { meshed: false, reason: 'pod opted out' };
+  if (pod.spec.hostNetwork) return { meshed: false, reason: 'hostNetwork' };
+  if (pod.status.phase === 'Succeeded' || pod.status.phase === 'Failed') return { meshed: false, reason: `phase ${pod.status.phase}` };
+  if (!pod.spec.nodeName) return { meshed: false, reason: 'not scheduled' };
+  const ip = podIPv4(pod);
+  if (!ip) return { meshed: false, reason: 'no IPv4 address yet' };
+  return { meshed: true, ip };
+}
+
+// Workload objects are cached per pod object: the informer replaces the object on every change, so
+// a rebuild after one event allocates one new Workload, not one per pod in the cluster.
+const workloadOf = new WeakMap<SlimPod, Workload>();
+
+/** Folds the informers' caches into a snapshot. An IP held by two pods goes to the live, newer one. */
+export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, namespaces: ReadonlyMap<string, SlimNamespace>): MeshSnapshot {
+  const byIp = new Map<string, { pod: SlimPod; w: Workload }>();
+  const nodes = new Map<string, MeshNode>();
+  for (const pod of pods) {
+    const m = meshMembership(pod, namespaces.get(pod.metadata.namespace));
+    if (!m.meshed) continue;
+    let w = workloadOf.get(pod);
+    if (!w) {
+      const serviceAccount = pod.spec.serviceAccountName || 'default';
+      w = {
+        name: pod.metadata.name, namespace: pod.metadata.namespace, serviceAccount, ip: m.ip,
+        node: pod.spec.nodeName!, captured: true, spiffeId: workloadSpiffeId(trustDomain, pod.metadata.namespace, serviceAccount),
+      };
+      workloadOf.set(pod, w);
+    }
+    const held = byIp.get(m.ip);
+    if (!held || prefer(pod, held.pod)) byIp.set(m.ip, { pod, w });
+    if (pod.status.hostIP && !nodes.has(w.node)) nodes.set(w.node, { name: w.node, ip: pod.status.hostIP });
+  }
+  return { trustDomain, nodes: [...nodes.values()], workloads: [...byIp.values()].map((e) => e.w) };
+}
+
+function prefer(a: SlimPod, b: SlimPod): boolean {
+  const aLive = !a.metadata.deletionTimestamp;
+  const bLive = !b.metadata.deletionTimestamp;
+  if (aLive !== bLive) return aLive;
+  return (a.metadata.creationTimestamp ?? '') > (b.metadata.creationTimestamp ?? '');
+}
+
+/** Asks for BOOKMARKs (they keep the resourceVersion fresh on quiet resources, so a resumed watch
+ *  is not 410) and trims every watched object before the informer caches it. */
+class TrimmingWatch extends Watch {
+  readonly #trim: (o: unknown) => unknown;
+  constructor(kc: KubeConfig, trim: (o: unknown) => unknown) {
+    super(kc);
+    this.#trim = trim;
+  }
+  override watch(path: string, query: Record<string, unknown>, cb: (phase: string, obj: any, raw: any) => void, done: (err: any) => void): Promise<AbortController> {
+    return super.watch(path, { ...query, allowWatchBookmarks: true }, (phase, obj, raw) => {
+      cb(phase, phase === 'ADDED' || phase === 'MODIFIED' || phase === 'DELETED' ? this.#trim(obj) : obj, raw);
+    }, done);
+  }
+}
+
+export interface KubernetesSourceOptions {
+  kubeConfig: KubeConfig;
+  trustDomain: string;
+  log: Logger;
+  /** Events arriving within this window become one snapshot. */
+  debounceMs?: number;
+  /** Items per list page. */
+  pageSize?: number;
+  /** Backoff after a failed list or a watch error: doubles from base to max. */
+  retryBaseMs?: number;
+  retryMaxMs?: number;
+}
+
+export interface KubernetesSourceStatus {
+  synced: boolean;
+  pods: number;
+  namespaces: number;
+  meshPods: number;
+  lastError?: string;
+  /** Completed lists (the first sync and every re-list after 410 Gone). */
+  lists: number;
+  /** Where each informer would resume its watch (advanced by events and bookmarks). */
+  resourceVersions: Record<string, string>;
+}
+
+export interface KubernetesSource extends WorkloadSource {
+  status(): KubernetesSourceStatus;
+}
+
+interface Informer {
+  name: string;
+  lw: ListWatch<KubernetesObject>;
+  listed: boolean;
+  retryMs: number;
+  retryTimer?: NodeJS.Timeout;
+}
+
+export function createKubernetesSource(opts: KubernetesSourceOptions): KubernetesSource {
+  const log = opts.log.child({ component: 'kubernetes-source' });
+  const core = opts.kubeConfig.makeApiClient(CoreV1Api);
+  const pageSize = opts.pageSize ?? 500;
+  const base = opts.retryBaseMs ?? 1000;
+  const max = opts.retryMaxMs ?? 30_000;
+  let stopped = false;
+  let debounce: NodeJS.Timeout | undefined;
+  let lastError: string | undefined;
+  let lists = 0;
+  let meshPods = 0;
+  let handlers: Parameters<WorkloadSource['start']>[0] | undefined;
+
+  /** Pages through a list; every page is served from the first page's snapshot (one resourceVersion). */
+  async function pagedList<T>(name: string, page: (cont: string | undefined) => Promise<{ metadata?: { resourceVersion?: string; _continue?: string }; items: unknown[] }>, trim: (o: unknown) => T) {
+    const items: T[] = [];
+    let cont: string | undefined;
+    let resourceVersion: string | undefined;
+    do {
+      const r = await page(cont);
+      resourceVersion ??= r.metadata?.resourceVersion;
+      for (const o of r.items) items.push(trim(o));
+      cont = r.metadata?._continue || undefined;
+    } while (cont);
+    lists += 1;
+    log.info({ resource: name, items: items.length, resourceVersion }, 'listed');
+    return { metadata: { resourceVersion }, items };
+  }
+
+  const pods: Informer = {
+    name: 'pods', listed: false, retryMs: base,
+    lw: new ListWatch<KubernetesObject>('/api/v1/pods', new TrimmingWatch(opts.kubeConfig, slimPod), async () => {
+      const list = await pagedList('pods', (cont) => core.listPodForAllNamespaces({ fieldSelector: POD_FIELD_SELECTOR, limit: pageSize, _continue: cont }), slimPod);
+      pods.listed = true;
+      // An empty list fires no events, yet it may be the one that opens the first-sync gate.
+      changed();
+      return list as any;
+    }, false, undefined, POD_FIELD_SELECTOR),
+  };
+  const namespaces: Informer = {
+    name: 'namespaces', listed: false, retryMs: base,
+    lw: new ListWatch<KubernetesObject>('/api/v1/namespaces', new TrimmingWatch(opts.kubeConfig, slimNamespace), async () => {
+      const list = await pagedList('namespaces', (cont) => core.listNamespace({ limit: pageSize, _continue: cont }), slimNamespace);
+      namespaces.listed = true;
+      changed();
+      return list as any;
+    }, false),
+  };
+  const informers = [pods, namespaces];
+
+  const publish = () => {
+    debounce = undefined;
+    if (stopped || !informers.every((i) => i.listed)) return;
+    const nsMap = new Map<string, SlimNamespace>();
+    for (const ns of namespaces.lw.list() as unknown as SlimNamespace[]) nsMap.set(ns.metadata.name, ns);
+    const snapshot = buildSnapshot(opts.trustDomain, pods.lw.list() as unknown as SlimPod[], nsMap);
+    meshPods = snapshot.workloads.length;
+    handlers?.onSnapshot(snapshot);
+  };
+  const changed = () => {
+    // Coalesce: a re-list or a namespace flip produces many events and one snapshot.
+    if (!debounce && !stopped) debounce = setTimeout(publish, opts.debounceMs ?? 20);
+  };
+
+  for (const inf of informers) {
+    for (const verb of [ADD, UPDATE, DELETE] as const) inf.lw.on(verb, () => { inf.retryMs = base; changed(); });
+    inf.lw.on(ERROR, (err: unknown) => {
+      if (stopped) return;
+      lastError = `${inf.name}: ${describe(err)}`;
+      log.warn({ resource: inf.name, err: describe(err), retryInMs: inf.retryMs }, 'list/watch failed; known objects stay in force, retrying');
+      inf.retryTimer = setTimeout(() => {
+        inf.retryTimer = undefined;
+        if (!stopped) void inf.lw.start();
+      }, inf.retryMs);
+      inf.retryMs = Math.min(inf.retryMs * 2, max);
+    });
+  }
+
+  return {
+    async start(h) {
+      handlers = h;
+      // start() resolves once the first watch is open, or after a failed list (then it retries).
+      await Promise.all(informers.map((i) => i.lw.start()));
+      changed();
+    },
+    async close() {
+      stopped = true;
+      if (debounce) clearTimeout(debounce);
+      for (const i of informers) {
+        if (i.retryTimer) clearTimeout(i.retryTimer);
+        await i.lw.stop();
+      }
+    },
+    status() {
+      return {
+        synced: informers.every((i) => i.listed), pods: pods.lw.list().length, namespaces: namespaces.lw.list().length,
+        meshPods, lists, resourceVersions: Object.fromEntries(informers.map((i) => [i.name, i.lw.latestResourceVersion()])),
+        ...(lastError ? { lastError } : {}),
+      };
+    },
+  };
+}
+
+function describe(err: unknown): string {
+  const e = err as { code?: unknown; statusCode?: unknown; message?: string; body?: unknown };
+  const code = typeof e?.code === 'number' ? e.code : typeof e?.statusCode === 'number' ? e.statusCode : undefined;
+  const message = e?.message ?? String(err);
+  return code ? `HTTP ${code}: ${message.split('\n')[0]}` : message.split('\n')[0] ?? message;
+}

@@ -1,0 +1,170 @@
+// Agents fed by the Kubernetes API end to end: the API stand-in runs in a namespace of its own on the
+// underlay, two agents read it with --kubeconfig and their --node, and the test plays the cluster:
+// namespaces opt in and out, pods come, change IP and go, watches break and expire. After each
+// step the node's captured-pods ipset and the agent's certificates must match the cluster.
+import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { after, before, describe, it } from 'node:test';
+import { MeshLab, PEER } from '../../src/demo/lab.ts';
+import { namespaceObject, podObject, standInKubeConfig } from '../support/apiserver.ts';
+
+const APP_PORT = 8080;
+const API_PORT = 6443;
+
+describe('agents fed by the Kubernetes API in network namespaces', { concurrency: false }, () => {
+  let lab: MeshLab;
+  let api: ChildProcess | undefined;
+  let kubeconfig: string;
+  const pending = new Map<number, (reply: any) => void>();
+  let nextId = 1;
+
+  /** One command to the stand-in process; resolves with its reply. */
+  const call = (cmd: object): Promise<any> => new Promise((resolve, reject) => {
+    const id = nextId++;
+    pending.set(id, (r) => (r.ok ? resolve(r) : reject(new Error(r.error))));
+    api!.stdin!.write(JSON.stringify({ id, ...cmd }) + '\n');
+  });
+
+  const podOf = (name: string, ip?: string) => {
+    const p = lab.pod(name);
+    return podObject({ name, namespace: 'shop', node: p.node.name, serviceAccount: name, ip: ip ?? p.ip, hostIP: p.node.ip });
+  };
+  const id = (sa: string) => `spiffe://${lab.trustDomain}/ns/shop/sa/${sa}`;
+  const ipset = (node: string) => lab.ipsetMembers(lab.node(node));
+  const certs = async (node: string) => new Set((await lab.configDump(lab.node(node))).certificates
+    .filter((c: any) => c.state === 'available').map((c: any) => c.spiffeId as string));
+  const ready = async (node: string) => (await lab.topo.exec(lab.node(node).ns, process.execPath, [PEER, 'get', '--url', 'http://127.0.0.1:15021/healthz/ready'])).code === 0;
+
+  /** Polls until the node's ipset and available certificates are exactly these. */
+  async function expectNode(node: string, want: { ips: string[]; ids: string[] }, timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let seen = '';
+    for (;;) {
+      const [set, have] = [await ipset(node), await certs(node)];
+      seen = JSON.stringify({ ips: [...set].sort(), ids: [...have].sort() });
+      if (seen === JSON.stringify({ ips: [...want.ips].sort(), ids: [...want.ids].sort() })) return;
+      if (Date.now() > deadline) assert.fail(`${node}: want ${JSON.stringify(want)}, have ${seen}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  async function startApi(): Promise<void> {
+    const node = lab.apiNode!;
+    api = lab.topo.spawn(node.ns, process.execPath, [join(import.meta.dirname, '../support/apiserver-main.ts'), '--host', node.ip, '--port', String(API_PORT)],
+      { stdio: ['pipe', 'pipe', 'inherit'] });
+    const lines = createInterface({ input: api.stdout! });
+    const listening = new Promise<{ listening: string; token: string }>((resolve, reject) => {
+      lines.once('line', (l) => resolve(JSON.parse(l)));
+      api!.once('exit', (code) => reject(new Error(`API stand-in exited with ${code}`)));
+    });
+    const hello = await listening;
+    lines.on('line', (l) => {
+      const r = JSON.parse(l);
+      pending.get(r.id)?.(r);
+      pending.delete(r.id);
+    });
+    assert.equal(hello.listening, `http://${node.ip}:${API_PORT}`);
+  }
+
+  before(async () => {
+    lab = await MeshLab.create({
+      apiNode: true,
+      nodes: [
+        { name: 'node-a', pods: [{ name: 'web' }, { name: 'worker' }] },
+        { name: 'node-b', pods: [{ name: 'db' }] },
+      ],
+    });
+    try {
+      kubeconfig = join(lab.dir, 'kubeconfig');
+      await writeFile(kubeconfig, standInKubeConfig(`http://${lab.apiNode!.ip}:${API_PORT}`));
+      for (const node of lab.meshNodes) await lab.initCapture(node);
+      await lab.startServer('db', APP_PORT);
+    } catch (err) {
+      await lab.destroy();
+      throw err;
+    }
+  });
+  after(async () => {
+    api?.stdin?.end();
+    await lab?.destroy();
+  });
+
+  it('stays not ready while the apiserver is unreachable, then syncs and captures the opted-in pods', async () => {
+    for (const node of lab.meshNodes) {
+      await lab.startAgent(node, [], { workloads: ['--kubeconfig', kubeconfig] });
+    }
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(await ready('node-a'), false, 'not ready before the first sync');
+    const dump = await lab.configDump(lab.node('node-a'));
+    assert.ok(dump.pending.includes('workloads-synced'), JSON.stringify(dump.pending));
+    assert.equal(dump.workloadSource.kind, 'kubernetes');
+    assert.equal(dump.workloadSource.synced, false);
+
+    await startApi();
+    await call({ op: 'put', resource: 'namespaces', obj: namespaceObject('shop', 'enabled') });
+    await call({ op: 'put', resource: 'namespaces', obj: namespaceObject('kube-system') });
+    await call({ op: 'put', resource: 'pods', obj: podOf('web') });
+    await call({ op: 'put', resource: 'pods', obj: podOf('db') });
+    // The node's own host-network pods (kube-proxy, the agent itself) never enter the mesh.
+    await call({ op: 'put', resource: 'pods', obj: podObject({ name: 'kube-proxy-a', namespace: 'kube-system', node: 'node-a', ip: lab.node('node-a').ip, hostNetwork: true }) });
+    await Promise.all(lab.meshNodes.map((n) => lab.waitReady(n, 40_000)));
+    await expectNode('node-a', { ips: [lab.pod('web').ip], ids: [id('web')] });
+    await expectNode('node-b', { ips: [lab.pod('db').ip], ids: [id('db')] });
+
+    // The identities are real: web reaches db across nodes through the tunnel, as itself.
+    const r = await lab.client('web', { host: lab.pod('db').ip, port: APP_PORT, bytes: 200_000 });
+    assert.ok(r.ok, JSON.stringify(r));
+    const deadline = Date.now() + 5000;
+    while (!(await lab.accessLog('node-b')).some((l) => l.route === 'inbound' && l.outcome === 'ok' && l.src?.principal === id('web'))) {
+      assert.ok(Date.now() < deadline, 'node-b logged no inbound connection from web\'s identity');
+      await new Promise((res) => setTimeout(res, 100));
+    }
+  });
+
+  it('captures a pod added to an opted-in namespace and gives it a certificate; follows its IP and deletion', async () => {
+    const worker = lab.pod('worker');
+    await call({ op: 'put', resource: 'pods', obj: podOf('worker', '') });
+    await new Promise((r) => setTimeout(r, 300));
+    await expectNode('node-a', { ips: [lab.pod('web').ip], ids: [id('web')] }, 1000);
+    await call({ op: 'put', resource: 'pods', obj: podOf('worker') });
+    await expectNode('node-a', { ips: [lab.pod('web').ip, worker.ip], ids: [id('web'), id('worker')] });
+    // The pod opts out with its own annotation: released, certificate dropped.
+    const optedOut = podOf('worker');
+    (optedOut.metadata as any).annotations['meshlet.dev/capture'] = 'disabled';
+    await call({ op: 'put', resource: 'pods', obj: optedOut });
+    await expectNode('node-a', { ips: [lab.pod('web').ip], ids: [id('web')] });
+    await call({ op: 'put', resource: 'pods', obj: podOf('worker') });
+    await expectNode('node-a', { ips: [lab.pod('web').ip, worker.ip], ids: [id('web'), id('worker')] });
+    await call({ op: 'remove', resource: 'pods', namespace: 'shop', name: 'worker' });
+    await expectNode('node-a', { ips: [lab.pod('web').ip], ids: [id('web')] });
+  });
+
+  it('releases every pod of a namespace that is un-annotated, and captures them again when it opts back in', async () => {
+    await call({ op: 'put', resource: 'namespaces', obj: namespaceObject('shop') });
+    await expectNode('node-a', { ips: [], ids: [] });
+    await expectNode('node-b', { ips: [], ids: [] });
+    await call({ op: 'put', resource: 'namespaces', obj: namespaceObject('shop', 'enabled') });
+    await expectNode('node-a', { ips: [lab.pod('web').ip], ids: [id('web')] });
+    await expectNode('node-b', { ips: [lab.pod('db').ip], ids: [id('db')] });
+  });
+
+  it('keeps capture in force while watches break or expire, and catches up afterwards', async () => {
+    await call({ op: 'down', value: true });
+    await call({ op: 'breakWatches' });
+    await new Promise((r) => setTimeout(r, 500));
+    await expectNode('node-a', { ips: [lab.pod('web').ip], ids: [id('web')] }, 1000);
+    assert.equal(await ready('node-a'), true, 'a lost apiserver does not make a synced agent unready');
+    // What changed while the agents were away arrives when the apiserver answers again.
+    await call({ op: 'put', resource: 'pods', obj: podOf('worker') });
+    await call({ op: 'down', value: false });
+    await expectNode('node-a', { ips: [lab.pod('web').ip, lab.pod('worker').ip], ids: [id('web'), id('worker')] }, 40_000);
+    await call({ op: 'expireWatches' });
+    await call({ op: 'remove', resource: 'pods', namespace: 'shop', name: 'worker' });
+    await expectNode('node-a', { ips: [lab.pod('web').ip], ids: [id('web')] }, 40_000);
+    const log = await lab.agentLog('node-a');
+    assert.ok(log.some((l) => l.msg === 'listed' && l.resource === 'pods'), 'the agent re-listed after 410');
+  });
+});

@@ -1,0 +1,208 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import pino from 'pino';
+import { buildSnapshot, createKubernetesSource, type KubernetesSource, meshMembership, POD_FIELD_SELECTOR, slimNamespace, slimPod } from '../../src/workloads/kubernetes.ts';
+import type { MeshSnapshot } from '../../src/workloads/model.ts';
+import { WorkloadRegistry } from '../../src/workloads/registry.ts';
+import { ApiStandIn, namespaceObject, podObject } from '../support/apiserver.ts';
+
+const log = pino({ level: 'silent' });
+
+async function until<T>(what: string, probe: () => T | undefined | false, timeoutMs = 5000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = probe();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('mesh membership', () => {
+  const ns = (capture?: 'enabled' | 'disabled') => slimNamespace(namespaceObject('shop', capture));
+  const pod = (o: Partial<Parameters<typeof podObject>[0]> = {}) => slimPod(podObject({ name: 'web-1', namespace: 'shop', node: 'node-a', ip: '10.1.0.10', ...o }));
+  const cases: Array<[string, ReturnType<typeof pod>, ReturnType<typeof ns> | undefined, string | true]> = [
+    ['opted-in namespace, running pod', pod(), ns('enabled'), true],
+    ['namespace without the annotation', pod(), slimNamespace(namespaceObject('shop')), 'namespace not opted in'],
+    ['namespace disabled', pod(), ns('disabled'), 'namespace not opted in'],
+    ['namespace not seen yet', pod(), undefined, 'namespace unknown'],
+    ['pod opts out', pod({ annotations: { 'meshlet.dev/capture': 'disabled' } }), ns('enabled'), 'pod opted out'],
+    ['hostNetwork pod', pod({ hostNetwork: true }), ns('enabled'), 'hostNetwork'],
+    ['pod without an IP', pod({ ip: undefined }), ns('enabled'), 'no IPv4 address yet'],
+    ['finished pod', pod({ phase: 'Succeeded' }), ns('enabled'), 'phase Succeeded'],
+    ['failed pod', pod({ phase: 'Failed' }), ns('enabled'), 'phase Failed'],
+    ['IPv6-only pod', pod({ ips: ['fd00::10'] }), ns('enabled'), 'no IPv4 address yet'],
+    ['unscheduled pod', pod({ node: '' }), ns('enabled'), 'not scheduled'],
+  ];
+  for (const [name, p, n, want] of cases) {
+    it(name, () => {
+      const m = meshMembership(p, n);
+      if (want === true) assert.deepEqual(m, { meshed: true, ip: '10.1.0.10' });
+      else assert.deepEqual(m, { meshed: false, reason: want });
+    });
+  }
+
+  it('takes the IPv4 address of a dual-stack pod, whichever comes first', () => {
+    assert.deepEqual(meshMembership(pod({ ips: ['fd00::10', '10.1.0.11'] }), ns('enabled')), { meshed: true, ip: '10.1.0.11' });
+  });
+
+  it('keeps only what meshlet reads: no managedFields, spec.containers, container statuses or foreign annotations', () => {
+    const p = pod({ annotations: { 'meshlet.dev/capture': 'disabled' } });
+    assert.deepEqual(p.metadata.annotations, { 'meshlet.dev/capture': 'disabled' });
+    assert.equal((p.metadata as any).managedFields, undefined);
+    assert.equal((p.spec as any).containers, undefined);
+    assert.equal((p.status as any).containerStatuses, undefined);
+    assert.deepEqual(p.metadata.labels, { app: 'web-1' });
+  });
+
+  it('builds identities and nodes; an IP held by a terminating pod and a new one goes to the new one', () => {
+    const nsMap = new Map([['shop', ns('enabled')]]);
+    const old = pod({ name: 'web-old', serviceAccount: 'web-v1' });
+    old.metadata.deletionTimestamp = '2026-11-24T11:00:00Z';
+    const fresh = pod({ name: 'web-new', serviceAccount: 'web-v2', hostIP: '192.0.2.7' });
+    const s = buildSnapshot('example.org', [old, fresh, pod({ name: 'db-1', ip: '10.1.0.20', serviceAccount: 'db', node: 'node-b', hostIP: '192.0.2.8' })], nsMap);
+    assert.deepEqual(s.workloads.map((w) => [w.name, w.ip, w.node, w.spiffeId]), [
+      ['web-new', '10.1.0.10', 'node-a', 'spiffe://example.org/ns/shop/sa/web-v2'],
+      ['db-1', '10.1.0.20', 'node-b', 'spiffe://example.org/ns/shop/sa/db'],
+    ]);
+    assert.deepEqual(s.nodes, [{ name: 'node-a', ip: '192.0.2.1' }, { name: 'node-b', ip: '192.0.2.8' }]);
+    // A pod without serviceAccountName runs as "default".
+    const bare = pod();
+    delete bare.spec.serviceAccountName;
+    assert.equal(buildSnapshot('example.org', [bare], nsMap).workloads[0]?.spiffeId, 'spiffe://example.org/ns/shop/sa/default');
+  });
+});
+
+describe('Kubernetes source against the API stand-in', () => {
+  let api: ApiStandIn;
+  let source: KubernetesSource;
+  const registry = new WorkloadRegistry('node-a');
+  const snapshots: MeshSnapshot[] = [];
+  const ips = () => new Set(registry.snapshot?.workloads.map((w) => w.ip));
+  const localIps = () => new Set(registry.localCaptured().map((w) => w.ip));
+  const has = (...want: string[]) => () => want.every((ip) => ips().has(ip));
+  const lacks = (...gone: string[]) => () => gone.every((ip) => !ips().has(ip));
+
+  before(async () => {
+    api = await ApiStandIn.start();
+    api.put('namespaces', namespaceObject('shop', 'enabled'));
+    api.put('namespaces', namespaceObject('blog'));
+    api.put('namespaces', namespaceObject('kube-system'));
+    api.put('pods', podObject({ name: 'web-1', namespace: 'shop', node: 'node-a', serviceAccount: 'web', ip: '10.1.0.10' }));
+    api.put('pods', podObject({ name: 'web-2', namespace: 'shop', node: 'node-a', serviceAccount: 'web', ip: '10.1.0.11' }));
+    api.put('pods', podObject({ name: 'db-1', namespace: 'shop', node: 'node-b', serviceAccount: 'db', ip: '10.1.1.20' }));
+    api.put('pods', podObject({ name: 'legacy', namespace: 'shop', node: 'node-a', ip: '10.1.0.12', annotations: { 'meshlet.dev/capture': 'disabled' } }));
+    api.put('pods', podObject({ name: 'post-1', namespace: 'blog', node: 'node-a', ip: '10.1.0.30' }));
+    api.put('pods', podObject({ name: 'kube-proxy-x', namespace: 'kube-system', node: 'node-a', ip: '192.0.2.1', hostNetwork: true }));
+    api.put('pods', podObject({ name: 'migrate-1', namespace: 'shop', node: 'node-a', phase: 'Succeeded' }));
+    // Start with the apiserver down: the agent must wait and retry, not crash or publish nothing-as-everything.
+    api.down = true;
+    source = createKubernetesSource({ kubeConfig: api.kubeConfig(), trustDomain: 'cluster.local', log, pageSize: 2, retryBaseMs: 50, retryMaxMs: 200, debounceMs: 5 });
+    await source.start({ onSnapshot: (s) => { snapshots.push(s); registry.replace(s); }, onError: (e) => { throw e; } });
+  });
+  after(async () => {
+    await source?.close();
+    await api?.close();
+  });
+
+  it('publishes nothing while the apiserver is down at start, then syncs once it answers', async () => {
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(snapshots.length, 0);
+    assert.equal(source.status().synced, false);
+    assert.match(source.status().lastError ?? '', /pods|namespaces/);
+    api.down = false;
+    await until('first sync', () => registry.synced);
+    assert.deepEqual(ips(), new Set(['10.1.0.10', '10.1.0.11', '10.1.1.20']));
+    assert.deepEqual(localIps(), new Set(['10.1.0.10', '10.1.0.11']));
+    assert.equal(snapshots.length, 1, 'the first sync is one snapshot, not one per object');
+  });
+
+  it('lists in pages and watches pods with the field selector; hostNetwork and finished pods never arrive', async () => {
+    const podCalls = api.requests.filter((r) => r.path.startsWith('/api/v1/pods?'));
+    const lists = podCalls.filter((r) => !r.path.includes('watch=true'));
+    assert.ok(lists.length >= 3, `6 pods in pages of 2 but only ${lists.length} list calls`);
+    assert.ok(lists.some((r) => r.path.includes('continue=')));
+    await until('pod watch', () => api.watching('pods') > 0);
+    const watches = api.requests.filter((r) => r.path.startsWith('/api/v1/pods?') && r.path.includes('watch=true'));
+    for (const r of [...lists, ...watches]) assert.equal(new URL(r.path, 'http://x').searchParams.get('fieldSelector'), POD_FIELD_SELECTOR);
+    assert.ok(watches.every((r) => r.path.includes('allowWatchBookmarks=true')));
+    assert.equal(source.status().pods, 5, 'the informer caches 5 pods: not kube-proxy (hostNetwork) nor migrate-1 (Succeeded)');
+  });
+
+  it('follows pods: created, IP changed, finished, deleted', async () => {
+    api.put('pods', podObject({ name: 'web-3', namespace: 'shop', node: 'node-a', serviceAccount: 'web' }));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.ok(!ips().has(''), 'a pod without an IP is not in the registry');
+    api.update('pods', 'shop', 'web-3', (p: any) => { p.status.podIP = '10.1.0.13'; p.status.podIPs = [{ ip: '10.1.0.13' }]; });
+    await until('web-3 added', has('10.1.0.13'));
+    assert.ok(localIps().has('10.1.0.13'));
+    api.update('pods', 'shop', 'web-3', (p: any) => { p.status.podIP = '10.1.0.14'; p.status.podIPs = [{ ip: '10.1.0.14' }]; });
+    await until('web-3 moved to .14', () => has('10.1.0.14')() && lacks('10.1.0.13')());
+    // Finishing drops out of the field selector: the apiserver sends DELETED.
+    api.update('pods', 'shop', 'web-2', (p: any) => { p.status.phase = 'Succeeded'; });
+    await until('web-2 finished', lacks('10.1.0.11'));
+    api.remove('pods', 'shop', 'web-3');
+    await until('web-3 deleted', lacks('10.1.0.14'));
+    assert.deepEqual(localIps(), new Set(['10.1.0.10']));
+  });
+
+  it('follows namespace annotations both ways, and pod opt-out', async () => {
+    api.update('namespaces', undefined, 'blog', (n: any) => { n.metadata.annotations = { 'meshlet.dev/capture': 'enabled' }; });
+    await until('blog opted in', has('10.1.0.30'));
+    assert.ok(lacks('10.1.0.12')(), 'the opted-out pod in shop stays out');
+    api.update('pods', 'shop', 'legacy', (p: any) => { delete p.metadata.annotations['meshlet.dev/capture']; });
+    await until('legacy opted back in', has('10.1.0.12'));
+    api.update('namespaces', undefined, 'shop', (n: any) => { delete n.metadata.annotations; });
+    await until('shop released', lacks('10.1.0.10', '10.1.0.12', '10.1.1.20'));
+    assert.deepEqual(ips(), new Set(['10.1.0.30']));
+    api.update('namespaces', undefined, 'shop', (n: any) => { n.metadata.annotations = { 'meshlet.dev/capture': 'enabled' }; });
+    await until('shop back', has('10.1.0.10', '10.1.0.12', '10.1.1.20'));
+  });
+
+  it('resumes a watch broken mid-stream from its resourceVersion, without a re-list', async () => {
+    const lists = source.status().lists;
+    api.breakWatches();
+    api.put('pods', podObject({ name: 'web-4', namespace: 'shop', node: 'node-a', serviceAccount: 'web', ip: '10.1.0.15' }));
+    await until('web-4 after reconnect', has('10.1.0.15'));
+    assert.equal(source.status().lists, lists, 'no re-list: the watch resumed');
+  });
+
+  it('re-lists after 410 Gone (history compacted while disconnected), keeping known pods in between', async () => {
+    const lists = source.status().lists;
+    const before = snapshots.length;
+    api.down = true;
+    api.breakWatches();
+    api.remove('pods', 'shop', 'web-4');
+    api.put('pods', podObject({ name: 'web-5', namespace: 'shop', node: 'node-a', serviceAccount: 'web', ip: '10.1.0.16' }));
+    api.compact();
+    await new Promise((r) => setTimeout(r, 150));
+    assert.ok(has('10.1.0.10', '10.1.0.15')(), 'while the apiserver is away the last known pods stay');
+    api.down = false;
+    await until('re-listed state', () => has('10.1.0.16')() && lacks('10.1.0.15')());
+    await until('both informers re-listed', () => source.status().lists >= lists + 2);
+    for (const s of snapshots.slice(before)) assert.ok(s.workloads.some((w) => w.ip === '10.1.0.10'), 'no snapshot in between dropped a live pod');
+  });
+
+  it('re-lists after an ERROR 410 event in an open watch', async () => {
+    const lists = source.status().lists;
+    await until('watches open', () => api.watching('pods') > 0 && api.watching('namespaces') > 0);
+    api.expireWatches();
+    api.put('pods', podObject({ name: 'web-6', namespace: 'shop', node: 'node-a', serviceAccount: 'web', ip: '10.1.0.17' }));
+    await until('web-6 after re-list', has('10.1.0.17'));
+    await until('both re-listed', () => source.status().lists >= lists + 2);
+  });
+
+  it('bookmarks advance the resume point, so a quiet watch resumes without 410 after compaction', async () => {
+    await until('watches open', () => api.watching('pods') > 0 && api.watching('namespaces') > 0);
+    // Changes elsewhere (a Secret) move the apiserver's resourceVersion but not these watches'.
+    for (let i = 0; i < 3; i++) api.put('secrets', { metadata: { name: `s${i}`, namespace: 'shop' }, data: {} });
+    api.bookmark();
+    await until('bookmark seen', () => source.status().resourceVersions.pods === api.resourceVersion && source.status().resourceVersions.namespaces === api.resourceVersion);
+    const lists = source.status().lists;
+    api.compact();
+    api.breakWatches();
+    api.put('pods', podObject({ name: 'web-7', namespace: 'shop', node: 'node-a', serviceAccount: 'web', ip: '10.1.0.18' }));
+    await until('web-7', has('10.1.0.18'));
+    assert.equal(source.status().lists, lists, 'resumed from the bookmark: no re-list');
+  });
+});
