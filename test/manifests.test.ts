@@ -1,0 +1,193 @@
+// The install: `kubectl kustomize manifests/` must render, every object must validate against the
+// Kubernetes OpenAPI schemas (kubernetes-models, offline), MeshPolicy objects against our CRD's
+// schema, and the arguments the manifests pass to meshlet must parse with meshlet's own config.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { Ajv } from 'ajv';
+import { parseAllDocuments } from 'yaml';
+import { loadAgentConfig, loadCaServeConfig, loadInitConfig } from '../src/config.ts';
+import { POD_FIELD_SELECTOR } from '../src/workloads/kubernetes.ts';
+
+const ROOT = join(import.meta.dirname, '..', 'manifests');
+type K8sObject = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; [k: string]: any }; [k: string]: any };
+
+function render(): K8sObject[] {
+  const r = spawnSync('kubectl', ['kustomize', ROOT], { encoding: 'utf8' });
+  if (r.error) {
+    // Not a silent pass: the suite fails and says why.
+    assert.fail(`kubectl is not installed on this machine (${r.error.message}); the manifests cannot be rendered. Install kubectl to run this test.`);
+  }
+  assert.equal(r.status, 0, `kubectl kustomize manifests/ failed:\n${r.stderr}`);
+  return docs(r.stdout);
+}
+
+function docs(text: string): K8sObject[] {
+  return parseAllDocuments(text).map((d) => {
+    assert.equal(d.errors.length, 0, d.errors.join('\n'));
+    return d.toJS() as K8sObject;
+  }).filter(Boolean);
+}
+
+/** Validates one object with the kubernetes-models class for its apiVersion and kind. */
+async function validateBuiltIn(o: K8sObject): Promise<void> {
+  const [group, version] = o.apiVersion.includes('/') ? o.apiVersion.split('/') : ['', o.apiVersion];
+  const mod = await import(`kubernetes-models/${group ? `${group}/` : ''}${version}/${o.kind}`);
+  const Model = mod[o.kind];
+  new Model(o).validate();
+}
+
+/** The CRD's schema must be structural: no $ref, every node typed, arrays with items. */
+function assertStructural(schema: any, path = 'openAPIV3Schema'): void {
+  assert.ok(!('$ref' in schema), `${path}: $ref is not allowed in a structural schema`);
+  const typed = 'type' in schema || schema['x-kubernetes-int-or-string'] || schema['x-kubernetes-preserve-unknown-fields'];
+  assert.ok(typed, `${path}: no type`);
+  if (schema.type === 'array') {
+    assert.ok(schema.items, `${path}: array without items`);
+    assert.ok(typeof schema.maxItems === 'number', `${path}: unbounded array (CEL cost and apiserver memory need maxItems)`);
+    assertStructural(schema.items, `${path}.items`);
+  }
+  for (const [k, v] of Object.entries(schema.properties ?? {})) assertStructural(v, `${path}.${k}`);
+  if (typeof schema.additionalProperties === 'object') assertStructural(schema.additionalProperties, `${path}.additionalProperties`);
+}
+
+describe('manifests', () => {
+  const objects = render();
+  const byKind = (kind: string, name?: string) => objects.filter((o) => o.kind === kind && (name === undefined || o.metadata.name === name));
+  const one = (kind: string, name: string) => {
+    const found = byKind(kind, name);
+    assert.equal(found.length, 1, `want one ${kind} ${name}`);
+    return found[0]!;
+  };
+  const examples = readdirSync(join(ROOT, 'examples')).filter((f) => f.endsWith('.yaml'))
+    .flatMap((f) => docs(readFileSync(join(ROOT, 'examples', f), 'utf8')));
+  const crd = one('CustomResourceDefinition', 'meshpolicies.meshlet.dev');
+  const meshPolicySchema = crd.spec.versions[0].schema.openAPIV3Schema;
+  const ajv = new Ajv({ strict: false, validateFormats: false, allErrors: true });
+  const validMeshPolicy = ajv.compile(meshPolicySchema);
+
+  it('renders with kubectl kustomize into the whole install', () => {
+    const kinds = objects.map((o) => `${o.kind}/${o.metadata.name}`).sort();
+    for (const want of ['Namespace/meshlet-system', 'CustomResourceDefinition/meshpolicies.meshlet.dev', 'ServiceAccount/meshlet-agent',
+      'ServiceAccount/meshlet-ca', 'ClusterRole/meshlet-agent', 'ClusterRole/meshlet-ca', 'Role/meshlet-ca', 'DaemonSet/meshlet-agent',
+      'Deployment/meshlet-ca', 'Service/meshlet-ca', 'PodDisruptionBudget/meshlet-ca']) assert.ok(kinds.includes(want), `missing ${want} in ${kinds.join(', ')}`);
+    for (const o of objects) {
+      const namespaced = !['Namespace', 'CustomResourceDefinition', 'ClusterRole', 'ClusterRoleBinding'].includes(o.kind);
+      assert.equal(o.metadata.namespace, namespaced ? 'meshlet-system' : undefined, `${o.kind}/${o.metadata.name}`);
+    }
+  });
+
+  it('validates every rendered and example object against the Kubernetes OpenAPI schemas', async () => {
+    let checked = 0;
+    for (const o of [...objects, ...examples]) {
+      if (o.apiVersion === 'meshlet.dev/v1alpha1') continue;
+      await assert.doesNotReject(validateBuiltIn(o), `${o.kind}/${o.metadata.name}`);
+      checked++;
+    }
+    assert.ok(checked >= objects.length);
+    // The validator bites: a DaemonSet with a string port and no containers fails.
+    const broken = structuredClone(one('DaemonSet', 'meshlet-agent'));
+    broken.spec.template.spec.containers[0].readinessProbe.httpGet.port = { not: 'a port' };
+    await assert.rejects(validateBuiltIn(broken));
+  });
+
+  it('defines MeshPolicy with a structural schema that accepts the examples and rejects bad policies', () => {
+    assertStructural(meshPolicySchema);
+    const policies = examples.filter((o) => o.kind === 'MeshPolicy');
+    assert.ok(policies.length > 0);
+    for (const p of policies) assert.ok(validMeshPolicy(p), JSON.stringify(validMeshPolicy.errors));
+    const base = policies[0]!;
+    const bad: Array<[string, (p: any) => void]> = [
+      ['unknown action', (p) => { p.spec.action = 'PERMIT'; }],
+      ['port out of range', (p) => { p.spec.rules[0].to[0].ports = [70000]; }],
+      ['wildcard inside a principal', (p) => { p.spec.rules[0].from[0].principals = ['spiffe://cluster.local/ns/*/sa/web']; }],
+      ['namespace that is not a DNS label', (p) => { p.spec.rules[0].from[0].namespaces = ['Shop_1']; }],
+      ['not a CIDR', (p) => { p.spec.rules[0].from[0].ipBlocks = ['ten.0.0.0/8']; }],
+      ['no spec', (p) => { delete p.spec; }],
+    ];
+    for (const [what, change] of bad) {
+      const p = structuredClone(base);
+      change(p);
+      assert.equal(validMeshPolicy(p), false, `${what} was accepted`);
+    }
+  });
+
+  it('runs the agent as the design says: hostNetwork, init container, least capabilities, probes, rollout, tolerations, CA token', () => {
+    const ds = one('DaemonSet', 'meshlet-agent');
+    const pod = ds.spec.template.spec;
+    assert.equal(pod.hostNetwork, true);
+    assert.deepEqual(ds.spec.updateStrategy, { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } });
+    assert.ok(pod.tolerations.some((t: any) => t.operator === 'Exists' && !t.key), 'tolerates every taint');
+    const [init] = pod.initContainers;
+    const [agent] = pod.containers;
+    assert.equal(init.args[0], 'init');
+    for (const c of [init, agent]) {
+      assert.deepEqual(c.securityContext.capabilities, { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] });
+      assert.notEqual(c.securityContext.privileged, true);
+      assert.equal(c.securityContext.allowPrivilegeEscalation, false);
+      assert.ok(c.resources.requests.cpu && c.resources.requests.memory && c.resources.limits.memory, `${c.name} resources`);
+      assert.match(c.image, /^ghcr\.io\/meshlet\/meshlet:/, 'the image comes from kustomize images:');
+      // With hostNetwork a containerPort is a hostPort, which would keep the surge pod off the node.
+      assert.equal(c.ports, undefined);
+    }
+    assert.deepEqual(agent.readinessProbe.httpGet, { path: '/healthz/ready', port: 15021 });
+    const token = pod.volumes.find((v: any) => v.projected)?.projected.sources[0].serviceAccountToken;
+    assert.equal(token.audience, 'meshlet-ca');
+    assert.deepEqual(agent.env.find((e: any) => e.name === 'NODE_NAME').valueFrom, { fieldRef: { fieldPath: 'spec.nodeName' } });
+    // The arguments are ones meshlet accepts, and name the files the volumes mount.
+    const config = loadAgentConfig(agent.args.slice(1), { NODE_NAME: 'node-1' });
+    assert.equal(config.nodeName, 'node-1');
+    assert.deepEqual(config.workloads, { kind: 'kubernetes', kubeconfig: undefined, trustDomain: 'cluster.local' });
+    assert.equal(config.identity.mode, 'ca-service');
+    if (config.identity.mode === 'ca-service') {
+      const mountOf = (name: string) => agent.volumeMounts.find((m: any) => m.name === name).mountPath;
+      assert.equal(config.identity.tokenFile, `${mountOf('ca-token')}/${token.path}`);
+      assert.equal(config.identity.trustBundleFile, `${mountOf('trust-bundle')}/trust-bundle.pem`);
+      const svc = one('Service', 'meshlet-ca');
+      assert.equal(config.identity.url, `https://${svc.metadata.name}.${svc.metadata.namespace}.svc:${svc.spec.ports[0].port}`);
+    }
+    assert.doesNotThrow(() => loadInitConfig(init.args.slice(1)));
+  });
+
+  it('runs the CA unprivileged behind a Service and a PodDisruptionBudget', () => {
+    const ca = one('Deployment', 'meshlet-ca');
+    const pod = ca.spec.template.spec;
+    const [c] = pod.containers;
+    assert.equal(pod.securityContext.runAsNonRoot, true);
+    assert.deepEqual(c.securityContext.capabilities, { drop: ['ALL'] });
+    const config = loadCaServeConfig(c.args.slice(2), {});
+    assert.equal(config.backend.kind, 'kubernetes');
+    assert.equal(config.port, c.ports[0].containerPort);
+    const labels = pod.metadata?.labels ?? ca.spec.template.metadata.labels;
+    for (const selector of [one('Service', 'meshlet-ca').spec.selector, one('PodDisruptionBudget', 'meshlet-ca').spec.selector.matchLabels]) {
+      for (const [k, v] of Object.entries(selector)) assert.equal(labels[k], v, 'selector matches the CA pods');
+    }
+    assert.ok(ca.spec.replicas > one('PodDisruptionBudget', 'meshlet-ca').spec.minAvailable, 'a drain can evict one CA pod');
+  });
+
+  it('grants least privilege: read-only agent, no wildcards, the CA limited to its own Secret and ConfigMap', () => {
+    for (const role of [...byKind('ClusterRole'), ...byKind('Role')]) {
+      for (const rule of role.rules) {
+        for (const field of ['apiGroups', 'resources', 'verbs']) assert.ok(!rule[field].includes('*'), `${role.kind}/${role.metadata.name} has a wildcard`);
+      }
+    }
+    const agentVerbs = new Set(one('ClusterRole', 'meshlet-agent').rules.flatMap((r: any) => r.verbs));
+    assert.deepEqual([...agentVerbs].sort(), ['get', 'list', 'watch']);
+    // The agent watches pods with a field selector the apiserver supports for pods.
+    for (const term of POD_FIELD_SELECTOR.split(',')) assert.match(term, /^(spec\.hostNetwork|status\.phase)!?=/);
+    const caRole = one('Role', 'meshlet-ca');
+    for (const rule of caRole.rules) {
+      if (rule.verbs.includes('update') || rule.verbs.includes('get')) assert.ok(rule.resourceNames?.length, 'get/update limited by name');
+    }
+    const bindings = [...byKind('ClusterRoleBinding'), ...byKind('RoleBinding')];
+    for (const b of bindings) assert.deepEqual(b.subjects.map((s: any) => `${s.namespace}/${s.name}`), [`meshlet-system/${b.metadata.name}`]);
+  });
+
+  it('has an example namespace opted in, with a pod that opts out', () => {
+    const ns = examples.find((o) => o.kind === 'Namespace')!;
+    assert.equal(ns.metadata.annotations['meshlet.dev/capture'], 'enabled');
+    assert.ok(examples.some((o) => o.kind === 'Pod' && o.metadata.annotations?.['meshlet.dev/capture'] === 'disabled'));
+  });
+});
