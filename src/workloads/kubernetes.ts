@@ -147,7 +147,7 @@ export interface KubernetesSourceOptions {
   log: Logger;
   /** Events arriving within this window become one snapshot. */
   debounceMs?: number;
-  /** Items per list page. */
+  /** Items per list page (default 100). */
   pageSize?: number;
   /** Backoff after a failed list or a watch error: doubles from base to max. */
   retryBaseMs?: number;
@@ -181,7 +181,10 @@ interface Informer {
 export function createKubernetesSource(opts: KubernetesSourceOptions): KubernetesSource {
   const log = opts.log.child({ component: 'kubernetes-source' });
   const core = opts.kubeConfig.makeApiClient(CoreV1Api);
-  const pageSize = opts.pageSize ?? 500;
+  // Small pages keep the peak low: each page is parsed and deserialized whole before it is trimmed,
+  // and V8 keeps the heap it grew for the largest one (bench/registry.ts: 10,000 pods, RSS +74 MiB
+  // with pages of 100 against +203 MiB with pages of 500, first sync about as fast).
+  const pageSize = opts.pageSize ?? 100;
   const base = opts.retryBaseMs ?? 1000;
   const max = opts.retryMaxMs ?? 30_000;
   let stopped = false;
