@@ -105,7 +105,7 @@ export function parseWorkloadsFile(text: string): MeshSnapshot {
     }
   }
   if (problems.length > 0) throw new WorkloadSourceError(problems);
-  return { trustDomain, nodes, workloads };
+  return { trustDomain, nodes, workloads, policies: [] };
 }
 
 export interface FileSourceOptions {

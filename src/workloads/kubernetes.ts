@@ -1,5 +1,5 @@
-// The Kubernetes workload source: two @kubernetes/client-node informers (ListWatch), Pods and
-// Namespaces, folded into one MeshSnapshot.
+// The Kubernetes workload source: three @kubernetes/client-node informers (ListWatch), Pods,
+// Namespaces and MeshPolicies (when the CRD is installed), folded into one MeshSnapshot.
 //
 // - A pod is in the mesh when its namespace has `meshlet.dev/capture: enabled`, the pod does not say
 //   `meshlet.dev/capture: disabled`, it is not hostNetwork, it has an IPv4 address and has not
@@ -11,17 +11,20 @@
 // - Lists are paged (limit/continue) so a 10,000-pod cluster is not one giant response.
 // - A broken watch resumes from the last resourceVersion; 410 Gone re-lists. Either way the informer
 //   keeps its objects, so the registry never goes empty in between. Errors retry with backoff.
-// - Nothing is published until both informers have listed once: the agent is "not ready" until then.
+// - Nothing is published until every informer has listed once: the agent is "not ready" until then.
+//   MeshPolicy is optional: while its CRD is not installed (404) it counts as synced with no policies,
+//   and the source keeps checking for it.
 import { isIPv4 } from 'node:net';
 import {
-  ADD, CoreV1Api, DELETE, ERROR, type KubeConfig, type KubernetesObject, ListWatch, UPDATE, Watch,
+  ADD, CoreV1Api, CustomObjectsApi, DELETE, ERROR, type KubeConfig, type KubernetesObject, ListWatch, UPDATE, Watch,
 } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import type { MeshNode, MeshSnapshot, Workload } from './model.ts';
+import type { MeshNode, MeshPolicyObject, MeshSnapshot, Workload } from './model.ts';
 import { workloadSpiffeId } from './model.ts';
 import type { WorkloadSource } from './source.ts';
 
 export const CAPTURE_ANNOTATION = 'meshlet.dev/capture';
+export const MESH_POLICY = { group: 'meshlet.dev', version: 'v1alpha1', plural: 'meshpolicies' } as const;
 /** Pods the agent never needs: host-network pods share the node's IP, finished pods lost theirs. */
 export const POD_FIELD_SELECTOR = 'spec.hostNetwork=false,status.phase!=Succeeded,status.phase!=Failed';
 
@@ -38,6 +41,11 @@ export interface SlimPod {
 
 export interface SlimNamespace {
   metadata: { name: string; uid?: string; resourceVersion?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+}
+
+export interface SlimPolicy {
+  metadata: { name: string; namespace: string; uid?: string; resourceVersion?: string; generation?: number };
+  spec: Record<string, unknown>;
 }
 
 /** Only meshlet's own annotations are kept (others, like last-applied-configuration, can be large). */
@@ -73,6 +81,11 @@ export function slimNamespace(o: any): SlimNamespace {
   return { metadata: { name: m.name, uid: m.uid, resourceVersion: m.resourceVersion, labels: m.labels, annotations: meshletAnnotations(m.annotations) } };
 }
 
+export function slimPolicy(o: any): SlimPolicy {
+  const m = o?.metadata ?? {};
+  return { metadata: { name: m.name, namespace: m.namespace, uid: m.uid, resourceVersion: m.resourceVersion, generation: m.generation }, spec: o?.spec ?? {} };
+}
+
 /** The pod's IPv4 address (the data path is IPv4 today), or undefined. */
 function podIPv4(pod: SlimPod): string | undefined {
   for (const { ip } of pod.status.podIPs ?? []) if (isIPv4(ip)) return ip;
@@ -97,7 +110,7 @@ export function meshMembership(pod: SlimPod, ns: SlimNamespace | undefined): { m
 const workloadOf = new WeakMap<SlimPod, Workload>();
 
 /** Folds the informers' caches into a snapshot. An IP held by two pods goes to the live, newer one. */
-export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, namespaces: ReadonlyMap<string, SlimNamespace>): MeshSnapshot {
+export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, namespaces: ReadonlyMap<string, SlimNamespace>, policies: Iterable<SlimPolicy> = []): MeshSnapshot {
   const byIp = new Map<string, { pod: SlimPod; w: Workload }>();
   const nodes = new Map<string, MeshNode>();
   for (const pod of pods) {
@@ -116,7 +129,9 @@ export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, name
     if (!held || prefer(pod, held.pod)) byIp.set(m.ip, { pod, w });
     if (pod.status.hostIP && !nodes.has(w.node)) nodes.set(w.node, { name: w.node, ip: pod.status.hostIP });
   }
-  return { trustDomain, nodes: [...nodes.values()], workloads: [...byIp.values()].map((e) => e.w) };
+  const policyObjects: MeshPolicyObject[] = [];
+  for (const p of policies) policyObjects.push({ namespace: p.metadata.namespace, name: p.metadata.name, spec: p.spec });
+  return { trustDomain, nodes: [...nodes.values()], workloads: [...byIp.values()].map((e) => e.w), policies: policyObjects };
 }
 
 function prefer(a: SlimPod, b: SlimPod): boolean {
@@ -160,6 +175,7 @@ export interface KubernetesSourceStatus {
   namespaces: number;
   meshPods: number;
   lastError?: string;
+  policies: number | 'crd-not-installed';
   /** Completed lists (the first sync and every re-list after 410 Gone). */
   lists: number;
   /** Where each informer would resume its watch (advanced by events and bookmarks). */
@@ -174,6 +190,9 @@ interface Informer {
   name: string;
   lw: ListWatch<KubernetesObject>;
   listed: boolean;
+  /** An optional resource whose API is not installed (404): synced, empty. */
+  optional?: boolean;
+  absent?: boolean;
   retryMs: number;
   retryTimer?: NodeJS.Timeout;
 }
@@ -195,7 +214,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   let handlers: Parameters<WorkloadSource['start']>[0] | undefined;
 
   /** Pages through a list; every page is served from the first page's snapshot (one resourceVersion). */
-  async function pagedList<T>(name: string, page: (cont: string | undefined) => Promise<{ metadata?: { resourceVersion?: string; _continue?: string }; items: unknown[] }>, trim: (o: unknown) => T) {
+  async function pagedList<T>(name: string, page: (cont: string | undefined) => Promise<{ metadata?: { resourceVersion?: string; _continue?: string; continue?: string }; items: unknown[] }>, trim: (o: unknown) => T) {
     const items: T[] = [];
     let cont: string | undefined;
     let resourceVersion: string | undefined;
@@ -203,7 +222,8 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
       const r = await page(cont);
       resourceVersion ??= r.metadata?.resourceVersion;
       for (const o of r.items) items.push(trim(o));
-      cont = r.metadata?._continue || undefined;
+      // Typed lists deserialize `continue` as `_continue`; custom-object lists are raw JSON.
+      cont = r.metadata?._continue || r.metadata?.continue || undefined;
     } while (cont);
     lists += 1;
     log.info({ resource: name, items: items.length, resourceVersion }, 'listed');
@@ -229,14 +249,28 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
       return list as any;
     }, false),
   };
-  const informers = [pods, namespaces];
+  const custom = opts.kubeConfig.makeApiClient(CustomObjectsApi);
+  const policies: Informer = {
+    name: 'meshpolicies', listed: false, retryMs: base, optional: true,
+    lw: new ListWatch<KubernetesObject>(`/apis/${MESH_POLICY.group}/${MESH_POLICY.version}/${MESH_POLICY.plural}`, new TrimmingWatch(opts.kubeConfig, slimPolicy), async () => {
+      const list = await pagedList('meshpolicies', (cont) => custom.listClusterCustomObject({ ...MESH_POLICY, limit: pageSize, _continue: cont }), slimPolicy);
+      if (policies.absent) log.info('MeshPolicy CRD is installed: policies are watched');
+      policies.listed = true;
+      policies.absent = false;
+      changed();
+      return list as any;
+    }, false),
+  };
+  const informers = [pods, namespaces, policies];
+  const synced = () => informers.every((i) => i.listed || i.absent);
 
   const publish = () => {
     debounce = undefined;
-    if (stopped || !informers.every((i) => i.listed)) return;
+    if (stopped || !synced()) return;
     const nsMap = new Map<string, SlimNamespace>();
     for (const ns of namespaces.lw.list() as unknown as SlimNamespace[]) nsMap.set(ns.metadata.name, ns);
-    const snapshot = buildSnapshot(opts.trustDomain, pods.lw.list() as unknown as SlimPod[], nsMap);
+    const snapshot = buildSnapshot(opts.trustDomain, pods.lw.list() as unknown as SlimPod[], nsMap,
+      policies.absent ? [] : policies.lw.list() as unknown as SlimPolicy[]);
     meshPods = snapshot.workloads.length;
     handlers?.onSnapshot(snapshot);
   };
@@ -249,6 +283,15 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     for (const verb of [ADD, UPDATE, DELETE] as const) inf.lw.on(verb, () => { inf.retryMs = base; changed(); });
     inf.lw.on(ERROR, (err: unknown) => {
       if (stopped) return;
+      if (inf.optional && httpStatus(err) === 404) {
+        // Not an error: the CRD is simply not installed. Look again at the slowest retry pace.
+        if (!inf.absent) log.info({ resource: inf.name }, 'MeshPolicy CRD is not installed: no policies until it is');
+        inf.absent = true;
+        inf.listed = false;
+        changed();
+        inf.retryTimer = setTimeout(() => { inf.retryTimer = undefined; if (!stopped) void inf.lw.start(); }, max);
+        return;
+      }
       lastError = `${inf.name}: ${describe(err)}`;
       log.warn({ resource: inf.name, err: describe(err), retryInMs: inf.retryMs }, 'list/watch failed; known objects stay in force, retrying');
       inf.retryTimer = setTimeout(() => {
@@ -276,7 +319,8 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     },
     status() {
       return {
-        synced: informers.every((i) => i.listed), pods: pods.lw.list().length, namespaces: namespaces.lw.list().length,
+        synced: synced(), pods: pods.lw.list().length, namespaces: namespaces.lw.list().length,
+        policies: policies.absent ? 'crd-not-installed' : policies.lw.list().length,
         meshPods, lists, resourceVersions: Object.fromEntries(informers.map((i) => [i.name, i.lw.latestResourceVersion()])),
         ...(lastError ? { lastError } : {}),
       };
@@ -284,9 +328,13 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   };
 }
 
+function httpStatus(err: unknown): number | undefined {
+  const e = err as { code?: unknown; statusCode?: unknown };
+  return typeof e?.code === 'number' ? e.code : typeof e?.statusCode === 'number' ? e.statusCode : undefined;
+}
+
 function describe(err: unknown): string {
-  const e = err as { code?: unknown; statusCode?: unknown; message?: string; body?: unknown };
-  const code = typeof e?.code === 'number' ? e.code : typeof e?.statusCode === 'number' ? e.statusCode : undefined;
-  const message = e?.message ?? String(err);
+  const code = httpStatus(err);
+  const message = (err as { message?: string })?.message ?? String(err);
   return code ? `HTTP ${code}: ${message.split('\n')[0]}` : message.split('\n')[0] ?? message;
 }

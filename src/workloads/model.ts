@@ -17,11 +17,22 @@ export interface MeshNode {
   ip: string;
 }
 
+/**
+ * A MeshPolicy as the source delivered it (the CRD's fields, already checked against its schema by
+ * the apiserver). The policy engine compiles these; the registry only carries them.
+ */
+export interface MeshPolicyObject {
+  namespace: string;
+  name: string;
+  spec: Record<string, unknown>;
+}
+
 /** One consistent view of the mesh, replaced whole on every change (never mutated in place). */
 export interface MeshSnapshot {
   trustDomain: string;
   nodes: readonly MeshNode[];
   workloads: readonly Workload[];
+  policies: readonly MeshPolicyObject[];
 }
 
 export function workloadSpiffeId(trustDomain: string, namespace: string, serviceAccount: string): string {

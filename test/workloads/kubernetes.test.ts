@@ -109,7 +109,7 @@ describe('Kubernetes source against the API stand-in', () => {
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(snapshots.length, 0);
     assert.equal(source.status().synced, false);
-    assert.match(source.status().lastError ?? '', /pods|namespaces/);
+    assert.match(source.status().lastError ?? '', /^(pods|namespaces|meshpolicies): /);
     api.down = false;
     await until('first sync', () => registry.synced);
     assert.deepEqual(ips(), new Set(['10.1.0.10', '10.1.0.11', '10.1.1.20']));
@@ -192,12 +192,27 @@ describe('Kubernetes source against the API stand-in', () => {
     await until('both re-listed', () => source.status().lists >= lists + 2);
   });
 
+  it('runs without the MeshPolicy CRD, and picks policies up once it is installed', async () => {
+    assert.equal(source.status().policies, 'crd-not-installed');
+    assert.deepEqual(registry.snapshot?.policies, []);
+    api.missing.delete('meshpolicies');
+    const spec = { selector: { matchLabels: { app: 'db' } }, action: 'ALLOW', rules: [{ from: [{ principals: ['spiffe://cluster.local/ns/shop/sa/web'] }] }] };
+    api.put('meshpolicies', { apiVersion: 'meshlet.dev/v1alpha1', kind: 'MeshPolicy', metadata: { name: 'db-clients', namespace: 'shop' }, spec });
+    await until('policy listed', () => registry.snapshot?.policies.length === 1);
+    assert.deepEqual(registry.snapshot?.policies, [{ namespace: 'shop', name: 'db-clients', spec }]);
+    api.update('meshpolicies', 'shop', 'db-clients', (p: any) => { p.spec.action = 'DENY'; });
+    await until('policy updated', () => registry.snapshot?.policies[0]?.spec.action === 'DENY');
+    api.remove('meshpolicies', 'shop', 'db-clients');
+    await until('policy deleted', () => registry.snapshot?.policies.length === 0);
+    assert.equal(source.status().policies, 0);
+  });
+
   it('bookmarks advance the resume point, so a quiet watch resumes without 410 after compaction', async () => {
-    await until('watches open', () => api.watching('pods') > 0 && api.watching('namespaces') > 0);
+    await until('watches open', () => api.watching('pods') > 0 && api.watching('namespaces') > 0 && api.watching('meshpolicies') > 0);
     // Changes elsewhere (a Secret) move the apiserver's resourceVersion but not these watches'.
     for (let i = 0; i < 3; i++) api.put('secrets', { metadata: { name: `s${i}`, namespace: 'shop' }, data: {} });
     api.bookmark();
-    await until('bookmark seen', () => source.status().resourceVersions.pods === api.resourceVersion && source.status().resourceVersions.namespaces === api.resourceVersion);
+    await until('bookmark seen', () => Object.values(source.status().resourceVersions).every((rv) => rv === api.resourceVersion));
     const lists = source.status().lists;
     api.compact();
     api.breakWatches();
