@@ -124,11 +124,16 @@ describe('agents fed by the Kubernetes API in network namespaces', { concurrency
     }
   });
 
-  it('captures a pod added to an opted-in namespace and gives it a certificate; follows its IP and deletion', async () => {
+  it('captures a pod added to an opted-in namespace and gives it a certificate; follows its IP, opt-out and deletion', async () => {
     const worker = lab.pod('worker');
     await call({ op: 'put', resource: 'pods', obj: podOf('worker', '') });
     await new Promise((r) => setTimeout(r, 300));
     await expectNode('node-a', { ips: [lab.pod('web').ip], ids: [id('web')] }, 1000);
+    await call({ op: 'put', resource: 'pods', obj: podOf('worker') });
+    await expectNode('node-a', { ips: [lab.pod('web').ip, worker.ip], ids: [id('web'), id('worker')] });
+    // A new IP replaces the old one in the set (the identity, and so the certificate, stays).
+    await call({ op: 'put', resource: 'pods', obj: podOf('worker', '10.241.1.99') });
+    await expectNode('node-a', { ips: [lab.pod('web').ip, '10.241.1.99'], ids: [id('web'), id('worker')] });
     await call({ op: 'put', resource: 'pods', obj: podOf('worker') });
     await expectNode('node-a', { ips: [lab.pod('web').ip, worker.ip], ids: [id('web'), id('worker')] });
     // The pod opts out with its own annotation: released, certificate dropped.
