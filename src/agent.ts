@@ -14,7 +14,8 @@ import { createCaClientProvider } from './identity/ca-client.ts';
 import { CertificateManager } from './identity/certs.ts';
 import { type CertificateProvider, createLocalCaProvider } from './identity/provider.ts';
 import { DirRootStore, loadRootSet } from './identity/roots.ts';
-import { allowAllPolicy, type PolicyEngine } from './policy/hook.ts';
+import type { PolicyEngine } from './policy/hook.ts';
+import { MeshPolicyEngine } from './policy/engine.ts';
 import type { ProxyContext } from './proxy/context.ts';
 import { handleInboundPlaintext } from './proxy/inbound-plaintext.ts';
 import { TunnelServer } from './proxy/inbound.ts';
@@ -46,6 +47,7 @@ export class Agent {
   readonly #sockets = new Set<net.Socket>();
   readonly #log: Logger;
   readonly #source: WorkloadSource;
+  readonly policy: PolicyEngine;
   #captureInstalled = false;
   #ipsetSynced = false;
   #captureTimer: NodeJS.Timeout | undefined;
@@ -58,6 +60,7 @@ export class Agent {
     this.config = config;
     this.#log = deps.log.child({ component: 'agent', node: config.nodeName });
     this.#source = deps.source;
+    this.policy = deps.policy;
     this.registry = new WorkloadRegistry(config.nodeName);
     this.certs = certs;
     this.#provider = provider;
@@ -84,13 +87,13 @@ export class Agent {
     let agent: Agent | undefined;
     const provider = await identityProvider(config, deps.log, () => agent?.registry.trustDomain ?? '');
     const certs = new CertificateManager({ provider, log: deps.log });
-    agent = new Agent(config, { log: deps.log, policy: deps.policy ?? allowAllPolicy, source }, certs, provider);
+    agent = new Agent(config, { log: deps.log, policy: deps.policy ?? new MeshPolicyEngine({ log: deps.log }), source }, certs, provider);
     await agent.#checkCapture();
     await source.start({
       onSnapshot: (s) => agent.#apply(s),
       onError: (err) => agent.#log.error({ err: err.message }, 'workload source rejected an update; the last good registry stays in force'),
     });
-    await agent.#listen(deps.policy ?? allowAllPolicy, deps.log);
+    await agent.#listen(agent.policy, deps.log);
     agent.#log.info({ ports: config.ports }, 'agent listening');
     return agent;
   }
@@ -109,6 +112,8 @@ export class Agent {
   }
 
   #apply(snapshot: MeshSnapshot): void {
+    // Policies first: the first connection that sees a new workload also sees the policies of its snapshot.
+    this.policy.update?.(snapshot);
     this.registry.replace(snapshot);
     const local = this.registry.localCaptured();
     this.certs.reconcile(new Set(local.map((w) => w.spiffeId)));
@@ -165,6 +170,7 @@ export class Agent {
       pending: this.readiness.pending(),
       trustDomain: snapshot?.trustDomain,
       workloadSource: { kind: this.config.workloads.kind, ...this.#source.status?.() },
+      policy: this.policy.dump?.(),
       identityProvider: this.#provider.name,
       trustBundle: this.certs.trustBundle ? { signingRoot: this.certs.trustBundle.signingFingerprint, roots: bundleSize(this.certs.trustBundle.pem) } : undefined,
       workloads: (snapshot?.workloads ?? []).map((w) => ({ ...w, local: w.node === this.config.nodeName })),

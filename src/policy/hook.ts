@@ -1,6 +1,8 @@
-// The policy hook every connection decision passes through. This issue ships the mesh default (no
-// policy = allow, mTLS permissive); the MeshPolicy engine (issue 5) implements the same interface.
-import type { Workload } from '../workloads/model.ts';
+// The policy hook every connection decision passes through: the MeshPolicy engine (engine.ts)
+// implements it; `allowAllPolicy` is the mesh without policies (tests and benchmarks use it).
+import type { MeshSnapshot, MtlsMode, Workload } from '../workloads/model.ts';
+
+export type { MtlsMode } from '../workloads/model.ts';
 
 export interface ConnectionAttributes {
   /** Verified SPIFFE ID of the peer; absent for plaintext sources. */
@@ -11,17 +13,20 @@ export interface ConnectionAttributes {
   destinationPort: number;
 }
 
+/** `policy` names the policy that decided (namespace/name); `audit` the AUDIT policies that matched. */
 export type PolicyDecision =
-  | { allowed: true; policy?: string }
-  | { allowed: false; policy: string; reason: string };
-
-export type MtlsMode = 'strict' | 'permissive';
+  | { allowed: true; policy?: string; audit?: string[] }
+  | { allowed: false; policy: string; reason: string; audit?: string[] };
 
 export interface PolicyEngine {
   authorize(conn: ConnectionAttributes): PolicyDecision;
   mtlsMode(destination: Workload): MtlsMode;
   /** Whether a captured source may reach a destination outside the mesh (plain TCP). */
   allowPassthrough(source: Workload, ip: string, port: number): PolicyDecision;
+  /** Takes the policies and mTLS modes of a new registry snapshot. */
+  update?(snapshot: MeshSnapshot): void;
+  /** What the engine enforces, for /config_dump. */
+  dump?(): object;
 }
 
 export const allowAllPolicy: PolicyEngine = {

@@ -5,6 +5,7 @@ import { originalDestination, plainIp } from '../capture/socket.ts';
 import { PolicyDeniedError, UnknownDestinationError } from '../errors.ts';
 import { assertNotSelf, connectTcp, type ProxyContext } from './context.ts';
 import { relay, socketEnd } from './relay.ts';
+import { enforce } from './decision.ts';
 
 export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext): Promise<void> {
   const sourceIp = plainIp(socket.remoteAddress);
@@ -20,8 +21,7 @@ export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext):
     if (ctx.policy.mtlsMode(target) === 'strict') {
       throw new PolicyDeniedError('mtls-strict', `plaintext to ${target.namespace}/${target.name} is refused in STRICT mode`);
     }
-    const decision = ctx.policy.authorize({ sourceIp, destination: target, destinationPort: dst.port });
-    if (!decision.allowed) throw new PolicyDeniedError(decision.policy, decision.reason);
+    enforce(conn, ctx.policy.authorize({ sourceIp, destination: target, destinationPort: dst.port }));
     const upstream = socketEnd(await connectTcp(target.ip, dst.port, ctx.connectTimeoutMs));
     const result = await relay(client, upstream, (sent, received) => {
       conn.info.bytesSent += sent;

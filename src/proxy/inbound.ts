@@ -11,7 +11,7 @@ import net from 'node:net';
 import type tls from 'node:tls';
 import { originalDestination, plainIp, setSendBuffer } from '../capture/socket.ts';
 import {
-  BadTunnelTargetError, PeerIdentityError, PolicyDeniedError, UnknownDestinationError, errorCode,
+  BadTunnelTargetError, PeerIdentityError, UnknownDestinationError, errorCode,
 } from '../errors.ts';
 import type { AvailableCert } from '../identity/certs.ts';
 import { parseWorkloadId } from '../identity/spiffe.ts';
@@ -20,6 +20,7 @@ import type { WorkloadRegistry } from '../workloads/registry.ts';
 import { connectTcp, type ProxyContext } from './context.ts';
 import { h2StreamEnd, relay, socketEnd } from './relay.ts';
 import { ALPN, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, parseAuthority, parseForwardedFor, peerSpiffeId, WINDOW_BYTES } from './tunnel/h2.ts';
+import { enforce } from './decision.ts';
 
 interface PodServer {
   server: http2.Http2SecureServer;
@@ -184,14 +185,11 @@ async function handleConnect(
       status = 403;
       throw new BadTunnelTargetError(authorityText, `only ${tunnel.target.ip} is reachable through this tunnel`);
     }
-    const decision = ctx.policy.authorize({
+    status = 403;
+    enforce(conn, ctx.policy.authorize({
       sourcePrincipal: tunnel.peerId, sourceIp, sourceNamespace: parseWorkloadId(tunnel.peerId).namespace,
       destination: tunnel.target, destinationPort: authority.port,
-    });
-    if (!decision.allowed) {
-      status = 403;
-      throw new PolicyDeniedError(decision.policy, decision.reason);
-    }
+    }));
     status = 502;
     const upstream = socketEnd(await connectTcp(tunnel.target.ip, authority.port, ctx.connectTimeoutMs));
     stream.respond({ ':status': 200 });

@@ -2,11 +2,12 @@
 // who sent it, where it was going, which route, relay.
 import type { Socket } from 'node:net';
 import { originalDestination, plainIp, type SocketAddress } from '../capture/socket.ts';
-import { PolicyDeniedError, UnknownSourceError } from '../errors.ts';
+import { UnknownSourceError } from '../errors.ts';
 import type { ConnectionHandle } from '../telemetry/connections.ts';
 import type { Workload } from '../workloads/model.ts';
 import { assertNotSelf, connectTcp, type ProxyContext } from './context.ts';
 import { h2StreamEnd, relay, socketEnd, type RelayEnd } from './relay.ts';
+import { enforce } from './decision.ts';
 
 export async function handleOutbound(socket: Socket, ctx: ProxyContext): Promise<void> {
   const conn = ctx.connections.open('outbound', plainIp(socket.remoteAddress));
@@ -42,8 +43,7 @@ async function connectRoute(source: Workload, dst: SocketAddress, ctx: ProxyCont
   if (!target || !target.captured) {
     // Outside the mesh: plain TCP, if policy allows leaving the mesh.
     conn.set({ route: 'passthrough' });
-    const decision = ctx.policy.allowPassthrough(source, dst.ip, dst.port);
-    if (!decision.allowed) throw new PolicyDeniedError(decision.policy, decision.reason);
+    enforce(conn, ctx.policy.allowPassthrough(source, dst.ip, dst.port));
     return socketEnd(await connectTcp(dst.ip, dst.port, ctx.connectTimeoutMs));
   }
   conn.set({ destinationWorkload: `${target.namespace}/${target.name}`, destinationPrincipal: target.spiffeId });
@@ -55,11 +55,10 @@ async function connectRoute(source: Workload, dst: SocketAddress, ctx: ProxyCont
     // tunnel, so a policy holds whether or not the two pods happen to share a node.
     conn.set({ route: 'local' });
     ctx.certs.assertAvailable(target.spiffeId);
-    const decision = ctx.policy.authorize({
+    enforce(conn, ctx.policy.authorize({
       sourcePrincipal: source.spiffeId, sourceIp: source.ip, sourceNamespace: source.namespace,
       destination: target, destinationPort: dst.port,
-    });
-    if (!decision.allowed) throw new PolicyDeniedError(decision.policy, decision.reason);
+    }));
     return socketEnd(await connectTcp(dst.ip, dst.port, ctx.connectTimeoutMs));
   }
 

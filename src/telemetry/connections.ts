@@ -1,6 +1,6 @@
 // Live connections: what /config_dump lists, and one access-log line for each when it ends.
 import type { Logger } from 'pino';
-import { errorCode } from '../errors.ts';
+import { errorCode, PolicyDeniedError } from '../errors.ts';
 
 export type Direction = 'outbound' | 'inbound' | 'inbound_plaintext';
 export type Route = 'tunnel' | 'local' | 'passthrough' | 'inbound' | 'refused';
@@ -15,6 +15,10 @@ export interface ConnectionInfo {
   destinationWorkload?: string;
   destinationPrincipal?: string;
   route?: Route;
+  /** The policy that allowed the connection (namespace/name), when one did. */
+  policy?: string;
+  /** AUDIT policies that matched. */
+  audit?: string[];
   startedAt: number;
   /** Bytes from the source towards the destination. */
   bytesSent: number;
@@ -64,7 +68,10 @@ export class ConnectionTracker {
           bytes_received: info.bytesReceived,
           duration_ms: Date.now() - info.startedAt,
           outcome: error ? 'error' : reset ? 'reset' : 'ok',
+          ...(info.policy ? { policy: info.policy } : {}),
+          ...(info.audit ? { audit: info.audit } : {}),
           ...(error ? { error: errorCode(error), reason: (error as Error).message } : {}),
+          ...(error instanceof PolicyDeniedError ? { policy: error.policy } : {}),
         };
         if (error) this.#access.warn(line, 'connection refused or failed');
         else this.#access.info(line, 'connection closed');

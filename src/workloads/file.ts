@@ -1,22 +1,27 @@
 // The workloads file: the registry as YAML, for local mode, the demo and tests.
 //
 //   trustDomain: cluster.local
-//   nodes:     [{ name: node-a, ip: 172.30.0.1 }]
-//   workloads: [{ name: web, namespace: shop, serviceAccount: web, ip: 10.77.1.10, node: node-a, captured: true }]
+//   nodes:      [{ name: node-a, ip: 172.30.0.1 }]
+//   workloads:  [{ name: web, namespace: shop, serviceAccount: web, ip: 10.77.1.10, node: node-a, captured: true, labels: { app: web } }]
+//   namespaces: [{ name: shop, mtls: strict }]                      # optional; default permissive
+//   policies:   [{ name: db-clients, namespace: shop, selector: ..., action: ALLOW, rules: [...] }]   # optional; MeshPolicy specs
 import { isIPv4, isIPv6 } from 'node:net';
 import { parse } from 'yaml';
 import { WorkloadSourceError } from '../errors.ts';
 import { assertTrustDomain } from '../identity/spiffe.ts';
-import type { MeshNode, MeshSnapshot, Workload } from './model.ts';
+import type { MeshNode, MeshPolicyObject, MeshSnapshot, MtlsMode, Workload } from './model.ts';
+import { readPolicySpec } from '../policy/spec.ts';
 import { workloadSpiffeId } from './model.ts';
 import type { WorkloadSource } from './source.ts';
 import { type WatchedFile, watchTextFile } from '../watched-file.ts';
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const DNS_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
-const TOP_LEVEL_KEYS = new Set(['trustDomain', 'nodes', 'workloads']);
+const TOP_LEVEL_KEYS = new Set(['trustDomain', 'nodes', 'workloads', 'namespaces', 'policies']);
+const NAMESPACE_KEYS = new Set(['name', 'mtls']);
+const POLICY_KEYS = new Set(['name', 'namespace', 'selector', 'action', 'rules']);
 const NODE_KEYS = new Set(['name', 'ip']);
-const WORKLOAD_KEYS = new Set(['name', 'namespace', 'serviceAccount', 'ip', 'node', 'captured']);
+const WORKLOAD_KEYS = new Set(['name', 'namespace', 'serviceAccount', 'ip', 'node', 'captured', 'labels']);
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -84,6 +89,8 @@ export function parseWorkloadsFile(text: string): MeshSnapshot {
     const ip = str(raw, 'ip', where, problems);
     const node = str(raw, 'node', where, problems);
     const captured = raw.captured ?? true;
+    const labels = raw.labels ?? {};
+    if (!isRecord(labels) || Object.values(labels).some((v) => typeof v !== 'string')) problems.push(`${where}.labels: must map label names to strings`);
     if (name && !DNS_SUBDOMAIN.test(name)) problems.push(`${where}.name: ${JSON.stringify(name)} is not a DNS subdomain name`);
     if (namespace && !DNS_LABEL.test(namespace)) problems.push(`${where}.namespace: ${JSON.stringify(namespace)} is not a DNS label`);
     if (serviceAccount && !DNS_SUBDOMAIN.test(serviceAccount)) {
@@ -100,12 +107,38 @@ export function parseWorkloadsFile(text: string): MeshSnapshot {
     if (problems.length === 0) {
       workloads.push({
         name, namespace, serviceAccount, ip, node, captured: captured as boolean,
-        spiffeId: workloadSpiffeId(trustDomain, namespace, serviceAccount),
+        spiffeId: workloadSpiffeId(trustDomain, namespace, serviceAccount), labels: labels as Record<string, string>,
       });
     }
   }
+
+  const mtls: Record<string, MtlsMode> = {};
+  if (doc.namespaces !== undefined && !Array.isArray(doc.namespaces)) problems.push('namespaces: must be a list');
+  for (const [i, raw] of (Array.isArray(doc.namespaces) ? doc.namespaces : []).entries()) {
+    const where = `namespaces[${i}]`;
+    if (!isRecord(raw)) { problems.push(`${where}: must be a mapping`); continue; }
+    unknownKeys(raw, NAMESPACE_KEYS, where, problems);
+    const name = str(raw, 'name', where, problems);
+    if (raw.mtls !== undefined && raw.mtls !== 'strict' && raw.mtls !== 'permissive') problems.push(`${where}.mtls: must be strict or permissive`);
+    else if (name && raw.mtls) mtls[name] = raw.mtls as MtlsMode;
+  }
+
+  const policies: MeshPolicyObject[] = [];
+  if (doc.policies !== undefined && !Array.isArray(doc.policies)) problems.push('policies: must be a list');
+  for (const [i, raw] of (Array.isArray(doc.policies) ? doc.policies : []).entries()) {
+    const where = `policies[${i}]`;
+    if (!isRecord(raw)) { problems.push(`${where}: must be a mapping`); continue; }
+    unknownKeys(raw, POLICY_KEYS, where, problems);
+    const name = str(raw, 'name', where, problems);
+    const namespace = str(raw, 'namespace', where, problems);
+    const spec: Record<string, unknown> = {};
+    for (const k of ['selector', 'action', 'rules']) if (raw[k] !== undefined) spec[k] = raw[k];
+    problems.push(...readPolicySpec(spec, where).problems);
+    if (policies.some((p) => p.name === name && p.namespace === namespace)) problems.push(`${where}: duplicate policy ${namespace}/${name}`);
+    policies.push({ name, namespace, spec });
+  }
   if (problems.length > 0) throw new WorkloadSourceError(problems);
-  return { trustDomain, nodes, workloads, policies: [] };
+  return { trustDomain, nodes, workloads, policies, mtls };
 }
 
 export interface FileSourceOptions {

@@ -19,11 +19,12 @@ import {
   ADD, CoreV1Api, CustomObjectsApi, DELETE, ERROR, type KubeConfig, type KubernetesObject, ListWatch, UPDATE, Watch,
 } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import type { MeshNode, MeshPolicyObject, MeshSnapshot, Workload } from './model.ts';
+import type { MeshNode, MeshPolicyObject, MeshSnapshot, MtlsMode, Workload } from './model.ts';
 import { workloadSpiffeId } from './model.ts';
 import type { WorkloadSource } from './source.ts';
 
 export const CAPTURE_ANNOTATION = 'meshlet.dev/capture';
+export const MTLS_ANNOTATION = 'meshlet.dev/mtls';
 export const MESH_POLICY = { group: 'meshlet.dev', version: 'v1alpha1', plural: 'meshpolicies' } as const;
 /** Pods the agent never needs: host-network pods share the node's IP, finished pods lost theirs. */
 export const POD_FIELD_SELECTOR = 'spec.hostNetwork=false,status.phase!=Succeeded,status.phase!=Failed';
@@ -122,6 +123,7 @@ export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, name
       w = {
         name: pod.metadata.name, namespace: pod.metadata.namespace, serviceAccount, ip: m.ip,
         node: pod.spec.nodeName!, captured: true, spiffeId: workloadSpiffeId(trustDomain, pod.metadata.namespace, serviceAccount),
+        labels: pod.metadata.labels ?? {},
       };
       workloadOf.set(pod, w);
     }
@@ -131,7 +133,18 @@ export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, name
   }
   const policyObjects: MeshPolicyObject[] = [];
   for (const p of policies) policyObjects.push({ namespace: p.metadata.namespace, name: p.metadata.name, spec: p.spec });
-  return { trustDomain, nodes: [...nodes.values()], workloads: [...byIp.values()].map((e) => e.w), policies: policyObjects };
+  return { trustDomain, nodes: [...nodes.values()], workloads: [...byIp.values()].map((e) => e.w), policies: policyObjects, mtls: mtlsModes(namespaces) };
+}
+
+/** `meshlet.dev/mtls` per namespace. A value other than strict or permissive counts as strict: a typo
+ *  must not open a namespace to plaintext. */
+export function mtlsModes(namespaces: ReadonlyMap<string, SlimNamespace>): Record<string, MtlsMode> {
+  const modes: Record<string, MtlsMode> = {};
+  for (const [name, ns] of namespaces) {
+    const v = ns.metadata.annotations?.[MTLS_ANNOTATION];
+    if (v !== undefined) modes[name] = v === 'permissive' ? 'permissive' : 'strict';
+  }
+  return modes;
 }
 
 function prefer(a: SlimPod, b: SlimPod): boolean {

@@ -10,7 +10,12 @@ export interface Workload {
   captured: boolean;
   /** SPIFFE ID derived from trust domain, namespace and service account. */
   spiffeId: string;
+  /** The pod's labels: what MeshPolicy selectors match. */
+  labels: Readonly<Record<string, string>>;
 }
+
+/** Whether plaintext may reach a namespace's captured pods (annotation `meshlet.dev/mtls`). */
+export type MtlsMode = 'strict' | 'permissive';
 
 export interface MeshNode {
   name: string;
@@ -33,6 +38,8 @@ export interface MeshSnapshot {
   nodes: readonly MeshNode[];
   workloads: readonly Workload[];
   policies: readonly MeshPolicyObject[];
+  /** Namespaces with an mTLS mode set; the others are permissive. */
+  mtls: Readonly<Record<string, MtlsMode>>;
 }
 
 export function workloadSpiffeId(trustDomain: string, namespace: string, serviceAccount: string): string {

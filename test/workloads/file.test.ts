@@ -56,6 +56,39 @@ workloads:
     }
   });
 
+  it('reads labels, namespace mTLS modes and policies', () => {
+    const s = parseWorkloadsFile(`${good}
+  - { name: cache, namespace: shop, serviceAccount: cache, ip: 10.241.1.12, node: node-a, labels: { app: cache, tier: backend } }
+namespaces:
+  - { name: shop, mtls: strict }
+  - { name: old }
+policies:
+  - name: db-clients
+    namespace: shop
+    selector: { matchLabels: { app: db } }
+    action: ALLOW
+    rules:
+      - from: [{ principals: ["spiffe://cluster.local/ns/shop/sa/web"] }]
+        to: [{ ports: [5432] }]
+`);
+    assert.deepEqual(s.workloads.find((w) => w.name === 'cache')?.labels, { app: 'cache', tier: 'backend' });
+    assert.deepEqual(s.workloads.find((w) => w.name === 'web')?.labels, {});
+    assert.deepEqual(s.mtls, { shop: 'strict' });
+    assert.deepEqual(s.policies.map((p) => [p.namespace, p.name, p.spec.action]), [['shop', 'db-clients', 'ALLOW']]);
+  });
+
+  it('rejects bad policies and mTLS modes with the rest of the file', () => {
+    const text = problems(`${good}
+namespaces: [{ name: shop, mtls: STRICT }]
+policies:
+  - { name: p, namespace: shop, action: PERMIT }
+  - { name: p, namespace: shop, rules: [{ from: [{ ipBlocks: [not-a-cidr] }] }] }
+  - { namespace: shop, colour: blue }
+`).join('\n');
+    for (const re of [/namespaces\[0\]\.mtls: must be strict or permissive/, /policies\[0\]\.action: "PERMIT"/, /policies\[1\]\.rules\[0\]\.from\[0\]\.ipBlocks: "not-a-cidr"/,
+      /policies\[1\]: duplicate policy shop\/p/, /policies\[2\]\.name: required/, /policies\[2\]: unknown field "colour"/]) assert.match(text, re);
+  });
+
   it('rejects documents that are not YAML mappings', () => {
     assert.match(problems('a: [').join(), /not valid YAML/);
     assert.match(problems('- 1\n- 2').join(), /must be a mapping/);
