@@ -26,6 +26,8 @@ export interface PodSpec {
   captured?: boolean;
   /** Whether the workloads file lists it at all (default true). */
   registered?: boolean;
+  /** Its labels (default { app: name }): what MeshPolicy selectors match. */
+  labels?: Record<string, string>;
 }
 
 export interface LabSpec {
@@ -140,6 +142,7 @@ export class MeshLab {
         ip: p.ip,
         node: p.node.name,
         captured: p.spec.captured ?? true,
+        labels: p.spec.labels ?? { app: p.name },
       })),
     };
   }

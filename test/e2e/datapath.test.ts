@@ -6,22 +6,12 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { MeshLab, processCpuSeconds as cpuSeconds } from '../../src/demo/lab.ts';
 import { tlsRecordTypes } from '../../src/netns/pcap.ts';
+import { eventually } from '../support/wait.ts';
 
 const PORT = 8080;
 const MB = 1024 * 1024;
 const TD = 'e2e.test';
 const id = (ns: string, sa: string) => `spiffe://${TD}/ns/${ns}/sa/${sa}`;
-
-/** Polls `probe` until it returns something truthy (logs are written asynchronously). */
-async function eventually<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /** The node-side address of a pod's veth: a pod can reach its node's agent ports there. */
 const gatewayOf = (podIp: string) => podIp.replace(/\.\d+$/, '.1');

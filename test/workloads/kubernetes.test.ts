@@ -5,18 +5,11 @@ import { buildSnapshot, createKubernetesSource, type KubernetesSource, meshMembe
 import type { MeshSnapshot } from '../../src/workloads/model.ts';
 import { WorkloadRegistry } from '../../src/workloads/registry.ts';
 import { ApiStandIn, namespaceObject, podObject } from '../support/apiserver.ts';
+import { eventually } from '../support/wait.ts';
 
 const log = pino({ level: 'silent' });
 
-async function until<T>(what: string, probe: () => T | undefined | false, timeoutMs = 5000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = probe();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+const until = <T>(what: string, probe: () => T | undefined | false) => eventually(what, probe, 5000, 10);
 
 describe('mesh membership', () => {
   const ns = (capture?: 'enabled' | 'disabled') => slimNamespace(namespaceObject('shop', capture));
