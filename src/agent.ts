@@ -23,8 +23,7 @@ import { handleOutbound } from './proxy/outbound.ts';
 import { TunnelPool } from './proxy/tunnel/pool.ts';
 import { accessLogger } from './telemetry/log.ts';
 import { ConnectionTracker } from './telemetry/connections.ts';
-import { createFileSource } from './workloads/file.ts';
-import { loadKubeConfig } from './kube-config.ts';
+import { workloadSource } from './workloads/from-config.ts';
 import type { MeshSnapshot } from './workloads/model.ts';
 import { WorkloadRegistry } from './workloads/registry.ts';
 import type { WorkloadSource } from './workloads/source.ts';
@@ -83,7 +82,7 @@ export class Agent {
       throw new PrerequisiteError('meshlet agent needs CAP_NET_ADMIN to manage the captured-pods ipset and read the nat ' +
         'table (run it as root, or give the DaemonSet container the NET_ADMIN capability)');
     }
-    const source = deps.source ?? await workloadSource(config, deps.log);
+    const source = deps.source ?? await workloadSource(config.workloads, deps.log);
     let agent: Agent | undefined;
     const provider = await identityProvider(config, deps.log, () => agent?.registry.trustDomain ?? '');
     const certs = new CertificateManager({ provider, log: deps.log });
@@ -204,14 +203,6 @@ export class Agent {
     await this.#provider.close?.();
     await closed;
   }
-}
-
-/** The workloads file (--workloads) or the Kubernetes API (--kubernetes, --kubeconfig). */
-async function workloadSource(config: AgentConfig, log: Logger): Promise<WorkloadSource> {
-  const w = config.workloads;
-  if (w.kind === 'file') return createFileSource({ path: w.path, pollIntervalMs: w.pollMs });
-  const { createKubernetesSource } = await import('./workloads/kubernetes.ts');
-  return createKubernetesSource({ kubeConfig: await loadKubeConfig(w.kubeconfig), trustDomain: w.trustDomain, log });
 }
 
 /** The embedded local CA (--ca-dir) or the CA service (--ca-url). */

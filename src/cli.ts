@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util';
 import { Agent } from './agent.ts';
 import { cleanupCapture, installCapture } from './capture/install.ts';
-import { type CaBackend, defaults, loadAgentConfig, loadCaRotateConfig, loadCaServeConfig, loadInitConfig } from './config.ts';
+import { type CaBackend, defaults, loadAgentConfig, loadCaRotateConfig, loadCaServeConfig, loadInitConfig, loadPolicyCheckConfig } from './config.ts';
 import { defaultCaptureSettings } from './capture/rules.ts';
 import { CaError, ConfigError, MeshletError, PrerequisiteError } from './errors.ts';
 import type { Logger } from 'pino';
@@ -26,6 +26,9 @@ commands:
                                           run the CA service (creates a root if there is none)
   ca rotate prepare|activate|finish (--ca-dir DIR | --kubernetes)
                                           one step of a root rotation (see ARCHITECTURE.md)
+  policy check --from ID|IP --to WORKLOAD:PORT (--workloads FILE | --kubernetes [--kubeconfig F]) [--json]
+                                          the decision the agents would make, and the policy behind it
+                                          (exit 0 allowed, 1 denied)
   demo [--keep-logs]                      run a local demo mesh in network namespaces (root)
 
 agent flags (defaults in brackets):
@@ -179,6 +182,18 @@ async function cmdCaRotate(argv: string[]): Promise<number> {
   return 0;
 }
 
+async function cmdPolicy(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (sub !== 'check') throw new ConfigError([`unknown policy command ${JSON.stringify(sub ?? '')} (expected: policy check)`]);
+  const config = loadPolicyCheckConfig(rest);
+  const { readSnapshotOnce } = await import('./workloads/from-config.ts');
+  const { checkConnection, formatCheck } = await import('./policy/check.ts');
+  const snapshot = await readSnapshotOnce(config.workloads, createLogger('warn', { component: 'policy-check' }));
+  const result = checkConnection(snapshot, config.from, config.to);
+  process.stdout.write(config.json ? `${JSON.stringify(result, null, 2)}\n` : formatCheck(result));
+  return result.decision.allowed ? 0 : 1;
+}
+
 async function cmdDemo(argv: string[]): Promise<number> {
   const { runDemo } = await import('./demo/demo.ts');
   return runDemo(argv);
@@ -194,6 +209,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'init': return cmdInit(rest);
     case 'agent': return cmdAgent(rest);
     case 'ca': return cmdCa(rest);
+    case 'policy': return cmdPolicy(rest);
     case 'demo': return cmdDemo(rest);
     case undefined: case '-h': case '--help': case 'help':
       process.stdout.write(USAGE);

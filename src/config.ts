@@ -234,6 +234,26 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
   return config;
 }
 
+/** `meshlet policy check`: a connection, and where the workloads and policies come from. */
+export function loadPolicyCheckConfig(argv: string[]): { from: string; to: string; json: boolean; workloads: WorkloadsConfig } {
+  const { values: v } = parse(() => parseArgs({ args: argv, strict: true, options: {
+    from: { type: 'string' },
+    to: { type: 'string' },
+    json: { type: 'boolean', default: false },
+    workloads: { type: 'string' },
+    kubernetes: { type: 'boolean', default: false },
+    kubeconfig: { type: 'string' },
+    'trust-domain': { type: 'string' },
+    'workloads-poll': { type: 'string', default: defaults.workloadsPoll },
+  } }));
+  const p = new Problems();
+  const from = p.required('from (SPIFFE ID or IP)', v.from);
+  const to = p.required('to (namespace/name:port or ip:port)', v.to);
+  const workloads = workloadsConfig(v, p);
+  p.throwIfAny();
+  return { from, to, json: Boolean(v.json), workloads };
+}
+
 function workloadsConfig(v: Record<string, unknown>, p: Problems): WorkloadsConfig {
   const file = v.workloads as string | undefined;
   const kubeconfig = v.kubeconfig as string | undefined;

@@ -11,6 +11,14 @@ import type { ConnectionAttributes, PolicyDecision, PolicyEngine } from './hook.
 
 /** The name decisions carry when ALLOW policies select a workload and none matched. */
 export const NO_ALLOW_MATCHED = 'no-allow-matched';
+/** The name a refusal of plaintext to a STRICT namespace carries. */
+export const MTLS_STRICT = 'mtls-strict';
+
+/** Plaintext (no verified identity) towards a workload: refused when its namespace is STRICT. */
+export function plaintextRefusal(engine: PolicyEngine, destination: Workload): PolicyDecision | undefined {
+  if (engine.mtlsMode(destination) !== 'strict') return undefined;
+  return { allowed: false, policy: MTLS_STRICT, reason: `plaintext to ${destination.namespace}/${destination.name} is refused in STRICT mode` };
+}
 
 export interface DecisionCount {
   action: 'allow' | 'deny' | 'audit';

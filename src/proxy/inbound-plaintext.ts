@@ -2,7 +2,8 @@
 // node process). Permissive mode lets it through after policy; strict mode refuses it.
 import type { Socket } from 'node:net';
 import { originalDestination, plainIp } from '../capture/socket.ts';
-import { PolicyDeniedError, UnknownDestinationError } from '../errors.ts';
+import { UnknownDestinationError } from '../errors.ts';
+import { plaintextRefusal } from '../policy/engine.ts';
 import { assertNotSelf, connectTcp, type ProxyContext } from './context.ts';
 import { relay, socketEnd } from './relay.ts';
 import { enforce } from './decision.ts';
@@ -18,10 +19,7 @@ export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext):
     const target = ctx.registry.findWorkload(dst.ip);
     if (!target || !target.captured || !ctx.registry.isLocal(target)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
     conn.set({ destinationWorkload: `${target.namespace}/${target.name}`, destinationPrincipal: target.spiffeId });
-    if (ctx.policy.mtlsMode(target) === 'strict') {
-      throw new PolicyDeniedError('mtls-strict', `plaintext to ${target.namespace}/${target.name} is refused in STRICT mode`);
-    }
-    enforce(conn, ctx.policy.authorize({ sourceIp, destination: target, destinationPort: dst.port }));
+    enforce(conn, plaintextRefusal(ctx.policy, target) ?? ctx.policy.authorize({ sourceIp, destination: target, destinationPort: dst.port }));
     const upstream = socketEnd(await connectTcp(target.ip, dst.port, ctx.connectTimeoutMs));
     const result = await relay(client, upstream, (sent, received) => {
       conn.info.bytesSent += sent;

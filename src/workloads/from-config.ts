@@ -1,0 +1,31 @@
+// The workload source a WorkloadsConfig names, and a one-shot read of it (for `meshlet policy check`).
+import type { Logger } from 'pino';
+import type { WorkloadsConfig } from '../config.ts';
+import { WorkloadSourceError } from '../errors.ts';
+import { loadKubeConfig } from '../kube-config.ts';
+import { createFileSource } from './file.ts';
+import type { MeshSnapshot } from './model.ts';
+import type { WorkloadSource } from './source.ts';
+
+export async function workloadSource(config: WorkloadsConfig, log: Logger): Promise<WorkloadSource> {
+  if (config.kind === 'file') return createFileSource({ path: config.path, pollIntervalMs: config.pollMs });
+  // Loaded on demand: local mode never pays for @kubernetes/client-node (bench/README.md).
+  const { createKubernetesSource } = await import('./kubernetes.ts');
+  return createKubernetesSource({ kubeConfig: await loadKubeConfig(config.kubeconfig), trustDomain: config.trustDomain, log });
+}
+
+/** The first complete snapshot the source delivers; a rejected file or a timeout is an error. */
+export async function readSnapshotOnce(config: WorkloadsConfig, log: Logger, timeoutMs = 30_000): Promise<MeshSnapshot> {
+  const source = await workloadSource(config, log);
+  try {
+    return await new Promise<MeshSnapshot>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new WorkloadSourceError([`no complete view of the workloads within ${timeoutMs} ms`])), timeoutMs);
+      source.start({
+        onSnapshot: (s) => { clearTimeout(timer); resolve(s); },
+        onError: (err) => { clearTimeout(timer); reject(err); },
+      }).catch(reject);
+    });
+  } finally {
+    await source.close();
+  }
+}
