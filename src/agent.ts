@@ -3,8 +3,8 @@
 import net from 'node:net';
 import type http from 'node:http';
 import type { Logger } from 'pino';
-import type { AgentConfig } from './config.ts';
-import { createAdminServer, createReadinessServer, Readiness } from './admin/server.ts';
+import { type AgentConfig, LOG_LEVELS, type LogLevel } from './config.ts';
+import { AdminRequestError, createAdminServer, createMetricsServer, createReadinessServer, Readiness } from './admin/server.ts';
 import { hasNetAdmin } from './capture/exec.ts';
 import { isCaptureInstalled } from './capture/install.ts';
 import { PrerequisiteError } from './errors.ts';
@@ -21,7 +21,8 @@ import { handleInboundPlaintext } from './proxy/inbound-plaintext.ts';
 import { TunnelServer } from './proxy/inbound.ts';
 import { handleOutbound } from './proxy/outbound.ts';
 import { TunnelPool } from './proxy/tunnel/pool.ts';
-import { accessLogger } from './telemetry/log.ts';
+import { accessLogger, setLogLevel } from './telemetry/log.ts';
+import { MeshMetrics } from './telemetry/metrics.ts';
 import { ConnectionTracker } from './telemetry/connections.ts';
 import { workloadSource } from './workloads/from-config.ts';
 import type { MeshSnapshot } from './workloads/model.ts';
@@ -46,7 +47,9 @@ export class Agent {
   readonly #sockets = new Set<net.Socket>();
   readonly #log: Logger;
   readonly #source: WorkloadSource;
+  readonly #rootLog: Logger;
   readonly policy: PolicyEngine;
+  readonly metrics: MeshMetrics;
   #captureInstalled = false;
   #ipsetSynced = false;
   #captureTimer: NodeJS.Timeout | undefined;
@@ -55,20 +58,23 @@ export class Agent {
 
   readonly config: AgentConfig;
 
-  private constructor(config: AgentConfig, deps: Required<AgentDeps>, certs: CertificateManager, provider: CertificateProvider & { close?(): Promise<void> }) {
+  private constructor(config: AgentConfig, deps: Required<AgentDeps>, certs: CertificateManager, provider: CertificateProvider & { close?(): Promise<void> }, metrics: MeshMetrics) {
     this.config = config;
+    this.#rootLog = deps.log;
+    this.metrics = metrics;
     this.#log = deps.log.child({ component: 'agent', node: config.nodeName });
     this.#source = deps.source;
     this.policy = deps.policy;
     this.registry = new WorkloadRegistry(config.nodeName);
     this.certs = certs;
     this.#provider = provider;
-    this.connections = new ConnectionTracker(accessLogger(deps.log));
+    this.connections = new ConnectionTracker(accessLogger(deps.log), metrics);
     this.pool = new TunnelPool({
       tunnelPort: config.ports.tunnel,
       connectTimeoutMs: config.connectTimeoutMs,
       log: deps.log,
       secureContextFor: (id) => certs.secureContextFor(id),
+      onHandshake: (seconds, ok) => metrics.handshake(seconds, ok),
     });
     this.readiness.add({ name: 'capture', done: () => this.#captureInstalled });
     this.readiness.add({ name: 'workloads-synced', done: () => this.registry.synced && this.#ipsetSynced });
@@ -86,7 +92,14 @@ export class Agent {
     let agent: Agent | undefined;
     const provider = await identityProvider(config, deps.log, () => agent?.registry.trustDomain ?? '');
     const certs = new CertificateManager({ provider, log: deps.log });
-    agent = new Agent(config, { log: deps.log, policy: deps.policy ?? new MeshPolicyEngine({ log: deps.log }), source }, certs, provider);
+    // The gauges read the agent's state at scrape time.
+    const metrics = new MeshMetrics({
+      certificates: () => (agent?.certs.states() ?? []).flatMap((c) => (c.state === 'available' ? [{ spiffeId: c.spiffeId, notAfter: c.notAfter }] : [])),
+      pool: () => agent?.pool.dump() ?? [],
+      openConnections: () => agent?.connections.openByDirection() ?? {},
+    });
+    const policy = deps.policy ?? new MeshPolicyEngine({ log: deps.log, onDecision: (action, p) => metrics.decision(action, p) });
+    agent = new Agent(config, { log: deps.log, policy, source }, certs, provider, metrics);
     await agent.#checkCapture();
     await source.start({
       onSnapshot: (s) => agent.#apply(s),
@@ -147,8 +160,12 @@ export class Agent {
     this.#tunnel = tunnelServer;
     const tunnel = tunnelServer.listener;
     tunnel.on('connection', track);
-    const admin = createAdminServer({ '/config_dump': () => this.configDump() });
+    const admin = createAdminServer(
+      { '/config_dump': () => this.configDump(), '/logging': () => ({ level: this.#rootLog.level }) },
+      { '/logging': (q) => this.#setLogLevel(q.get('level')) },
+    );
     const ready = createReadinessServer(this.readiness);
+    const metricsServer = createMetricsServer(() => this.metrics.text());
     // Wildcard binds: REDIRECT rewrites the destination to the receiving interface's address.
     // reusePort lets an upgraded agent listen beside this one during a rollout.
     await Promise.all([
@@ -157,8 +174,20 @@ export class Agent {
       listen(tunnel, { port: this.config.ports.tunnel, host: '0.0.0.0', reusePort: true }),
       listen(admin, { port: this.config.ports.admin, host: this.config.adminAddress, reusePort: true }),
       listen(ready, { port: this.config.ports.readiness, host: this.config.readinessAddress, reusePort: true }),
+      listen(metricsServer, { port: this.config.ports.metrics, host: this.config.metricsAddress, reusePort: true }),
     ]);
-    this.#servers.push(outbound, inboundPlain, tunnel, admin, ready);
+    this.#servers.push(outbound, inboundPlain, tunnel, admin, ready, metricsServer);
+  }
+
+  /** POST /logging?level=debug: every logger of the agent, at once, without a restart. */
+  #setLogLevel(level: string | null): { level: string; was: string } {
+    if (!level || !(LOG_LEVELS as readonly string[]).includes(level)) {
+      throw new AdminRequestError(`level must be one of ${LOG_LEVELS.join(', ')}`);
+    }
+    const was = this.#rootLog.level;
+    setLogLevel(this.#rootLog, level as LogLevel);
+    this.#log.warn({ to: level, from: was }, 'log level changed through the admin API');
+    return { level, was };
   }
 
   configDump(): unknown {
@@ -200,6 +229,7 @@ export class Agent {
     for (const s of this.#sockets) s.destroy();
     this.pool.destroy();
     this.certs.close();
+    this.connections.close();
     await this.#provider.close?.();
     await closed;
   }

@@ -10,6 +10,7 @@ export interface Ports {
   tunnel: number;
   admin: number;
   readiness: number;
+  metrics: number;
 }
 
 /** Where the agent's workload certificates come from. */
@@ -29,6 +30,7 @@ export interface AgentConfig {
   ports: Ports;
   adminAddress: string;
   readinessAddress: string;
+  metricsAddress: string;
   logLevel: LogLevel;
   connectTimeoutMs: number;
   handshakeTimeoutMs: number;
@@ -61,14 +63,16 @@ export interface InitConfig {
   cleanup: boolean;
 }
 
-const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export const defaults = {
   certTtl: '24h',
-  ports: { outbound: 15001, inboundPlaintext: 15006, tunnel: 15008, admin: 15000, readiness: 15021 } satisfies Ports,
+  ports: { outbound: 15001, inboundPlaintext: 15006, tunnel: 15008, admin: 15000, readiness: 15021, metrics: 15020 } satisfies Ports,
   adminAddress: '127.0.0.1',
   readinessAddress: '0.0.0.0',
+  // Prometheus scrapes from another host; the metrics say nothing an operator may not see.
+  metricsAddress: '0.0.0.0',
   logLevel: 'info' as LogLevel,
   connectTimeout: '5s',
   handshakeTimeout: '5s',
@@ -195,6 +199,8 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     'readiness-port': { type: 'string', default: String(defaults.ports.readiness) },
     'admin-address': { type: 'string', default: defaults.adminAddress },
     'readiness-address': { type: 'string', default: defaults.readinessAddress },
+    'metrics-port': { type: 'string', default: String(defaults.ports.metrics) },
+    'metrics-address': { type: 'string', default: defaults.metricsAddress },
     'log-level': { type: 'string', default: env.MESHLET_LOG_LEVEL ?? defaults.logLevel },
     'connect-timeout': { type: 'string', default: defaults.connectTimeout },
     'handshake-timeout': { type: 'string', default: defaults.handshakeTimeout },
@@ -216,9 +222,11 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
       tunnel: capture.tunnelPort,
       admin: p.port('admin-port', String(v['admin-port'])),
       readiness: p.port('readiness-port', String(v['readiness-port'])),
+      metrics: p.port('metrics-port', String(v['metrics-port'])),
     },
     adminAddress: p.ip('admin-address', String(v['admin-address'])),
     readinessAddress: p.ip('readiness-address', String(v['readiness-address'])),
+    metricsAddress: p.ip('metrics-address', String(v['metrics-address'])),
     logLevel: logLevel as LogLevel,
     connectTimeoutMs: p.duration('connect-timeout', String(v['connect-timeout']), 100, 120_000),
     handshakeTimeoutMs: p.duration('handshake-timeout', String(v['handshake-timeout']), 100, 120_000),

@@ -17,7 +17,7 @@ describe('config', () => {
     const c = loadAgentConfig(['--node', 'n1', '--workloads', 'w.yaml', '--ca-dir', 'ca'], {});
     assert.equal(c.nodeName, 'n1');
     assert.deepEqual(c.identity, { mode: 'local', caDir: 'ca', certTtlMs: 86_400_000 });
-    assert.deepEqual(c.ports, { outbound: 15001, inboundPlaintext: 15006, tunnel: 15008, admin: 15000, readiness: 15021 });
+    assert.deepEqual(c.ports, { outbound: 15001, inboundPlaintext: 15006, tunnel: 15008, admin: 15000, readiness: 15021, metrics: 15020 });
     assert.equal(c.adminAddress, '127.0.0.1');
     assert.equal(loadAgentConfig(['--workloads', 'w', '--ca-dir', 'c'], { MESHLET_NODE_NAME: 'from-env' }).nodeName, 'from-env');
   });

@@ -47,18 +47,42 @@ export function createReadinessServer(readiness: Readiness): http.Server {
   });
 }
 
-export function createAdminServer(routes: Record<string, () => unknown>): http.Server {
+/** A change an operator asks for (POST); a thrown Error with `status` 400 is their mistake. */
+export type AdminAction = (query: URLSearchParams) => unknown;
+
+export class AdminRequestError extends Error {}
+
+/**
+ * Admin API on loopback: GET routes read state, POST actions change it (the log level). Being on
+ * loopback is its access control, as for Envoy's and ztunnel's admin ports.
+ */
+export function createAdminServer(routes: Record<string, () => unknown>, actions: Record<string, AdminAction> = {}): http.Server {
   return http.createServer((req, res) => {
-    const path = (req.url ?? '/').split('?')[0] ?? '/';
-    const route = routes[path];
-    if (req.method !== 'GET' || !route) {
-      json(res, 404, { error: 'not found', routes: Object.keys(routes) });
+    const url = new URL(req.url ?? '/', 'http://admin');
+    const route = req.method === 'GET' ? routes[url.pathname] : undefined;
+    const action = req.method === 'POST' ? actions[url.pathname] : undefined;
+    if (!route && !action) {
+      json(res, 404, { error: 'not found', get: Object.keys(routes), post: Object.keys(actions) });
       return;
     }
     try {
-      json(res, 200, route());
+      json(res, 200, route ? route() : action!(url.searchParams));
     } catch (err) {
-      json(res, 500, { error: (err as Error).message });
+      json(res, err instanceof AdminRequestError ? 400 : 500, { error: (err as Error).message });
     }
+  });
+}
+
+/** GET /metrics in Prometheus' text format. */
+export function createMetricsServer(text: () => Promise<{ contentType: string; body: string }>): http.Server {
+  return http.createServer((req, res) => {
+    if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
+      json(res, 404, { error: 'not found', routes: ['/metrics'] });
+      return;
+    }
+    text().then(
+      ({ contentType, body }) => { res.writeHead(200, { 'content-type': contentType }); res.end(body); },
+      (err: Error) => json(res, 500, { error: err.message }),
+    );
   });
 }

@@ -254,6 +254,19 @@ export class MeshLab {
     return parseLogLines(await readFile(this.ca.logFile, 'utf8').catch(() => ''));
   }
 
+  /** An agent's admin or metrics endpoint, from inside its node namespace: the body, and whether it answered 2xx. */
+  async agentHttp(node: NodeNs, path: string, opts: { port?: number; method?: string } = {}): Promise<{ ok: boolean; body: string }> {
+    const r = await this.topo.exec(node.ns, process.execPath, [PEER, 'get', '--url', `http://127.0.0.1:${opts.port ?? 15000}${path}`, '--method', opts.method ?? 'GET']);
+    return { ok: r.code === 0, body: r.stdout };
+  }
+
+  /** The agent's Prometheus metrics (port 15020), as text. */
+  async metrics(node: NodeNs): Promise<string> {
+    const r = await this.agentHttp(node, '/metrics', { port: 15020 });
+    if (!r.ok) throw new Error(`metrics on ${node.name} failed: ${r.body}`);
+    return r.body;
+  }
+
   async configDump(node: NodeNs): Promise<any> {
     const r = await this.topo.exec(node.ns, process.execPath, [PEER, 'get', '--url', 'http://127.0.0.1:15000/config_dump']);
     if (r.code !== 0) throw new Error(`config_dump on ${node.name} failed: ${r.stderr || r.stdout}`);

@@ -7,7 +7,7 @@
 //                                        one long-lived connection: a small echoed message every interval
 //   peer dial --host H --port P --duration MS [--interval MS]
 //                                        a new short connection every interval (echo, 1 KiB)
-//   peer get --url URL                   prints an HTTP body (admin endpoints inside a node namespace)
+//   peer get --url URL [--method POST]   prints an HTTP body (admin endpoints inside a node namespace)
 //
 // Protocol: the client's first byte picks the server's behaviour. 'E': echo every byte back and end
 // when the client ends. 'S': read until the client's FIN, then answer "<bytes> <sha256>" and end: the
@@ -169,8 +169,8 @@ async function dial(host: string, port: number, durationMs: number, intervalMs: 
 }
 
 async function get(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { url: { type: 'string' } } });
-  const res = await fetch(String(values.url));
+  const { values } = parseArgs({ args: argv, options: { url: { type: 'string' }, method: { type: 'string', default: 'GET' } } });
+  const res = await fetch(String(values.url), { method: values.method });
   process.stdout.write(await res.text());
   if (!res.ok) process.exitCode = 1;
 }

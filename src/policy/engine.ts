@@ -36,9 +36,12 @@ export class MeshPolicyEngine implements PolicyEngine {
   /** Bumped on every recompilation (the config dump shows it; tests wait on it). */
   generation = 0;
 
-  constructor(opts: { rootNamespace?: string; log?: Logger } = {}) {
+  readonly #onDecision: ((action: DecisionCount['action'], policy: string) => void) | undefined;
+
+  constructor(opts: { rootNamespace?: string; log?: Logger; onDecision?(action: DecisionCount['action'], policy: string): void } = {}) {
     this.#rootNamespace = opts.rootNamespace ?? ROOT_NAMESPACE;
     this.#log = opts.log?.child({ component: 'policy' });
+    this.#onDecision = opts.onDecision;
   }
 
   /** Takes a snapshot's policies and mTLS modes; recompiles only when the policies changed. */
@@ -113,6 +116,7 @@ export class MeshPolicyEngine implements PolicyEngine {
   }
 
   #count(action: DecisionCount['action'], policy: string): void {
+    this.#onDecision?.(action, policy);
     const key = `${action}|${policy}`;
     const c = this.#counts.get(key);
     if (c) c.count++;

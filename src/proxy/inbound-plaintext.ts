@@ -18,9 +18,10 @@ export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext):
     conn.set({ destination: `${dst.ip}:${dst.port}`, route: 'inbound' });
     const target = ctx.registry.findWorkload(dst.ip);
     if (!target || !target.captured || !ctx.registry.isLocal(target)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
-    conn.set({ destinationWorkload: `${target.namespace}/${target.name}`, destinationPrincipal: target.spiffeId });
+    conn.set({ dst: target });
     enforce(conn, plaintextRefusal(ctx.policy, target) ?? ctx.policy.authorize({ sourceIp, destination: target, destinationPort: dst.port }));
     const upstream = socketEnd(await connectTcp(target.ip, dst.port, ctx.connectTimeoutMs));
+    conn.established();
     const result = await relay(client, upstream, (sent, received) => {
       conn.info.bytesSent += sent;
       conn.info.bytesReceived += received;

@@ -19,7 +19,7 @@ import type { Workload } from '../workloads/model.ts';
 import type { WorkloadRegistry } from '../workloads/registry.ts';
 import { connectTcp, type ProxyContext } from './context.ts';
 import { h2StreamEnd, relay, socketEnd } from './relay.ts';
-import { ALPN, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, parseAuthority, parseForwardedFor, peerSpiffeId, WINDOW_BYTES } from './tunnel/h2.ts';
+import { ALPN, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, parseAuthority, parseForwardedFor, parseTraceparent, peerSpiffeId, WINDOW_BYTES } from './tunnel/h2.ts';
 import { enforce } from './decision.ts';
 
 interface PodServer {
@@ -164,12 +164,8 @@ async function handleConnect(
   const source = claimedSource(headers.forwarded, tunnel.peerId, ctx.registry);
   // Without a believable claim: the address the tunnel came from (the source node).
   const sourceIp = source?.ip ?? plainIp(stream.session?.socket?.remoteAddress);
-  const conn = ctx.connections.open('inbound', sourceIp);
-  conn.set({
-    route: 'inbound', sourcePrincipal: tunnel.peerId,
-    ...(source ? { sourceWorkload: `${source.namespace}/${source.name}` } : {}),
-    destinationWorkload: `${tunnel.target.namespace}/${tunnel.target.name}`, destinationPrincipal: tunnel.target.spiffeId,
-  });
+  const conn = ctx.connections.open('inbound', sourceIp, parseTraceparent(headers.traceparent));
+  conn.set({ route: 'inbound', sourcePrincipal: tunnel.peerId, ...(source ? { src: source } : {}), dst: tunnel.target });
   const peer = h2StreamEnd(stream);
   let status = 500;
   try {
@@ -193,6 +189,7 @@ async function handleConnect(
     status = 502;
     const upstream = socketEnd(await connectTcp(tunnel.target.ip, authority.port, ctx.connectTimeoutMs));
     stream.respond({ ':status': 200 });
+    conn.established();
     const result = await relay(peer, upstream, (fromPeer, toPeer) => {
       conn.info.bytesSent += fromPeer;
       conn.info.bytesReceived += toPeer;

@@ -14,11 +14,12 @@ export async function handleOutbound(socket: Socket, ctx: ProxyContext): Promise
   const client = socketEnd(socket);
   try {
     const source = findLocalSource(socket, ctx);
-    conn.set({ sourceWorkload: `${source.namespace}/${source.name}`, sourcePrincipal: source.spiffeId });
+    conn.set({ src: source });
     const dst = originalDestination(socket);
     assertNotSelf(dst, socket);
     conn.set({ destination: `${dst.ip}:${dst.port}` });
     const upstream = await connectRoute(source, dst, ctx, conn);
+    conn.established();
     const result = await relay(client, upstream, (sent, received) => {
       conn.info.bytesSent += sent;
       conn.info.bytesReceived += received;
@@ -46,14 +47,15 @@ async function connectRoute(source: Workload, dst: SocketAddress, ctx: ProxyCont
     enforce(conn, ctx.policy.allowPassthrough(source, dst.ip, dst.port));
     return socketEnd(await connectTcp(dst.ip, dst.port, ctx.connectTimeoutMs));
   }
-  conn.set({ destinationWorkload: `${target.namespace}/${target.name}`, destinationPrincipal: target.spiffeId });
+  conn.set({ dst: target });
   // No certificate, no traffic: a source without a valid certificate never reaches the mesh.
   ctx.certs.assertAvailable(source.spiffeId);
 
   if (ctx.registry.isLocal(target)) {
     // Same node: no network hop and no TLS, but the same decisions as if the bytes had crossed a
     // tunnel, so a policy holds whether or not the two pods happen to share a node.
-    conn.set({ route: 'local' });
+    // Both ends' identities are the agent's own: mutual TLS in effect, reported for both sides.
+    conn.set({ route: 'local', mutualTls: true, alsoDestination: true });
     ctx.certs.assertAvailable(target.spiffeId);
     enforce(conn, ctx.policy.authorize({
       sourcePrincipal: source.spiffeId, sourceIp: source.ip, sourceNamespace: source.namespace,
@@ -63,7 +65,9 @@ async function connectRoute(source: Workload, dst: SocketAddress, ctx: ProxyCont
   }
 
   // Another node: the destination agent enforces policy with the identity it verified.
-  conn.set({ route: 'tunnel' });
-  const stream = await ctx.pool.connect(source.spiffeId, { podIp: target.ip, port: dst.port, expectedPeerId: target.spiffeId, sourceIp: source.ip });
+  conn.set({ route: 'tunnel', mutualTls: true });
+  const stream = await ctx.pool.connect(source.spiffeId, {
+    podIp: target.ip, port: dst.port, expectedPeerId: target.spiffeId, sourceIp: source.ip, traceId: conn.info.traceId,
+  });
   return h2StreamEnd(stream);
 }

@@ -1,69 +1,102 @@
-// Live connections: what /config_dump lists, and one access-log line for each when it ends.
+// Live connections: what /config_dump lists, one access-log line for each when it ends, and the
+// TCP metrics (opened when established, bytes as they flow, closed at the end).
+import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { errorCode, PolicyDeniedError } from '../errors.ts';
+import type { Workload } from '../workloads/model.ts';
+import type { MeshMetrics, MeteredConnection } from './metrics.ts';
 
 export type Direction = 'outbound' | 'inbound' | 'inbound_plaintext';
 export type Route = 'tunnel' | 'local' | 'passthrough' | 'inbound' | 'refused';
 
-export interface ConnectionInfo {
+export interface ConnectionInfo extends MeteredConnection {
   id: number;
   direction: Direction;
   sourceIp: string;
-  sourceWorkload?: string;
   sourcePrincipal?: string;
   destination?: string;
-  destinationWorkload?: string;
   destinationPrincipal?: string;
   route?: Route;
   /** The policy that allowed the connection (namespace/name), when one did. */
   policy?: string;
   /** AUDIT policies that matched. */
   audit?: string[];
+  /** W3C trace id, shared by the source and destination agents' log lines (tunnel `traceparent`). */
+  traceId: string;
   startedAt: number;
-  /** Bytes from the source towards the destination. */
-  bytesSent: number;
-  /** Bytes from the destination back to the source. */
-  bytesReceived: number;
+  establishedAt?: number;
 }
+
+/** A connection as /config_dump shows it (workload objects reduced to names). */
+export type ConnectionView = Omit<ConnectionInfo, 'src' | 'dst'> & { sourceWorkload?: string; destinationWorkload?: string };
 
 export interface ConnectionHandle {
   readonly info: ConnectionInfo;
   set(fields: Partial<Omit<ConnectionInfo, 'id' | 'startedAt'>>): void;
+  /** Upstream connected (or tunnel accepted): from here on it counts as an open connection. */
+  established(): void;
   /** Ends the record and writes its access-log line. Later calls are ignored. */
   close(outcome: { error?: unknown; reset?: boolean }): void;
 }
+
+const name = (w: Workload | undefined) => (w ? `${w.namespace}/${w.name}` : undefined);
+
+/** A new W3C trace id (16 random bytes, hex). */
+export function newTraceId(): string {
+  return randomBytes(16).toString('hex');
+}
+
+const FLUSH_MS = 5_000;
 
 export class ConnectionTracker {
   #nextId = 1;
   readonly #open = new Map<number, ConnectionInfo>();
   #totals = { opened: 0, closed: 0, failed: 0 };
-
   readonly #access: Logger;
+  readonly #metrics: MeshMetrics | undefined;
+  readonly #flushTimer: NodeJS.Timeout | undefined;
 
-  constructor(access: Logger) {
+  constructor(access: Logger, metrics?: MeshMetrics) {
     this.#access = access;
+    this.#metrics = metrics;
+    // Long connections show their bytes before they end.
+    if (metrics) this.#flushTimer = setInterval(() => { for (const c of this.#open.values()) metrics.flush(c); }, FLUSH_MS).unref();
   }
 
-  open(direction: Direction, sourceIp: string): ConnectionHandle {
-    const info: ConnectionInfo = { id: this.#nextId++, direction, sourceIp, startedAt: Date.now(), bytesSent: 0, bytesReceived: 0 };
+  open(direction: Direction, sourceIp: string, traceId: string = newTraceId()): ConnectionHandle {
+    const info: ConnectionInfo = {
+      id: this.#nextId++, direction, sourceIp, traceId, startedAt: Date.now(), bytesSent: 0, bytesReceived: 0,
+      reporter: direction === 'outbound' ? 'source' : 'destination', mutualTls: direction === 'inbound',
+    };
     this.#open.set(info.id, info);
     this.#totals.opened++;
     let closed = false;
+    const metrics = this.#metrics;
     return {
       info,
       set: (fields) => { Object.assign(info, fields); },
+      established: () => {
+        if (info.establishedAt !== undefined) return;
+        info.establishedAt = Date.now();
+        metrics?.opened(info, (info.establishedAt - info.startedAt) / 1000, info.route ?? 'unknown');
+      },
       close: ({ error, reset }) => {
         if (closed) return;
         closed = true;
         this.#open.delete(info.id);
         this.#totals.closed++;
         if (error) this.#totals.failed++;
+        if (info.establishedAt !== undefined) metrics?.closed(info);
+        else metrics?.refused(info.reporter, errorCode(error ?? new Error('closed before established')));
         const line = {
           conn: info.id,
+          trace_id: info.traceId,
           direction: info.direction,
+          reporter: info.reporter,
           route: info.route,
-          src: { ip: info.sourceIp, workload: info.sourceWorkload, principal: info.sourcePrincipal },
-          dst: { addr: info.destination, workload: info.destinationWorkload, principal: info.destinationPrincipal },
+          src: { ip: info.sourceIp, workload: name(info.src), namespace: info.src?.namespace, principal: info.sourcePrincipal ?? info.src?.spiffeId },
+          dst: { addr: info.destination, workload: name(info.dst), namespace: info.dst?.namespace, principal: info.destinationPrincipal ?? info.dst?.spiffeId },
+          connection_security_policy: info.mutualTls ? 'mutual_tls' : 'none',
           bytes_sent: info.bytesSent,
           bytes_received: info.bytesReceived,
           duration_ms: Date.now() - info.startedAt,
@@ -79,11 +112,22 @@ export class ConnectionTracker {
     };
   }
 
-  list(): ConnectionInfo[] {
-    return [...this.#open.values()];
+  list(): ConnectionView[] {
+    return [...this.#open.values()].map(({ src, dst, ...rest }) => ({ ...rest, sourceWorkload: name(src), destinationWorkload: name(dst) }));
+  }
+
+  /** Open connections per direction (the metrics gauge). */
+  openByDirection(): Record<string, number> {
+    const n: Record<string, number> = { outbound: 0, inbound: 0, inbound_plaintext: 0 };
+    for (const c of this.#open.values()) n[c.direction] = (n[c.direction] ?? 0) + 1;
+    return n;
   }
 
   get totals(): { opened: number; closed: number; failed: number; open: number } {
     return { ...this.#totals, open: this.#open.size };
+  }
+
+  close(): void {
+    if (this.#flushTimer) clearInterval(this.#flushTimer);
   }
 }

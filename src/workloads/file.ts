@@ -2,7 +2,8 @@
 //
 //   trustDomain: cluster.local
 //   nodes:      [{ name: node-a, ip: 172.30.0.1 }]
-//   workloads:  [{ name: web, namespace: shop, serviceAccount: web, ip: 10.77.1.10, node: node-a, captured: true, labels: { app: web } }]
+//   workloads:  [{ name: web-1, namespace: shop, serviceAccount: web, ip: 10.77.1.10, node: node-a, captured: true,
+//                  labels: { app: web }, workload: web }]                      # labels and workload are optional
 //   namespaces: [{ name: shop, mtls: strict }]                      # optional; default permissive
 //   policies:   [{ name: db-clients, namespace: shop, selector: ..., action: ALLOW, rules: [...] }]   # optional; MeshPolicy specs
 import { isIPv4, isIPv6 } from 'node:net';
@@ -21,7 +22,7 @@ const TOP_LEVEL_KEYS = new Set(['trustDomain', 'nodes', 'workloads', 'namespaces
 const NAMESPACE_KEYS = new Set(['name', 'mtls']);
 const POLICY_KEYS = new Set(['name', 'namespace', 'selector', 'action', 'rules']);
 const NODE_KEYS = new Set(['name', 'ip']);
-const WORKLOAD_KEYS = new Set(['name', 'namespace', 'serviceAccount', 'ip', 'node', 'captured', 'labels']);
+const WORKLOAD_KEYS = new Set(['name', 'namespace', 'serviceAccount', 'ip', 'node', 'captured', 'labels', 'workload']);
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -90,6 +91,8 @@ export function parseWorkloadsFile(text: string): MeshSnapshot {
     const node = str(raw, 'node', where, problems);
     const captured = raw.captured ?? true;
     const labels = raw.labels ?? {};
+    const workload = raw.workload ?? name;
+    if (typeof workload !== 'string' || !DNS_SUBDOMAIN.test(workload)) problems.push(`${where}.workload: ${JSON.stringify(workload)} is not a DNS subdomain name`);
     if (!isRecord(labels) || Object.values(labels).some((v) => typeof v !== 'string')) problems.push(`${where}.labels: must map label names to strings`);
     if (name && !DNS_SUBDOMAIN.test(name)) problems.push(`${where}.name: ${JSON.stringify(name)} is not a DNS subdomain name`);
     if (namespace && !DNS_LABEL.test(namespace)) problems.push(`${where}.namespace: ${JSON.stringify(namespace)} is not a DNS label`);
@@ -107,7 +110,7 @@ export function parseWorkloadsFile(text: string): MeshSnapshot {
     if (problems.length === 0) {
       workloads.push({
         name, namespace, serviceAccount, ip, node, captured: captured as boolean,
-        spiffeId: workloadSpiffeId(trustDomain, namespace, serviceAccount), labels: labels as Record<string, string>,
+        spiffeId: workloadSpiffeId(trustDomain, namespace, serviceAccount), labels: labels as Record<string, string>, workload: workload as string,
       });
     }
   }

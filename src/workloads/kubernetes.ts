@@ -35,6 +35,8 @@ export interface SlimPod {
     name: string; namespace: string; uid?: string; resourceVersion?: string;
     labels?: Record<string, string>; annotations?: Record<string, string>;
     creationTimestamp?: string; deletionTimestamp?: string;
+    /** The controlling owner only (kind and name). */
+    owner?: { kind: string; name: string };
   };
   spec: { nodeName?: string; serviceAccountName?: string; hostNetwork?: boolean };
   status: { phase?: string; podIP?: string; podIPs?: Array<{ ip: string }>; hostIP?: string };
@@ -71,10 +73,30 @@ export function slimPod(o: any): SlimPod {
       name: m.name, namespace: m.namespace, uid: m.uid, resourceVersion: m.resourceVersion,
       labels: m.labels, annotations: meshletAnnotations(m.annotations),
       creationTimestamp: dateText(m.creationTimestamp), deletionTimestamp: dateText(m.deletionTimestamp),
+      owner: controller(m.ownerReferences),
     },
     spec: { nodeName: s.nodeName, serviceAccountName: s.serviceAccountName, hostNetwork: s.hostNetwork },
     status: { phase: st.phase, podIP: st.podIP, podIPs: Array.isArray(st.podIPs) ? st.podIPs.map((p: any) => ({ ip: p.ip })) : undefined, hostIP: st.hostIP },
   };
+}
+
+function controller(refs: unknown): { kind: string; name: string } | undefined {
+  if (!Array.isArray(refs)) return undefined;
+  const c = refs.find((r) => r?.controller === true);
+  return c && typeof c.kind === 'string' && typeof c.name === 'string' ? { kind: c.kind, name: c.name } : undefined;
+}
+
+/**
+ * The workload a pod belongs to, as Istio names it: a ReplicaSet's pods belong to its Deployment
+ * (the ReplicaSet name minus the pod-template-hash), other controllers' pods to the controller,
+ * and a bare pod to itself.
+ */
+export function workloadName(pod: SlimPod): string {
+  const owner = pod.metadata.owner;
+  if (!owner) return pod.metadata.name;
+  const hash = pod.metadata.labels?.['pod-template-hash'];
+  if (owner.kind === 'ReplicaSet' && hash && owner.name.endsWith(`-${hash}`)) return owner.name.slice(0, -hash.length - 1);
+  return owner.name;
 }
 
 export function slimNamespace(o: any): SlimNamespace {
@@ -123,7 +145,7 @@ export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, name
       w = {
         name: pod.metadata.name, namespace: pod.metadata.namespace, serviceAccount, ip: m.ip,
         node: pod.spec.nodeName!, captured: true, spiffeId: workloadSpiffeId(trustDomain, pod.metadata.namespace, serviceAccount),
-        labels: pod.metadata.labels ?? {},
+        labels: pod.metadata.labels ?? {}, workload: workloadName(pod),
       };
       workloadOf.set(pod, w);
     }

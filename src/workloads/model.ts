@@ -12,6 +12,11 @@ export interface Workload {
   spiffeId: string;
   /** The pod's labels: what MeshPolicy selectors match. */
   labels: Readonly<Record<string, string>>;
+  /**
+   * The workload the pod belongs to (its Deployment, StatefulSet, DaemonSet or Job; the pod's own
+   * name when it has no owner). Metrics are labelled with it: one series per workload, not per pod.
+   */
+  workload: string;
 }
 
 /** Whether plaintext may reach a namespace's captured pods (annotation `meshlet.dev/mtls`). */

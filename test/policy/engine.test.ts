@@ -8,7 +8,7 @@ import { workloadSpiffeId } from '../../src/workloads/model.ts';
 
 const TD = 'cluster.local';
 function workload(name: string, namespace: string, ip: string, labels: Record<string, string> = { app: name }): Workload {
-  return { name, namespace, serviceAccount: name, ip, node: 'node-a', captured: true, spiffeId: workloadSpiffeId(TD, namespace, name), labels };
+  return { name, namespace, serviceAccount: name, ip, node: 'node-a', captured: true, spiffeId: workloadSpiffeId(TD, namespace, name), labels, workload: name };
 }
 const W = {
   web: workload('web', 'shop', '10.1.0.10'),

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
-import { buildSnapshot, createKubernetesSource, type KubernetesSource, meshMembership, POD_FIELD_SELECTOR, slimNamespace, slimPod } from '../../src/workloads/kubernetes.ts';
+import { buildSnapshot, createKubernetesSource, type KubernetesSource, meshMembership, mtlsModes, POD_FIELD_SELECTOR, slimNamespace, slimPod } from '../../src/workloads/kubernetes.ts';
 import type { MeshSnapshot } from '../../src/workloads/model.ts';
 import { WorkloadRegistry } from '../../src/workloads/registry.ts';
 import { ApiStandIn, namespaceObject, podObject } from '../support/apiserver.ts';
@@ -46,6 +46,15 @@ describe('mesh membership', () => {
     assert.equal((p.spec as any).containers, undefined);
     assert.equal((p.status as any).containerStatuses, undefined);
     assert.deepEqual(p.metadata.labels, { app: 'web-1' });
+  });
+
+  it('reads mTLS modes from the namespace annotation; anything but strict or permissive counts as strict', () => {
+    const ns = (name: string, mtls?: string) => {
+      const n = slimNamespace(namespaceObject(name, 'enabled'));
+      if (mtls) n.metadata.annotations = { ...n.metadata.annotations, 'meshlet.dev/mtls': mtls };
+      return [name, n] as const;
+    };
+    assert.deepEqual(mtlsModes(new Map([ns('a', 'strict'), ns('b', 'permissive'), ns('c'), ns('d', 'STRICT')])), { a: 'strict', b: 'permissive', d: 'strict' });
   });
 
   it('builds identities and nodes; an IP held by a terminating pod and a new one goes to the new one', () => {

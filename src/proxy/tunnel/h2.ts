@@ -1,5 +1,5 @@
 // Settings shared by both ends of the HBONE-style tunnel (HTTP/2 CONNECT over mutual TLS 1.3).
-import { X509Certificate } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import { isIP } from 'node:net';
 
@@ -66,4 +66,17 @@ export function parseForwardedFor(value: string | string[] | undefined): string 
   const m = /^for=(?:"\[([0-9a-fA-F:.]+)\]"|([0-9.]+))$/.exec(value.trim());
   const ip = m?.[1] ?? m?.[2];
   return ip && isIP(ip) ? ip : undefined;
+}
+
+/** W3C `traceparent` for a tunnelled connection: the source agent's trace id, a fresh span id, sampled. */
+export function formatTraceparent(traceId: string): string {
+  return `00-${traceId}-${randomBytes(8).toString('hex')}-01`;
+}
+
+/** The trace id of a well-formed `traceparent`, or undefined (the caller starts a new trace). */
+export function parseTraceparent(value: string | string[] | undefined): string | undefined {
+  if (typeof value !== 'string') return undefined;
+  const m = /^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/.exec(value.trim());
+  // All-zero ids are invalid per the W3C spec.
+  return m && !/^0+$/.test(m[1]!) ? m[1] : undefined;
 }

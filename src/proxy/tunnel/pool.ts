@@ -6,7 +6,7 @@ import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { setSendBuffer } from '../../capture/socket.ts';
 import { PeerIdentityError, TunnelRejectedError, UpstreamConnectError } from '../../errors.ts';
-import { ALPN, formatAuthority, formatForwardedFor, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, WINDOW_BYTES, uriSans } from './h2.ts';
+import { ALPN, formatAuthority, formatForwardedFor, formatTraceparent, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, WINDOW_BYTES, uriSans } from './h2.ts';
 
 export interface TunnelTarget {
   /** IP of the destination pod: the tunnel goes to its port 15008, where its node's agent answers. */
@@ -15,6 +15,8 @@ export interface TunnelTarget {
   expectedPeerId: string;
   /** The source pod's IP, sent as `forwarded: for=` so the destination's policy sees the pod, not the node. */
   sourceIp?: string;
+  /** The connection's trace id, sent as `traceparent` so both agents' access logs share it. */
+  traceId?: string;
 }
 
 export interface TunnelPoolOptions {
@@ -23,6 +25,8 @@ export interface TunnelPoolOptions {
   log: Logger;
   /** The TLS context to present as `spiffeId` (throws NoCertificateError when there is none). */
   secureContextFor(spiffeId: string): tls.SecureContext;
+  /** Told how long each new session took to set up (TCP + TLS + HTTP/2), and whether it succeeded. */
+  onHandshake?(seconds: number, ok: boolean): void;
 }
 
 interface PoolEntry {
@@ -52,6 +56,7 @@ export class TunnelPool {
       {
         ':method': 'CONNECT', ':authority': formatAuthority(target.podIp, target.port),
         ...(target.sourceIp ? { forwarded: formatForwardedFor(target.sourceIp) } : {}),
+        ...(target.traceId ? { traceparent: formatTraceparent(target.traceId) } : {}),
       },
       { endStream: false },
     );
@@ -99,6 +104,8 @@ export class TunnelPool {
     if (this.#closed) return Promise.reject(new UpstreamConnectError(target.podIp, 'pool is closed'));
     const secureContext = this.#opts.secureContextFor(sourceId);
     const authority = `https://${formatAuthority(target.podIp, this.#opts.tunnelPort)}`;
+    const started = performance.now();
+    const observe = (ok: boolean) => this.#opts.onHandshake?.((performance.now() - started) / 1000, ok);
     return new Promise((resolve, reject) => {
       let identityError: PeerIdentityError | undefined;
       const session = http2.connect(authority, {
@@ -124,6 +131,7 @@ export class TunnelPool {
       }, this.#opts.connectTimeoutMs);
       session.once('connect', () => {
         clearTimeout(timer);
+        observe(true);
         session.setLocalWindowSize(WINDOW_BYTES);
         const peer = (session.socket as tls.TLSSocket).getPeerX509Certificate();
         this.#log.debug({ key, peer: peer ? uriSans(peer) : [] }, 'tunnel session established');
@@ -131,6 +139,7 @@ export class TunnelPool {
       });
       session.once('error', (err) => {
         clearTimeout(timer);
+        observe(false);
         reject(identityError ?? new UpstreamConnectError(authority, err));
       });
       const forget = () => {

@@ -1,0 +1,158 @@
+// prom-client metrics, served on :15020/metrics.
+//
+// The TCP metrics carry Istio's standard label set (reporter, source/destination workload, namespace
+// and principal, connection_security_policy) under meshlet's prefix, so Istio's TCP dashboards adapt
+// by renaming `istio_tcp_*` to `meshlet_tcp_*`. Cardinality is bounded by workloads (deployment-level
+// names, not pods), service accounts and namespaces: no pod, IP or port labels on hot metrics.
+//
+// Bytes are added as they flow (flushed every few seconds and at close), so a long connection shows
+// up before it ends, and every byte is counted exactly once.
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { Workload } from '../workloads/model.ts';
+
+export const TCP_LABELS = [
+  'reporter', 'source_workload', 'source_workload_namespace', 'source_principal',
+  'destination_workload', 'destination_workload_namespace', 'destination_principal', 'connection_security_policy',
+] as const;
+type TcpLabel = (typeof TCP_LABELS)[number];
+export type TcpLabels = Record<TcpLabel, string>;
+
+/** What a connection's metrics need to know about it (filled in by the proxies as they learn it). */
+export interface MeteredConnection {
+  reporter: 'source' | 'destination';
+  src?: Workload;
+  /** Verified principal when the source workload is not known (a peer node's claim was not believed). */
+  sourcePrincipal?: string;
+  dst?: Workload;
+  mutualTls: boolean;
+  /** Same-node connections: this agent is also the destination's reporter, so it reports both. */
+  alsoDestination?: boolean;
+  bytesSent: number;
+  bytesReceived: number;
+}
+
+const unknown = 'unknown';
+
+export function tcpLabels(c: MeteredConnection): TcpLabels {
+  return {
+    reporter: c.reporter,
+    source_workload: c.src?.workload ?? unknown,
+    source_workload_namespace: c.src?.namespace ?? unknown,
+    source_principal: c.src?.spiffeId ?? c.sourcePrincipal ?? unknown,
+    destination_workload: c.dst?.workload ?? unknown,
+    destination_workload_namespace: c.dst?.namespace ?? unknown,
+    destination_principal: c.dst?.spiffeId ?? unknown,
+    connection_security_policy: c.mutualTls ? 'mutual_tls' : 'none',
+  };
+}
+
+export interface MetricsSources {
+  /** Certificates held: the expiry gauge reads them at scrape time. */
+  certificates?(): Array<{ spiffeId: string; notAfter?: number }>;
+  /** Tunnel pool: sessions and streams open. */
+  pool?(): Array<{ streams: number }>;
+  /** Connections open right now, per direction. */
+  openConnections?(): Record<string, number>;
+}
+
+export class MeshMetrics {
+  readonly registry = new Registry();
+  readonly #opened: Counter<TcpLabel>;
+  readonly #closed: Counter<TcpLabel>;
+  readonly #sent: Counter<TcpLabel>;
+  readonly #received: Counter<TcpLabel>;
+  readonly #refused: Counter<'reporter' | 'error'>;
+  readonly #decisions: Counter<'action' | 'policy'>;
+  readonly #setup: Histogram<'route'>;
+  readonly #handshake: Histogram<'outcome'>;
+  /** Bytes already added to the counters, per connection. */
+  readonly #reported = new WeakMap<MeteredConnection, { sent: number; received: number; labels: TcpLabels[] }>();
+
+  constructor(sources: MetricsSources = {}) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry });
+    this.#opened = new Counter({ name: 'meshlet_tcp_connections_opened_total', help: 'TCP connections established through the mesh', labelNames: TCP_LABELS, registers });
+    this.#closed = new Counter({ name: 'meshlet_tcp_connections_closed_total', help: 'TCP connections through the mesh that ended', labelNames: TCP_LABELS, registers });
+    this.#sent = new Counter({ name: 'meshlet_tcp_sent_bytes_total', help: 'Bytes from source to destination', labelNames: TCP_LABELS, registers });
+    this.#received = new Counter({ name: 'meshlet_tcp_received_bytes_total', help: 'Bytes from destination back to source', labelNames: TCP_LABELS, registers });
+    this.#refused = new Counter({ name: 'meshlet_connections_refused_total', help: 'Connections refused or failed before any byte flowed, by error code (docs/errors.md)', labelNames: ['reporter', 'error'], registers });
+    this.#decisions = new Counter({ name: 'meshlet_policy_decisions_total', help: 'Policy decisions by action and deciding policy', labelNames: ['action', 'policy'], registers });
+    this.#setup = new Histogram({
+      name: 'meshlet_connection_setup_seconds', help: 'From accepting a connection to relaying its first byte, per route', labelNames: ['route'], registers,
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    });
+    this.#handshake = new Histogram({
+      name: 'meshlet_tunnel_handshake_seconds', help: 'TCP + mTLS + HTTP/2 setup of a new tunnel session (client side)', labelNames: ['outcome'], registers,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    });
+    new Gauge({
+      name: 'meshlet_certificate_expiry_timestamp_seconds', help: 'When each workload certificate held by this agent expires (Unix time)', labelNames: ['spiffe_id'], registers,
+      collect() {
+        this.reset();
+        for (const c of sources.certificates?.() ?? []) if (c.notAfter) this.set({ spiffe_id: c.spiffeId }, c.notAfter / 1000);
+      },
+    });
+    new Gauge({
+      name: 'meshlet_tunnel_pool_sessions', help: 'Pooled tunnel sessions (one per source identity and destination pod)', registers,
+      collect() { this.set(sources.pool?.().length ?? 0); },
+    });
+    new Gauge({
+      name: 'meshlet_tunnel_pool_streams', help: 'Connections multiplexed on pooled tunnel sessions', registers,
+      collect() { this.set((sources.pool?.() ?? []).reduce((n, s) => n + s.streams, 0)); },
+    });
+    new Gauge({
+      name: 'meshlet_connections_open', help: 'Connections open right now, per direction', labelNames: ['direction'], registers,
+      collect() {
+        this.reset();
+        for (const [direction, n] of Object.entries(sources.openConnections?.() ?? {})) this.set({ direction }, n);
+      },
+    });
+  }
+
+  /** The connection is established (upstream connected, tunnel accepted): counted as opened. */
+  opened(c: MeteredConnection, setupSeconds: number, route: string): void {
+    const labels = [tcpLabels(c)];
+    if (c.alsoDestination) labels.push({ ...labels[0]!, reporter: 'destination' });
+    for (const l of labels) this.#opened.inc(l);
+    this.#setup.observe({ route }, setupSeconds);
+    this.#reported.set(c, { sent: 0, received: 0, labels });
+  }
+
+  /** Adds the bytes that flowed since the last flush. */
+  flush(c: MeteredConnection): void {
+    const r = this.#reported.get(c);
+    if (!r) return;
+    const sent = c.bytesSent - r.sent;
+    const received = c.bytesReceived - r.received;
+    for (const l of r.labels) {
+      if (sent > 0) this.#sent.inc(l, sent);
+      if (received > 0) this.#received.inc(l, received);
+    }
+    r.sent = c.bytesSent;
+    r.received = c.bytesReceived;
+  }
+
+  closed(c: MeteredConnection): void {
+    const r = this.#reported.get(c);
+    if (!r) return;
+    this.flush(c);
+    for (const l of r.labels) this.#closed.inc(l);
+    this.#reported.delete(c);
+  }
+
+  refused(reporter: string, error: string): void {
+    this.#refused.inc({ reporter, error });
+  }
+
+  decision(action: string, policy: string): void {
+    this.#decisions.inc({ action, policy });
+  }
+
+  handshake(seconds: number, ok: boolean): void {
+    this.#handshake.observe({ outcome: ok ? 'ok' : 'failed' }, seconds);
+  }
+
+  async text(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}
