@@ -29,6 +29,7 @@ commands:
   policy check --from ID|IP --to WORKLOAD:PORT (--workloads FILE | --kubernetes [--kubeconfig F]) [--json]
                                           the decision the agents would make, and the policy behind it
                                           (exit 0 allowed, 1 denied)
+  status [--admin URL] [--json]          a node agent's workloads, certificates, policies, connections
   demo [--keep-logs]                      run a local demo mesh in network namespaces (root)
 
 agent flags (defaults in brackets):
@@ -194,6 +195,17 @@ async function cmdPolicy(argv: string[]): Promise<number> {
   return result.decision.allowed ? 0 : 1;
 }
 
+async function cmdStatus(argv: string[]): Promise<number> {
+  const { values } = flags(() => parseArgs({ args: argv, strict: true, options: {
+    admin: { type: 'string', default: `http://127.0.0.1:${d.ports.admin}` },
+    json: { type: 'boolean', default: false },
+  } }));
+  const { fetchDump, formatStatus } = await import('./status.ts');
+  const dump = await fetchDump(String(values.admin));
+  process.stdout.write(values.json ? `${JSON.stringify(dump, null, 2)}\n` : formatStatus(dump));
+  return dump.ready ? 0 : 1;
+}
+
 async function cmdDemo(argv: string[]): Promise<number> {
   const { runDemo } = await import('./demo/demo.ts');
   return runDemo(argv);
@@ -210,6 +222,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'agent': return cmdAgent(rest);
     case 'ca': return cmdCa(rest);
     case 'policy': return cmdPolicy(rest);
+    case 'status': return cmdStatus(rest);
     case 'demo': return cmdDemo(rest);
     case undefined: case '-h': case '--help': case 'help':
       process.stdout.write(USAGE);

@@ -248,12 +248,20 @@ export class PrerequisiteError extends MeshletError {
   }
 }
 
+/** A CLI could not read an agent's admin API (`meshlet status`). */
+export class AgentUnreachableError extends MeshletError {
+  readonly code = 'agent_unreachable';
+  constructor(url: string, detail: string) {
+    super(`cannot read the agent's admin API at ${url}: ${detail} (run meshlet status on the agent's node, e.g. kubectl exec into the agent pod)`);
+  }
+}
+
 /** Codes of every error class above, for the docs test and for metric label sets. */
 export const errorCodes = [
   'unknown_source', 'self_call', 'original_dst', 'no_certificate', 'tunnel_rejected', 'peer_identity',
   'bad_tunnel_target', 'unknown_destination', 'policy_denied', 'upstream_connect', 'bad_workloads', 'bad_config',
   'bad_spiffe_id', 'ca_error', 'capture_error', 'prerequisite', 'bad_csr', 'bad_request', 'body_too_large', 'bad_token',
-  'identity_not_allowed', 'rate_limited', 'authz_unavailable', 'ca_unavailable',
+  'identity_not_allowed', 'rate_limited', 'authz_unavailable', 'ca_unavailable', 'agent_unreachable',
 ] as const;
 
 export function errorCode(err: unknown): string {

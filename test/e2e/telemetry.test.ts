@@ -3,7 +3,8 @@
 // trace id; policy decisions and refusals are counted; the log level changes at runtime.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { MeshLab } from '../../src/demo/lab.ts';
+import { join } from 'node:path';
+import { MeshLab, PEER } from '../../src/demo/lab.ts';
 import { parseMetrics, type Sample, sum } from '../support/prometheus.ts';
 import { eventually } from '../support/wait.ts';
 
@@ -135,5 +136,22 @@ describe('telemetry in network namespaces', { concurrency: false }, () => {
     assert.match(bad.body, /level must be one of/);
     await eventually('the change is logged', async () => (await lab.agentLog('node-a')).some((l) => l.msg === 'log level changed through the admin API' && l.level === 40));
     await lab.agentHttp(node, '/logging?level=info', { method: 'POST' });
+  });
+  it('meshlet status shows the node agent\'s workloads, certificates, policies and connections', async () => {
+    const node = lab.node('node-a');
+    const cli = join(import.meta.dirname, '../../src/cli.ts');
+    // A long connection, so there is one to list (web itself is denied by now).
+    const chat = lab.topo.exec(lab.pod('cache').ns, process.execPath, [PEER, 'chat', '--host', lab.pod('db').ip, '--port', String(PORT), '--duration', '3000', '--interval', '200']);
+    await eventually('connection open', async () => (await lab.configDump(node)).connections.open.length > 0);
+    const r = await lab.topo.exec(node.ns, process.execPath, [cli, 'status']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^node node-a: READY/);
+    assert.match(r.stdout, new RegExp(`shop\\s+web-7f9c\\s+${lab.pod('web-7f9c').ip.replace(/\./g, '\\.')}\\s+${id('shop', 'web')}`));
+    assert.match(r.stdout, new RegExp(`${id('shop', 'web')}\\s+available\\s+(59m|60m|1\\.0h)`));
+    assert.match(r.stdout, /shop\/no-web\s+DENY\s+1\s+0\s+\d+\s+0/);
+    assert.match(r.stdout, /outbound\s+tunnel\s+shop\/cache\s+shop\/db/);
+    const json = await lab.topo.exec(node.ns, process.execPath, [cli, 'status', '--json']);
+    assert.equal(JSON.parse(json.stdout).node, 'node-a');
+    assert.ok(JSON.parse((await chat).stdout).ok);
   });
 });

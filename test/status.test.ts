@@ -1,0 +1,36 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { formatStatus, table } from '../src/status.ts';
+
+describe('meshlet status', () => {
+  it('aligns tables and says when one is empty', () => {
+    assert.equal(table(['A', 'LONGER'], [['xyz', '1'], ['p', '22']]), '  A    LONGER\n  ---  ------\n  xyz  1\n  p    22\n');
+    assert.equal(table(['A'], []), '  (none)\n');
+  });
+
+  it('says what a not-ready agent waits for, and what each policy decided', () => {
+    const text = formatStatus({
+      node: 'n1', ready: false, pending: ['certificates'], trustDomain: 'td', identityProvider: 'local-ca',
+      workloadSource: { kind: 'kubernetes', lastError: 'pods: fetch failed' },
+      workloads: [{ name: 'web', namespace: 'shop', ip: '10.0.0.1', node: 'n1', spiffeId: 'spiffe://td/ns/shop/sa/web', captured: true, local: true }],
+      certificates: [{ spiffeId: 'spiffe://td/ns/shop/sa/web', state: 'pending', error: 'ca_unavailable' }],
+      policy: { mtls: { shop: 'strict' }, policies: [{ id: 'shop/p', action: 'ALLOW', rules: 1, warnings: ['rules[0].to[0]: paths cannot be enforced at L4'] }],
+        decisions: [{ action: 'allow', policy: 'shop/p', count: 7 }] },
+      connections: { totals: { open: 0, opened: 9, failed: 2 }, open: [] },
+    }, 0);
+    assert.match(text, /^node n1: NOT READY \(waiting for certificates\)/);
+    assert.match(text, /workloads from kubernetes \(last error: pods: fetch failed\)/);
+    assert.match(text, /spiffe:\/\/td\/ns\/shop\/sa\/web\s+pending\s+-\s+ca_unavailable/);
+    assert.match(text, /POLICIES \(mTLS: shop=strict\)/);
+    assert.match(text, /shop\/p\s+ALLOW\s+1\s+7\s+0\s+0\s+rules\[0\]\.to\[0\]: paths cannot be enforced at L4/);
+    assert.match(text, /CONNECTIONS \(0 open; 9 since start, 2 refused or failed\)\n {2}\(none\)/);
+  });
+
+  it('exits 1 with a clear message when no agent answers', () => {
+    const r = spawnSync(process.execPath, [join(import.meta.dirname, '../src/cli.ts'), 'status', '--admin', 'http://127.0.0.1:9'], { encoding: 'utf8' });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /cannot read the agent's admin API at http:\/\/127.0.0.1:9: .*\[agent_unreachable\]/);
+  });
+});
