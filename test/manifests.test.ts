@@ -10,17 +10,18 @@ import { Ajv } from 'ajv';
 import { parseAllDocuments } from 'yaml';
 import { loadAgentConfig, loadCaServeConfig, loadInitConfig } from '../src/config.ts';
 import { POD_FIELD_SELECTOR } from '../src/workloads/kubernetes.ts';
+import { MeshMetrics } from '../src/telemetry/metrics.ts';
 
 const ROOT = join(import.meta.dirname, '..', 'manifests');
 type K8sObject = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; [k: string]: any }; [k: string]: any };
 
-function render(): K8sObject[] {
-  const r = spawnSync('kubectl', ['kustomize', ROOT], { encoding: 'utf8' });
+function render(dir = ROOT): K8sObject[] {
+  const r = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8' });
   if (r.error) {
     // Not a silent pass: the suite fails and says why.
     assert.fail(`kubectl is not installed on this machine (${r.error.message}); the manifests cannot be rendered. Install kubectl to run this test.`);
   }
-  assert.equal(r.status, 0, `kubectl kustomize manifests/ failed:\n${r.stderr}`);
+  assert.equal(r.status, 0, `kubectl kustomize ${dir} failed:\n${r.stderr}`);
   return docs(r.stdout);
 }
 
@@ -34,7 +35,9 @@ function docs(text: string): K8sObject[] {
 /** Validates one object with the kubernetes-models class for its apiVersion and kind. */
 async function validateBuiltIn(o: K8sObject): Promise<void> {
   const [group, version] = o.apiVersion.includes('/') ? o.apiVersion.split('/') : ['', o.apiVersion];
-  const mod = await import(`kubernetes-models/${group ? `${group}/` : ''}${version}/${o.kind}`);
+  // The Prometheus Operator's kinds come from its own package of schemas.
+  const pkg = group === 'monitoring.coreos.com' ? '@kubernetes-models/prometheus-operator' : 'kubernetes-models';
+  const mod = await import(`${pkg}/${group ? `${group}/` : ''}${version}/${o.kind}`);
   const Model = mod[o.kind];
   new Model(o).validate();
 }
@@ -183,6 +186,40 @@ describe('manifests', () => {
     }
     const bindings = [...byKind('ClusterRoleBinding'), ...byKind('RoleBinding')];
     for (const b of bindings) assert.deepEqual(b.subjects.map((s: any) => `${s.namespace}/${s.name}`), [`meshlet-system/${b.metadata.name}`]);
+  });
+
+  describe('monitoring', () => {
+    const monitoring = render(join(ROOT, 'monitoring'));
+    const find = (kind: string) => monitoring.find((o) => o.kind === kind)!;
+    const dashboard = JSON.parse(find('ConfigMap').data['meshlet-dashboard.json']);
+    const rules = find('PrometheusRule').spec.groups.flatMap((g: any) => g.rules);
+    const exprs: string[] = [...rules.map((r: any) => r.expr), ...dashboard.panels.flatMap((p: any) => p.targets.map((t: any) => t.expr))];
+
+    it('validates against the Kubernetes and Prometheus Operator schemas', async () => {
+      assert.deepEqual(monitoring.map((o) => o.kind).sort(), ['ConfigMap', 'PodMonitor', 'PrometheusRule']);
+      for (const o of monitoring) await assert.doesNotReject(validateBuiltIn(o), `${o.kind}/${o.metadata.name}`);
+      assert.equal(find('ConfigMap').metadata.labels.grafana_dashboard, '1');
+    });
+
+    it('scrapes the agents where they serve metrics', () => {
+      const pm = find('PodMonitor');
+      const ds = one('DaemonSet', 'meshlet-agent');
+      for (const [k, v] of Object.entries(pm.spec.selector.matchLabels)) assert.equal(ds.spec.template.metadata.labels[k], v);
+      const agent = loadAgentConfig(ds.spec.template.spec.containers[0].args.slice(1), { NODE_NAME: 'n' });
+      assert.equal(pm.spec.podMetricsEndpoints[0].portNumber, agent.ports.metrics);
+      assert.equal(ds.spec.template.metadata.annotations['prometheus.io/port'], String(agent.ports.metrics));
+      for (const e of exprs.filter((x) => x.includes('job='))) assert.match(e, /job="meshlet-system\/meshlet-agent"/, 'the PodMonitor job label is <namespace>/<name>');
+    });
+
+    it('alerts on agent down, certificates near expiry and deny spikes, using only metrics meshlet exports', async () => {
+      const names = rules.map((r: any) => r.alert);
+      for (const want of ['MeshletAgentDown', 'MeshletCertificateExpiringSoon', 'MeshletPolicyDenySpike']) assert.ok(names.includes(want), want);
+      const exported = new Set((await new MeshMetrics().registry.getMetricsAsJSON()).map((m) => m.name));
+      const used = new Set(exprs.flatMap((e) => [...e.matchAll(/\b(meshlet_[a-z_]+|process_[a-z_]+)/g)].map((m) => m[1]!.replace(/_(bucket|count|sum)$/, ''))));
+      assert.ok(used.size >= 8);
+      for (const m of used) assert.ok(exported.has(m), `${m} is used by an alert or the dashboard but not exported`);
+      for (const p of dashboard.panels) assert.ok(p.targets.length > 0 && p.title, `panel ${p.id}`);
+    });
   });
 
   it('has an example namespace opted in, with a pod that opts out', () => {
