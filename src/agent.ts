@@ -21,7 +21,7 @@ import { handleInboundPlaintext } from './proxy/inbound-plaintext.ts';
 import { TunnelServer } from './proxy/inbound.ts';
 import { handleOutbound } from './proxy/outbound.ts';
 import { TunnelPool } from './proxy/tunnel/pool.ts';
-import { accessLogger, setLogLevel } from './telemetry/log.ts';
+import { accessLogger, createLogger, setLogLevel } from './telemetry/log.ts';
 import { MeshMetrics } from './telemetry/metrics.ts';
 import { ConnectionTracker } from './telemetry/connections.ts';
 import { workloadSource } from './workloads/from-config.ts';
@@ -49,7 +49,7 @@ export class Agent {
   readonly #source: WorkloadSource;
   readonly #rootLog: Logger;
   readonly policy: PolicyEngine;
-  readonly metrics: MeshMetrics;
+  readonly metrics: MeshMetrics | undefined;
   #captureInstalled = false;
   #ipsetSynced = false;
   #captureTimer: NodeJS.Timeout | undefined;
@@ -58,7 +58,7 @@ export class Agent {
 
   readonly config: AgentConfig;
 
-  private constructor(config: AgentConfig, deps: Required<AgentDeps>, certs: CertificateManager, provider: CertificateProvider & { close?(): Promise<void> }, metrics: MeshMetrics) {
+  private constructor(config: AgentConfig, deps: Required<AgentDeps>, certs: CertificateManager, provider: CertificateProvider & { close?(): Promise<void> }, metrics: MeshMetrics | undefined) {
     this.config = config;
     this.#rootLog = deps.log;
     this.metrics = metrics;
@@ -68,13 +68,14 @@ export class Agent {
     this.registry = new WorkloadRegistry(config.nodeName);
     this.certs = certs;
     this.#provider = provider;
-    this.connections = new ConnectionTracker(accessLogger(deps.log), metrics);
+    // Access lines off: a logger of its own at silent, out of reach of runtime level changes.
+    this.connections = new ConnectionTracker(config.accessLog ? accessLogger(deps.log) : createLogger('silent'), metrics);
     this.pool = new TunnelPool({
       tunnelPort: config.ports.tunnel,
       connectTimeoutMs: config.connectTimeoutMs,
       log: deps.log,
       secureContextFor: (id) => certs.secureContextFor(id),
-      onHandshake: (seconds, ok) => metrics.handshake(seconds, ok),
+      ...(metrics ? { onHandshake: (seconds: number, ok: boolean) => metrics.handshake(seconds, ok) } : {}),
     });
     this.readiness.add({ name: 'capture', done: () => this.#captureInstalled });
     this.readiness.add({ name: 'workloads-synced', done: () => this.registry.synced && this.#ipsetSynced });
@@ -93,12 +94,12 @@ export class Agent {
     const provider = await identityProvider(config, deps.log, () => agent?.registry.trustDomain ?? '');
     const certs = new CertificateManager({ provider, log: deps.log });
     // The gauges read the agent's state at scrape time.
-    const metrics = new MeshMetrics({
+    const metrics = !config.metrics ? undefined : new MeshMetrics({
       certificates: () => (agent?.certs.states() ?? []).flatMap((c) => (c.state === 'available' ? [{ spiffeId: c.spiffeId, notAfter: c.notAfter }] : [])),
       pool: () => agent?.pool.dump() ?? [],
       openConnections: () => agent?.connections.openByDirection() ?? {},
     });
-    const policy = deps.policy ?? new MeshPolicyEngine({ log: deps.log, onDecision: (action, p) => metrics.decision(action, p) });
+    const policy = deps.policy ?? new MeshPolicyEngine({ log: deps.log, ...(metrics ? { onDecision: (action, p) => metrics.decision(action, p) } : {}) });
     agent = new Agent(config, { log: deps.log, policy, source }, certs, provider, metrics);
     await agent.#checkCapture();
     await source.start({
@@ -165,7 +166,8 @@ export class Agent {
       { '/logging': (q) => this.#setLogLevel(q.get('level')) },
     );
     const ready = createReadinessServer(this.readiness);
-    const metricsServer = createMetricsServer(() => this.metrics.text());
+    const metrics = this.metrics;
+    const metricsServer = metrics ? createMetricsServer(() => metrics.text()) : undefined;
     // Wildcard binds: REDIRECT rewrites the destination to the receiving interface's address.
     // reusePort lets an upgraded agent listen beside this one during a rollout.
     await Promise.all([
@@ -174,9 +176,9 @@ export class Agent {
       listen(tunnel, { port: this.config.ports.tunnel, host: '0.0.0.0', reusePort: true }),
       listen(admin, { port: this.config.ports.admin, host: this.config.adminAddress, reusePort: true }),
       listen(ready, { port: this.config.ports.readiness, host: this.config.readinessAddress, reusePort: true }),
-      listen(metricsServer, { port: this.config.ports.metrics, host: this.config.metricsAddress, reusePort: true }),
+      ...(metricsServer ? [listen(metricsServer, { port: this.config.ports.metrics, host: this.config.metricsAddress, reusePort: true })] : []),
     ]);
-    this.#servers.push(outbound, inboundPlain, tunnel, admin, ready, metricsServer);
+    this.#servers.push(outbound, inboundPlain, tunnel, admin, ready, ...(metricsServer ? [metricsServer] : []));
   }
 
   /** POST /logging?level=debug: every logger of the agent, at once, without a restart. */

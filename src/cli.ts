@@ -52,6 +52,9 @@ agent flags (defaults in brackets):
   --log-level LEVEL        fatal, error, warn, info, debug, trace [${d.logLevel}]
   --admin-port N --admin-address IP          /config_dump [${d.ports.admin} on ${d.adminAddress}]
   --readiness-port N --readiness-address IP  /healthz/ready [${d.ports.readiness} on ${d.readinessAddress}]
+  --metrics-port N --metrics-address IP      Prometheus /metrics [${d.ports.metrics} on ${d.metricsAddress}]
+  --metrics on|off --access-log on|off       telemetry [on, on]
+  admin API: GET /config_dump, GET /logging, POST /logging?level=debug (runtime log level)
 
 ca serve flags:
   --ca-dir DIR             root store (ca.key, ca.crt, trust-bundle.pem, next.*), re-read every --reload [${d.ca.reload}]

@@ -35,6 +35,10 @@ export interface AgentConfig {
   connectTimeoutMs: number;
   handshakeTimeoutMs: number;
   drainMs: number;
+  /** Prometheus metrics on the metrics port (off: no registry, no listener, no per-connection cost). */
+  metrics: boolean;
+  /** One access-log line per connection. */
+  accessLog: boolean;
   capture: CaptureSettings;
 }
 
@@ -133,6 +137,10 @@ class Problems {
     if (!isIP(value)) this.list.push(`--${flag}: ${JSON.stringify(value)} is not an IP address`);
     return value;
   }
+  onOff(flag: string, value: string): boolean {
+    if (value !== 'on' && value !== 'off') this.list.push(`--${flag}: ${JSON.stringify(value)} is not on or off`);
+    return value === 'on';
+  }
   throwIfAny(): void {
     if (this.list.length > 0) throw new ConfigError(this.list);
   }
@@ -201,6 +209,8 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     'readiness-address': { type: 'string', default: defaults.readinessAddress },
     'metrics-port': { type: 'string', default: String(defaults.ports.metrics) },
     'metrics-address': { type: 'string', default: defaults.metricsAddress },
+    metrics: { type: 'string', default: 'on' },
+    'access-log': { type: 'string', default: 'on' },
     'log-level': { type: 'string', default: env.MESHLET_LOG_LEVEL ?? defaults.logLevel },
     'connect-timeout': { type: 'string', default: defaults.connectTimeout },
     'handshake-timeout': { type: 'string', default: defaults.handshakeTimeout },
@@ -231,6 +241,8 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     connectTimeoutMs: p.duration('connect-timeout', String(v['connect-timeout']), 100, 120_000),
     handshakeTimeoutMs: p.duration('handshake-timeout', String(v['handshake-timeout']), 100, 120_000),
     drainMs: p.duration('drain', String(v.drain), 0, 3_600_000),
+    metrics: p.onOff('metrics', String(v.metrics)),
+    accessLog: p.onOff('access-log', String(v['access-log'])),
     capture,
   };
   const ports = Object.entries(config.ports);

@@ -38,10 +38,12 @@ export interface CompiledPolicy {
 
 type Matcher = (c: ConnectionAttributes) => boolean;
 
-const stripScheme = (s: string) => (s.startsWith('spiffe://') ? s.slice('spiffe://'.length) : s);
+/** Istio writes principals without the scheme; connections carry full SPIFFE IDs. Patterns are
+ *  given the scheme once, at compile time, so values are compared as they come. */
+const withScheme = (p: string) => (p === '*' || p.startsWith('*') || p.startsWith('spiffe://') ? p : `spiffe://${p}`);
 
 /** Exact, `*`, `prefix*` and `*suffix` patterns; the empty value (no identity) matches none. */
-export function patternSet(patterns: string[], normalize: (s: string) => string = (s) => s): (value: string) => boolean {
+export function patternSet(patterns: string[], normalize: (pattern: string) => string = (s) => s): (value: string) => boolean {
   const exact = new Set<string>();
   const prefixes: string[] = [];
   const suffixes: string[] = [];
@@ -53,10 +55,12 @@ export function patternSet(patterns: string[], normalize: (s: string) => string 
     else if (p.startsWith('*')) suffixes.push(p.slice(1));
     else exact.add(p);
   }
-  return (value) => {
-    if (value === '') return false;
-    const v = normalize(value);
-    return any || exact.has(v) || prefixes.some((p) => v.startsWith(p)) || suffixes.some((s) => v.endsWith(s));
+  return (v) => {
+    if (v === '') return false;
+    if (any || exact.has(v)) return true;
+    for (const p of prefixes) if (v.startsWith(p)) return true;
+    for (const s of suffixes) if (v.endsWith(s)) return true;
+    return false;
   };
 }
 
@@ -70,8 +74,8 @@ function sourceMatcher(src: PolicySource): Matcher {
   const checks: Matcher[] = [];
   const principal = (c: ConnectionAttributes) => c.sourcePrincipal ?? '';
   const namespace = (c: ConnectionAttributes) => c.sourceNamespace ?? '';
-  if (src.principals) { const m = patternSet(src.principals, stripScheme); checks.push((c) => m(principal(c))); }
-  if (src.notPrincipals) { const m = patternSet(src.notPrincipals, stripScheme); checks.push((c) => !m(principal(c))); }
+  if (src.principals) { const m = patternSet(src.principals, withScheme); checks.push((c) => m(principal(c))); }
+  if (src.notPrincipals) { const m = patternSet(src.notPrincipals, withScheme); checks.push((c) => !m(principal(c))); }
   if (src.namespaces) { const m = patternSet(src.namespaces); checks.push((c) => m(namespace(c))); }
   if (src.notNamespaces) { const m = patternSet(src.notNamespaces); checks.push((c) => !m(namespace(c))); }
   if (src.ipBlocks) { const m = blockList(src.ipBlocks); checks.push((c) => m(c.sourceIp)); }

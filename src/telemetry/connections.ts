@@ -1,6 +1,6 @@
 // Live connections: what /config_dump lists, one access-log line for each when it ends, and the
 // TCP metrics (opened when established, bytes as they flow, closed at the end).
-import { randomBytes } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { errorCode, PolicyDeniedError } from '../errors.ts';
 import type { Workload } from '../workloads/model.ts';
@@ -41,9 +41,9 @@ export interface ConnectionHandle {
 
 const name = (w: Workload | undefined) => (w ? `${w.namespace}/${w.name}` : undefined);
 
-/** A new W3C trace id (16 random bytes, hex). */
+/** A new W3C trace id: 32 hex digits, 122 of their bits random (randomUUID draws from a pooled buffer, far cheaper per call than randomBytes). */
 export function newTraceId(): string {
-  return randomBytes(16).toString('hex');
+  return randomUUID().replaceAll('-', '');
 }
 
 const FLUSH_MS = 5_000;
@@ -88,6 +88,8 @@ export class ConnectionTracker {
         if (error) this.#totals.failed++;
         if (info.establishedAt !== undefined) metrics?.closed(info);
         else metrics?.refused(info.reporter, errorCode(error ?? new Error('closed before established')));
+        // Access log off (or above this line's level): do not even build the line.
+        if (!this.#access.isLevelEnabled(error ? 'warn' : 'info')) return;
         const line = {
           conn: info.id,
           trace_id: info.traceId,

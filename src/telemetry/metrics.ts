@@ -7,6 +7,11 @@
 //
 // Bytes are added as they flow (flushed every few seconds and at close), so a long connection shows
 // up before it ends, and every byte is counted exactly once.
+//
+// Hot path: prom-client hashes the label object on every inc(), which for eight labels with SPIFFE
+// IDs cost more than the rest of a connection's accounting. So connections add to plain numbers in
+// one record per label set (found through the source and destination Workload objects), and the
+// counters take the accumulated amounts when Prometheus scrapes (their collect()).
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Workload } from '../workloads/model.ts';
 
@@ -32,6 +37,8 @@ export interface MeteredConnection {
 }
 
 const unknown = 'unknown';
+/** Stands for "no workload" in the per-pair cache (WeakMap keys must be objects). */
+const NO_WORKLOAD = {};
 
 export function tcpLabels(c: MeteredConnection): TcpLabels {
   return {
@@ -45,6 +52,16 @@ export function tcpLabels(c: MeteredConnection): TcpLabels {
     connection_security_policy: c.mutualTls ? 'mutual_tls' : 'none',
   };
 }
+
+/** One TCP label set and what it accumulated since the last scrape. */
+interface Series {
+  labels: TcpLabels;
+  opened: number;
+  closed: number;
+  sent: number;
+  received: number;
+}
+type Field = 'opened' | 'closed' | 'sent' | 'received';
 
 export interface MetricsSources {
   /** Certificates held: the expiry gauge reads them at scrape time. */
@@ -65,16 +82,30 @@ export class MeshMetrics {
   readonly #decisions: Counter<'action' | 'policy'>;
   readonly #setup: Histogram<'route'>;
   readonly #handshake: Histogram<'outcome'>;
-  /** Bytes already added to the counters, per connection. */
-  readonly #reported = new WeakMap<MeteredConnection, { sent: number; received: number; labels: TcpLabels[] }>();
+  /** Per connection: bytes already added, and the counters bound to its label sets (hashed once). */
+  readonly #reported = new WeakMap<MeteredConnection, { sent: number; received: number; series: Series[] }>();
+  /** Every label set seen, by its values: bounded by the label cardinality itself. */
+  readonly #all = new Map<string, Series>();
+  /** The same, reached through the pair of Workload objects (stable while the registry does not change them). */
+  readonly #byPair = new WeakMap<object, WeakMap<object, Map<string, Series>>>();
+  readonly #setupByRoute = new Map<string, ReturnType<Histogram<'route'>['labels']>>();
 
   constructor(sources: MetricsSources = {}) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
-    this.#opened = new Counter({ name: 'meshlet_tcp_connections_opened_total', help: 'TCP connections established through the mesh', labelNames: TCP_LABELS, registers });
-    this.#closed = new Counter({ name: 'meshlet_tcp_connections_closed_total', help: 'TCP connections through the mesh that ended', labelNames: TCP_LABELS, registers });
-    this.#sent = new Counter({ name: 'meshlet_tcp_sent_bytes_total', help: 'Bytes from source to destination', labelNames: TCP_LABELS, registers });
-    this.#received = new Counter({ name: 'meshlet_tcp_received_bytes_total', help: 'Bytes from destination back to source', labelNames: TCP_LABELS, registers });
+    const all = this.#all;
+    const tcp = (name: string, help: string, field: Field) => new Counter({
+      name, help, labelNames: TCP_LABELS, registers,
+      collect() {
+        for (const series of all.values()) {
+          if (series[field] > 0) { this.inc(series.labels, series[field]); series[field] = 0; }
+        }
+      },
+    });
+    this.#opened = tcp('meshlet_tcp_connections_opened_total', 'TCP connections established through the mesh', 'opened');
+    this.#closed = tcp('meshlet_tcp_connections_closed_total', 'TCP connections through the mesh that ended', 'closed');
+    this.#sent = tcp('meshlet_tcp_sent_bytes_total', 'Bytes from source to destination', 'sent');
+    this.#received = tcp('meshlet_tcp_received_bytes_total', 'Bytes from destination back to source', 'received');
     this.#refused = new Counter({ name: 'meshlet_connections_refused_total', help: 'Connections refused or failed before any byte flowed, by error code (docs/errors.md)', labelNames: ['reporter', 'error'], registers });
     this.#decisions = new Counter({ name: 'meshlet_policy_decisions_total', help: 'Policy decisions by action and deciding policy', labelNames: ['action', 'policy'], registers });
     this.#setup = new Histogram({
@@ -111,11 +142,30 @@ export class MeshMetrics {
 
   /** The connection is established (upstream connected, tunnel accepted): counted as opened. */
   opened(c: MeteredConnection, setupSeconds: number, route: string): void {
-    const labels = [tcpLabels(c)];
-    if (c.alsoDestination) labels.push({ ...labels[0]!, reporter: 'destination' });
-    for (const l of labels) this.#opened.inc(l);
-    this.#setup.observe({ route }, setupSeconds);
-    this.#reported.set(c, { sent: 0, received: 0, labels });
+    const series = [this.#seriesOf(c, c.reporter)];
+    if (c.alsoDestination) series.push(this.#seriesOf(c, 'destination'));
+    for (const s of series) s.opened++;
+    let setup = this.#setupByRoute.get(route);
+    if (!setup) this.#setupByRoute.set(route, setup = this.#setup.labels({ route }));
+    setup.observe(setupSeconds);
+    this.#reported.set(c, { sent: 0, received: 0, series });
+  }
+
+  #seriesOf(c: MeteredConnection, reporter: 'source' | 'destination'): Series {
+    let byDst = this.#byPair.get(c.src ?? NO_WORKLOAD);
+    if (!byDst) this.#byPair.set(c.src ?? NO_WORKLOAD, byDst = new WeakMap());
+    let byRest = byDst.get(c.dst ?? NO_WORKLOAD);
+    if (!byRest) byDst.set(c.dst ?? NO_WORKLOAD, byRest = new Map());
+    const key = `${reporter}|${c.mutualTls ? 1 : 0}|${c.src ? '' : c.sourcePrincipal ?? ''}`;
+    let series = byRest.get(key);
+    if (!series) {
+      const labels = { ...tcpLabels(c), reporter };
+      const id = TCP_LABELS.map((l) => labels[l]).join('\u0000');
+      series = this.#all.get(id);
+      if (!series) this.#all.set(id, series = { labels, opened: 0, closed: 0, sent: 0, received: 0 });
+      byRest.set(key, series);
+    }
+    return series;
   }
 
   /** Adds the bytes that flowed since the last flush. */
@@ -124,9 +174,9 @@ export class MeshMetrics {
     if (!r) return;
     const sent = c.bytesSent - r.sent;
     const received = c.bytesReceived - r.received;
-    for (const l of r.labels) {
-      if (sent > 0) this.#sent.inc(l, sent);
-      if (received > 0) this.#received.inc(l, received);
+    for (const s of r.series) {
+      s.sent += sent;
+      s.received += received;
     }
     r.sent = c.bytesSent;
     r.received = c.bytesReceived;
@@ -136,7 +186,7 @@ export class MeshMetrics {
     const r = this.#reported.get(c);
     if (!r) return;
     this.flush(c);
-    for (const l of r.labels) this.#closed.inc(l);
+    for (const s of r.series) s.closed++;
     this.#reported.delete(c);
   }
 

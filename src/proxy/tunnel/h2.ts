@@ -1,5 +1,5 @@
 // Settings shared by both ends of the HBONE-style tunnel (HTTP/2 CONNECT over mutual TLS 1.3).
-import { randomBytes, X509Certificate } from 'node:crypto';
+import { randomUUID, X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import { isIP } from 'node:net';
 
@@ -70,7 +70,7 @@ export function parseForwardedFor(value: string | string[] | undefined): string 
 
 /** W3C `traceparent` for a tunnelled connection: the source agent's trace id, a fresh span id, sampled. */
 export function formatTraceparent(traceId: string): string {
-  return `00-${traceId}-${randomBytes(8).toString('hex')}-01`;
+  return `00-${traceId}-${randomUUID().replaceAll('-', '').slice(0, 16)}-01`;
 }
 
 /** The trace id of a well-formed `traceparent`, or undefined (the caller starts a new trace). */
