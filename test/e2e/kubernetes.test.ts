@@ -10,6 +10,7 @@ import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { MeshLab, PEER } from '../../src/demo/lab.ts';
 import { namespaceObject, podObject, standInKubeConfig } from '../support/apiserver.ts';
+import { eventually } from '../support/wait.ts';
 
 const APP_PORT = 8080;
 const API_PORT = 6443;
@@ -104,6 +105,7 @@ describe('agents fed by the Kubernetes API in network namespaces', { concurrency
     assert.equal(dump.workloadSource.synced, false);
 
     await startApi();
+    await call({ op: 'installCrd', resource: 'meshpolicies' });
     await call({ op: 'put', resource: 'namespaces', obj: namespaceObject('shop', 'enabled') });
     await call({ op: 'put', resource: 'namespaces', obj: namespaceObject('kube-system') });
     await call({ op: 'put', resource: 'pods', obj: podOf('web') });
@@ -154,6 +156,21 @@ describe('agents fed by the Kubernetes API in network namespaces', { concurrency
     await call({ op: 'put', resource: 'namespaces', obj: namespaceObject('shop', 'enabled') });
     await expectNode('node-a', { ips: [lab.pod('web').ip], ids: [id('web')] });
     await expectNode('node-b', { ips: [lab.pod('db').ip], ids: [id('db')] });
+  });
+
+  it('enforces a MeshPolicy from the cluster on new connections, and lifts it when it is deleted', async () => {
+    const reach = async () => (await lab.client('web', { host: lab.pod('db').ip, port: APP_PORT, bytes: 1000, timeoutMs: 5000 })).ok;
+    assert.equal(await reach(), true);
+    await call({ op: 'put', resource: 'meshpolicies', obj: {
+      apiVersion: 'meshlet.dev/v1alpha1', kind: 'MeshPolicy', metadata: { name: 'no-web', namespace: 'shop', generation: 1 },
+      spec: { action: 'DENY', rules: [{ from: [{ principals: [id('web')] }] }] },
+    } });
+    const policyIds = async () => (await lab.configDump(lab.node('node-b'))).policy.policies.map((p: any) => p.id);
+    await eventually('the policy reaches node-b', async () => (await policyIds()).includes('shop/no-web'));
+    assert.equal(await reach(), false, 'denied at node-b by the policy from the API');
+    await call({ op: 'remove', resource: 'meshpolicies', namespace: 'shop', name: 'no-web' });
+    await eventually('the policy is gone from node-b', async () => (await policyIds()).length === 0);
+    assert.equal(await reach(), true);
   });
 
   it('keeps capture in force while watches break or expire, and catches up afterwards', async () => {

@@ -26,6 +26,7 @@ createInterface({ input: process.stdin }).on('line', (line) => {
       case 'expireWatches': api.expireWatches(); break;
       case 'bookmark': api.bookmark(); break;
       case 'down': api.down = Boolean(cmd.value); break;
+      case 'installCrd': api.missing.delete(cmd.resource); break;
       case 'watching': reply({ id: cmd.id, ok: true, value: api.watching(cmd.resource) }); return;
       default: throw new Error(`unknown op ${JSON.stringify(cmd.op)}`);
     }
