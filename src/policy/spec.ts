@@ -2,6 +2,7 @@
 // value with every problem listed. The same reader serves both sources, so a policy means the same
 // thing whichever way it arrived. Semantics are those of Istio's AuthorizationPolicy at L4.
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
+import { isRecord, mappings, unknownKeys } from '../validate.ts';
 
 export const ACTIONS = ['ALLOW', 'DENY', 'AUDIT'] as const;
 export type PolicyAction = (typeof ACTIONS)[number];
@@ -41,9 +42,6 @@ export interface PolicySpec {
 const SOURCE_LISTS = ['principals', 'notPrincipals', 'namespaces', 'notNamespaces', 'ipBlocks', 'notIpBlocks'] as const;
 const PATTERN = /^(\*|\*?[^*\s]+\*?)$/;
 
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 /** Whether text is an IPv4/IPv6 address or CIDR that BlockList accepts. */
 export function isCidr(text: string): boolean {
@@ -93,10 +91,6 @@ function portList(v: unknown, where: string, problems: string[]): number[] | und
   return out;
 }
 
-function unknownKeys(obj: Record<string, unknown>, allowed: readonly string[], where: string, problems: string[]): void {
-  for (const k of Object.keys(obj)) if (!allowed.includes(k)) problems.push(`${where}: unknown field ${JSON.stringify(k)}`);
-}
-
 /** Reads a policy spec. Returns the spec and the problems; a spec with problems must not be trusted. */
 export function readPolicySpec(raw: unknown, where = 'spec'): { spec: PolicySpec; problems: string[] } {
   const problems: string[] = [];
@@ -143,39 +137,29 @@ function readRule(raw: unknown, where: string, problems: string[]): PolicyRule {
   unknownKeys(raw, ['from', 'to', 'when'], where, problems);
   if (raw.when !== undefined) problems.push(`${where}.when: conditions are not supported; express them with from and to`);
   if (raw.from !== undefined) {
-    if (!Array.isArray(raw.from)) problems.push(`${where}.from: must be a list`);
-    else {
-      rule.from = raw.from.map((f, i) => {
-        const w = `${where}.from[${i}]`;
-        const src: PolicySource = {};
-        if (!isRecord(f)) { problems.push(`${w}: must be a mapping`); return src; }
-        unknownKeys(f, SOURCE_LISTS, w, problems);
-        if (Object.keys(f).length === 0) problems.push(`${w}: an empty from entry would match every source; leave out from instead`);
-        src.principals = stringList(f.principals, `${w}.principals`, problems, patternProblem);
-        src.notPrincipals = stringList(f.notPrincipals, `${w}.notPrincipals`, problems, patternProblem);
-        src.namespaces = stringList(f.namespaces, `${w}.namespaces`, problems, patternProblem);
-        src.notNamespaces = stringList(f.notNamespaces, `${w}.notNamespaces`, problems, patternProblem);
-        src.ipBlocks = stringList(f.ipBlocks, `${w}.ipBlocks`, problems, cidrProblem);
-        src.notIpBlocks = stringList(f.notIpBlocks, `${w}.notIpBlocks`, problems, cidrProblem);
-        return src;
-      });
-    }
+    rule.from = mappings(raw.from, `${where}.from`, problems).map(([f, w]) => {
+      const src: PolicySource = {};
+      unknownKeys(f, SOURCE_LISTS, w, problems);
+      if (Object.keys(f).length === 0) problems.push(`${w}: an empty from entry would match every source; leave out from instead`);
+      src.principals = stringList(f.principals, `${w}.principals`, problems, patternProblem);
+      src.notPrincipals = stringList(f.notPrincipals, `${w}.notPrincipals`, problems, patternProblem);
+      src.namespaces = stringList(f.namespaces, `${w}.namespaces`, problems, patternProblem);
+      src.notNamespaces = stringList(f.notNamespaces, `${w}.notNamespaces`, problems, patternProblem);
+      src.ipBlocks = stringList(f.ipBlocks, `${w}.ipBlocks`, problems, cidrProblem);
+      src.notIpBlocks = stringList(f.notIpBlocks, `${w}.notIpBlocks`, problems, cidrProblem);
+      return src;
+    });
   }
   if (raw.to !== undefined) {
-    if (!Array.isArray(raw.to)) problems.push(`${where}.to: must be a list`);
-    else {
-      rule.to = raw.to.map((t, i) => {
-        const w = `${where}.to[${i}]`;
-        const op: PolicyOperation = {};
-        if (!isRecord(t)) { problems.push(`${w}: must be a mapping`); return op; }
-        unknownKeys(t, ['ports', 'notPorts', ...L7_FIELDS, 'notPaths', 'notMethods', 'notHosts'], w, problems);
-        op.ports = portList(t.ports, `${w}.ports`, problems);
-        op.notPorts = portList(t.notPorts, `${w}.notPorts`, problems);
-        const l7 = Object.keys(t).filter((k) => !['ports', 'notPorts'].includes(k) && t[k] !== undefined);
-        if (l7.length > 0) op.l7 = l7;
-        return op;
-      });
-    }
+    rule.to = mappings(raw.to, `${where}.to`, problems).map(([t, w]) => {
+      const op: PolicyOperation = {};
+      unknownKeys(t, ['ports', 'notPorts', ...L7_FIELDS, 'notPaths', 'notMethods', 'notHosts'], w, problems);
+      op.ports = portList(t.ports, `${w}.ports`, problems);
+      op.notPorts = portList(t.notPorts, `${w}.notPorts`, problems);
+      const l7 = Object.keys(t).filter((k) => !['ports', 'notPorts'].includes(k) && t[k] !== undefined);
+      if (l7.length > 0) op.l7 = l7;
+      return op;
+    });
   }
   return rule;
 }

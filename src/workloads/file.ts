@@ -12,6 +12,7 @@ import { WorkloadSourceError } from '../errors.ts';
 import { assertTrustDomain } from '../identity/spiffe.ts';
 import type { MeshNode, MeshPolicyObject, MeshSnapshot, MtlsMode, Workload } from './model.ts';
 import { readPolicySpec } from '../policy/spec.ts';
+import { isRecord, mappings, unknownKeys } from '../validate.ts';
 import { workloadSpiffeId } from './model.ts';
 import type { WorkloadSource } from './source.ts';
 import { type WatchedFile, watchTextFile } from '../watched-file.ts';
@@ -23,14 +24,6 @@ const NAMESPACE_KEYS = new Set(['name', 'mtls']);
 const POLICY_KEYS = new Set(['name', 'namespace', 'selector', 'action', 'rules']);
 const NODE_KEYS = new Set(['name', 'ip']);
 const WORKLOAD_KEYS = new Set(['name', 'namespace', 'serviceAccount', 'ip', 'node', 'captured', 'labels', 'workload']);
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-function unknownKeys(obj: Record<string, unknown>, allowed: Set<string>, where: string, problems: string[]): void {
-  for (const key of Object.keys(obj)) if (!allowed.has(key)) problems.push(`${where}: unknown field ${JSON.stringify(key)}`);
-}
 
 function str(obj: Record<string, unknown>, key: string, where: string, problems: string[]): string {
   const v = obj[key];
@@ -63,10 +56,7 @@ export function parseWorkloadsFile(text: string): MeshSnapshot {
   }
 
   const nodes: MeshNode[] = [];
-  if (!Array.isArray(doc.nodes)) problems.push('nodes: required list');
-  for (const [i, raw] of (Array.isArray(doc.nodes) ? doc.nodes : []).entries()) {
-    const where = `nodes[${i}]`;
-    if (!isRecord(raw)) { problems.push(`${where}: must be a mapping`); continue; }
+  for (const [raw, where] of mappings(doc.nodes, 'nodes', problems, true)) {
     unknownKeys(raw, NODE_KEYS, where, problems);
     const name = str(raw, 'name', where, problems);
     const ip = str(raw, 'ip', where, problems);
@@ -79,10 +69,7 @@ export function parseWorkloadsFile(text: string): MeshSnapshot {
   const workloads: Workload[] = [];
   const seenIps = new Map<string, string>();
   const seenNames = new Set<string>();
-  if (!Array.isArray(doc.workloads)) problems.push('workloads: required list');
-  for (const [i, raw] of (Array.isArray(doc.workloads) ? doc.workloads : []).entries()) {
-    const where = `workloads[${i}]`;
-    if (!isRecord(raw)) { problems.push(`${where}: must be a mapping`); continue; }
+  for (const [raw, where] of mappings(doc.workloads, 'workloads', problems, true)) {
     unknownKeys(raw, WORKLOAD_KEYS, where, problems);
     const name = str(raw, 'name', where, problems);
     const namespace = str(raw, 'namespace', where, problems);
@@ -116,10 +103,7 @@ export function parseWorkloadsFile(text: string): MeshSnapshot {
   }
 
   const mtls: Record<string, MtlsMode> = {};
-  if (doc.namespaces !== undefined && !Array.isArray(doc.namespaces)) problems.push('namespaces: must be a list');
-  for (const [i, raw] of (Array.isArray(doc.namespaces) ? doc.namespaces : []).entries()) {
-    const where = `namespaces[${i}]`;
-    if (!isRecord(raw)) { problems.push(`${where}: must be a mapping`); continue; }
+  for (const [raw, where] of mappings(doc.namespaces, 'namespaces', problems)) {
     unknownKeys(raw, NAMESPACE_KEYS, where, problems);
     const name = str(raw, 'name', where, problems);
     if (raw.mtls !== undefined && raw.mtls !== 'strict' && raw.mtls !== 'permissive') problems.push(`${where}.mtls: must be strict or permissive`);
@@ -127,10 +111,7 @@ export function parseWorkloadsFile(text: string): MeshSnapshot {
   }
 
   const policies: MeshPolicyObject[] = [];
-  if (doc.policies !== undefined && !Array.isArray(doc.policies)) problems.push('policies: must be a list');
-  for (const [i, raw] of (Array.isArray(doc.policies) ? doc.policies : []).entries()) {
-    const where = `policies[${i}]`;
-    if (!isRecord(raw)) { problems.push(`${where}: must be a mapping`); continue; }
+  for (const [raw, where] of mappings(doc.policies, 'policies', problems)) {
     unknownKeys(raw, POLICY_KEYS, where, problems);
     const name = str(raw, 'name', where, problems);
     const namespace = str(raw, 'namespace', where, problems);
