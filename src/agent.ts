@@ -36,6 +36,8 @@ export interface AgentDeps {
 }
 
 const CAPTURE_RECHECK_MS = 5_000;
+/** How long a starting agent waits for all its certificates before it opens the data ports anyway. */
+const LISTEN_ANYWAY_MS = 30_000;
 
 export class Agent {
   readonly registry: WorkloadRegistry;
@@ -53,6 +55,9 @@ export class Agent {
   #captureInstalled = false;
   #ipsetSynced = false;
   #captureTimer: NodeJS.Timeout | undefined;
+  #readyTimer: NodeJS.Timeout | undefined;
+  #dataListening = false;
+  #closing = false;
   #tunnel: TunnelServer | undefined;
   readonly #provider: CertificateProvider & { close?(): Promise<void> };
 
@@ -80,6 +85,7 @@ export class Agent {
     this.readiness.add({ name: 'capture', done: () => this.#captureInstalled });
     this.readiness.add({ name: 'workloads-synced', done: () => this.registry.synced && this.#ipsetSynced });
     this.readiness.add({ name: 'certificates', done: () => this.certs.allReady });
+    this.readiness.add({ name: 'listening', done: () => this.#dataListening });
   }
 
   static async start(config: AgentConfig, deps: AgentDeps): Promise<Agent> {
@@ -106,9 +112,43 @@ export class Agent {
       onSnapshot: (s) => agent.#apply(s),
       onError: (err) => agent.#log.error({ err: err.message }, 'workload source rejected an update; the last good registry stays in force'),
     });
-    await agent.#listen(agent.policy, deps.log);
-    agent.#log.info({ ports: config.ports }, 'agent listening');
+    await agent.#listenControl();
+    agent.#startWhenReady(agent.policy, deps.log);
     return agent;
+  }
+
+  /**
+   * Opens the data ports (15001, 15006, 15008) only once capture, registry and certificates are in
+   * place. Until then captured connections are refused by the kernel (capture is installed, nobody
+   * listens), never half-served; during an upgrade the new agent takes no connection before it can
+   * serve it, because SO_REUSEPORT would otherwise hand it some of them at once. Then logs the
+   * moment the agent is ready (an upgrade waits for that line, not for a shared port).
+   */
+  #startWhenReady(policy: PolicyEngine, log: Logger): void {
+    const started = Date.now();
+    let opening = false;
+    const timer = setInterval(() => {
+      if (this.#closing || opening) return;
+      if (!this.#dataListening) {
+        const waiting = this.readiness.pending().filter((t) => t !== 'listening');
+        // One workload whose certificate never comes must not keep the node's other pods off the
+        // mesh for ever: after a while the agent listens anyway (that pod's connections are
+        // refused with no_certificate; the agent stays not ready).
+        const certsOverdue = waiting.length === 1 && waiting[0] === 'certificates' && Date.now() - started > LISTEN_ANYWAY_MS;
+        if (waiting.length > 0 && !certsOverdue) return;
+        if (certsOverdue) this.#log.warn({ afterMs: Date.now() - started }, 'certificates still missing: listening anyway');
+        opening = true;
+        this.#listenData(policy, log).then(
+          () => { this.#dataListening = true; this.#log.info({ ports: this.config.ports }, 'agent listening'); },
+          (err: Error) => this.#log.error({ err: err.message }, 'cannot listen on the data ports; retrying'),
+        ).finally(() => { opening = false; });
+        return;
+      }
+      if (!this.readiness.ready) return;
+      clearInterval(timer);
+      this.#log.info({ afterMs: Date.now() - started }, 'agent ready');
+    }, 50).unref();
+    this.#readyTimer = timer;
   }
 
   async #checkCapture(): Promise<void> {
@@ -139,7 +179,25 @@ export class Agent {
     );
   }
 
-  async #listen(policy: PolicyEngine, log: Logger): Promise<void> {
+  /** Admin, readiness and metrics: up from the start, so "not ready, waiting for X" can be asked. */
+  async #listenControl(): Promise<void> {
+    const admin = createAdminServer(
+      { '/config_dump': () => this.configDump(), '/logging': () => ({ level: this.#rootLog.level }) },
+      { '/logging': (q) => this.#setLogLevel(q.get('level')) },
+    );
+    const ready = createReadinessServer(this.readiness);
+    const metrics = this.metrics;
+    const metricsServer = metrics ? createMetricsServer(() => metrics.text()) : undefined;
+    // reusePort lets an upgraded agent listen beside this one during a rollout.
+    await Promise.all([
+      listen(admin, { port: this.config.ports.admin, host: this.config.adminAddress, reusePort: true }),
+      listen(ready, { port: this.config.ports.readiness, host: this.config.readinessAddress, reusePort: true }),
+      ...(metricsServer ? [listen(metricsServer, { port: this.config.ports.metrics, host: this.config.metricsAddress, reusePort: true })] : []),
+    ]);
+    this.#servers.push(admin, ready, ...(metricsServer ? [metricsServer] : []));
+  }
+
+  async #listenData(policy: PolicyEngine, log: Logger): Promise<void> {
     const ctx: ProxyContext = {
       registry: this.registry,
       certs: this.certs,
@@ -161,24 +219,19 @@ export class Agent {
     this.#tunnel = tunnelServer;
     const tunnel = tunnelServer.listener;
     tunnel.on('connection', track);
-    const admin = createAdminServer(
-      { '/config_dump': () => this.configDump(), '/logging': () => ({ level: this.#rootLog.level }) },
-      { '/logging': (q) => this.#setLogLevel(q.get('level')) },
-    );
-    const ready = createReadinessServer(this.readiness);
-    const metrics = this.metrics;
-    const metricsServer = metrics ? createMetricsServer(() => metrics.text()) : undefined;
     // Wildcard binds: REDIRECT rewrites the destination to the receiving interface's address.
-    // reusePort lets an upgraded agent listen beside this one during a rollout.
-    await Promise.all([
-      listen(outbound, { port: this.config.ports.outbound, host: '0.0.0.0', reusePort: true }),
-      listen(inboundPlain, { port: this.config.ports.inboundPlaintext, host: '0.0.0.0', reusePort: true }),
-      listen(tunnel, { port: this.config.ports.tunnel, host: '0.0.0.0', reusePort: true }),
-      listen(admin, { port: this.config.ports.admin, host: this.config.adminAddress, reusePort: true }),
-      listen(ready, { port: this.config.ports.readiness, host: this.config.readinessAddress, reusePort: true }),
-      ...(metricsServer ? [listen(metricsServer, { port: this.config.ports.metrics, host: this.config.metricsAddress, reusePort: true })] : []),
-    ]);
-    this.#servers.push(outbound, inboundPlain, tunnel, admin, ready, ...(metricsServer ? [metricsServer] : []));
+    const servers = [outbound, inboundPlain, tunnel];
+    try {
+      await Promise.all([
+        listen(outbound, { port: this.config.ports.outbound, host: '0.0.0.0', reusePort: true }),
+        listen(inboundPlain, { port: this.config.ports.inboundPlaintext, host: '0.0.0.0', reusePort: true }),
+        listen(tunnel, { port: this.config.ports.tunnel, host: '0.0.0.0', reusePort: true }),
+      ]);
+    } catch (err) {
+      for (const s of servers) if (s.listening) s.close();
+      throw err;
+    }
+    this.#servers.push(...servers);
   }
 
   /** POST /logging?level=debug: every logger of the agent, at once, without a restart. */
@@ -217,8 +270,10 @@ export class Agent {
    * the drain period, then closes whatever is left.
    */
   async close(): Promise<void> {
+    this.#closing = true;
     this.readiness.drain();
     if (this.#captureTimer) clearTimeout(this.#captureTimer);
+    if (this.#readyTimer) clearInterval(this.#readyTimer);
     await this.#source.close();
     const closed = Promise.all(this.#servers.map((s) => new Promise<void>((resolve) => {
       s.close(() => resolve());

@@ -319,8 +319,12 @@ export class MeshLab {
   /** Every JSON log line the agent on `nodeName` has written so far. */
   async agentLog(nodeName: string): Promise<Array<Record<string, any>>> {
     const agent = this.agents.get(nodeName);
-    if (!agent) return [];
-    return parseLogLines(await readFile(agent.logFile, 'utf8'));
+    return agent ? this.processLog(agent) : [];
+  }
+
+  /** The log lines of one agent process (during an upgrade a node has two). */
+  async processLog(agent: AgentProcess): Promise<Array<Record<string, any>>> {
+    return parseLogLines(await readFile(agent.logFile, 'utf8').catch(() => ''));
   }
 
   /** Access-log lines (parsed JSON) an agent has written so far. */

@@ -27,6 +27,8 @@ interface PodServer {
   /** Certificate revision the server holds (renewal or a new trust bundle changes it). */
   revision: number;
   target: Workload;
+  /** Live sessions: server.close() alone sends no GOAWAY (Node's HTTP/2 server only stops accepting). */
+  sessions: Set<http2.ServerHttp2Session>;
 }
 
 export class TunnelServer {
@@ -82,13 +84,15 @@ export class TunnelServer {
       settings: h2Settings,
       maxSessionMemory: SESSION_MEMORY_MB,
     });
-    const entry: PodServer = { server, revision: cert.revision, target };
+    const entry: PodServer = { server, revision: cert.revision, target, sessions: new Set() };
     server.on('tlsClientError', (err) => log.warn({ err: 'tls_handshake', reason: err.message }, 'tunnel handshake refused'));
     server.on('unknownProtocol', (socket: tls.TLSSocket) => {
       log.warn({ err: 'peer_identity', reason: `ALPN ${String(socket.alpnProtocol)}` }, 'tunnel peer did not negotiate h2');
       socket.destroy();
     });
     server.on('session', (session) => {
+      entry.sessions.add(session);
+      session.once('close', () => entry.sessions.delete(session));
       session.on('error', (err) => log.debug({ err: err.message }, 'tunnel session error'));
       try {
         this.#peers.set(session, verifiedPeer(session.socket as tls.TLSSocket, this.#ctx, entry.target));
@@ -121,7 +125,12 @@ export class TunnelServer {
 
   /** GOAWAY to every tunnel session so peers open new ones elsewhere; open streams finish. */
   close(): void {
-    for (const entry of this.#byPod.values()) entry.server.close();
+    for (const entry of this.#byPod.values()) {
+      entry.server.close();
+      // GOAWAY: the peer sends new connections to a new session (on the agent that replaces this
+      // one); streams already open keep flowing until they end or the drain period runs out.
+      for (const session of entry.sessions) session.close();
+    }
   }
 }
 

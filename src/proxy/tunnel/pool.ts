@@ -35,6 +35,19 @@ interface PoolEntry {
   streams: number;
   createdAt: number;
   peerId: string;
+  /** The session, once established (lets a going-away session be forgotten synchronously). */
+  resolved?: http2.ClientHttp2Session;
+}
+
+/** A stream the peer never processed, on a session that is going away: retried once. */
+class NeverSeenError extends Error {
+  readonly session: http2.ClientHttp2Session;
+  override readonly cause: Error;
+  constructor(session: http2.ClientHttp2Session, cause: Error) {
+    super(cause.message);
+    this.session = session;
+    this.cause = cause;
+  }
 }
 
 export class TunnelPool {
@@ -48,11 +61,37 @@ export class TunnelPool {
     this.#log = opts.log.child({ component: 'tunnel-pool' });
   }
 
-  /** Opens a CONNECT stream to `target` as `sourceId`; resolves once the peer answered 200. */
+  /**
+   * Opens a CONNECT stream to `target` as `sourceId`; resolves once the peer answered 200. A stream
+   * the peer never saw (its session was going away: GOAWAY, REFUSED_STREAM) is retried once on a
+   * fresh session, so an agent upgrade on either side loses no connection.
+   */
   async connect(sourceId: string, target: TunnelTarget): Promise<http2.ClientHttp2Stream> {
+    try {
+      return await this.#connectOnce(sourceId, target);
+    } catch (err) {
+      if (!(err instanceof NeverSeenError)) throw err;
+      this.#log.debug({ podIp: target.podIp, reason: err.message }, 'stream refused by a session going away; retrying on a new session');
+      this.#forget(`${sourceId}|${target.podIp}`, err.session);
+      return this.#connectOnce(sourceId, target).catch((e: unknown) => { throw e instanceof NeverSeenError ? e.cause : e; });
+    }
+  }
+
+  /** Drops the pool's entry for `key` if it still holds this session (a newer one is left alone). */
+  #forget(key: string, session: http2.ClientHttp2Session): void {
+    const current = this.#entries.get(key);
+    if (current?.resolved === session) this.#entries.delete(key);
+  }
+
+  async #connectOnce(sourceId: string, target: TunnelTarget): Promise<http2.ClientHttp2Stream> {
     const entry = this.#entry(sourceId, target);
     const session = await entry.session;
-    const stream = session.request(
+    if (session.closed || session.destroyed) {
+      throw new NeverSeenError(session, new TunnelRejectedError(undefined, 'tunnel session is closing'));
+    }
+    let stream: http2.ClientHttp2Stream;
+    try {
+      stream = session.request(
       {
         ':method': 'CONNECT', ':authority': formatAuthority(target.podIp, target.port),
         ...(target.sourceIp ? { forwarded: formatForwardedFor(target.sourceIp) } : {}),
@@ -60,6 +99,10 @@ export class TunnelPool {
       },
       { endStream: false },
     );
+    } catch (err) {
+      // ERR_HTTP2_GOAWAY_SESSION / ERR_HTTP2_INVALID_SESSION: the session went away under us.
+      throw new NeverSeenError(session, new TunnelRejectedError(undefined, (err as Error).message));
+    }
     entry.streams++;
     let answered = false;
     stream.once('close', () => { entry.streams--; });
@@ -76,7 +119,11 @@ export class TunnelPool {
       const timer = setTimeout(() => settle(new TunnelRejectedError(undefined, `no answer within ${this.#opts.connectTimeoutMs} ms`)),
         this.#opts.connectTimeoutMs);
       stream.once('error', (err) => settle(new TunnelRejectedError(undefined, err.message)));
-      stream.once('close', () => settle(new TunnelRejectedError(undefined, `stream closed before an answer (code ${stream.rstCode})`)));
+      stream.once('close', () => {
+        const refused = new TunnelRejectedError(undefined, `stream closed before an answer (code ${stream.rstCode})`);
+        // REFUSED_STREAM is the peer saying it never processed the stream (RFC 9113 §8.7): safe to retry.
+        settle(stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM ? new NeverSeenError(session, refused) : refused);
+      });
       stream.once('response', (headers) => {
         const status = Number(headers[':status']);
         settle(status === 200 ? undefined
@@ -95,7 +142,7 @@ export class TunnelPool {
       session: this.#open(sourceId, target, key),
     };
     // A failed session attempt is forgotten at once so the next connection tries again.
-    entry.session.catch(() => { if (this.#entries.get(key) === entry) this.#entries.delete(key); });
+    entry.session.then((s) => { entry.resolved = s; }, () => { if (this.#entries.get(key) === entry) this.#entries.delete(key); });
     this.#entries.set(key, entry);
     return entry;
   }
@@ -142,12 +189,12 @@ export class TunnelPool {
         observe(false);
         reject(identityError ?? new UpstreamConnectError(authority, err));
       });
-      const forget = () => {
-        const current = this.#entries.get(key);
-        void current?.session.then((s) => { if (s === session && this.#entries.get(key) === current) this.#entries.delete(key); }, () => undefined);
-      };
+      const forget = () => this.#forget(key, session);
       session.once('close', forget);
-      session.once('goaway', forget);
+      session.once('goaway', () => {
+        this.#log.info({ key }, 'tunnel peer sent GOAWAY: new connections open a new session');
+        forget();
+      });
       // Idle sessions should not keep the process alive during shutdown.
       session.unref();
     });
@@ -162,9 +209,11 @@ export class TunnelPool {
     return this.#entries.size;
   }
 
-  /** Sends GOAWAY on every session; open streams finish, new ones go to new sessions. */
+  /**
+   * Sends GOAWAY on every session; open streams finish. A draining agent still opens sessions for
+   * connections it accepted before its listeners closed; destroy() ends everything.
+   */
   async close(): Promise<void> {
-    this.#closed = true;
     const sessions = await Promise.allSettled([...this.#entries.values()].map((e) => e.session));
     this.#entries.clear();
     for (const s of sessions) if (s.status === 'fulfilled') s.value.close();

@@ -1,0 +1,151 @@
+// Lifecycle end to end: capture is in place before an agent listens (refused, never plaintext), a
+// SIGTERM drains (open connections finish, tunnel peers get GOAWAY, exit 0), an upgrade under load
+// (a new agent beside the old one on the same ports, then the old one drains) loses no request, and
+// a SIGKILLed agent fails closed.
+import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { type AgentProcess, MeshLab, PEER } from '../../src/demo/lab.ts';
+import { eventually } from '../support/wait.ts';
+
+const PORT = 8080;
+const HTTP_PORT = 8081;
+const LOAD = join(import.meta.dirname, '../../bench/load.ts');
+const MARKER = 'lifecycle-plaintext-marker ';
+
+describe('agent lifecycle in network namespaces', { concurrency: false }, () => {
+  let lab: MeshLab;
+
+  before(async () => {
+    lab = await MeshLab.create({
+      nodes: [
+        { name: 'node-a', pods: [{ name: 'web', namespace: 'shop' }, { name: 'outsider', namespace: 'legacy', captured: false }] },
+        { name: 'node-b', pods: [{ name: 'db', namespace: 'shop' }] },
+      ],
+    });
+    try {
+      for (const node of lab.meshNodes) {
+        await lab.initCapture(node);
+        // Connections queued on a closing listener move to its SO_REUSEPORT sibling instead of being
+        // reset (Linux 5.14+): what makes an upgrade lose nothing.
+        await lab.topo.exec(node.ns, 'sysctl', ['-q', '-w', 'net.ipv4.tcp_migrate_req=1']);
+      }
+      await lab.startServer('db', PORT);
+      const http: ChildProcess = lab.topo.spawn(lab.pod('db').ns, process.execPath, [LOAD, 'http-server', '--port', String(HTTP_PORT)]);
+      lab.servers.push(http);
+      await new Promise<void>((res) => http.stdout?.once('data', () => res()));
+    } catch (err) {
+      await lab.destroy();
+      throw err;
+    }
+  });
+  after(async () => { await lab?.destroy(); });
+
+  const peer = async (pod: string, args: string[]) => {
+    const r = await lab.topo.exec(lab.pod(pod).ns, process.execPath, [PEER, ...args]);
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout);
+  };
+  const reach = async (from: string, to: string, pattern?: string) =>
+    lab.client(from, { host: lab.pod(to).ip, port: PORT, bytes: 64 * 1024, timeoutMs: 5_000, ...(pattern ? { pattern } : {}) });
+  const logOf = async (a: AgentProcess, msg: string) => (await lab.processLog(a)).some((l) => l.msg === msg);
+  const startAgent = async (node: string, args: string[] = []) => {
+    const a = await lab.startAgent(lab.node(node), ['--drain', '30s', ...args]);
+    await eventually(`agent ${a.child.pid} on ${node} ready`, () => logOf(a, 'agent ready'), 20_000, 100);
+    return a;
+  };
+
+  it('refuses captured pods\' connections, never plaintext, while no agent listens, and serves them once one is ready', async () => {
+    // A node whose agent ran (its pods are in the captured set, which lives in the kernel) and is
+    // gone: between agents, or while a new one starts.
+    for (const node of lab.meshNodes) await startAgent(node.name);
+    assert.equal((await reach('web', 'db')).ok, true);
+    for (const node of lab.meshNodes) assert.equal(await lab.stopAgent(node.name), 0);
+    assert.ok((await lab.ipsetMembers(lab.node('node-a'))).has(lab.pod('web').ip), 'the captured set outlives the agent');
+    const capture = await lab.startPacketCapture(lab.node('node-a'));
+    let r, plain;
+    try {
+      r = await reach('web', 'db', MARKER);
+      plain = await reach('outsider', 'db', MARKER);
+    } finally {
+      const segments = await capture.stop();
+      assert.equal(segments.filter((s) => s.payload.includes(MARKER.trim())).length, 0, 'payload on the wire');
+    }
+    assert.equal(r.ok, false);
+    assert.notEqual(r.results[0]!.error, 'timeout', 'refused at once, not left hanging');
+    assert.equal(plain.ok, false, 'plaintext into a captured pod is refused too');
+    for (const node of lab.meshNodes) await startAgent(node.name);
+    assert.equal((await reach('web', 'db')).ok, true);
+  });
+
+  it('drains on SIGTERM: open connections finish, peers get GOAWAY, new ones are refused, exit 0', async () => {
+    const old = lab.agents.get('node-b')!;
+    const chat = peer('web', ['chat', '--host', lab.pod('db').ip, '--port', String(PORT), '--duration', '3000', '--interval', '100']);
+    await new Promise((r) => setTimeout(r, 800));
+    const termAt = Date.now();
+    old.child.kill('SIGTERM');
+    await eventually('node-a told to go away', async () => (await lab.agentLog('node-a')).some((l) => l.msg === 'tunnel peer sent GOAWAY: new connections open a new session'), 5_000);
+    assert.equal((await reach('web', 'db')).ok, false, 'no agent accepts on node-b while it drains');
+    const c = await chat;
+    assert.equal(c.ok, true, `the open connection was cut: ${JSON.stringify(c)}`);
+    assert.ok(c.rounds >= 20, `${c.rounds} rounds`);
+    assert.equal(await old.exited, 0);
+    assert.ok(Date.now() - termAt < 15_000, 'exits once its connections ended, not at the end of the 30 s drain');
+    await startAgent('node-b');
+  });
+
+  it('upgrades both agents under load without losing a request', async () => {
+    const db = lab.pod('db').ip;
+    const SECONDS = 9;
+    // Fixed-rate HTTP on keep-alive connections, short connections every 50 ms, one long connection.
+    const latency = lab.topo.exec(lab.pod('web').ns, process.execPath, [LOAD, 'latency', '--url', `http://${db}:${HTTP_PORT}/`, '--rate', '200', '--seconds', String(SECONDS), '--connections', '4']);
+    const dial = peer('web', ['dial', '--host', db, '--port', String(PORT), '--duration', String(SECONDS * 1000), '--interval', '50']);
+    const chat = peer('web', ['chat', '--host', db, '--port', String(PORT), '--duration', String(SECONDS * 1000), '--interval', '100']);
+    const upgraded: Array<Promise<number | null>> = [];
+    const olds: AgentProcess[] = [];
+    // The destination side first, then the source side, each while traffic flows.
+    for (const node of ['node-b', 'node-a']) {
+      await new Promise((r) => setTimeout(r, 1500));
+      const old = lab.agents.get(node)!;
+      olds.push(old);
+      await startAgent(node);
+      old.child.kill('SIGTERM');
+      upgraded.push(old.exited);
+    }
+    const lat = await latency;
+    assert.equal(lat.code, 0, lat.stderr);
+    const l = JSON.parse(lat.stdout.trim().split('\n').at(-1)!);
+    const [d, c] = [await dial, await chat];
+    // On failure, say what the agents (old and new) refused and why.
+    const refusals = d.failures.length === 0 && l.errors === 0 ? [] : (await Promise.all([...olds, ...lab.agents.values()].map((a) => lab.processLog(a))))
+      .flat().filter((x) => x.scope === 'access' && x.outcome === 'error').map((x) => `${x.node} ${x.error}: ${x.reason}`);
+    assert.equal(l.errors, 0, `HTTP requests failed: ${JSON.stringify(l)}; agents refused: ${refusals.join('; ')}`);
+    assert.ok(l.requests >= SECONDS * 200 * 0.9, `${l.requests} requests`);
+    assert.equal(d.failures.length, 0, `short connections failed: ${JSON.stringify(d.failures)}; agents refused: ${refusals.join('; ')}`);
+    assert.ok(d.attempts > 100);
+    assert.equal(c.ok, true, JSON.stringify(c));
+    assert.deepEqual(await Promise.all(upgraded), [0, 0], 'both old agents drained and exited 0');
+  });
+
+  it('fails closed when an agent is SIGKILLed, and recovers when it returns', async () => {
+    const victim = lab.agents.get('node-b')!;
+    victim.child.kill('SIGKILL');
+    await victim.exited;
+    const capture = await lab.startPacketCapture(lab.node('node-b'));
+    let meshed, plain;
+    try {
+      meshed = await reach('web', 'db', MARKER);
+      plain = await reach('outsider', 'db', MARKER);
+    } finally {
+      const segments = await capture.stop();
+      assert.equal(segments.filter((s) => s.payload.includes(MARKER.trim())).length, 0, 'payload reached node-b in the clear');
+    }
+    assert.equal(meshed.ok, false);
+    assert.notEqual(meshed.results[0]!.error, 'timeout');
+    assert.equal(plain.ok, false, 'plaintext to the captured pod is refused, not delivered around the dead agent');
+    await startAgent('node-b');
+    assert.equal((await reach('web', 'db')).ok, true);
+    assert.equal((await reach('outsider', 'db')).ok, true);
+  });
+});
