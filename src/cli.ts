@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import { Agent } from './agent.ts';
 import { cleanupCapture, installCapture } from './capture/install.ts';
+import { enableMigrateReq } from './capture/sysctl.ts';
 import { type CaBackend, defaults, loadAgentConfig, loadCaRotateConfig, loadCaServeConfig, loadInitConfig, loadPolicyCheckConfig } from './config.ts';
 import { defaultCaptureSettings } from './capture/rules.ts';
 import { CaError, ConfigError, MeshletError, PrerequisiteError } from './errors.ts';
@@ -89,7 +90,12 @@ async function cmdInit(argv: string[]): Promise<number> {
     // stdout is exactly the iptables-restore input; the set it references is created first.
     process.stderr.write(`meshlet init --dry-run: would run \`ipset create ${config.capture.ipset} hash:ip family inet -exist\`, then \`iptables-restore --noflush\` with:\n`);
     process.stdout.write(result.script);
-  } else process.stderr.write(`meshlet init: capture ${result.action}\n`);
+  } else {
+    process.stderr.write(`meshlet init: capture ${result.action}\n`);
+    // Not fatal: without it an upgrade may reset connections queued at the moment of the switch.
+    const migrate = await enableMigrateReq();
+    process.stderr.write(`meshlet init: net.ipv4.tcp_migrate_req ${migrate.ok ? migrate.detail : `not set: ${migrate.detail}`}\n`);
+  }
   return 0;
 }
 

@@ -27,9 +27,9 @@ describe('agent lifecycle in network namespaces', { concurrency: false }, () => 
     try {
       for (const node of lab.meshNodes) {
         await lab.initCapture(node);
-        // Connections queued on a closing listener move to its SO_REUSEPORT sibling instead of being
-        // reset (Linux 5.14+): what makes an upgrade lose nothing.
-        await lab.topo.exec(node.ns, 'sysctl', ['-q', '-w', 'net.ipv4.tcp_migrate_req=1']);
+        // meshlet init turns on tcp_migrate_req: connections queued on a closing listener move to its
+        // SO_REUSEPORT sibling instead of being reset, part of what makes an upgrade lose nothing.
+        assert.equal((await lab.topo.exec(node.ns, 'cat', ['/proc/sys/net/ipv4/tcp_migrate_req'])).stdout.trim(), '1');
       }
       await lab.startServer('db', PORT);
       const http: ChildProcess = lab.topo.spawn(lab.pod('db').ns, process.execPath, [LOAD, 'http-server', '--port', String(HTTP_PORT)]);
