@@ -1,7 +1,7 @@
 // Settings shared by both ends of the HBONE-style tunnel (HTTP/2 CONNECT over mutual TLS 1.3).
 import { randomUUID, X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
-import { isIP } from 'node:net';
+import { isIP, isIPv4, isIPv6 } from 'node:net';
 
 export const ALPN = 'h2';
 
@@ -48,7 +48,10 @@ export function parseAuthority(authority: string | undefined): { host: string; p
   if (!m) return undefined;
   const port = Number(m[3]);
   if (!Number.isInteger(port) || port < 1 || port > 65535) return undefined;
-  return { host: (m[1] ?? m[2]) as string, port };
+  const host = (m[1] ?? m[2]) as string;
+  // Bracketed means IPv6, bare means IPv4; anything that only looks like an address is not one.
+  if (m[1] !== undefined ? !isIPv6(host) : !isIPv4(host)) return undefined;
+  return { host, port };
 }
 
 export function formatAuthority(host: string, port: number): string {
