@@ -21,6 +21,7 @@ import { handleInboundPlaintext } from './proxy/inbound-plaintext.ts';
 import { TunnelServer } from './proxy/inbound.ts';
 import { handleOutbound } from './proxy/outbound.ts';
 import { TunnelPool } from './proxy/tunnel/pool.ts';
+import { ConnectionLimiter } from './proxy/limits.ts';
 import { accessLogger, createLogger, setLogLevel } from './telemetry/log.ts';
 import { MeshMetrics } from './telemetry/metrics.ts';
 import { ConnectionTracker } from './telemetry/connections.ts';
@@ -198,7 +199,13 @@ export class Agent {
   }
 
   async #listenData(policy: PolicyEngine, log: Logger): Promise<void> {
+    const limiter = new ConnectionLimiter({ maxConnections: this.config.maxConnections, maxPerSource: this.config.maxConnectionsPerSource });
     const ctx: ProxyContext = {
+      admit: (socket) => limiter.admit(socket, (source, reason, logIt) => {
+        if (logIt) this.#log.warn({ err: 'connection_limit', source, reason }, 'connection refused by the connection limits');
+        this.connections.refused('destination', 'connection_limit');
+      }),
+      agentPorts: new Set(Object.values(this.config.ports)),
       registry: this.registry,
       certs: this.certs,
       policy,
@@ -213,8 +220,8 @@ export class Agent {
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
     };
-    const outbound = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => { track(s); void handleOutbound(s, ctx); });
-    const inboundPlain = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => { track(s); void handleInboundPlaintext(s, ctx); });
+    const outbound = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => { if (ctx.admit!(s)) { track(s); void handleOutbound(s, ctx); } });
+    const inboundPlain = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => { if (ctx.admit!(s)) { track(s); void handleInboundPlaintext(s, ctx); } });
     const tunnelServer = new TunnelServer(ctx);
     this.#tunnel = tunnelServer;
     const tunnel = tunnelServer.listener;

@@ -55,6 +55,7 @@ agent flags (defaults in brackets):
   --readiness-port N --readiness-address IP  /healthz/ready [${d.ports.readiness} on ${d.readinessAddress}]
   --metrics-port N --metrics-address IP      Prometheus /metrics [${d.ports.metrics} on ${d.metricsAddress}]
   --metrics on|off --access-log on|off       telemetry [on, on]
+  --max-connections N --max-connections-per-source N   connection limits [16384, 1024]
   admin API: GET /config_dump, GET /logging, POST /logging?level=debug (runtime log level)
 
 ca serve flags:

@@ -39,6 +39,9 @@ export interface AgentConfig {
   metrics: boolean;
   /** One access-log line per connection. */
   accessLog: boolean;
+  /** Connections the agent holds at most, in all and per source address. */
+  maxConnections: number;
+  maxConnectionsPerSource: number;
   capture: CaptureSettings;
 }
 
@@ -211,6 +214,8 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     'metrics-address': { type: 'string', default: defaults.metricsAddress },
     metrics: { type: 'string', default: 'on' },
     'access-log': { type: 'string', default: 'on' },
+    'max-connections': { type: 'string', default: '16384' },
+    'max-connections-per-source': { type: 'string', default: '1024' },
     'log-level': { type: 'string', default: env.MESHLET_LOG_LEVEL ?? defaults.logLevel },
     'connect-timeout': { type: 'string', default: defaults.connectTimeout },
     'handshake-timeout': { type: 'string', default: defaults.handshakeTimeout },
@@ -243,6 +248,8 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     drainMs: p.duration('drain', String(v.drain), 0, 3_600_000),
     metrics: p.onOff('metrics', String(v.metrics)),
     accessLog: p.onOff('access-log', String(v['access-log'])),
+    maxConnections: p.int('max-connections', String(v['max-connections']), 1, 1_000_000),
+    maxConnectionsPerSource: p.int('max-connections-per-source', String(v['max-connections-per-source']), 1, 1_000_000),
     capture,
   };
   const ports = Object.entries(config.ports);

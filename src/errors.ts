@@ -248,6 +248,30 @@ export class PrerequisiteError extends MeshletError {
   }
 }
 
+/** A tunnel peer's TLS handshake failed (no or untrusted client certificate, expired, timeout, not TLS). */
+export class TlsHandshakeError extends MeshletError {
+  readonly code = 'tls_handshake';
+  constructor(detail: string) {
+    super(`tunnel TLS handshake refused: ${detail}`);
+  }
+}
+
+/** A tunnel peer broke the HTTP/2 protocol (malformed frames, oversized headers, flow-control abuse). */
+export class H2ProtocolError extends MeshletError {
+  readonly code = 'h2_protocol';
+  constructor(detail: string) {
+    super(`tunnel HTTP/2 session ended: ${detail}`);
+  }
+}
+
+/** A connection was refused by the agent's connection limits (total, or per source address). */
+export class ConnectionLimitError extends MeshletError {
+  readonly code = 'connection_limit';
+  constructor(detail: string) {
+    super(`connection refused: ${detail}`);
+  }
+}
+
 /** A CLI could not read an agent's admin API (`meshlet status`). */
 export class AgentUnreachableError extends MeshletError {
   readonly code = 'agent_unreachable';
@@ -262,6 +286,7 @@ export const errorCodes = [
   'bad_tunnel_target', 'unknown_destination', 'policy_denied', 'upstream_connect', 'bad_workloads', 'bad_config',
   'bad_spiffe_id', 'ca_error', 'capture_error', 'prerequisite', 'bad_csr', 'bad_request', 'body_too_large', 'bad_token',
   'identity_not_allowed', 'rate_limited', 'authz_unavailable', 'ca_unavailable', 'agent_unreachable',
+  'tls_handshake', 'h2_protocol', 'connection_limit',
 ] as const;
 
 export function errorCode(err: unknown): string {

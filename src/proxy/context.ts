@@ -20,6 +20,10 @@ export interface ProxyContext {
   tunnelPort: number;
   connectTimeoutMs: number;
   handshakeTimeoutMs: number;
+  /** The agent's own ports: a tunnel never connects to them (no loops, no admin API from the network). */
+  agentPorts?: ReadonlySet<number>;
+  /** Connection limits: false means the socket was refused (and already reset). */
+  admit?(socket: net.Socket): boolean;
 }
 
 /** A TCP connection to a final destination, resolved once established (never half-set-up). */

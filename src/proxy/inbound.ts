@@ -11,7 +11,7 @@ import net from 'node:net';
 import type tls from 'node:tls';
 import { originalDestination, plainIp, setSendBuffer } from '../capture/socket.ts';
 import {
-  BadTunnelTargetError, PeerIdentityError, UnknownDestinationError, errorCode,
+  BadTunnelTargetError, H2ProtocolError, MeshletError, PeerIdentityError, TlsHandshakeError, UnknownDestinationError, errorCode,
 } from '../errors.ts';
 import type { AvailableCert } from '../identity/certs.ts';
 import { parseWorkloadId } from '../identity/spiffe.ts';
@@ -45,6 +45,7 @@ export class TunnelServer {
   accept(raw: net.Socket): void {
     const ctx = this.#ctx;
     raw.on('error', () => { /* reported by the TLS server or the handshake timeout */ });
+    if (ctx.admit && !ctx.admit(raw)) return;
     try {
       const dst = originalDestination(raw);
       const target = ctx.registry.findWorkload(dst.ip);
@@ -55,6 +56,7 @@ export class TunnelServer {
     } catch (err) {
       ctx.log.warn({ component: 'inbound', peer: plainIp(raw.remoteAddress), err: errorCode(err), reason: (err as Error).message },
         'tunnel connection refused before handshake');
+      ctx.connections.refused('destination', errorCode(err));
       raw.destroy();
     }
   }
@@ -85,19 +87,35 @@ export class TunnelServer {
       maxSessionMemory: SESSION_MEMORY_MB,
     });
     const entry: PodServer = { server, revision: cert.revision, target, sessions: new Set() };
-    server.on('tlsClientError', (err) => log.warn({ err: 'tls_handshake', reason: err.message }, 'tunnel handshake refused'));
+    const refuse = (err: MeshletError, peer: string | undefined, msg: string) => {
+      log.warn({ err: err.code, reason: err.message, peer }, msg);
+      this.#ctx.connections.refused('destination', err.code);
+    };
+    server.on('tlsClientError', (err, socket) => refuse(new TlsHandshakeError(err.message), plainIp(socket.remoteAddress), 'tunnel handshake refused'));
     server.on('unknownProtocol', (socket: tls.TLSSocket) => {
-      log.warn({ err: 'peer_identity', reason: `ALPN ${String(socket.alpnProtocol)}` }, 'tunnel peer did not negotiate h2');
+      refuse(new PeerIdentityError(`peer negotiated ALPN ${String(socket.alpnProtocol)}, not ${ALPN}`), plainIp(socket.remoteAddress), 'tunnel peer did not negotiate h2');
       socket.destroy();
     });
     server.on('session', (session) => {
       entry.sessions.add(session);
       session.once('close', () => entry.sessions.delete(session));
-      session.on('error', (err) => log.debug({ err: err.message }, 'tunnel session error'));
+      const peerAddress = plainIp(session.socket?.remoteAddress);
+      session.on('error', (err: NodeJS.ErrnoException) => {
+        // A peer that vanished (reset) is not a protocol breach; HTTP/2 errors are.
+        if (String(err.code ?? '').startsWith('ERR_HTTP2')) refuse(new H2ProtocolError(err.message), peerAddress, 'tunnel session broke the protocol');
+        else log.debug({ err: err.message, peer: peerAddress }, 'tunnel session error');
+        // The session is over, and so is its connection: nothing a peer sends after a breach is read.
+        if (!session.destroyed) session.destroy();
+      });
+      session.on('frameError', (type, code) => {
+        refuse(new H2ProtocolError(`frame type ${type} error ${code}`), peerAddress, 'tunnel session broke the protocol');
+        if (!session.destroyed) session.destroy();
+      });
       try {
         this.#peers.set(session, verifiedPeer(session.socket as tls.TLSSocket, this.#ctx, entry.target));
       } catch (err) {
         log.warn({ err: errorCode(err), reason: (err as Error).message }, 'tunnel peer refused');
+        this.#ctx.connections.refused('destination', errorCode(err));
         session.destroy();
         return;
       }
@@ -189,6 +207,10 @@ async function handleConnect(
     if (!authority || authority.host !== tunnel.target.ip) {
       status = 403;
       throw new BadTunnelTargetError(authorityText, `only ${tunnel.target.ip} is reachable through this tunnel`);
+    }
+    if (ctx.agentPorts?.has(authority.port)) {
+      status = 403;
+      throw new BadTunnelTargetError(authorityText, `port ${authority.port} is one of the agent's own ports`);
     }
     status = 403;
     enforce(conn, ctx.policy.authorize({

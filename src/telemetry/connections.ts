@@ -118,6 +118,12 @@ export class ConnectionTracker {
     return [...this.#open.values()].map(({ src, dst, ...rest }) => ({ ...rest, sourceWorkload: name(src), destinationWorkload: name(dst) }));
   }
 
+  /** A refusal that never became a connection record (TLS handshake, protocol, limits). */
+  refused(reporter: 'source' | 'destination', code: string): void {
+    this.#totals.failed++;
+    this.#metrics?.refused(reporter, code);
+  }
+
   /** Open connections per direction (the metrics gauge). */
   openByDirection(): Record<string, number> {
     const n: Record<string, number> = { outbound: 0, inbound: 0, inbound_plaintext: 0 };

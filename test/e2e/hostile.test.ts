@@ -1,0 +1,122 @@
+// Hostile input against the tunnel port (it faces the network) and the plaintext port: each attack
+// from test/support/hostile.ts, run from another node's namespace, gets a clean refusal, a log line
+// with its typed error and a counter; afterwards the same agent process still serves promptly.
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { MeshLab } from '../../src/demo/lab.ts';
+import { parseMetrics, sum } from '../support/prometheus.ts';
+import { eventually } from '../support/wait.ts';
+
+const PORT = 8080;
+const HOSTILE = join(import.meta.dirname, '../support/hostile.ts');
+
+describe('hostile input in network namespaces', { concurrency: false }, () => {
+  let lab: MeshLab;
+  let pid: number | undefined;
+
+  before(async () => {
+    lab = await MeshLab.create({
+      agentArgs: ['--handshake-timeout', '1s', '--max-connections-per-source', '50'],
+      nodes: [
+        { name: 'node-a', pods: [{ name: 'web', namespace: 'shop' }] },
+        { name: 'node-b', pods: [{ name: 'db', namespace: 'shop' }, { name: 'vault', namespace: 'shop' }] },
+      ],
+    });
+    try {
+      await lab.startMesh();
+      await lab.startServer('db', PORT);
+      pid = lab.agents.get('node-b')!.child.pid;
+    } catch (err) {
+      await lab.destroy();
+      throw err;
+    }
+  });
+  after(async () => { await lab?.destroy(); });
+
+  /** Runs one attack from node-a's namespace against db's tunnel port (node-b's agent answers). */
+  const attack = async (name: string, extra: string[] = []) => {
+    const r = await lab.topo.exec(lab.node('node-a').ns, process.execPath, [HOSTILE, '--attack', name, '--target', lab.pod('db').ip, '--ca-dir', lab.caDir, ...extra]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(r.stdout.trim(), `${name} printed no result: ${r.stderr}`);
+    return JSON.parse(r.stdout);
+  };
+  const refusals = async (error: string) => sum(parseMetrics(await lab.metrics(lab.node('node-b'))), 'meshlet_connections_refused_total', { error });
+  const logged = (msg: string, err: string) => eventually(`"${msg}" (${err}) in node-b's log`, async () =>
+    (await lab.agentLog('node-b')).find((l) => l.msg === msg && l.err === err), 5_000);
+
+  /** Asserts one attack bumps a refusal counter and leaves a typed log line. */
+  async function refused(name: string, errors: string[], msgs: string[], check: (r: any) => void = () => {}): Promise<any> {
+    const before = await Promise.all(errors.map(refusals));
+    const r = await attack(name);
+    check(r);
+    await eventually(`${name} counted as ${errors.join(' or ')}`, async () => (await Promise.all(errors.map(refusals))).some((n, i) => n > before[i]!), 5_000);
+    const lines = await lab.agentLog('node-b');
+    assert.ok(lines.some((l) => msgs.includes(l.msg) && errors.includes(l.err)), `no typed log line for ${name}`);
+    return r;
+  }
+
+  it('closes a connection that is not TLS, and never answers it in plaintext', async () => {
+    await refused('not-tls', ['tls_handshake'], ['tunnel handshake refused'], (r) => assert.equal(r.answeredInPlaintext, false));
+  });
+
+  it('refuses TLS without a client certificate, from another trust domain, or expired', async () => {
+    for (const name of ['no-client-cert', 'foreign-trust-domain', 'expired-cert']) {
+      await refused(name, ['tls_handshake'], ['tunnel handshake refused'], (r) => assert.notEqual(r.outcome, 'no answer within 20 s', name));
+    }
+  });
+
+  it('refuses a peer that does not speak h2', async () => {
+    await refused('wrong-alpn', ['tls_handshake', 'peer_identity'], ['tunnel handshake refused', 'tunnel peer did not negotiate h2']);
+  });
+
+  it('times out a handshake that never starts', async () => {
+    const r = await refused('slow-handshake', ['tls_handshake'], ['tunnel handshake refused']);
+    assert.equal(r.outcome, 'closed by the agent');
+    assert.ok(r.ms >= 900 && r.ms < 5_000, `closed after ${r.ms} ms with --handshake-timeout 1s`);
+  });
+
+  it('ends a session that sends malformed HTTP/2', async () => {
+    const r = await refused('malformed-h2', ['h2_protocol'], ['tunnel session broke the protocol']);
+    assert.notEqual(r.outcome, 'no answer within 20 s');
+  });
+
+  it('is no open relay: CONNECT to another address, or to the agent\'s own ports, is refused', async () => {
+    const elsewhere = await attack('connect-elsewhere', ['--expect', `${lab.pod('vault').ip}:${PORT}`]);
+    assert.equal(elsewhere.status, '403 bad_tunnel_target');
+    const own = await attack('connect-agent-port');
+    assert.equal(own.status, '403 bad_tunnel_target');
+    const access = await lab.accessLog('node-b');
+    assert.ok(access.some((l) => l.error === 'bad_tunnel_target' && /only .* is reachable through this tunnel/.test(l.reason)));
+    assert.ok(access.some((l) => l.error === 'bad_tunnel_target' && /one of the agent's own ports/.test(l.reason)));
+    assert.ok(await refusals('bad_tunnel_target') >= 2);
+  });
+
+  it('refuses oversized headers without harm', async () => {
+    const r = await attack('oversized-headers');
+    assert.doesNotMatch(r.status, /^200/);
+  });
+
+  it('advertises a stream limit and serves a burst of streams on one session', async () => {
+    const r = await attack('stream-flood', ['--count', '100']);
+    assert.deepEqual(r.byStatus, { 200: 100 });
+  });
+
+  it('caps connections per source', async () => {
+    const before = await refusals('connection_limit');
+    const r = await attack('connection-flood', ['--count', '200']);
+    assert.ok(r.refused >= 100, JSON.stringify(r));
+    assert.ok(r.stillOpen <= 50, JSON.stringify(r));
+    assert.ok(await refusals('connection_limit') >= before + 100);
+    await logged('connection refused by the connection limits', 'connection_limit');
+  });
+
+  it('is still the same agent afterwards, ready and serving promptly', async () => {
+    assert.equal(lab.agents.get('node-b')!.child.pid, pid);
+    assert.equal(lab.agents.get('node-b')!.child.exitCode, null);
+    await lab.waitReady(lab.node('node-b'));
+    const r = await lab.client('web', { host: lab.pod('db').ip, port: PORT, bytes: 100_000, timeoutMs: 5_000 });
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.ok(r.results[0]!.ms < 1_000, `${r.results[0]!.ms} ms`);
+  });
+});

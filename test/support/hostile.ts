@@ -1,0 +1,154 @@
+// A hostile tunnel peer, for the end-to-end tests: run inside a network namespace, it attacks one
+// pod's tunnel port (its node's agent answers) in one way and prints what happened as JSON.
+//
+//   node test/support/hostile.ts --attack NAME --target IP [--port 15008] --ca-dir DIR [--count N]
+//
+// Attacks: not-tls, wrong-alpn, no-client-cert, foreign-trust-domain, expired-cert, slow-handshake,
+// malformed-h2, connect-elsewhere, connect-agent-port, oversized-headers, stream-flood, connection-flood.
+// The valid-looking client certificates are made here from the mesh's root (the test's CA dir):
+// an attacker holding a stolen but real identity is the strongest case.
+import http2 from 'node:http2';
+import net from 'node:net';
+import tls from 'node:tls';
+import { parseArgs } from 'node:util';
+import { CaSigner, createCsr, createRootCa, generateRsaKey, parseWorkloadCsr } from '../../src/identity/ca.ts';
+import { DirRootStore, loadRootSet } from '../../src/identity/roots.ts';
+
+const { values: v } = parseArgs({ options: {
+  attack: { type: 'string' }, target: { type: 'string' }, port: { type: 'string', default: '15008' },
+  'ca-dir': { type: 'string' }, count: { type: 'string', default: '200' }, expect: { type: 'string' },
+} });
+const target = String(v.target);
+const port = Number(v.port);
+const started = Date.now();
+let reported = false;
+/** Prints the one result line and exits once it is written (stdout to a pipe is asynchronous). */
+const done = (outcome: string, detail: Record<string, unknown> = {}) => {
+  if (reported) return;
+  reported = true;
+  process.stdout.write(`${JSON.stringify({ attack: v.attack, outcome, ms: Date.now() - started, ...detail })}\n`, () => process.exit(0));
+};
+setTimeout(() => done('no answer within 20 s'), 20_000);
+
+/** A client certificate for `id`, signed by the mesh root, or by a root of its own. */
+async function identity(id: string, opts: { foreignRoot?: boolean; expired?: boolean } = {}): Promise<{ key: string; cert: string }> {
+  const roots = await loadRootSet(new DirRootStore(String(v['ca-dir'])));
+  const root = opts.foreignRoot ? await createRootCa({ trustDomain: 'evil.example' }) : roots.signing;
+  const { privateKeyPem } = await generateRsaKey();
+  const trustDomain = opts.foreignRoot ? 'evil.example' : roots.trustDomain;
+  const csr = createCsr(privateKeyPem, id.replace('TD', trustDomain));
+  const signer = new CaSigner(root);
+  const cert = signer.signWorkload(parseWorkloadCsr(csr, trustDomain), opts.expired
+    ? { ttlMs: 60_000, now: new Date(Date.now() - 3_600_000) } : { ttlMs: 3_600_000 });
+  return { key: privateKeyPem, cert };
+}
+
+function tlsOutcome(opts: tls.ConnectionOptions, after?: (s: tls.TLSSocket) => void): void {
+  const s = tls.connect({ host: target, port, rejectUnauthorized: false, ...opts });
+  s.once('secureConnect', () => { after?.(s); });
+  // Read (and drop) whatever comes back: a paused socket would never see the agent's FIN.
+  s.resume();
+  s.on('error', (err: NodeJS.ErrnoException) => done('refused', { error: err.code ?? err.message }));
+  s.once('close', () => done('closed'));
+}
+
+async function h2Session(): Promise<http2.ClientHttp2Session> {
+  const id = await identity('spiffe://TD/ns/intruder/sa/stolen');
+  const session = http2.connect(`https://${target}:${port}`, { ...id, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' } as http2.SecureClientSessionOptions);
+  session.on('error', (err: NodeJS.ErrnoException) => done('session refused', { error: err.code ?? err.message }));
+  await new Promise((r) => session.once('connect', r));
+  return session;
+}
+
+function connectStatus(session: http2.ClientHttp2Session, authority: string, headers: Record<string, string> = {}): Promise<string> {
+  return new Promise((resolve) => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': authority, ...headers }, { endStream: false });
+    stream.on('response', (h) => resolve(`${h[':status']} ${h['x-meshlet-error'] ?? ''}`.trim()));
+    stream.on('error', (err: NodeJS.ErrnoException) => resolve(`stream error ${err.code ?? err.message}`));
+    stream.on('close', () => resolve(`stream closed ${stream.rstCode}`));
+  });
+}
+
+switch (v.attack) {
+  case 'not-tls': {
+    const s = net.connect({ host: target, port }, () => s.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+    let got = '';
+    s.on('data', (d) => { got += d.toString('latin1'); });
+    s.on('error', (err: NodeJS.ErrnoException) => done('refused', { error: err.code }));
+    s.on('close', () => done('closed', { answeredInPlaintext: /HTTP\//.test(got) }));
+    break;
+  }
+  case 'wrong-alpn':
+    tlsOutcome({ ...(await identity('spiffe://TD/ns/intruder/sa/stolen')), ALPNProtocols: ['http/1.1'] });
+    break;
+  case 'no-client-cert':
+    tlsOutcome({ ALPNProtocols: ['h2'] }, (s) => s.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'));
+    break;
+  case 'foreign-trust-domain':
+    tlsOutcome({ ...(await identity('spiffe://TD/ns/shop/sa/web', { foreignRoot: true })), ALPNProtocols: ['h2'] }, (s) => s.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'));
+    break;
+  case 'expired-cert':
+    tlsOutcome({ ...(await identity('spiffe://TD/ns/shop/sa/web', { expired: true })), ALPNProtocols: ['h2'] }, (s) => s.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'));
+    break;
+  case 'slow-handshake': {
+    // TCP only, then silence: the agent must give up on its own.
+    const s = net.connect({ host: target, port });
+    s.on('error', (err: NodeJS.ErrnoException) => done('refused', { error: err.code }));
+    s.on('close', () => done('closed by the agent'));
+    break;
+  }
+  case 'malformed-h2': {
+    const id = await identity('spiffe://TD/ns/intruder/sa/stolen');
+    tlsOutcome({ ...id, ALPNProtocols: ['h2'] }, (s) => {
+      // The preface, then a frame with a type and length that make no sense.
+      s.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+      s.write(Buffer.from([0xff, 0xff, 0xff, 0x01, 0x00, 0x00, 0x00, 0x00, 0x01, 0xde, 0xad, 0xbe, 0xef]));
+    });
+    break;
+  }
+  case 'connect-elsewhere': {
+    const session = await h2Session();
+    done('answered', { status: await connectStatus(session, String(v.expect ?? '10.0.0.1:22')) });
+    break;
+  }
+  case 'connect-agent-port': {
+    const session = await h2Session();
+    done('answered', { status: await connectStatus(session, `${target}:15008`) });
+    break;
+  }
+  case 'oversized-headers': {
+    const session = await h2Session();
+    done('answered', { status: await connectStatus(session, `${target}:8080`, { 'x-junk': 'x'.repeat(200_000) }) });
+    break;
+  }
+  case 'stream-flood': {
+    const session = await h2Session();
+    const n = Number(v.count);
+    const statuses = await Promise.all(Array.from({ length: n }, () => connectStatus(session, `${target}:8080`)));
+    const byStatus: Record<string, number> = {};
+    for (const s of statuses) byStatus[s] = (byStatus[s] ?? 0) + 1;
+    done('answered', { streams: n, byStatus });
+    break;
+  }
+  case 'connection-flood': {
+    const n = Number(v.count);
+    let open = 0;
+    let refused = 0;
+    const sockets: net.Socket[] = [];
+    await Promise.all(Array.from({ length: n }, () => new Promise<void>((resolve) => {
+      const s = net.connect({ host: target, port });
+      sockets.push(s);
+      s.on('connect', () => { open++; });
+      // A socket the agent keeps is still open after a moment; a refused one is reset at once.
+      s.on('error', () => { refused++; resolve(); });
+      s.on('close', () => resolve());
+      setTimeout(resolve, 1500);
+    })));
+    const stillOpen = sockets.filter((s) => !s.destroyed && s.readyState === 'open').length;
+    done('flooded', { attempted: n, connected: open, refused, stillOpen });
+    break;
+  }
+  default:
+    process.stderr.write(`unknown attack ${v.attack}\n`);
+    process.exit(2);
+}
