@@ -215,6 +215,7 @@ export class Agent {
       tunnelPort: this.config.ports.tunnel,
       connectTimeoutMs: this.config.connectTimeoutMs,
       handshakeTimeoutMs: this.config.handshakeTimeoutMs,
+      idleTimeoutMs: this.config.idleTimeoutMs,
     };
     const track = (socket: net.Socket) => {
       this.#sockets.add(socket);

@@ -56,6 +56,7 @@ agent flags (defaults in brackets):
   --metrics-port N --metrics-address IP      Prometheus /metrics [${d.ports.metrics} on ${d.metricsAddress}]
   --metrics on|off --access-log on|off       telemetry [on, on]
   --max-connections N --max-connections-per-source N   connection limits [16384, 1024]
+  --idle-timeout DUR       reset relayed connections silent both ways this long [1h]
   admin API: GET /config_dump, GET /logging, POST /logging?level=debug (runtime log level)
 
 ca serve flags:

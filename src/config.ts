@@ -42,6 +42,8 @@ export interface AgentConfig {
   /** Connections the agent holds at most, in all and per source address. */
   maxConnections: number;
   maxConnectionsPerSource: number;
+  /** Relayed connections silent both ways for this long are reset. */
+  idleTimeoutMs: number;
   capture: CaptureSettings;
 }
 
@@ -215,6 +217,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     metrics: { type: 'string', default: 'on' },
     'access-log': { type: 'string', default: 'on' },
     'max-connections': { type: 'string', default: '16384' },
+    'idle-timeout': { type: 'string', default: '1h' },
     'max-connections-per-source': { type: 'string', default: '1024' },
     'log-level': { type: 'string', default: env.MESHLET_LOG_LEVEL ?? defaults.logLevel },
     'connect-timeout': { type: 'string', default: defaults.connectTimeout },
@@ -249,6 +252,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     metrics: p.onOff('metrics', String(v.metrics)),
     accessLog: p.onOff('access-log', String(v['access-log'])),
     maxConnections: p.int('max-connections', String(v['max-connections']), 1, 1_000_000),
+    idleTimeoutMs: p.duration('idle-timeout', String(v['idle-timeout']), 1000, 7 * 86_400_000),
     maxConnectionsPerSource: p.int('max-connections-per-source', String(v['max-connections-per-source']), 1, 1_000_000),
     capture,
   };

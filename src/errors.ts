@@ -264,6 +264,14 @@ export class H2ProtocolError extends MeshletError {
   }
 }
 
+/** Nothing flowed either way on a relayed connection for the idle timeout; the agent reset it. */
+export class IdleTimeoutError extends MeshletError {
+  readonly code = 'idle_timeout';
+  constructor(idleMs: number) {
+    super(`no bytes either way for ${idleMs} ms (--idle-timeout): connection reset`);
+  }
+}
+
 /** A connection was refused by the agent's connection limits (total, or per source address). */
 export class ConnectionLimitError extends MeshletError {
   readonly code = 'connection_limit';
@@ -286,7 +294,7 @@ export const errorCodes = [
   'bad_tunnel_target', 'unknown_destination', 'policy_denied', 'upstream_connect', 'bad_workloads', 'bad_config',
   'bad_spiffe_id', 'ca_error', 'capture_error', 'prerequisite', 'bad_csr', 'bad_request', 'body_too_large', 'bad_token',
   'identity_not_allowed', 'rate_limited', 'authz_unavailable', 'ca_unavailable', 'agent_unreachable',
-  'tls_handshake', 'h2_protocol', 'connection_limit',
+  'tls_handshake', 'h2_protocol', 'connection_limit', 'idle_timeout',
 ] as const;
 
 export function errorCode(err: unknown): string {

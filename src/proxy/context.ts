@@ -20,6 +20,8 @@ export interface ProxyContext {
   tunnelPort: number;
   connectTimeoutMs: number;
   handshakeTimeoutMs: number;
+  /** A relayed connection with no bytes either way for this long is reset (0: never). */
+  idleTimeoutMs?: number;
   /** The agent's own ports: a tunnel never connects to them (no loops, no admin API from the network). */
   agentPorts?: ReadonlySet<number>;
   /** Connection limits: false means the socket was refused (and already reset). */

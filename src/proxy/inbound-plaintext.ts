@@ -5,7 +5,7 @@ import { originalDestination, plainIp } from '../capture/socket.ts';
 import { UnknownDestinationError } from '../errors.ts';
 import { plaintextRefusal } from '../policy/engine.ts';
 import { assertNotSelf, connectTcp, type ProxyContext } from './context.ts';
-import { relay, socketEnd } from './relay.ts';
+import { outcomeOf, relay, socketEnd } from './relay.ts';
 import { enforce } from './decision.ts';
 
 export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext): Promise<void> {
@@ -25,8 +25,8 @@ export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext):
     const result = await relay(client, upstream, (sent, received) => {
       conn.info.bytesSent += sent;
       conn.info.bytesReceived += received;
-    });
-    conn.close({ reset: result.abortedBy !== undefined });
+    }, { idleMs: ctx.idleTimeoutMs });
+    conn.close(outcomeOf(result));
   } catch (err) {
     client.reset();
     conn.close({ error: err });

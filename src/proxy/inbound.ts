@@ -18,7 +18,7 @@ import { parseWorkloadId } from '../identity/spiffe.ts';
 import type { Workload } from '../workloads/model.ts';
 import type { WorkloadRegistry } from '../workloads/registry.ts';
 import { connectTcp, type ProxyContext } from './context.ts';
-import { h2StreamEnd, relay, socketEnd } from './relay.ts';
+import { h2StreamEnd, outcomeOf, relay, socketEnd } from './relay.ts';
 import { ALPN, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, parseAuthority, parseForwardedFor, parseTraceparent, peerSpiffeId, WINDOW_BYTES } from './tunnel/h2.ts';
 import { enforce } from './decision.ts';
 
@@ -224,8 +224,8 @@ async function handleConnect(
     const result = await relay(peer, upstream, (fromPeer, toPeer) => {
       conn.info.bytesSent += fromPeer;
       conn.info.bytesReceived += toPeer;
-    });
-    conn.close({ reset: result.abortedBy !== undefined });
+    }, { idleMs: ctx.idleTimeoutMs });
+    conn.close(outcomeOf(result));
   } catch (err) {
     if (!stream.destroyed && !stream.headersSent) {
       stream.respond({ ':status': status, 'x-meshlet-error': errorCode(err) }, { endStream: true });

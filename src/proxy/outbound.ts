@@ -6,7 +6,7 @@ import { UnknownSourceError } from '../errors.ts';
 import type { ConnectionHandle } from '../telemetry/connections.ts';
 import type { Workload } from '../workloads/model.ts';
 import { assertNotSelf, connectTcp, type ProxyContext } from './context.ts';
-import { h2StreamEnd, relay, socketEnd, type RelayEnd } from './relay.ts';
+import { h2StreamEnd, outcomeOf, relay, socketEnd, type RelayEnd } from './relay.ts';
 import { enforce } from './decision.ts';
 
 export async function handleOutbound(socket: Socket, ctx: ProxyContext): Promise<void> {
@@ -23,8 +23,8 @@ export async function handleOutbound(socket: Socket, ctx: ProxyContext): Promise
     const result = await relay(client, upstream, (sent, received) => {
       conn.info.bytesSent += sent;
       conn.info.bytesReceived += received;
-    });
-    conn.close({ reset: result.abortedBy !== undefined });
+    }, { idleMs: ctx.idleTimeoutMs });
+    conn.close(outcomeOf(result));
   } catch (err) {
     client.reset();
     conn.close({ error: err });

@@ -6,6 +6,7 @@ import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import http2 from 'node:http2';
 import { resetSocket } from '../capture/socket.ts';
+import { IdleTimeoutError } from '../errors.ts';
 
 export interface RelayEnd {
   stream: Duplex;
@@ -24,6 +25,14 @@ export interface RelayResult {
   /** Which side ended abnormally first, if any. */
   abortedBy?: 'a' | 'b';
   error?: Error;
+  /** Nothing flowed either way for the idle timeout: the agent reset both ends. */
+  idleMs?: number;
+}
+
+/** How a relayed connection ended, for its record: an idle timeout is a typed error, an abort a reset. */
+export function outcomeOf(result: RelayResult): { error?: Error; reset?: boolean } {
+  if (result.idleMs !== undefined) return { error: new IdleTimeoutError(result.idleMs) };
+  return { reset: result.abortedBy !== undefined };
 }
 
 export function socketEnd(socket: Socket): RelayEnd {
@@ -50,14 +59,28 @@ export function h2StreamEnd(stream: http2.Http2Stream): RelayEnd {
   };
 }
 
-export function relay(a: RelayEnd, b: RelayEnd, onBytes?: (aToB: number, bToA: number) => void): Promise<RelayResult> {
+export function relay(a: RelayEnd, b: RelayEnd, onBytes?: (aToB: number, bToA: number) => void, opts: { idleMs?: number } = {}): Promise<RelayResult> {
   return new Promise((resolve) => {
     const result: RelayResult = { aToB: 0, bToA: 0 };
     let closedA = false;
     let closedB = false;
+    // Idle timeout: one coarse timer per connection, checking a timestamp the data handlers move,
+    // instead of re-arming a timer on every chunk.
+    let lastActivity = Date.now();
+    let idleTimer: NodeJS.Timeout | undefined;
+    if (opts.idleMs) {
+      const idleMs = opts.idleMs;
+      idleTimer = setInterval(() => {
+        if (Date.now() - lastActivity < idleMs) return;
+        clearInterval(idleTimer);
+        result.idleMs = idleMs;
+        a.reset();
+        b.reset();
+      }, Math.max(250, Math.floor(idleMs / 4))).unref();
+    }
 
-    a.stream.on('data', (chunk: Buffer) => { result.aToB += chunk.length; onBytes?.(chunk.length, 0); });
-    b.stream.on('data', (chunk: Buffer) => { result.bToA += chunk.length; onBytes?.(0, chunk.length); });
+    a.stream.on('data', (chunk: Buffer) => { lastActivity = Date.now(); result.aToB += chunk.length; onBytes?.(chunk.length, 0); });
+    b.stream.on('data', (chunk: Buffer) => { lastActivity = Date.now(); result.bToA += chunk.length; onBytes?.(0, chunk.length); });
     // pipe() gives backpressure. Its own end handling is off: an end is forwarded as a half-close
     // only when it is a real one. An HTTP/2 stream whose session died emits 'aborted' and then 'end';
     // forwarding that as FIN would tell the application its peer finished cleanly.
@@ -79,7 +102,10 @@ export function relay(a: RelayEnd, b: RelayEnd, onBytes?: (aToB: number, bToA: n
         result.abortedBy ??= side;
         other.reset();
       }
-      if (closedA && closedB) resolve(result);
+      if (closedA && closedB) {
+        if (idleTimer) clearInterval(idleTimer);
+        resolve(result);
+      }
     };
     a.stream.once('close', onClose('a'));
     b.stream.once('close', onClose('b'));

@@ -4,10 +4,10 @@ import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { describe, it } from 'node:test';
 import { resetSocket } from '../../src/capture/socket.ts';
-import { relay, type RelayResult, socketEnd } from '../../src/proxy/relay.ts';
+import { outcomeOf, relay, type RelayResult, socketEnd } from '../../src/proxy/relay.ts';
 
 /** app server <- relay <- client, all on loopback. */
-async function setup(onServerConn: (s: net.Socket) => void) {
+async function setup(onServerConn: (s: net.Socket) => void, opts: { idleMs?: number } = {}) {
   const appSockets: net.Socket[] = [];
   const app = net.createServer({ allowHalfOpen: true }, (s) => { appSockets.push(s); onServerConn(s); });
   await new Promise<void>((r) => app.listen(0, '127.0.0.1', r));
@@ -16,7 +16,7 @@ async function setup(onServerConn: (s: net.Socket) => void) {
   const proxy = net.createServer({ allowHalfOpen: true }, (client) => {
     const up = net.connect({ port: (app.address() as net.AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
     upstreams.push(up);
-    results.push(relay(socketEnd(client), socketEnd(up)));
+    results.push(relay(socketEnd(client), socketEnd(up), undefined, opts));
   });
   await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
   const connect = () => net.connect({ port: (proxy.address() as net.AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
@@ -53,6 +53,27 @@ describe('relay', () => {
       assert.equal(r.aToB, payload.length);
       assert.equal(r.bToA, reply.length);
       assert.equal(r.abortedBy, undefined);
+    } finally {
+      env.close();
+    }
+  });
+
+  it('resets both ends of a connection silent for the idle timeout, and only that one', async () => {
+    const env = await setup((s) => { s.on('error', () => {}); s.on('data', (d) => s.write(d)); }, { idleMs: 400 });
+    try {
+      const silent = env.connect();
+      while (env.results.length < 1) await new Promise((r) => setTimeout(r, 5));
+      const chatty = env.connect();
+      chatty.on('data', () => {});
+      const ping = setInterval(() => chatty.write('x'), 100);
+      const err = await new Promise<NodeJS.ErrnoException>((resolve) => silent.on('error', resolve));
+      assert.equal(err.code, 'ECONNRESET');
+      const r = await env.results[0]!;
+      assert.equal(r.idleMs, 400);
+      assert.deepEqual(outcomeOf(r).error?.message, 'no bytes either way for 400 ms (--idle-timeout): connection reset');
+      assert.equal(chatty.destroyed, false, 'a connection with traffic stays');
+      clearInterval(ping);
+      chatty.destroy();
     } finally {
       env.close();
     }
