@@ -1,0 +1,128 @@
+// `npm run bench:reliability` (root): the reliability report's numbers, on the demo topology (one
+// captured client and server on two nodes):
+//
+//   upgrades   fixed-rate HTTP (keep-alive) + a short connection every 50 ms + one long connection,
+//              while each node's agent is replaced twice (new agent beside the old on the same ports,
+//              then SIGTERM to the old); requests and connections lost are counted
+//   sigkill    the destination node's agent is SIGKILLed under the same load: connections refused
+//              while it is gone (never plaintext), and the time from restart to ready and to the
+//              first successful connection
+//   hostile    every attack of test/support/hostile.ts against the tunnel port while the load runs:
+//              the load's latency with and without the barrage
+//
+// Writes bench/reliability-results.json. Nothing is asserted.
+import type { ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { type AgentProcess, MeshLab, PEER } from '../src/demo/lab.ts';
+import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
+
+const HERE = resolve(fileURLToPath(import.meta.url), '..');
+const LOAD = join(HERE, 'load.ts');
+const HOSTILE = join(HERE, '..', 'test', 'support', 'hostile.ts');
+const { values: opts } = parseArgs({ options: {
+  rate: { type: 'string', default: '300' },
+  out: { type: 'string', default: join(HERE, 'reliability-results.json') },
+} });
+const RATE = Number(opts.rate);
+const say = (s: string) => process.stderr.write(`${s}\n`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+await assertNetnsPrerequisites();
+const lab = await MeshLab.create({
+  agentArgs: ['--drain', '60s'],
+  nodes: [{ name: 'node-a', pods: [{ name: 'client', namespace: 'bench' }] }, { name: 'node-b', pods: [{ name: 'server', namespace: 'bench' }] }],
+});
+const results: Record<string, unknown> = { date: new Date().toISOString(), node: process.version, rate: RATE };
+
+const inClient = (script: string, args: string[]) => lab.topo.exec(lab.pod('client').ns, process.execPath, [script, ...args]);
+/** The standard load for `seconds`; resolves with what it saw. */
+async function load(seconds: number) {
+  const server = lab.pod('server').ip;
+  const [l, d, c] = await Promise.all([
+    inClient(LOAD, ['latency', '--url', `http://${server}:8081/`, '--rate', String(RATE), '--seconds', String(seconds), '--connections', '8']),
+    inClient(PEER, ['dial', '--host', server, '--port', '8080', '--duration', String(seconds * 1000), '--interval', '50']),
+    inClient(PEER, ['chat', '--host', server, '--port', '8080', '--duration', String(seconds * 1000), '--interval', '100']),
+  ]);
+  const latency = JSON.parse(l.stdout.trim().split('\n').at(-1)!);
+  const dial = JSON.parse(d.stdout);
+  const chat = JSON.parse(c.stdout);
+  return {
+    requests: latency.requests, requestErrors: latency.errors, p50: latency.p50, p99: latency.p99, max: latency.max,
+    shortConnections: dial.attempts, shortConnectionFailures: dial.failures.length, longConnectionOk: chat.ok, failures: dial.failures.slice(0, 10),
+  };
+}
+async function startAgent(node: string): Promise<{ agent: AgentProcess; readyMs: number }> {
+  const t0 = Date.now();
+  const agent = await lab.startAgent(lab.node(node));
+  for (;;) {
+    if ((await lab.processLog(agent)).some((l) => l.msg === 'agent ready')) return { agent, readyMs: Date.now() - t0 };
+    if (Date.now() - t0 > 30_000) throw new Error(`agent on ${node} not ready`);
+    await sleep(50);
+  }
+}
+
+try {
+  for (const ns of [...lab.meshNodes.map((n) => n.ns), lab.pod('client').ns]) await lab.topo.exec(ns, 'sysctl', ['-q', '-w', 'net.ipv4.tcp_tw_reuse=1']);
+  await lab.startMesh();
+  await lab.startServer('server', 8080);
+  const http: ChildProcess = lab.topo.spawn(lab.pod('server').ns, process.execPath, [LOAD, 'http-server', '--port', '8081']);
+  lab.servers.push(http);
+  await new Promise<void>((res) => http.stdout?.once('data', () => res()));
+
+  say('baseline: 20 s of load, nothing happening ...');
+  results.baseline = await load(20);
+
+  say('upgrades: 20 s of load, each agent replaced twice ...');
+  const upgrades: Array<{ node: string; newReadyMs: number; oldExit: number | null; oldDrainedMs: number }> = [];
+  const upgradeLoad = load(20);
+  for (const node of ['node-b', 'node-a', 'node-b', 'node-a']) {
+    await sleep(3000);
+    const old = lab.agents.get(node)!;
+    const { readyMs } = await startAgent(node);
+    const t = Date.now();
+    old.child.kill('SIGTERM');
+    const entry = { node, newReadyMs: readyMs, oldExit: null as number | null, oldDrainedMs: 0 };
+    void old.exited.then((code) => { entry.oldExit = code; entry.oldDrainedMs = Date.now() - t; });
+    upgrades.push(entry);
+  }
+  results.upgrades = { load: await upgradeLoad, agents: upgrades };
+
+  say('sigkill: node-b\'s agent killed under load, restarted 3 s later ...');
+  const killLoad = load(12);
+  await sleep(3000);
+  const victim = lab.agents.get('node-b')!;
+  victim.child.kill('SIGKILL');
+  await victim.exited;
+  await sleep(3000);
+  const restart = Date.now();
+  const { readyMs } = await startAgent('node-b');
+  let firstOkMs = -1;
+  while (firstOkMs < 0 && Date.now() - restart < 30_000) {
+    const r = await lab.client('client', { host: lab.pod('server').ip, port: 8080, bytes: 1024, timeoutMs: 2000 });
+    if (r.ok) firstOkMs = Date.now() - restart;
+  }
+  results.sigkill = { load: await killLoad, deadForMs: 3000, restartToReadyMs: readyMs, restartToFirstConnectionMs: firstOkMs };
+
+  say('hostile: every attack against node-b\'s tunnel port during 20 s of load ...');
+  const hostileLoad = load(20);
+  const attacks = ['not-tls', 'wrong-alpn', 'no-client-cert', 'foreign-trust-domain', 'expired-cert', 'slow-handshake', 'malformed-h2',
+    'connect-elsewhere', 'connect-agent-port', 'oversized-headers', 'connection-flood'];
+  const outcomes: Record<string, unknown> = {};
+  await sleep(2000);
+  for (let round = 0; round < 3; round++) {
+    for (const a of attacks) {
+      const r = await lab.topo.exec(lab.node('node-a').ns, process.execPath, [HOSTILE, '--attack', a, '--target', lab.pod('server').ip, '--ca-dir', lab.caDir, '--count', '300']);
+      outcomes[a] = r.stdout.trim() ? JSON.parse(r.stdout) : { error: r.stderr.trim() };
+    }
+  }
+  const pidAfter = lab.agents.get('node-b')!.child.pid;
+  results.hostile = { load: await hostileLoad, attacks: outcomes, rounds: 3, agentSurvived: lab.agents.get('node-b')!.child.exitCode === null, pid: pidAfter };
+} finally {
+  await lab.destroy();
+}
+writeFileSync(opts.out!, `${JSON.stringify(results, null, 2)}\n`);
+for (const [k, v] of Object.entries(results)) if (typeof v === 'object') say(`${k}: ${JSON.stringify((v as any).load ?? v)}`);
+say(`written to ${opts.out}`);
