@@ -11,7 +11,6 @@
 //              the load's latency with and without the barrage
 //
 // Writes bench/reliability-results.json. Nothing is asserted.
-import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -68,9 +67,7 @@ try {
   for (const ns of [...lab.meshNodes.map((n) => n.ns), lab.pod('client').ns]) await lab.topo.exec(ns, 'sysctl', ['-q', '-w', 'net.ipv4.tcp_tw_reuse=1']);
   await lab.startMesh();
   await lab.startServer('server', 8080);
-  const http: ChildProcess = lab.topo.spawn(lab.pod('server').ns, process.execPath, [LOAD, 'http-server', '--port', '8081']);
-  lab.servers.push(http);
-  await new Promise<void>((res) => http.stdout?.once('data', () => res()));
+  await lab.startHttpServer('server', 8081);
 
   say('baseline: 20 s of load, nothing happening ...');
   results.baseline = await load(20);

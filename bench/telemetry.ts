@@ -4,7 +4,6 @@
 // request/response latency at a fixed rate (bench/load.ts, 16 keep-alive connections), agent CPU
 // over it, and new short connections per second (where per-connection telemetry shows most).
 // Writes bench/telemetry-results.json. Nothing is asserted.
-import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -45,8 +44,7 @@ try {
   }
   await lab.startMesh();
   await lab.startServer('server', 8080);
-  const http: ChildProcess = lab.topo.spawn(lab.pod('server').ns, process.execPath, [LOAD, 'http-server', '--port', '8081']);
-  await new Promise<void>((res) => http.stdout?.once('data', () => res()));
+  await lab.startHttpServer('server', 8081);
   const url = `http://${lab.pod('server').ip}:8081/`;
   for (const telemetry of ['on', 'off', 'on', 'off']) {
     for (const node of lab.meshNodes) {

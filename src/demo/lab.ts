@@ -17,6 +17,8 @@ import { readPcap, type TcpSegment } from '../netns/pcap.ts';
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 export const CLI = join(ROOT, 'src/cli.ts');
 export const PEER = join(ROOT, 'src/demo/peer.ts');
+/** The benchmarks' load generator and HTTP server (bench/load.ts). */
+const LOAD_SCRIPT = join(ROOT, 'bench/load.ts');
 
 export interface PodSpec {
   name: string;
@@ -271,6 +273,18 @@ export class MeshLab {
     const r = await this.topo.exec(node.ns, process.execPath, [PEER, 'get', '--url', 'http://127.0.0.1:15000/config_dump']);
     if (r.code !== 0) throw new Error(`config_dump on ${node.name} failed: ${r.stderr || r.stdout}`);
     return JSON.parse(r.stdout);
+  }
+
+  /** Starts bench/load.ts's HTTP server (1 KB request/response benchmarks) in a pod; resolves once it listens. */
+  async startHttpServer(podName: string, port: number): Promise<ChildProcess> {
+    const child = this.topo.spawn(this.pod(podName).ns, process.execPath, [LOAD_SCRIPT, 'http-server', '--port', String(port)]);
+    this.servers.push(child);
+    await new Promise<void>((res, rej) => {
+      const timer = setTimeout(() => rej(new Error(`HTTP server in ${podName} did not start`)), 10_000);
+      child.stdout?.once('data', () => { clearTimeout(timer); res(); });
+      child.once('exit', (code) => { clearTimeout(timer); rej(new Error(`HTTP server in ${podName} exited ${code}`)); });
+    });
+    return child;
   }
 
   /** Starts the peer server in a pod and waits until it listens. */

@@ -3,7 +3,6 @@
 // (a new agent beside the old one on the same ports, then the old one drains) loses no request, and
 // a SIGKILLed agent fails closed.
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { type AgentProcess, MeshLab, PEER } from '../../src/demo/lab.ts';
@@ -32,9 +31,7 @@ describe('agent lifecycle in network namespaces', { concurrency: false }, () => 
         assert.equal((await lab.topo.exec(node.ns, 'cat', ['/proc/sys/net/ipv4/tcp_migrate_req'])).stdout.trim(), '1');
       }
       await lab.startServer('db', PORT);
-      const http: ChildProcess = lab.topo.spawn(lab.pod('db').ns, process.execPath, [LOAD, 'http-server', '--port', String(HTTP_PORT)]);
-      lab.servers.push(http);
-      await new Promise<void>((res) => http.stdout?.once('data', () => res()));
+      await lab.startHttpServer('db', HTTP_PORT);
     } catch (err) {
       await lab.destroy();
       throw err;
@@ -49,6 +46,21 @@ describe('agent lifecycle in network namespaces', { concurrency: false }, () => 
   };
   const reach = async (from: string, to: string, pattern?: string) =>
     lab.client(from, { host: lab.pod(to).ip, port: PORT, bytes: 64 * 1024, timeoutMs: 5_000, ...(pattern ? { pattern } : {}) });
+  /** Both connections (meshed and plaintext) into db are refused at once, and the marker never crosses `node`'s link. */
+  async function refusedWithoutPlaintext(node: string): Promise<void> {
+    const capture = await lab.startPacketCapture(lab.node(node));
+    let meshed, plain;
+    try {
+      meshed = await reach('web', 'db', MARKER);
+      plain = await reach('outsider', 'db', MARKER);
+    } finally {
+      const segments = await capture.stop();
+      assert.equal(segments.filter((s) => s.payload.includes(MARKER.trim())).length, 0, `payload crossed ${node}'s link in the clear`);
+    }
+    assert.equal(meshed.ok, false);
+    assert.notEqual(meshed.results[0]!.error, 'timeout', 'refused at once, not left hanging');
+    assert.equal(plain.ok, false, 'plaintext into a captured pod is refused too, not delivered around the agent');
+  }
   const logOf = async (a: AgentProcess, msg: string) => (await lab.processLog(a)).some((l) => l.msg === msg);
   const startAgent = async (node: string, args: string[] = []) => {
     const a = await lab.startAgent(lab.node(node), ['--drain', '30s', ...args]);
@@ -63,18 +75,7 @@ describe('agent lifecycle in network namespaces', { concurrency: false }, () => 
     assert.equal((await reach('web', 'db')).ok, true);
     for (const node of lab.meshNodes) assert.equal(await lab.stopAgent(node.name), 0);
     assert.ok((await lab.ipsetMembers(lab.node('node-a'))).has(lab.pod('web').ip), 'the captured set outlives the agent');
-    const capture = await lab.startPacketCapture(lab.node('node-a'));
-    let r, plain;
-    try {
-      r = await reach('web', 'db', MARKER);
-      plain = await reach('outsider', 'db', MARKER);
-    } finally {
-      const segments = await capture.stop();
-      assert.equal(segments.filter((s) => s.payload.includes(MARKER.trim())).length, 0, 'payload on the wire');
-    }
-    assert.equal(r.ok, false);
-    assert.notEqual(r.results[0]!.error, 'timeout', 'refused at once, not left hanging');
-    assert.equal(plain.ok, false, 'plaintext into a captured pod is refused too');
+    await refusedWithoutPlaintext('node-a');
     for (const node of lab.meshNodes) await startAgent(node.name);
     assert.equal((await reach('web', 'db')).ok, true);
   });
@@ -132,18 +133,7 @@ describe('agent lifecycle in network namespaces', { concurrency: false }, () => 
     const victim = lab.agents.get('node-b')!;
     victim.child.kill('SIGKILL');
     await victim.exited;
-    const capture = await lab.startPacketCapture(lab.node('node-b'));
-    let meshed, plain;
-    try {
-      meshed = await reach('web', 'db', MARKER);
-      plain = await reach('outsider', 'db', MARKER);
-    } finally {
-      const segments = await capture.stop();
-      assert.equal(segments.filter((s) => s.payload.includes(MARKER.trim())).length, 0, 'payload reached node-b in the clear');
-    }
-    assert.equal(meshed.ok, false);
-    assert.notEqual(meshed.results[0]!.error, 'timeout');
-    assert.equal(plain.ok, false, 'plaintext to the captured pod is refused, not delivered around the dead agent');
+    await refusedWithoutPlaintext('node-b');
     await startAgent('node-b');
     assert.equal((await reach('web', 'db')).ok, true);
     assert.equal((await reach('outsider', 'db')).ok, true);

@@ -3,7 +3,6 @@
 // bench:soak` runs longer). Agent RSS and open file descriptors are sampled throughout; they must
 // stay flat within the bounds below, and no request may fail.
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
 import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -29,9 +28,7 @@ describe('soak in network namespaces', { concurrency: false }, () => {
       }
       await lab.startMesh();
       await lab.startServer('db', 8080);
-      const http: ChildProcess = lab.topo.spawn(lab.pod('db').ns, process.execPath, [LOAD, 'http-server', '--port', '8081']);
-      lab.servers.push(http);
-      await new Promise<void>((res) => http.stdout?.once('data', () => res()));
+      await lab.startHttpServer('db', 8081);
     } catch (err) {
       await lab.destroy();
       throw err;
