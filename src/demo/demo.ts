@@ -5,7 +5,8 @@ import { parseArgs } from 'node:util';
 import { PrerequisiteError } from '../errors.ts';
 import { tlsRecordTypes } from '../netns/pcap.ts';
 import { assertNetnsPrerequisites } from '../netns/topology.ts';
-import { MeshLab } from './lab.ts';
+import { runCommand } from '../capture/exec.ts';
+import { CLI, MeshLab } from './lab.ts';
 
 const APP_PORT = 8080;
 const MARKER = 'meshlet-demo-secret-payload ';
@@ -100,7 +101,34 @@ export async function runDemo(argv: string[]): Promise<number> {
     say(`  segments carrying the demo's plaintext payload on port 15008: ${plaintextHits.length}`);
     say(`  segments carrying it in the clear at all: ${crossNodeApp.length} (the passthrough and plaintext flows to/from the non-mesh pod 'legacy' are plain TCP by design)`);
     if (tunnel.length === 0 || plaintextHits.length > 0 || !types.has(0x17)) failed = true;
-    say(failed ? '\nmeshlet demo: FAILED' : '\nmeshlet demo: all flows ok; cross-node mesh traffic was TLS only');
+
+    // Policy: an ALLOW policy on payments, applied by rewriting the workloads file (a MeshPolicy
+    // object in a cluster); the agents pick it up without a restart.
+    const frontendId = `spiffe://${lab.trustDomain}/ns/shop/sa/frontend`;
+    say('\npolicy: only frontend may reach payments (MeshPolicy ALLOW shop/payments-clients, added to the workloads file) ...');
+    await lab.writeWorkloads({ ...lab.workloadsDocument(), policies: [{
+      name: 'payments-clients', namespace: 'shop', selector: { matchLabels: { app: 'payments' } }, action: 'ALLOW',
+      rules: [{ from: [{ principals: [frontendId] }], to: [{ ports: [APP_PORT] }] }],
+    }] });
+    const deadline = Date.now() + 10_000;
+    while ((await lab.configDump(lab.node('node-b'))).policy?.policies?.length !== 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    const policyRows: string[][] = [['from', 'to', 'result']];
+    for (const [from, expectOk] of [['frontend', true], ['cart', false]] as const) {
+      const r = await lab.client(from, { host: lab.pod('payments').ip, port: APP_PORT, bytes: 4096, timeoutMs: 10_000 });
+      if (r.ok !== expectOk) failed = true;
+      policyRows.push([from, 'payments', r.ok ? 'ok' : `refused (${r.results[0]?.error ?? 'reset'})`]);
+    }
+    say(table(policyRows));
+    // Exit 1 means "denied": the output is the answer either way.
+    const check = (await runCommand(process.execPath, [CLI, 'policy', 'check', '--from', `spiffe://${lab.trustDomain}/ns/shop/sa/cart`, '--to', `shop/payments:${APP_PORT}`, '--workloads', lab.workloadsFile])).stdout;
+    say(`$ meshlet policy check --from spiffe://${lab.trustDomain}/ns/shop/sa/cart --to shop/payments:${APP_PORT} --workloads ...`);
+    say(check.trimEnd().split('\n').map((l) => `  ${l}`).join('\n'));
+    say('\nnode-b\'s metrics (:15020/metrics), a few lines:');
+    const metrics = (await lab.metrics(lab.node('node-b'))).split('\n')
+      .filter((l) => l.startsWith('meshlet_policy_decisions_total') || (l.startsWith('meshlet_tcp_connections_opened_total') && l.includes('source_workload="frontend"')));
+    say(metrics.map((l) => `  ${l}`).join('\n'));
+
+    say(failed ? '\nmeshlet demo: FAILED' : '\nmeshlet demo: all flows ok; cross-node mesh traffic was TLS only; the policy allowed frontend and refused cart');
   } finally {
     say(values['keep-logs'] ? `agent logs kept in ${lab.dir}` : 'removing namespaces, rules and files ...');
     await lab.destroy({ keepDir: values['keep-logs'] });
