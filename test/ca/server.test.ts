@@ -128,12 +128,17 @@ describe('CA service', () => {
       });
       assert.match(tlsGarbage, /^HTTP\/1.1 400/);
 
+      const floodStarted = performance.now();
       const floodAnswers = Promise.all(Array.from({ length: 60 }, () => postCsr(limited.url, lFlooder, { token: 'forged-token-0123456789', body: 'garbage' })));
       const honestAnswers = Promise.all(Array.from({ length: 5 }, async () => postCsr(limited.url, lHonest, { token: TOKENS['node-a'], csr: await workloadCsr(WEB) })));
-      const [flood, good] = await Promise.all([floodAnswers, honestAnswers]);
+      const flood = await floodAnswers;
+      const floodSeconds = (performance.now() - floodStarted) / 1000;
+      const good = await honestAnswers;
       assert.deepEqual(good.map((r) => r.status), [200, 200, 200, 200, 200], 'the honest client is served');
       const statuses = flood.map((r) => r.status);
-      assert.ok(statuses.filter((s) => s === 401).length <= 11, `at most the burst (10, +1 refill) reaches authentication: ${statuses}`);
+      // A token bucket: the burst, plus what 5/s refills while the flood lasts (longer on a busy machine).
+      const allowed = 10 + Math.ceil(5 * floodSeconds);
+      assert.ok(statuses.filter((s) => s === 401).length <= allowed, `at most the burst (10) + ${allowed - 10} refilled reach authentication in ${floodSeconds.toFixed(2)} s: ${statuses}`);
       const limitedAnswer = flood.find((r) => r.status === 429);
       assert.ok(limitedAnswer, 'the flooder is rate limited');
       assert.equal(limitedAnswer.body.error.code, 'rate_limited');
