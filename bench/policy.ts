@@ -82,8 +82,6 @@ const lifecycle = (tracker: ConnectionTracker) => (i: number) => {
 };
 results.connectionTelemetryOnNs = timeIt('connection accounting, metrics + access log on', 200_000, lifecycle(on));
 results.connectionTelemetryOffNs = timeIt('connection accounting, both off', 200_000, lifecycle(off));
-on.close();
-off.close();
 
 const out = join(HERE, 'policy-results.json');
 writeFileSync(out, `${JSON.stringify(results, null, 2)}\n`);

@@ -114,7 +114,7 @@ export class Agent {
       onError: (err) => agent.#log.error({ err: err.message }, 'workload source rejected an update; the last good registry stays in force'),
     });
     await agent.#listenControl();
-    agent.#startWhenReady(agent.policy, deps.log);
+    agent.#startWhenReady();
     return agent;
   }
 
@@ -125,7 +125,7 @@ export class Agent {
    * serve it, because SO_REUSEPORT would otherwise hand it some of them at once. Then logs the
    * moment the agent is ready (an upgrade waits for that line, not for a shared port).
    */
-  #startWhenReady(policy: PolicyEngine, log: Logger): void {
+  #startWhenReady(): void {
     const started = Date.now();
     let opening = false;
     const timer = setInterval(() => {
@@ -139,7 +139,7 @@ export class Agent {
         if (waiting.length > 0 && !certsOverdue) return;
         if (certsOverdue) this.#log.warn({ afterMs: Date.now() - started }, 'certificates still missing: listening anyway');
         opening = true;
-        this.#listenData(policy, log).then(
+        this.#listenData().then(
           () => { this.#dataListening = true; this.#log.info({ ports: this.config.ports }, 'agent listening'); },
           (err: Error) => this.#log.error({ err: err.message }, 'cannot listen on the data ports; retrying'),
         ).finally(() => { opening = false; });
@@ -198,20 +198,22 @@ export class Agent {
     this.#servers.push(admin, ready, ...(metricsServer ? [metricsServer] : []));
   }
 
-  async #listenData(policy: PolicyEngine, log: Logger): Promise<void> {
+  async #listenData(): Promise<void> {
     const limiter = new ConnectionLimiter({ maxConnections: this.config.maxConnections, maxPerSource: this.config.maxConnectionsPerSource });
+    // 15001 faces this node's pods (this agent reports as the source); 15006 and 15008 face other hosts.
+    const admit = (socket: net.Socket, reporter: 'source' | 'destination') => limiter.admit(socket, (source, reason, logIt) => {
+      if (logIt) this.#log.warn({ err: 'connection_limit', source, reason }, 'connection refused by the connection limits');
+      this.connections.refused(reporter, 'connection_limit');
+    });
     const ctx: ProxyContext = {
-      admit: (socket) => limiter.admit(socket, (source, reason, logIt) => {
-        if (logIt) this.#log.warn({ err: 'connection_limit', source, reason }, 'connection refused by the connection limits');
-        this.connections.refused('destination', 'connection_limit');
-      }),
+      admit: (socket) => admit(socket, 'destination'),
       agentPorts: new Set(Object.values(this.config.ports)),
       registry: this.registry,
       certs: this.certs,
-      policy,
+      policy: this.policy,
       pool: this.pool,
       connections: this.connections,
-      log,
+      log: this.#rootLog,
       tunnelPort: this.config.ports.tunnel,
       connectTimeoutMs: this.config.connectTimeoutMs,
       handshakeTimeoutMs: this.config.handshakeTimeoutMs,
@@ -221,8 +223,10 @@ export class Agent {
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
     };
-    const outbound = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => { if (ctx.admit!(s)) { track(s); void handleOutbound(s, ctx); } });
-    const inboundPlain = net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => { if (ctx.admit!(s)) { track(s); void handleInboundPlaintext(s, ctx); } });
+    const serve = (reporter: 'source' | 'destination', handle: (s: net.Socket, ctx: ProxyContext) => Promise<void>) =>
+      net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => { if (admit(s, reporter)) { track(s); void handle(s, ctx); } });
+    const outbound = serve('source', handleOutbound);
+    const inboundPlain = serve('destination', handleInboundPlaintext);
     const tunnelServer = new TunnelServer(ctx);
     this.#tunnel = tunnelServer;
     const tunnel = tunnelServer.listener;
@@ -294,7 +298,6 @@ export class Agent {
     for (const s of this.#sockets) s.destroy();
     this.pool.destroy();
     this.certs.close();
-    this.connections.close();
     await this.#provider.close?.();
     await closed;
   }

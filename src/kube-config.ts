@@ -3,6 +3,12 @@
 import type { KubeConfig } from '@kubernetes/client-node';
 import { ConfigError } from './errors.ts';
 
+/** HTTP status of a client-node error (ApiException `code`, Watch `statusCode`), or undefined for network errors. */
+export function apiStatus(err: unknown): number | undefined {
+  const e = err as { code?: unknown; statusCode?: unknown } | undefined;
+  return typeof e?.code === 'number' ? e.code : typeof e?.statusCode === 'number' ? e.statusCode : undefined;
+}
+
 export async function loadKubeConfig(path: string | undefined): Promise<KubeConfig> {
   // Loaded on demand: local mode and `meshlet init` never pay for the client's import.
   const { KubeConfig } = await import('@kubernetes/client-node');

@@ -12,6 +12,7 @@ import { AuthorizerUnavailableError, CaError, IdentityNotAllowedError, TokenReje
 import { parseWorkloadId } from '../identity/spiffe.ts';
 import type { RootFiles, RootSet, RootStore } from '../identity/roots.ts';
 import type { NodeAuthorizer, NodeIdentity } from './authorizer.ts';
+import { apiStatus } from '../kube-config.ts';
 
 export const CA_AUDIENCE = 'meshlet-ca';
 const NODE_NAME_CLAIM = 'authentication.kubernetes.io/node-name';
@@ -25,12 +26,6 @@ export interface KubernetesAuthorizerOptions {
   agentServiceAccount: string;
   log: Logger;
   audience?: string;
-}
-
-/** HTTP status of a client-node ApiException, or undefined for network errors. */
-function apiStatus(err: unknown): number | undefined {
-  const code = (err as { code?: unknown }).code;
-  return typeof code === 'number' ? code : undefined;
 }
 
 function unavailable(what: string, err: unknown): AuthorizerUnavailableError {

@@ -57,11 +57,9 @@ export function checkConnection(snapshot: MeshSnapshot, from: string, to: string
   const decision: PolicyDecision = (plaintext ? plaintextRefusal(engine, dst.workload) : undefined)
     ?? engine.authorize({ ...attrs, destination: dst.workload, destinationPort: dst.port });
   const notes: string[] = [];
-  for (const p of (engine.dump() as { policies: Array<{ id: string; warnings?: string[]; errors?: string[] }> }).policies) {
-    const [ns] = p.id.split('/');
-    if (ns !== dst.workload.namespace && ns !== 'meshlet-system') continue;
-    for (const w of p.warnings ?? []) notes.push(`${p.id}: ${w}`);
-    for (const e of p.errors ?? []) notes.push(`${p.id}: cannot be read (${e}); enforced fail-closed`);
+  for (const p of engine.selecting(dst.workload)) {
+    for (const w of p.warnings) notes.push(`${p.id}: ${w}`);
+    for (const e of p.errors) notes.push(`${p.id}: cannot be read (${e}); enforced fail-closed`);
   }
   return {
     from: {

@@ -98,6 +98,12 @@ export class MeshPolicyEngine implements PolicyEngine {
     return { allowed: true };
   }
 
+  /** The compiled policies that select a workload (what `meshlet policy check` reports on). */
+  selecting(w: Workload): CompiledPolicy[] {
+    const a = this.#compiled.applicable(w);
+    return [...a.deny, ...a.allow, ...a.audit];
+  }
+
   decisions(): DecisionCount[] {
     return [...this.#counts.values()];
   }

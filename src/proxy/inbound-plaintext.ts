@@ -5,7 +5,7 @@ import { originalDestination, plainIp } from '../capture/socket.ts';
 import { UnknownDestinationError } from '../errors.ts';
 import { plaintextRefusal } from '../policy/engine.ts';
 import { assertNotSelf, connectTcp, type ProxyContext } from './context.ts';
-import { outcomeOf, relay, socketEnd } from './relay.ts';
+import { relayConnection, socketEnd } from './relay.ts';
 import { enforce } from './decision.ts';
 
 export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext): Promise<void> {
@@ -20,13 +20,7 @@ export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext):
     if (!target || !target.captured || !ctx.registry.isLocal(target)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
     conn.set({ dst: target });
     enforce(conn, plaintextRefusal(ctx.policy, target) ?? ctx.policy.authorize({ sourceIp, destination: target, destinationPort: dst.port }));
-    const upstream = socketEnd(await connectTcp(target.ip, dst.port, ctx.connectTimeoutMs));
-    conn.established();
-    const result = await relay(client, upstream, (sent, received) => {
-      conn.info.bytesSent += sent;
-      conn.info.bytesReceived += received;
-    }, { idleMs: ctx.idleTimeoutMs });
-    conn.close(outcomeOf(result));
+    await relayConnection(conn, client, socketEnd(await connectTcp(target.ip, dst.port, ctx.connectTimeoutMs)), ctx.idleTimeoutMs);
   } catch (err) {
     client.reset();
     conn.close({ error: err });

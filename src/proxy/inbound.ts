@@ -18,7 +18,7 @@ import { parseWorkloadId } from '../identity/spiffe.ts';
 import type { Workload } from '../workloads/model.ts';
 import type { WorkloadRegistry } from '../workloads/registry.ts';
 import { connectTcp, type ProxyContext } from './context.ts';
-import { h2StreamEnd, outcomeOf, relay, socketEnd } from './relay.ts';
+import { h2StreamEnd, relayConnection, socketEnd } from './relay.ts';
 import { ALPN, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, parseAuthority, parseForwardedFor, parseTraceparent, peerSpiffeId, WINDOW_BYTES } from './tunnel/h2.ts';
 import { enforce } from './decision.ts';
 
@@ -204,15 +204,13 @@ async function handleConnect(
     }
     const authority = parseAuthority(authorityText);
     // The tunnel is no open relay: it only reaches the pod the connection was addressed to.
+    status = 403;
     if (!authority || authority.host !== tunnel.target.ip) {
-      status = 403;
       throw new BadTunnelTargetError(authorityText, `only ${tunnel.target.ip} is reachable through this tunnel`);
     }
     if (ctx.agentPorts?.has(authority.port)) {
-      status = 403;
       throw new BadTunnelTargetError(authorityText, `port ${authority.port} is one of the agent's own ports`);
     }
-    status = 403;
     enforce(conn, ctx.policy.authorize({
       sourcePrincipal: tunnel.peerId, sourceIp, sourceNamespace: parseWorkloadId(tunnel.peerId).namespace,
       destination: tunnel.target, destinationPort: authority.port,
@@ -220,12 +218,7 @@ async function handleConnect(
     status = 502;
     const upstream = socketEnd(await connectTcp(tunnel.target.ip, authority.port, ctx.connectTimeoutMs));
     stream.respond({ ':status': 200 });
-    conn.established();
-    const result = await relay(peer, upstream, (fromPeer, toPeer) => {
-      conn.info.bytesSent += fromPeer;
-      conn.info.bytesReceived += toPeer;
-    }, { idleMs: ctx.idleTimeoutMs });
-    conn.close(outcomeOf(result));
+    await relayConnection(conn, peer, upstream, ctx.idleTimeoutMs);
   } catch (err) {
     if (!stream.destroyed && !stream.headersSent) {
       stream.respond({ ':status': status, 'x-meshlet-error': errorCode(err) }, { endStream: true });

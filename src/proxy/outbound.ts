@@ -6,7 +6,7 @@ import { UnknownSourceError } from '../errors.ts';
 import type { ConnectionHandle } from '../telemetry/connections.ts';
 import type { Workload } from '../workloads/model.ts';
 import { assertNotSelf, connectTcp, type ProxyContext } from './context.ts';
-import { h2StreamEnd, outcomeOf, relay, socketEnd, type RelayEnd } from './relay.ts';
+import { h2StreamEnd, relayConnection, socketEnd, type RelayEnd } from './relay.ts';
 import { enforce } from './decision.ts';
 
 export async function handleOutbound(socket: Socket, ctx: ProxyContext): Promise<void> {
@@ -18,13 +18,7 @@ export async function handleOutbound(socket: Socket, ctx: ProxyContext): Promise
     const dst = originalDestination(socket);
     assertNotSelf(dst, socket);
     conn.set({ destination: `${dst.ip}:${dst.port}` });
-    const upstream = await connectRoute(source, dst, ctx, conn);
-    conn.established();
-    const result = await relay(client, upstream, (sent, received) => {
-      conn.info.bytesSent += sent;
-      conn.info.bytesReceived += received;
-    }, { idleMs: ctx.idleTimeoutMs });
-    conn.close(outcomeOf(result));
+    await relayConnection(conn, client, await connectRoute(source, dst, ctx, conn), ctx.idleTimeoutMs);
   } catch (err) {
     client.reset();
     conn.close({ error: err });

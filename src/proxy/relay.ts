@@ -7,6 +7,7 @@ import type { Socket } from 'node:net';
 import http2 from 'node:http2';
 import { resetSocket } from '../capture/socket.ts';
 import { IdleTimeoutError } from '../errors.ts';
+import type { ConnectionHandle } from '../telemetry/connections.ts';
 
 export interface RelayEnd {
   stream: Duplex;
@@ -27,6 +28,19 @@ export interface RelayResult {
   error?: Error;
   /** Nothing flowed either way for the idle timeout: the agent reset both ends. */
   idleMs?: number;
+}
+
+/**
+ * Relays a connection that policy let through, counting its bytes into its record, and closes the
+ * record with how it ended. Every route ends here.
+ */
+export async function relayConnection(conn: ConnectionHandle, client: RelayEnd, upstream: RelayEnd, idleMs: number | undefined): Promise<void> {
+  conn.established();
+  const result = await relay(client, upstream, (sent, received) => {
+    conn.info.bytesSent += sent;
+    conn.info.bytesReceived += received;
+  }, { idleMs });
+  conn.close(outcomeOf(result));
 }
 
 /** How a relayed connection ended, for its record: an idle timeout is a typed error, an abort a reset. */

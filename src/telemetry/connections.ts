@@ -46,21 +46,16 @@ export function newTraceId(): string {
   return randomUUID().replaceAll('-', '');
 }
 
-const FLUSH_MS = 5_000;
-
 export class ConnectionTracker {
   #nextId = 1;
   readonly #open = new Map<number, ConnectionInfo>();
   #totals = { opened: 0, closed: 0, failed: 0 };
   readonly #access: Logger;
   readonly #metrics: MeshMetrics | undefined;
-  readonly #flushTimer: NodeJS.Timeout | undefined;
 
   constructor(access: Logger, metrics?: MeshMetrics) {
     this.#access = access;
     this.#metrics = metrics;
-    // Long connections show their bytes before they end.
-    if (metrics) this.#flushTimer = setInterval(() => { for (const c of this.#open.values()) metrics.flush(c); }, FLUSH_MS).unref();
   }
 
   open(direction: Direction, sourceIp: string, traceId: string = newTraceId()): ConnectionHandle {
@@ -133,9 +128,5 @@ export class ConnectionTracker {
 
   get totals(): { opened: number; closed: number; failed: number; open: number } {
     return { ...this.#totals, open: this.#open.size };
-  }
-
-  close(): void {
-    if (this.#flushTimer) clearInterval(this.#flushTimer);
   }
 }

@@ -5,8 +5,8 @@
 // by renaming `istio_tcp_*` to `meshlet_tcp_*`. Cardinality is bounded by workloads (deployment-level
 // names, not pods), service accounts and namespaces: no pod, IP or port labels on hot metrics.
 //
-// Bytes are added as they flow (flushed every few seconds and at close), so a long connection shows
-// up before it ends, and every byte is counted exactly once.
+// Bytes of open connections are added at every scrape and the rest at close, so a long connection
+// shows up before it ends, and every byte is counted exactly once.
 //
 // Hot path: prom-client hashes the label object on every inc(), which for eight labels with SPIFFE
 // IDs cost more than the rest of a connection's accounting. So connections add to plain numbers in
@@ -74,16 +74,12 @@ export interface MetricsSources {
 
 export class MeshMetrics {
   readonly registry = new Registry();
-  readonly #opened: Counter<TcpLabel>;
-  readonly #closed: Counter<TcpLabel>;
-  readonly #sent: Counter<TcpLabel>;
-  readonly #received: Counter<TcpLabel>;
   readonly #refused: Counter<'reporter' | 'error'>;
   readonly #decisions: Counter<'action' | 'policy'>;
   readonly #setup: Histogram<'route'>;
   readonly #handshake: Histogram<'outcome'>;
-  /** Per connection: bytes already added, and the counters bound to its label sets (hashed once). */
-  readonly #reported = new WeakMap<MeteredConnection, { sent: number; received: number; series: Series[] }>();
+  /** Open (established, not yet closed) connections: bytes already added, and their label sets. */
+  readonly #open = new Map<MeteredConnection, { sent: number; received: number; series: Series[] }>();
   /** Every label set seen, by its values: bounded by the label cardinality itself. */
   readonly #all = new Map<string, Series>();
   /** The same, reached through the pair of Workload objects (stable while the registry does not change them). */
@@ -94,18 +90,20 @@ export class MeshMetrics {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
     const all = this.#all;
+    const flushOpen = () => { for (const c of this.#open.keys()) this.#flush(c); };
     const tcp = (name: string, help: string, field: Field) => new Counter({
       name, help, labelNames: TCP_LABELS, registers,
       collect() {
+        if (field === 'sent' || field === 'received') flushOpen();
         for (const series of all.values()) {
           if (series[field] > 0) { this.inc(series.labels, series[field]); series[field] = 0; }
         }
       },
     });
-    this.#opened = tcp('meshlet_tcp_connections_opened_total', 'TCP connections established through the mesh', 'opened');
-    this.#closed = tcp('meshlet_tcp_connections_closed_total', 'TCP connections through the mesh that ended', 'closed');
-    this.#sent = tcp('meshlet_tcp_sent_bytes_total', 'Bytes from source to destination', 'sent');
-    this.#received = tcp('meshlet_tcp_received_bytes_total', 'Bytes from destination back to source', 'received');
+    tcp('meshlet_tcp_connections_opened_total', 'TCP connections established through the mesh', 'opened');
+    tcp('meshlet_tcp_connections_closed_total', 'TCP connections through the mesh that ended', 'closed');
+    tcp('meshlet_tcp_sent_bytes_total', 'Bytes from source to destination', 'sent');
+    tcp('meshlet_tcp_received_bytes_total', 'Bytes from destination back to source', 'received');
     this.#refused = new Counter({ name: 'meshlet_connections_refused_total', help: 'Connections refused or failed before any byte flowed, by error code (docs/errors.md)', labelNames: ['reporter', 'error'], registers });
     this.#decisions = new Counter({ name: 'meshlet_policy_decisions_total', help: 'Policy decisions by action and deciding policy', labelNames: ['action', 'policy'], registers });
     this.#setup = new Histogram({
@@ -148,7 +146,7 @@ export class MeshMetrics {
     let setup = this.#setupByRoute.get(route);
     if (!setup) this.#setupByRoute.set(route, setup = this.#setup.labels({ route }));
     setup.observe(setupSeconds);
-    this.#reported.set(c, { sent: 0, received: 0, series });
+    this.#open.set(c, { sent: 0, received: 0, series });
   }
 
   #seriesOf(c: MeteredConnection, reporter: 'source' | 'destination'): Series {
@@ -169,8 +167,8 @@ export class MeshMetrics {
   }
 
   /** Adds the bytes that flowed since the last flush. */
-  flush(c: MeteredConnection): void {
-    const r = this.#reported.get(c);
+  #flush(c: MeteredConnection): void {
+    const r = this.#open.get(c);
     if (!r) return;
     const sent = c.bytesSent - r.sent;
     const received = c.bytesReceived - r.received;
@@ -183,11 +181,11 @@ export class MeshMetrics {
   }
 
   closed(c: MeteredConnection): void {
-    const r = this.#reported.get(c);
+    const r = this.#open.get(c);
     if (!r) return;
-    this.flush(c);
+    this.#flush(c);
     for (const s of r.series) s.closed++;
-    this.#reported.delete(c);
+    this.#open.delete(c);
   }
 
   refused(reporter: string, error: string): void {

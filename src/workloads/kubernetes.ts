@@ -22,6 +22,7 @@ import type { Logger } from 'pino';
 import type { MeshNode, MeshPolicyObject, MeshSnapshot, MtlsMode, Workload } from './model.ts';
 import { workloadSpiffeId } from './model.ts';
 import type { WorkloadSource } from './source.ts';
+import { apiStatus } from '../kube-config.ts';
 
 export const CAPTURE_ANNOTATION = 'meshlet.dev/capture';
 export const MTLS_ANNOTATION = 'meshlet.dev/mtls';
@@ -234,7 +235,8 @@ interface Informer {
 
 export function createKubernetesSource(opts: KubernetesSourceOptions): KubernetesSource {
   const log = opts.log.child({ component: 'kubernetes-source' });
-  const core = opts.kubeConfig.makeApiClient(CoreV1Api);
+  const kc = opts.kubeConfig;
+  const core = kc.makeApiClient(CoreV1Api);
   // Small pages keep the peak low: each page is parsed and deserialized whole before it is trimmed,
   // and V8 keeps the heap it grew for the largest one (bench/registry.ts: 10,000 pods, RSS +74 MiB
   // with pages of 100 against +203 MiB with pages of 500, first sync about as fast).
@@ -247,10 +249,11 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   let lists = 0;
   let meshPods = 0;
   let handlers: Parameters<WorkloadSource['start']>[0] | undefined;
+  type Page = (cont: string | undefined) => Promise<{ metadata?: { resourceVersion?: string; _continue?: string; continue?: string }; items: unknown[] }>;
 
   /** Pages through a list; every page is served from the first page's snapshot (one resourceVersion). */
-  async function pagedList<T>(name: string, page: (cont: string | undefined) => Promise<{ metadata?: { resourceVersion?: string; _continue?: string; continue?: string }; items: unknown[] }>, trim: (o: unknown) => T) {
-    const items: T[] = [];
+  async function pagedList(name: string, page: Page, trim: (o: unknown) => unknown) {
+    const items: unknown[] = [];
     let cont: string | undefined;
     let resourceVersion: string | undefined;
     do {
@@ -265,37 +268,28 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     return { metadata: { resourceVersion }, items };
   }
 
-  const pods: Informer = {
-    name: 'pods', listed: false, retryMs: base,
-    lw: new ListWatch<KubernetesObject>('/api/v1/pods', new TrimmingWatch(opts.kubeConfig, slimPod), async () => {
-      const list = await pagedList('pods', (cont) => core.listPodForAllNamespaces({ fieldSelector: POD_FIELD_SELECTOR, limit: pageSize, _continue: cont }), slimPod);
-      pods.listed = true;
-      // An empty list fires no events, yet it may be the one that opens the first-sync gate.
-      changed();
-      return list as any;
-    }, false, undefined, POD_FIELD_SELECTOR),
+  /** One informer: paged, trimmed lists; trimmed watches; a list opens its part of the first-sync gate. */
+  const informer = (name: string, path: string, trim: (o: unknown) => unknown, page: Page, extra: { fieldSelector?: string; optional?: boolean } = {}): Informer => {
+    const inf: Informer = {
+      name, listed: false, retryMs: base, ...(extra.optional ? { optional: true } : {}),
+      lw: new ListWatch<KubernetesObject>(path, new TrimmingWatch(kc, trim), async () => {
+        const list = await pagedList(name, page, trim);
+        if (inf.absent) log.info({ resource: name }, 'the API is installed now: watching it');
+        inf.listed = true;
+        inf.absent = false;
+        // An empty list fires no events, yet it may be the one that opens the first-sync gate.
+        changed();
+        return list as any;
+      }, false, undefined, extra.fieldSelector),
+    };
+    return inf;
   };
-  const namespaces: Informer = {
-    name: 'namespaces', listed: false, retryMs: base,
-    lw: new ListWatch<KubernetesObject>('/api/v1/namespaces', new TrimmingWatch(opts.kubeConfig, slimNamespace), async () => {
-      const list = await pagedList('namespaces', (cont) => core.listNamespace({ limit: pageSize, _continue: cont }), slimNamespace);
-      namespaces.listed = true;
-      changed();
-      return list as any;
-    }, false),
-  };
-  const custom = opts.kubeConfig.makeApiClient(CustomObjectsApi);
-  const policies: Informer = {
-    name: 'meshpolicies', listed: false, retryMs: base, optional: true,
-    lw: new ListWatch<KubernetesObject>(`/apis/${MESH_POLICY.group}/${MESH_POLICY.version}/${MESH_POLICY.plural}`, new TrimmingWatch(opts.kubeConfig, slimPolicy), async () => {
-      const list = await pagedList('meshpolicies', (cont) => custom.listClusterCustomObject({ ...MESH_POLICY, limit: pageSize, _continue: cont }), slimPolicy);
-      if (policies.absent) log.info('MeshPolicy CRD is installed: policies are watched');
-      policies.listed = true;
-      policies.absent = false;
-      changed();
-      return list as any;
-    }, false),
-  };
+  const custom = kc.makeApiClient(CustomObjectsApi);
+  const pods = informer('pods', '/api/v1/pods', slimPod,
+    (cont) => core.listPodForAllNamespaces({ fieldSelector: POD_FIELD_SELECTOR, limit: pageSize, _continue: cont }), { fieldSelector: POD_FIELD_SELECTOR });
+  const namespaces = informer('namespaces', '/api/v1/namespaces', slimNamespace, (cont) => core.listNamespace({ limit: pageSize, _continue: cont }));
+  const policies = informer('meshpolicies', `/apis/${MESH_POLICY.group}/${MESH_POLICY.version}/${MESH_POLICY.plural}`, slimPolicy,
+    (cont) => custom.listClusterCustomObject({ ...MESH_POLICY, limit: pageSize, _continue: cont }), { optional: true });
   const informers = [pods, namespaces, policies];
   const synced = () => informers.every((i) => i.listed || i.absent);
 
@@ -314,25 +308,26 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     if (!debounce && !stopped) debounce = setTimeout(publish, opts.debounceMs ?? 20);
   };
 
+  const retry = (inf: Informer, ms: number) => {
+    inf.retryTimer = setTimeout(() => { inf.retryTimer = undefined; if (!stopped) void inf.lw.start(); }, ms);
+  };
   for (const inf of informers) {
     for (const verb of [ADD, UPDATE, DELETE] as const) inf.lw.on(verb, () => { inf.retryMs = base; changed(); });
     inf.lw.on(ERROR, (err: unknown) => {
       if (stopped) return;
-      if (inf.optional && httpStatus(err) === 404) {
+      if (inf.optional && apiStatus(err) === 404) {
         // Not an error: the CRD is simply not installed. Look again at the slowest retry pace.
         if (!inf.absent) log.info({ resource: inf.name }, 'MeshPolicy CRD is not installed: no policies until it is');
         inf.absent = true;
         inf.listed = false;
         changed();
-        inf.retryTimer = setTimeout(() => { inf.retryTimer = undefined; if (!stopped) void inf.lw.start(); }, max);
+        retry(inf, max);
         return;
       }
-      lastError = `${inf.name}: ${describe(err)}`;
-      log.warn({ resource: inf.name, err: describe(err), retryInMs: inf.retryMs }, 'list/watch failed; known objects stay in force, retrying');
-      inf.retryTimer = setTimeout(() => {
-        inf.retryTimer = undefined;
-        if (!stopped) void inf.lw.start();
-      }, inf.retryMs);
+      const why = describe(err);
+      lastError = `${inf.name}: ${why}`;
+      log.warn({ resource: inf.name, err: why, retryInMs: inf.retryMs }, 'list/watch failed; known objects stay in force, retrying');
+      retry(inf, inf.retryMs);
       inf.retryMs = Math.min(inf.retryMs * 2, max);
     });
   }
@@ -363,13 +358,8 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   };
 }
 
-function httpStatus(err: unknown): number | undefined {
-  const e = err as { code?: unknown; statusCode?: unknown };
-  return typeof e?.code === 'number' ? e.code : typeof e?.statusCode === 'number' ? e.statusCode : undefined;
-}
-
 function describe(err: unknown): string {
-  const code = httpStatus(err);
+  const code = apiStatus(err);
   const message = (err as { message?: string })?.message ?? String(err);
   return code ? `HTTP ${code}: ${message.split('\n')[0]}` : message.split('\n')[0] ?? message;
 }

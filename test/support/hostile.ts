@@ -127,7 +127,7 @@ switch (v.attack) {
     const statuses = await Promise.all(Array.from({ length: n }, () => connectStatus(session, `${target}:8080`)));
     const byStatus: Record<string, number> = {};
     for (const s of statuses) byStatus[s] = (byStatus[s] ?? 0) + 1;
-    done('answered', { streams: n, byStatus });
+    done('answered', { streams: n, byStatus, remoteMaxStreams: session.remoteSettings.maxConcurrentStreams });
     break;
   }
   case 'connection-flood': {
