@@ -7,6 +7,9 @@
 //   sigkill    the destination node's agent is SIGKILLed under the same load: connections refused
 //              while it is gone (never plaintext), and the time from restart to ready and to the
 //              first successful connection
+//   probe gate node-b's agent SIGKILLed three times with kubelet's stand-in (test/support/prober.ts,
+//              tcpSocket every 1 s, 3 failures) probing the server pod: time from the kill to
+//              "not ready", and from the restart to "ready"
 //   hostile    every attack of test/support/hostile.ts against the tunnel port while the load runs:
 //              the load's latency with and without the barrage
 //
@@ -21,6 +24,7 @@ import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
 const HERE = resolve(fileURLToPath(import.meta.url), '..');
 const LOAD = join(HERE, 'load.ts');
 const HOSTILE = join(HERE, '..', 'test', 'support', 'hostile.ts');
+const PROBER = join(HERE, '..', 'test', 'support', 'prober.ts');
 const { values: opts } = parseArgs({ options: {
   rate: { type: 'string', default: '300' },
   out: { type: 'string', default: join(HERE, 'reliability-results.json') },
@@ -103,15 +107,46 @@ try {
   }
   results.sigkill = { load: await killLoad, deadForMs: 3000, restartToReadyMs: readyMs, restartToFirstConnectionMs: firstOkMs };
 
+  say('probe gate: node-b\'s agent SIGKILLed 3 times while kubelet\'s stand-in probes the server pod ...');
+  const prober = lab.topo.spawn(lab.node('node-b').ns, process.execPath, [PROBER, '--target', `server=${lab.pod('server').ip}:8080`,
+    '--period-ms', '1000', '--timeout-ms', '1000', '--failure-threshold', '3']);
+  const changes: Array<{ ready: boolean; at: number }> = [];
+  prober.stdout?.on('data', (d: Buffer) => {
+    for (const line of String(d).split('\n').filter(Boolean)) { const e = JSON.parse(line); if ('ready' in e) changes.push(e); }
+  });
+  const changed = async (ready: boolean, after: number) => {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const e = changes.find((c) => c.ready === ready && c.at >= after);
+      if (e) return e.at - after;
+      if (Date.now() > deadline) throw new Error(`prober never saw ready=${ready}`);
+      await sleep(50);
+    }
+  };
+  await changed(true, 0);
+  const gate: Array<{ killToNotReadyMs: number; restartToReadyMs: number }> = [];
+  for (let i = 0; i < 3; i++) {
+    const agent = lab.agents.get('node-b')!;
+    const killed = Date.now();
+    agent.child.kill('SIGKILL');
+    await agent.exited;
+    const killToNotReadyMs = await changed(false, killed);
+    const restarted = Date.now();
+    await startAgent('node-b');
+    gate.push({ killToNotReadyMs, restartToReadyMs: await changed(true, restarted) });
+  }
+  prober.kill('SIGTERM');
+  results.probeGate = { probe: 'tcpSocket, period 1 s, timeout 1 s, failureThreshold 3', ttl: '4s', kills: gate };
+
   say('hostile: every attack against node-b\'s tunnel port during 20 s of load ...');
   const hostileLoad = load(20);
   const attacks = ['not-tls', 'wrong-alpn', 'no-client-cert', 'foreign-trust-domain', 'expired-cert', 'slow-handshake', 'malformed-h2',
-    'connect-elsewhere', 'connect-agent-port', 'oversized-headers', 'connection-flood'];
+    'connect-elsewhere', 'connect-agent-port', 'oversized-headers', 'stream-flood-raw', 'connection-flood'];
   const outcomes: Record<string, unknown> = {};
   await sleep(2000);
   for (let round = 0; round < 3; round++) {
     for (const a of attacks) {
-      const r = await lab.topo.exec(lab.node('node-a').ns, process.execPath, [HOSTILE, '--attack', a, '--target', lab.pod('server').ip, '--ca-dir', lab.caDir, '--count', '300']);
+      const r = await lab.topo.exec(lab.node('node-a').ns, process.execPath, [HOSTILE, '--attack', a, '--target', lab.pod('server').ip, '--ca-dir', lab.caDir, '--count', a === 'stream-flood-raw' ? '1100' : '300']);
       outcomes[a] = r.stdout.trim() ? JSON.parse(r.stdout) : { error: r.stderr.trim() };
     }
   }

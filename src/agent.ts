@@ -7,8 +7,9 @@ import { type AgentConfig, LOG_LEVELS, type LogLevel } from './config.ts';
 import { AdminRequestError, createAdminServer, createMetricsServer, createReadinessServer, Readiness } from './admin/server.ts';
 import { hasNetAdmin } from './capture/exec.ts';
 import { isCaptureInstalled } from './capture/install.ts';
-import { PrerequisiteError } from './errors.ts';
+import { ConnectionLimitError, PrerequisiteError } from './errors.ts';
 import { createIpsetSync } from './capture/ipset.ts';
+import { ProbeGate } from './capture/probe-gate.ts';
 import { bundleSize } from './identity/ca.ts';
 import { createCaClientProvider } from './identity/ca-client.ts';
 import { CertificateManager } from './identity/certs.ts';
@@ -58,8 +59,11 @@ export class Agent {
   #captureTimer: NodeJS.Timeout | undefined;
   #readyTimer: NodeJS.Timeout | undefined;
   #dataListening = false;
+  /** The data ports are open or opening: the probe gate may vouch for this node's pods. */
+  #vouching = false;
   #closing = false;
   #tunnel: TunnelServer | undefined;
+  readonly probeGate: ProbeGate;
   readonly #provider: CertificateProvider & { close?(): Promise<void> };
 
   readonly config: AgentConfig;
@@ -82,6 +86,9 @@ export class Agent {
       log: deps.log,
       secureContextFor: (id) => certs.secureContextFor(id),
       ...(metrics ? { onHandshake: (seconds: number, ok: boolean) => metrics.handshake(seconds, ok) } : {}),
+    });
+    this.probeGate = new ProbeGate({
+      setName: config.capture.gateIpset, ttlMs: config.probeGateTtlMs, log: deps.log, vouched: () => this.#vouched(),
     });
     this.readiness.add({ name: 'capture', done: () => this.#captureInstalled });
     this.readiness.add({ name: 'workloads-synced', done: () => this.registry.synced && this.#ipsetSynced });
@@ -115,7 +122,19 @@ export class Agent {
     });
     await agent.#listenControl();
     agent.#startWhenReady();
+    agent.probeGate.start();
     return agent;
+  }
+
+  /**
+   * The pods this agent can serve right now, which the probe gate lets the node (kubelet) reach:
+   * local and captured, with a certificate, while the data ports are open (or opening) and capture
+   * is in place.
+   */
+  #vouched(): string[] {
+    if (!this.#vouching || this.#closing || !this.#captureInstalled || !this.#ipsetSynced) return [];
+    const pending = new Set(this.certs.pendingIdentities());
+    return this.registry.localCaptured().filter((w) => !pending.has(w.spiffeId)).map((w) => w.ip);
   }
 
   /**
@@ -139,9 +158,12 @@ export class Agent {
         if (waiting.length > 0 && !certsOverdue) return;
         if (certsOverdue) this.#log.warn({ afterMs: Date.now() - started }, 'certificates still missing: listening anyway');
         opening = true;
-        this.#listenData().then(
+        // Vouch for the pods before the first connection can arrive: the agent's own deliveries to
+        // them pass the same gate as kubelet's probes.
+        this.#vouching = true;
+        this.probeGate.refresh().then(() => this.#listenData()).then(
           () => { this.#dataListening = true; this.#log.info({ ports: this.config.ports }, 'agent listening'); },
-          (err: Error) => this.#log.error({ err: err.message }, 'cannot listen on the data ports; retrying'),
+          (err: Error) => { this.#vouching = false; this.#log.error({ err: err.message }, 'cannot listen on the data ports; retrying'); },
         ).finally(() => { opening = false; });
         return;
       }
@@ -207,6 +229,14 @@ export class Agent {
     });
     const ctx: ProxyContext = {
       admit: (socket) => admit(socket, 'destination'),
+      admitStream: (peerId) => {
+        const slot = limiter.acquire(peerId);
+        if ('refused' in slot) {
+          if (slot.log) this.#log.warn({ err: 'connection_limit', source: peerId, reason: slot.refused }, 'tunnel stream refused by the connection limits');
+          throw new ConnectionLimitError(slot.refused);
+        }
+        return slot.release;
+      },
       agentPorts: new Set(Object.values(this.config.ports)),
       registry: this.registry,
       certs: this.certs,
@@ -267,6 +297,7 @@ export class Agent {
       workloadSource: { kind: this.config.workloads.kind, ...this.#source.status?.() },
       policy: this.policy.dump?.(),
       identityProvider: this.#provider.name,
+      probeGate: this.probeGate.status(),
       trustBundle: this.certs.trustBundle ? { signingRoot: this.certs.trustBundle.signingFingerprint, roots: bundleSize(this.certs.trustBundle.pem) } : undefined,
       workloads: (snapshot?.workloads ?? []).map((w) => ({ ...w, local: w.node === this.config.nodeName })),
       certificates: this.certs.states().map((c) => c.state === 'available'
@@ -284,6 +315,9 @@ export class Agent {
   async close(): Promise<void> {
     this.#closing = true;
     this.readiness.drain();
+    // Stop vouching first: without a successor the node's pods fail their probes within the TTL and
+    // leave their Services while this agent drains.
+    this.probeGate.stop();
     if (this.#captureTimer) clearTimeout(this.#captureTimer);
     if (this.#readyTimer) clearInterval(this.#readyTimer);
     await this.#source.close();

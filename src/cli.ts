@@ -1,7 +1,7 @@
 // meshlet's command line: init (capture), agent, ca, demo.
 import { parseArgs } from 'node:util';
 import { Agent } from './agent.ts';
-import { cleanupCapture, installCapture } from './capture/install.ts';
+import { cleanupCapture, installCapture, ipsetCreateArgs } from './capture/install.ts';
 import { enableMigrateReq } from './capture/sysctl.ts';
 import { type CaBackend, defaults, loadAgentConfig, loadCaRotateConfig, loadCaServeConfig, loadInitConfig, loadPolicyCheckConfig } from './config.ts';
 import { defaultCaptureSettings } from './capture/rules.ts';
@@ -18,7 +18,7 @@ const d = defaults;
 const USAGE = `usage: meshlet <command> [flags]
 
 commands:
-  init [--dry-run] [--cleanup]           install (or remove) the node's capture rules and ipset
+  init [--dry-run] [--cleanup]           install (or remove) the node's capture and probe gate
   agent --node NAME (--workloads FILE | --kubernetes [--kubeconfig F])
         (--ca-dir DIR | --ca-url URL --token-file F --trust-bundle F)
                                           run the node agent
@@ -57,6 +57,7 @@ agent flags (defaults in brackets):
   --metrics on|off --access-log on|off       telemetry [on, on]
   --max-connections N --max-connections-per-source N   connection limits [16384, 1024]
   --idle-timeout DUR       reset relayed connections silent both ways this long [1h]
+  --probe-gate-ttl DUR     a dead or stalled agent's pods fail kubelet's probes this long after it stops [4s]
   admin API: GET /config_dump, GET /logging, POST /logging?level=debug (runtime log level)
 
 ca serve flags:
@@ -75,6 +76,7 @@ ca serve flags:
 capture flags (init and agent):
   --outbound-port N [${d.ports.outbound}]  --inbound-port N [${d.ports.inboundPlaintext}]  --tunnel-port N [${d.ports.tunnel}]
   --ipset NAME [${defaultCaptureSettings.ipset}]  --chain NAME [${defaultCaptureSettings.chain}]
+  --gate-ipset NAME [${defaultCaptureSettings.gateIpset}]  --gate-chain NAME [${defaultCaptureSettings.gateChain}]   (the probe gate)
 
 durations: 500ms, 20s, 5m, 24h. Exit codes: 0 ok, 1 failure, 2 bad flags, 3 missing privilege or tool.
 `;
@@ -89,8 +91,9 @@ async function cmdInit(argv: string[]): Promise<number> {
   }
   const result = await installCapture(config.capture, { dryRun: config.dryRun });
   if (result.action === 'dry-run') {
-    // stdout is exactly the iptables-restore input; the set it references is created first.
-    process.stderr.write(`meshlet init --dry-run: would run \`ipset create ${config.capture.ipset} hash:ip family inet -exist\`, then \`iptables-restore --noflush\` with:\n`);
+    // stdout is exactly the iptables-restore input; the sets it references are created first.
+    const sets = ipsetCreateArgs(config.capture).map((a) => `\`ipset ${a.join(' ')}\``).join(' and ');
+    process.stderr.write(`meshlet init --dry-run: would run ${sets}, then \`iptables-restore --noflush\` with:\n`);
     process.stdout.write(result.script);
   } else {
     process.stderr.write(`meshlet init: capture ${result.action}\n`);

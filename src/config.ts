@@ -44,6 +44,11 @@ export interface AgentConfig {
   maxConnectionsPerSource: number;
   /** Relayed connections silent both ways for this long are reset. */
   idleTimeoutMs: number;
+  /**
+   * How long a vouched-for pod stays in the probe gate without being re-added: a dead or stalled
+   * agent's pods fail kubelet's probes this long after its last refresh (refreshed 4 times per TTL).
+   */
+  probeGateTtlMs: number;
   capture: CaptureSettings;
 }
 
@@ -154,6 +159,8 @@ class Problems {
 const captureOptions = {
   ipset: { type: 'string', default: defaultCaptureSettings.ipset },
   chain: { type: 'string', default: defaultCaptureSettings.chain },
+  'gate-ipset': { type: 'string', default: defaultCaptureSettings.gateIpset },
+  'gate-chain': { type: 'string', default: defaultCaptureSettings.gateChain },
   'outbound-port': { type: 'string', default: String(defaults.ports.outbound) },
   'inbound-port': { type: 'string', default: String(defaults.ports.inboundPlaintext) },
   'tunnel-port': { type: 'string', default: String(defaults.ports.tunnel) },
@@ -169,12 +176,18 @@ function parse<T>(run: () => T): T {
 }
 
 function captureSettings(v: Record<string, unknown>, p: Problems): CaptureSettings {
-  const ipset = String(v.ipset);
-  const chain = String(v.chain);
-  if (!/^[A-Za-z0-9_.-]{1,31}$/.test(ipset)) p.list.push(`--ipset: ${JSON.stringify(ipset)} is not a valid set name (1-31 of A-Z a-z 0-9 _ . -)`);
-  if (!/^[A-Z0-9_-]{1,28}$/.test(chain)) p.list.push(`--chain: ${JSON.stringify(chain)} is not a valid chain name (1-28 of A-Z 0-9 _ -)`);
+  const name = (flag: string, kind: 'set' | 'chain') => {
+    const value = String(v[flag]);
+    if (kind === 'set' && !/^[A-Za-z0-9_.-]{1,31}$/.test(value)) p.list.push(`--${flag}: ${JSON.stringify(value)} is not a valid set name (1-31 of A-Z a-z 0-9 _ . -)`);
+    if (kind === 'chain' && !/^[A-Z0-9_-]{1,28}$/.test(value)) p.list.push(`--${flag}: ${JSON.stringify(value)} is not a valid chain name (1-28 of A-Z 0-9 _ -)`);
+    return value;
+  };
+  const settings = {
+    ipset: name('ipset', 'set'), chain: name('chain', 'chain'), gateIpset: name('gate-ipset', 'set'), gateChain: name('gate-chain', 'chain'),
+  };
+  if (settings.ipset === settings.gateIpset) p.list.push(`--ipset and --gate-ipset must differ (both ${settings.ipset})`);
   return {
-    ipset, chain,
+    ...settings,
     outboundPort: p.port('outbound-port', String(v['outbound-port'])),
     inboundPlaintextPort: p.port('inbound-port', String(v['inbound-port'])),
     tunnelPort: p.port('tunnel-port', String(v['tunnel-port'])),
@@ -218,6 +231,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     'access-log': { type: 'string', default: 'on' },
     'max-connections': { type: 'string', default: '16384' },
     'idle-timeout': { type: 'string', default: '1h' },
+    'probe-gate-ttl': { type: 'string', default: '4s' },
     'max-connections-per-source': { type: 'string', default: '1024' },
     'log-level': { type: 'string', default: env.MESHLET_LOG_LEVEL ?? defaults.logLevel },
     'connect-timeout': { type: 'string', default: defaults.connectTimeout },
@@ -254,6 +268,8 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     maxConnections: p.int('max-connections', String(v['max-connections']), 1, 1_000_000),
     idleTimeoutMs: p.duration('idle-timeout', String(v['idle-timeout']), 1000, 7 * 86_400_000),
     maxConnectionsPerSource: p.int('max-connections-per-source', String(v['max-connections-per-source']), 1, 1_000_000),
+    // ipset timeouts are whole seconds.
+    probeGateTtlMs: Math.round(p.duration('probe-gate-ttl', String(v['probe-gate-ttl']), 2_000, 600_000) / 1000) * 1000,
     capture,
   };
   const ports = Object.entries(config.ports);

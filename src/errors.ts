@@ -280,6 +280,14 @@ export class ConnectionLimitError extends MeshletError {
   }
 }
 
+/** A tunnel peer holds as many open streams as the agent allows on one session; more are refused. */
+export class StreamLimitError extends MeshletError {
+  readonly code = 'stream_limit';
+  constructor(limit: number) {
+    super(`tunnel session holds ${limit} open streams, its limit: further streams are refused (REFUSED_STREAM)`);
+  }
+}
+
 /** A CLI could not read an agent's admin API (`meshlet status`). */
 export class AgentUnreachableError extends MeshletError {
   readonly code = 'agent_unreachable';
@@ -294,7 +302,7 @@ export const errorCodes = [
   'bad_tunnel_target', 'unknown_destination', 'policy_denied', 'upstream_connect', 'bad_workloads', 'bad_config',
   'bad_spiffe_id', 'ca_error', 'capture_error', 'prerequisite', 'bad_csr', 'bad_request', 'body_too_large', 'bad_token',
   'identity_not_allowed', 'rate_limited', 'authz_unavailable', 'ca_unavailable', 'agent_unreachable',
-  'tls_handshake', 'h2_protocol', 'connection_limit', 'idle_timeout',
+  'tls_handshake', 'h2_protocol', 'connection_limit', 'idle_timeout', 'stream_limit',
 ] as const;
 
 export function errorCode(err: unknown): string {

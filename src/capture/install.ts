@@ -1,9 +1,9 @@
-// The init helper's effects on the node: the ipset and the nat chain, applied with iptables-restore
-// so each change is one atomic transaction.
+// The init helper's effects on the node: the two ipsets, the nat chain (capture) and the filter chain
+// (the probe gate), applied with iptables-restore so each change is one atomic transaction.
 import { CaptureError, PrerequisiteError } from '../errors.ts';
 import { hasNetAdmin, runCommand } from './exec.ts';
 import {
-  type CaptureSettings, cleanupScript, installScript, isInstalled, parseNatState, type NatState,
+  type CaptureSettings, type CaptureState, cleanupScript, installScript, isInstalled, parseCaptureState,
 } from './rules.ts';
 
 export type InstallResult =
@@ -38,24 +38,39 @@ async function tool(cmd: string, args: string[], input?: string): Promise<string
   return result.stdout;
 }
 
-export async function readNatState(): Promise<NatState> {
-  return parseNatState(await tool('iptables-save', ['-t', 'nat']));
+export async function readCaptureState(): Promise<CaptureState> {
+  const [nat, filter] = await Promise.all([tool('iptables-save', ['-t', 'nat']), tool('iptables-save', ['-t', 'filter'])]);
+  return parseCaptureState(`${nat}\n${filter}`);
+}
+
+/**
+ * The default timeout the vouched set is created with. Every entry is added with its own timeout,
+ * so this value never matters; it is fixed so `create -exist` matches a set an earlier run made.
+ */
+const GATE_SET_TIMEOUT_SECONDS = 5;
+
+/** The `ipset` commands that create both sets (idempotent: -exist). */
+export function ipsetCreateArgs(s: CaptureSettings): string[][] {
+  return [
+    ['create', s.ipset, 'hash:ip', 'family', 'inet', '-exist'],
+    ['create', s.gateIpset, 'hash:ip', 'family', 'inet', 'timeout', String(GATE_SET_TIMEOUT_SECONDS), '-exist'],
+  ];
 }
 
 export async function installCapture(s: CaptureSettings, opts: { dryRun?: boolean } = {}): Promise<InstallResult> {
   if (opts.dryRun) {
     // Without privileges a dry run cannot read the tables; it then prints the script for an empty node.
-    const state = hasNetAdmin() ? await readNatState() : parseNatState('');
+    const state = hasNetAdmin() ? await readCaptureState() : parseCaptureState('');
     return { action: 'dry-run', script: installScript(s, state) };
   }
   assertPrivileged();
-  // The set must exist before any rule references it.
-  await tool('ipset', ['create', s.ipset, 'hash:ip', 'family', 'inet', '-exist']);
-  const before = await readNatState();
+  // The sets must exist before any rule references them.
+  for (const args of ipsetCreateArgs(s)) await tool('ipset', args);
+  const before = await readCaptureState();
   const script = installScript(s, before);
   if (isInstalled(s, before)) return { action: 'unchanged', script };
   await tool('iptables-restore', ['--noflush'], script);
-  const after = await readNatState();
+  const after = await readCaptureState();
   if (!isInstalled(s, after)) {
     throw new CaptureError(`capture rules were applied but iptables-save does not show them in place`);
   }
@@ -64,17 +79,17 @@ export async function installCapture(s: CaptureSettings, opts: { dryRun?: boolea
 
 export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolean } = {}): Promise<string> {
   if (!opts.dryRun) assertPrivileged();
-  const state = hasNetAdmin() ? await readNatState() : parseNatState('');
+  const state = hasNetAdmin() ? await readCaptureState() : parseCaptureState('');
   const script = cleanupScript(s, state) ?? '';
   if (opts.dryRun) return script;
   if (script) await tool('iptables-restore', ['--noflush'], script);
-  const sets = await tool('ipset', ['list', '-n']);
-  if (sets.split('\n').includes(s.ipset)) await tool('ipset', ['destroy', s.ipset]);
+  const sets = (await tool('ipset', ['list', '-n'])).split('\n');
+  for (const name of [s.ipset, s.gateIpset]) if (sets.includes(name)) await tool('ipset', ['destroy', name]);
   return script;
 }
 
 export async function isCaptureInstalled(s: CaptureSettings): Promise<boolean> {
-  return isInstalled(s, await readNatState());
+  return isInstalled(s, await readCaptureState());
 }
 
 export { tool as runCaptureTool };

@@ -6,6 +6,13 @@ export interface CaptureSettings {
   ipset: string;
   /** Name of meshlet's own chain in the nat table; PREROUTING jumps to it. */
   chain: string;
+  /**
+   * ipset (hash:ip with timeouts) of the captured pods the agent vouches for: it re-adds them every
+   * second with a short timeout, so they drop out on their own when the agent dies or stalls.
+   */
+  gateIpset: string;
+  /** meshlet's chain in the filter table; OUTPUT jumps to it (the probe gate). */
+  gateChain: string;
   outboundPort: number;
   inboundPlaintextPort: number;
   tunnelPort: number;
@@ -14,12 +21,14 @@ export interface CaptureSettings {
 export const defaultCaptureSettings: CaptureSettings = {
   ipset: 'meshlet-captured',
   chain: 'MESHLET_PREROUTING',
+  gateIpset: 'meshlet-vouched',
+  gateChain: 'MESHLET_OUTPUT',
   outboundPort: 15001,
   inboundPlaintextPort: 15006,
   tunnelPort: 15008,
 };
 
-/** The body of meshlet's chain, in order. The first match wins (REDIRECT is terminal). */
+/** The body of meshlet's nat chain, in order. The first match wins (REDIRECT is terminal). */
 export function chainRules(s: CaptureSettings): string[] {
   const set = `-m set --match-set ${s.ipset}`;
   return [
@@ -36,76 +45,120 @@ export function chainRules(s: CaptureSettings): string[] {
   ];
 }
 
-/** The jump from PREROUTING into meshlet's chain, as iptables-save prints it. */
-export function jumpRule(s: CaptureSettings): string {
-  return `-A PREROUTING -j ${s.chain}`;
+/**
+ * The body of the probe gate (filter OUTPUT). Connections the node itself opens to a captured pod
+ * (kubelet's probes, and the agent's own deliveries) go straight to the pod while the agent vouches
+ * for it, and are reset while it does not: a dead or stalled agent stops re-adding its pods, their
+ * entries time out, kubelet's probes fail and the pods leave their Services' endpoints. Only new
+ * connections are gated; established ones are left alone.
+ */
+export function gateRules(s: CaptureSettings): string[] {
+  return [
+    `-A ${s.gateChain} -p tcp -m set --match-set ${s.ipset} dst -m set ! --match-set ${s.gateIpset} dst -m conntrack --ctstate NEW ` +
+      `-m comment --comment "meshlet: captured pod the agent does not vouch for" -j REJECT --reject-with tcp-reset`,
+  ];
 }
 
-/** What iptables-save says of the nat table that matters to meshlet. */
-export interface NatState {
+/** One chain of meshlet's and the built-in chain that jumps to it first. */
+interface ChainHook {
+  table: 'nat' | 'filter';
+  parent: 'PREROUTING' | 'OUTPUT';
+  chain: string;
+  body: string[];
+}
+
+function hooks(s: CaptureSettings): ChainHook[] {
+  return [
+    { table: 'nat', parent: 'PREROUTING', chain: s.chain, body: chainRules(s) },
+    { table: 'filter', parent: 'OUTPUT', chain: s.gateChain, body: gateRules(s) },
+  ];
+}
+
+/** The jump from the built-in chain into one of meshlet's, as iptables-save prints it. */
+function jumpRule(h: ChainHook): string {
+  return `-A ${h.parent} -j ${h.chain}`;
+}
+
+/** What iptables-save says of one table. */
+export interface TableState {
   chains: Set<string>;
   /** Each rule line (starting with -A) in order. */
   rules: string[];
 }
 
-/** Parses the nat table out of `iptables-save` output (other tables are ignored). */
-export function parseNatState(save: string): NatState {
-  const state: NatState = { chains: new Set(), rules: [] };
-  let inNat = false;
+/** The tables meshlet writes to. */
+export interface CaptureState {
+  nat: TableState;
+  filter: TableState;
+}
+
+/** Parses the nat and filter tables out of `iptables-save` output (other tables are ignored). */
+export function parseCaptureState(save: string): CaptureState {
+  const state: CaptureState = { nat: { chains: new Set(), rules: [] }, filter: { chains: new Set(), rules: [] } };
+  let table: TableState | undefined;
   for (const raw of save.split('\n')) {
     const line = raw.trim();
     if (line.startsWith('*')) {
-      inNat = line === '*nat';
+      const name = line.slice(1);
+      table = name === 'nat' || name === 'filter' ? state[name] : undefined;
       continue;
     }
-    if (!inNat) continue;
+    if (!table) continue;
     if (line === 'COMMIT') {
-      inNat = false;
+      table = undefined;
     } else if (line.startsWith(':')) {
       const name = line.slice(1).split(/\s+/)[0];
-      if (name) state.chains.add(name);
+      if (name) table.chains.add(name);
     } else if (line.startsWith('-A ')) {
-      state.rules.push(line);
+      table.rules.push(line);
     }
   }
   return state;
 }
 
 /**
- * iptables-restore --noflush input that installs capture. Declaring meshlet's chain with ':' creates
- * it or flushes it, so its body is replaced in one transaction; the jump is added only when absent.
- * Applied twice, the second run leaves the tables byte-for-byte as the first left them.
+ * iptables-restore --noflush input that installs capture and the probe gate. Declaring a chain with
+ * ':' creates it or flushes it, so its body is replaced in one transaction; a jump is added only
+ * when absent. Applied twice, the second run leaves the tables byte-for-byte as the first left them.
  */
-export function installScript(s: CaptureSettings, current: NatState): string {
-  const lines = ['*nat', `:${s.chain} - [0:0]`, ...chainRules(s)];
-  const jumps = current.rules.filter((r) => r === jumpRule(s));
-  if (jumps.length === 0) {
+export function installScript(s: CaptureSettings, current: CaptureState): string {
+  const lines: string[] = [];
+  for (const h of hooks(s)) {
+    lines.push(`*${h.table}`, `:${h.chain} - [0:0]`, ...h.body);
     // Inserted first so that capture happens before any DNAT that other components (kube-proxy)
-    // add to PREROUTING later.
-    lines.push(`-I PREROUTING 1 -j ${s.chain}`);
+    // add to PREROUTING later, and the gate before any ACCEPT in OUTPUT.
+    if (!current[h.table].rules.includes(jumpRule(h))) lines.push(`-I ${h.parent} 1 -j ${h.chain}`);
+    lines.push('COMMIT');
   }
-  lines.push('COMMIT', '');
+  lines.push('');
   return lines.join('\n');
 }
 
 /** iptables-restore --noflush input that removes what installScript added, and nothing else. */
-export function cleanupScript(s: CaptureSettings, current: NatState): string | undefined {
+export function cleanupScript(s: CaptureSettings, current: CaptureState): string | undefined {
   const lines: string[] = [];
-  for (const rule of current.rules) {
-    if (rule === jumpRule(s)) lines.push(`-D PREROUTING -j ${s.chain}`);
+  for (const h of hooks(s)) {
+    const table = current[h.table];
+    const own: string[] = [];
+    for (const rule of table.rules) {
+      if (rule === jumpRule(h)) own.push(`-D ${h.parent} -j ${h.chain}`);
+    }
+    if (table.chains.has(h.chain)) own.push(`-F ${h.chain}`, `-X ${h.chain}`);
+    if (own.length > 0) lines.push(`*${h.table}`, ...own, 'COMMIT');
   }
-  if (current.chains.has(s.chain)) lines.push(`-F ${s.chain}`, `-X ${s.chain}`);
   if (lines.length === 0) return undefined;
-  return ['*nat', ...lines, 'COMMIT', ''].join('\n');
+  return [...lines, ''].join('\n');
 }
 
-/** True when the tables hold exactly the chain body and the jump that installScript produces. */
-export function isInstalled(s: CaptureSettings, current: NatState): boolean {
-  if (!current.chains.has(s.chain)) return false;
-  const body = current.rules.filter((r) => r.startsWith(`-A ${s.chain} `));
-  const want = chainRules(s);
-  return body.length === want.length && current.rules.includes(jumpRule(s)) &&
-    body.every((r, i) => normalizeRule(r) === normalizeRule(want[i] ?? ''));
+/** True when the tables hold exactly the chain bodies and the jumps that installScript produces. */
+export function isInstalled(s: CaptureSettings, current: CaptureState): boolean {
+  return hooks(s).every((h) => {
+    const table = current[h.table];
+    if (!table.chains.has(h.chain)) return false;
+    const body = table.rules.filter((r) => r.startsWith(`-A ${h.chain} `));
+    return body.length === h.body.length && table.rules.includes(jumpRule(h)) &&
+      body.every((r, i) => normalizeRule(r) === normalizeRule(h.body[i] ?? ''));
+  });
 }
 
 // iptables-save prints options in its own canonical order and spelling (for example
@@ -130,4 +183,9 @@ export function parseIpsetMembers(setName: string, save: string): Set<string> {
     if (parts[0] === 'add' && parts[1] === setName && parts[2]) members.add(parts[2]);
   }
   return members;
+}
+
+/** ipset restore input (run with -exist) that vouches for `ips` for `ttlSeconds` more seconds. */
+export function vouchLines(setName: string, ips: Iterable<string>, ttlSeconds: number): string[] {
+  return [...ips].map((ip) => `add ${setName} ${ip} timeout ${ttlSeconds}`);
 }

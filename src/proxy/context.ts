@@ -26,6 +26,8 @@ export interface ProxyContext {
   agentPorts?: ReadonlySet<number>;
   /** Connection limits: false means the socket was refused (and already reset). */
   admit?(socket: net.Socket): boolean;
+  /** Connection limits for a tunnel stream of `peerId`: the release function, or ConnectionLimitError. */
+  admitStream?(peerId: string): () => void;
 }
 
 /** A TCP connection to a final destination, resolved once established (never half-set-up). */

@@ -9,9 +9,10 @@
 import http2 from 'node:http2';
 import net from 'node:net';
 import type tls from 'node:tls';
+import type { Logger } from 'pino';
 import { originalDestination, plainIp, setSendBuffer } from '../capture/socket.ts';
 import {
-  BadTunnelTargetError, H2ProtocolError, MeshletError, PeerIdentityError, TlsHandshakeError, UnknownDestinationError, errorCode,
+  BadTunnelTargetError, H2ProtocolError, MeshletError, PeerIdentityError, StreamLimitError, TlsHandshakeError, UnknownDestinationError, errorCode,
 } from '../errors.ts';
 import type { AvailableCert } from '../identity/certs.ts';
 import { parseWorkloadId } from '../identity/spiffe.ts';
@@ -35,6 +36,7 @@ export class TunnelServer {
   readonly listener: net.Server;
   readonly #byPod = new Map<string, PodServer>();
   readonly #peers = new WeakMap<http2.Http2Session, string>();
+  readonly #streams = new WeakMap<http2.Http2Session, { open: number; atLimit: boolean }>();
   readonly #ctx: ProxyContext;
 
   constructor(ctx: ProxyContext) {
@@ -122,12 +124,35 @@ export class TunnelServer {
       session.once('remoteSettings', () => { if (!session.destroyed) session.setLocalWindowSize(WINDOW_BYTES); });
     });
     server.on('stream', (stream, headers) => {
-      const peerId = this.#peers.get(stream.session as http2.Http2Session);
+      const session = stream.session as http2.Http2Session;
+      const peerId = this.#peers.get(session);
       if (!peerId) { stream.close(http2.constants.NGHTTP2_REFUSED_STREAM); return; }
+      this.#countStream(session, stream, log);
       void handleConnect(stream, headers, { peerId, target: entry.target }, this.#ctx);
     });
     this.#byPod.set(target.ip, entry);
     return entry;
+  }
+
+  /**
+   * nghttp2 refuses streams beyond SETTINGS_MAX_CONCURRENT_STREAMS by itself, before Node sees them,
+   * so the refusals cannot be counted one by one. What can be seen is a session reaching the limit:
+   * that is logged and counted once per episode (a peer ignoring SETTINGS floods right there).
+   */
+  #countStream(session: http2.Http2Session, stream: http2.ServerHttp2Stream, log: Logger): void {
+    const state = this.#streams.get(session) ?? { open: 0, atLimit: false };
+    this.#streams.set(session, state);
+    state.open++;
+    stream.once('close', () => {
+      state.open--;
+      if (state.open < h2Settings.maxConcurrentStreams) state.atLimit = false;
+    });
+    if (state.open >= h2Settings.maxConcurrentStreams && !state.atLimit) {
+      state.atLimit = true;
+      const err = new StreamLimitError(h2Settings.maxConcurrentStreams);
+      log.warn({ err: err.code, reason: err.message, peer: plainIp(session.socket?.remoteAddress) }, 'tunnel session at its stream limit');
+      this.#ctx.connections.refused('destination', err.code);
+    }
   }
 
   /** Drops servers of pods that are no longer local and captured. */
@@ -215,6 +240,9 @@ async function handleConnect(
       sourcePrincipal: tunnel.peerId, sourceIp, sourceNamespace: parseWorkloadId(tunnel.peerId).namespace,
       destination: tunnel.target, destinationPort: authority.port,
     }));
+    status = 503;
+    const release = ctx.admitStream?.(tunnel.peerId);
+    if (release) stream.once('close', release);
     status = 502;
     const upstream = socketEnd(await connectTcp(tunnel.target.ip, authority.port, ctx.connectTimeoutMs));
     stream.respond({ ':status': 200 });

@@ -46,9 +46,9 @@ describe('hostile input in network namespaces', { concurrency: false }, () => {
     (await lab.agentLog('node-b')).find((l) => l.msg === msg && l.err === err), 5_000);
 
   /** Asserts one attack bumps a refusal counter and leaves a typed log line. */
-  async function refused(name: string, errors: string[], msgs: string[], check: (r: any) => void = () => {}): Promise<any> {
+  async function refused(name: string, errors: string[], msgs: string[], check: (r: any) => void = () => {}, extra: string[] = []): Promise<any> {
     const before = await Promise.all(errors.map(refusals));
-    const r = await attack(name);
+    const r = await attack(name, extra);
     check(r);
     await eventually(`${name} counted as ${errors.join(' or ')}`, async () => (await Promise.all(errors.map(refusals))).some((n, i) => n > before[i]!), 5_000);
     const lines = await lab.agentLog('node-b');
@@ -99,10 +99,21 @@ describe('hostile input in network namespaces', { concurrency: false }, () => {
     assert.doesNotMatch(r.status, /^200/);
   });
 
-  it('advertises a stream limit and serves a burst of streams on one session', async () => {
-    const r = await attack('stream-flood', ['--count', '100']);
-    assert.equal(r.remoteMaxStreams, 1000, 'the agent advertises SETTINGS_MAX_CONCURRENT_STREAMS');
-    assert.deepEqual(r.byStatus, { 200: 100 });
+  // The lab allows 50 connections per source: a tunnel peer's streams are connections of its
+  // identity (each holds an upstream socket), so a burst on one session is capped like a flood of sockets.
+  it('advertises a stream limit, and serves a burst of streams on one session up to the per-source limit', async () => {
+    const r = await refused('stream-flood', ['connection_limit'], ['tunnel stream refused by the connection limits'], (x) => {
+      assert.equal(x.remoteMaxStreams, 1000, 'the agent advertises SETTINGS_MAX_CONCURRENT_STREAMS');
+    }, ['--count', '100']);
+    assert.deepEqual(r.byStatus, { 200: 50, '503 connection_limit': 50 });
+  });
+
+  it('gives a peer that ignores SETTINGS no more than its per-source share of streams', async () => {
+    const r = await refused('stream-flood-raw', ['connection_limit'], ['tunnel stream refused by the connection limits'], () => {}, ['--count', '1100']);
+    assert.equal(r.outcome, 'answered', JSON.stringify(r));
+    assert.equal(r.responses200, 50);
+    assert.equal(r.otherResponses, 1050, 'every other stream is answered 503 at once');
+    assert.equal(r.goaway, undefined);
   });
 
   it('caps connections per source', async () => {
@@ -121,5 +132,19 @@ describe('hostile input in network namespaces', { concurrency: false }, () => {
     const r = await lab.client('web', { host: lab.pod('db').ip, port: PORT, bytes: 100_000, timeoutMs: 5_000 });
     assert.ok(r.ok, JSON.stringify(r));
     assert.ok(r.results[0]!.ms < 1_000, `${r.results[0]!.ms} ms`);
+  });
+
+  // Last: it restarts node-b's agent with room for 2000 connections per source, so that 1000 streams
+  // can be open on one session at once.
+  it('serves a peer that ignores SETTINGS no more streams than advertised, refuses the rest, and says so', async () => {
+    assert.equal(await lab.stopAgent('node-b'), 0);
+    await lab.startAgent(lab.node('node-b'), ['--max-connections-per-source', '2000']);
+    await lab.waitReady(lab.node('node-b'));
+    await refused('stream-flood-raw', ['stream_limit'], ['tunnel session at its stream limit'], (r) => {
+      assert.equal(r.outcome, 'answered', JSON.stringify(r));
+      assert.equal(r.responses200, 1000, 'the advertised 1000 streams are served');
+      assert.deepEqual(r.resets, { 7: 100 }, 'nghttp2 refuses every stream beyond them with REFUSED_STREAM');
+      assert.equal(r.goaway, undefined);
+    }, ['--count', '1100']);
   });
 });

@@ -42,6 +42,7 @@ describe('meshlet init on a node', { concurrency: false }, () => {
       'COMMIT',
       '*filter',
       '-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT',
+      '-A OUTPUT -p tcp -m tcp --dport 9 -j ACCEPT',
       'COMMIT',
       '',
     ].join('\n'));
@@ -57,20 +58,25 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     assert.match(r.stdout, /^\*nat\n:MESHLET_PREROUTING - \[0:0\]\n/);
     assert.match(r.stdout, /^-I PREROUTING 1 -j MESHLET_PREROUTING$/m);
     assert.match(r.stdout, /--to-ports 15001/);
+    assert.match(r.stdout, /^\*filter\n:MESHLET_OUTPUT - \[0:0\]\n/m);
+    assert.match(r.stdout, /^-I OUTPUT 1 -j MESHLET_OUTPUT$/m);
     assert.match(r.stdout, /COMMIT\n$/);
     assert.match(r.stderr, /ipset create meshlet-captured hash:ip/);
+    assert.match(r.stderr, /ipset create meshlet-vouched hash:ip family inet timeout/);
     assert.equal(await save(), pristine);
     assert.deepEqual(await sets(), pristineSets);
     // iptables-restore accepts it as it is (--test parses and checks without committing) once the
     // set it references exists.
     await sh('ipset', ['create', 'meshlet-captured', 'hash:ip', '-exist']);
+    await sh('ipset', ['create', 'meshlet-vouched', 'hash:ip', 'timeout', '5', '-exist']);
     await sh('iptables-restore', ['--test', '--noflush'], r.stdout);
     await sh('ipset', ['destroy', 'meshlet-captured']);
+    await sh('ipset', ['destroy', 'meshlet-vouched']);
     assert.equal(await save(), pristine);
     assert.deepEqual(await sets(), pristineSets);
   });
 
-  it('installs the chain, the jump and the set, and a second run changes nothing', async () => {
+  it('installs the chains, the jumps and the sets, and a second run changes nothing', async () => {
     const first = await meshlet(['init']);
     assert.equal(first.code, 0, first.stderr);
     assert.match(first.stderr, /capture installed/);
@@ -78,7 +84,10 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     assert.notEqual(installed, pristine);
     assert.match(installed, /^:MESHLET_PREROUTING /m);
     assert.equal(installed.match(/-A PREROUTING -j MESHLET_PREROUTING/g)?.length, 1);
-    assert.deepEqual(await sets(), [...pristineSets, 'meshlet-captured'].sort());
+    assert.match(installed, /^:MESHLET_OUTPUT /m);
+    // The gate comes first in OUTPUT, before the user's own rules could accept a packet.
+    assert.equal(installed.split('\n').find((l) => l.startsWith('-A OUTPUT ')), '-A OUTPUT -j MESHLET_OUTPUT');
+    assert.deepEqual(await sets(), [...pristineSets, 'meshlet-captured', 'meshlet-vouched'].sort());
     // The user's own rules are still there, in their order.
     assert.match(installed, /-A PREROUTING -p tcp -m tcp --dport 9999 -j REDIRECT --to-ports 9998\n-A PREROUTING -j USER_CHAIN\n/);
 

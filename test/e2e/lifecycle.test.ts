@@ -1,7 +1,7 @@
 // Lifecycle end to end: capture is in place before an agent listens (refused, never plaintext), a
 // SIGTERM drains (open connections finish, tunnel peers get GOAWAY, exit 0), an upgrade under load
 // (a new agent beside the old one on the same ports, then the old one drains) loses no request, and
-// a SIGKILLed agent fails closed.
+// a SIGKILLed agent fails closed and its pods fail kubelet's probes (the probe gate) until it returns.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -10,7 +10,9 @@ import { eventually } from '../support/wait.ts';
 
 const PORT = 8080;
 const HTTP_PORT = 8081;
+const APP_ONLY_PORT = 9090;
 const LOAD = join(import.meta.dirname, '../../bench/load.ts');
+const PROBER = join(import.meta.dirname, '../support/prober.ts');
 const MARKER = 'lifecycle-plaintext-marker ';
 
 describe('agent lifecycle in network namespaces', { concurrency: false }, () => {
@@ -20,7 +22,7 @@ describe('agent lifecycle in network namespaces', { concurrency: false }, () => 
     lab = await MeshLab.create({
       nodes: [
         { name: 'node-a', pods: [{ name: 'web', namespace: 'shop' }, { name: 'outsider', namespace: 'legacy', captured: false }] },
-        { name: 'node-b', pods: [{ name: 'db', namespace: 'shop' }] },
+        { name: 'node-b', pods: [{ name: 'db', namespace: 'shop' }, { name: 'bystander', namespace: 'legacy', captured: false }] },
       ],
     });
     try {
@@ -32,6 +34,7 @@ describe('agent lifecycle in network namespaces', { concurrency: false }, () => 
       }
       await lab.startServer('db', PORT);
       await lab.startHttpServer('db', HTTP_PORT);
+      await lab.startServer('bystander', PORT);
     } catch (err) {
       await lab.destroy();
       throw err;
@@ -129,13 +132,60 @@ describe('agent lifecycle in network namespaces', { concurrency: false }, () => 
     assert.deepEqual(await Promise.all(upgraded), [0, 0], 'both old agents drained and exited 0');
   });
 
-  it('fails closed when an agent is SIGKILLed, and recovers when it returns', async () => {
-    const victim = lab.agents.get('node-b')!;
-    victim.child.kill('SIGKILL');
-    await victim.exited;
-    await refusedWithoutPlaintext('node-b');
-    await startAgent('node-b');
-    assert.equal((await reach('web', 'db')).ok, true);
-    assert.equal((await reach('outsider', 'db')).ok, true);
+  /** kubelet's stand-in on `node`: tcpSocket probes every second, not ready after 3 failures. */
+  function startProber(node: string, targets: Record<string, string>) {
+    const events: Array<{ target: string; ready: boolean; at: number; lastError?: string }> = [];
+    const child = lab.topo.spawn(lab.node(node).ns, process.execPath, [
+      PROBER, ...Object.entries(targets).flatMap(([name, addr]) => ['--target', `${name}=${addr}`]),
+      '--period-ms', '1000', '--timeout-ms', '1000', '--failure-threshold', '3', '--success-threshold', '1',
+    ]);
+    let buffered = '';
+    child.stdout?.on('data', (d: Buffer) => {
+      buffered += String(d);
+      const lines = buffered.split('\n');
+      buffered = lines.pop() ?? '';
+      for (const line of lines) { const e = JSON.parse(line); if ('target' in e) events.push(e); }
+    });
+    const readyNow = (target: string) => events.filter((e) => e.target === target).at(-1)?.ready === true;
+    const change = (target: string, ready: boolean, after: number) => events.find((e) => e.target === target && e.ready === ready && e.at >= after);
+    return { events, child, readyNow, change };
+  }
+
+  it('fails closed when an agent is SIGKILLed: refused, never plaintext, its pods fail their probes within 10 s, and all recover when it returns', async () => {
+    const db = lab.pod('db').ip;
+    const appOnly = await lab.startServer('db', APP_ONLY_PORT);
+    const prober = startProber('node-b', { db: `${db}:${PORT}`, 'db-app-only': `${db}:${APP_ONLY_PORT}`, bystander: `${lab.pod('bystander').ip}:${PORT}` });
+    try {
+      await eventually('every pod ready', () => ['db', 'db-app-only', 'bystander'].every(prober.readyNow), 10_000, 100);
+      // While the agent lives, probes reach the application itself (the gate only opens the way):
+      // an application that stops listening fails its probe although the agent is fine.
+      const stoppedAt = Date.now();
+      appOnly.kill('SIGKILL');
+      await eventually('db-app-only not ready', () => prober.change('db-app-only', false, stoppedAt) !== undefined, 10_000, 100);
+
+      const victim = lab.agents.get('node-b')!;
+      const killedAt = Date.now();
+      victim.child.kill('SIGKILL');
+      await victim.exited;
+      await refusedWithoutPlaintext('node-b');
+      const flip = await eventually('db reported not ready', () => prober.change('db', false, killedAt), 15_000, 100);
+      const flipMs = flip.at - killedAt;
+      assert.ok(flipMs < 10_000, `db reported not ready ${flipMs} ms after the agent died`);
+      assert.equal(flip.lastError, 'ECONNREFUSED', 'the gate resets the probe at once, no timeout');
+
+      const restartedAt = Date.now();
+      await startAgent('node-b');
+      const back = await eventually('db ready again', () => prober.change('db', true, restartedAt), 10_000, 100);
+      assert.equal((await reach('web', 'db')).ok, true);
+      assert.equal((await reach('outsider', 'db')).ok, true);
+      // A pod outside the mesh on the same node never noticed.
+      assert.deepEqual(prober.events.filter((e) => e.target === 'bystander').map((e) => e.ready), [true]);
+      const gate = (await lab.configDump(lab.node('node-b'))).probeGate;
+      assert.equal(gate.vouched, 1);
+      assert.equal(gate.failures, 0);
+      process.stdout.write(`# probe gate: not ready ${flipMs} ms after SIGKILL, ready ${back.at - restartedAt} ms after the restart began\n`);
+    } finally {
+      prober.child.kill('SIGTERM');
+    }
   });
 });

@@ -4,7 +4,8 @@
 //   node test/support/hostile.ts --attack NAME --target IP [--port 15008] --ca-dir DIR [--count N]
 //
 // Attacks: not-tls, wrong-alpn, no-client-cert, foreign-trust-domain, expired-cert, slow-handshake,
-// malformed-h2, connect-elsewhere, connect-agent-port, oversized-headers, stream-flood, connection-flood.
+// malformed-h2, connect-elsewhere, connect-agent-port, oversized-headers, stream-flood, stream-flood-raw,
+// connection-flood.
 // The valid-looking client certificates are made here from the mesh's root (the test's CA dir):
 // an attacker holding a stolen but real identity is the strongest case.
 import http2 from 'node:http2';
@@ -128,6 +129,58 @@ switch (v.attack) {
     const byStatus: Record<string, number> = {};
     for (const s of statuses) byStatus[s] = (byStatus[s] ?? 0) + 1;
     done('answered', { streams: n, byStatus, remoteMaxStreams: session.remoteSettings.maxConcurrentStreams });
+    break;
+  }
+  case 'stream-flood-raw': {
+    // Ignores the agent's SETTINGS (never acknowledges them, never respects the stream limit): opens
+    // --count CONNECT streams at once with hand-made frames, then tallies what comes back.
+    const id = await identity('spiffe://TD/ns/intruder/sa/stolen');
+    const n = Number(v.count);
+    // Each stream's first answer: a response (HEADERS) or a reset (RST_STREAM with its code).
+    const answers = new Map<number, string>();
+    let goaway: undefined | { lastStreamId: number; code: number };
+    const tally = () => {
+      const counts: Record<string, number> = {};
+      for (const a of answers.values()) counts[a] = (counts[a] ?? 0) + 1;
+      return { streams: n, answered: answers.size, responses200: counts['200'] ?? 0,
+        otherResponses: counts.other ?? 0, resets: Object.fromEntries(Object.entries(counts).filter(([k]) => k.startsWith('rst ')).map(([k, c]) => [k.slice(4), c])), goaway };
+    };
+    let inbox = Buffer.alloc(0);
+    tlsOutcome({ ...id, ALPNProtocols: ['h2'] }, (s) => {
+      s.removeAllListeners('close');
+      s.once('close', () => done('answered', { ...tally(), closed: true }));
+      s.on('data', (chunk: Buffer) => {
+        inbox = Buffer.concat([inbox, chunk]);
+        while (inbox.length >= 9) {
+          const length = inbox.readUIntBE(0, 3);
+          if (inbox.length < 9 + length) break;
+          const type = inbox[3];
+          const stream = inbox.readUInt32BE(5) & 0x7fffffff;
+          const payload = inbox.subarray(9, 9 + length);
+          // `:status: 200` is HPACK static entry 8, sent as the one byte 0x88.
+          if (type === 0x01 && !answers.has(stream)) answers.set(stream, payload[0] === 0x88 ? '200' : 'other');
+          else if (type === 0x03 && !answers.has(stream)) answers.set(stream, `rst ${payload.readUInt32BE(0)}`);
+          else if (type === 0x07) goaway = { lastStreamId: payload.readUInt32BE(0) & 0x7fffffff, code: payload.readUInt32BE(4) };
+          inbox = inbox.subarray(9 + length);
+        }
+        if (answers.size >= n) done('answered', tally());
+      });
+      const frame = (type: number, flags: number, stream: number, payload: Buffer) => {
+        const head = Buffer.alloc(9);
+        head.writeUIntBE(payload.length, 0, 3);
+        head[3] = type;
+        head[4] = flags;
+        head.writeUInt32BE(stream, 5);
+        return Buffer.concat([head, payload]);
+      };
+      // Literal header fields with indexed names: :method (static 2) CONNECT, :authority (static 1).
+      const authority = Buffer.from(`${target}:8080`);
+      const block = Buffer.concat([Buffer.from([0x02, 7]), Buffer.from('CONNECT'), Buffer.from([0x01, authority.length]), authority]);
+      const frames = [Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), frame(0x04, 0, 0, Buffer.alloc(0))];
+      for (let i = 0; i < n; i++) frames.push(frame(0x01, 0x04, 2 * i + 1, block));
+      s.write(Buffer.concat(frames));
+      setTimeout(() => done('partly answered', tally()), 15_000);
+    });
     break;
   }
   case 'connection-flood': {

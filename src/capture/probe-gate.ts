@@ -1,0 +1,96 @@
+// The probe gate's live half: the agent vouches for the captured pods it can serve by re-adding them
+// to the vouched ipset, with a timeout, four times per TTL. The kernel does the rest (see gateRules):
+// connections the node opens to a captured pod pass while its entry lives and are reset once it has
+// timed out. A SIGKILLed agent, or one whose event loop is stuck, stops re-adding; within the TTL
+// kubelet's probes to its pods start failing, and the pods leave their Services' endpoints. Nothing
+// has to run for that to happen, which is the point: the agent is the thing that failed.
+import type { Logger } from 'pino';
+import { runCaptureTool } from './install.ts';
+import { vouchLines } from './rules.ts';
+
+export interface ProbeGateOptions {
+  setName: string;
+  ttlMs: number;
+  /** The pod IPs to vouch for now (empty while the agent cannot serve: starting, draining). */
+  vouched(): string[];
+  log: Logger;
+  /** Applies `ipset restore -exist` input; tests replace it. */
+  apply?(input: string): Promise<void>;
+}
+
+export interface ProbeGateStatus {
+  ttlSeconds: number;
+  vouched: number;
+  lastRefresh?: string;
+  failures: number;
+  lastError?: string;
+}
+
+export class ProbeGate {
+  readonly #opts: ProbeGateOptions;
+  readonly #apply: (input: string) => Promise<void>;
+  #timer: NodeJS.Timeout | undefined;
+  #inFlight: Promise<void> | undefined;
+  #vouched = 0;
+  #lastRefresh: number | undefined;
+  #failures = 0;
+  #lastError: string | undefined;
+
+  constructor(opts: ProbeGateOptions) {
+    this.#opts = opts;
+    this.#apply = opts.apply ?? (async (input) => { await runCaptureTool('ipset', ['restore', '-exist'], input); });
+  }
+
+  get ttlSeconds(): number {
+    return Math.max(1, Math.round(this.#opts.ttlMs / 1000));
+  }
+
+  start(): void {
+    if (this.#timer) return;
+    // Four refreshes per TTL: one late or failed refresh never lets a live agent's pods drop out.
+    this.#timer = setInterval(() => void this.refresh(), Math.max(250, this.#opts.ttlMs / 4)).unref();
+    void this.refresh();
+  }
+
+  /** Re-adds every pod vouched for now; overlapping calls share one run. */
+  refresh(): Promise<void> {
+    this.#inFlight ??= this.#refresh().finally(() => { this.#inFlight = undefined; });
+    return this.#inFlight;
+  }
+
+  async #refresh(): Promise<void> {
+    const ips = this.#opts.vouched();
+    if (ips.length !== this.#vouched) this.#opts.log.info({ component: 'probe-gate', vouched: ips.length, was: this.#vouched }, 'probe gate: pods vouched for changed');
+    this.#vouched = ips.length;
+    // Nothing to vouch for: the entries already there time out on their own (an agent that is
+    // starting or draining must not keep a predecessor's or successor's pods alive, nor cut them off).
+    if (ips.length === 0) return;
+    try {
+      await this.#apply(`${vouchLines(this.#opts.setName, ips, this.ttlSeconds).join('\n')}\n`);
+      this.#lastRefresh = Date.now();
+      if (this.#lastError) this.#opts.log.info({ component: 'probe-gate' }, 'probe gate refreshed again');
+      this.#lastError = undefined;
+    } catch (err) {
+      this.#failures++;
+      const first = this.#lastError === undefined;
+      this.#lastError = (err as Error).message;
+      if (first) this.#opts.log.error({ component: 'probe-gate', err: this.#lastError }, 'cannot refresh the probe gate; its pods will fail their probes once their entries time out');
+    }
+  }
+
+  /** Stops vouching. Entries are not deleted: they time out, and a replacement agent keeps its own fresh. */
+  stop(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  status(): ProbeGateStatus {
+    return {
+      ttlSeconds: this.ttlSeconds,
+      vouched: this.#vouched,
+      ...(this.#lastRefresh ? { lastRefresh: new Date(this.#lastRefresh).toISOString() } : {}),
+      failures: this.#failures,
+      ...(this.#lastError ? { lastError: this.#lastError } : {}),
+    };
+  }
+}
