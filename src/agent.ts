@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { type AgentConfig, LOG_LEVELS, type LogLevel } from './config.ts';
 import { AdminRequestError, createAdminServer, createMetricsServer, createReadinessServer, Readiness } from './admin/server.ts';
 import { hasNetAdmin } from './capture/exec.ts';
-import { isCaptureInstalled } from './capture/install.ts';
+import { checkCapture } from './capture/install.ts';
 import { ConnectionLimitError, PrerequisiteError } from './errors.ts';
 import { createIpsetSync } from './capture/ipset.ts';
 import { ProbeGate } from './capture/probe-gate.ts';
@@ -23,6 +23,7 @@ import { TunnelServer } from './proxy/inbound.ts';
 import { handleOutbound } from './proxy/outbound.ts';
 import { TunnelPool } from './proxy/tunnel/pool.ts';
 import { ConnectionLimiter } from './proxy/limits.ts';
+import { EndpointBalancer } from './proxy/balancer.ts';
 import { accessLogger, createLogger, setLogLevel } from './telemetry/log.ts';
 import { MeshMetrics } from './telemetry/metrics.ts';
 import { ConnectionTracker } from './telemetry/connections.ts';
@@ -64,6 +65,7 @@ export class Agent {
   #closing = false;
   #tunnel: TunnelServer | undefined;
   readonly probeGate: ProbeGate;
+  readonly balancer: EndpointBalancer;
   readonly #provider: CertificateProvider & { close?(): Promise<void> };
 
   readonly config: AgentConfig;
@@ -86,6 +88,12 @@ export class Agent {
       log: deps.log,
       secureContextFor: (id) => certs.secureContextFor(id),
       ...(metrics ? { onHandshake: (seconds: number, ok: boolean) => metrics.handshake(seconds, ok) } : {}),
+    });
+    this.balancer = new EndpointBalancer({
+      onEject: (service, endpoint, forMs, lastError) => {
+        this.#log.warn({ service: `${service.namespace}/${service.name}`, endpoint: endpoint.ip, forMs, lastError }, 'service endpoint ejected after consecutive failures');
+        metrics?.endpointEjected(service.namespace, service.name);
+      },
     });
     this.probeGate = new ProbeGate({
       setName: config.capture.gateIpset, ttlMs: config.probeGateTtlMs, log: deps.log, vouched: () => this.#vouched(),
@@ -112,6 +120,7 @@ export class Agent {
       certificates: () => (agent?.certs.states() ?? []).flatMap((c) => (c.state === 'available' ? [{ spiffeId: c.spiffeId, notAfter: c.notAfter }] : [])),
       pool: () => agent?.pool.dump() ?? [],
       openConnections: () => agent?.connections.openByDirection() ?? {},
+      ejectedEndpoints: () => agent?.balancer.ejectedCounts() ?? [],
     });
     const policy = deps.policy ?? new MeshPolicyEngine({ log: deps.log, ...(metrics ? { onDecision: (action, p) => metrics.decision(action, p) } : {}) });
     agent = new Agent(config, { log: deps.log, policy, source }, certs, provider, metrics);
@@ -176,7 +185,9 @@ export class Agent {
 
   async #checkCapture(): Promise<void> {
     try {
-      const installed = await isCaptureInstalled(this.config.capture);
+      const check = await checkCapture(this.config.capture);
+      const installed = check !== 'absent';
+      if (check === 'repaired') this.#log.warn('capture rules had changed (reordered or edited): repaired, meshlet\'s jumps first again');
       if (installed !== this.#captureInstalled) this.#log.info({ installed }, 'capture state changed');
       this.#captureInstalled = installed;
       if (!installed) this.#log.warn('capture is not installed on this node (run `meshlet init`); not ready');
@@ -191,6 +202,7 @@ export class Agent {
     // Policies first: the first connection that sees a new workload also sees the policies of its snapshot.
     this.policy.update?.(snapshot);
     this.registry.replace(snapshot);
+    this.balancer.prune(snapshot.services);
     const local = this.registry.localCaptured();
     this.certs.reconcile(new Set(local.map((w) => w.spiffeId)));
     this.#tunnel?.prune();
@@ -229,6 +241,7 @@ export class Agent {
     });
     const ctx: ProxyContext = {
       admit: (socket) => admit(socket, 'destination'),
+      vouchFor: (podIp) => this.probeGate.ensure(podIp),
       admitStream: (peerId) => {
         const slot = limiter.acquire(peerId);
         if ('refused' in slot) {
@@ -242,6 +255,7 @@ export class Agent {
       certs: this.certs,
       policy: this.policy,
       pool: this.pool,
+      balancer: this.balancer,
       connections: this.connections,
       log: this.#rootLog,
       tunnelPort: this.config.ports.tunnel,
@@ -300,6 +314,10 @@ export class Agent {
       probeGate: this.probeGate.status(),
       trustBundle: this.certs.trustBundle ? { signingRoot: this.certs.trustBundle.signingFingerprint, roots: bundleSize(this.certs.trustBundle.pem) } : undefined,
       workloads: (snapshot?.workloads ?? []).map((w) => ({ ...w, local: w.node === this.config.nodeName })),
+      services: (snapshot?.services ?? []).map((s) => ({
+        name: s.name, namespace: s.namespace, clusterIP: s.clusterIP ?? 'None', ports: s.ports, preferClose: s.preferClose,
+        endpoints: this.balancer.view(s).map((e) => ({ ...e, ports: s.endpoints.find((x) => x.ip === e.ip)?.ports })),
+      })),
       certificates: this.certs.states().map((c) => c.state === 'available'
         ? { spiffeId: c.spiffeId, state: c.state, serial: c.serial, signedBy: c.signedBy, notBefore: new Date(c.notBefore).toISOString(), notAfter: new Date(c.notAfter).toISOString() }
         : c),

@@ -288,6 +288,14 @@ export class StreamLimitError extends MeshletError {
   }
 }
 
+/** A connection to a Service's cluster IP found no endpoint to go to (none ready, or all tried). */
+export class NoEndpointsError extends MeshletError {
+  readonly code = 'no_endpoints';
+  constructor(service: string, port: number, detail: string) {
+    super(`service ${service} port ${port}: ${detail}`);
+  }
+}
+
 /** A CLI could not read an agent's admin API (`meshlet status`). */
 export class AgentUnreachableError extends MeshletError {
   readonly code = 'agent_unreachable';
@@ -302,7 +310,7 @@ export const errorCodes = [
   'bad_tunnel_target', 'unknown_destination', 'policy_denied', 'upstream_connect', 'bad_workloads', 'bad_config',
   'bad_spiffe_id', 'ca_error', 'capture_error', 'prerequisite', 'bad_csr', 'bad_request', 'body_too_large', 'bad_token',
   'identity_not_allowed', 'rate_limited', 'authz_unavailable', 'ca_unavailable', 'agent_unreachable',
-  'tls_handshake', 'h2_protocol', 'connection_limit', 'idle_timeout', 'stream_limit',
+  'tls_handshake', 'h2_protocol', 'connection_limit', 'idle_timeout', 'stream_limit', 'no_endpoints',
 ] as const;
 
 export function errorCode(err: unknown): string {

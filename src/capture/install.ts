@@ -3,7 +3,7 @@
 import { CaptureError, PrerequisiteError } from '../errors.ts';
 import { hasNetAdmin, runCommand } from './exec.ts';
 import {
-  type CaptureSettings, type CaptureState, cleanupScript, installScript, isInstalled, parseCaptureState,
+  type CaptureSettings, type CaptureState, chainsExist, cleanupScript, installScript, isInstalled, parseCaptureState,
 } from './rules.ts';
 
 export type InstallResult =
@@ -88,8 +88,21 @@ export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolea
   return script;
 }
 
-export async function isCaptureInstalled(s: CaptureSettings): Promise<boolean> {
-  return isInstalled(s, await readCaptureState());
+export type CaptureCheck = 'installed' | 'repaired' | 'absent';
+
+/**
+ * What the agent does every few seconds: capture in place stays as it is; capture that `meshlet
+ * init` installed and something changed since (kube-proxy put its Service jump first, someone
+ * flushed a chain) is repaired; capture that was never installed is reported, not installed (that
+ * is the init helper's job, which also creates the sets).
+ */
+export async function checkCapture(s: CaptureSettings): Promise<CaptureCheck> {
+  const state = await readCaptureState();
+  if (isInstalled(s, state)) return 'installed';
+  if (!chainsExist(s, state)) return 'absent';
+  await tool('iptables-restore', ['--noflush'], installScript(s, state));
+  if (!isInstalled(s, await readCaptureState())) throw new CaptureError('capture was repaired but iptables-save does not show it in place');
+  return 'repaired';
 }
 
 export { tool as runCaptureTool };

@@ -32,6 +32,8 @@ export class ProbeGate {
   #timer: NodeJS.Timeout | undefined;
   #inFlight: Promise<void> | undefined;
   #vouched = 0;
+  /** What the last successful refresh put in the set, and when. */
+  #applied = new Set<string>();
   #lastRefresh: number | undefined;
   #failures = 0;
   #lastError: string | undefined;
@@ -64,10 +66,12 @@ export class ProbeGate {
     this.#vouched = ips.length;
     // Nothing to vouch for: the entries already there time out on their own (an agent that is
     // starting or draining must not keep a predecessor's or successor's pods alive, nor cut them off).
-    if (ips.length === 0) return;
+    if (ips.length === 0) { this.#applied = new Set(); return; }
     try {
+      const started = Date.now();
       await this.#apply(`${vouchLines(this.#opts.setName, ips, this.ttlSeconds).join('\n')}\n`);
-      this.#lastRefresh = Date.now();
+      this.#applied = new Set(ips);
+      this.#lastRefresh = started;
       if (this.#lastError) this.#opts.log.info({ component: 'probe-gate' }, 'probe gate refreshed again');
       this.#lastError = undefined;
     } catch (err) {
@@ -76,6 +80,20 @@ export class ProbeGate {
       this.#lastError = (err as Error).message;
       if (first) this.#opts.log.error({ component: 'probe-gate', err: this.#lastError }, 'cannot refresh the probe gate; its pods will fail their probes once their entries time out');
     }
+  }
+
+  /**
+   * Undefined when `ip` is vouched for with at least half the TTL to go (the hot path: no await);
+   * otherwise a refresh that includes it, if the agent vouches for it at all. A pod that just got
+   * its certificate is let through at once, not at the next tick.
+   */
+  ensure(ip: string): Promise<void> | undefined {
+    if (this.#applied.has(ip) && Date.now() - (this.#lastRefresh ?? 0) < this.#opts.ttlMs / 2) return undefined;
+    return (async () => {
+      await this.refresh();
+      // A refresh already running may have read the list before this pod was in it.
+      if (!this.#applied.has(ip)) await this.refresh();
+    })();
   }
 
   /** Stops vouching. Entries are not deleted: they time out, and a replacement agent keeps its own fresh. */

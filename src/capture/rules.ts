@@ -125,9 +125,14 @@ export function installScript(s: CaptureSettings, current: CaptureState): string
   const lines: string[] = [];
   for (const h of hooks(s)) {
     lines.push(`*${h.table}`, `:${h.chain} - [0:0]`, ...h.body);
-    // Inserted first so that capture happens before any DNAT that other components (kube-proxy)
-    // add to PREROUTING later, and the gate before any ACCEPT in OUTPUT.
-    if (!current[h.table].rules.includes(jumpRule(h))) lines.push(`-I ${h.parent} 1 -j ${h.chain}`);
+    // The jump must be the first rule of its built-in chain: capture before kube-proxy's Service
+    // DNAT (KUBE-SERVICES, which kube-proxy itself prepends when it finds its jump missing), and the
+    // gate before any ACCEPT in OUTPUT. A jump that is there but no longer first is moved back, in
+    // the same transaction, so there is no moment without it.
+    if (!jumpIsFirst(h, current)) {
+      for (const rule of current[h.table].rules) if (rule === jumpRule(h)) lines.push(`-D ${h.parent} -j ${h.chain}`);
+      lines.push(`-I ${h.parent} 1 -j ${h.chain}`);
+    }
     lines.push('COMMIT');
   }
   lines.push('');
@@ -150,15 +155,29 @@ export function cleanupScript(s: CaptureSettings, current: CaptureState): string
   return [...lines, ''].join('\n');
 }
 
-/** True when the tables hold exactly the chain bodies and the jumps that installScript produces. */
+/** The jump is the first rule of its built-in chain, and the only jump there. */
+function jumpIsFirst(h: ChainHook, current: CaptureState): boolean {
+  const parentRules = current[h.table].rules.filter((r) => r.startsWith(`-A ${h.parent} `));
+  return parentRules[0] === jumpRule(h) && parentRules.filter((r) => r === jumpRule(h)).length === 1;
+}
+
+/**
+ * True when the tables hold exactly the chain bodies that installScript produces, each jumped to
+ * first. Anything else (a body changed, a jump gone, or another rule put before it) needs a repair.
+ */
 export function isInstalled(s: CaptureSettings, current: CaptureState): boolean {
   return hooks(s).every((h) => {
     const table = current[h.table];
     if (!table.chains.has(h.chain)) return false;
     const body = table.rules.filter((r) => r.startsWith(`-A ${h.chain} `));
-    return body.length === h.body.length && table.rules.includes(jumpRule(h)) &&
+    return body.length === h.body.length && jumpIsFirst(h, current) &&
       body.every((r, i) => normalizeRule(r) === normalizeRule(h.body[i] ?? ''));
   });
+}
+
+/** Whether meshlet's chains exist at all (`meshlet init` ran on this node), installed right or not. */
+export function chainsExist(s: CaptureSettings, current: CaptureState): boolean {
+  return hooks(s).every((h) => current[h.table].chains.has(h.chain));
 }
 
 // iptables-save prints options in its own canonical order and spelling (for example

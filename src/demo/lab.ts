@@ -28,8 +28,10 @@ export interface PodSpec {
   captured?: boolean;
   /** Whether the workloads file lists it at all (default true). */
   registered?: boolean;
-  /** Its labels (default { app: name }): what MeshPolicy selectors match. */
+  /** Its labels (default { app: name }): what MeshPolicy and Service selectors match. */
   labels?: Record<string, string>;
+  /** Named container ports (for Services' named targetPorts). */
+  ports?: Array<{ name: string; port: number }>;
 }
 
 export interface LabSpec {
@@ -47,6 +49,8 @@ export interface LabSpec {
   caArgs?: string[];
   /** A namespace of its own on the underlay for a Kubernetes API stand-in (tests feed agents from it). */
   apiNode?: boolean;
+  /** The workloads file's `services` (name, namespace, clusterIP, ports, selector or endpoints). */
+  services?: object[];
 }
 
 export const CA_PORT = 15012;
@@ -145,7 +149,9 @@ export class MeshLab {
         node: p.node.name,
         captured: p.spec.captured ?? true,
         labels: p.spec.labels ?? { app: p.name },
+        ...(p.spec.ports ? { ports: p.spec.ports } : {}),
       })),
+      ...(this.spec.services ? { services: this.spec.services } : {}),
     };
   }
 
@@ -313,7 +319,9 @@ export class MeshLab {
   /** Starts tcpdump on a node's underlay interface; stop() returns the TCP segments it saw. */
   async startPacketCapture(node: NodeNs): Promise<{ stop(): Promise<TcpSegment[]> }> {
     const file = join(this.dir, `capture-${node.name}-${Date.now()}.pcap`);
-    const child = this.topo.spawn(node.ns, 'tcpdump', ['-i', node.underlayIf, '-n', '-U', '-s', '0', '-w', file, 'tcp']);
+    // --immediate-mode: without it the kernel hands packets over in blocks (up to a second late) and
+    // a capture stopped right after a short exchange loses its tail.
+    const child = this.topo.spawn(node.ns, 'tcpdump', ['-i', node.underlayIf, '-n', '-U', '--immediate-mode', '-s', '0', '-w', file, 'tcp']);
     // tcpdump says "listening on ..." on stderr once the capture is armed.
     await new Promise<void>((res, rej) => {
       const timer = setTimeout(() => rej(new Error('tcpdump did not start')), 10_000);

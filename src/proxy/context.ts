@@ -8,6 +8,7 @@ import { SelfCallError, UpstreamConnectError } from '../errors.ts';
 import type { SocketAddress } from '../capture/socket.ts';
 import { plainIp } from '../capture/socket.ts';
 import type { TunnelPool } from './tunnel/pool.ts';
+import type { EndpointBalancer } from './balancer.ts';
 
 /** Everything a connection handler needs, passed explicitly (no module state). */
 export interface ProxyContext {
@@ -15,6 +16,8 @@ export interface ProxyContext {
   certs: Pick<CertificateManager, 'assertAvailable' | 'secureContextFor'>;
   policy: PolicyEngine;
   pool: TunnelPool;
+  /** Endpoint choice and outlier state for connections to Services' cluster IPs. */
+  balancer?: EndpointBalancer;
   connections: ConnectionTracker;
   log: Logger;
   tunnelPort: number;
@@ -26,6 +29,11 @@ export interface ProxyContext {
   agentPorts?: ReadonlySet<number>;
   /** Connection limits: false means the socket was refused (and already reset). */
   admit?(socket: net.Socket): boolean;
+  /**
+   * Resolves once the probe gate lets this node reach `podIp` (the agent's own deliveries pass the
+   * same gate as kubelet's probes); undefined when it already does (no await on the hot path).
+   */
+  vouchFor?(podIp: string): Promise<void> | undefined;
   /** Connection limits for a tunnel stream of `peerId`: the release function, or ConnectionLimitError. */
   admitStream?(peerId: string): () => void;
 }
@@ -49,6 +57,13 @@ export function connectTcp(host: string, port: number, timeoutMs: number): Promi
       resolve(socket);
     });
   });
+}
+
+/** A connection to a pod of this node: through the probe gate, which must vouch for the pod first. */
+export async function connectLocalPod(ctx: ProxyContext, podIp: string, port: number): Promise<net.Socket> {
+  const vouching = ctx.vouchFor?.(podIp);
+  if (vouching) await vouching;
+  return connectTcp(podIp, port, ctx.connectTimeoutMs);
 }
 
 /**

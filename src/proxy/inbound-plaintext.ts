@@ -4,7 +4,7 @@ import type { Socket } from 'node:net';
 import { originalDestination, plainIp } from '../capture/socket.ts';
 import { UnknownDestinationError } from '../errors.ts';
 import { plaintextRefusal } from '../policy/engine.ts';
-import { assertNotSelf, connectTcp, type ProxyContext } from './context.ts';
+import { assertNotSelf, connectLocalPod, type ProxyContext } from './context.ts';
 import { relayConnection, socketEnd } from './relay.ts';
 import { enforce } from './decision.ts';
 
@@ -20,7 +20,7 @@ export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext):
     if (!target || !target.captured || !ctx.registry.isLocal(target)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
     conn.set({ dst: target });
     enforce(conn, plaintextRefusal(ctx.policy, target) ?? ctx.policy.authorize({ sourceIp, destination: target, destinationPort: dst.port }));
-    await relayConnection(conn, client, socketEnd(await connectTcp(target.ip, dst.port, ctx.connectTimeoutMs)), ctx.idleTimeoutMs);
+    await relayConnection(conn, client, socketEnd(await connectLocalPod(ctx, target.ip, dst.port)), ctx.idleTimeoutMs);
   } catch (err) {
     client.reset();
     conn.close({ error: err });

@@ -18,7 +18,7 @@ import type { AvailableCert } from '../identity/certs.ts';
 import { parseWorkloadId } from '../identity/spiffe.ts';
 import type { Workload } from '../workloads/model.ts';
 import type { WorkloadRegistry } from '../workloads/registry.ts';
-import { connectTcp, type ProxyContext } from './context.ts';
+import { connectLocalPod, type ProxyContext } from './context.ts';
 import { h2StreamEnd, relayConnection, socketEnd } from './relay.ts';
 import { ALPN, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, parseAuthority, parseForwardedFor, parseTraceparent, peerSpiffeId, WINDOW_BYTES } from './tunnel/h2.ts';
 import { enforce } from './decision.ts';
@@ -244,7 +244,7 @@ async function handleConnect(
     const release = ctx.admitStream?.(tunnel.peerId);
     if (release) stream.once('close', release);
     status = 502;
-    const upstream = socketEnd(await connectTcp(tunnel.target.ip, authority.port, ctx.connectTimeoutMs));
+    const upstream = socketEnd(await connectLocalPod(ctx, tunnel.target.ip, authority.port));
     stream.respond({ ':status': 200 });
     await relayConnection(conn, peer, upstream, ctx.idleTimeoutMs);
   } catch (err) {

@@ -1,27 +1,39 @@
 // Port 15001: everything a captured pod on this node sends. One connection, one straight line:
-// who sent it, where it was going, which route, relay.
+// who sent it, where it was going (a Service's cluster IP is resolved to one of its endpoints
+// first), which route, relay.
 import type { Socket } from 'node:net';
 import { originalDestination, plainIp, type SocketAddress } from '../capture/socket.ts';
-import { UnknownSourceError } from '../errors.ts';
+import { NoEndpointsError, PeerIdentityError, TunnelRejectedError, UnknownSourceError, UpstreamConnectError } from '../errors.ts';
 import type { ConnectionHandle } from '../telemetry/connections.ts';
-import type { Workload } from '../workloads/model.ts';
-import { assertNotSelf, connectTcp, type ProxyContext } from './context.ts';
+import type { MeshService, ServicePort, Workload } from '../workloads/model.ts';
+import type { EndpointLease } from './balancer.ts';
+import { assertNotSelf, connectLocalPod, connectTcp, type ProxyContext } from './context.ts';
 import { h2StreamEnd, relayConnection, socketEnd, type RelayEnd } from './relay.ts';
 import { enforce } from './decision.ts';
+
+/** Endpoints one connection to a Service may try before it gives up (all before any byte). */
+export const SERVICE_ATTEMPTS = 3;
 
 export async function handleOutbound(socket: Socket, ctx: ProxyContext): Promise<void> {
   const conn = ctx.connections.open('outbound', plainIp(socket.remoteAddress));
   const client = socketEnd(socket);
+  let lease: EndpointLease | undefined;
   try {
     const source = findLocalSource(socket, ctx);
     conn.set({ src: source });
     const dst = originalDestination(socket);
     assertNotSelf(dst, socket);
     conn.set({ destination: `${dst.ip}:${dst.port}` });
-    await relayConnection(conn, client, await connectRoute(source, dst, ctx, conn), ctx.idleTimeoutMs);
+    const service = ctx.registry.findService(dst.ip, dst.port);
+    let upstream: RelayEnd;
+    if (service) ({ end: upstream, lease } = await connectService(source, service.service, service.port, ctx, conn));
+    else upstream = await connectDestination(source, dst, ctx, conn);
+    await relayConnection(conn, client, upstream, ctx.idleTimeoutMs);
   } catch (err) {
     client.reset();
     conn.close({ error: err });
+  } finally {
+    lease?.release();
   }
 }
 
@@ -33,7 +45,49 @@ function findLocalSource(socket: Socket, ctx: ProxyContext): Workload {
   return source;
 }
 
-async function connectRoute(source: Workload, dst: SocketAddress, ctx: ProxyContext, conn: ConnectionHandle): Promise<RelayEnd> {
+/**
+ * The ambassador's part: one endpoint of the Service, then the same path as a connection made to
+ * that pod. A failure before any byte flowed (refused, timed out, tunnel rejected by the peer agent
+ * or its pod) is the endpoint's: counted towards its ejection, and another endpoint is tried. A
+ * refusal by policy or for want of a certificate would be the same anywhere and is final.
+ */
+async function connectService(source: Workload, service: MeshService, port: ServicePort, ctx: ProxyContext, conn: ConnectionHandle): Promise<{ end: RelayEnd; lease: EndpointLease }> {
+  conn.set({ service });
+  const balancer = ctx.balancer;
+  const name = `${service.namespace}/${service.name}`;
+  const tried = new Set<string>();
+  let last: unknown;
+  for (let attempt = 1; attempt <= SERVICE_ATTEMPTS; attempt++) {
+    const endpoint = balancer?.pick(service, port.name, ctx.registry.nodeName, tried);
+    if (!endpoint || !balancer) break;
+    tried.add(endpoint.ip);
+    const target = { ip: endpoint.ip, port: endpoint.ports[port.name] as number };
+    const lease = balancer.lease(service, endpoint);
+    conn.set({ destination: `${target.ip}:${target.port}`, attempts: attempt, dst: undefined, route: undefined, mutualTls: false, alsoDestination: false });
+    try {
+      const end = await connectDestination(source, target, ctx, conn);
+      lease.success();
+      return { end, lease };
+    } catch (err) {
+      lease.release();
+      if (!isEndpointFailure(err)) throw err;
+      lease.failure(err);
+      last = err;
+      ctx.log.debug({ component: 'outbound', service: name, endpoint: target, attempt, err: (err as Error).message }, 'service endpoint failed before any byte; trying another');
+    }
+  }
+  const why = last instanceof Error ? `${tried.size} endpoint(s) tried, last: ${last.message}` : 'no ready endpoint serves this port';
+  throw new NoEndpointsError(name, port.port, why);
+}
+
+function isEndpointFailure(err: unknown): boolean {
+  if (err instanceof UpstreamConnectError || err instanceof PeerIdentityError) return true;
+  // No status: the tunnel could not be opened (connect, handshake, timeout). 5xx: the peer agent
+  // could not reach its pod or was at its limits. 4xx are decisions (policy, bad target): final.
+  return err instanceof TunnelRejectedError && (err.status === undefined || err.status >= 500);
+}
+
+async function connectDestination(source: Workload, dst: Pick<SocketAddress, 'ip' | 'port'>, ctx: ProxyContext, conn: ConnectionHandle): Promise<RelayEnd> {
   const target = ctx.registry.findWorkload(dst.ip);
   if (!target || !target.captured) {
     // Outside the mesh: plain TCP, if policy allows leaving the mesh.
@@ -55,7 +109,7 @@ async function connectRoute(source: Workload, dst: SocketAddress, ctx: ProxyCont
       sourcePrincipal: source.spiffeId, sourceIp: source.ip, sourceNamespace: source.namespace,
       destination: target, destinationPort: dst.port,
     }));
-    return socketEnd(await connectTcp(dst.ip, dst.port, ctx.connectTimeoutMs));
+    return socketEnd(await connectLocalPod(ctx, dst.ip, dst.port));
   }
 
   // Another node: the destination agent enforces policy with the identity it verified.

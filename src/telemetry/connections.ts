@@ -17,6 +17,8 @@ export interface ConnectionInfo extends MeteredConnection {
   destination?: string;
   destinationPrincipal?: string;
   route?: Route;
+  /** Service endpoints tried (a connection to a cluster IP), the last one carried it. */
+  attempts?: number;
   /** The policy that allowed the connection (namespace/name), when one did. */
   policy?: string;
   /** AUDIT policies that matched. */
@@ -28,7 +30,7 @@ export interface ConnectionInfo extends MeteredConnection {
 }
 
 /** A connection as /config_dump shows it (workload objects reduced to names). */
-export type ConnectionView = Omit<ConnectionInfo, 'src' | 'dst'> & { sourceWorkload?: string; destinationWorkload?: string };
+export type ConnectionView = Omit<ConnectionInfo, 'src' | 'dst' | 'service'> & { sourceWorkload?: string; destinationWorkload?: string; destinationService?: string };
 
 export interface ConnectionHandle {
   readonly info: ConnectionInfo;
@@ -39,7 +41,7 @@ export interface ConnectionHandle {
   close(outcome: { error?: unknown; reset?: boolean }): void;
 }
 
-const name = (w: Workload | undefined) => (w ? `${w.namespace}/${w.name}` : undefined);
+const name = (w: { namespace: string; name: string } | undefined) => (w ? `${w.namespace}/${w.name}` : undefined);
 
 /** A new W3C trace id: 32 hex digits, 122 of their bits random (randomUUID draws from a pooled buffer, far cheaper per call than randomBytes). */
 export function newTraceId(): string {
@@ -92,7 +94,11 @@ export class ConnectionTracker {
           reporter: info.reporter,
           route: info.route,
           src: { ip: info.sourceIp, workload: name(info.src), namespace: info.src?.namespace, principal: info.sourcePrincipal ?? info.src?.spiffeId },
-          dst: { addr: info.destination, workload: name(info.dst), namespace: info.dst?.namespace, principal: info.destinationPrincipal ?? info.dst?.spiffeId },
+          dst: {
+            addr: info.destination, workload: name(info.dst), namespace: info.dst?.namespace, principal: info.destinationPrincipal ?? info.dst?.spiffeId,
+            ...(info.service ? { service: name(info.service) } : {}),
+          },
+          ...(info.attempts && info.attempts > 1 ? { attempts: info.attempts } : {}),
           connection_security_policy: info.mutualTls ? 'mutual_tls' : 'none',
           bytes_sent: info.bytesSent,
           bytes_received: info.bytesReceived,
@@ -110,7 +116,7 @@ export class ConnectionTracker {
   }
 
   list(): ConnectionView[] {
-    return [...this.#open.values()].map(({ src, dst, ...rest }) => ({ ...rest, sourceWorkload: name(src), destinationWorkload: name(dst) }));
+    return [...this.#open.values()].map(({ src, dst, service, ...rest }) => ({ ...rest, sourceWorkload: name(src), destinationWorkload: name(dst), destinationService: name(service) }));
   }
 
   /** A refusal that never became a connection record (TLS handshake, protocol, limits). */

@@ -13,11 +13,12 @@
 // one record per label set (found through the source and destination Workload objects), and the
 // counters take the accumulated amounts when Prometheus scrapes (their collect()).
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { Workload } from '../workloads/model.ts';
+import type { MeshService, Workload } from '../workloads/model.ts';
 
 export const TCP_LABELS = [
   'reporter', 'source_workload', 'source_workload_namespace', 'source_principal',
-  'destination_workload', 'destination_workload_namespace', 'destination_principal', 'connection_security_policy',
+  'destination_workload', 'destination_workload_namespace', 'destination_principal',
+  'destination_service_name', 'destination_service_namespace', 'connection_security_policy',
 ] as const;
 type TcpLabel = (typeof TCP_LABELS)[number];
 export type TcpLabels = Record<TcpLabel, string>;
@@ -29,6 +30,8 @@ export interface MeteredConnection {
   /** Verified principal when the source workload is not known (a peer node's claim was not believed). */
   sourcePrincipal?: string;
   dst?: Workload;
+  /** The Service the source addressed (its cluster IP), when it did: the source reporter knows it. */
+  service?: MeshService;
   mutualTls: boolean;
   /** Same-node connections: this agent is also the destination's reporter, so it reports both. */
   alsoDestination?: boolean;
@@ -49,6 +52,8 @@ export function tcpLabels(c: MeteredConnection): TcpLabels {
     destination_workload: c.dst?.workload ?? unknown,
     destination_workload_namespace: c.dst?.namespace ?? unknown,
     destination_principal: c.dst?.spiffeId ?? unknown,
+    destination_service_name: c.service?.name ?? unknown,
+    destination_service_namespace: c.service?.namespace ?? unknown,
     connection_security_policy: c.mutualTls ? 'mutual_tls' : 'none',
   };
 }
@@ -70,6 +75,8 @@ export interface MetricsSources {
   pool?(): Array<{ streams: number }>;
   /** Connections open right now, per direction. */
   openConnections?(): Record<string, number>;
+  /** Service endpoints ejected right now (outlier detection), per Service. */
+  ejectedEndpoints?(): Array<{ namespace: string; name: string; ejected: number }>;
 }
 
 export class MeshMetrics {
@@ -78,6 +85,7 @@ export class MeshMetrics {
   readonly #decisions: Counter<'action' | 'policy'>;
   readonly #setup: Histogram<'route'>;
   readonly #handshake: Histogram<'outcome'>;
+  readonly #ejections: Counter<'service_name' | 'service_namespace'>;
   /** Open (established, not yet closed) connections: bytes already added, and their label sets. */
   readonly #open = new Map<MeteredConnection, { sent: number; received: number; series: Series[] }>();
   /** Every label set seen, by its values: bounded by the label cardinality itself. */
@@ -129,6 +137,17 @@ export class MeshMetrics {
       name: 'meshlet_tunnel_pool_streams', help: 'Connections multiplexed on pooled tunnel sessions', registers,
       collect() { this.set((sources.pool?.() ?? []).reduce((n, s) => n + s.streams, 0)); },
     });
+    this.#ejections = new Counter({
+      name: 'meshlet_service_endpoint_ejections_total', help: 'Service endpoints ejected by outlier detection (consecutive connect failures)',
+      labelNames: ['service_name', 'service_namespace'], registers,
+    });
+    new Gauge({
+      name: 'meshlet_service_endpoints_ejected', help: 'Service endpoints ejected right now', labelNames: ['service_name', 'service_namespace'], registers,
+      collect() {
+        this.reset();
+        for (const s of sources.ejectedEndpoints?.() ?? []) this.set({ service_name: s.name, service_namespace: s.namespace }, s.ejected);
+      },
+    });
     new Gauge({
       name: 'meshlet_connections_open', help: 'Connections open right now, per direction', labelNames: ['direction'], registers,
       collect() {
@@ -154,7 +173,7 @@ export class MeshMetrics {
     if (!byDst) this.#byPair.set(c.src ?? NO_WORKLOAD, byDst = new WeakMap());
     let byRest = byDst.get(c.dst ?? NO_WORKLOAD);
     if (!byRest) byDst.set(c.dst ?? NO_WORKLOAD, byRest = new Map());
-    const key = `${reporter}|${c.mutualTls ? 1 : 0}|${c.src ? '' : c.sourcePrincipal ?? ''}`;
+    const key = `${reporter}|${c.mutualTls ? 1 : 0}|${c.src ? '' : c.sourcePrincipal ?? ''}|${c.service ? `${c.service.namespace}/${c.service.name}` : ''}`;
     let series = byRest.get(key);
     if (!series) {
       const labels = { ...tcpLabels(c), reporter };
@@ -194,6 +213,10 @@ export class MeshMetrics {
 
   decision(action: string, policy: string): void {
     this.#decisions.inc({ action, policy });
+  }
+
+  endpointEjected(namespace: string, name: string): void {
+    this.#ejections.inc({ service_name: name, service_namespace: namespace });
   }
 
   handshake(seconds: number, ok: boolean): void {

@@ -1,5 +1,5 @@
-// The Kubernetes workload source: three @kubernetes/client-node informers (ListWatch), Pods,
-// Namespaces and MeshPolicies (when the CRD is installed), folded into one MeshSnapshot.
+// The Kubernetes workload source: @kubernetes/client-node informers (ListWatch) on Pods, Namespaces,
+// Services, EndpointSlices and MeshPolicies (when the CRD is installed), folded into one MeshSnapshot.
 //
 // - A pod is in the mesh when its namespace has `meshlet.dev/capture: enabled`, the pod does not say
 //   `meshlet.dev/capture: disabled`, it is not hostNetwork, it has an IPv4 address and has not
@@ -16,10 +16,10 @@
 //   and the source keeps checking for it.
 import { isIPv4 } from 'node:net';
 import {
-  ADD, CoreV1Api, CustomObjectsApi, DELETE, ERROR, type KubeConfig, type KubernetesObject, ListWatch, UPDATE, Watch,
+  ADD, CoreV1Api, CustomObjectsApi, DELETE, DiscoveryV1Api, ERROR, type KubeConfig, type KubernetesObject, ListWatch, UPDATE, Watch,
 } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import type { MeshNode, MeshPolicyObject, MeshSnapshot, MtlsMode, Workload } from './model.ts';
+import type { MeshNode, MeshPolicyObject, MeshService, MeshSnapshot, MtlsMode, ServiceEndpoint, Workload } from './model.ts';
 import { workloadSpiffeId } from './model.ts';
 import type { WorkloadSource } from './source.ts';
 import { apiStatus } from '../kube-config.ts';
@@ -50,6 +50,18 @@ export interface SlimNamespace {
 export interface SlimPolicy {
   metadata: { name: string; namespace: string; uid?: string; resourceVersion?: string; generation?: number };
   spec: Record<string, unknown>;
+}
+
+export interface SlimService {
+  metadata: { name: string; namespace: string; uid?: string; resourceVersion?: string };
+  spec: { type?: string; clusterIP?: string; ports: Array<{ name: string; port: number; protocol: string }>; trafficDistribution?: string };
+}
+
+export interface SlimEndpointSlice {
+  metadata: { name: string; namespace: string; uid?: string; resourceVersion?: string; serviceName?: string };
+  addressType?: string;
+  endpoints: Array<{ address?: string; ready: boolean; nodeName?: string }>;
+  ports: Array<{ name: string; port?: number; protocol: string }>;
 }
 
 /** Only meshlet's own annotations are kept (others, like last-applied-configuration, can be large). */
@@ -110,6 +122,72 @@ export function slimPolicy(o: any): SlimPolicy {
   return { metadata: { name: m.name, namespace: m.namespace, uid: m.uid, resourceVersion: m.resourceVersion, generation: m.generation }, spec: o?.spec ?? {} };
 }
 
+export function slimService(o: any): SlimService {
+  const m = o?.metadata ?? {};
+  const s = o?.spec ?? {};
+  return {
+    metadata: { name: m.name, namespace: m.namespace, uid: m.uid, resourceVersion: m.resourceVersion },
+    spec: {
+      type: s.type, clusterIP: s.clusterIP, trafficDistribution: s.trafficDistribution,
+      ports: Array.isArray(s.ports) ? s.ports.map((p: any) => ({ name: p?.name ?? '', port: p?.port, protocol: p?.protocol ?? 'TCP' })) : [],
+    },
+  };
+}
+
+export function slimEndpointSlice(o: any): SlimEndpointSlice {
+  const m = o?.metadata ?? {};
+  return {
+    metadata: { name: m.name, namespace: m.namespace, uid: m.uid, resourceVersion: m.resourceVersion, serviceName: m.labels?.['kubernetes.io/service-name'] },
+    addressType: o?.addressType,
+    endpoints: Array.isArray(o?.endpoints) ? o.endpoints.map((e: any) => ({
+      address: Array.isArray(e?.addresses) ? e.addresses[0] : undefined,
+      // The API says: a nil "ready" means ready.
+      ready: e?.conditions?.ready !== false,
+      nodeName: e?.nodeName,
+    })) : [],
+    ports: Array.isArray(o?.ports) ? o.ports.map((p: any) => ({ name: p?.name ?? '', port: p?.port, protocol: p?.protocol ?? 'TCP' })) : [],
+  };
+}
+
+/**
+ * Services with a cluster IP and their endpoints from EndpointSlices (the controller's, or ones a
+ * user manages for a Service without selector; both carry `kubernetes.io/service-name`). A Service
+ * port and a slice port match by name; the slice's port number is the resolved targetPort of its
+ * endpoints. An address in several slices (during a rollout) is one endpoint, ready if any says so.
+ * Headless Services (clusterIP None) and ExternalName are left out: clients use pod IPs or DNS.
+ */
+export function buildServices(services: readonly SlimService[], slices: readonly SlimEndpointSlice[]): MeshService[] {
+  const slicesOf = new Map<string, SlimEndpointSlice[]>();
+  for (const sl of slices) {
+    if (sl.addressType !== 'IPv4' || !sl.metadata.serviceName) continue;
+    const key = `${sl.metadata.namespace}/${sl.metadata.serviceName}`;
+    const list = slicesOf.get(key);
+    if (list) list.push(sl); else slicesOf.set(key, [sl]);
+  }
+  const out: MeshService[] = [];
+  for (const svc of services) {
+    const ip = svc.spec.clusterIP;
+    if (svc.spec.type === 'ExternalName' || !ip || ip === 'None' || !isIPv4(ip)) continue;
+    const ports = svc.spec.ports.filter((p) => p.protocol === 'TCP' && Number.isInteger(p.port)).map((p) => ({ name: p.name, port: p.port }));
+    if (ports.length === 0) continue;
+    const byIp = new Map<string, { ip: string; node?: string; ready: boolean; ports: Record<string, number> }>();
+    for (const sl of slicesOf.get(`${svc.metadata.namespace}/${svc.metadata.name}`) ?? []) {
+      const slicePorts = sl.ports.filter((p) => p.protocol === 'TCP' && p.port !== undefined && ports.some((sp) => sp.name === p.name));
+      for (const e of sl.endpoints) {
+        if (!e.address || !isIPv4(e.address)) continue;
+        let ep = byIp.get(e.address);
+        if (!ep) byIp.set(e.address, ep = { ip: e.address, ...(e.nodeName ? { node: e.nodeName } : {}), ready: false, ports: {} });
+        ep.ready ||= e.ready;
+        for (const p of slicePorts) ep.ports[p.name] = p.port as number;
+      }
+    }
+    const endpoints: ServiceEndpoint[] = [...byIp.values()];
+    const td = svc.spec.trafficDistribution;
+    out.push({ name: svc.metadata.name, namespace: svc.metadata.namespace, clusterIP: ip, ports, endpoints, preferClose: td === 'PreferClose' || td === 'PreferSameNode' });
+  }
+  return out;
+}
+
 /** The pod's IPv4 address (the data path is IPv4 today), or undefined. */
 function podIPv4(pod: SlimPod): string | undefined {
   for (const { ip } of pod.status.podIPs ?? []) if (isIPv4(ip)) return ip;
@@ -134,7 +212,7 @@ export function meshMembership(pod: SlimPod, ns: SlimNamespace | undefined): { m
 const workloadOf = new WeakMap<SlimPod, Workload>();
 
 /** Folds the informers' caches into a snapshot. An IP held by two pods goes to the live, newer one. */
-export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, namespaces: ReadonlyMap<string, SlimNamespace>, policies: Iterable<SlimPolicy> = []): MeshSnapshot {
+export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, namespaces: ReadonlyMap<string, SlimNamespace>, policies: Iterable<SlimPolicy> = [], services: readonly MeshService[] = []): MeshSnapshot {
   const byIp = new Map<string, { pod: SlimPod; w: Workload }>();
   const nodes = new Map<string, MeshNode>();
   for (const pod of pods) {
@@ -156,7 +234,7 @@ export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, name
   }
   const policyObjects: MeshPolicyObject[] = [];
   for (const p of policies) policyObjects.push({ namespace: p.metadata.namespace, name: p.metadata.name, spec: p.spec });
-  return { trustDomain, nodes: [...nodes.values()], workloads: [...byIp.values()].map((e) => e.w), policies: policyObjects, mtls: mtlsModes(namespaces) };
+  return { trustDomain, nodes: [...nodes.values()], workloads: [...byIp.values()].map((e) => e.w), policies: policyObjects, mtls: mtlsModes(namespaces), services };
 }
 
 /** `meshlet.dev/mtls` per namespace. A value other than strict or permissive counts as strict: a typo
@@ -210,6 +288,8 @@ export interface KubernetesSourceStatus {
   pods: number;
   namespaces: number;
   meshPods: number;
+  services: number;
+  endpointSlices: number;
   lastError?: string;
   policies: number | 'crd-not-installed';
   /** Completed lists (the first sync and every re-list after 410 Gone). */
@@ -290,7 +370,11 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   const namespaces = informer('namespaces', '/api/v1/namespaces', slimNamespace, (cont) => core.listNamespace({ limit: pageSize, _continue: cont }));
   const policies = informer('meshpolicies', `/apis/${MESH_POLICY.group}/${MESH_POLICY.version}/${MESH_POLICY.plural}`, slimPolicy,
     (cont) => custom.listClusterCustomObject({ ...MESH_POLICY, limit: pageSize, _continue: cont }), { optional: true });
-  const informers = [pods, namespaces, policies];
+  const discovery = kc.makeApiClient(DiscoveryV1Api);
+  const services = informer('services', '/api/v1/services', slimService, (cont) => core.listServiceForAllNamespaces({ limit: pageSize, _continue: cont }));
+  const slices = informer('endpointslices', '/apis/discovery.k8s.io/v1/endpointslices', slimEndpointSlice,
+    (cont) => discovery.listEndpointSliceForAllNamespaces({ limit: pageSize, _continue: cont }));
+  const informers = [pods, namespaces, policies, services, slices];
   const synced = () => informers.every((i) => i.listed || i.absent);
 
   const publish = () => {
@@ -299,7 +383,8 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     const nsMap = new Map<string, SlimNamespace>();
     for (const ns of namespaces.lw.list() as unknown as SlimNamespace[]) nsMap.set(ns.metadata.name, ns);
     const snapshot = buildSnapshot(opts.trustDomain, pods.lw.list() as unknown as SlimPod[], nsMap,
-      policies.absent ? [] : policies.lw.list() as unknown as SlimPolicy[]);
+      policies.absent ? [] : policies.lw.list() as unknown as SlimPolicy[],
+      buildServices(services.lw.list() as unknown as SlimService[], slices.lw.list() as unknown as SlimEndpointSlice[]));
     meshPods = snapshot.workloads.length;
     handlers?.onSnapshot(snapshot);
   };
@@ -350,6 +435,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     status() {
       return {
         synced: synced(), pods: pods.lw.list().length, namespaces: namespaces.lw.list().length,
+        services: services.lw.list().length, endpointSlices: slices.lw.list().length,
         policies: policies.absent ? 'crd-not-installed' : policies.lw.list().length,
         meshPods, lists, resourceVersions: Object.fromEntries(informers.map((i) => [i.name, i.lw.latestResourceVersion()])),
         ...(lastError ? { lastError } : {}),

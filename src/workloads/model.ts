@@ -37,6 +37,37 @@ export interface MeshPolicyObject {
   spec: Record<string, unknown>;
 }
 
+/** A port a Service exposes on its cluster IP (TCP). `name` is '' for a Service's single unnamed port. */
+export interface ServicePort {
+  name: string;
+  port: number;
+}
+
+/** One backend of a Service, with the port it serves each Service port on (targetPort resolved). */
+export interface ServiceEndpoint {
+  ip: string;
+  /** The node it runs on, when known: PreferClose prefers this agent's node. */
+  node?: string;
+  ready: boolean;
+  /** Target port per Service port name; a Service port the endpoint does not serve is absent. */
+  ports: Readonly<Record<string, number>>;
+}
+
+/**
+ * A Service the agent resolves itself: a connection to clusterIP:port goes to one of the endpoints
+ * (balanced, retried before any byte), then on the same path as a connection to that pod.
+ */
+export interface MeshService {
+  name: string;
+  namespace: string;
+  /** Undefined for headless Services: clients address the pods directly, as they would anyway. */
+  clusterIP?: string;
+  ports: readonly ServicePort[];
+  endpoints: readonly ServiceEndpoint[];
+  /** `trafficDistribution: PreferClose`: endpoints on this node first when there are any. */
+  preferClose: boolean;
+}
+
 /** One consistent view of the mesh, replaced whole on every change (never mutated in place). */
 export interface MeshSnapshot {
   trustDomain: string;
@@ -45,6 +76,7 @@ export interface MeshSnapshot {
   policies: readonly MeshPolicyObject[];
   /** Namespaces with an mTLS mode set; the others are permissive. */
   mtls: Readonly<Record<string, MtlsMode>>;
+  services: readonly MeshService[];
 }
 
 export function workloadSpiffeId(trustDomain: string, namespace: string, serviceAccount: string): string {

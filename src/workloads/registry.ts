@@ -2,11 +2,13 @@
 // new snapshot replaces the indexes in one assignment.
 import { EventEmitter } from 'node:events';
 import { plainIp } from '../capture/socket.ts';
-import type { MeshSnapshot, Workload } from './model.ts';
+import type { MeshService, MeshSnapshot, ServicePort, Workload } from './model.ts';
 
 interface Indexes {
   snapshot: MeshSnapshot;
   byIp: Map<string, Workload>;
+  /** `clusterIP:port` -> the Service and which of its ports. */
+  byServiceAddress: Map<string, { service: MeshService; port: ServicePort }>;
 }
 
 export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
@@ -35,12 +37,22 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
   replace(snapshot: MeshSnapshot): void {
     const byIp = new Map<string, Workload>();
     for (const w of snapshot.workloads) byIp.set(w.ip, w);
-    this.#idx = { snapshot, byIp };
+    const byServiceAddress = new Map<string, { service: MeshService; port: ServicePort }>();
+    for (const service of snapshot.services) {
+      if (!service.clusterIP) continue;
+      for (const port of service.ports) byServiceAddress.set(`${service.clusterIP}:${port.port}`, { service, port });
+    }
+    this.#idx = { snapshot, byIp, byServiceAddress };
     this.emit('change', snapshot);
   }
 
   findWorkload(ip: string | undefined): Workload | undefined {
     return this.#idx?.byIp.get(plainIp(ip));
+  }
+
+  /** The Service whose cluster IP and port these are, if any. */
+  findService(ip: string, port: number): { service: MeshService; port: ServicePort } | undefined {
+    return this.#idx?.byServiceAddress.get(`${plainIp(ip)}:${port}`);
   }
 
   /** Captured workloads scheduled on this agent's node: the ones it holds identities for. */

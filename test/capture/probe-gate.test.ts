@@ -85,4 +85,19 @@ describe('probe gate', () => {
     assert.equal(gate.status().lastError, undefined);
     assert.ok(lines.some((l) => l.msg === 'probe gate refreshed again'));
   });
+
+  it('lets the agent through at once to a pod it just started vouching for, and costs nothing once it does', async () => {
+    const { gate, applied, setIps } = harness({ ips: ['10.0.0.1'] });
+    await gate.refresh();
+    assert.equal(gate.ensure('10.0.0.1'), undefined, 'vouched and fresh: no refresh, no await');
+    setIps(['10.0.0.1', '10.0.0.2']);
+    const waiting = gate.ensure('10.0.0.2');
+    assert.ok(waiting, 'a pod not in the set yet waits for a refresh that puts it there');
+    await waiting;
+    assert.match(applied.at(-1) ?? '', /add vouched 10\.0\.0\.2 timeout 4/);
+    assert.equal(gate.ensure('10.0.0.2'), undefined);
+    setIps([]);
+    await gate.refresh();
+    assert.ok(gate.ensure('10.0.0.1'), 'after the agent stopped vouching, nothing counts as vouched');
+  });
 });

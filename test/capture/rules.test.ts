@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
-  chainRules, cleanupScript, defaultCaptureSettings as s, gateRules, installScript, ipsetDiff, isInstalled, parseCaptureState, parseIpsetMembers,
+  chainRules, chainsExist, cleanupScript, defaultCaptureSettings as s, gateRules, installScript, ipsetDiff, isInstalled, parseCaptureState, parseIpsetMembers,
   vouchLines,
 } from '../../src/capture/rules.ts';
 
@@ -82,6 +82,24 @@ describe('capture rules', () => {
     assert.equal(isInstalled(s, parseCaptureState(noGate)), false);
     const gateOpen = installedSave.replace('! --match-set meshlet-vouched', '--match-set meshlet-vouched');
     assert.equal(isInstalled(s, parseCaptureState(gateOpen)), false);
+  });
+
+  it('moves its jump back to first when kube-proxy has put its own ahead of it', () => {
+    // kube-proxy prepends `-j KUBE-SERVICES` when it finds its jump missing (e.g. after a restart).
+    const overtaken = installedSave.replace('-A PREROUTING -j MESHLET_PREROUTING\n',
+      '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES\n-A PREROUTING -j MESHLET_PREROUTING\n');
+    const state = parseCaptureState(overtaken);
+    assert.equal(isInstalled(s, state), false, 'present but not first is not installed');
+    assert.equal(chainsExist(s, state), true);
+    const script = installScript(s, state).split('\n');
+    const at = script.indexOf('-D PREROUTING -j MESHLET_PREROUTING');
+    assert.ok(at > 0, script.join('\n'));
+    assert.equal(script[at + 1], '-I PREROUTING 1 -j MESHLET_PREROUTING', 'deleted and re-inserted first in one transaction');
+    assert.ok(!script.some((l) => l.includes('OUTPUT 1')), 'the gate, still first in OUTPUT, is left alone');
+    const twice = installedSave.replace('-A PREROUTING -j MESHLET_PREROUTING\n', '-A PREROUTING -j MESHLET_PREROUTING\n-A PREROUTING -j MESHLET_PREROUTING\n');
+    assert.equal(isInstalled(s, parseCaptureState(twice)), false, 'a duplicate jump is repaired too');
+    assert.equal(installScript(s, parseCaptureState(twice)).split('\n').filter((l) => l.startsWith('-D PREROUTING')).length, 2);
+    assert.equal(chainsExist(s, parseCaptureState(emptySave)), false);
   });
 
   it('reads the nat and filter tables and nothing else', () => {

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { MeshLab, PEER } from '../../src/demo/lab.ts';
-import { namespaceObject, podObject, standInKubeConfig } from '../support/apiserver.ts';
+import { endpointSliceObject, namespaceObject, podObject, serviceObject, standInKubeConfig } from '../support/apiserver.ts';
 import { eventually } from '../support/wait.ts';
 
 const APP_PORT = 8080;
@@ -171,6 +171,34 @@ describe('agents fed by the Kubernetes API in network namespaces', { concurrency
     await call({ op: 'remove', resource: 'meshpolicies', namespace: 'shop', name: 'no-web' });
     await eventually('the policy is gone from node-b', async () => (await policyIds()).length === 0);
     assert.equal(await reach(), true);
+  });
+
+  it('resolves a Service from the cluster to its EndpointSlice\'s endpoints, and applies endpoint changes within a second', async () => {
+    const CLUSTER_IP = '10.96.0.20';
+    const slice = (ready: boolean) => endpointSliceObject({
+      name: 'db-abc12', namespace: 'shop', service: 'db', endpoints: [{ ip: lab.pod('db').ip, node: 'node-b', ready }], ports: [{ name: 'tcp', port: APP_PORT }],
+    });
+    await call({ op: 'put', resource: 'services', obj: serviceObject({ name: 'db', namespace: 'shop', clusterIP: CLUSTER_IP, ports: [{ name: 'tcp', port: 80, targetPort: APP_PORT }], selector: { app: 'db' } }) });
+    await call({ op: 'put', resource: 'endpointslices', obj: slice(true) });
+    const endpoints = async () => (await lab.configDump(lab.node('node-a'))).services.find((x: any) => x.name === 'db')?.endpoints ?? [];
+    await eventually('node-a knows the Service', async () => (await endpoints()).length === 1);
+    const viaService = async () => (await lab.client('web', { host: CLUSTER_IP, port: 80, bytes: 1000, timeoutMs: 5000 })).ok;
+    const from = (await lab.accessLog('node-a')).length;
+    assert.equal(await viaService(), true);
+    const line = (await lab.accessLog('node-a')).slice(from).find((l) => l.dst?.service === 'shop/db');
+    assert.equal(line?.route, 'tunnel');
+    assert.equal(line?.dst.addr, `${lab.pod('db').ip}:${APP_PORT}`);
+
+    const changed = Date.now();
+    await call({ op: 'put', resource: 'endpointslices', obj: slice(false) });
+    await eventually('the endpoint not ready on node-a', async () => (await endpoints())[0]?.ready === false, 5_000, 50);
+    const tookMs = Date.now() - changed;
+    assert.ok(tookMs < 1000, `took ${tookMs} ms`);
+    assert.equal(await viaService(), false, 'no ready endpoint: refused (no_endpoints), not passed to the ClusterIP');
+    assert.ok((await lab.accessLog('node-a')).some((l) => l.error === 'no_endpoints' && l.dst?.service === 'shop/db'));
+    await call({ op: 'put', resource: 'endpointslices', obj: slice(true) });
+    await eventually('ready again', async () => (await endpoints())[0]?.ready === true, 5_000, 50);
+    assert.equal(await viaService(), true);
   });
 
   it('keeps capture in force while watches break or expire, and catches up afterwards', async () => {

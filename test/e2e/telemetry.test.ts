@@ -40,7 +40,9 @@ describe('telemetry in network namespaces', { concurrency: false }, () => {
 
   const labels = (reporter: string, dst: string, security = 'mutual_tls') => ({
     reporter, source_workload: 'web', source_workload_namespace: 'shop', source_principal: id('shop', 'web'),
-    destination_workload: dst, destination_workload_namespace: 'shop', destination_principal: id('shop', dst), connection_security_policy: security,
+    destination_workload: dst, destination_workload_namespace: 'shop', destination_principal: id('shop', dst),
+    // Addressed by pod IP, not through a Service.
+    destination_service_name: 'unknown', destination_service_namespace: 'unknown', connection_security_policy: security,
   });
 
   it('counts a cross-node connection exactly, at both agents, with the Istio TCP labels', async () => {

@@ -23,6 +23,8 @@ const RESOURCES: Record<string, Resource> = {
   secrets: { kind: 'Secret', list: 'SecretList', apiVersion: 'v1', namespaced: true, prefix: '/api/v1' },
   configmaps: { kind: 'ConfigMap', list: 'ConfigMapList', apiVersion: 'v1', namespaced: true, prefix: '/api/v1' },
   namespaces: { kind: 'Namespace', list: 'NamespaceList', apiVersion: 'v1', namespaced: false, prefix: '/api/v1' },
+  services: { kind: 'Service', list: 'ServiceList', apiVersion: 'v1', namespaced: true, prefix: '/api/v1' },
+  endpointslices: { kind: 'EndpointSlice', list: 'EndpointSliceList', apiVersion: 'discovery.k8s.io/v1', namespaced: true, prefix: '/apis/discovery.k8s.io/v1' },
   meshpolicies: { kind: 'MeshPolicy', list: 'MeshPolicyList', apiVersion: 'meshlet.dev/v1alpha1', namespaced: true, prefix: '/apis/meshlet.dev/v1alpha1' },
 };
 
@@ -435,5 +437,46 @@ export function namespaceObject(name: string, capture?: 'enabled' | 'disabled'):
     apiVersion: 'v1', kind: 'Namespace',
     metadata: { name, labels: { 'kubernetes.io/metadata.name': name }, ...(capture ? { annotations: { 'meshlet.dev/capture': capture } } : {}) },
     spec: { finalizers: ['kubernetes'] }, status: { phase: 'Active' },
+  };
+}
+
+/** A ClusterIP Service as the apiserver returns it. */
+export function serviceObject(opts: {
+  name: string; namespace: string; clusterIP: string; ports: Array<{ name?: string; port: number; targetPort?: number | string; protocol?: string }>;
+  selector?: Record<string, string>; trafficDistribution?: string; type?: string;
+}): Obj {
+  return {
+    apiVersion: 'v1', kind: 'Service',
+    metadata: { name: opts.name, namespace: opts.namespace, creationTimestamp: '2026-11-24T10:00:00Z' },
+    spec: {
+      type: opts.type ?? 'ClusterIP', clusterIP: opts.clusterIP, clusterIPs: [opts.clusterIP], ipFamilies: ['IPv4'], sessionAffinity: 'None',
+      ports: opts.ports.map((p) => ({ protocol: p.protocol ?? 'TCP', ...(p.name ? { name: p.name } : {}), port: p.port, targetPort: p.targetPort ?? p.port })),
+      ...(opts.selector ? { selector: opts.selector } : {}),
+      ...(opts.trafficDistribution ? { trafficDistribution: opts.trafficDistribution } : {}),
+    },
+    status: { loadBalancer: {} },
+  };
+}
+
+/** An EndpointSlice of a Service (label kubernetes.io/service-name), as the controller writes it. */
+export function endpointSliceObject(opts: {
+  name: string; namespace: string; service: string; addressType?: string;
+  endpoints: Array<{ ip: string; node?: string; ready?: boolean | null }>; ports: Array<{ name?: string; port: number; protocol?: string }>;
+}): Obj {
+  return {
+    apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice',
+    metadata: {
+      name: opts.name, namespace: opts.namespace,
+      labels: { 'kubernetes.io/service-name': opts.service, 'endpointslice.kubernetes.io/managed-by': 'endpointslice-controller.k8s.io' },
+    },
+    addressType: opts.addressType ?? 'IPv4',
+    endpoints: opts.endpoints.map((e) => ({
+      addresses: [e.ip],
+      // null leaves the condition out: the API reads a missing "ready" as ready.
+      conditions: e.ready === null ? {} : { ready: e.ready ?? true, serving: e.ready ?? true, terminating: false },
+      ...(e.node ? { nodeName: e.node } : {}),
+      targetRef: { kind: 'Pod', namespace: opts.namespace, name: `pod-${e.ip}` },
+    })),
+    ports: opts.ports.map((p) => ({ name: p.name ?? '', port: p.port, protocol: p.protocol ?? 'TCP' })),
   };
 }

@@ -145,3 +145,79 @@ async function waitFor(cond: () => boolean, ms = 3000): Promise<void> {
     await new Promise((r) => setTimeout(r, 10));
   }
 }
+
+describe('services in the workloads file', () => {
+  const withServices = (services: string, extraWorkloads = '') => `
+trustDomain: cluster.local
+nodes: [{ name: node-a, ip: 10.240.0.11 }, { name: node-b, ip: 10.240.0.12 }]
+workloads:
+  - { name: api-1, namespace: shop, serviceAccount: api, ip: 10.241.1.21, node: node-a, labels: { app: api }, ports: [{ name: http, port: 8080 }] }
+  - { name: api-2, namespace: shop, serviceAccount: api, ip: 10.241.2.21, node: node-b, labels: { app: api }, ports: [{ name: http, port: 9090 }] }
+  - { name: api-old, namespace: shop, serviceAccount: api, ip: 10.241.2.22, node: node-b, labels: { app: api } }
+  - { name: web, namespace: shop, serviceAccount: web, ip: 10.241.1.11, node: node-a, labels: { app: web } }
+  - { name: api-x, namespace: other, serviceAccount: api, ip: 10.241.1.31, node: node-a, labels: { app: api } }
+${extraWorkloads}
+services:
+${services}
+`;
+
+  it('selects endpoints by labels in the service\'s namespace and resolves named target ports per endpoint', () => {
+    const snap = parseWorkloadsFile(withServices(`
+  - name: api
+    namespace: shop
+    clusterIP: 10.96.0.10
+    ports: [{ name: http, port: 80, targetPort: http }, { name: admin, port: 81, targetPort: 7000 }]
+    selector: { app: api }
+    trafficDistribution: PreferClose`));
+    const [api] = snap.services;
+    assert.ok(api);
+    assert.equal(api.clusterIP, '10.96.0.10');
+    assert.equal(api.preferClose, true);
+    assert.deepEqual(api.ports, [{ name: 'http', port: 80 }, { name: 'admin', port: 81 }]);
+    assert.deepEqual(api.endpoints.map((e) => [e.ip, e.node, e.ports]), [
+      ['10.241.1.21', 'node-a', { http: 8080, admin: 7000 }],
+      ['10.241.2.21', 'node-b', { http: 9090, admin: 7000 }],
+      // No container port named http: it serves the numeric port only.
+      ['10.241.2.22', 'node-b', { admin: 7000 }],
+    ]);
+    const registry = new WorkloadRegistry('node-a');
+    registry.replace(snap);
+    assert.equal(registry.findService('10.96.0.10', 80)?.port.name, 'http');
+    assert.equal(registry.findService('::ffff:10.96.0.10', 81)?.service.name, 'api');
+    assert.equal(registry.findService('10.96.0.10', 82), undefined);
+  });
+
+  it('takes listed endpoints for a service without selector (workload names or addresses outside the mesh), and headless services', () => {
+    const snap = parseWorkloadsFile(withServices(`
+  - { name: pinned, namespace: shop, clusterIP: 10.96.0.11, ports: [{ port: 5432 }], endpoints: [api-2, 192.0.2.7] }
+  - { name: api-headless, namespace: shop, clusterIP: None, ports: [{ port: 80 }], selector: { app: api } }
+  - { name: nothing, namespace: shop, clusterIP: 10.96.0.12, ports: [{ port: 80 }], selector: {} }`));
+    const [pinned, headless, nothing] = snap.services;
+    assert.deepEqual(pinned?.endpoints.map((e) => [e.ip, e.node, e.ports]), [['10.241.2.21', 'node-b', { '': 5432 }], ['192.0.2.7', undefined, { '': 5432 }]]);
+    assert.equal(headless?.clusterIP, undefined);
+    assert.equal(nothing?.endpoints.length, 0, 'an empty selector selects nothing, as in Kubernetes');
+    const registry = new WorkloadRegistry('node-a');
+    registry.replace(snap);
+    assert.equal(registry.findService('10.96.0.11', 5432)?.service.name, 'pinned');
+  });
+
+  it('lists every problem of a bad services section', () => {
+    const found = problems(withServices(`
+  - { name: Bad_Name, namespace: shop, clusterIP: 10.96.0.300, ports: [] }
+  - { name: a, namespace: shop, clusterIP: 10.96.0.20, ports: [{ port: 80 }, { port: 80, targetPort: -1 }], selector: { app: api }, endpoints: [api-1] }
+  - { name: b, namespace: shop, clusterIP: 10.96.0.20, ports: [{ port: 80 }], endpoints: [nobody], trafficDistribution: Anywhere, extra: 1 }`));
+    for (const expected of [
+      /services\[0\]\.name: "Bad_Name" is not a DNS label/,
+      /services\[0\]\.clusterIP: "10\.96\.0\.300" is neither an IPv4 address nor None/,
+      /services\[0\]\.ports: at least one port/,
+      /services\[1\]\.ports\[0\]\.name: required when a service has several ports/,
+      /services\[1\]\.ports\[1\]\.targetPort: must be a port number or a port name/,
+      /services\[1\]\.ports\[1\]\.port: duplicate port 80/,
+      /services\[1\]: selector and endpoints exclude each other/,
+      /services\[2\]\.clusterIP: 10\.96\.0\.20 is already shop\/a's/,
+      /services\[2\]\.endpoints\[0\]: "nobody" is neither a workload of shop nor an IPv4 address/,
+      /services\[2\]\.trafficDistribution: only PreferClose is supported/,
+      /services\[2\]: unknown field "extra"|services\[2\]\.extra/,
+    ]) assert.ok(found.some((p) => expected.test(p)), `${expected} not in:\n${found.join('\n')}`);
+  });
+});

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
-import { buildSnapshot, createKubernetesSource, type KubernetesSource, meshMembership, mtlsModes, POD_FIELD_SELECTOR, slimNamespace, slimPod } from '../../src/workloads/kubernetes.ts';
+import { buildServices, buildSnapshot, createKubernetesSource, type KubernetesSource, meshMembership, mtlsModes, POD_FIELD_SELECTOR, slimEndpointSlice, slimNamespace, slimPod, slimService } from '../../src/workloads/kubernetes.ts';
 import type { MeshSnapshot } from '../../src/workloads/model.ts';
 import { WorkloadRegistry } from '../../src/workloads/registry.ts';
-import { ApiStandIn, namespaceObject, podObject } from '../support/apiserver.ts';
+import { ApiStandIn, endpointSliceObject, namespaceObject, podObject, serviceObject } from '../support/apiserver.ts';
 import { eventually } from '../support/wait.ts';
 
 const log = pino({ level: 'silent' });
@@ -75,6 +75,43 @@ describe('mesh membership', () => {
   });
 });
 
+describe('Services from Services and EndpointSlices', () => {
+  const svc = (o: Partial<Parameters<typeof serviceObject>[0]> = {}) => slimService(serviceObject({
+    name: 'api', namespace: 'shop', clusterIP: '10.96.0.10', ports: [{ name: 'http', port: 80, targetPort: 'http' }, { name: 'admin', port: 81 }], ...o,
+  }));
+  const slice = (name: string, o: Partial<Parameters<typeof endpointSliceObject>[0]> = {}) => slimEndpointSlice(endpointSliceObject({
+    name, namespace: 'shop', service: 'api', endpoints: [], ports: [{ name: 'http', port: 8080 }, { name: 'admin', port: 81 }], ...o,
+  }));
+
+  it('merges the slices of a Service, by address, with the slices\' resolved target ports', () => {
+    const [api] = buildServices([svc({ trafficDistribution: 'PreferClose' })], [
+      slice('api-a', { endpoints: [{ ip: '10.1.0.21', node: 'node-a' }, { ip: '10.1.1.21', node: 'node-b', ready: false }] }),
+      // A rollout: new pods whose named port resolves elsewhere, one address in both slices.
+      slice('api-b', { endpoints: [{ ip: '10.1.1.22', node: 'node-b', ready: null }, { ip: '10.1.1.21', node: 'node-b', ready: true }], ports: [{ name: 'http', port: 9090 }] }),
+      slice('other', { service: 'web', endpoints: [{ ip: '10.1.0.99' }] }),
+      slice('v6', { addressType: 'IPv6', endpoints: [{ ip: 'fd00::1' }] }),
+    ]);
+    assert.ok(api);
+    assert.equal(api.preferClose, true);
+    assert.deepEqual(api.ports, [{ name: 'http', port: 80 }, { name: 'admin', port: 81 }]);
+    assert.deepEqual(api.endpoints.map((e) => [e.ip, e.node, e.ready, e.ports]), [
+      ['10.1.0.21', 'node-a', true, { http: 8080, admin: 81 }],
+      ['10.1.1.21', 'node-b', true, { http: 9090, admin: 81 }],
+      ['10.1.1.22', 'node-b', true, { http: 9090 }],
+    ]);
+  });
+
+  it('leaves out headless and ExternalName Services and non-TCP ports; keeps a Service without endpoints', () => {
+    const out = buildServices([
+      svc({ name: 'headless', clusterIP: 'None' }),
+      svc({ name: 'ext', type: 'ExternalName', clusterIP: '' }),
+      svc({ name: 'dns', clusterIP: '10.96.0.53', ports: [{ name: 'dns', port: 53, protocol: 'UDP' }, { name: 'dns-tcp', port: 53 }] }),
+      svc({ name: 'lonely', clusterIP: '10.96.0.11' }),
+    ], []);
+    assert.deepEqual(out.map((s) => [s.name, s.ports.map((p) => p.name), s.endpoints.length]), [['dns', ['dns-tcp'], 0], ['lonely', ['http', 'admin'], 0]]);
+  });
+});
+
 describe('Kubernetes source against the API stand-in', () => {
   let api: ApiStandIn;
   let source: KubernetesSource;
@@ -111,7 +148,7 @@ describe('Kubernetes source against the API stand-in', () => {
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(snapshots.length, 0);
     assert.equal(source.status().synced, false);
-    assert.match(source.status().lastError ?? '', /^(pods|namespaces|meshpolicies): /);
+    assert.match(source.status().lastError ?? '', /^(pods|namespaces|meshpolicies|services|endpointslices): /);
     api.down = false;
     await until('first sync', () => registry.synced);
     assert.deepEqual(ips(), new Set(['10.1.0.10', '10.1.0.11', '10.1.1.20']));
@@ -221,5 +258,18 @@ describe('Kubernetes source against the API stand-in', () => {
     api.put('pods', podObject({ name: 'web-7', namespace: 'shop', node: 'node-a', serviceAccount: 'web', ip: '10.1.0.18' }));
     await until('web-7', has('10.1.0.18'));
     assert.equal(source.status().lists, lists, 'resumed from the bookmark: no re-list');
+  });
+
+  it('follows Services and their EndpointSlices, and applies endpoint changes', async () => {
+    api.put('services', serviceObject({ name: 'api', namespace: 'shop', clusterIP: '10.96.0.10', ports: [{ name: 'http', port: 80, targetPort: 'http' }] }));
+    api.put('endpointslices', endpointSliceObject({ name: 'api-x1', namespace: 'shop', service: 'api', endpoints: [{ ip: '10.1.0.10', node: 'node-a' }, { ip: '10.1.1.20', node: 'node-b' }], ports: [{ name: 'http', port: 8080 }] }));
+    const endpointsOf = () => registry.findService('10.96.0.10', 80)?.service.endpoints.filter((e) => e.ready).map((e) => `${e.ip}:${e.ports.http}`) ?? [];
+    await until('the Service and its endpoints', () => endpointsOf().length === 2);
+    assert.deepEqual(endpointsOf(), ['10.1.0.10:8080', '10.1.1.20:8080']);
+    api.update('endpointslices', 'shop', 'api-x1', (o) => { (o.endpoints as Array<{ conditions: { ready: boolean } }>)[1]!.conditions.ready = false; });
+    await until('db-1 not ready', () => endpointsOf().length === 1);
+    api.remove('services', 'shop', 'api');
+    await until('the Service gone', () => registry.findService('10.96.0.10', 80) === undefined);
+    assert.equal(source.status().endpointSlices, 1);
   });
 });
