@@ -8,7 +8,9 @@ import { AdminRequestError, createAdminServer, createMetricsServer, createReadin
 import { hasNetAdmin } from './capture/exec.ts';
 import { checkCapture } from './capture/install.ts';
 import { ConnectionLimitError, PrerequisiteError } from './errors.ts';
-import { createIpsetSync } from './capture/ipset.ts';
+import { createMemberSync } from './capture/ipset.ts';
+import { nftVouchScript } from './capture/nftables.ts';
+import { runCaptureTool } from './capture/install.ts';
 import { ProbeGate } from './capture/probe-gate.ts';
 import { bundleSize } from './identity/ca.ts';
 import { createCaClientProvider } from './identity/ca-client.ts';
@@ -97,6 +99,10 @@ export class Agent {
     });
     this.probeGate = new ProbeGate({
       setName: config.capture.gateIpset, ttlMs: config.probeGateTtlMs, log: deps.log, vouched: () => this.#vouched(),
+      ...(config.capture.backend === 'nftables' ? {
+        format: (ips: readonly string[], ttl: number) => nftVouchScript(config.capture.gateIpset, ips, ttl),
+        apply: async (input: string) => { await runCaptureTool('nft', ['-f', '-'], input); },
+      } : {}),
     });
     this.readiness.add({ name: 'capture', done: () => this.#captureInstalled });
     this.readiness.add({ name: 'workloads-synced', done: () => this.registry.synced && this.#ipsetSynced });
@@ -208,7 +214,7 @@ export class Agent {
     this.#tunnel?.prune();
     const ips = new Set(local.map((w) => w.ip));
     this.#log.info({ workloads: snapshot.workloads.length, localCaptured: local.length }, 'registry updated');
-    createIpsetSync(this.config.capture.ipset).sync(ips).then(
+    createMemberSync(this.config.capture).sync(ips).then(
       (r) => { this.#ipsetSynced = true; if (r.added || r.removed) this.#log.info(r, 'captured-pods ipset updated'); },
       (err) => { this.#log.error({ err: (err as Error).message }, 'cannot update the captured-pods ipset'); },
     );

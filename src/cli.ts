@@ -77,6 +77,7 @@ capture flags (init and agent):
   --outbound-port N [${d.ports.outbound}]  --inbound-port N [${d.ports.inboundPlaintext}]  --tunnel-port N [${d.ports.tunnel}]
   --ipset NAME [${defaultCaptureSettings.ipset}]  --chain NAME [${defaultCaptureSettings.chain}]
   --gate-ipset NAME [${defaultCaptureSettings.gateIpset}]  --gate-chain NAME [${defaultCaptureSettings.gateChain}]   (the probe gate)
+  --capture-backend iptables|nftables [${defaultCaptureSettings.backend}]   nftables where kube-proxy runs in nftables mode
 
 durations: 500ms, 20s, 5m, 24h. Exit codes: 0 ok, 1 failure, 2 bad flags, 3 missing privilege or tool.
 `;
@@ -91,9 +92,13 @@ async function cmdInit(argv: string[]): Promise<number> {
   }
   const result = await installCapture(config.capture, { dryRun: config.dryRun });
   if (result.action === 'dry-run') {
-    // stdout is exactly the iptables-restore input; the sets it references are created first.
-    const sets = ipsetCreateArgs(config.capture).map((a) => `\`ipset ${a.join(' ')}\``).join(' and ');
-    process.stderr.write(`meshlet init --dry-run: would run ${sets}, then \`iptables-restore --noflush\` with:\n`);
+    // stdout is exactly the iptables-restore (or nft -f) input; ipsets are created first.
+    if (config.capture.backend === 'nftables') {
+      process.stderr.write('meshlet init --dry-run: would run `nft -f -` with:\n');
+    } else {
+      const sets = ipsetCreateArgs(config.capture).map((a) => `\`ipset ${a.join(' ')}\``).join(' and ');
+      process.stderr.write(`meshlet init --dry-run: would run ${sets}, then \`iptables-restore --noflush\` with:\n`);
+    }
     process.stdout.write(result.script);
   } else {
     process.stderr.write(`meshlet init: capture ${result.action}\n`);

@@ -157,6 +157,7 @@ class Problems {
 }
 
 const captureOptions = {
+  'capture-backend': { type: 'string', default: defaultCaptureSettings.backend },
   ipset: { type: 'string', default: defaultCaptureSettings.ipset },
   chain: { type: 'string', default: defaultCaptureSettings.chain },
   'gate-ipset': { type: 'string', default: defaultCaptureSettings.gateIpset },
@@ -186,7 +187,10 @@ function captureSettings(v: Record<string, unknown>, p: Problems): CaptureSettin
     ipset: name('ipset', 'set'), chain: name('chain', 'chain'), gateIpset: name('gate-ipset', 'set'), gateChain: name('gate-chain', 'chain'),
   };
   if (settings.ipset === settings.gateIpset) p.list.push(`--ipset and --gate-ipset must differ (both ${settings.ipset})`);
+  const backend = String(v['capture-backend']);
+  if (backend !== 'iptables' && backend !== 'nftables') p.list.push(`--capture-backend: ${JSON.stringify(backend)} is not iptables or nftables`);
   return {
+    backend: backend === 'nftables' ? 'nftables' : 'iptables',
     ...settings,
     outboundPort: p.port('outbound-port', String(v['outbound-port'])),
     inboundPlaintextPort: p.port('inbound-port', String(v['inbound-port'])),

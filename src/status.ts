@@ -13,6 +13,9 @@ interface Dump {
   workloads: Array<{ name: string; namespace: string; ip: string; node: string; spiffeId: string; captured: boolean; local: boolean }>;
   certificates: Array<{ spiffeId: string; state: string; notAfter?: string; serial?: string; error?: string }>;
   policy?: { mtls: Record<string, string>; policies: Array<{ id: string; action: string; rules: number; warnings?: string[]; errors?: string[] }>; decisions: Array<{ action: string; policy: string; count: number }> };
+  services?: Array<{ name: string; namespace: string; clusterIP: string; ports: Array<{ name: string; port: number }>; preferClose: boolean;
+    endpoints: Array<{ ip: string; node?: string; ready: boolean; open: number; consecutiveFailures: number; ejections: number; ejectedUntil?: string; lastError?: string }> }>;
+  probeGate?: { ttlSeconds: number; vouched: number; lastRefresh?: string; failures: number; lastError?: string };
   connections: { totals: Record<string, number>; open: Array<{ direction: string; route?: string; sourceIp: string; sourceWorkload?: string; destination?: string; destinationWorkload?: string; bytesSent: number; bytesReceived: number; startedAt: number }> };
 }
 
@@ -62,6 +65,16 @@ export function formatStatus(d: Dump, now = Date.now()): string {
     x.id, x.action, String(x.rules), String(decided(x.id, 'allow')), String(decided(x.id, 'deny')), String(decided(x.id, 'audit')),
     [...(x.errors ?? []).map((e) => `unreadable: ${e}`), ...(x.warnings ?? [])].join('; ') || '-',
   ])));
+  const services = d.services ?? [];
+  out.push(`SERVICES (${services.length}; endpoints: ready, open connections through this agent, ejected ones marked)`);
+  out.push(table(['SERVICE', 'CLUSTER IP', 'PORTS', 'ENDPOINTS'], services.map((x) => [
+    `${x.namespace}/${x.name}`, x.clusterIP, x.ports.map((p) => (p.name ? `${p.name}:${p.port}` : String(p.port))).join(','),
+    x.endpoints.map((e) => `${e.ip}${e.ready ? '' : ' (not ready)'}${e.ejectedUntil ? ` (ejected until ${e.ejectedUntil})` : ''} ${e.open}`).join(', ') || '-',
+  ])));
+  if (d.probeGate) {
+    const g = d.probeGate;
+    out.push(`PROBE GATE: ${g.vouched} pods vouched for, TTL ${g.ttlSeconds}s, last refresh ${g.lastRefresh ?? 'never'}${g.lastError ? `, FAILING: ${g.lastError}` : ''}\n`);
+  }
   const t = d.connections.totals;
   out.push(`CONNECTIONS (${t.open ?? 0} open; ${t.opened ?? 0} since start, ${t.failed ?? 0} refused or failed)`);
   out.push(table(['DIRECTION', 'ROUTE', 'SOURCE', 'DESTINATION', 'SENT', 'RECEIVED', 'AGE'], d.connections.open.map((c) => [

@@ -19,7 +19,14 @@ describe('meshlet status', () => {
       policy: { mtls: { shop: 'strict' }, policies: [{ id: 'shop/p', action: 'ALLOW', rules: 1, warnings: ['rules[0].to[0]: paths cannot be enforced at L4'] }],
         decisions: [{ action: 'allow', policy: 'shop/p', count: 7 }] },
       connections: { totals: { open: 0, opened: 9, failed: 2 }, open: [] },
+      services: [{ name: 'api', namespace: 'shop', clusterIP: '10.96.0.10', ports: [{ name: 'http', port: 80 }], preferClose: false, endpoints: [
+        { ip: '10.0.0.7', ready: true, open: 3, consecutiveFailures: 0, ejections: 0 },
+        { ip: '10.0.0.8', ready: true, open: 0, consecutiveFailures: 0, ejections: 1, ejectedUntil: '1970-01-01T00:00:10.000Z' },
+      ] }],
+      probeGate: { ttlSeconds: 4, vouched: 0, failures: 3, lastError: 'ipset: no such set' },
     }, 0);
+    assert.match(text, /shop\/api\s+10\.96\.0\.10\s+http:80\s+10\.0\.0\.7 3, 10\.0\.0\.8 \(ejected until 1970-01-01T00:00:10\.000Z\) 0/);
+    assert.match(text, /PROBE GATE: 0 pods vouched for, TTL 4s, last refresh never, FAILING: ipset: no such set/);
     assert.match(text, /^node n1: NOT READY \(waiting for certificates\)/);
     assert.match(text, /workloads from kubernetes \(last error: pods: fetch failed\)/);
     assert.match(text, /spiffe:\/\/td\/ns\/shop\/sa\/web\s+pending\s+-\s+ca_unavailable/);

@@ -1,10 +1,12 @@
 // The init helper's effects on the node: the two ipsets, the nat chain (capture) and the filter chain
-// (the probe gate), applied with iptables-restore so each change is one atomic transaction.
+// (the probe gate), applied with iptables-restore so each change is one atomic transaction; or, with
+// the nftables backend, one table holding the same, applied with `nft -f` (also one transaction).
 import { CaptureError, PrerequisiteError } from '../errors.ts';
 import { hasNetAdmin, runCommand } from './exec.ts';
 import {
   type CaptureSettings, type CaptureState, chainsExist, cleanupScript, installScript, isInstalled, parseCaptureState,
 } from './rules.ts';
+import { nftInstallScript, nftIsInstalled, nftTableName } from './nftables.ts';
 
 export type InstallResult =
   | { action: 'dry-run'; script: string }
@@ -24,7 +26,7 @@ async function tool(cmd: string, args: string[], input?: string): Promise<string
     result = await runCommand(cmd, args, input);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new PrerequisiteError(`${cmd} is not installed (apt-get install iptables ipset)`);
+      throw new PrerequisiteError(`${cmd} is not installed (apt-get install ${cmd === 'nft' ? 'nftables' : 'iptables ipset'})`);
     }
     throw err;
   }
@@ -49,7 +51,7 @@ export async function readCaptureState(): Promise<CaptureState> {
  */
 const GATE_SET_TIMEOUT_SECONDS = 5;
 
-/** The `ipset` commands that create both sets (idempotent: -exist). */
+/** The `ipset` commands that create both sets (idempotent: -exist). Not used with nftables (the table holds its sets). */
 export function ipsetCreateArgs(s: CaptureSettings): string[][] {
   return [
     ['create', s.ipset, 'hash:ip', 'family', 'inet', '-exist'],
@@ -57,7 +59,33 @@ export function ipsetCreateArgs(s: CaptureSettings): string[][] {
   ];
 }
 
+/** `nft list table ip meshlet`, or undefined when the table does not exist. */
+async function listNftTable(): Promise<string | undefined> {
+  let result;
+  try {
+    result = await runCommand('nft', ['list', 'table', ...nftTableName.split(' ')]);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new PrerequisiteError('nft is not installed (apt-get install nftables)');
+    throw err;
+  }
+  if (result.code === 0) return result.stdout;
+  if (/no such file or directory/i.test(result.stderr)) return undefined;
+  throw new CaptureError(`nft list table ${nftTableName} failed: ${result.stderr.trim()}`);
+}
+
+async function installNft(s: CaptureSettings, opts: { dryRun?: boolean }): Promise<InstallResult> {
+  const script = nftInstallScript(s);
+  if (opts.dryRun) return { action: 'dry-run', script };
+  assertPrivileged();
+  const before = await listNftTable();
+  if (before !== undefined && nftIsInstalled(s, before)) return { action: 'unchanged', script };
+  await tool('nft', ['-f', '-'], script);
+  if (!nftIsInstalled(s, (await listNftTable()) ?? '')) throw new CaptureError(`the ${nftTableName} table was applied but nft does not show it in place`);
+  return { action: 'installed', script };
+}
+
 export async function installCapture(s: CaptureSettings, opts: { dryRun?: boolean } = {}): Promise<InstallResult> {
+  if (s.backend === 'nftables') return installNft(s, opts);
   if (opts.dryRun) {
     // Without privileges a dry run cannot read the tables; it then prints the script for an empty node.
     const state = hasNetAdmin() ? await readCaptureState() : parseCaptureState('');
@@ -79,6 +107,13 @@ export async function installCapture(s: CaptureSettings, opts: { dryRun?: boolea
 
 export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolean } = {}): Promise<string> {
   if (!opts.dryRun) assertPrivileged();
+  if (s.backend === 'nftables') {
+    // The table holds both sets and both chains: deleting it removes all of meshlet's, nothing else.
+    const exists = hasNetAdmin() && (await listNftTable()) !== undefined;
+    const script = exists ? `delete table ${nftTableName}\n` : '';
+    if (!opts.dryRun && script) await tool('nft', ['-f', '-'], script);
+    return script;
+  }
   const state = hasNetAdmin() ? await readCaptureState() : parseCaptureState('');
   const script = cleanupScript(s, state) ?? '';
   if (opts.dryRun) return script;
@@ -97,6 +132,14 @@ export type CaptureCheck = 'installed' | 'repaired' | 'absent';
  * is the init helper's job, which also creates the sets).
  */
 export async function checkCapture(s: CaptureSettings): Promise<CaptureCheck> {
+  if (s.backend === 'nftables') {
+    const listed = await listNftTable();
+    if (listed === undefined) return 'absent';
+    if (nftIsInstalled(s, listed)) return 'installed';
+    await tool('nft', ['-f', '-'], nftInstallScript(s));
+    if (!nftIsInstalled(s, (await listNftTable()) ?? '')) throw new CaptureError('capture was repaired but nft does not show it in place');
+    return 'repaired';
+  }
   const state = await readCaptureState();
   if (isInstalled(s, state)) return 'installed';
   if (!chainsExist(s, state)) return 'absent';

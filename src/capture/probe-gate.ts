@@ -14,7 +14,9 @@ export interface ProbeGateOptions {
   /** The pod IPs to vouch for now (empty while the agent cannot serve: starting, draining). */
   vouched(): string[];
   log: Logger;
-  /** Applies `ipset restore -exist` input; tests replace it. */
+  /** The input that vouches for `ips` for `ttlSeconds` (default: `ipset restore -exist` lines). */
+  format?(ips: readonly string[], ttlSeconds: number): string;
+  /** Applies that input (default: `ipset restore -exist`); the nftables backend and tests replace it. */
   apply?(input: string): Promise<void>;
 }
 
@@ -29,6 +31,7 @@ export interface ProbeGateStatus {
 export class ProbeGate {
   readonly #opts: ProbeGateOptions;
   readonly #apply: (input: string) => Promise<void>;
+  readonly #format: (ips: readonly string[], ttlSeconds: number) => string;
   #timer: NodeJS.Timeout | undefined;
   #inFlight: Promise<void> | undefined;
   #vouched = 0;
@@ -41,6 +44,7 @@ export class ProbeGate {
   constructor(opts: ProbeGateOptions) {
     this.#opts = opts;
     this.#apply = opts.apply ?? (async (input) => { await runCaptureTool('ipset', ['restore', '-exist'], input); });
+    this.#format = opts.format ?? ((ips, ttl) => `${vouchLines(opts.setName, ips, ttl).join('\n')}\n`);
   }
 
   get ttlSeconds(): number {
@@ -69,7 +73,7 @@ export class ProbeGate {
     if (ips.length === 0) { this.#applied = new Set(); return; }
     try {
       const started = Date.now();
-      await this.#apply(`${vouchLines(this.#opts.setName, ips, this.ttlSeconds).join('\n')}\n`);
+      await this.#apply(this.#format(ips, this.ttlSeconds));
       this.#applied = new Set(ips);
       this.#lastRefresh = started;
       if (this.#lastError) this.#opts.log.info({ component: 'probe-gate' }, 'probe gate refreshed again');

@@ -2,7 +2,12 @@
 // the text to `iptables-restore --noflush`, and `--dry-run` prints exactly the same text.
 
 export interface CaptureSettings {
-  /** ipset (hash:ip) whose members are this node's captured pod IPs. */
+  /**
+   * iptables (nat PREROUTING, filter OUTPUT, ipsets), or nftables (a table of meshlet's own, hooked
+   * before kube-proxy's dstnat chain: for nodes whose kube-proxy runs in nftables mode).
+   */
+  backend: 'iptables' | 'nftables';
+  /** ipset (hash:ip) whose members are this node's captured pod IPs (an nftables set of that name with nftables). */
   ipset: string;
   /** Name of meshlet's own chain in the nat table; PREROUTING jumps to it. */
   chain: string;
@@ -19,6 +24,7 @@ export interface CaptureSettings {
 }
 
 export const defaultCaptureSettings: CaptureSettings = {
+  backend: 'iptables',
   ipset: 'meshlet-captured',
   chain: 'MESHLET_PREROUTING',
   gateIpset: 'meshlet-vouched',

@@ -9,6 +9,7 @@ import { runCommand } from '../capture/exec.ts';
 import { CLI, MeshLab } from './lab.ts';
 
 const APP_PORT = 8080;
+const PAYMENTS_CLUSTER_IP = '10.96.0.10';
 const MARKER = 'meshlet-demo-secret-payload ';
 
 interface Flow {
@@ -55,6 +56,7 @@ export async function runDemo(argv: string[]): Promise<number> {
         { name: 'legacy', namespace: 'legacy', serviceAccount: 'legacy', captured: false },
       ] },
     ],
+    services: [{ name: 'payments', namespace: 'shop', clusterIP: PAYMENTS_CLUSTER_IP, ports: [{ port: 80, targetPort: APP_PORT }], selector: { app: 'payments' } }],
   });
   let failed = false;
   try {
@@ -101,6 +103,12 @@ export async function runDemo(argv: string[]): Promise<number> {
     say(`  segments carrying the demo's plaintext payload on port 15008: ${plaintextHits.length}`);
     say(`  segments carrying it in the clear at all: ${crossNodeApp.length} (the passthrough and plaintext flows to/from the non-mesh pod 'legacy' are plain TCP by design)`);
     if (tunnel.length === 0 || plaintextHits.length > 0 || !types.has(0x17)) failed = true;
+
+    say(`\na Service: frontend calls payments by its ClusterIP (${PAYMENTS_CLUSTER_IP}:80); node-a's agent resolves it (no kube-proxy) ...`);
+    const viaService = await lab.client('frontend', { host: PAYMENTS_CLUSTER_IP, port: 80, bytes: 4096, timeoutMs: 10_000 });
+    const serviceLine = (await lab.accessLog('node-a')).filter((l) => l.dst?.service === 'shop/payments').at(-1);
+    if (!viaService.ok || !serviceLine) failed = true;
+    say(`  ${viaService.ok ? 'ok' : 'FAILED'}: service ${serviceLine?.dst?.service ?? '?'} -> endpoint ${serviceLine?.dst?.workload ?? '?'} ${serviceLine?.dst?.addr ?? ''}, route ${serviceLine?.route ?? '?'}`);
 
     // Policy: an ALLOW policy on payments, applied by rewriting the workloads file (a MeshPolicy
     // object in a cluster); the agents pick it up without a restart.

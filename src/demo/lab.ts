@@ -51,6 +51,8 @@ export interface LabSpec {
   apiNode?: boolean;
   /** The workloads file's `services` (name, namespace, clusterIP, ports, selector or endpoints). */
   services?: object[];
+  /** Capture with nftables instead of iptables (init and agents). */
+  captureBackend?: 'iptables' | 'nftables';
 }
 
 export const CA_PORT = 15012;
@@ -171,8 +173,13 @@ export class MeshLab {
     return r.stdout;
   }
 
+  /** `--capture-backend` for init and agents, when the lab uses nftables. */
+  get captureArgs(): string[] {
+    return this.spec.captureBackend === 'nftables' ? ['--capture-backend', 'nftables'] : [];
+  }
+
   async initCapture(node: NodeNs): Promise<void> {
-    await this.meshlet(['init'], node.ns);
+    await this.meshlet(['init', ...this.captureArgs], node.ns);
   }
 
   /**
@@ -189,7 +196,7 @@ export class MeshLab {
       : ['--ca-dir', this.caDir, '--cert-ttl', this.spec.certTtl ?? '1h'];
     const child = this.topo.spawn(node.ns, process.execPath, [
       CLI, 'agent', '--node', node.name, ...(opts.workloads ?? ['--workloads', this.workloadsFile, '--workloads-poll', '100ms']), ...identity,
-      ...(this.spec.agentArgs ?? []), ...extraArgs,
+      ...this.captureArgs, ...(this.spec.agentArgs ?? []), ...extraArgs,
     ]);
     child.stdout?.pipe(log, { end: false });
     child.stderr?.pipe(log, { end: false });

@@ -60,9 +60,28 @@ function parseEthernetTcp(frame: Buffer): TcpSegment | undefined {
 
 /** The TLS record content types that start TCP payloads in one direction of a flow. */
 export function tlsRecordTypes(segments: TcpSegment[]): Set<number> {
-  const types = new Set<number>();
+  // Each direction of each connection as one byte stream (capture order: the lab's links neither
+  // reorder nor drop), walked record by record (type, version, length), so a segment that starts in
+  // the middle of a record is never mistaken for a record header.
+  const streams = new Map<string, Buffer[]>();
   for (const s of segments) {
-    if (s.payload.length >= 5 && s.payload[1] === 0x03) types.add(s.payload[0] ?? 0);
+    if (s.payload.length === 0) continue;
+    const key = `${s.src}:${s.srcPort}>${s.dst}:${s.dstPort}`;
+    const list = streams.get(key);
+    if (list) list.push(s.payload); else streams.set(key, [s.payload]);
+  }
+  const types = new Set<number>();
+  for (const parts of streams.values()) {
+    const bytes = Buffer.concat(parts);
+    let at = 0;
+    while (at + 5 <= bytes.length) {
+      const type = bytes[at] as number;
+      // TLS content types are 20-24 and the record version's major byte is 3; anything else means
+      // this stream is not TLS (or began before the capture): stop reading it.
+      if (type < 20 || type > 24 || bytes[at + 1] !== 0x03) break;
+      types.add(type);
+      at += 5 + bytes.readUInt16BE(at + 3);
+    }
   }
   return types;
 }

@@ -128,6 +128,28 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     assert.deepEqual(await sets(), pristineSets);
   });
 
+  it('with --capture-backend nftables: one table of its own, installed once, removed on cleanup with nothing else', async () => {
+    const nftArgs = ['--capture-backend', 'nftables'];
+    const dry = await meshlet(['init', '--dry-run', ...nftArgs]);
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.match(dry.stdout, /^add table ip meshlet\n/);
+    assert.match(dry.stdout, /priority dstnat - 10;/);
+    await sh('nft', ['-f', '-'], 'table ip user-table {\n  chain c { type filter hook input priority 0; policy accept; }\n}\n');
+    const first = await meshlet(['init', ...nftArgs]);
+    assert.equal(first.code, 0, first.stderr);
+    assert.match(first.stderr, /capture installed/);
+    const listed = await sh('nft', ['list', 'table', 'ip', 'meshlet']);
+    const second = await meshlet(['init', ...nftArgs]);
+    assert.match(second.stderr, /capture unchanged/);
+    assert.equal(await sh('nft', ['list', 'table', 'ip', 'meshlet']), listed);
+    const cleanup = await meshlet(['init', '--cleanup', ...nftArgs]);
+    assert.equal(cleanup.code, 0, cleanup.stderr);
+    const tables = await sh('nft', ['list', 'tables']);
+    assert.doesNotMatch(tables, /ip meshlet/);
+    assert.match(tables, /ip user-table/);
+    await sh('nft', ['delete', 'table', 'ip', 'user-table']);
+  });
+
   it('rejects bad flags with a usage error', async () => {
     const r = await meshlet(['init', '--outbound-port', '99999']);
     assert.equal(r.code, 2);

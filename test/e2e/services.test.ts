@@ -148,3 +148,72 @@ describe('Services in network namespaces', { concurrency: false }, () => {
     assert.deepEqual([...(await endpointsUsed(from)).keys()], ['api-1']);
   });
 });
+
+// kube-proxy in nftables mode translates Services in a table of its own at the dstnat priority,
+// the same as iptables' nat PREROUTING: with iptables capture, which runs first would depend on
+// which registered first. meshlet's nftables backend hooks at dstnat - 10. The stand-in's table is
+// made before meshlet's (the order a real node has: kube-proxy starts first).
+describe('Services with kube-proxy in nftables mode', { concurrency: false }, () => {
+  let lab: MeshLab;
+  const apiPod = (name: string) => ({ name, namespace: 'shop', serviceAccount: 'api', labels: { app: 'api' } });
+  const nft = async (node: string, args: string[], input?: string) => {
+    const r = await lab.topo.exec(lab.node(node).ns, 'nft', args, input);
+    assert.equal(r.code, 0, r.stderr);
+    return r.stdout;
+  };
+
+  before(async () => {
+    lab = await MeshLab.create({
+      captureBackend: 'nftables',
+      nodes: [{ name: 'node-a', pods: [{ name: 'web', namespace: 'shop' }, apiPod('api-1')] }, { name: 'node-b', pods: [apiPod('api-2')] }],
+      services: [{ name: 'api', namespace: 'shop', clusterIP: CLUSTER_IP, ports: [{ name: 'http', port: SERVICE_PORT, targetPort: TARGET_PORT }], selector: { app: 'api' } }],
+    });
+    try {
+      await nft('node-a', ['-f', '-'], [
+        'table ip kube-proxy {',
+        '  chain nat-prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }',
+        '  chain nat-output { type nat hook output priority -100; policy accept; jump services; }',
+        `  chain services { ip daddr ${CLUSTER_IP} tcp dport ${SERVICE_PORT} jump service-api; }`,
+        `  chain service-api { meta l4proto tcp dnat to ${lab.pod('api-2').ip}:${TARGET_PORT}; }`,
+        '}', '',
+      ].join('\n'));
+      await lab.startMesh();
+      for (const name of ['api-1', 'api-2']) await lab.startServer(name, TARGET_PORT);
+    } catch (err) {
+      await lab.destroy();
+      throw err;
+    }
+  });
+  after(async () => { await lab?.destroy(); });
+
+  it('meshes the ClusterIP ahead of kube-proxy\'s DNAT, and gates probes with the nftables set', async () => {
+    const from = (await lab.accessLog('node-a')).length;
+    const capture = await lab.startPacketCapture(lab.node('node-a'));
+    let segments;
+    try {
+      const r = await lab.client('web', { host: CLUSTER_IP, port: SERVICE_PORT, bytes: 4096, connections: 12, timeoutMs: 10_000, pattern: MARKER });
+      assert.ok(r.ok, JSON.stringify(r.results.filter((x) => !x.ok)));
+    } finally {
+      segments = await capture.stop();
+    }
+    assert.equal(segments.filter((s) => s.payload.includes(MARKER)).length, 0, 'kube-proxy\'s DNAT sent the ClusterIP around the mesh');
+    const lines = await eventually('12 access-log lines', async () => {
+      const l = (await lab.accessLog('node-a')).slice(from).filter((x) => x.dst?.service === 'shop/api' && x.outcome === 'ok');
+      return l.length >= 12 && l;
+    });
+    assert.ok(lines.some((l) => l.route === 'local') && lines.some((l) => l.route === 'tunnel'), 'both endpoints, chosen by the agent');
+    // The probe gate lives in meshlet's table too: the node's captured pods are vouched for.
+    const vouched = await nft('node-a', ['-j', 'list', 'set', 'ip', 'meshlet', 'meshlet-vouched']);
+    for (const pod of ['web', 'api-1']) assert.ok(vouched.includes(`"${lab.pod(pod).ip}"`), `${pod} not vouched: ${vouched}`);
+    const captured = await nft('node-a', ['-j', 'list', 'set', 'ip', 'meshlet', 'meshlet-captured']);
+    assert.ok(captured.includes(`"${lab.pod('web').ip}"`));
+  });
+
+  it('removes its own table on cleanup and leaves kube-proxy\'s', async () => {
+    for (const node of lab.meshNodes) assert.equal(await lab.stopAgent(node.name), 0);
+    await lab.meshlet(['init', '--cleanup', ...lab.captureArgs], lab.node('node-a').ns);
+    const tables = await nft('node-a', ['list', 'tables']);
+    assert.match(tables, /table ip kube-proxy/);
+    assert.doesNotMatch(tables, /table ip meshlet/);
+  });
+});

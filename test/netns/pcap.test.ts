@@ -43,6 +43,20 @@ describe('pcap reader', () => {
     assert.deepEqual([...tlsRecordTypes(segs)], [0x17]);
   });
 
+  it('reads TLS record types across segment boundaries, never from the middle of a record', () => {
+    const seg = (payload: number[], srcPort = 40000) => ({ src: '10.0.0.1', dst: '10.0.0.2', srcPort, dstPort: 15008, payload: Buffer.from(payload) });
+    // A handshake record, then an application-data record of 6 bytes split over two segments; the
+    // second segment's first bytes (0xbe 0x03 ...) look like a header but are record body.
+    const types = tlsRecordTypes([
+      seg([0x16, 0x03, 0x03, 0x00, 0x01, 0x01]),
+      seg([0x17, 0x03, 0x03, 0x00, 0x06, 0x00]),
+      seg([0xbe, 0x03, 0x00, 0x00, 0x00, 0x15, 0x03, 0x03, 0x00, 0x00]),
+      // Another connection's plaintext: not TLS, ignored.
+      seg([0x47, 0x45, 0x54, 0x20, 0x2f, 0x20], 40001),
+    ]);
+    assert.deepEqual([...types].sort(), [0x15, 0x16, 0x17]);
+  });
+
   it('refuses files that are not pcap', () => {
     assert.throws(() => readPcap(Buffer.alloc(32, 7)), /not a pcap/);
   });
