@@ -323,6 +323,18 @@ export class MeshLab {
     return JSON.parse(r.stdout) as ClientReport;
   }
 
+  /** Runs `run` with tcpdump on the node's underlay interface; the segments seen while it ran. */
+  async capturing<T>(node: NodeNs, run: () => Promise<T>): Promise<{ result: T; segments: TcpSegment[] }> {
+    const capture = await this.startPacketCapture(node);
+    try {
+      const result = await run();
+      return { result, segments: await capture.stop() };
+    } catch (err) {
+      await capture.stop();
+      throw err;
+    }
+  }
+
   /** Starts tcpdump on a node's underlay interface; stop() returns the TCP segments it saw. */
   async startPacketCapture(node: NodeNs): Promise<{ stop(): Promise<TcpSegment[]> }> {
     const file = join(this.dir, `capture-${node.name}-${Date.now()}.pcap`);

@@ -57,14 +57,8 @@ describe('Services in network namespaces', { concurrency: false }, () => {
 
   it('spreads connections to the ClusterIP over the endpoints on both nodes, with every cross-node byte in the tunnel', async () => {
     const from = await logLength();
-    const capture = await lab.startPacketCapture(lab.node('node-a'));
-    let segments;
-    try {
-      const r = await call(30, MARKER);
-      assert.ok(r.ok, JSON.stringify(r.results.filter((x) => !x.ok)));
-    } finally {
-      segments = await capture.stop();
-    }
+    const { result: r, segments } = await lab.capturing(lab.node('node-a'), () => call(30, MARKER));
+    assert.ok(r.ok, JSON.stringify(r.results.filter((x) => !x.ok)));
     assert.equal(segments.filter((s) => s.payload.includes(MARKER)).length, 0, 'the payload crossed the node link in the clear');
     assert.ok(segments.some((s) => s.dstPort === 15008 && s.payload.length > 0), `cross-node connections went through the tunnel: ${JSON.stringify([...new Set(segments.map((s) => `${s.dst}:${s.dstPort}`))])}`);
     const used = await eventually('30 access-log lines', async () => { const u = await endpointsUsed(from); return [...u.values()].reduce((a, b) => a + b, 0) >= 30 && u; });
@@ -99,14 +93,8 @@ describe('Services in network namespaces', { concurrency: false }, () => {
     assert.ok(lines.includes('-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'), 'kube-proxy\'s own rules are left in place');
 
     const from = await logLength();
-    const capture = await lab.startPacketCapture(node);
-    let segments;
-    try {
-      const c = await call(12, MARKER);
-      assert.ok(c.ok, JSON.stringify(c.results.filter((x) => !x.ok)));
-    } finally {
-      segments = await capture.stop();
-    }
+    const { result: c, segments } = await lab.capturing(node, () => call(12, MARKER));
+    assert.ok(c.ok, JSON.stringify(c.results.filter((x) => !x.ok)));
     assert.equal(segments.filter((s) => s.payload.includes(MARKER)).length, 0, 'kube-proxy\'s DNAT sent the ClusterIP around the mesh');
     const used = await eventually('12 meshed connections', async () => { const u = await endpointsUsed(from); return [...u.values()].reduce((a, b) => a + b, 0) >= 12 && u; });
     assert.ok(used.size >= 2, `the agent balanced, not kube-proxy's single endpoint: ${JSON.stringify([...used])}`);
@@ -188,14 +176,9 @@ describe('Services with kube-proxy in nftables mode', { concurrency: false }, ()
 
   it('meshes the ClusterIP ahead of kube-proxy\'s DNAT, and gates probes with the nftables set', async () => {
     const from = (await lab.accessLog('node-a')).length;
-    const capture = await lab.startPacketCapture(lab.node('node-a'));
-    let segments;
-    try {
-      const r = await lab.client('web', { host: CLUSTER_IP, port: SERVICE_PORT, bytes: 4096, connections: 12, timeoutMs: 10_000, pattern: MARKER });
-      assert.ok(r.ok, JSON.stringify(r.results.filter((x) => !x.ok)));
-    } finally {
-      segments = await capture.stop();
-    }
+    const { result: r, segments } = await lab.capturing(lab.node('node-a'),
+      () => lab.client('web', { host: CLUSTER_IP, port: SERVICE_PORT, bytes: 4096, connections: 12, timeoutMs: 10_000, pattern: MARKER }));
+    assert.ok(r.ok, JSON.stringify(r.results.filter((x) => !x.ok)));
     assert.equal(segments.filter((s) => s.payload.includes(MARKER)).length, 0, 'kube-proxy\'s DNAT sent the ClusterIP around the mesh');
     const lines = await eventually('12 access-log lines', async () => {
       const l = (await lab.accessLog('node-a')).slice(from).filter((x) => x.dst?.service === 'shop/api' && x.outcome === 'ok');
