@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { Agent } from './agent.ts';
 import { cleanupCapture, installCapture, ipsetCreateArgs } from './capture/install.ts';
 import { enableMigrateReq } from './capture/sysctl.ts';
-import { type CaBackend, defaults, loadAgentConfig, loadCaRotateConfig, loadCaServeConfig, loadInitConfig, loadPolicyCheckConfig } from './config.ts';
+import { type CaBackend, defaults, loadAgentConfig, loadCaRotateConfig, costDefaults, loadCaServeConfig, loadCostConfig, loadInitConfig, loadPolicyCheckConfig } from './config.ts';
 import { defaultCaptureSettings } from './capture/rules.ts';
 import { CaError, ConfigError, MeshletError, PrerequisiteError } from './errors.ts';
 import type { Logger } from 'pino';
@@ -31,6 +31,8 @@ commands:
                                           the decision the agents would make, and the policy behind it
                                           (exit 0 allowed, 1 denied)
   status [--admin URL] [--json]          a node agent's workloads, certificates, policies, connections
+  cost [--nodes N --pods-per-node P ...] [--json]
+                                          what sidecars and meshlet reserve in a cluster, and cost a month
   demo [--keep-logs]                      run a local demo mesh in network namespaces (root)
 
 agent flags (defaults in brackets):
@@ -72,6 +74,12 @@ ca serve flags:
   --cert-ttl DUR           lifetime of issued certificates [${d.certTtl}]
   --max-body BYTES [${d.ca.maxBody}]  --rate N/s per client [${d.ca.rate}]  --burst N [${d.ca.burst}]
   --san NAME[,NAME]        serving certificate names and IPs [${d.ca.servingNames}]
+
+cost flags (defaults in brackets; figures are Kubernetes quantities):
+  --nodes N [${costDefaults.nodes}]  --pods-per-node N [${costDefaults.podsPerNode}]
+  --sidecar-cpu Q --sidecar-memory Q   one sidecar's requests [${costDefaults.sidecarCpu}, ${costDefaults.sidecarMemory}: Istio's default]
+  --agent-cpu Q --agent-memory Q       one meshlet agent's requests [${costDefaults.agentCpu}, ${costDefaults.agentMemory}: the DaemonSet's]
+  --vcpu-hour PRICE --gib-hour PRICE   [${costDefaults.vcpuHour}, ${costDefaults.gibHour}: illustrative]  --hours-per-month N [${costDefaults.hoursPerMonth}]
 
 capture flags (init and agent):
   --outbound-port N [${d.ports.outbound}]  --inbound-port N [${d.ports.inboundPlaintext}]  --tunnel-port N [${d.ports.tunnel}]
@@ -225,6 +233,14 @@ async function cmdStatus(argv: string[]): Promise<number> {
   return dump.ready ? 0 : 1;
 }
 
+async function cmdCost(argv: string[]): Promise<number> {
+  const { inputs, json } = loadCostConfig(argv);
+  const { formatCost, projectCost } = await import('./cost.ts');
+  const projection = projectCost(inputs);
+  process.stdout.write(json ? `${JSON.stringify({ inputs, ...projection }, null, 2)}\n` : formatCost(projection, inputs));
+  return 0;
+}
+
 async function cmdDemo(argv: string[]): Promise<number> {
   const { runDemo } = await import('./demo/demo.ts');
   return runDemo(argv);
@@ -242,6 +258,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'ca': return cmdCa(rest);
     case 'policy': return cmdPolicy(rest);
     case 'status': return cmdStatus(rest);
+    case 'cost': return cmdCost(rest);
     case 'demo': return cmdDemo(rest);
     case undefined: case '-h': case '--help': case 'help':
       process.stdout.write(USAGE);

@@ -285,6 +285,75 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
   return config;
 }
 
+/** Kubernetes CPU quantities: 100m, 0.5, 2. In millicores. */
+export function parseCpu(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)(m?)$/.exec(text.trim());
+  if (!m) return undefined;
+  return m[2] === 'm' ? Number(m[1]) : Number(m[1]) * 1000;
+}
+
+const MEMORY_UNITS: Record<string, number> = { Ki: 1 / 1024, Mi: 1, Gi: 1024, Ti: 1024 * 1024, k: 1000 / 1048576, M: 1e6 / 1048576, G: 1e9 / 1048576 };
+
+/** Kubernetes memory quantities: 128Mi, 1Gi, 500M. In MiB. */
+export function parseMemory(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G)$/.exec(text.trim());
+  if (!m) return undefined;
+  return Number(m[1]) * (MEMORY_UNITS[m[2] as string] as number);
+}
+
+export const costDefaults = {
+  nodes: '10', podsPerNode: '30',
+  // Istio's injected sidecar requests; the meshlet DaemonSet's (manifests/agent-daemonset.yaml).
+  sidecarCpu: '100m', sidecarMemory: '128Mi', agentCpu: '100m', agentMemory: '128Mi',
+  // Illustrative on-demand list prices (USD); pass your own.
+  vcpuHour: '0.033', gibHour: '0.0045', hoursPerMonth: '730',
+};
+
+/** `meshlet cost`: the cluster's shape, the two meshes' requests, and prices. */
+export function loadCostConfig(argv: string[]): { inputs: import('./cost.ts').CostInputs; json: boolean } {
+  const d = costDefaults;
+  const { values: v } = parse(() => parseArgs({ args: argv, strict: true, options: {
+    nodes: { type: 'string', default: d.nodes },
+    'pods-per-node': { type: 'string', default: d.podsPerNode },
+    'sidecar-cpu': { type: 'string', default: d.sidecarCpu },
+    'sidecar-memory': { type: 'string', default: d.sidecarMemory },
+    'agent-cpu': { type: 'string', default: d.agentCpu },
+    'agent-memory': { type: 'string', default: d.agentMemory },
+    'vcpu-hour': { type: 'string', default: d.vcpuHour },
+    'gib-hour': { type: 'string', default: d.gibHour },
+    'hours-per-month': { type: 'string', default: d.hoursPerMonth },
+    json: { type: 'boolean', default: false },
+  } }));
+  const p = new Problems();
+  const cpu = (flag: string) => {
+    const n = parseCpu(String(v[flag as keyof typeof v]));
+    if (n === undefined) p.list.push(`--${flag}: ${JSON.stringify(v[flag as keyof typeof v])} is not a CPU quantity (e.g. 100m, 0.5)`);
+    return n ?? 0;
+  };
+  const memory = (flag: string) => {
+    const n = parseMemory(String(v[flag as keyof typeof v]));
+    if (n === undefined) p.list.push(`--${flag}: ${JSON.stringify(v[flag as keyof typeof v])} is not a memory quantity (e.g. 128Mi, 1Gi)`);
+    return n ?? 0;
+  };
+  const price = (flag: string) => {
+    const text = String(v[flag as keyof typeof v]);
+    const n = Number(text);
+    if (!/^\d+(\.\d+)?$/.test(text)) p.list.push(`--${flag}: ${JSON.stringify(text)} is not a price (e.g. 0.033)`);
+    return n;
+  };
+  const inputs = {
+    nodes: p.int('nodes', String(v.nodes), 1, 100_000),
+    podsPerNode: p.int('pods-per-node', String(v['pods-per-node']), 1, 10_000),
+    sidecar: { cpuMillis: cpu('sidecar-cpu'), memoryMiB: memory('sidecar-memory') },
+    agent: { cpuMillis: cpu('agent-cpu'), memoryMiB: memory('agent-memory') },
+    vcpuHour: price('vcpu-hour'),
+    gibHour: price('gib-hour'),
+    hoursPerMonth: p.int('hours-per-month', String(v['hours-per-month']), 1, 744),
+  };
+  p.throwIfAny();
+  return { inputs, json: Boolean(v.json) };
+}
+
 /** `meshlet policy check`: a connection, and where the workloads and policies come from. */
 export function loadPolicyCheckConfig(argv: string[]): { from: string; to: string; json: boolean; workloads: WorkloadsConfig } {
   const { values: v } = parse(() => parseArgs({ args: argv, strict: true, options: {

@@ -1,0 +1,83 @@
+// `meshlet cost`: what the mesh reserves in a cluster, and what that costs a month, with a sidecar per
+// pod against one meshlet agent per node. Schedulers place pods by their requests, so reservations,
+// not use, are what take node capacity and therefore what is billed.
+import { table } from './status.ts';
+
+export interface Reservation {
+  cpuMillis: number;
+  memoryMiB: number;
+}
+
+export interface CostInputs {
+  nodes: number;
+  podsPerNode: number;
+  /** One sidecar's requests (Istio's injected default: 100m, 128Mi). */
+  sidecar: Reservation;
+  /** One meshlet agent's requests (the DaemonSet's: 100m, 128Mi). */
+  agent: Reservation;
+  /** Price of one vCPU and of one GiB of memory for an hour. */
+  vcpuHour: number;
+  gibHour: number;
+  /** Hours billed per month (730 = 365 × 24 / 12). */
+  hoursPerMonth: number;
+}
+
+export interface MeshCost {
+  instances: number;
+  vcpu: number;
+  gib: number;
+  monthly: number;
+  /** The same, spread over the pods the mesh serves. */
+  perPod: { vcpu: number; gib: number; monthly: number };
+}
+
+export interface CostProjection {
+  pods: number;
+  sidecars: MeshCost;
+  meshlet: MeshCost;
+  saved: { vcpu: number; gib: number; monthly: number; fraction: number };
+}
+
+function meshCost(instances: number, r: Reservation, pods: number, i: CostInputs): MeshCost {
+  const vcpu = (instances * r.cpuMillis) / 1000;
+  const gib = (instances * r.memoryMiB) / 1024;
+  const monthly = (vcpu * i.vcpuHour + gib * i.gibHour) * i.hoursPerMonth;
+  return { instances, vcpu, gib, monthly, perPod: { vcpu: vcpu / pods, gib: gib / pods, monthly: monthly / pods } };
+}
+
+export function projectCost(i: CostInputs): CostProjection {
+  const pods = i.nodes * i.podsPerNode;
+  const sidecars = meshCost(pods, i.sidecar, pods, i);
+  const meshlet = meshCost(i.nodes, i.agent, pods, i);
+  return {
+    pods, sidecars, meshlet,
+    saved: {
+      vcpu: sidecars.vcpu - meshlet.vcpu,
+      gib: sidecars.gib - meshlet.gib,
+      monthly: sidecars.monthly - meshlet.monthly,
+      fraction: sidecars.monthly > 0 ? 1 - meshlet.monthly / sidecars.monthly : 0,
+    },
+  };
+}
+
+const money = (n: number) => (Math.abs(n) >= 100 ? n.toFixed(0) : n.toFixed(2));
+const num = (n: number) => (Number.isInteger(n) ? String(n) : n.toFixed(n >= 10 ? 1 : 3));
+
+export function formatCost(p: CostProjection, i: CostInputs): string {
+  const row = (name: string, requests: Reservation, c: MeshCost) => [
+    name, String(c.instances), `${requests.cpuMillis}m / ${requests.memoryMiB}Mi`, num(c.vcpu), num(c.gib), money(c.monthly),
+    `${(c.perPod.vcpu * 1000).toFixed(1)}m / ${(c.perPod.gib * 1024).toFixed(1)}Mi`,
+  ];
+  return [
+    `${i.nodes} nodes x ${i.podsPerNode} pods = ${p.pods} pods; ${i.vcpuHour}/vCPU-hour, ${i.gibHour}/GiB-hour, ${i.hoursPerMonth} hours a month`,
+    '',
+    table(['MESH', 'PROXIES', 'REQUESTS EACH', 'vCPU', 'GiB', 'PER MONTH', 'PER POD'], [
+      row('sidecar per pod', i.sidecar, p.sidecars),
+      row('meshlet per node', i.agent, p.meshlet),
+    ]),
+    `meshlet reserves ${num(p.saved.vcpu)} vCPU and ${num(p.saved.gib)} GiB less: ${money(p.saved.monthly)} a month, ` +
+      `${(p.saved.fraction * 100).toFixed(1)}% of the sidecars' cost.`,
+    'Requests, not use, take node capacity: to project from measured use instead, pass it as --sidecar-* and --agent-*.',
+    '',
+  ].join('\n');
+}
