@@ -130,7 +130,7 @@ export class MeshMetrics {
       },
     });
     new Gauge({
-      name: 'meshlet_tunnel_pool_sessions', help: 'Pooled tunnel sessions (one per source identity and destination pod)', registers,
+      name: 'meshlet_tunnel_pool_sessions', help: 'Pooled tunnel sessions (per source identity and destination pod: one, and one more per 100 concurrent connections)', registers,
       collect() { this.set(sources.pool?.().length ?? 0); },
     });
     new Gauge({

@@ -100,12 +100,20 @@ describe('data path in network namespaces', { concurrency: false }, () => {
     assert.equal(y.results.filter((r) => r.ok).length, 50, JSON.stringify(y.results.filter((r) => !r.ok)));
     const pools = (await lab.configDump(lab.node('node-a'))).pools as Array<{ key: string; peer: string }>;
     const keys = pools.map((p) => p.key).sort();
-    // One session per (source identity, destination pod), however many connections went through.
+    // One session per (source identity, destination pod) for up to 100 connections at a time.
     assert.deepEqual(keys, [
       `${id('shop', 'cart')}|${lab.pod('b2').ip}`,
       `${id('shop', 'web')}|${lab.pod('b1').ip}`,
       `${id('shop', 'web')}|${lab.pod('b2').ip}`,
     ]);
+  });
+
+  it('opens another session for a pair once its sessions carry 100 connections each', async () => {
+    const pair = `${id('shop', 'web')}|${lab.pod('b1').ip}`;
+    const r = await lab.client('a1', { host: lab.pod('b1').ip, port: PORT, bytes: MB, connections: 150 });
+    assert.equal(r.results.filter((x) => x.ok).length, 150, JSON.stringify(r.results.filter((x) => !x.ok)));
+    const sessions = ((await lab.configDump(lab.node('node-a'))).pools as Array<{ key: string }>).filter((p) => p.key === pair);
+    assert.ok(sessions.length >= 2, `150 concurrent connections on ${sessions.length} session(s)`);
   });
 
   it('sends only TLS between the nodes: no plaintext payload on the wire, TLS records on port 15008', async () => {

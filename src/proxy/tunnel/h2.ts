@@ -9,10 +9,14 @@ export const ALPN = 'h2';
 // kind of machine; 16 MB windows doubled it (measured, see shared design facts).
 export const WINDOW_BYTES = 16 * 1024 * 1024;
 
+// 100 streams a session: a peer (even one ignoring SETTINGS) can hand the agent at most 100 new
+// connections in one socket read, which the one event loop then serves before anything else; with
+// 1000 such a burst held other tenants up for about 0.2 s (bench/README.md, Reliability). The pool
+// opens more sessions for a pair that needs more (pool.ts).
 export const h2Settings = {
   initialWindowSize: WINDOW_BYTES,
   enablePush: false,
-  maxConcurrentStreams: 1000,
+  maxConcurrentStreams: 100,
 };
 
 // Node caps what one HTTP/2 session may hold (maxSessionMemory, in MB, default 10) and refuses new

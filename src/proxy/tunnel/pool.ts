@@ -1,5 +1,7 @@
-// Client side of the tunnel: one mTLS HTTP/2 session per (source identity, destination pod), shared
-// by every app connection between them, so handshakes happen once per pair, not once per connection.
+// Client side of the tunnel: mTLS HTTP/2 sessions per (source identity, destination pod), shared by
+// the app connections between them, so handshakes happen once per pair, not once per connection.
+// A session carries at most STREAMS_PER_SESSION connections (what the peer advertises); past that
+// the pool opens another session for the pair rather than queue connections behind a full one.
 import http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -29,9 +31,13 @@ export interface TunnelPoolOptions {
   onHandshake?(seconds: number, ok: boolean): void;
 }
 
+/** Connections one session carries at most: the stream limit every agent advertises. */
+export const STREAMS_PER_SESSION = h2Settings.maxConcurrentStreams;
+
 interface PoolEntry {
   key: string;
   session: Promise<http2.ClientHttp2Session>;
+  /** Streams open or being opened on it (a slot is taken before the session is even up). */
   streams: number;
   createdAt: number;
   peerId: string;
@@ -51,7 +57,8 @@ class NeverSeenError extends Error {
 }
 
 export class TunnelPool {
-  readonly #entries = new Map<string, PoolEntry>();
+  /** Sessions per (source identity, destination pod). */
+  readonly #entries = new Map<string, PoolEntry[]>();
   readonly #opts: TunnelPoolOptions;
   readonly #log: Logger;
   #closed = false;
@@ -77,16 +84,31 @@ export class TunnelPool {
     }
   }
 
-  /** Drops the pool's entry for `key` if it still holds this session (a newer one is left alone). */
+  /** Drops the pool's entry that holds this session, if it still has one. */
   #forget(key: string, session: http2.ClientHttp2Session): void {
-    const current = this.#entries.get(key);
-    if (current?.resolved === session) this.#entries.delete(key);
+    this.#drop(key, (e) => e.resolved === session);
+  }
+
+  #drop(key: string, which: (e: PoolEntry) => boolean): void {
+    const list = this.#entries.get(key);
+    if (!list) return;
+    const rest = list.filter((e) => !which(e));
+    if (rest.length === 0) this.#entries.delete(key); else this.#entries.set(key, rest);
   }
 
   async #connectOnce(sourceId: string, target: TunnelTarget): Promise<http2.ClientHttp2Stream> {
     const entry = this.#entry(sourceId, target);
-    const session = await entry.session;
+    let released = false;
+    const release = () => { if (!released) { released = true; entry.streams--; } };
+    let session: http2.ClientHttp2Session;
+    try {
+      session = await entry.session;
+    } catch (err) {
+      release();
+      throw err;
+    }
     if (session.closed || session.destroyed) {
+      release();
       throw new NeverSeenError(session, new TunnelRejectedError(undefined, 'tunnel session is closing'));
     }
     let stream: http2.ClientHttp2Stream;
@@ -100,12 +122,12 @@ export class TunnelPool {
       { endStream: false },
     );
     } catch (err) {
+      release();
       // ERR_HTTP2_GOAWAY_SESSION / ERR_HTTP2_INVALID_SESSION: the session went away under us.
       throw new NeverSeenError(session, new TunnelRejectedError(undefined, (err as Error).message));
     }
-    entry.streams++;
     let answered = false;
-    stream.once('close', () => { entry.streams--; });
+    stream.once('close', release);
     await new Promise<void>((resolve, reject) => {
       const settle = (err?: Error) => {
         if (answered) return;
@@ -133,17 +155,22 @@ export class TunnelPool {
     return stream;
   }
 
+  /** A session of the pair with a free slot, or a new one; the slot is taken here (release it). */
   #entry(sourceId: string, target: TunnelTarget): PoolEntry {
     const key = `${sourceId}|${target.podIp}`;
-    const existing = this.#entries.get(key);
-    if (existing) return existing;
-    const entry: PoolEntry = {
-      key, streams: 0, createdAt: Date.now(), peerId: target.expectedPeerId,
-      session: this.#open(sourceId, target, key),
-    };
-    // A failed session attempt is forgotten at once so the next connection tries again.
-    entry.session.then((s) => { entry.resolved = s; }, () => { if (this.#entries.get(key) === entry) this.#entries.delete(key); });
-    this.#entries.set(key, entry);
+    const list = this.#entries.get(key) ?? [];
+    let entry = list.find((e) => e.streams < STREAMS_PER_SESSION);
+    if (!entry) {
+      const created: PoolEntry = {
+        key, streams: 0, createdAt: Date.now(), peerId: target.expectedPeerId,
+        session: this.#open(sourceId, target, key),
+      };
+      // A failed session attempt is forgotten at once so the next connection tries again.
+      created.session.then((s) => { created.resolved = s; }, () => this.#drop(key, (e) => e === created));
+      this.#entries.set(key, [...list, created]);
+      entry = created;
+    }
+    entry.streams++;
     return entry;
   }
 
@@ -202,11 +229,16 @@ export class TunnelPool {
 
   /** Pool state for /config_dump. */
   dump(): Array<{ key: string; streams: number; ageMs: number; peer: string }> {
-    return [...this.#entries.values()].map((e) => ({ key: e.key, streams: e.streams, ageMs: Date.now() - e.createdAt, peer: e.peerId }));
+    return this.#all().map((e) => ({ key: e.key, streams: e.streams, ageMs: Date.now() - e.createdAt, peer: e.peerId }));
   }
 
+  /** Sessions held (a pair with more than STREAMS_PER_SESSION connections has several). */
   get size(): number {
-    return this.#entries.size;
+    return this.#all().length;
+  }
+
+  #all(): PoolEntry[] {
+    return [...this.#entries.values()].flat();
   }
 
   /**
@@ -214,14 +246,14 @@ export class TunnelPool {
    * connections it accepted before its listeners closed; destroy() ends everything.
    */
   async close(): Promise<void> {
-    const sessions = await Promise.allSettled([...this.#entries.values()].map((e) => e.session));
+    const sessions = await Promise.allSettled(this.#all().map((e) => e.session));
     this.#entries.clear();
     for (const s of sessions) if (s.status === 'fulfilled') s.value.close();
   }
 
   destroy(): void {
     this.#closed = true;
-    for (const e of this.#entries.values()) void e.session.then((s) => s.destroy(), () => undefined);
+    for (const e of this.#all()) void e.session.then((s) => s.destroy(), () => undefined);
     this.#entries.clear();
   }
 }
