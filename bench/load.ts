@@ -2,10 +2,12 @@
 // line. They know nothing of meshlet.
 //
 //   load http-server --port P                   answers every POST with a body of the request's size
-//   load latency --url U --rate R --seconds S --size B --connections C
+//   load latency --url U [--url U2 ...] [--method POST|GET] --rate R --seconds S --size B --connections C
 //       open loop: requests are scheduled at a fixed rate and latency is measured from the scheduled
 //       time, so a stall is charged to every request it delays (no coordinated omission)
 //   load bulk --host H --port P --bytes N       one connection, N bytes to a sink, until its answer
+//   load poll --url U [--interval-ms 20] [--seconds S] [--until-ok]
+//       a GET on a fresh connection every interval; when the first one succeeded
 //   load connrate --host H --port P --seconds S --concurrency C
 //       new connections per second: connect, 1 byte echoed, close; C at a time
 import { createServer } from 'node:http';
@@ -31,10 +33,16 @@ function httpServer(port: number): void {
   server.listen(port, '0.0.0.0', () => process.stdout.write(`listening ${port}\n`));
 }
 
-async function latency(url: string, rate: number, seconds: number, size: number, connections: number): Promise<void> {
-  const origin = new URL(url);
-  const pool = new Pool(origin.origin, { connections, pipelining: 1, keepAliveTimeout: 60_000 });
-  const body = Buffer.alloc(size, 0x62);
+/**
+ * Open loop at `rate` over `urls` in turn (one pool each). POST: the server echoes `size` bytes
+ * (http-server above). GET: any server answering `size` bytes (a static file).
+ */
+async function latency(urls: string[], rate: number, seconds: number, size: number, connections: number, method: 'POST' | 'GET'): Promise<void> {
+  const targets = urls.map((u) => {
+    const origin = new URL(u);
+    return { path: origin.pathname, pool: new Pool(origin.origin, { connections, pipelining: 1, keepAliveTimeout: 60_000 }) };
+  });
+  const body = method === 'POST' ? Buffer.alloc(size, 0x62) : undefined;
   const fromSend: number[] = [];
   const fromDue: number[] = [];
   let errors = 0;
@@ -49,8 +57,9 @@ async function latency(url: string, rate: number, seconds: number, size: number,
     while (next < total && start + next * interval <= now) {
       const due = start + next * interval;
       const sent = performance.now();
+      const target = targets[next % targets.length]!;
       next++;
-      inflight.push(pool.request({ path: origin.pathname, method: 'POST', body }).then(async (res) => {
+      inflight.push(target.pool.request({ path: target.path, method, ...(body ? { body } : {}) }).then(async (res) => {
         const got = Buffer.from(await res.body.arrayBuffer());
         if (res.statusCode !== 200 || got.length !== size) errors++;
         const end = performance.now();
@@ -62,15 +71,15 @@ async function latency(url: string, rate: number, seconds: number, size: number,
   }
   await Promise.all(inflight);
   const elapsed = (performance.now() - start) / 1000;
-  await pool.close();
+  await Promise.all(targets.map((t) => t.pool.close()));
   fromSend.sort((a, b) => a - b);
   fromDue.sort((a, b) => a - b);
   process.stdout.write(`${JSON.stringify({
     requests: total, errors, achievedRate: Math.round(fromSend.length / elapsed),
     // Service time: from the moment the request was handed to the client.
-    p50: percentile(fromSend, 50), p90: percentile(fromSend, 90), p99: percentile(fromSend, 99), max: fromSend.at(-1),
+    p50: percentile(fromSend, 50), p90: percentile(fromSend, 90), p95: percentile(fromSend, 95), p99: percentile(fromSend, 99), max: fromSend.at(-1),
     // From the moment it was due: also charges the generator's own lateness and any stall ahead of it.
-    due: { p50: percentile(fromDue, 50), p99: percentile(fromDue, 99) },
+    due: { p50: percentile(fromDue, 50), p95: percentile(fromDue, 95), p99: percentile(fromDue, 99) },
   })}\n`);
 }
 
@@ -121,15 +130,39 @@ async function connrate(host: string, port: number, seconds: number, concurrency
   process.stdout.write(`${JSON.stringify({ connections: done, errors, seconds: elapsed, perSecond: Math.round(done / elapsed) })}\n`);
 }
 
+/**
+ * A GET every `intervalMs` on a fresh connection, for up to `seconds`: prints when the first one
+ * succeeded (ms from start). With `untilOk` it stops there; otherwise it keeps going (the harness
+ * decides from the agents' logs which success counts).
+ */
+async function poll(url: string, intervalMs: number, seconds: number, untilOk: boolean): Promise<void> {
+  const start = performance.now();
+  let firstOkMs: number | undefined;
+  let attempts = 0;
+  while (performance.now() - start < seconds * 1000) {
+    attempts++;
+    const ok = await fetch(url, { signal: AbortSignal.timeout(1000), headers: { connection: 'close' } })
+      .then(async (r) => { await r.arrayBuffer(); return r.status === 200; }, () => false);
+    if (ok && firstOkMs === undefined) {
+      firstOkMs = performance.now() - start;
+      if (untilOk) break;
+    }
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+  process.stdout.write(`${JSON.stringify({ firstOkMs, attempts })}\n`);
+}
+
 const [cmd, ...rest] = process.argv.slice(2);
 const { values: v } = parseArgs({ args: rest, options: {
-  port: { type: 'string' }, url: { type: 'string' }, rate: { type: 'string', default: '1000' }, seconds: { type: 'string', default: '10' },
+  port: { type: 'string' }, url: { type: 'string', multiple: true }, method: { type: 'string', default: 'POST' }, rate: { type: 'string', default: '1000' }, seconds: { type: 'string', default: '10' },
   size: { type: 'string', default: '1024' }, connections: { type: 'string', default: '4' }, host: { type: 'string' },
   bytes: { type: 'string' }, concurrency: { type: 'string', default: '32' },
+  'interval-ms': { type: 'string', default: '20' }, 'until-ok': { type: 'boolean', default: false },
 } });
 if (cmd === 'http-server') httpServer(Number(v.port));
-else if (cmd === 'latency') await latency(String(v.url), Number(v.rate), Number(v.seconds), Number(v.size), Number(v.connections));
+else if (cmd === 'latency') await latency(v.url ?? [], Number(v.rate), Number(v.seconds), Number(v.size), Number(v.connections), v.method === 'GET' ? 'GET' : 'POST');
 else if (cmd === 'bulk') await bulk(String(v.host), Number(v.port), Number(v.bytes));
+else if (cmd === 'poll') await poll(String(v.url?.[0]), Number(v['interval-ms']), Number(v.seconds), Boolean(v['until-ok']));
 else if (cmd === 'connrate') await connrate(String(v.host), Number(v.port), Number(v.seconds), Number(v.concurrency));
 else {
   process.stderr.write('usage: load http-server|latency|bulk|connrate ...\n');

@@ -105,10 +105,10 @@ export function goals(r: CostResults): Goal[] {
   const at = (config: MeshConfig, pods = maxPods) => r.runs.find((x) => x.config === config && x.pods === pods);
   const node = at('meshlet-node');
   const out: Goal[] = [];
-  for (const sidecar of ['haproxy-sidecar', 'meshlet-sidecar'] as const) {
+  for (const [sidecar, kind] of [['haproxy-sidecar', 'HAProxy'], ['meshlet-sidecar', 'meshlet']] as const) {
     const s = at(sidecar);
     out.push({
-      goal: `meshlet node agent total RSS at N = ${maxPods} below 1/5 of the ${CONFIG_LABELS[sidecar]}s' sum`,
+      goal: `meshlet node agent total RSS at N = ${maxPods} below 1/5 of the sum of the ${kind} sidecars`,
       measured: node && s ? `${node.load.rssMiB.toFixed(1)} MiB against ${s.load.rssMiB.toFixed(1)} MiB (${((node.load.rssMiB / s.load.rssMiB) * 100).toFixed(1)}%)` : 'not measured',
       met: node && s ? node.load.rssMiB < s.load.rssMiB / 5 : undefined,
     });

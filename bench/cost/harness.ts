@@ -1,0 +1,147 @@
+// `npm run bench:cost -- --pods 10,25,50` (root): what the mesh costs next to no mesh, measured the
+// same way for every configuration, in one run. A client node with a load-generator pod; a node with
+// N pods, each running busybox httpd (a small real server from Debian) serving a 1 KB file.
+//
+// Per configuration and N: RSS and CPU of all mesh processes idle (3 s) and under a fixed aggregate
+// rate spread over the N pods (open loop, latency from the moment each request was handed to the
+// client; p50/p95/p99), and the time from a pod's start to its first successful request through the
+// mesh. Writes bench/results/<date>-cost.json (every raw figure and the machine), the charts (SVG)
+// and bench/results/<date>-cost.md (bench/cost/report.ts).
+//
+// Configurations measured so far: no mesh, and meshlet's agent per node. The sidecar configurations
+// (HAProxy, meshlet per pod) are not built yet; the report says "not measured" for what needs them.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus, release, totalmem } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { MeshLab, processCpuSeconds, processRssMiB } from '../../src/demo/lab.ts';
+import { assertNetnsPrerequisites } from '../../src/netns/topology.ts';
+import { type CostResults, type CostRun, type MeshConfig, markdown, renderCharts } from './report.ts';
+
+const HERE = resolve(fileURLToPath(import.meta.url), '..');
+const LOAD = join(HERE, '..', 'load.ts');
+const APP_PORT = 8080;
+const FILE_BYTES = 1024;
+const MEASURED: MeshConfig[] = ['none', 'meshlet-node'];
+
+const { values: opts } = parseArgs({ options: {
+  pods: { type: 'string', default: '10,25,50' },
+  rate: { type: 'string', default: '500' },
+  seconds: { type: 'string', default: '10' },
+  'idle-seconds': { type: 'string', default: '3' },
+  out: { type: 'string', default: join(HERE, '..', 'results') },
+} });
+const podCounts = String(opts.pods).split(',').map(Number);
+const rate = Number(opts.rate);
+const seconds = Number(opts.seconds);
+const idleSeconds = Number(opts['idle-seconds']);
+const say = (s: string) => process.stderr.write(`${s}\n`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** CPU cores used and RSS (at the end) of `pids` together, over `ms`. */
+async function sample(pids: number[], ms: number): Promise<{ cpuCores: number; rssMiB: number }> {
+  const cpu0 = pids.reduce((n, p) => n + processCpuSeconds(p), 0);
+  const t0 = performance.now();
+  await sleep(ms);
+  const cpu1 = pids.reduce((n, p) => n + processCpuSeconds(p), 0);
+  return { cpuCores: (cpu1 - cpu0) / ((performance.now() - t0) / 1000), rssMiB: pids.reduce((n, p) => n + processRssMiB(p), 0) };
+}
+
+async function measure(config: MeshConfig, pods: number): Promise<CostRun> {
+  const apps = Array.from({ length: pods }, (_, i) => ({ name: `app-${i}`, namespace: 'bench', serviceAccount: 'app' }));
+  const lab = await MeshLab.create({
+    nodes: [
+      { name: 'client-node', pods: [{ name: 'loadgen', namespace: 'bench' }] },
+      { name: 'pod-node', pods: [...apps, { name: 'late', namespace: 'bench', serviceAccount: 'app', registered: false }] },
+    ],
+    agentArgs: ['--access-log', 'on'],
+  });
+  try {
+    const www = join(lab.dir, 'www');
+    mkdirSync(www, { recursive: true });
+    writeFileSync(join(www, '1k'), Buffer.alloc(FILE_BYTES, 0x61));
+    const serve = (pod: string) => lab.topo.spawn(lab.pod(pod).ns, 'busybox', ['httpd', '-f', '-p', String(APP_PORT), '-h', www]);
+    for (const a of apps) serve(a.name);
+    const inLoadgen = async (args: string[]) => {
+      const r = await lab.topo.exec(lab.pod('loadgen').ns, process.execPath, [LOAD, ...args]);
+      if (r.code !== 0) throw new Error(`load ${args[0]} failed: ${r.stderr}`);
+      return JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+    };
+    const url = (pod: string) => `http://${lab.pod(pod).ip}:${APP_PORT}/1k`;
+    if (config === 'meshlet-node') await lab.startMesh();
+    // Every server answers (through the mesh when there is one) before anything is measured.
+    for (const a of apps) {
+      const p = await inLoadgen(['poll', '--url', url(a.name), '--seconds', '10', '--until-ok']);
+      if (p.firstOkMs === undefined) throw new Error(`${a.name} never answered`);
+    }
+    const pids = [...lab.agents.values()].map((a) => a.child.pid as number);
+
+    const idle = await sample(pids, idleSeconds * 1000);
+    const [l, used] = await Promise.all([
+      inLoadgen(['latency', ...apps.flatMap((a) => ['--url', url(a.name)]), '--method', 'GET', '--size', String(FILE_BYTES),
+        '--rate', String(rate), '--seconds', String(seconds), '--connections', '1']),
+      sample(pids, seconds * 1000),
+    ]);
+
+    // A pod starts: its server, and (with the mesh) its entry in the registry, at the same moment.
+    const late = lab.pod('late');
+    const started = Date.now();
+    serve('late');
+    let firstRequestMs: number;
+    if (config === 'none') {
+      firstRequestMs = (await inLoadgen(['poll', '--url', url('late'), '--seconds', '30', '--until-ok'])).firstOkMs;
+    } else {
+      const doc = lab.workloadsDocument() as { workloads: object[] };
+      await lab.writeWorkloads({ ...doc, workloads: [...doc.workloads, { name: 'late', namespace: 'bench', serviceAccount: 'app', ip: late.ip, node: 'pod-node', captured: true }] });
+      // Successes before the mesh knows the pod go around it (passthrough); the first that counts is
+      // the first the client's agent logged as tunnelled.
+      const polling = inLoadgen(['poll', '--url', url('late'), '--seconds', '30']);
+      let line: Record<string, any> | undefined;
+      while (!line && Date.now() - started < 30_000) {
+        line = (await lab.accessLog('client-node')).find((x) => x.dst?.workload === 'bench/late' && x.route === 'tunnel' && x.outcome === 'ok');
+        if (!line) await sleep(50);
+      }
+      void polling.catch(() => undefined);
+      if (!line) throw new Error('no request reached the late pod through the mesh');
+      firstRequestMs = Date.parse(line.time) - started;
+    }
+    return {
+      config, pods, processes: pids.length, idle: { rssMiB: idle.rssMiB, cpuCores: idle.cpuCores },
+      load: { ...used, requests: l.requests, errors: l.errors, latencyMs: { p50: l.p50, p95: l.p95, p99: l.p99 } },
+      firstRequestMs,
+    };
+  } finally {
+    await lab.destroy();
+  }
+}
+
+await assertNetnsPrerequisites();
+const results: CostResults = {
+  date: new Date().toISOString().slice(0, 10),
+  machine: { cpus: cpus().length, memoryGiB: Math.round(totalmem() / 2 ** 30), kernel: release(), node: process.version },
+  rate,
+  podReservation: { cpuMillis: 250, memoryMiB: 256 },
+  runs: [],
+};
+for (const pods of podCounts) {
+  for (const config of MEASURED) {
+    say(`${config}, ${pods} pods ...`);
+    const run = await measure(config, pods);
+    say(`  idle ${run.idle.rssMiB.toFixed(1)} MiB ${run.idle.cpuCores.toFixed(3)} cores; load ${run.load.rssMiB.toFixed(1)} MiB ${run.load.cpuCores.toFixed(3)} cores, ` +
+      `p50/p95/p99 ${run.load.latencyMs.p50.toFixed(2)}/${run.load.latencyMs.p95.toFixed(2)}/${run.load.latencyMs.p99.toFixed(2)} ms, ${run.load.errors} errors; first request ${run.firstRequestMs.toFixed(0)} ms`);
+    results.runs.push(run);
+  }
+}
+mkdirSync(opts.out!, { recursive: true });
+const base = join(opts.out!, `${results.date}-cost`);
+writeFileSync(`${base}.json`, `${JSON.stringify(results, null, 2)}\n`);
+const charts = await renderCharts(results);
+const files: Record<string, string> = {};
+for (const [name, svg] of Object.entries(charts)) {
+  const file = `${results.date}-cost-${name}.svg`;
+  writeFileSync(join(opts.out!, file), svg);
+  files[name] = file;
+}
+writeFileSync(`${base}.md`, markdown(results, files));
+say(`written ${base}.json, ${base}.md and ${Object.keys(files).length} charts`);
