@@ -85,6 +85,47 @@ describe('documents', () => {
     }), RUNS);
   });
 
+  it('the workloads file\'s services: a snapshot whose endpoints all have valid ports, or WorkloadSourceError', () => {
+    const base = {
+      trustDomain: 'td.test', nodes: [{ name: 'n1', ip: '10.0.0.1' }],
+      workloads: [
+        { name: 'a', namespace: 'shop', serviceAccount: 'a', ip: '10.1.0.1', node: 'n1', labels: { app: 'api' }, ports: [{ name: 'http', port: 8080 }] },
+        { name: 'b', namespace: 'shop', serviceAccount: 'b', ip: '10.1.0.2', node: 'n1', labels: { app: 'api' } },
+      ],
+    };
+    // Mostly well-formed entries (so that some parse), with bad values mixed in, and arbitrary junk.
+    const port = fc.oneof(fc.integer({ min: 1, max: 65535 }), fc.integer({ min: -5, max: 70_000 }), fc.constantFrom('http', 'nope', 'HTTP', ''));
+    const backends = fc.oneof(
+      fc.record({ selector: fc.oneof(fc.constant({ app: 'api' }), fc.anything({ maxDepth: 1 })) }),
+      fc.record({ endpoints: fc.array(fc.constantFrom('a', 'b', '192.0.2.7', 'zz'), { maxLength: 3 }) }),
+    );
+    const service = fc.oneof(
+      { weight: 1, arbitrary: fc.anything({ maxDepth: 3 }) },
+      { weight: 5, arbitrary: fc.tuple(fc.record({
+        name: fc.constantFrom('api', 'x', 'Bad_Name'),
+        namespace: fc.constantFrom('shop', 'shop', 'other'),
+        clusterIP: fc.constantFrom('10.96.0.1', '10.96.0.2', 'None', '::1', 'x'),
+        ports: fc.array(fc.record({ name: fc.constantFrom('http', 'admin'), port, targetPort: port }, { requiredKeys: ['port'] }), { minLength: 1, maxLength: 2 }),
+        trafficDistribution: fc.constantFrom('PreferClose', 'Anywhere'),
+      }, { requiredKeys: ['name', 'namespace', 'clusterIP', 'ports'] }), backends).map(([svc, b]) => ({ ...svc, ...b })) },
+    );
+    let withEndpoints = 0;
+    fc.assert(fc.property(fc.array(service, { maxLength: 2 }), (services) => {
+      let snap;
+      try { snap = parseWorkloadsFile(stringify({ ...base, services })); } catch (err) { assert.ok(err instanceof WorkloadSourceError, String(err)); return; }
+      for (const svc of snap.services) {
+        if (svc.endpoints.length > 0) withEndpoints++;
+        for (const e of svc.endpoints) {
+          for (const [name, n] of Object.entries(e.ports)) {
+            assert.ok(svc.ports.some((p) => p.name === name), name);
+            assert.ok(Number.isInteger(n) && n >= 1 && n <= 65535, String(n));
+          }
+        }
+      }
+    }), { ...RUNS, numRuns: 1000 });
+    assert.ok(withEndpoints > 0, 'the generator never produced a valid service with endpoints');
+  });
+
   it('MeshPolicy specs: never throw; a spec without problems compiles and decides', () => {
     const dst: Workload = { name: 'db', namespace: 'shop', serviceAccount: 'db', ip: '10.0.0.2', node: 'n', captured: true, spiffeId: 'spiffe://td/ns/shop/sa/db', labels: { app: 'db' }, workload: 'db' };
     const patterns = fc.array(fc.oneof(fc.constantFrom('*', 'spiffe://td/*', '*/sa/web', 'td/ns/shop/sa/web', 'shop', '10.0.0.0/8', 'fd00::/8'), fc.string({ maxLength: 20 })), { maxLength: 4 });
