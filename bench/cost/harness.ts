@@ -8,14 +8,19 @@
 // mesh. Writes bench/results/<date>-cost.json (every raw figure and the machine), the charts (SVG)
 // and bench/results/<date>-cost.md (bench/cost/report.ts).
 //
-// Configurations measured so far: no mesh, and meshlet's agent per node. The sidecar configurations
-// (HAProxy, meshlet per pod) are not built yet; the report says "not measured" for what needs them.
+// Configurations measured so far: no mesh; HAProxy (Debian's) as an mTLS sidecar in every pod, the
+// load generator's included (outbound: the app's connections REDIRECTed in OUTPUT, HAProxy's own
+// excluded by its uid, to a listener that connects to the original destination over TLS with the
+// pod's certificate; inbound: connections to the app port REDIRECTed in PREROUTING to a TLS
+// listener that requires a client certificate from the mesh's root); and meshlet's agent per node.
+// meshlet run as a sidecar per pod is not built yet; the report says "not measured" for it.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, release, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { MeshLab, processCpuSeconds, processRssMiB } from '../../src/demo/lab.ts';
+import { createCsr, createRootCa, generateRsaKey, type RootCa, signWorkloadCsr } from '../../src/identity/ca.ts';
 import { assertNetnsPrerequisites } from '../../src/netns/topology.ts';
 import { type CostResults, type CostRun, type MeshConfig, markdown, renderCharts } from './report.ts';
 
@@ -23,7 +28,39 @@ const HERE = resolve(fileURLToPath(import.meta.url), '..');
 const LOAD = join(HERE, '..', 'load.ts');
 const APP_PORT = 8080;
 const FILE_BYTES = 1024;
-const MEASURED: MeshConfig[] = ['none', 'meshlet-node'];
+const MEASURED: MeshConfig[] = ['none', 'haproxy-sidecar', 'meshlet-node'];
+const SIDECAR_OUT = 15001;
+const SIDECAR_IN = 15006;
+const TRUST_DOMAIN = 'cost.test';
+
+/** One HAProxy sidecar's configuration: outbound to original destinations over mTLS, inbound mTLS to the app. */
+function haproxyConfig(pem: string, ca: string): string {
+  return [
+    'global', '  user haproxy', '  group haproxy', '  nbthread 1', '  ssl-server-verify required',
+    'defaults', '  mode tcp', '  timeout connect 5s', '  timeout client 60s', '  timeout server 60s',
+    'frontend outbound', `  bind 127.0.0.1:${SIDECAR_OUT}`, '  default_backend original-destination',
+    // 0.0.0.0:0: the address and port the app connected to (SO_ORIGINAL_DST after the REDIRECT).
+    'backend original-destination', `  server dst 0.0.0.0:0 ssl crt ${pem} ca-file ${ca} verify required`,
+    'frontend inbound', `  bind 0.0.0.0:${SIDECAR_IN} ssl crt ${pem} ca-file ${ca} verify required`, '  default_backend app',
+    'backend app', `  server app 127.0.0.1:${APP_PORT}`, '',
+  ].join('\n');
+}
+
+/** iptables-restore input for a pod with a sidecar: its app's outbound and inbound traffic through HAProxy. */
+function sidecarCapture(): string {
+  return [
+    '*nat',
+    `-A OUTPUT -p tcp -m tcp --dport ${APP_PORT} -m owner ! --uid-owner haproxy -j REDIRECT --to-ports ${SIDECAR_OUT}`,
+    `-A PREROUTING -p tcp -m tcp --dport ${APP_PORT} -j REDIRECT --to-ports ${SIDECAR_IN}`,
+    'COMMIT', '',
+  ].join('\n');
+}
+
+async function workloadPem(root: RootCa, name: string): Promise<string> {
+  const { privateKeyPem } = await generateRsaKey();
+  const { certPem } = signWorkloadCsr(root, createCsr(privateKeyPem, `spiffe://${TRUST_DOMAIN}/ns/bench/sa/${name}`), { trustDomain: TRUST_DOMAIN, ttlMs: 86_400_000 });
+  return `${certPem}${privateKeyPem}`;
+}
 
 const { values: opts } = parseArgs({ options: {
   pods: { type: 'string', default: '10,25,50' },
@@ -70,12 +107,33 @@ async function measure(config: MeshConfig, pods: number): Promise<CostRun> {
     };
     const url = (pod: string) => `http://${lab.pod(pod).ip}:${APP_PORT}/1k`;
     if (config === 'meshlet-node') await lab.startMesh();
+    const sidecars: number[] = [];
+    let addSidecar = async (_pod: string) => {};
+    if (config === 'haproxy-sidecar') {
+      const root = await createRootCa({ trustDomain: TRUST_DOMAIN });
+      const dir = join(lab.dir, 'haproxy');
+      mkdirSync(dir, { recursive: true });
+      const ca = join(dir, 'ca.pem');
+      writeFileSync(ca, root.certPem);
+      addSidecar = async (pod: string) => {
+        const pem = join(dir, `${pod}.pem`);
+        writeFileSync(pem, await workloadPem(root, pod), { mode: 0o644 });
+        const cfg = join(dir, `${pod}.cfg`);
+        writeFileSync(cfg, haproxyConfig(pem, ca));
+        const ns = lab.pod(pod).ns;
+        const rules = await lab.topo.exec(ns, 'iptables-restore', ['--noflush'], sidecarCapture());
+        if (rules.code !== 0) throw new Error(`sidecar capture in ${pod}: ${rules.stderr}`);
+        const child = lab.topo.spawn(ns, 'haproxy', ['-f', cfg, '-db']);
+        sidecars.push(child.pid as number);
+      };
+      for (const pod of ['loadgen', ...apps.map((a) => a.name)]) await addSidecar(pod);
+    }
     // Every server answers (through the mesh when there is one) before anything is measured.
     for (const a of apps) {
       const p = await inLoadgen(['poll', '--url', url(a.name), '--seconds', '10', '--until-ok']);
       if (p.firstOkMs === undefined) throw new Error(`${a.name} never answered`);
     }
-    const pids = [...lab.agents.values()].map((a) => a.child.pid as number);
+    const pids = [...[...lab.agents.values()].map((a) => a.child.pid as number), ...sidecars];
 
     const idle = await sample(pids, idleSeconds * 1000);
     const [l, used] = await Promise.all([
@@ -88,8 +146,10 @@ async function measure(config: MeshConfig, pods: number): Promise<CostRun> {
     const late = lab.pod('late');
     const started = Date.now();
     serve('late');
+    await addSidecar('late');
     let firstRequestMs: number;
-    if (config === 'none') {
+    if (config !== 'meshlet-node') {
+      // No mesh: the server answering. Sidecars: the only way to an answer is mTLS through both.
       firstRequestMs = (await inLoadgen(['poll', '--url', url('late'), '--seconds', '30', '--until-ok'])).firstOkMs;
     } else {
       const doc = lab.workloadsDocument() as { workloads: object[] };

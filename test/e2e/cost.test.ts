@@ -23,7 +23,7 @@ describe('cost harness smoke run', () => {
     const json = files.find((f) => f.endsWith('-cost.json'));
     assert.ok(json, files.join(', '));
     const results = JSON.parse(await readFile(join(out, json), 'utf8')) as CostResults;
-    assert.deepEqual(results.runs.map((x) => x.config), ['none', 'meshlet-node']);
+    assert.deepEqual(results.runs.map((x) => x.config), ['none', 'haproxy-sidecar', 'meshlet-node']);
     for (const run of results.runs) {
       assert.equal(run.pods, 2);
       for (const v of [run.idle.rssMiB, run.idle.cpuCores, run.load.rssMiB, run.load.cpuCores, run.load.latencyMs.p50, run.load.latencyMs.p95, run.load.latencyMs.p99, run.firstRequestMs]) {
@@ -35,9 +35,14 @@ describe('cost harness smoke run', () => {
     const mesh = results.runs.find((x) => x.config === 'meshlet-node')!;
     assert.equal(mesh.processes, 2, 'one agent on each node');
     assert.ok(mesh.load.rssMiB > 0 && mesh.load.cpuCores > 0, 'the agents were sampled');
+    const sidecars = results.runs.find((x) => x.config === 'haproxy-sidecar')!;
+    assert.equal(sidecars.processes, 3, 'a sidecar in each of the 2 pods and in the load generator');
+    assert.ok(sidecars.load.rssMiB > 0 && sidecars.load.cpuCores > 0, 'the sidecars were sampled');
     for (const chart of files.filter((f) => f.endsWith('.svg'))) assert.match(await readFile(join(out, chart), 'utf8'), /^<svg /);
     assert.equal(files.filter((f) => f.endsWith('.svg')).length, 2);
     const md = await readFile(join(out, json.replace('.json', '.md')), 'utf8');
     assert.match(md, /\| meshlet agent per node \| 2 \| 2 \|/);
+    assert.match(md, /\| HAProxy sidecar per pod \| 2 \| 3 \|/);
+    assert.match(md, /meshlet added p99 no worse than the HAProxy sidecar path on the same run \| \+/, 'the latency goal is measured now');
   });
 });
