@@ -8,9 +8,7 @@ import { AdminRequestError, createAdminServer, createMetricsServer, createReadin
 import { hasNetAdmin } from './capture/exec.ts';
 import { checkCapture } from './capture/install.ts';
 import { ConnectionLimitError, PrerequisiteError } from './errors.ts';
-import { createMemberSync } from './capture/ipset.ts';
-import { nftVouchScript } from './capture/nftables.ts';
-import { runCaptureTool } from './capture/install.ts';
+import { createMemberSync, createVouchWriter, type IpsetSync } from './capture/ipset.ts';
 import { ProbeGate } from './capture/probe-gate.ts';
 import { bundleSize } from './identity/ca.ts';
 import { createCaClientProvider } from './identity/ca-client.ts';
@@ -68,6 +66,8 @@ export class Agent {
   #tunnel: TunnelServer | undefined;
   readonly probeGate: ProbeGate;
   readonly balancer: EndpointBalancer;
+  /** One sync for the agent's life: its queue is what keeps two snapshots' writes from racing. */
+  readonly #members: IpsetSync;
   readonly #provider: CertificateProvider & { close?(): Promise<void> };
 
   readonly config: AgentConfig;
@@ -97,12 +97,9 @@ export class Agent {
         metrics?.endpointEjected(service.namespace, service.name);
       },
     });
+    this.#members = createMemberSync(config.capture);
     this.probeGate = new ProbeGate({
-      setName: config.capture.gateIpset, ttlMs: config.probeGateTtlMs, log: deps.log, vouched: () => this.#vouched(),
-      ...(config.capture.backend === 'nftables' ? {
-        format: (ips: readonly string[], ttl: number) => nftVouchScript(config.capture.gateIpset, ips, ttl),
-        apply: async (input: string) => { await runCaptureTool('nft', ['-f', '-'], input); },
-      } : {}),
+      ttlMs: config.probeGateTtlMs, log: deps.log, vouched: () => this.#vouched(), write: createVouchWriter(config.capture),
     });
     this.readiness.add({ name: 'capture', done: () => this.#captureInstalled });
     this.readiness.add({ name: 'workloads-synced', done: () => this.registry.synced && this.#ipsetSynced });
@@ -214,7 +211,7 @@ export class Agent {
     this.#tunnel?.prune();
     const ips = new Set(local.map((w) => w.ip));
     this.#log.info({ workloads: snapshot.workloads.length, localCaptured: local.length }, 'registry updated');
-    createMemberSync(this.config.capture).sync(ips).then(
+    this.#members.sync(ips).then(
       (r) => { this.#ipsetSynced = true; if (r.added || r.removed) this.#log.info(r, 'captured-pods ipset updated'); },
       (err) => { this.#log.error({ err: (err as Error).message }, 'cannot update the captured-pods ipset'); },
     );
@@ -322,7 +319,7 @@ export class Agent {
       workloads: (snapshot?.workloads ?? []).map((w) => ({ ...w, local: w.node === this.config.nodeName })),
       services: (snapshot?.services ?? []).map((s) => ({
         name: s.name, namespace: s.namespace, clusterIP: s.clusterIP ?? 'None', ports: s.ports, preferClose: s.preferClose,
-        endpoints: this.balancer.view(s).map((e) => ({ ...e, ports: s.endpoints.find((x) => x.ip === e.ip)?.ports })),
+        endpoints: this.balancer.view(s),
       })),
       certificates: this.certs.states().map((c) => c.state === 'available'
         ? { spiffeId: c.spiffeId, state: c.state, serial: c.serial, signedBy: c.signedBy, notBefore: new Date(c.notBefore).toISOString(), notAfter: new Date(c.notAfter).toISOString() }

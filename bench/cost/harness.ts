@@ -92,7 +92,6 @@ async function measure(config: MeshConfig, pods: number): Promise<CostRun> {
       { name: 'client-node', pods: [{ name: 'loadgen', namespace: 'bench' }] },
       { name: 'pod-node', pods: [...apps, { name: 'late', namespace: 'bench', serviceAccount: 'app', registered: false }] },
     ],
-    agentArgs: ['--access-log', 'on'],
   });
   try {
     const www = join(lab.dir, 'www');

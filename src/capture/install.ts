@@ -6,7 +6,7 @@ import { hasNetAdmin, runCommand } from './exec.ts';
 import {
   type CaptureSettings, type CaptureState, chainsExist, cleanupScript, installScript, isInstalled, parseCaptureState,
 } from './rules.ts';
-import { nftInstallScript, nftIsInstalled, nftTableName } from './nftables.ts';
+import { NFT_TABLE, nftInstallScript, nftIsInstalled } from './nftables.ts';
 
 export type InstallResult =
   | { action: 'dry-run'; script: string }
@@ -20,16 +20,20 @@ function assertPrivileged(): void {
   }
 }
 
-async function tool(cmd: string, args: string[], input?: string): Promise<string> {
-  let result;
+/** Runs a capture tool; a missing tool is a PrerequisiteError, the exit code is the caller's to judge. */
+async function runTool(cmd: string, args: string[], input?: string) {
   try {
-    result = await runCommand(cmd, args, input);
+    return await runCommand(cmd, args, input);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
       throw new PrerequisiteError(`${cmd} is not installed (apt-get install ${cmd === 'nft' ? 'nftables' : 'iptables ipset'})`);
     }
     throw err;
   }
+}
+
+async function tool(cmd: string, args: string[], input?: string): Promise<string> {
+  const result = await runTool(cmd, args, input);
   if (result.code !== 0) {
     const why = result.stderr.trim() || `exit code ${result.code}`;
     if (/permission denied|operation not permitted/i.test(why)) {
@@ -61,16 +65,10 @@ export function ipsetCreateArgs(s: CaptureSettings): string[][] {
 
 /** `nft list table ip meshlet`, or undefined when the table does not exist. */
 async function listNftTable(): Promise<string | undefined> {
-  let result;
-  try {
-    result = await runCommand('nft', ['list', 'table', ...nftTableName.split(' ')]);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new PrerequisiteError('nft is not installed (apt-get install nftables)');
-    throw err;
-  }
+  const result = await runTool('nft', ['list', 'table', ...NFT_TABLE]);
   if (result.code === 0) return result.stdout;
   if (/no such file or directory/i.test(result.stderr)) return undefined;
-  throw new CaptureError(`nft list table ${nftTableName} failed: ${result.stderr.trim()}`);
+  throw new CaptureError(`nft list table ${NFT_TABLE.join(' ')} failed: ${result.stderr.trim() || `exit code ${result.code}`}`);
 }
 
 async function installNft(s: CaptureSettings, opts: { dryRun?: boolean }): Promise<InstallResult> {
@@ -80,7 +78,7 @@ async function installNft(s: CaptureSettings, opts: { dryRun?: boolean }): Promi
   const before = await listNftTable();
   if (before !== undefined && nftIsInstalled(s, before)) return { action: 'unchanged', script };
   await tool('nft', ['-f', '-'], script);
-  if (!nftIsInstalled(s, (await listNftTable()) ?? '')) throw new CaptureError(`the ${nftTableName} table was applied but nft does not show it in place`);
+  if (!nftIsInstalled(s, (await listNftTable()) ?? '')) throw new CaptureError(`the ${NFT_TABLE.join(' ')} table was applied but nft does not show it in place`);
   return { action: 'installed', script };
 }
 
@@ -110,7 +108,7 @@ export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolea
   if (s.backend === 'nftables') {
     // The table holds both sets and both chains: deleting it removes all of meshlet's, nothing else.
     const exists = hasNetAdmin() && (await listNftTable()) !== undefined;
-    const script = exists ? `delete table ${nftTableName}\n` : '';
+    const script = exists ? `delete table ${NFT_TABLE.join(' ')}\n` : '';
     if (!opts.dryRun && script) await tool('nft', ['-f', '-'], script);
     return script;
   }

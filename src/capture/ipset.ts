@@ -1,9 +1,10 @@
-// Keeps the captured-pods set equal to this node's captured workloads. The rule count never grows
-// with pods: membership is the only thing that changes as pods come and go. The set is an ipset, or
-// with the nftables backend a set in meshlet's table.
+// The two sets the agent writes, for either capture backend (ipsets, or sets in meshlet's nftables
+// table): the captured pods, kept equal to this node's captured workloads (the rule count never grows
+// with pods: membership is the only thing that changes as pods come and go), and the pods the agent
+// vouches for (the probe gate).
 import { runCaptureTool } from './install.ts';
-import { nftMembersScript, nftTableName, parseNftSetJson } from './nftables.ts';
-import { type CaptureSettings, ipsetDiff, parseIpsetMembers } from './rules.ts';
+import { NFT_TABLE, nftMembersScript, nftVouchScript, parseNftSetJson } from './nftables.ts';
+import { type CaptureSettings, ipsetDiff, parseIpsetMembers, vouchLines } from './rules.ts';
 
 export interface IpsetSync {
   /** Makes the set's members exactly `desired`. Calls are serialized; the last one wins. */
@@ -16,7 +17,7 @@ type Change = { added: number; removed: number };
 /** The captured set of either backend. */
 export function createMemberSync(s: CaptureSettings): IpsetSync {
   if (s.backend === 'nftables') {
-    const members = async () => parseNftSetJson(await runCaptureTool('nft', ['-j', 'list', 'set', ...nftTableName.split(' '), s.ipset]));
+    const members = async () => parseNftSetJson(await runCaptureTool('nft', ['-j', 'list', 'set', ...NFT_TABLE, s.ipset]));
     return serialized(members, async (current, desired) => {
       const { script, added, removed } = nftMembersScript(s.ipset, current, desired);
       if (script) await runCaptureTool('nft', ['-f', '-'], script);
@@ -24,6 +25,12 @@ export function createMemberSync(s: CaptureSettings): IpsetSync {
     });
   }
   return createIpsetSync(s.ipset);
+}
+
+/** Vouches for exactly `ips` for `ttlSeconds` more (the probe gate's write), in either backend. */
+export function createVouchWriter(s: CaptureSettings): (ips: readonly string[], ttlSeconds: number) => Promise<void> {
+  if (s.backend === 'nftables') return async (ips, ttl) => { await runCaptureTool('nft', ['-f', '-'], nftVouchScript(s.gateIpset, ips, ttl)); };
+  return async (ips, ttl) => { await runCaptureTool('ipset', ['restore', '-exist'], `${vouchLines(s.gateIpset, ips, ttl).join('\n')}\n`); };
 }
 
 export function createIpsetSync(setName: string): IpsetSync {

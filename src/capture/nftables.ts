@@ -9,8 +9,9 @@
 // commands run in install.ts, ipset.ts and probe-gate.ts like the iptables ones.
 import type { CaptureSettings } from './rules.ts';
 
-export const NFT_TABLE = 'meshlet';
-const T = `ip ${NFT_TABLE}`;
+/** Family and name of meshlet's table, as nft takes them: `nft list table ip meshlet`. */
+export const NFT_TABLE = ['ip', 'meshlet'] as const;
+const T = NFT_TABLE.join(' ');
 
 /** Each chain's declaration and rules exactly as `nft list table` prints them. */
 export function nftChains(s: CaptureSettings): Record<'prerouting' | 'output', string[]> {
@@ -101,5 +102,3 @@ export function parseNftSetJson(json: string): Set<string> {
   }
   return out;
 }
-
-export const nftTableName = T;

@@ -1,23 +1,19 @@
 // The probe gate's live half: the agent vouches for the captured pods it can serve by re-adding them
-// to the vouched ipset, with a timeout, four times per TTL. The kernel does the rest (see gateRules):
+// to the vouched set (an ipset, or a set in meshlet's nftables table), with a timeout, four times
+// per TTL. The kernel does the rest (see gateRules):
 // connections the node opens to a captured pod pass while its entry lives and are reset once it has
 // timed out. A SIGKILLed agent, or one whose event loop is stuck, stops re-adding; within the TTL
 // kubelet's probes to its pods start failing, and the pods leave their Services' endpoints. Nothing
 // has to run for that to happen, which is the point: the agent is the thing that failed.
 import type { Logger } from 'pino';
-import { runCaptureTool } from './install.ts';
-import { vouchLines } from './rules.ts';
 
 export interface ProbeGateOptions {
-  setName: string;
   ttlMs: number;
   /** The pod IPs to vouch for now (empty while the agent cannot serve: starting, draining). */
   vouched(): string[];
   log: Logger;
-  /** The input that vouches for `ips` for `ttlSeconds` (default: `ipset restore -exist` lines). */
-  format?(ips: readonly string[], ttlSeconds: number): string;
-  /** Applies that input (default: `ipset restore -exist`); the nftables backend and tests replace it. */
-  apply?(input: string): Promise<void>;
+  /** Puts `ips` in the vouched set for `ttlSeconds` more (ipset.ts, createVouchWriter). */
+  write(ips: readonly string[], ttlSeconds: number): Promise<void>;
 }
 
 export interface ProbeGateStatus {
@@ -30,8 +26,6 @@ export interface ProbeGateStatus {
 
 export class ProbeGate {
   readonly #opts: ProbeGateOptions;
-  readonly #apply: (input: string) => Promise<void>;
-  readonly #format: (ips: readonly string[], ttlSeconds: number) => string;
   #timer: NodeJS.Timeout | undefined;
   #inFlight: Promise<void> | undefined;
   #vouched = 0;
@@ -43,8 +37,6 @@ export class ProbeGate {
 
   constructor(opts: ProbeGateOptions) {
     this.#opts = opts;
-    this.#apply = opts.apply ?? (async (input) => { await runCaptureTool('ipset', ['restore', '-exist'], input); });
-    this.#format = opts.format ?? ((ips, ttl) => `${vouchLines(opts.setName, ips, ttl).join('\n')}\n`);
   }
 
   get ttlSeconds(): number {
@@ -73,7 +65,7 @@ export class ProbeGate {
     if (ips.length === 0) { this.#applied = new Set(); return; }
     try {
       const started = Date.now();
-      await this.#apply(this.#format(ips, this.ttlSeconds));
+      await this.#opts.write(ips, this.ttlSeconds);
       this.#applied = new Set(ips);
       this.#lastRefresh = started;
       if (this.#lastError) this.#opts.log.info({ component: 'probe-gate' }, 'probe gate refreshed again');

@@ -42,6 +42,7 @@ export interface EndpointView {
   ip: string;
   node?: string;
   ready: boolean;
+  ports: Readonly<Record<string, number>>;
   open: number;
   consecutiveFailures: number;
   ejections: number;
@@ -190,7 +191,7 @@ export class EndpointBalancer {
     return service.endpoints.map((e) => {
       const s = this.#state.get(serviceKey(service))?.get(e.ip);
       return {
-        ip: e.ip, ...(e.node ? { node: e.node } : {}), ready: e.ready,
+        ip: e.ip, ...(e.node ? { node: e.node } : {}), ready: e.ready, ports: e.ports,
         open: s?.open ?? 0, consecutiveFailures: s?.consecutiveFailures ?? 0, ejections: s?.ejections ?? 0,
         ...(s && s.ejectedUntil > now ? { ejectedUntil: new Date(s.ejectedUntil).toISOString() } : {}),
         ...(s?.lastError ? { lastError: s.lastError } : {}),

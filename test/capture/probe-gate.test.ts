@@ -3,6 +3,7 @@ import { Writable } from 'node:stream';
 import { afterEach, describe, it, mock } from 'node:test';
 import pino from 'pino';
 import { ProbeGate } from '../../src/capture/probe-gate.ts';
+import { vouchLines } from '../../src/capture/rules.ts';
 
 function harness(opts: { ips?: string[]; fail?: () => boolean; ttlMs?: number } = {}) {
   const applied: string[] = [];
@@ -10,10 +11,11 @@ function harness(opts: { ips?: string[]; fail?: () => boolean; ttlMs?: number } 
   const sink = new Writable({ write(chunk, _enc, cb) { lines.push(JSON.parse(String(chunk))); cb(); } });
   let ips = opts.ips ?? ['10.0.0.1', '10.0.0.2'];
   const gate = new ProbeGate({
-    setName: 'vouched', ttlMs: opts.ttlMs ?? 4000, log: pino({ level: 'info' }, sink), vouched: () => ips,
-    apply: async (input) => {
+    ttlMs: opts.ttlMs ?? 4000, log: pino({ level: 'info' }, sink), vouched: () => ips,
+    // Recorded as the ipset backend would write it (the text is checked below).
+    write: async (written, ttl) => {
       if (opts.fail?.()) throw new Error('ipset: no such set');
-      applied.push(input);
+      applied.push(`${vouchLines('vouched', written, ttl).join('\n')}\n`);
     },
   });
   return { gate, applied, lines, setIps: (next: string[]) => { ips = next; } };

@@ -140,7 +140,7 @@ describe('Services in network namespaces', { concurrency: false }, () => {
 // kube-proxy in nftables mode translates Services in a table of its own at the dstnat priority,
 // the same as iptables' nat PREROUTING: with iptables capture, which runs first would depend on
 // which registered first. meshlet's nftables backend hooks at dstnat - 10. The stand-in's table is
-// made before meshlet's (the order a real node has: kube-proxy starts first).
+// made after meshlet's (kube-proxy restarted), the order in which equal priorities lose.
 describe('Services with kube-proxy in nftables mode', { concurrency: false }, () => {
   let lab: MeshLab;
   const apiPod = (name: string) => ({ name, namespace: 'shop', serviceAccount: 'api', labels: { app: 'api' } });
@@ -157,6 +157,10 @@ describe('Services with kube-proxy in nftables mode', { concurrency: false }, ()
       services: [{ name: 'api', namespace: 'shop', clusterIP: CLUSTER_IP, ports: [{ name: 'http', port: SERVICE_PORT, targetPort: TARGET_PORT }], selector: { app: 'api' } }],
     });
     try {
+      await lab.startMesh();
+      // kube-proxy (re)started after meshlet's init: its chain is registered last. Between base
+      // chains of equal priority that order decides, and the later one ran first in a check here
+      // (iptables capture then lost); only a lower priority keeps meshlet's REDIRECT first.
       await nft('node-a', ['-f', '-'], [
         'table ip kube-proxy {',
         '  chain nat-prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }',
@@ -165,7 +169,6 @@ describe('Services with kube-proxy in nftables mode', { concurrency: false }, ()
         `  chain service-api { meta l4proto tcp dnat to ${lab.pod('api-2').ip}:${TARGET_PORT}; }`,
         '}', '',
       ].join('\n'));
-      await lab.startMesh();
       for (const name of ['api-1', 'api-2']) await lab.startServer(name, TARGET_PORT);
     } catch (err) {
       await lab.destroy();
