@@ -33,7 +33,7 @@ export function createVouchWriter(s: CaptureSettings): (ips: readonly string[], 
   return async (ips, ttl) => { await runCaptureTool('ipset', ['restore', '-exist'], `${vouchLines(s.gateIpset, ips, ttl).join('\n')}\n`); };
 }
 
-export function createIpsetSync(setName: string): IpsetSync {
+function createIpsetSync(setName: string): IpsetSync {
   const members = async () => parseIpsetMembers(setName, await runCaptureTool('ipset', ['save', setName]));
   return serialized(members, async (current, desired) => {
     const lines = ipsetDiff(setName, current, desired);
