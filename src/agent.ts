@@ -11,7 +11,6 @@ import { ConnectionLimitError, PrerequisiteError } from './errors.ts';
 import { createMemberSync, createVouchWriter, type IpsetSync } from './capture/ipset.ts';
 import { ProbeGate } from './capture/probe-gate.ts';
 import { bundleSize } from './identity/ca.ts';
-import { createCaClientProvider } from './identity/ca-client.ts';
 import { CertificateManager } from './identity/certs.ts';
 import { type CertificateProvider, createLocalCaProvider } from './identity/provider.ts';
 import { DirRootStore, loadRootSet } from './identity/roots.ts';
@@ -79,7 +78,7 @@ export class Agent {
     this.#log = deps.log.child({ component: 'agent', node: config.nodeName });
     this.#source = deps.source;
     this.policy = deps.policy;
-    this.registry = new WorkloadRegistry(config.nodeName);
+    this.registry = new WorkloadRegistry(config.nodeName, config.sidecar);
     this.certs = certs;
     this.#provider = provider;
     // Access lines off: a logger of its own at silent, out of reach of runtime level changes.
@@ -110,7 +109,8 @@ export class Agent {
   static async start(config: AgentConfig, deps: AgentDeps): Promise<Agent> {
     // The agent keeps the captured-pods ipset in step with the registry and reads the nat table:
     // without CAP_NET_ADMIN it could never become ready, so say so now instead of failing later.
-    if (!hasNetAdmin()) {
+    // A sidecar has no ipset to keep; without the capability it trusts the init step's capture.
+    if (!config.sidecar && !hasNetAdmin()) {
       throw new PrerequisiteError('meshlet agent needs CAP_NET_ADMIN to manage the captured-pods ipset and read the nat ' +
         'table (run it as root, or give the DaemonSet container the NET_ADMIN capability)');
     }
@@ -134,7 +134,8 @@ export class Agent {
     });
     await agent.#listenControl();
     agent.#startWhenReady();
-    agent.probeGate.start();
+    // A sidecar shares its pod's fate already: kubelet probes the pod, the gate has nothing to add.
+    if (!config.sidecar) agent.probeGate.start();
     return agent;
   }
 
@@ -173,7 +174,8 @@ export class Agent {
         // Vouch for the pods before the first connection can arrive: the agent's own deliveries to
         // them pass the same gate as kubelet's probes.
         this.#vouching = true;
-        this.probeGate.refresh().then(() => this.#listenData()).then(
+        const vouched = this.config.sidecar ? Promise.resolve() : this.probeGate.refresh();
+        vouched.then(() => this.#listenData()).then(
           () => { this.#dataListening = true; this.#log.info({ ports: this.config.ports }, 'agent listening'); },
           (err: Error) => { this.#vouching = false; this.#log.error({ err: err.message }, 'cannot listen on the data ports; retrying'); },
         ).finally(() => { opening = false; });
@@ -187,6 +189,12 @@ export class Agent {
   }
 
   async #checkCapture(): Promise<void> {
+    if (this.config.sidecar && !hasNetAdmin()) {
+      // As with Istio's sidecars: the pod's init step installed capture, the proxy cannot read it.
+      if (!this.#captureInstalled) this.#log.info('sidecar without CAP_NET_ADMIN: capture is the init step\'s, not checked');
+      this.#captureInstalled = true;
+      return;
+    }
     try {
       const check = await checkCapture(this.config.capture);
       const installed = check !== 'absent';
@@ -211,6 +219,11 @@ export class Agent {
     this.#tunnel?.prune();
     const ips = new Set(local.map((w) => w.ip));
     this.#log.info({ workloads: snapshot.workloads.length, localCaptured: local.length }, 'registry updated');
+    if (this.config.sidecar) {
+      // The pod's own capture takes everything it sends: there is no set of pods to keep.
+      this.#ipsetSynced = true;
+      return;
+    }
     this.#members.sync(ips).then(
       (r) => { this.#ipsetSynced = true; if (r.added || r.removed) this.#log.info(r, 'captured-pods ipset updated'); },
       (err) => { this.#log.error({ err: (err as Error).message }, 'cannot update the captured-pods ipset'); },
@@ -244,7 +257,7 @@ export class Agent {
     });
     const ctx: ProxyContext = {
       admit: (socket) => admit(socket, 'destination'),
-      vouchFor: (podIp) => this.probeGate.ensure(podIp),
+      ...(this.config.sidecar ? {} : { vouchFor: (podIp: string) => this.probeGate.ensure(podIp) }),
       admitStream: (peerId) => {
         const slot = limiter.acquire(peerId);
         if ('refused' in slot) {
@@ -308,6 +321,7 @@ export class Agent {
     const snapshot = this.registry.snapshot;
     return {
       node: this.config.nodeName,
+      mode: this.config.sidecar ? { sidecar: `${this.config.sidecar.namespace}/${this.config.sidecar.name}` } : 'node',
       ready: this.readiness.ready,
       pending: this.readiness.pending(),
       trustDomain: snapshot?.trustDomain,
@@ -316,7 +330,7 @@ export class Agent {
       identityProvider: this.#provider.name,
       probeGate: this.probeGate.status(),
       trustBundle: this.certs.trustBundle ? { signingRoot: this.certs.trustBundle.signingFingerprint, roots: bundleSize(this.certs.trustBundle.pem) } : undefined,
-      workloads: (snapshot?.workloads ?? []).map((w) => ({ ...w, local: w.node === this.config.nodeName })),
+      workloads: (snapshot?.workloads ?? []).map((w) => ({ ...w, local: this.registry.isLocal(w) })),
       services: (snapshot?.services ?? []).map((s) => ({
         name: s.name, namespace: s.namespace, clusterIP: s.clusterIP ?? 'None', ports: s.ports, preferClose: s.preferClose,
         endpoints: this.balancer.view(s),
@@ -365,6 +379,9 @@ async function identityProvider(config: AgentConfig, log: Logger, trustDomain: (
     const roots = await loadRootSet(new DirRootStore(id.caDir));
     return createLocalCaProvider(roots, { trustDomain, ttlMs: id.certTtlMs });
   }
+  // Loaded on demand: undici (the CA client's HTTP client) is about 25 MiB of RSS that an agent with
+  // the embedded CA never uses.
+  const { createCaClientProvider } = await import('./identity/ca-client.ts');
   return createCaClientProvider({
     url: id.url, tokenFile: id.tokenFile, trustBundleFile: id.trustBundleFile, log,
     bundlePollMs: id.bundlePollMs, requestTimeoutMs: id.requestTimeoutMs,

@@ -18,7 +18,9 @@ const d = defaults;
 const USAGE = `usage: meshlet <command> [flags]
 
 commands:
-  init [--dry-run] [--cleanup]           install (or remove) the node's capture and probe gate
+  init [--dry-run] [--cleanup] [--sidecar]
+                                          install (or remove) the node's capture and probe gate
+                                          (--sidecar: one pod's capture, run inside the pod)
   agent --node NAME (--workloads FILE | --kubernetes [--kubeconfig F])
         (--ca-dir DIR | --ca-url URL --token-file F --trust-bundle F)
                                           run the node agent
@@ -37,6 +39,8 @@ commands:
 
 agent flags (defaults in brackets):
   --node NAME              this node's name [$MESHLET_NODE_NAME or $NODE_NAME]
+  --sidecar NS/NAME        sidecar mode: serve only this workload, from inside its pod (run with
+                           group id --proxy-gid; for measuring the sidecar pattern, see bench/cost)
   --workloads FILE         workloads YAML (trustDomain, nodes, workloads), reloaded on change
   --workloads-poll DUR     how often the file is checked [${d.workloadsPoll}]
   --kubernetes             workloads from the Kubernetes API (Pods, Namespaces; in-cluster config)
@@ -86,6 +90,7 @@ capture flags (init and agent):
   --ipset NAME [${defaultCaptureSettings.ipset}]  --chain NAME [${defaultCaptureSettings.chain}]
   --gate-ipset NAME [${defaultCaptureSettings.gateIpset}]  --gate-chain NAME [${defaultCaptureSettings.gateChain}]   (the probe gate)
   --capture-backend iptables|nftables [${defaultCaptureSettings.backend}]   nftables where kube-proxy runs in nftables mode
+  --proxy-gid N [${defaultCaptureSettings.proxyGid}]   sidecar mode: the agent's group id, whose connections are not captured
 
 durations: 500ms, 20s, 5m, 24h. Exit codes: 0 ok, 1 failure, 2 bad flags, 3 missing privilege or tool.
 `;
@@ -105,7 +110,7 @@ async function cmdInit(argv: string[]): Promise<number> {
       process.stderr.write('meshlet init --dry-run: would run `nft -f -` with:\n');
     } else {
       const sets = ipsetCreateArgs(config.capture).map((a) => `\`ipset ${a.join(' ')}\``).join(' and ');
-      process.stderr.write(`meshlet init --dry-run: would run ${sets}, then \`iptables-restore --noflush\` with:\n`);
+      process.stderr.write(`meshlet init --dry-run: would run ${sets ? `${sets}, then ` : ''}\`iptables-restore --noflush\` with:\n`);
     }
     process.stdout.write(result.script);
   } else {
@@ -119,7 +124,7 @@ async function cmdInit(argv: string[]): Promise<number> {
 
 async function cmdAgent(argv: string[]): Promise<number> {
   const config = loadAgentConfig(argv, process.env);
-  const log = createLogger(config.logLevel, { node: config.nodeName });
+  const log = createLogger(config.logLevel, { node: config.nodeName, ...(config.sidecar ? { sidecar: `${config.sidecar.namespace}/${config.sidecar.name}` } : {}) });
   const agent = await Agent.start(config, { log });
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
@@ -269,8 +274,9 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-if (import.meta.main) {
-  main(process.argv.slice(2)).then(
+/** Runs one command and sets the exit code: typed errors map to 2 (config), 3 (prerequisite) or 1. */
+export function run(argv: string[]): void {
+  main(argv).then(
     (code) => { process.exitCode = code; },
     (err: unknown) => {
       if (err instanceof MeshletError) {
@@ -283,3 +289,5 @@ if (import.meta.main) {
     },
   );
 }
+
+if (import.meta.main) run(process.argv.slice(2));

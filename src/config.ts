@@ -25,6 +25,12 @@ export type WorkloadsConfig =
 
 export interface AgentConfig {
   nodeName: string;
+  /**
+   * Set: sidecar mode. The agent runs inside this workload's pod and serves it alone (every other
+   * workload is remote, reached through its own sidecar). Kept to measure what the sidecar pattern
+   * costs next to one agent per node; capture.mode is 'sidecar' with it.
+   */
+  sidecar?: { namespace: string; name: string };
   workloads: WorkloadsConfig;
   identity: IdentityConfig;
   ports: Ports;
@@ -165,6 +171,7 @@ const captureOptions = {
   'outbound-port': { type: 'string', default: String(defaults.ports.outbound) },
   'inbound-port': { type: 'string', default: String(defaults.ports.inboundPlaintext) },
   'tunnel-port': { type: 'string', default: String(defaults.ports.tunnel) },
+  'proxy-gid': { type: 'string', default: String(defaultCaptureSettings.proxyGid) },
 } as const;
 
 /** parseArgs with its errors (unknown flag, missing value) turned into ConfigError. */
@@ -176,7 +183,7 @@ function parse<T>(run: () => T): T {
   }
 }
 
-function captureSettings(v: Record<string, unknown>, p: Problems): CaptureSettings {
+function captureSettings(v: Record<string, unknown>, p: Problems, mode: CaptureSettings['mode']): CaptureSettings {
   const name = (flag: string, kind: 'set' | 'chain') => {
     const value = String(v[flag]);
     if (kind === 'set' && !/^[A-Za-z0-9_.-]{1,31}$/.test(value)) p.list.push(`--${flag}: ${JSON.stringify(value)} is not a valid set name (1-31 of A-Z a-z 0-9 _ . -)`);
@@ -189,13 +196,30 @@ function captureSettings(v: Record<string, unknown>, p: Problems): CaptureSettin
   if (settings.ipset === settings.gateIpset) p.list.push(`--ipset and --gate-ipset must differ (both ${settings.ipset})`);
   const backend = String(v['capture-backend']);
   if (backend !== 'iptables' && backend !== 'nftables') p.list.push(`--capture-backend: ${JSON.stringify(backend)} is not iptables or nftables`);
+  if (mode === 'sidecar' && backend === 'nftables') p.list.push('--sidecar captures with iptables only (--capture-backend nftables is for the node agent)');
+  const tunnelPort = p.port('tunnel-port', String(v['tunnel-port']));
   return {
+    mode,
+    // Not 0: root's own connections (and the app's, if it runs as root) would escape capture.
+    proxyGid: p.int('proxy-gid', String(v['proxy-gid']), 1, 2 ** 31 - 1),
+    passPorts: [tunnelPort, defaults.ports.metrics, defaults.ports.readiness],
     backend: backend === 'nftables' ? 'nftables' : 'iptables',
     ...settings,
     outboundPort: p.port('outbound-port', String(v['outbound-port'])),
     inboundPlaintextPort: p.port('inbound-port', String(v['inbound-port'])),
-    tunnelPort: p.port('tunnel-port', String(v['tunnel-port'])),
+    tunnelPort,
   };
+}
+
+/** `--sidecar NAMESPACE/NAME`: the one workload a sidecar-mode agent serves. */
+function sidecarWorkload(value: string | undefined, p: Problems): { namespace: string; name: string } | undefined {
+  if (value === undefined) return undefined;
+  const m = /^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)\/([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)$/.exec(value);
+  if (!m) {
+    p.list.push(`--sidecar: ${JSON.stringify(value)} is not NAMESPACE/NAME of a workload`);
+    return undefined;
+  }
+  return { namespace: m[1] as string, name: m[3] as string };
 }
 
 export function loadInitConfig(argv: string[]): InitConfig {
@@ -203,9 +227,10 @@ export function loadInitConfig(argv: string[]): InitConfig {
     ...captureOptions,
     'dry-run': { type: 'boolean', default: false },
     cleanup: { type: 'boolean', default: false },
+    sidecar: { type: 'boolean', default: false },
   } }));
   const p = new Problems();
-  const capture = captureSettings(values, p);
+  const capture = captureSettings(values, p, values.sidecar ? 'sidecar' : 'node');
   p.throwIfAny();
   return { capture, dryRun: Boolean(values['dry-run']), cleanup: Boolean(values.cleanup) };
 }
@@ -214,6 +239,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
   const { values: v } = parse(() => parseArgs({ args: argv, strict: true, options: {
     ...captureOptions,
     node: { type: 'string', default: env.MESHLET_NODE_NAME ?? env.NODE_NAME },
+    sidecar: { type: 'string' },
     workloads: { type: 'string' },
     kubernetes: { type: 'boolean', default: false },
     kubeconfig: { type: 'string' },
@@ -247,11 +273,13 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
   const nodeName = p.required('node (or MESHLET_NODE_NAME)', v.node);
   const workloads = workloadsConfig(v, p);
   const identity = identityConfig(v, p);
-  const capture = captureSettings(v, p);
+  const sidecar = sidecarWorkload(v.sidecar, p);
+  const capture = captureSettings(v, p, sidecar ? 'sidecar' : 'node');
   const logLevel = String(v['log-level']);
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) p.list.push(`--log-level: ${JSON.stringify(logLevel)} is not one of ${LOG_LEVELS.join(', ')}`);
   const config: AgentConfig = {
     nodeName, workloads, identity,
+    ...(sidecar ? { sidecar } : {}),
     ports: {
       outbound: capture.outboundPort,
       inboundPlaintext: capture.inboundPlaintextPort,
@@ -276,6 +304,8 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     probeGateTtlMs: Math.round(p.duration('probe-gate-ttl', String(v['probe-gate-ttl']), 2_000, 600_000) / 1000) * 1000,
     capture,
   };
+  // A sidecar's own listeners are reached directly: the ones this agent really uses.
+  if (sidecar) config.capture.passPorts = [config.ports.tunnel, config.ports.metrics, config.ports.readiness];
   const ports = Object.entries(config.ports);
   for (const [i, [name, port]] of ports.entries()) {
     const clash = ports.slice(0, i).find(([, other]) => other === port);

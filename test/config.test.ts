@@ -22,6 +22,19 @@ describe('config', () => {
     assert.equal(loadAgentConfig(['--workloads', 'w', '--ca-dir', 'c'], { MESHLET_NODE_NAME: 'from-env' }).nodeName, 'from-env');
   });
 
+  it('runs in sidecar mode for one workload, with sidecar capture and the ports it really uses passed', () => {
+    const c = loadAgentConfig(['--node', 'n1', '--sidecar', 'shop/web-1', '--workloads', 'w', '--ca-dir', 'c', '--readiness-port', '16021', '--proxy-gid', '2000'], {});
+    assert.deepEqual(c.sidecar, { namespace: 'shop', name: 'web-1' });
+    assert.equal(c.capture.mode, 'sidecar');
+    assert.equal(c.capture.proxyGid, 2000);
+    assert.deepEqual(c.capture.passPorts, [15008, 15020, 16021]);
+    assert.equal(loadAgentConfig(['--node', 'n1', '--workloads', 'w', '--ca-dir', 'c'], {}).capture.mode, 'node');
+    assert.equal(loadInitConfig(['--sidecar']).capture.mode, 'sidecar');
+    assert.throws(() => loadAgentConfig(['--node', 'n1', '--sidecar', 'web', '--workloads', 'w', '--ca-dir', 'c'], {}), /--sidecar: "web" is not NAMESPACE\/NAME/);
+    assert.throws(() => loadInitConfig(['--sidecar', '--capture-backend', 'nftables']), /iptables only/);
+    assert.throws(() => loadInitConfig(['--sidecar', '--proxy-gid', '0']), /--proxy-gid/);
+  });
+
   it('takes workloads from the file or from the Kubernetes API, never both', () => {
     assert.deepEqual(loadAgentConfig(['--node', 'n1', '--workloads', 'w.yaml', '--ca-dir', 'ca'], {}).workloads, { kind: 'file', path: 'w.yaml', pollMs: 500 });
     assert.deepEqual(loadAgentConfig(['--node', 'n1', '--kubernetes', '--ca-dir', 'ca'], {}).workloads, { kind: 'kubernetes', kubeconfig: undefined, trustDomain: 'cluster.local' });

@@ -8,27 +8,28 @@
 // mesh. Writes bench/results/<date>-cost.json (every raw figure and the machine), the charts (SVG)
 // and bench/results/<date>-cost.md (bench/cost/report.ts).
 //
-// Configurations measured so far: no mesh; HAProxy (Debian's) as an mTLS sidecar in every pod, the
-// load generator's included (outbound: the app's connections REDIRECTed in OUTPUT, HAProxy's own
-// excluded by its uid, to a listener that connects to the original destination over TLS with the
-// pod's certificate; inbound: connections to the app port REDIRECTed in PREROUTING to a TLS
-// listener that requires a client certificate from the mesh's root); and meshlet's agent per node.
-// meshlet run as a sidecar per pod is not built yet; the report says "not measured" for it.
+// Configurations (`--configs`, all by default): no mesh; HAProxy (Debian's) as an mTLS sidecar in
+// every pod, the load generator's included (outbound: the app's connections REDIRECTed in OUTPUT,
+// HAProxy's own excluded by its uid, to a listener that connects to the original destination over
+// TLS with the pod's certificate; inbound: connections to the app port REDIRECTed in PREROUTING to
+// a TLS listener that requires a client certificate from the mesh's root); meshlet's agent run as a
+// sidecar in every pod (`meshlet init --sidecar` and `meshlet agent --sidecar`: the same code and
+// tunnel as the node agent, one process per pod, so the pattern's cost shows apart from the proxy's);
+// and meshlet's agent per node.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, release, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { MeshLab, processCpuSeconds, processRssMiB } from '../../src/demo/lab.ts';
+import { MeshLab, processCpuSeconds, processPssMiB, processRssMiB } from '../../src/demo/lab.ts';
 import { createCsr, createRootCa, generateRsaKey, type RootCa, signWorkloadCsr } from '../../src/identity/ca.ts';
 import { assertNetnsPrerequisites } from '../../src/netns/topology.ts';
-import { type CostResults, type CostRun, type MeshConfig, markdown, renderCharts } from './report.ts';
+import { CONFIGS, type CostResults, type CostRun, type MeshConfig, markdown, renderCharts } from './report.ts';
 
 const HERE = resolve(fileURLToPath(import.meta.url), '..');
 const LOAD = join(HERE, '..', 'load.ts');
 const APP_PORT = 8080;
 const FILE_BYTES = 1024;
-const MEASURED: MeshConfig[] = ['none', 'haproxy-sidecar', 'meshlet-node'];
 const SIDECAR_OUT = 15001;
 const SIDECAR_IN = 15006;
 const TRUST_DOMAIN = 'cost.test';
@@ -68,7 +69,10 @@ const { values: opts } = parseArgs({ options: {
   seconds: { type: 'string', default: '10' },
   'idle-seconds': { type: 'string', default: '3' },
   out: { type: 'string', default: join(HERE, '..', 'results') },
+  configs: { type: 'string', default: CONFIGS.join(',') },
 } });
+const measured = String(opts.configs).split(',') as MeshConfig[];
+for (const c of measured) if (!(CONFIGS as readonly string[]).includes(c)) throw new Error(`--configs: ${c} is not one of ${CONFIGS.join(', ')}`);
 const podCounts = String(opts.pods).split(',').map(Number);
 const rate = Number(opts.rate);
 const seconds = Number(opts.seconds);
@@ -76,13 +80,14 @@ const idleSeconds = Number(opts['idle-seconds']);
 const say = (s: string) => process.stderr.write(`${s}\n`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** CPU cores used and RSS (at the end) of `pids` together, over `ms`. */
-async function sample(pids: number[], ms: number): Promise<{ cpuCores: number; rssMiB: number }> {
+/** CPU cores used, and RSS and PSS (at the end), of `pids` together, over `ms`. */
+async function sample(pids: number[], ms: number): Promise<{ cpuCores: number; rssMiB: number; pssMiB: number }> {
   const cpu0 = pids.reduce((n, p) => n + processCpuSeconds(p), 0);
   const t0 = performance.now();
   await sleep(ms);
   const cpu1 = pids.reduce((n, p) => n + processCpuSeconds(p), 0);
-  return { cpuCores: (cpu1 - cpu0) / ((performance.now() - t0) / 1000), rssMiB: pids.reduce((n, p) => n + processRssMiB(p), 0) };
+  const sum = (f: (pid: number) => number) => pids.reduce((n, p) => n + f(p), 0);
+  return { cpuCores: (cpu1 - cpu0) / ((performance.now() - t0) / 1000), rssMiB: sum(processRssMiB), pssMiB: sum(processPssMiB) };
 }
 
 async function measure(config: MeshConfig, pods: number): Promise<CostRun> {
@@ -127,6 +132,11 @@ async function measure(config: MeshConfig, pods: number): Promise<CostRun> {
       };
       for (const pod of ['loadgen', ...apps.map((a) => a.name)]) await addSidecar(pod);
     }
+    if (config === 'meshlet-sidecar') {
+      addSidecar = async (pod: string) => { sidecars.push((await lab.startSidecar(pod)).child.pid as number); };
+      for (const pod of ['loadgen', ...apps.map((a) => a.name)]) await addSidecar(pod);
+      await Promise.all([...lab.sidecars.values()].map((a) => lab.waitReady(a.pod!, 120_000)));
+    }
     // Every server answers (through the mesh when there is one) before anything is measured.
     for (const a of apps) {
       const p = await inLoadgen(['poll', '--url', url(a.name), '--seconds', '10', '--until-ok']);
@@ -141,24 +151,31 @@ async function measure(config: MeshConfig, pods: number): Promise<CostRun> {
       sample(pids, seconds * 1000),
     ]);
 
-    // A pod starts: its server, and (with the mesh) its entry in the registry, at the same moment.
+    // A pod starts: its server, its sidecar if it has one, and (with meshlet) its entry in the
+    // registry, at the same moment.
     const late = lab.pod('late');
     const started = Date.now();
     serve('late');
-    await addSidecar('late');
-    let firstRequestMs: number;
-    if (config !== 'meshlet-node') {
-      // No mesh: the server answering. Sidecars: the only way to an answer is mTLS through both.
-      firstRequestMs = (await inLoadgen(['poll', '--url', url('late'), '--seconds', '30', '--until-ok'])).firstOkMs;
-    } else {
+    const meshlet = config === 'meshlet-node' || config === 'meshlet-sidecar';
+    if (meshlet) {
       const doc = lab.workloadsDocument() as { workloads: object[] };
       await lab.writeWorkloads({ ...doc, workloads: [...doc.workloads, { name: 'late', namespace: 'bench', serviceAccount: 'app', ip: late.ip, node: 'pod-node', captured: true }] });
+    }
+    await addSidecar('late');
+    let firstRequestMs: number;
+    if (!meshlet) {
+      // No mesh: the server answering. HAProxy sidecars: the only way to an answer is mTLS through both.
+      firstRequestMs = (await inLoadgen(['poll', '--url', url('late'), '--seconds', '30', '--until-ok'])).firstOkMs;
+    } else {
       // Successes before the mesh knows the pod go around it (passthrough); the first that counts is
-      // the first the client's agent logged as tunnelled.
+      // the first the client's agent (or the load generator's sidecar) logged as tunnelled.
+      const clientLog = async () => (config === 'meshlet-node'
+        ? lab.accessLog('client-node')
+        : (await lab.processLog(lab.sidecars.get('loadgen')!)).filter((x) => x.scope === 'access'));
       const polling = inLoadgen(['poll', '--url', url('late'), '--seconds', '30']);
       let line: Record<string, any> | undefined;
       while (!line && Date.now() - started < 30_000) {
-        line = (await lab.accessLog('client-node')).find((x) => x.dst?.workload === 'bench/late' && x.route === 'tunnel' && x.outcome === 'ok');
+        line = (await clientLog()).find((x) => x.dst?.workload === 'bench/late' && x.route === 'tunnel' && x.outcome === 'ok');
         if (!line) await sleep(50);
       }
       void polling.catch(() => undefined);
@@ -166,7 +183,7 @@ async function measure(config: MeshConfig, pods: number): Promise<CostRun> {
       firstRequestMs = Date.parse(line.time) - started;
     }
     return {
-      config, pods, processes: pids.length, idle: { rssMiB: idle.rssMiB, cpuCores: idle.cpuCores },
+      config, pods, processes: pids.length, idle,
       load: { ...used, requests: l.requests, errors: l.errors, latencyMs: { p50: l.p50, p95: l.p95, p99: l.p99 } },
       firstRequestMs,
     };
@@ -184,7 +201,7 @@ const results: CostResults = {
   runs: [],
 };
 for (const pods of podCounts) {
-  for (const config of MEASURED) {
+  for (const config of measured) {
     say(`${config}, ${pods} pods ...`);
     const run = await measure(config, pods);
     say(`  idle ${run.idle.rssMiB.toFixed(1)} MiB ${run.idle.cpuCores.toFixed(3)} cores; load ${run.load.rssMiB.toFixed(1)} MiB ${run.load.cpuCores.toFixed(3)} cores, ` +

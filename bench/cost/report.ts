@@ -18,6 +18,11 @@ export const CONFIG_LABELS: Record<MeshConfig, string> = {
 /** What the mesh components of one configuration used, all processes together. */
 export interface Usage {
   rssMiB: number;
+  /**
+   * Proportional set size: memory shared between the processes (the same binary's pages) counted
+   * once in all, not once per process as RSS counts it. Absent in results from before it was measured.
+   */
+  pssMiB?: number;
   /** Cores used on average over the sampling window. */
   cpuCores: number;
 }
@@ -109,7 +114,8 @@ export function goals(r: CostResults): Goal[] {
     const s = at(sidecar);
     out.push({
       goal: `meshlet node agent total RSS at N = ${maxPods} below 1/5 of the sum of the ${kind} sidecars`,
-      measured: node && s ? `${node.load.rssMiB.toFixed(1)} MiB against ${s.load.rssMiB.toFixed(1)} MiB (${((node.load.rssMiB / s.load.rssMiB) * 100).toFixed(1)}%)` : 'not measured',
+      measured: node && s ? `${node.load.rssMiB.toFixed(1)} MiB against ${s.load.rssMiB.toFixed(1)} MiB (${((node.load.rssMiB / s.load.rssMiB) * 100).toFixed(1)}%)` +
+        (node.load.pssMiB && s.load.pssMiB ? `; PSS ${node.load.pssMiB.toFixed(1)} against ${s.load.pssMiB.toFixed(1)} MiB (${((node.load.pssMiB / s.load.pssMiB) * 100).toFixed(1)}%)` : '') : 'not measured',
       met: node && s ? node.load.rssMiB < s.load.rssMiB / 5 : undefined,
     });
   }
@@ -183,12 +189,14 @@ export function markdown(r: CostResults, charts: Record<string, string>): string
     '',
     `Machine: ${r.machine.cpus} CPUs, ${r.machine.memoryGiB} GiB, kernel ${r.machine.kernel}, Node ${r.machine.node}. Load: ${r.rate} req/s of 1 KB requests and responses spread over the pods.`,
     '',
-    '| configuration | pods | mesh processes | idle RSS MiB | idle CPU cores | load RSS MiB | load CPU cores | per pod RSS MiB | per pod CPU m | vCPU per 1000 req/s | p50 / p95 / p99 ms | added p99 ms | first request ms | errors |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    'RSS counts every page a process maps, so pages N processes share (one binary) count N times; PSS counts shared pages once in all. The goals are stated in RSS.',
+    '',
+    '| configuration | pods | mesh processes | idle RSS MiB | idle CPU cores | load RSS MiB | load PSS MiB | load CPU cores | per pod RSS MiB | per pod CPU m | vCPU per 1000 req/s | p50 / p95 / p99 ms | added p99 ms | first request ms | errors |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ...r.runs.map((run, i) => {
       const x = d[i] as Derived;
       const l = run.load.latencyMs;
-      return `| ${CONFIG_LABELS[run.config]} | ${run.pods} | ${run.processes} | ${run.idle.rssMiB.toFixed(1)} | ${run.idle.cpuCores.toFixed(3)} | ${run.load.rssMiB.toFixed(1)} | ${run.load.cpuCores.toFixed(3)} | ` +
+      return `| ${CONFIG_LABELS[run.config]} | ${run.pods} | ${run.processes} | ${run.idle.rssMiB.toFixed(1)} | ${run.idle.cpuCores.toFixed(3)} | ${run.load.rssMiB.toFixed(1)} | ${run.load.pssMiB?.toFixed(1) ?? '-'} | ${run.load.cpuCores.toFixed(3)} | ` +
         `${x.perPod.loadRssMiB.toFixed(2)} | ${x.perPod.loadCpuMillis.toFixed(1)} | ${x.cpuPer1000Rps.toFixed(3)} | ${l.p50.toFixed(2)} / ${l.p95.toFixed(2)} / ${l.p99.toFixed(2)} | ${ms(x.addedMs?.p99)} | ${run.firstRequestMs.toFixed(0)} | ${run.load.errors} |`;
     }),
     '',

@@ -57,6 +57,7 @@ const GATE_SET_TIMEOUT_SECONDS = 5;
 
 /** The `ipset` commands that create both sets (idempotent: -exist). Not used with nftables (the table holds its sets). */
 export function ipsetCreateArgs(s: CaptureSettings): string[][] {
+  if (s.mode === 'sidecar') return [];
   return [
     ['create', s.ipset, 'hash:ip', 'family', 'inet', '-exist'],
     ['create', s.gateIpset, 'hash:ip', 'family', 'inet', 'timeout', String(GATE_SET_TIMEOUT_SECONDS), '-exist'],
@@ -116,6 +117,7 @@ export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolea
   const script = cleanupScript(s, state) ?? '';
   if (opts.dryRun) return script;
   if (script) await tool('iptables-restore', ['--noflush'], script);
+  if (s.mode === 'sidecar') return script;
   const sets = (await tool('ipset', ['list', '-n'])).split('\n');
   for (const name of [s.ipset, s.gateIpset]) if (sets.includes(name)) await tool('ipset', ['destroy', name]);
   return script;

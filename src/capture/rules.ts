@@ -3,6 +3,20 @@
 
 export interface CaptureSettings {
   /**
+   * node: the agent's capture in the node's namespace (one agent for every captured pod of the
+   * node: ipsets, PREROUTING, the probe gate). sidecar: one agent inside one pod's namespace, the
+   * sidecar pattern, kept to measure what the pattern itself costs (bench/cost): nat OUTPUT for
+   * the app's connections, nat PREROUTING for connections to it; no sets, no probe gate.
+   */
+  mode: 'node' | 'sidecar';
+  /**
+   * sidecar mode: the group id the agent runs with; its own connections (tunnels, deliveries to the
+   * app) are recognised by it and never captured again.
+   */
+  proxyGid: number;
+  /** sidecar mode: ports of the pod reached directly, never redirected (the tunnel, readiness and metrics ports). */
+  passPorts: number[];
+  /**
    * iptables (nat PREROUTING, filter OUTPUT, ipsets), or nftables (a table of meshlet's own, hooked
    * before kube-proxy's dstnat chain: for nodes whose kube-proxy runs in nftables mode).
    */
@@ -24,6 +38,10 @@ export interface CaptureSettings {
 }
 
 export const defaultCaptureSettings: CaptureSettings = {
+  mode: 'node',
+  // Istio's convention for the sidecar's own uid and gid.
+  proxyGid: 1337,
+  passPorts: [15008, 15020, 15021],
   backend: 'iptables',
   ipset: 'meshlet-captured',
   chain: 'MESHLET_PREROUTING',
@@ -65,6 +83,38 @@ export function gateRules(s: CaptureSettings): string[] {
   ];
 }
 
+/** sidecar mode: meshlet's chains inside the pod's namespace. */
+export const SIDECAR_CHAINS = { inbound: 'MESHLET_POD_INBOUND', outbound: 'MESHLET_POD_OUTBOUND' } as const;
+
+/**
+ * sidecar mode, nat PREROUTING: connections arriving at the pod. The tunnel port (and the agent's
+ * readiness and metrics ports) are the agent's own listeners; anything else is plaintext to the app
+ * and goes to the inbound plaintext port. Connections made inside the pod (the agent's deliveries
+ * to the app over loopback) were NATed in OUTPUT already and never reach this chain.
+ */
+// Comments without apostrophes: iptables-save prints them escaped, and the installed rules must
+// compare equal to these.
+export function sidecarInboundRules(s: CaptureSettings): string[] {
+  const c = SIDECAR_CHAINS.inbound;
+  return [
+    `-A ${c} -p tcp -m multiport --dports ${s.passPorts.join(',')} -m comment --comment "meshlet: sidecar ports" -j RETURN`,
+    `-A ${c} -p tcp -m comment --comment "meshlet: plaintext to this pod" -j REDIRECT --to-ports ${s.inboundPlaintextPort}`,
+  ];
+}
+
+/**
+ * sidecar mode, nat OUTPUT: everything the app opens goes to the outbound port, except the agent's
+ * own connections (its group id) and traffic that stays inside the pod (loopback, the pod's own IP).
+ */
+export function sidecarOutboundRules(s: CaptureSettings): string[] {
+  const c = SIDECAR_CHAINS.outbound;
+  return [
+    `-A ${c} -m owner --gid-owner ${s.proxyGid} -m comment --comment "meshlet: sidecar connections" -j RETURN`,
+    `-A ${c} -o lo -m comment --comment "meshlet: inside the pod" -j RETURN`,
+    `-A ${c} -p tcp -m comment --comment "meshlet: app outbound" -j REDIRECT --to-ports ${s.outboundPort}`,
+  ];
+}
+
 /** One chain of meshlet's and the built-in chain that jumps to it first. */
 interface ChainHook {
   table: 'nat' | 'filter';
@@ -74,6 +124,12 @@ interface ChainHook {
 }
 
 function hooks(s: CaptureSettings): ChainHook[] {
+  if (s.mode === 'sidecar') {
+    return [
+      { table: 'nat', parent: 'PREROUTING', chain: SIDECAR_CHAINS.inbound, body: sidecarInboundRules(s) },
+      { table: 'nat', parent: 'OUTPUT', chain: SIDECAR_CHAINS.outbound, body: sidecarOutboundRules(s) },
+    ];
+  }
   return [
     { table: 'nat', parent: 'PREROUTING', chain: s.chain, body: chainRules(s) },
     { table: 'filter', parent: 'OUTPUT', chain: s.gateChain, body: gateRules(s) },
@@ -128,9 +184,11 @@ export function parseCaptureState(save: string): CaptureState {
  * when absent. Applied twice, the second run leaves the tables byte-for-byte as the first left them.
  */
 export function installScript(s: CaptureSettings, current: CaptureState): string {
-  const lines: string[] = [];
+  const byTable = new Map<string, string[]>();
   for (const h of hooks(s)) {
-    lines.push(`*${h.table}`, `:${h.chain} - [0:0]`, ...h.body);
+    const lines = byTable.get(h.table) ?? [];
+    byTable.set(h.table, lines);
+    lines.push(`:${h.chain} - [0:0]`, ...h.body);
     // The jump must be the first rule of its built-in chain: capture before kube-proxy's Service
     // DNAT (KUBE-SERVICES, which kube-proxy itself prepends when it finds its jump missing), and the
     // gate before any ACCEPT in OUTPUT. A jump that is there but no longer first is moved back, in
@@ -139,26 +197,30 @@ export function installScript(s: CaptureSettings, current: CaptureState): string
       for (const rule of current[h.table].rules) if (rule === jumpRule(h)) lines.push(`-D ${h.parent} -j ${h.chain}`);
       lines.push(`-I ${h.parent} 1 -j ${h.chain}`);
     }
-    lines.push('COMMIT');
   }
-  lines.push('');
-  return lines.join('\n');
+  return tableBlocks(byTable);
+}
+
+/** One `*table ... COMMIT` block per table (one transaction each), in the order first used. */
+function tableBlocks(byTable: Map<string, string[]>): string {
+  const out: string[] = [];
+  for (const [table, lines] of byTable) if (lines.length > 0) out.push(`*${table}`, ...lines, 'COMMIT');
+  return out.length === 0 ? '' : [...out, ''].join('\n');
 }
 
 /** iptables-restore --noflush input that removes what installScript added, and nothing else. */
 export function cleanupScript(s: CaptureSettings, current: CaptureState): string | undefined {
-  const lines: string[] = [];
+  const byTable = new Map<string, string[]>();
   for (const h of hooks(s)) {
     const table = current[h.table];
-    const own: string[] = [];
+    const own = byTable.get(h.table) ?? [];
+    byTable.set(h.table, own);
     for (const rule of table.rules) {
       if (rule === jumpRule(h)) own.push(`-D ${h.parent} -j ${h.chain}`);
     }
     if (table.chains.has(h.chain)) own.push(`-F ${h.chain}`, `-X ${h.chain}`);
-    if (own.length > 0) lines.push(`*${h.table}`, ...own, 'COMMIT');
   }
-  if (lines.length === 0) return undefined;
-  return [...lines, ''].join('\n');
+  return tableBlocks(byTable) || undefined;
 }
 
 /** The jump is the first rule of its built-in chain, and the only jump there. */

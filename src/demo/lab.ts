@@ -15,8 +15,14 @@ import { type NodeNs, type PodNs, Topology } from '../netns/topology.ts';
 import { readPcap, type TcpSegment } from '../netns/pcap.ts';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
-export const CLI = join(ROOT, 'src/cli.ts');
+export const CLI = join(ROOT, 'src/main.js');
 export const PEER = join(ROOT, 'src/demo/peer.ts');
+/**
+ * Node flags agents run with, as the image runs them (Dockerfile, NODE_OPTIONS) and bin/meshlet: a
+ * young generation of 2 MiB semi-spaces instead of 16 keeps about 45 MiB of RSS off a loaded agent
+ * for no measurable CPU (bench/README.md, "Agent memory").
+ */
+export const AGENT_NODE_FLAGS = ['--max-semi-space-size=2'];
 /** The benchmarks' load generator and HTTP server (bench/load.ts). */
 const LOAD_SCRIPT = join(ROOT, 'bench/load.ts');
 
@@ -59,6 +65,8 @@ export const CA_PORT = 15012;
 
 export interface AgentProcess {
   node: NodeNs;
+  /** Sidecar mode: the pod this agent runs in and serves alone. */
+  pod?: PodNs;
   child: ChildProcess;
   logFile: string;
   exited: Promise<number | null>;
@@ -70,6 +78,8 @@ export class MeshLab {
   readonly spec: LabSpec;
   readonly pods = new Map<string, PodNs & { spec: PodSpec }>();
   readonly agents = new Map<string, AgentProcess>();
+  /** Agents in sidecar mode, by pod name. */
+  readonly sidecars = new Map<string, AgentProcess>();
   readonly servers: ChildProcess[] = [];
   /** The CA service's namespace (identity 'service'), on the underlay like a node. */
   caNode: NodeNs | undefined;
@@ -195,7 +205,7 @@ export class MeshLab {
         '--bundle-poll', this.spec.bundlePoll ?? '500ms']
       : ['--ca-dir', this.caDir, '--cert-ttl', this.spec.certTtl ?? '1h'];
     const child = this.topo.spawn(node.ns, process.execPath, [
-      CLI, 'agent', '--node', node.name, ...(opts.workloads ?? ['--workloads', this.workloadsFile, '--workloads-poll', '100ms']), ...identity,
+      ...AGENT_NODE_FLAGS, CLI, 'agent', '--node', node.name, ...(opts.workloads ?? ['--workloads', this.workloadsFile, '--workloads-poll', '100ms']), ...identity,
       ...this.captureArgs, ...(this.spec.agentArgs ?? []), ...extraArgs,
     ]);
     child.stdout?.pipe(log, { end: false });
@@ -206,21 +216,46 @@ export class MeshLab {
     return agent;
   }
 
-  /** Polls the agent's readiness endpoint from inside its node namespace. */
-  async waitReady(node: NodeNs, timeoutMs = 20_000): Promise<void> {
+  /**
+   * Sidecar mode: `meshlet init --sidecar` in the pod's namespace, then an agent there that serves
+   * the pod alone, run with the proxy group id (its own connections are not captured again).
+   */
+  async startSidecar(podName: string, extraArgs: string[] = []): Promise<AgentProcess> {
+    const pod = this.pod(podName);
+    await this.meshlet(['init', '--sidecar'], pod.ns);
+    const logFile = join(this.dir, `sidecar-${pod.name}-${Date.now()}.log`);
+    const log = createWriteStream(logFile);
+    this.#logs.push(log);
+    const child = this.topo.spawn(pod.ns, 'setpriv', [
+      '--regid', String(defaultCaptureSettings.proxyGid), '--clear-groups', '--', process.execPath, ...AGENT_NODE_FLAGS,
+      CLI, 'agent', '--node', pod.node.name, '--sidecar', `${pod.spec.namespace ?? 'default'}/${pod.name}`,
+      '--workloads', this.workloadsFile, '--workloads-poll', '100ms', '--ca-dir', this.caDir, '--cert-ttl', this.spec.certTtl ?? '1h',
+      ...(this.spec.agentArgs ?? []), ...extraArgs,
+    ]);
+    child.stdout?.pipe(log, { end: false });
+    child.stderr?.pipe(log, { end: false });
+    const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+    const agent: AgentProcess = { node: pod.node, pod, child, logFile, exited };
+    this.sidecars.set(pod.name, agent);
+    return agent;
+  }
+
+  /** Polls an agent's readiness endpoint from inside its namespace (a node's, or a pod's for a sidecar). */
+  async waitReady(where: NodeNs | PodNs, timeoutMs = 20_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
+    const what = 'node' in where ? `sidecar in ${where.name}` : `agent on ${where.name}`;
     let last = '';
     while (Date.now() < deadline) {
-      const agent = this.agents.get(node.name);
+      const agent = 'node' in where ? this.sidecars.get(where.name) : this.agents.get(where.name);
       if (agent && agent.child.exitCode !== null) {
-        throw new Error(`agent on ${node.name} exited with ${agent.child.exitCode}:\n${await readFile(agent.logFile, 'utf8')}`);
+        throw new Error(`${what} exited with ${agent.child.exitCode}:\n${await readFile(agent.logFile, 'utf8')}`);
       }
-      const r = await this.topo.exec(node.ns, process.execPath, [PEER, 'get', '--url', 'http://127.0.0.1:15021/healthz/ready']);
+      const r = await this.topo.exec(where.ns, process.execPath, [PEER, 'get', '--url', 'http://127.0.0.1:15021/healthz/ready']);
       if (r.code === 0) return;
       last = r.stdout || r.stderr;
       await new Promise((res) => setTimeout(res, 150));
     }
-    throw new Error(`agent on ${node.name} not ready after ${timeoutMs} ms: ${last}`);
+    throw new Error(`${what} not ready after ${timeoutMs} ms: ${last}`);
   }
 
   /** Installs capture and starts a ready agent on every node (and the CA service first, if used). */
@@ -282,7 +317,7 @@ export class MeshLab {
     return r.body;
   }
 
-  async configDump(node: NodeNs): Promise<any> {
+  async configDump(node: Pick<NodeNs, 'name' | 'ns'>): Promise<any> {
     const r = await this.topo.exec(node.ns, process.execPath, [PEER, 'get', '--url', 'http://127.0.0.1:15000/config_dump']);
     if (r.code !== 0) throw new Error(`config_dump on ${node.name} failed: ${r.stderr || r.stdout}`);
     return JSON.parse(r.stdout);
@@ -405,6 +440,15 @@ function parseLogLines(text: string): Array<Record<string, any>> {
 export function processCpuSeconds(pid: number): number {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
   return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/**
+ * Proportional set size in MiB: pages shared with other processes (the node binary's, for N sidecars
+ * of the same image) counted as a share. Beside RSS, which counts them whole in every process.
+ */
+export function processPssMiB(pid: number): number {
+  const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
 }
 
 /** Resident set size of a process in MiB. */

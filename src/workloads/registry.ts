@@ -14,11 +14,19 @@ interface Indexes {
 export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
   #idx: Indexes | undefined;
 
-  readonly nodeName: string;
+  readonly #node: string;
+  /** Sidecar mode: the one workload this agent serves (its pod); otherwise every workload of the node. */
+  readonly #sidecar: { namespace: string; name: string } | undefined;
 
-  constructor(nodeName: string) {
+  constructor(nodeName: string, sidecar?: { namespace: string; name: string }) {
     super();
-    this.nodeName = nodeName;
+    this.#node = nodeName;
+    this.#sidecar = sidecar;
+  }
+
+  /** The node this agent runs on (PreferClose keeps to its endpoints). */
+  get nodeName(): string {
+    return this.#node;
   }
 
   /** Whether a first complete snapshot has arrived (readiness waits on it). */
@@ -55,12 +63,13 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
     return this.#idx?.byServiceAddress.get(`${plainIp(ip)}:${port}`);
   }
 
-  /** Captured workloads scheduled on this agent's node: the ones it holds identities for. */
+  /** Captured workloads this agent serves (its node's, or its one pod's): the ones it holds identities for. */
   localCaptured(): Workload[] {
-    return (this.#idx?.snapshot.workloads ?? []).filter((w) => w.captured && w.node === this.nodeName);
+    return (this.#idx?.snapshot.workloads ?? []).filter((w) => w.captured && this.isLocal(w));
   }
 
   isLocal(w: Workload): boolean {
-    return w.node === this.nodeName;
+    const one = this.#sidecar;
+    return one ? w.namespace === one.namespace && w.name === one.name : w.node === this.#node;
   }
 }

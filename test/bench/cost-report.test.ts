@@ -45,6 +45,8 @@ describe('cost report', () => {
     const g = goals(results);
     assert.deepEqual(g.map((x) => x.met), [true, true, true, true]);
     assert.match(g[0]!.measured, /80\.0 MiB against 500\.0 MiB \(16\.0%\)/);
+    const withPss = goals({ ...results, runs: results.runs.map((x) => (x.pods === 50 && x.config !== 'none' ? { ...x, load: { ...x.load, pssMiB: x.load.rssMiB / 2 } } : x)) });
+    assert.match(withPss[1]!.measured, /; PSS 40\.0 against 1500\.0 MiB \(2\.7%\)$/);
     const partial = goals({ ...results, runs: results.runs.filter((x) => x.config !== 'haproxy-sidecar') });
     assert.equal(partial[0]!.met, undefined);
     assert.equal(partial[2]!.met, undefined, 'no HAProxy run, no latency comparison');

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
   chainRules, chainsExist, cleanupScript, defaultCaptureSettings as s, gateRules, installScript, ipsetDiff, isInstalled, parseCaptureState, parseIpsetMembers,
-  vouchLines,
+  sidecarInboundRules, sidecarOutboundRules, vouchLines,
 } from '../../src/capture/rules.ts';
 
 // What iptables-save printed on this kind of machine (nf_tables backend) after `meshlet init`.
@@ -132,6 +132,58 @@ describe('capture rules', () => {
     assert.deepEqual(vouchLines('meshlet-vouched', ['10.0.0.1', '10.0.0.2'], 4), [
       'add meshlet-vouched 10.0.0.1 timeout 4', 'add meshlet-vouched 10.0.0.2 timeout 4',
     ]);
+  });
+});
+
+// What iptables-save printed in a pod's namespace after `meshlet init --sidecar`.
+const sidecarSave = `*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:MESHLET_POD_INBOUND - [0:0]
+:MESHLET_POD_OUTBOUND - [0:0]
+-A PREROUTING -j MESHLET_POD_INBOUND
+-A OUTPUT -j MESHLET_POD_OUTBOUND
+-A MESHLET_POD_INBOUND -p tcp -m multiport --dports 15008,15020,15021 -m comment --comment "meshlet: sidecar ports" -j RETURN
+-A MESHLET_POD_INBOUND -p tcp -m comment --comment "meshlet: plaintext to this pod" -j REDIRECT --to-ports 15006
+-A MESHLET_POD_OUTBOUND -m owner --gid-owner 1337 -m comment --comment "meshlet: sidecar connections" -j RETURN
+-A MESHLET_POD_OUTBOUND -o lo -m comment --comment "meshlet: inside the pod" -j RETURN
+-A MESHLET_POD_OUTBOUND -p tcp -m comment --comment "meshlet: app outbound" -j REDIRECT --to-ports 15001
+COMMIT
+`;
+
+describe('sidecar capture rules', () => {
+  const sc = { ...s, mode: 'sidecar' as const };
+
+  it('passes the sidecar\'s own ports, sends other inbound TCP to the inbound port, and the app\'s outbound to 15001 except the proxy group\'s and loopback', () => {
+    const inbound = sidecarInboundRules(sc);
+    assert.match(inbound[0] ?? '', /--dports 15008,15020,15021 .*-j RETURN$/);
+    assert.match(inbound[1] ?? '', /-p tcp .*--to-ports 15006$/);
+    const outbound = sidecarOutboundRules({ ...sc, proxyGid: 4242 });
+    assert.match(outbound[0] ?? '', /--gid-owner 4242 .*-j RETURN$/);
+    assert.match(outbound[1] ?? '', /-o lo .*-j RETURN$/);
+    assert.match(outbound[2] ?? '', /-p tcp .*--to-ports 15001$/);
+  });
+
+  it('installs both chains in one nat transaction, no sets and no filter chain, and sees its own result as installed', () => {
+    const script = installScript(sc, parseCaptureState(emptySave));
+    assert.equal(script.split('\n').filter((l) => l.startsWith('*')).join(','), '*nat');
+    assert.doesNotMatch(script, /match-set|MESHLET_OUTPUT|MESHLET_PREROUTING/);
+    assert.match(script, /-I PREROUTING 1 -j MESHLET_POD_INBOUND\n/);
+    assert.match(script, /-I OUTPUT 1 -j MESHLET_POD_OUTBOUND\n/);
+    assert.equal(isInstalled(sc, parseCaptureState(sidecarSave)), true);
+    assert.equal(isInstalled(s, parseCaptureState(sidecarSave)), false, 'node capture is another thing');
+    assert.equal(isInstalled({ ...sc, proxyGid: 1000 }, parseCaptureState(sidecarSave)), false, 'another proxy group needs a repair');
+    assert.equal(installScript(sc, parseCaptureState(sidecarSave)).includes('-I '), false, 'no second jump');
+  });
+
+  it('cleanup removes its two chains and jumps and nothing else', () => {
+    assert.deepEqual((cleanupScript(sc, parseCaptureState(sidecarSave)) ?? '').trim().split('\n'), [
+      '*nat', '-D PREROUTING -j MESHLET_POD_INBOUND', '-F MESHLET_POD_INBOUND', '-X MESHLET_POD_INBOUND',
+      '-D OUTPUT -j MESHLET_POD_OUTBOUND', '-F MESHLET_POD_OUTBOUND', '-X MESHLET_POD_OUTBOUND', 'COMMIT',
+    ]);
+    assert.equal(cleanupScript(sc, parseCaptureState(emptySave)), undefined);
   });
 });
 

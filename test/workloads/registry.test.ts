@@ -21,4 +21,19 @@ workloads:
     assert.equal(r.isLocal(r.findWorkload('10.0.0.2')!), false);
     assert.equal(r.trustDomain, 'td');
   });
+
+  it('in sidecar mode serves its one workload and treats every other, on its node too, as remote', () => {
+    const r = new WorkloadRegistry('n1', { namespace: 'x', name: 'b' });
+    r.replace(parseWorkloadsFile(`trustDomain: td
+nodes: [{ name: n1, ip: 10.1.0.1 }]
+workloads:
+  - { name: a, namespace: x, serviceAccount: a, ip: 10.0.0.1, node: n1 }
+  - { name: b, namespace: x, serviceAccount: b, ip: 10.0.0.2, node: n1 }
+  - { name: b, namespace: y, serviceAccount: b, ip: 10.0.0.3, node: n1 }
+`));
+    assert.deepEqual(r.localCaptured().map((w) => w.ip), ['10.0.0.2']);
+    assert.equal(r.isLocal(r.findWorkload('10.0.0.1')!), false);
+    assert.equal(r.isLocal(r.findWorkload('10.0.0.3')!), false);
+    assert.equal(r.nodeName, 'n1');
+  });
 });

@@ -142,6 +142,8 @@ export class TunnelPool {
         this.#opts.connectTimeoutMs);
       stream.once('error', (err) => settle(new TunnelRejectedError(undefined, err.message)));
       stream.once('close', () => {
+        // Every stream closes in the end: build the error only for one that closed unanswered.
+        if (answered) return;
         const refused = new TunnelRejectedError(undefined, `stream closed before an answer (code ${stream.rstCode})`);
         // REFUSED_STREAM is the peer saying it never processed the stream (RFC 9113 §8.7): safe to retry.
         settle(stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM ? new NeverSeenError(session, refused) : refused);
