@@ -2,9 +2,10 @@
 // line. They know nothing of meshlet.
 //
 //   load http-server --port P                   answers every POST with a body of the request's size
-//   load latency --url U [--url U2 ...] [--method POST|GET] --rate R --seconds S --size B --connections C
+//   load latency --url U [--url U2 ...] [--method POST|GET] --rate R --seconds S --size B --connections C [--close]
 //       open loop: requests are scheduled at a fixed rate and latency is measured from the scheduled
-//       time, so a stall is charged to every request it delays (no coordinated omission)
+//       time, so a stall is charged to every request it delays (no coordinated omission); keep-alive
+//       connections, or with --close a new connection per request
 //   load bulk --host H --port P --bytes N       one connection, N bytes to a sink, until its answer
 //   load poll --url U [--interval-ms 20] [--seconds S] [--until-ok]
 //       a GET on a fresh connection every interval; when the first one succeeded
@@ -37,7 +38,7 @@ function httpServer(port: number): void {
  * Open loop at `rate` over `urls` in turn (one pool each). POST: the server echoes `size` bytes
  * (http-server above). GET: any server answering `size` bytes (a static file).
  */
-async function latency(urls: string[], rate: number, seconds: number, size: number, connections: number, method: 'POST' | 'GET'): Promise<void> {
+async function latency(urls: string[], rate: number, seconds: number, size: number, connections: number, method: 'POST' | 'GET', close = false): Promise<void> {
   const targets = urls.map((u) => {
     const origin = new URL(u);
     return { path: origin.pathname, pool: new Pool(origin.origin, { connections, pipelining: 1, keepAliveTimeout: 60_000 }) };
@@ -59,7 +60,8 @@ async function latency(urls: string[], rate: number, seconds: number, size: numb
       const sent = performance.now();
       const target = targets[next % targets.length]!;
       next++;
-      inflight.push(target.pool.request({ path: target.path, method, ...(body ? { body } : {}) }).then(async (res) => {
+      // reset: `connection: close`, and the connection is not reused.
+      inflight.push(target.pool.request({ path: target.path, method, reset: close, ...(body ? { body } : {}) }).then(async (res) => {
         const got = Buffer.from(await res.body.arrayBuffer());
         if (res.statusCode !== 200 || got.length !== size) errors++;
         const end = performance.now();
@@ -158,9 +160,10 @@ const { values: v } = parseArgs({ args: rest, options: {
   size: { type: 'string', default: '1024' }, connections: { type: 'string', default: '4' }, host: { type: 'string' },
   bytes: { type: 'string' }, concurrency: { type: 'string', default: '32' },
   'interval-ms': { type: 'string', default: '20' }, 'until-ok': { type: 'boolean', default: false },
+  close: { type: 'boolean', default: false },
 } });
 if (cmd === 'http-server') httpServer(Number(v.port));
-else if (cmd === 'latency') await latency(v.url ?? [], Number(v.rate), Number(v.seconds), Number(v.size), Number(v.connections), v.method === 'GET' ? 'GET' : 'POST');
+else if (cmd === 'latency') await latency(v.url ?? [], Number(v.rate), Number(v.seconds), Number(v.size), Number(v.connections), v.method === 'GET' ? 'GET' : 'POST', Boolean(v.close));
 else if (cmd === 'bulk') await bulk(String(v.host), Number(v.port), Number(v.bytes));
 else if (cmd === 'poll') await poll(String(v.url?.[0]), Number(v['interval-ms']), Number(v.seconds), Boolean(v['until-ok']));
 else if (cmd === 'connrate') await connrate(String(v.host), Number(v.port), Number(v.seconds), Number(v.concurrency));

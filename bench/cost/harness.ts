@@ -1,11 +1,13 @@
 // `npm run bench:cost -- --pods 10,25,50` (root): what the mesh costs next to no mesh, measured the
 // same way for every configuration, in one run. A client node with a load-generator pod; a node with
-// N pods, each running busybox httpd (a small real server from Debian) serving a 1 KB file.
+// N pods, each running nginx (Debian's nginx-light, one process, no master) serving a 1 KB file.
 //
-// Per configuration and N: RSS and CPU of all mesh processes idle (3 s) and under a fixed aggregate
-// rate spread over the N pods (open loop, latency from the moment each request was handed to the
-// client; p50/p95/p99), and the time from a pod's start to its first successful request through the
-// mesh. Writes bench/results/<date>-cost.json (every raw figure and the machine), the charts (SVG)
+// Per configuration and N: RSS and CPU of all mesh processes idle (3 s) and under two fixed
+// aggregate rates spread over the N pods (open loop, latency from the moment each request was handed
+// to the client; p50/p95/p99): `--rate` on keep-alive connections (how Istio's and ztunnel's
+// published per-1000-req/s figures are measured), and `--close-rate` with a new connection per
+// request (the worst case for a proxy). And the time from a pod's start to its first successful
+// request through the mesh. Writes bench/results/<date>-cost.json (every raw figure and the machine), the charts (SVG)
 // and bench/results/<date>-cost.md (bench/cost/report.ts).
 //
 // Configurations (`--configs`, all by default): no mesh; HAProxy (Debian's) as an mTLS sidecar in
@@ -30,6 +32,15 @@ const HERE = resolve(fileURLToPath(import.meta.url), '..');
 const LOAD = join(HERE, '..', 'load.ts');
 const APP_PORT = 8080;
 const FILE_BYTES = 1024;
+
+/** One nginx per pod, in the foreground without a master process: the smallest real keep-alive server. */
+function nginxConfig(dir: string, pod: string, www: string): string {
+  return [
+    'daemon off;', 'master_process off;', 'worker_processes 1;', `pid ${join(dir, `${pod}.pid`)};`, `error_log ${join(dir, `${pod}.error.log`)} warn;`,
+    'events { worker_connections 1024; }',
+    `http { access_log off; keepalive_timeout 75s; keepalive_requests 1000000; server { listen ${APP_PORT}; root ${www}; } }`, '',
+  ].join('\n');
+}
 const SIDECAR_OUT = 15001;
 const SIDECAR_IN = 15006;
 const TRUST_DOMAIN = 'cost.test';
@@ -65,7 +76,8 @@ async function workloadPem(root: RootCa, name: string): Promise<string> {
 
 const { values: opts } = parseArgs({ options: {
   pods: { type: 'string', default: '10,25,50' },
-  rate: { type: 'string', default: '500' },
+  rate: { type: 'string', default: '1000' },
+  'close-rate': { type: 'string', default: '200' },
   seconds: { type: 'string', default: '10' },
   'idle-seconds': { type: 'string', default: '3' },
   out: { type: 'string', default: join(HERE, '..', 'results') },
@@ -75,6 +87,7 @@ const measured = String(opts.configs).split(',') as MeshConfig[];
 for (const c of measured) if (!(CONFIGS as readonly string[]).includes(c)) throw new Error(`--configs: ${c} is not one of ${CONFIGS.join(', ')}`);
 const podCounts = String(opts.pods).split(',').map(Number);
 const rate = Number(opts.rate);
+const closeRate = Number(opts['close-rate']);
 const seconds = Number(opts.seconds);
 const idleSeconds = Number(opts['idle-seconds']);
 const say = (s: string) => process.stderr.write(`${s}\n`);
@@ -102,7 +115,11 @@ async function measure(config: MeshConfig, pods: number): Promise<CostRun> {
     const www = join(lab.dir, 'www');
     mkdirSync(www, { recursive: true });
     writeFileSync(join(www, '1k'), Buffer.alloc(FILE_BYTES, 0x61));
-    const serve = (pod: string) => lab.topo.spawn(lab.pod(pod).ns, 'busybox', ['httpd', '-f', '-p', String(APP_PORT), '-h', www]);
+    const serve = (pod: string) => {
+      const cfg = join(lab.dir, `nginx-${pod}.conf`);
+      writeFileSync(cfg, nginxConfig(lab.dir, pod, www));
+      lab.topo.spawn(lab.pod(pod).ns, 'nginx', ['-c', cfg]);
+    };
     for (const a of apps) serve(a.name);
     const inLoadgen = async (args: string[]) => {
       const r = await lab.topo.exec(lab.pod('loadgen').ns, process.execPath, [LOAD, ...args]);
@@ -145,11 +162,16 @@ async function measure(config: MeshConfig, pods: number): Promise<CostRun> {
     const pids = [...[...lab.agents.values()].map((a) => a.child.pid as number), ...sidecars];
 
     const idle = await sample(pids, idleSeconds * 1000);
-    const [l, used] = await Promise.all([
-      inLoadgen(['latency', ...apps.flatMap((a) => ['--url', url(a.name)]), '--method', 'GET', '--size', String(FILE_BYTES),
-        '--rate', String(rate), '--seconds', String(seconds), '--connections', '1']),
-      sample(pids, seconds * 1000),
-    ]);
+    const loaded = async (r: number, close: boolean) => {
+      const [l, used] = await Promise.all([
+        inLoadgen(['latency', ...apps.flatMap((a) => ['--url', url(a.name)]), '--method', 'GET', '--size', String(FILE_BYTES),
+          '--rate', String(r), '--seconds', String(seconds), '--connections', '1', ...(close ? ['--close'] : [])]),
+        sample(pids, seconds * 1000),
+      ]);
+      return { ...used, requests: l.requests, errors: l.errors, latencyMs: { p50: l.p50, p95: l.p95, p99: l.p99 } };
+    };
+    const load = await loaded(rate, false);
+    const newConnections = await loaded(closeRate, true);
 
     // A pod starts: its server, its sidecar if it has one, and (with meshlet) its entry in the
     // registry, at the same moment.
@@ -183,9 +205,7 @@ async function measure(config: MeshConfig, pods: number): Promise<CostRun> {
       firstRequestMs = Date.parse(line.time) - started;
     }
     return {
-      config, pods, processes: pids.length, idle,
-      load: { ...used, requests: l.requests, errors: l.errors, latencyMs: { p50: l.p50, p95: l.p95, p99: l.p99 } },
-      firstRequestMs,
+      config, pods, processes: pids.length, idle, load, newConnections, firstRequestMs,
     };
   } finally {
     await lab.destroy();
@@ -197,6 +217,7 @@ const results: CostResults = {
   date: new Date().toISOString().slice(0, 10),
   machine: { cpus: cpus().length, memoryGiB: Math.round(totalmem() / 2 ** 30), kernel: release(), node: process.version },
   rate,
+  closeRate,
   podReservation: { cpuMillis: 250, memoryMiB: 256 },
   runs: [],
 };
@@ -204,8 +225,10 @@ for (const pods of podCounts) {
   for (const config of measured) {
     say(`${config}, ${pods} pods ...`);
     const run = await measure(config, pods);
-    say(`  idle ${run.idle.rssMiB.toFixed(1)} MiB ${run.idle.cpuCores.toFixed(3)} cores; load ${run.load.rssMiB.toFixed(1)} MiB ${run.load.cpuCores.toFixed(3)} cores, ` +
-      `p50/p95/p99 ${run.load.latencyMs.p50.toFixed(2)}/${run.load.latencyMs.p95.toFixed(2)}/${run.load.latencyMs.p99.toFixed(2)} ms, ${run.load.errors} errors; first request ${run.firstRequestMs.toFixed(0)} ms`);
+    const figures = (u: NonNullable<CostRun['newConnections']>) => `${u.rssMiB.toFixed(1)} MiB ${u.cpuCores.toFixed(3)} cores, ` +
+      `p50/p95/p99 ${u.latencyMs.p50.toFixed(2)}/${u.latencyMs.p95.toFixed(2)}/${u.latencyMs.p99.toFixed(2)} ms, ${u.errors} errors`;
+    say(`  idle ${run.idle.rssMiB.toFixed(1)} MiB ${run.idle.cpuCores.toFixed(3)} cores; keep-alive ${figures(run.load)}; ` +
+      `new connections ${figures(run.newConnections!)}; first request ${run.firstRequestMs.toFixed(0)} ms`);
     results.runs.push(run);
   }
 }

@@ -217,8 +217,9 @@ export class MeshLab {
   }
 
   /**
-   * Sidecar mode: `meshlet init --sidecar` in the pod's namespace, then an agent there that serves
-   * the pod alone, run with the proxy group id (its own connections are not captured again).
+   * Sidecar mode: `meshlet init --sidecar` in the pod's namespace (with CAP_NET_ADMIN, as an init
+   * container), then an agent there that serves the pod alone, run as Istio runs its sidecars: with
+   * the proxy group id (its own connections are not captured again) and without CAP_NET_ADMIN.
    */
   async startSidecar(podName: string, extraArgs: string[] = []): Promise<AgentProcess> {
     const pod = this.pod(podName);
@@ -227,7 +228,7 @@ export class MeshLab {
     const log = createWriteStream(logFile);
     this.#logs.push(log);
     const child = this.topo.spawn(pod.ns, 'setpriv', [
-      '--regid', String(defaultCaptureSettings.proxyGid), '--clear-groups', '--', process.execPath, ...AGENT_NODE_FLAGS,
+      '--regid', String(defaultCaptureSettings.proxyGid), '--clear-groups', '--bounding-set', '-net_admin', '--', process.execPath, ...AGENT_NODE_FLAGS,
       CLI, 'agent', '--node', pod.node.name, '--sidecar', `${pod.spec.namespace ?? 'default'}/${pod.name}`,
       '--workloads', this.workloadsFile, '--workloads-poll', '100ms', '--ca-dir', this.caDir, '--cert-ttl', this.spec.certTtl ?? '1h',
       ...(this.spec.agentArgs ?? []), ...extraArgs,

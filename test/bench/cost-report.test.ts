@@ -54,6 +54,22 @@ describe('cost report', () => {
     assert.equal(slow[3]!.met, false, '0.2 vCPU per 1000 req/s misses the 0.06 goal');
   });
 
+  it('adds the new-connection-per-request figures and their latency goal when the run has them', () => {
+    const withNew: CostResults = {
+      ...results, closeRate: 200,
+      runs: results.runs.map((x) => ({ ...x, newConnections: { ...x.load, cpuCores: x.load.cpuCores * 2, latencyMs: { p50: 1, p95: 2, p99: x.load.latencyMs.p99 * 3 } } })),
+    };
+    const g = goals(withNew);
+    const row = g.find((x) => x.goal.endsWith('(a new connection per request)'))!;
+    // At N = 50: meshlet 3 × 2.2 - 3 × 1.2 = +3.00, HAProxy 3 × 3.2 - 3 × 1.2 = +6.00.
+    assert.equal(row.measured, '+3.00 ms against +6.00 ms');
+    assert.equal(row.met, true);
+    const md = markdown(withNew, {});
+    assert.match(md, /### A new connection per request \(200 req\/s\)/);
+    assert.match(md, /\| meshlet agent per node \| 50 \| 80\.0 \| 0\.100 \| 0\.500 \| 1\.00 \/ 2\.00 \/ 6\.60 \| \+3\.00 \| 0 \|/);
+    assert.equal(goals(results).some((x) => x.goal.includes('new connection')), false, 'no such row without the figures');
+  });
+
   it('renders both charts as SVG and a report that links them', async () => {
     const charts = await renderCharts(results);
     assert.deepEqual(Object.keys(charts).sort(), ['latency', 'memory-vs-pods']);

@@ -17,7 +17,7 @@ describe('cost harness smoke run', () => {
 
   it('measures every figure for each configuration at N = 2 and renders the report', async () => {
     out = await mkdtemp(join(tmpdir(), 'meshlet-cost-'));
-    const r = await runCommand(process.execPath, [HARNESS, '--pods', '2', '--seconds', '2', '--idle-seconds', '1', '--rate', '50', '--out', out]);
+    const r = await runCommand(process.execPath, [HARNESS, '--pods', '2', '--seconds', '2', '--idle-seconds', '1', '--rate', '50', '--close-rate', '25', '--out', out]);
     assert.equal(r.code, 0, r.stderr);
     const files = await readdir(out);
     const json = files.find((f) => f.endsWith('-cost.json'));
@@ -31,6 +31,10 @@ describe('cost harness smoke run', () => {
       }
       assert.equal(run.load.errors, 0, run.config);
       assert.equal(run.load.requests, 100);
+      const n = run.newConnections!;
+      for (const v of [n.rssMiB, n.cpuCores, n.latencyMs.p50, n.latencyMs.p95, n.latencyMs.p99]) assert.ok(Number.isFinite(v) && v >= 0, `${run.config}: ${JSON.stringify(n)}`);
+      assert.equal(n.errors, 0, run.config);
+      assert.equal(n.requests, 50);
     }
     const mesh = results.runs.find((x) => x.config === 'meshlet-node')!;
     assert.equal(mesh.processes, 2, 'one agent on each node');
@@ -49,6 +53,7 @@ describe('cost harness smoke run', () => {
     assert.match(md, /\| HAProxy sidecar per pod \| 2 \| 3 \|/);
     assert.match(md, /\| meshlet sidecar per pod \| 2 \| 3 \|/);
     assert.match(md, /below 1\/5 of the sum of the meshlet sidecars \| [\d.]+ MiB against/, 'the goal against meshlet sidecars is measured now');
-    assert.match(md, /meshlet added p99 no worse than the HAProxy sidecar path on the same run \| \+/, 'the latency goal is measured now');
+    assert.match(md, /meshlet added p99 no worse than the HAProxy sidecar path on the same run \(keep-alive\) \| \+/, 'the latency goal is measured now');
+    assert.match(md, /### A new connection per request \(25 req\/s\)/);
   });
 });

@@ -46,6 +46,8 @@ describe('sidecar mode in network namespaces', { concurrency: false }, () => {
     const pod = await lab.topo.exec(lab.pod('web').ns, 'iptables-save', ['-t', 'nat']);
     assert.match(pod.stdout, /-A OUTPUT -j MESHLET_POD_OUTBOUND/);
     assert.match(pod.stdout, /-A PREROUTING -j MESHLET_POD_INBOUND/);
+    // Like Istio's proxies, the sidecar runs without CAP_NET_ADMIN (only the init step has it).
+    assert.ok((await lab.processLog(lab.sidecars.get('web')!)).some((l) => /sidecar without CAP_NET_ADMIN/.test(l.msg)));
   });
 
   it('carries 4 MB each way through both sidecars over mTLS, byte for byte, and only TLS crosses the nodes', async () => {
