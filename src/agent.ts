@@ -267,6 +267,7 @@ export class Agent {
         return slot.release;
       },
       agentPorts: new Set(Object.values(this.config.ports)),
+      preserveSource: this.config.preserveSourceIp,
       registry: this.registry,
       certs: this.certs,
       policy: this.policy,

@@ -1,7 +1,7 @@
 // meshlet's command line: init (capture), agent, ca, demo.
 import { parseArgs } from 'node:util';
 import { Agent } from './agent.ts';
-import { cleanupCapture, installCapture, ipsetCreateArgs } from './capture/install.ts';
+import { cleanupCapture, installCapture, ipsetCreateArgs, sourceRouteText } from './capture/install.ts';
 import { enableMigrateReq } from './capture/sysctl.ts';
 import { type CaBackend, defaults, loadAgentConfig, loadCaRotateConfig, costDefaults, loadCaServeConfig, loadCostConfig, loadInitConfig, loadPolicyCheckConfig } from './config.ts';
 import { defaultCaptureSettings } from './capture/rules.ts';
@@ -63,6 +63,7 @@ agent flags (defaults in brackets):
   --metrics on|off --access-log on|off       telemetry [on, on]
   --max-connections N --max-connections-per-source N   connection limits [16384, 1024]
   --idle-timeout DUR       reset relayed connections silent both ways this long [1h]
+  --preserve-source-ip on|off  local pods see their clients' addresses, not the node's [on]
   --probe-gate-ttl DUR     a dead or stalled agent's pods fail kubelet's probes this long after it stops [4s]
   admin API: GET /config_dump, GET /logging, POST /logging?level=debug (runtime log level)
 
@@ -107,10 +108,11 @@ async function cmdInit(argv: string[]): Promise<number> {
   if (result.action === 'dry-run') {
     // stdout is exactly the iptables-restore (or nft -f) input; ipsets are created first.
     if (config.capture.backend === 'nftables') {
-      process.stderr.write('meshlet init --dry-run: would run `nft -f -` with:\n');
+      process.stderr.write(`meshlet init --dry-run: would run \`nft -f -\` with the input below, then ${sourceRouteText()}:\n`);
     } else {
       const sets = ipsetCreateArgs(config.capture).map((a) => `\`ipset ${a.join(' ')}\``).join(' and ');
-      process.stderr.write(`meshlet init --dry-run: would run ${sets ? `${sets}, then ` : ''}\`iptables-restore --noflush\` with:\n`);
+      const route = config.capture.mode === 'node' ? `, then ${sourceRouteText()}` : '';
+      process.stderr.write(`meshlet init --dry-run: would run ${sets ? `${sets}, then ` : ''}\`iptables-restore --noflush\` with the input below${route}:\n`);
     }
     process.stdout.write(result.script);
   } else {

@@ -51,6 +51,11 @@ export interface AgentConfig {
   /** Relayed connections silent both ways for this long are reset. */
   idleTimeoutMs: number;
   /**
+   * Deliveries to local pods come from the source pod's own address (node mode; a sidecar delivers
+   * inside the pod). Off: from the node's address, as before.
+   */
+  preserveSourceIp: boolean;
+  /**
    * How long a vouched-for pod stays in the probe gate without being re-added: a dead or stalled
    * agent's pods fail kubelet's probes this long after its last refresh (refreshed 4 times per TTL).
    */
@@ -203,6 +208,7 @@ function captureSettings(v: Record<string, unknown>, p: Problems, mode: CaptureS
     // Not 0: root's own connections (and the app's, if it runs as root) would escape capture.
     proxyGid: p.int('proxy-gid', String(v['proxy-gid']), 1, 2 ** 31 - 1),
     passPorts: [tunnelPort, defaults.ports.metrics, defaults.ports.readiness],
+    sourceChain: defaultCaptureSettings.sourceChain,
     backend: backend === 'nftables' ? 'nftables' : 'iptables',
     ...settings,
     outboundPort: p.port('outbound-port', String(v['outbound-port'])),
@@ -262,6 +268,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     'max-connections': { type: 'string', default: '16384' },
     'idle-timeout': { type: 'string', default: '1h' },
     'probe-gate-ttl': { type: 'string', default: '4s' },
+    'preserve-source-ip': { type: 'string', default: 'on' },
     'max-connections-per-source': { type: 'string', default: '1024' },
     'log-level': { type: 'string', default: env.MESHLET_LOG_LEVEL ?? defaults.logLevel },
     'connect-timeout': { type: 'string', default: defaults.connectTimeout },
@@ -301,6 +308,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     idleTimeoutMs: p.duration('idle-timeout', String(v['idle-timeout']), 1000, 7 * 86_400_000),
     maxConnectionsPerSource: p.int('max-connections-per-source', String(v['max-connections-per-source']), 1, 1_000_000),
     // ipset timeouts are whole seconds.
+    preserveSourceIp: p.onOff('preserve-source-ip', String(v['preserve-source-ip'])) && !sidecar,
     probeGateTtlMs: Math.round(p.duration('probe-gate-ttl', String(v['probe-gate-ttl']), 2_000, 600_000) / 1000) * 1000,
     capture,
   };

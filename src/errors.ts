@@ -37,6 +37,14 @@ export class OriginalDestinationError extends MeshletError {
   }
 }
 
+/** A connection to a local pod could not be made from the source's own address (source preservation). */
+export class SourceAddressError extends MeshletError {
+  readonly code = 'source_address';
+  constructor(sourceIp: string, why: string) {
+    super(`cannot connect from ${sourceIp}: ${why}`);
+  }
+}
+
 /** The workload has no usable certificate: no traffic flows for it (fail closed). */
 export class NoCertificateError extends MeshletError {
   readonly code = 'no_certificate';
@@ -310,7 +318,7 @@ export const errorCodes = [
   'bad_tunnel_target', 'unknown_destination', 'policy_denied', 'upstream_connect', 'bad_workloads', 'bad_config',
   'bad_spiffe_id', 'ca_error', 'capture_error', 'prerequisite', 'bad_csr', 'bad_request', 'body_too_large', 'bad_token',
   'identity_not_allowed', 'rate_limited', 'authz_unavailable', 'ca_unavailable', 'agent_unreachable',
-  'tls_handshake', 'h2_protocol', 'connection_limit', 'idle_timeout', 'stream_limit', 'no_endpoints',
+  'tls_handshake', 'h2_protocol', 'connection_limit', 'idle_timeout', 'stream_limit', 'no_endpoints', 'source_address',
 ] as const;
 
 export function errorCode(err: unknown): string {

@@ -1,10 +1,13 @@
-// The init helper's effects on the node: the two ipsets, the nat chain (capture) and the filter chain
-// (the probe gate), applied with iptables-restore so each change is one atomic transaction; or, with
-// the nftables backend, one table holding the same, applied with `nft -f` (also one transaction).
+// The init helper's effects on the node: the two ipsets, the nat chain (capture), the filter chain
+// (the probe gate) and the mangle chain (source preservation), applied with iptables-restore so each
+// change is one atomic transaction; or, with the nftables backend, one table holding the same,
+// applied with `nft -f` (also one transaction). Either way also the policy rule and route that
+// deliver the replies of source-preserving connections to the node (`ip rule`, `ip route`).
 import { CaptureError, PrerequisiteError } from '../errors.ts';
 import { hasNetAdmin, runCommand } from './exec.ts';
 import {
   type CaptureSettings, type CaptureState, chainsExist, cleanupScript, installScript, isInstalled, parseCaptureState,
+  SOURCE_ROUTE_TABLE, sourceRouteCommands, sourceRouteShown, sourceRuleCount,
 } from './rules.ts';
 import { NFT_TABLE, nftInstallScript, nftIsInstalled } from './nftables.ts';
 
@@ -45,8 +48,42 @@ async function tool(cmd: string, args: string[], input?: string): Promise<string
 }
 
 export async function readCaptureState(): Promise<CaptureState> {
-  const [nat, filter] = await Promise.all([tool('iptables-save', ['-t', 'nat']), tool('iptables-save', ['-t', 'filter'])]);
-  return parseCaptureState(`${nat}\n${filter}`);
+  const tables = await Promise.all(['nat', 'filter', 'mangle'].map((t) => tool('iptables-save', ['-t', t])));
+  return parseCaptureState(tables.join('\n'));
+}
+
+/** Whether the policy rule (exactly once) and its local route are in place (node mode only has them). */
+async function sourceRouteInstalled(): Promise<boolean> {
+  const rules = await tool('ip', ['-4', 'rule', 'show']);
+  // An empty table does not exist for `ip route show`, which then fails: no route.
+  const routes = await runTool('ip', ['-4', 'route', 'show', 'table', String(SOURCE_ROUTE_TABLE)]);
+  return sourceRuleCount(rules) === 1 && routes.code === 0 && sourceRouteShown(routes.stdout);
+}
+
+async function installSourceRoute(): Promise<void> {
+  const { rule, route } = sourceRouteCommands();
+  const count = sourceRuleCount(await tool('ip', ['-4', 'rule', 'show']));
+  if (count === 0) await tool('ip', rule);
+  await tool('ip', route);
+}
+
+async function cleanupSourceRoute(): Promise<boolean> {
+  const { rule } = sourceRouteCommands();
+  const del = ['-4', 'rule', 'del', ...rule.slice(3, 7)];
+  let removed = false;
+  for (let n = sourceRuleCount(await tool('ip', ['-4', 'rule', 'show'])); n > 0; n--) { await tool('ip', del); removed = true; }
+  const routes = await runTool('ip', ['-4', 'route', 'show', 'table', String(SOURCE_ROUTE_TABLE)]);
+  if (routes.code === 0 && sourceRouteShown(routes.stdout)) {
+    await tool('ip', ['-4', 'route', 'del', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', String(SOURCE_ROUTE_TABLE)]);
+    removed = true;
+  }
+  return removed;
+}
+
+/** The policy rule and route as shell commands, for --dry-run. */
+export function sourceRouteText(): string {
+  const { rule, route } = sourceRouteCommands();
+  return `\`ip ${rule.join(' ')}\` and \`ip ${route.join(' ')}\``;
 }
 
 /**
@@ -77,8 +114,9 @@ async function installNft(s: CaptureSettings, opts: { dryRun?: boolean }): Promi
   if (opts.dryRun) return { action: 'dry-run', script };
   assertPrivileged();
   const before = await listNftTable();
-  if (before !== undefined && nftIsInstalled(s, before)) return { action: 'unchanged', script };
+  if (before !== undefined && nftIsInstalled(s, before) && await sourceRouteInstalled()) return { action: 'unchanged', script };
   await tool('nft', ['-f', '-'], script);
+  await installSourceRoute();
   if (!nftIsInstalled(s, (await listNftTable()) ?? '')) throw new CaptureError(`the ${NFT_TABLE.join(' ')} table was applied but nft does not show it in place`);
   return { action: 'installed', script };
 }
@@ -95,8 +133,10 @@ export async function installCapture(s: CaptureSettings, opts: { dryRun?: boolea
   for (const args of ipsetCreateArgs(s)) await tool('ipset', args);
   const before = await readCaptureState();
   const script = installScript(s, before);
-  if (isInstalled(s, before)) return { action: 'unchanged', script };
+  const node = s.mode === 'node';
+  if (isInstalled(s, before) && (!node || await sourceRouteInstalled())) return { action: 'unchanged', script };
   await tool('iptables-restore', ['--noflush'], script);
+  if (node) await installSourceRoute();
   const after = await readCaptureState();
   if (!isInstalled(s, after)) {
     throw new CaptureError(`capture rules were applied but iptables-save does not show them in place`);
@@ -111,6 +151,7 @@ export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolea
     const exists = hasNetAdmin() && (await listNftTable()) !== undefined;
     const script = exists ? `delete table ${NFT_TABLE.join(' ')}\n` : '';
     if (!opts.dryRun && script) await tool('nft', ['-f', '-'], script);
+    if (!opts.dryRun) await cleanupSourceRoute();
     return script;
   }
   const state = hasNetAdmin() ? await readCaptureState() : parseCaptureState('');
@@ -118,6 +159,7 @@ export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolea
   if (opts.dryRun) return script;
   if (script) await tool('iptables-restore', ['--noflush'], script);
   if (s.mode === 'sidecar') return script;
+  await cleanupSourceRoute();
   const sets = (await tool('ipset', ['list', '-n'])).split('\n');
   for (const name of [s.ipset, s.gateIpset]) if (sets.includes(name)) await tool('ipset', ['destroy', name]);
   return script;
@@ -135,15 +177,18 @@ export async function checkCapture(s: CaptureSettings): Promise<CaptureCheck> {
   if (s.backend === 'nftables') {
     const listed = await listNftTable();
     if (listed === undefined) return 'absent';
-    if (nftIsInstalled(s, listed)) return 'installed';
+    if (nftIsInstalled(s, listed) && await sourceRouteInstalled()) return 'installed';
     await tool('nft', ['-f', '-'], nftInstallScript(s));
+    await installSourceRoute();
     if (!nftIsInstalled(s, (await listNftTable()) ?? '')) throw new CaptureError('capture was repaired but nft does not show it in place');
     return 'repaired';
   }
   const state = await readCaptureState();
-  if (isInstalled(s, state)) return 'installed';
+  const node = s.mode === 'node';
+  if (isInstalled(s, state) && (!node || await sourceRouteInstalled())) return 'installed';
   if (!chainsExist(s, state)) return 'absent';
   await tool('iptables-restore', ['--noflush'], installScript(s, state));
+  if (node) await installSourceRoute();
   if (!isInstalled(s, await readCaptureState())) throw new CaptureError('capture was repaired but iptables-save does not show it in place');
   return 'repaired';
 }

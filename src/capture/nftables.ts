@@ -7,14 +7,14 @@
 // Everything lives in one table (`ip meshlet`): the two sets (captured pods; pods the agent vouches
 // for, with timeouts) and two chains, the same rules as the iptables backend's. Pure text here; the
 // commands run in install.ts, ipset.ts and probe-gate.ts like the iptables ones.
-import type { CaptureSettings } from './rules.ts';
+import { type CaptureSettings, nftSourceRule } from './rules.ts';
 
 /** Family and name of meshlet's table, as nft takes them: `nft list table ip meshlet`. */
 export const NFT_TABLE = ['ip', 'meshlet'] as const;
 const T = NFT_TABLE.join(' ');
 
 /** Each chain's declaration and rules exactly as `nft list table` prints them. */
-export function nftChains(s: CaptureSettings): Record<'prerouting' | 'output', string[]> {
+export function nftChains(s: CaptureSettings): Record<'prerouting' | 'output' | 'source', string[]> {
   const captured = `@${s.ipset}`;
   return {
     prerouting: [
@@ -28,6 +28,8 @@ export function nftChains(s: CaptureSettings): Record<'prerouting' | 'output', s
       'type filter hook output priority filter - 10; policy accept;',
       `ip daddr ${captured} ip daddr != @${s.gateIpset} ct state new reject with tcp reset comment "meshlet: captured pod the agent does not vouch for"`,
     ],
+    // Source preservation (see rules.ts, SOURCE_MARK).
+    source: ['type filter hook prerouting priority mangle; policy accept;', nftSourceRule()],
   };
 }
 

@@ -32,6 +32,11 @@ export interface CaptureSettings {
   gateIpset: string;
   /** meshlet's chain in the filter table; OUTPUT jumps to it (the probe gate). */
   gateChain: string;
+  /**
+   * meshlet's chain in the mangle table; PREROUTING jumps to it. It marks the replies to the
+   * agent's source-preserving connections, which a policy route then delivers to the node itself.
+   */
+  sourceChain: string;
   outboundPort: number;
   inboundPlaintextPort: number;
   tunnelPort: number;
@@ -47,6 +52,7 @@ export const defaultCaptureSettings: CaptureSettings = {
   chain: 'MESHLET_PREROUTING',
   gateIpset: 'meshlet-vouched',
   gateChain: 'MESHLET_OUTPUT',
+  sourceChain: 'MESHLET_SOURCE',
   outboundPort: 15001,
   inboundPlaintextPort: 15006,
   tunnelPort: 15008,
@@ -83,6 +89,51 @@ export function gateRules(s: CaptureSettings): string[] {
   ];
 }
 
+/**
+ * Source preservation. The agent connects to a local pod from the source pod's own address (a
+ * transparent socket bound to it), so the application sees its real client. The pod answers that
+ * address, which lives on another node or behind the agent: in mangle PREROUTING the replies of any
+ * local transparent socket get this mark (Istio's, clear of kube-proxy's 0x4000 and 0x8000), and a
+ * policy rule sends marked packets to a routing table whose one route delivers everything locally.
+ */
+export const SOURCE_MARK = { value: 0x539, mask: 0xfff } as const;
+export const SOURCE_ROUTE_TABLE = 133;
+/** Before the main table (32766), after anything a CNI put in front. */
+export const SOURCE_RULE_PREF = 32000;
+const hex = (n: number, width = 0) => `0x${n.toString(16).padStart(width, '0')}`;
+const MARK_TEXT = `${hex(SOURCE_MARK.value)}/${hex(SOURCE_MARK.mask)}`;
+
+export function sourceRules(s: CaptureSettings): string[] {
+  return [
+    `-A ${s.sourceChain} -p tcp -m socket --transparent -m comment --comment "meshlet: replies to source-preserving connections" -j MARK --set-xmark ${MARK_TEXT}`,
+  ];
+}
+
+/** The nftables form of sourceRules, as `nft list` prints it (the mask folded into the and-value). */
+export function nftSourceRule(): string {
+  const and = ((~SOURCE_MARK.mask >>> 0) | SOURCE_MARK.value) >>> 0;
+  return `meta l4proto tcp socket transparent 1 meta mark set meta mark & ${hex(and, 8)} | ${hex(SOURCE_MARK.value, 8)} comment "meshlet: replies to source-preserving connections"`;
+}
+
+/** `ip` arguments that add the policy rule and put the local route in its table (idempotent: replace). */
+export function sourceRouteCommands(): { rule: string[]; route: string[] } {
+  return {
+    rule: ['-4', 'rule', 'add', 'fwmark', MARK_TEXT, 'lookup', String(SOURCE_ROUTE_TABLE), 'pref', String(SOURCE_RULE_PREF)],
+    route: ['-4', 'route', 'replace', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', String(SOURCE_ROUTE_TABLE)],
+  };
+}
+
+/** How many times `ip -4 rule show` lists meshlet's rule. */
+export function sourceRuleCount(ipRuleShow: string): number {
+  const want = `fwmark ${MARK_TEXT} lookup ${SOURCE_ROUTE_TABLE}`;
+  return ipRuleShow.split('\n').filter((l) => l.includes(want)).length;
+}
+
+/** Whether `ip -4 route show table 133` holds the local default route. */
+export function sourceRouteShown(ipRouteShow: string): boolean {
+  return ipRouteShow.split('\n').some((l) => /^local (default|0\.0\.0\.0\/0) dev lo\b/.test(l.trim()));
+}
+
 /** sidecar mode: meshlet's chains inside the pod's namespace. */
 export const SIDECAR_CHAINS = { inbound: 'MESHLET_POD_INBOUND', outbound: 'MESHLET_POD_OUTBOUND' } as const;
 
@@ -117,7 +168,7 @@ export function sidecarOutboundRules(s: CaptureSettings): string[] {
 
 /** One chain of meshlet's and the built-in chain that jumps to it first. */
 interface ChainHook {
-  table: 'nat' | 'filter';
+  table: 'nat' | 'filter' | 'mangle';
   parent: 'PREROUTING' | 'OUTPUT';
   chain: string;
   body: string[];
@@ -133,6 +184,7 @@ function hooks(s: CaptureSettings): ChainHook[] {
   return [
     { table: 'nat', parent: 'PREROUTING', chain: s.chain, body: chainRules(s) },
     { table: 'filter', parent: 'OUTPUT', chain: s.gateChain, body: gateRules(s) },
+    { table: 'mangle', parent: 'PREROUTING', chain: s.sourceChain, body: sourceRules(s) },
   ];
 }
 
@@ -152,17 +204,19 @@ export interface TableState {
 export interface CaptureState {
   nat: TableState;
   filter: TableState;
+  mangle: TableState;
 }
 
-/** Parses the nat and filter tables out of `iptables-save` output (other tables are ignored). */
+/** Parses the nat, filter and mangle tables out of `iptables-save` output (other tables are ignored). */
 export function parseCaptureState(save: string): CaptureState {
-  const state: CaptureState = { nat: { chains: new Set(), rules: [] }, filter: { chains: new Set(), rules: [] } };
+  const empty = () => ({ chains: new Set<string>(), rules: [] });
+  const state: CaptureState = { nat: empty(), filter: empty(), mangle: empty() };
   let table: TableState | undefined;
   for (const raw of save.split('\n')) {
     const line = raw.trim();
     if (line.startsWith('*')) {
       const name = line.slice(1);
-      table = name === 'nat' || name === 'filter' ? state[name] : undefined;
+      table = name === 'nat' || name === 'filter' || name === 'mangle' ? state[name] : undefined;
       continue;
     }
     if (!table) continue;

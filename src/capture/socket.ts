@@ -1,7 +1,7 @@
 // The one home for OS-specific socket calls (FFI). Nothing else in meshlet touches file descriptors.
 import type { Socket } from 'node:net';
 import koffi from 'koffi';
-import { OriginalDestinationError } from '../errors.ts';
+import { OriginalDestinationError, SourceAddressError } from '../errors.ts';
 
 const SOL_IP = 0;
 const SOL_IPV6 = 41;
@@ -20,11 +20,24 @@ const SO_SNDBUF = 7;
 const SO_LINGER = 13;
 const SO_SNDBUFFORCE = 32; // like SO_SNDBUF but past net.core.wmem_max; needs CAP_NET_ADMIN
 
+const IP_TRANSPARENT = 19;
+const SOCK_STREAM = 1;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+
 type GetSockOpt = (fd: number, level: number, name: number, out: Buffer, len: number[]) => number;
 type SetSockOpt = (fd: number, level: number, name: number, value: Buffer, len: number) => number;
-let libc: { getsockopt: GetSockOpt; setsockopt: SetSockOpt } | undefined;
+interface Libc {
+  getsockopt: GetSockOpt;
+  setsockopt: SetSockOpt;
+  socket(domain: number, type: number, protocol: number): number;
+  bind(fd: number, addr: Buffer, len: number): number;
+  getsockname(fd: number, out: Buffer, len: number[]): number;
+  close(fd: number): number;
+}
+let libc: Libc | undefined;
 
-function sys(): { getsockopt: GetSockOpt; setsockopt: SetSockOpt } {
+function sys(): Libc {
   if (!libc) {
     const lib = koffi.load('libc.so.6');
     libc = {
@@ -32,9 +45,57 @@ function sys(): { getsockopt: GetSockOpt; setsockopt: SetSockOpt } {
       // decode ourselves, so ports and addresses stay in network byte order as the kernel has them.
       getsockopt: lib.func('int getsockopt(int, int, int, _Out_ void *, _Inout_ uint32_t *)') as GetSockOpt,
       setsockopt: lib.func('int setsockopt(int, int, int, const void *, uint32_t)') as SetSockOpt,
+      socket: lib.func('int socket(int, int, int)') as Libc['socket'],
+      bind: lib.func('int bind(int, const void *, uint32_t)') as Libc['bind'],
+      getsockname: lib.func('int getsockname(int, _Out_ void *, _Inout_ uint32_t *)') as Libc['getsockname'],
+      close: lib.func('int close(int)') as Libc['close'],
     };
   }
   return libc;
+}
+
+/** sockaddr_in for an IPv4 address and port (family in host order, the rest in network order). */
+export function encodeSockaddrIn(ip: string, port: number): Buffer {
+  const parts = ip.split('.').map(Number);
+  if (parts.length !== 4 || parts.some((n) => !Number.isInteger(n) || n < 0 || n > 255)) {
+    throw new SourceAddressError(ip, 'not an IPv4 address');
+  }
+  const buf = Buffer.alloc(16);
+  buf.writeUInt16LE(AF_INET, 0);
+  buf.writeUInt16BE(port, 2);
+  Buffer.from(parts).copy(buf, 4);
+  return buf;
+}
+
+/**
+ * A TCP socket bound to `sourceIp`, an address this node does not own (the source pod's), ready to
+ * be connected by Node (`new net.Socket({ fd })` then connect). IP_TRANSPARENT lets the kernel bind
+ * it and send from it; it needs CAP_NET_ADMIN, which the node agent holds. The kernel picks the
+ * port; `avoidPort` is refused and another one taken: a connection that was redirected to the
+ * agent holds a NAT entry for that very source address and port to the same destination, and a
+ * second connection with that 4-tuple would be taken for the first and redirected back.
+ */
+export function openTransparentSocket(sourceIp: string, avoidPort?: number): number {
+  const libc = sys();
+  const addr = encodeSockaddrIn(sourceIp, 0);
+  for (let attempt = 0; attempt < 4; attempt++) {
+    const fd = libc.socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) throw new SourceAddressError(sourceIp, `socket() failed with errno ${koffi.errno()}`);
+    const one = Buffer.alloc(4);
+    one.writeInt32LE(1, 0);
+    let failed: string | undefined;
+    if (libc.setsockopt(fd, SOL_IP, IP_TRANSPARENT, one, 4) !== 0) failed = `setsockopt(IP_TRANSPARENT) failed with errno ${koffi.errno()} (CAP_NET_ADMIN is required)`;
+    else if (libc.bind(fd, addr, addr.length) !== 0) failed = `bind() failed with errno ${koffi.errno()}`;
+    if (failed) {
+      libc.close(fd);
+      throw new SourceAddressError(sourceIp, failed);
+    }
+    const name = Buffer.alloc(16);
+    libc.getsockname(fd, name, [16]);
+    if (avoidPort === undefined || name.readUInt16BE(2) !== avoidPort) return fd;
+    libc.close(fd);
+  }
+  throw new SourceAddressError(sourceIp, `no source port other than ${avoidPort} after 4 tries`);
 }
 
 /** Decodes a sockaddr_in / sockaddr_in6 as written by the kernel. Exported for unit tests. */

@@ -350,7 +350,7 @@ export class MeshLab {
   }
 
   /** Runs the peer client in a pod against host:port; returns its parsed JSON report. */
-  async client(podName: string, opts: { host: string; port: number; bytes?: number; connections?: number; mode?: 'echo' | 'halfclose' | 'hold'; timeoutMs?: number; pattern?: string }): Promise<ClientReport> {
+  async client(podName: string, opts: { host: string; port: number; bytes?: number; connections?: number; mode?: 'echo' | 'halfclose' | 'hold' | 'whoami'; timeoutMs?: number; pattern?: string }): Promise<ClientReport> {
     const pod = this.pod(podName);
     const r = await this.topo.exec(pod.ns, process.execPath, [PEER, 'client', '--host', opts.host, '--port', String(opts.port),
       '--bytes', String(opts.bytes ?? 1024), '--connections', String(opts.connections ?? 1), '--mode', opts.mode ?? 'echo',

@@ -2,7 +2,7 @@
 // They know nothing of meshlet: that is the point.
 //
 //   peer serve --port P                  echo server, and a "sink" mode selected by the first byte
-//   peer client --host H --port P --bytes N [--connections C] [--mode echo|halfclose|hold] [--pattern TEXT]
+//   peer client --host H --port P --bytes N [--connections C] [--mode echo|halfclose|hold|whoami] [--pattern TEXT]
 //   peer chat --host H --port P --duration MS [--interval MS]
 //                                        one long-lived connection: a small echoed message every interval
 //   peer dial --host H --port P --duration MS [--interval MS]
@@ -13,7 +13,8 @@
 // when the client ends. 'S': read until the client's FIN, then answer "<bytes> <sha256>" and end: the
 // answer only comes if the FIN crossed the mesh (half-close), and flows after it (the other half).
 // 'H': never read, never answer (a stalled application); the client in `hold` mode keeps writing
-// until something breaks the connection, and reports how.
+// until something breaks the connection, and reports how. 'W': answer the address the connection
+// came from, as the application sees it, and end (`whoami` mode; the client's `reply`).
 import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { parseArgs } from 'node:util';
@@ -30,6 +31,12 @@ function serve(port: number): void {
       }
       if (head.toString() === 'H') {
         socket.pause();
+        return;
+      }
+      if (head.toString() === 'W') {
+        const from = socket.remoteAddress ?? '';
+        socket.end(`${from.startsWith('::ffff:') ? from.slice(7) : from}\n`);
+        socket.resume();
         return;
       }
       const hash = createHash('sha256');
@@ -58,7 +65,7 @@ function makePayload(bytes: number, pattern: string | undefined): Buffer {
   return Buffer.alloc(bytes, pattern);
 }
 
-type Mode = 'echo' | 'halfclose' | 'hold';
+type Mode = 'echo' | 'halfclose' | 'hold' | 'whoami';
 
 function oneConnection(host: string, port: number, bytes: number, mode: Mode, timeoutMs: number, pattern?: string): Promise<ClientResult> {
   return new Promise((resolve) => {
@@ -76,10 +83,10 @@ function oneConnection(host: string, port: number, bytes: number, mode: Mode, ti
       // A client that has its answer (or gave up) lets go of the connection, like any real client.
       socket.destroy();
       const receivedSha = recv.digest('hex');
-      const reply = mode === 'halfclose' ? Buffer.concat(chunks).toString().trim() : undefined;
+      const reply = mode === 'halfclose' || mode === 'whoami' ? Buffer.concat(chunks).toString().trim() : undefined;
       const ok = extra.error === undefined && mode !== 'hold' && (mode === 'echo'
         ? received === bytes && receivedSha === sentSha
-        : reply === `${bytes} ${sentSha}`);
+        : mode === 'whoami' ? net.isIP(reply ?? '') !== 0 : reply === `${bytes} ${sentSha}`);
       resolve({ ok, sent: bytes, received, sentSha, receivedSha, ms: Date.now() - started, ...(reply !== undefined ? { reply } : {}), ...extra });
     };
     const timer = setTimeout(() => finish({ error: 'timeout' }), timeoutMs);
@@ -88,6 +95,10 @@ function oneConnection(host: string, port: number, bytes: number, mode: Mode, ti
       if (mode === 'hold') {
         socket.write('H');
         socket.write(payload);
+        return;
+      }
+      if (mode === 'whoami') {
+        socket.end('W');
         return;
       }
       socket.write(mode === 'echo' ? 'E' : 'S');
@@ -110,7 +121,7 @@ async function client(argv: string[]): Promise<void> {
     timeout: { type: 'string', default: '60000' }, pattern: { type: 'string' },
   } });
   const n = Number(values.connections);
-  const mode: Mode = values.mode === 'halfclose' || values.mode === 'hold' ? values.mode : 'echo';
+  const mode: Mode = values.mode === 'halfclose' || values.mode === 'hold' || values.mode === 'whoami' ? values.mode : 'echo';
   const results = await Promise.all(Array.from({ length: n }, () =>
     oneConnection(String(values.host), Number(values.port), Number(values.bytes), mode, Number(values.timeout), values.pattern)));
   process.stdout.write(`${JSON.stringify({ ok: results.every((r) => r.ok), results })}\n`);

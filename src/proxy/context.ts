@@ -6,7 +6,7 @@ import type { ConnectionTracker } from '../telemetry/connections.ts';
 import type { WorkloadRegistry } from '../workloads/registry.ts';
 import { SelfCallError, UpstreamConnectError } from '../errors.ts';
 import type { SocketAddress } from '../capture/socket.ts';
-import { plainIp } from '../capture/socket.ts';
+import { openTransparentSocket, plainIp } from '../capture/socket.ts';
 import type { TunnelPool } from './tunnel/pool.ts';
 import type { EndpointBalancer } from './balancer.ts';
 
@@ -36,12 +36,28 @@ export interface ProxyContext {
   vouchFor?(podIp: string): Promise<void> | undefined;
   /** Connection limits for a tunnel stream of `peerId`: the release function, or ConnectionLimitError. */
   admitStream?(peerId: string): () => void;
+  /**
+   * Deliveries to local pods come from the source's own address (a transparent socket), so the
+   * application sees its real client and not the node. Needs `meshlet init`'s mangle rule and
+   * policy route, which bring the pod's replies back to the agent.
+   */
+  preserveSource?: boolean;
 }
 
-/** A TCP connection to a final destination, resolved once established (never half-set-up). */
-export function connectTcp(host: string, port: number, timeoutMs: number): Promise<net.Socket> {
+/** Who a delivery to a local pod speaks for: the source address to keep, and the port to stay off. */
+export interface DeliverySource {
+  ip: string;
+  /** The source port of the redirected connection being relayed (see openTransparentSocket). */
+  avoidPort?: number;
+}
+
+/**
+ * A TCP connection to a final destination, resolved once established (never half-set-up). `from`:
+ * an unconnected socket to connect (a transparent one bound to a source address).
+ */
+export function connectTcp(host: string, port: number, timeoutMs: number, from?: net.Socket): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host, port, allowHalfOpen: true, noDelay: true });
+    const socket = from ? from.setNoDelay(true).connect({ host, port }) : net.connect({ host, port, allowHalfOpen: true, noDelay: true });
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new UpstreamConnectError(`${host}:${port}`, `timed out after ${timeoutMs} ms`));
@@ -59,11 +75,16 @@ export function connectTcp(host: string, port: number, timeoutMs: number): Promi
   });
 }
 
-/** A connection to a pod of this node: through the probe gate, which must vouch for the pod first. */
-export async function connectLocalPod(ctx: ProxyContext, podIp: string, port: number): Promise<net.Socket> {
+/**
+ * A connection to a pod of this node: through the probe gate, which must vouch for the pod first;
+ * from `source`'s address when the agent preserves sources and one is known.
+ */
+export async function connectLocalPod(ctx: ProxyContext, podIp: string, port: number, source?: DeliverySource): Promise<net.Socket> {
   const vouching = ctx.vouchFor?.(podIp);
   if (vouching) await vouching;
-  return connectTcp(podIp, port, ctx.connectTimeoutMs);
+  if (!ctx.preserveSource || !source?.ip || source.ip === podIp) return connectTcp(podIp, port, ctx.connectTimeoutMs);
+  const fd = openTransparentSocket(source.ip, source.avoidPort);
+  return connectTcp(podIp, port, ctx.connectTimeoutMs, new net.Socket({ fd, allowHalfOpen: true, readable: true, writable: true }));
 }
 
 /**

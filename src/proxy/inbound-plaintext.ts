@@ -20,7 +20,8 @@ export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext):
     if (!target || !target.captured || !ctx.registry.isLocal(target)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
     conn.set({ dst: target });
     enforce(conn, plaintextRefusal(ctx.policy, target) ?? ctx.policy.authorize({ sourceIp, destination: target, destinationPort: dst.port }));
-    await relayConnection(conn, client, socketEnd(await connectLocalPod(ctx, target.ip, dst.port)), ctx.idleTimeoutMs);
+    const from = socket.remotePort ? { ip: sourceIp, avoidPort: socket.remotePort } : { ip: sourceIp };
+    await relayConnection(conn, client, socketEnd(await connectLocalPod(ctx, target.ip, dst.port, from)), ctx.idleTimeoutMs);
   } catch (err) {
     client.reset();
     conn.close({ error: err });

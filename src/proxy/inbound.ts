@@ -244,7 +244,8 @@ async function handleConnect(
     const release = ctx.admitStream?.(tunnel.peerId);
     if (release) stream.once('close', release);
     status = 502;
-    const upstream = socketEnd(await connectLocalPod(ctx, tunnel.target.ip, authority.port));
+    // Only a believed claim is kept as the source address: the app never sees an address a peer made up.
+    const upstream = socketEnd(await connectLocalPod(ctx, tunnel.target.ip, authority.port, source ? { ip: source.ip } : undefined));
     stream.respond({ ':status': 200 });
     await relayConnection(conn, peer, upstream, ctx.idleTimeoutMs);
   } catch (err) {

@@ -28,6 +28,11 @@ const listed = `table ip meshlet {
 		type filter hook output priority filter - 10; policy accept;
 		ip daddr @meshlet-captured ip daddr != @meshlet-vouched ct state new reject with tcp reset comment "meshlet: captured pod the agent does not vouch for"
 	}
+
+	chain source {
+		type filter hook prerouting priority mangle; policy accept;
+		meta l4proto tcp socket transparent 1 meta mark set meta mark & 0xfffff539 | 0x00000539 comment "meshlet: replies to source-preserving connections"
+	}
 }
 `;
 
@@ -53,6 +58,7 @@ describe('nftables capture', () => {
     assert.equal(nftIsInstalled(s, listed.replace(':15006', ':15099')), false);
     assert.equal(nftIsInstalled(s, listed.replace('dstnat - 10', 'dstnat')), false, 'the same priority as kube-proxy is not good enough');
     assert.equal(nftIsInstalled(s, ''), false);
+    assert.equal(nftIsInstalled(s, listed.replace(/\tchain source \{[^}]*\}\n/, '')), false, 'the source-preservation chain is part of it');
     assert.deepEqual(parseNftTable(`${listed.replace('reset comment', 'reset # handle 7\ncomment')}`).get('output')?.[0], 'type filter hook output priority filter - 10; policy accept;');
   });
 

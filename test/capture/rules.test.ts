@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
   chainRules, chainsExist, cleanupScript, defaultCaptureSettings as s, gateRules, installScript, ipsetDiff, isInstalled, parseCaptureState, parseIpsetMembers,
-  sidecarInboundRules, sidecarOutboundRules, vouchLines,
+  nftSourceRule, sidecarInboundRules, sidecarOutboundRules, sourceRouteCommands, sourceRouteShown, sourceRuleCount, sourceRules, vouchLines,
 } from '../../src/capture/rules.ts';
 
 // What iptables-save printed on this kind of machine (nf_tables backend) after `meshlet init`.
@@ -25,6 +25,16 @@ COMMIT
 -A MESHLET_PREROUTING -p tcp -m set --match-set meshlet-captured src -m comment --comment "meshlet: captured pod outbound" -j REDIRECT --to-ports 15001
 -A MESHLET_PREROUTING -p tcp -m set --match-set meshlet-captured dst -m tcp --dport 15008 -m comment --comment "meshlet: tunnel to captured pod" -j REDIRECT --to-ports 15008
 -A MESHLET_PREROUTING -p tcp -m set --match-set meshlet-captured dst -m comment --comment "meshlet: plaintext to captured pod" -j REDIRECT --to-ports 15006
+COMMIT
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:MESHLET_SOURCE - [0:0]
+-A PREROUTING -j MESHLET_SOURCE
+-A MESHLET_SOURCE -p tcp -m socket --transparent -m comment --comment "meshlet: replies to source-preserving connections" -j MARK --set-xmark 0x539/0xfff
 COMMIT
 `;
 
@@ -62,6 +72,7 @@ describe('capture rules', () => {
     assert.deepEqual(script.trim().split('\n'), [
       '*nat', ':MESHLET_PREROUTING - [0:0]', ...chainRules(s), '-I PREROUTING 1 -j MESHLET_PREROUTING', 'COMMIT',
       '*filter', ':MESHLET_OUTPUT - [0:0]', ...gateRules(s), '-I OUTPUT 1 -j MESHLET_OUTPUT', 'COMMIT',
+      '*mangle', ':MESHLET_SOURCE - [0:0]', ...sourceRules(s), '-I PREROUTING 1 -j MESHLET_SOURCE', 'COMMIT',
     ]);
   });
 
@@ -82,6 +93,8 @@ describe('capture rules', () => {
     assert.equal(isInstalled(s, parseCaptureState(noGate)), false);
     const gateOpen = installedSave.replace('! --match-set meshlet-vouched', '--match-set meshlet-vouched');
     assert.equal(isInstalled(s, parseCaptureState(gateOpen)), false);
+    const noSource = installedSave.replace('-A PREROUTING -j MESHLET_SOURCE\n', '');
+    assert.equal(isInstalled(s, parseCaptureState(noSource)), false, 'the mangle jump is part of it');
   });
 
   it('moves its jump back to first when kube-proxy has put its own ahead of it', () => {
@@ -114,6 +127,7 @@ describe('capture rules', () => {
     assert.deepEqual(script.trim().split('\n'), [
       '*nat', '-D PREROUTING -j MESHLET_PREROUTING', '-F MESHLET_PREROUTING', '-X MESHLET_PREROUTING', 'COMMIT',
       '*filter', '-D OUTPUT -j MESHLET_OUTPUT', '-F MESHLET_OUTPUT', '-X MESHLET_OUTPUT', 'COMMIT',
+      '*mangle', '-D PREROUTING -j MESHLET_SOURCE', '-F MESHLET_SOURCE', '-X MESHLET_SOURCE', 'COMMIT',
     ]);
     assert.equal(cleanupScript(s, parseCaptureState(emptySave)), undefined);
   });
@@ -132,6 +146,28 @@ describe('capture rules', () => {
     assert.deepEqual(vouchLines('meshlet-vouched', ['10.0.0.1', '10.0.0.2'], 4), [
       'add meshlet-vouched 10.0.0.1 timeout 4', 'add meshlet-vouched 10.0.0.2 timeout 4',
     ]);
+  });
+});
+
+describe('source preservation rules', () => {
+  it('marks replies of transparent sockets and routes the mark to a local table', () => {
+    assert.match(sourceRules(s)[0] ?? '', /^-A MESHLET_SOURCE -p tcp -m socket --transparent .*-j MARK --set-xmark 0x539\/0xfff$/);
+    // nft folds the mask into the and-value: the low 12 bits become 0x539, the rest stay.
+    assert.match(nftSourceRule(), /socket transparent 1 meta mark set meta mark & 0xfffff539 \| 0x00000539 /);
+    assert.deepEqual(sourceRouteCommands(), {
+      rule: ['-4', 'rule', 'add', 'fwmark', '0x539/0xfff', 'lookup', '133', 'pref', '32000'],
+      route: ['-4', 'route', 'replace', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', '133'],
+    });
+  });
+
+  it('reads the rule and route back as ip prints them', () => {
+    const rules = '0:\tfrom all lookup local\n32000:\tfrom all fwmark 0x539/0xfff lookup 133\n32766:\tfrom all lookup main\n';
+    assert.equal(sourceRuleCount(rules), 1);
+    assert.equal(sourceRuleCount(rules.replace('0x539/0xfff', '0x539/0xffff')), 0, 'another mask is not ours');
+    assert.equal(sourceRuleCount(`${rules}31999:\tfrom all fwmark 0x539/0xfff lookup 133\n`), 2);
+    assert.equal(sourceRouteShown('local default dev lo scope host \n'), true);
+    assert.equal(sourceRouteShown('default via 10.0.0.1 dev eth0\n'), false);
+    assert.equal(sourceRouteShown(''), false);
   });
 });
 

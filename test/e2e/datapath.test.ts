@@ -82,6 +82,17 @@ describe('data path in network namespaces', { concurrency: false }, () => {
     assert.equal(line.dst.principal, id('shop', 'cart'));
   });
 
+  it('shows the application its real client address: across nodes, on one node, and from outside the mesh', async () => {
+    const whoami = async (from: string, to: string) => {
+      const r = await lab.client(from, { host: lab.pod(to).ip, port: PORT, mode: 'whoami', timeoutMs: 10_000 });
+      assert.ok(r.ok, JSON.stringify(r.results));
+      return r.results[0]!.reply;
+    };
+    assert.equal(await whoami('a1', 'b1'), lab.pod('a1').ip, 'tunnel: the source pod, not node-b');
+    assert.equal(await whoami('a1', 'a2'), lab.pod('a1').ip, 'same node: the source pod, not node-a');
+    assert.equal(await whoami('outside', 'b2'), lab.pod('outside').ip, 'plaintext from outside the mesh');
+  });
+
   it('propagates half-close both ways, across nodes and on one node', async () => {
     for (const to of ['b2', 'a2']) {
       // The server answers only after the client's FIN reached it; the answer then flows back.

@@ -25,8 +25,10 @@ describe('meshlet init on a node', { concurrency: false }, () => {
   const meshlet = (args: string[]) => topo.exec(ns, process.execPath, [CLI, ...args]);
   const save = async () => normalize(await sh('iptables-save', []));
   const sets = async () => (await sh('ipset', ['list', '-n'])).split('\n').filter(Boolean).sort();
+  const rules = () => sh('ip', ['-4', 'rule', 'show']);
   let pristine: string;
   let pristineSets: string[];
+  let pristineRules: string;
 
   before(async () => {
     topo = await Topology.create();
@@ -44,10 +46,15 @@ describe('meshlet init on a node', { concurrency: false }, () => {
       '-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT',
       '-A OUTPUT -p tcp -m tcp --dport 9 -j ACCEPT',
       'COMMIT',
+      '*mangle',
+      '-A PREROUTING -p udp -m udp --dport 4789 -j MARK --set-xmark 0x4000/0x4000',
+      'COMMIT',
       '',
     ].join('\n'));
+    await sh('ip', ['-4', 'rule', 'add', 'fwmark', '0x4000/0x4000', 'lookup', '200', 'pref', '100']);
     pristine = await save();
     pristineSets = await sets();
+    pristineRules = await rules();
   });
 
   after(async () => { await topo?.destroy(); });
@@ -90,20 +97,31 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     assert.deepEqual(await sets(), [...pristineSets, 'meshlet-captured', 'meshlet-vouched'].sort());
     // The user's own rules are still there, in their order.
     assert.match(installed, /-A PREROUTING -p tcp -m tcp --dport 9999 -j REDIRECT --to-ports 9998\n-A PREROUTING -j USER_CHAIN\n/);
+    // Source preservation: the mangle jump first, the policy rule and its local route.
+    const mangle = installed.slice(installed.indexOf('*mangle'));
+    assert.equal(mangle.split('\n').find((l) => l.startsWith('-A PREROUTING ')), '-A PREROUTING -j MESHLET_SOURCE');
+    assert.match(mangle, /-A PREROUTING -p udp -m udp --dport 4789 -j MARK --set-xmark 0x4000\/0x4000/);
+    assert.match(await rules(), /^32000:\s+from all fwmark 0x539\/0xfff lookup 133\s*$/m);
+    assert.match(await sh('ip', ['-4', 'route', 'show', 'table', '133']), /^local default dev lo/m);
+    const installedRules = await rules();
 
     const second = await meshlet(['init']);
     assert.equal(second.code, 0, second.stderr);
     assert.match(second.stderr, /capture unchanged/);
     assert.equal(await save(), installed);
+    assert.equal(await rules(), installedRules, 'no second policy rule');
   });
 
-  it('repairs a chain someone emptied', async () => {
+  it('repairs a chain someone emptied and a policy rule someone deleted', async () => {
     const installed = await save();
     await sh('iptables', ['-t', 'nat', '-F', 'MESHLET_PREROUTING']);
     assert.notEqual(await save(), installed);
+    const installedRules = await rules();
+    await sh('ip', ['-4', 'rule', 'del', 'fwmark', '0x539/0xfff', 'lookup', '133']);
     const r = await meshlet(['init']);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(await save(), installed);
+    assert.equal(await rules(), installedRules, 'the policy rule is back');
   });
 
   it('removes everything it created and nothing else with --cleanup, and a second cleanup is a no-op', async () => {
@@ -112,6 +130,9 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     assert.equal(r.code, 0, r.stderr);
     assert.equal(await save(), pristine);
     assert.deepEqual(await sets(), pristineSets);
+    assert.equal(await rules(), pristineRules, 'the policy rule is gone, the user\'s stays');
+    const table = await topo.exec(ns, 'ip', ['-4', 'route', 'show', 'table', '133']);
+    assert.equal(table.stdout.trim(), '', 'table 133 is empty again');
     const again = await meshlet(['init', '--cleanup']);
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stderr, /nothing to remove/);
