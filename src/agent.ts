@@ -23,6 +23,7 @@ import { handleOutbound } from './proxy/outbound.ts';
 import { TunnelPool } from './proxy/tunnel/pool.ts';
 import { ConnectionLimiter } from './proxy/limits.ts';
 import { EndpointBalancer } from './proxy/balancer.ts';
+import { OpenRedirects } from './proxy/redirects.ts';
 import { accessLogger, createLogger, setLogLevel } from './telemetry/log.ts';
 import { MeshMetrics } from './telemetry/metrics.ts';
 import { ConnectionTracker } from './telemetry/connections.ts';
@@ -268,6 +269,7 @@ export class Agent {
       },
       agentPorts: new Set(Object.values(this.config.ports)),
       preserveSource: this.config.preserveSourceIp,
+      redirects: new OpenRedirects(),
       registry: this.registry,
       certs: this.certs,
       policy: this.policy,

@@ -71,14 +71,15 @@ export function encodeSockaddrIn(ip: string, port: number): Buffer {
  * A TCP socket bound to `sourceIp`, an address this node does not own (the source pod's), ready to
  * be connected by Node (`new net.Socket({ fd })` then connect). IP_TRANSPARENT lets the kernel bind
  * it and send from it; it needs CAP_NET_ADMIN, which the node agent holds. The kernel picks the
- * port; `avoidPort` is refused and another one taken: a connection that was redirected to the
- * agent holds a NAT entry for that very source address and port to the same destination, and a
- * second connection with that 4-tuple would be taken for the first and redirected back.
+ * port, which must not be `taken`: a connection redirected to the agent from that very source
+ * address and port to the same destination holds a NAT entry, and a second connection with that
+ * 4-tuple would be taken for the first and redirected back.
  */
-export function openTransparentSocket(sourceIp: string, avoidPort?: number): number {
+export function openTransparentSocket(sourceIp: string, taken: (port: number) => boolean = () => false): number {
   const libc = sys();
   const addr = encodeSockaddrIn(sourceIp, 0);
-  for (let attempt = 0; attempt < 4; attempt++) {
+  const tries = 8;
+  for (let attempt = 0; attempt < tries; attempt++) {
     const fd = libc.socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) throw new SourceAddressError(sourceIp, `socket() failed with errno ${koffi.errno()}`);
     const one = Buffer.alloc(4);
@@ -92,10 +93,10 @@ export function openTransparentSocket(sourceIp: string, avoidPort?: number): num
     }
     const name = Buffer.alloc(16);
     libc.getsockname(fd, name, [16]);
-    if (avoidPort === undefined || name.readUInt16BE(2) !== avoidPort) return fd;
+    if (!taken(name.readUInt16BE(2))) return fd;
     libc.close(fd);
   }
-  throw new SourceAddressError(sourceIp, `no source port other than ${avoidPort} after 4 tries`);
+  throw new SourceAddressError(sourceIp, `every source port the kernel offered in ${tries} tries belongs to a redirected connection`);
 }
 
 /** Decodes a sockaddr_in / sockaddr_in6 as written by the kernel. Exported for unit tests. */

@@ -9,6 +9,7 @@ import type { SocketAddress } from '../capture/socket.ts';
 import { openTransparentSocket, plainIp } from '../capture/socket.ts';
 import type { TunnelPool } from './tunnel/pool.ts';
 import type { EndpointBalancer } from './balancer.ts';
+import type { OpenRedirects } from './redirects.ts';
 
 /** Everything a connection handler needs, passed explicitly (no module state). */
 export interface ProxyContext {
@@ -42,13 +43,13 @@ export interface ProxyContext {
    * policy route, which bring the pod's replies back to the agent.
    */
   preserveSource?: boolean;
+  /** The redirected connections open on this agent, whose 4-tuples a delivery must not reuse. */
+  redirects?: OpenRedirects;
 }
 
-/** Who a delivery to a local pod speaks for: the source address to keep, and the port to stay off. */
+/** Who a delivery to a local pod speaks for: the source address to keep. */
 export interface DeliverySource {
   ip: string;
-  /** The source port of the redirected connection being relayed (see openTransparentSocket). */
-  avoidPort?: number;
 }
 
 /**
@@ -83,7 +84,8 @@ export async function connectLocalPod(ctx: ProxyContext, podIp: string, port: nu
   const vouching = ctx.vouchFor?.(podIp);
   if (vouching) await vouching;
   if (!ctx.preserveSource || !source?.ip || source.ip === podIp) return connectTcp(podIp, port, ctx.connectTimeoutMs);
-  const fd = openTransparentSocket(source.ip, source.avoidPort);
+  const redirects = ctx.redirects;
+  const fd = openTransparentSocket(source.ip, redirects ? (p) => redirects.has(source.ip, p, podIp, port) : undefined);
   return connectTcp(podIp, port, ctx.connectTimeoutMs, new net.Socket({ fd, allowHalfOpen: true, readable: true, writable: true }));
 }
 

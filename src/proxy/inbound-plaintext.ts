@@ -12,18 +12,21 @@ export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext):
   const sourceIp = plainIp(socket.remoteAddress);
   const conn = ctx.connections.open('inbound_plaintext', sourceIp);
   const client = socketEnd(socket);
+  let unregister: (() => void) | undefined;
   try {
     const dst = originalDestination(socket);
     assertNotSelf(dst, socket);
+    unregister = ctx.redirects?.add(sourceIp, socket.remotePort ?? 0, dst.ip, dst.port);
     conn.set({ destination: `${dst.ip}:${dst.port}`, route: 'inbound' });
     const target = ctx.registry.findWorkload(dst.ip);
     if (!target || !target.captured || !ctx.registry.isLocal(target)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
     conn.set({ dst: target });
     enforce(conn, plaintextRefusal(ctx.policy, target) ?? ctx.policy.authorize({ sourceIp, destination: target, destinationPort: dst.port }));
-    const from = socket.remotePort ? { ip: sourceIp, avoidPort: socket.remotePort } : { ip: sourceIp };
-    await relayConnection(conn, client, socketEnd(await connectLocalPod(ctx, target.ip, dst.port, from)), ctx.idleTimeoutMs);
+    await relayConnection(conn, client, socketEnd(await connectLocalPod(ctx, target.ip, dst.port, { ip: sourceIp })), ctx.idleTimeoutMs);
   } catch (err) {
     client.reset();
     conn.close({ error: err });
+  } finally {
+    unregister?.();
   }
 }

@@ -18,22 +18,25 @@ export async function handleOutbound(socket: Socket, ctx: ProxyContext): Promise
   const conn = ctx.connections.open('outbound', plainIp(socket.remoteAddress));
   const client = socketEnd(socket);
   let lease: EndpointLease | undefined;
+  let unregister: (() => void) | undefined;
   try {
     const source = findLocalSource(socket, ctx);
     conn.set({ src: source });
     const dst = originalDestination(socket);
     assertNotSelf(dst, socket);
+    unregister = ctx.redirects?.add(source.ip, socket.remotePort ?? 0, dst.ip, dst.port);
     conn.set({ destination: `${dst.ip}:${dst.port}` });
     const service = ctx.registry.findService(dst.ip, dst.port);
     let upstream: RelayEnd;
-    if (service) ({ end: upstream, lease } = await connectService(source, service.service, service.port, ctx, conn, socket.remotePort));
-    else upstream = await connectDestination(source, dst, ctx, conn, socket.remotePort);
+    if (service) ({ end: upstream, lease } = await connectService(source, service.service, service.port, ctx, conn));
+    else upstream = await connectDestination(source, dst, ctx, conn);
     await relayConnection(conn, client, upstream, ctx.idleTimeoutMs);
   } catch (err) {
     client.reset();
     conn.close({ error: err });
   } finally {
     lease?.release();
+    unregister?.();
   }
 }
 
@@ -51,7 +54,7 @@ function findLocalSource(socket: Socket, ctx: ProxyContext): Workload {
  * or its pod) is the endpoint's: counted towards its ejection, and another endpoint is tried. A
  * refusal by policy or for want of a certificate would be the same anywhere and is final.
  */
-async function connectService(source: Workload, service: MeshService, port: ServicePort, ctx: ProxyContext, conn: ConnectionHandle, clientPort?: number): Promise<{ end: RelayEnd; lease: EndpointLease }> {
+async function connectService(source: Workload, service: MeshService, port: ServicePort, ctx: ProxyContext, conn: ConnectionHandle): Promise<{ end: RelayEnd; lease: EndpointLease }> {
   conn.set({ service });
   const balancer = ctx.balancer;
   const name = `${service.namespace}/${service.name}`;
@@ -65,7 +68,7 @@ async function connectService(source: Workload, service: MeshService, port: Serv
     const lease = balancer.lease(service, endpoint);
     conn.set({ destination: `${target.ip}:${target.port}`, attempts: attempt, dst: undefined, route: undefined, mutualTls: false, alsoDestination: false });
     try {
-      const end = await connectDestination(source, target, ctx, conn, clientPort);
+      const end = await connectDestination(source, target, ctx, conn);
       lease.success();
       return { end, lease };
     } catch (err) {
@@ -87,7 +90,7 @@ function isEndpointFailure(err: unknown): boolean {
   return err instanceof TunnelRejectedError && (err.status === undefined || err.status >= 500);
 }
 
-async function connectDestination(source: Workload, dst: Pick<SocketAddress, 'ip' | 'port'>, ctx: ProxyContext, conn: ConnectionHandle, clientPort?: number): Promise<RelayEnd> {
+async function connectDestination(source: Workload, dst: Pick<SocketAddress, 'ip' | 'port'>, ctx: ProxyContext, conn: ConnectionHandle): Promise<RelayEnd> {
   const target = ctx.registry.findWorkload(dst.ip);
   if (!target || !target.captured) {
     // Outside the mesh: plain TCP, if policy allows leaving the mesh.
@@ -109,7 +112,7 @@ async function connectDestination(source: Workload, dst: Pick<SocketAddress, 'ip
       sourcePrincipal: source.spiffeId, sourceIp: source.ip, sourceNamespace: source.namespace,
       destination: target, destinationPort: dst.port,
     }));
-    return socketEnd(await connectLocalPod(ctx, dst.ip, dst.port, { ip: source.ip, ...(clientPort ? { avoidPort: clientPort } : {}) }));
+    return socketEnd(await connectLocalPod(ctx, dst.ip, dst.port, { ip: source.ip }));
   }
 
   // Another node: the destination agent enforces policy with the identity it verified.

@@ -3,9 +3,9 @@ import { describe, it } from 'node:test';
 import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { hasNetAdmin } from '../../src/capture/exec.ts';
-import { decodeSockaddr, plainIp, setSendBuffer } from '../../src/capture/socket.ts';
+import { decodeSockaddr, encodeSockaddrIn, openTransparentSocket, plainIp, setSendBuffer } from '../../src/capture/socket.ts';
 import { TUNNEL_SEND_BUFFER_BYTES } from '../../src/proxy/tunnel/h2.ts';
-import { OriginalDestinationError } from '../../src/errors.ts';
+import { OriginalDestinationError, SourceAddressError } from '../../src/errors.ts';
 
 function sockaddrIn(ip: number[], port: number): Buffer {
   const b = Buffer.alloc(16);
@@ -67,5 +67,28 @@ describe('tunnel socket send buffer', () => {
       client.destroy();
       server.close();
     }
+  });
+});
+
+describe('source-preserving sockets', () => {
+  it('encodes sockaddr_in and refuses what is not IPv4', () => {
+    assert.deepEqual(encodeSockaddrIn('10.241.2.11', 8080), sockaddrIn([10, 241, 2, 11], 8080));
+    assert.throws(() => encodeSockaddrIn('fd00::1', 1), SourceAddressError);
+    assert.throws(() => encodeSockaddrIn('10.0.0.256', 1), SourceAddressError);
+  });
+
+  it('binds to an address the host does not own, and takes another port while the one offered is taken', (t) => {
+    if (!hasNetAdmin()) { t.skip('IP_TRANSPARENT needs CAP_NET_ADMIN'); return; }
+    const offered: number[] = [];
+    // 192.0.2.0/24 (TEST-NET-1) is nobody's address: only a transparent socket may bind it.
+    const fd = openTransparentSocket('192.0.2.77', (port) => { offered.push(port); return offered.length < 3; });
+    const socket = new net.Socket({ fd });
+    try {
+      assert.equal(offered.length, 3, 'the first two ports were refused');
+      assert.ok(offered.every((p) => p > 0));
+    } finally {
+      socket.destroy();
+    }
+    assert.throws(() => openTransparentSocket('192.0.2.77', () => true), /every source port the kernel offered in 8 tries/);
   });
 });

@@ -91,6 +91,11 @@ describe('data path in network namespaces', { concurrency: false }, () => {
     assert.equal(await whoami('a1', 'b1'), lab.pod('a1').ip, 'tunnel: the source pod, not node-b');
     assert.equal(await whoami('a1', 'a2'), lab.pod('a1').ip, 'same node: the source pod, not node-a');
     assert.equal(await whoami('outside', 'b2'), lab.pod('outside').ip, 'plaintext from outside the mesh');
+    // Many at once on one node: each delivery takes a source port that no open redirected
+    // connection of the same pod to the same destination holds.
+    const many = await lab.client('a1', { host: lab.pod('a2').ip, port: PORT, mode: 'whoami', connections: 100, timeoutMs: 20_000 });
+    assert.ok(many.ok, JSON.stringify(many.results.filter((x) => !x.ok)));
+    assert.deepEqual(new Set(many.results.map((x) => x.reply)), new Set([lab.pod('a1').ip]));
   });
 
   it('propagates half-close both ways, across nodes and on one node', async () => {
