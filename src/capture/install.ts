@@ -29,7 +29,8 @@ async function runTool(cmd: string, args: string[], input?: string) {
     return await runCommand(cmd, args, input);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new PrerequisiteError(`${cmd} is not installed (apt-get install ${cmd === 'nft' ? 'nftables' : 'iptables ipset'})`);
+      const pkg = cmd === 'nft' ? 'nftables' : cmd === 'ip' ? 'iproute2' : 'iptables ipset';
+      throw new PrerequisiteError(`${cmd} is not installed (apt-get install ${pkg})`);
     }
     throw err;
   }
