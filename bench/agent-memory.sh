@@ -8,7 +8,7 @@ NODE=$PWD/node_modules/.bin/node
 D=$(mktemp -d /tmp/meshlet-memory-XXXXXX)
 NS=meshlet-memory-$$
 trap 'ip netns del $NS 2>/dev/null || true; rm -rf "$D"' EXIT
-rm -rf $D/ca; $NODE src/cli.ts ca init --out $D/ca --trust-domain mem.test >/dev/null 2>&1
+$NODE src/cli.ts ca init --out $D/ca --trust-domain mem.test >/dev/null 2>&1
 { echo "trustDomain: mem.test"; echo "nodes: [{ name: n1, ip: 10.9.0.1 }]"; echo "workloads:"; for i in $(seq 1 10); do echo "  - { name: w$i, namespace: m, serviceAccount: w$i, ip: 10.9.1.$i, node: n1 }"; done; } > $D/w.yaml
 ip netns add $NS
 ip netns exec $NS ip link set lo up

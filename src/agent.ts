@@ -97,7 +97,8 @@ export class Agent {
         metrics?.endpointEjected(service.namespace, service.name);
       },
     });
-    this.#members = createMemberSync(config.capture);
+    // A sidecar's pod capture takes everything the pod sends: there is no set of pods to keep.
+    this.#members = config.sidecar ? { sync: async () => ({ added: 0, removed: 0 }), members: async () => new Set() } : createMemberSync(config.capture);
     this.probeGate = new ProbeGate({
       ttlMs: config.probeGateTtlMs, log: deps.log, vouched: () => this.#vouched(), write: createVouchWriter(config.capture),
     });
@@ -220,11 +221,6 @@ export class Agent {
     this.#tunnel?.prune();
     const ips = new Set(local.map((w) => w.ip));
     this.#log.info({ workloads: snapshot.workloads.length, localCaptured: local.length }, 'registry updated');
-    if (this.config.sidecar) {
-      // The pod's own capture takes everything it sends: there is no set of pods to keep.
-      this.#ipsetSynced = true;
-      return;
-    }
     this.#members.sync(ips).then(
       (r) => { this.#ipsetSynced = true; if (r.added || r.removed) this.#log.info(r, 'captured-pods ipset updated'); },
       (err) => { this.#log.error({ err: (err as Error).message }, 'cannot update the captured-pods ipset'); },

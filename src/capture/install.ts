@@ -48,43 +48,42 @@ async function tool(cmd: string, args: string[], input?: string): Promise<string
   return result.stdout;
 }
 
+/** The nat, filter and mangle tables, in one iptables-save (it prints the tables that exist). */
 export async function readCaptureState(): Promise<CaptureState> {
-  const tables = await Promise.all(['nat', 'filter', 'mangle'].map((t) => tool('iptables-save', ['-t', t])));
-  return parseCaptureState(tables.join('\n'));
+  return parseCaptureState(await tool('iptables-save', []));
 }
 
-/** Whether the policy rule (exactly once) and its local route are in place (node mode only has them). */
-async function sourceRouteInstalled(): Promise<boolean> {
+/** How many times the policy rule is there, and whether its table holds the local route. */
+async function readSourceRoute(): Promise<{ rules: number; route: boolean }> {
   const rules = await tool('ip', ['-4', 'rule', 'show']);
   // An empty table does not exist for `ip route show`, which then fails: no route.
   const routes = await runTool('ip', ['-4', 'route', 'show', 'table', String(SOURCE_ROUTE_TABLE)]);
-  return sourceRuleCount(rules) === 1 && routes.code === 0 && sourceRouteShown(routes.stdout);
+  return { rules: sourceRuleCount(rules), route: routes.code === 0 && sourceRouteShown(routes.stdout) };
+}
+
+/** The policy rule and its route are in place (node mode; a duplicate rule does no harm). */
+async function sourceRouteInstalled(): Promise<boolean> {
+  const now = await readSourceRoute();
+  return now.rules > 0 && now.route;
 }
 
 async function installSourceRoute(): Promise<void> {
-  const { rule, route } = sourceRouteCommands();
-  const count = sourceRuleCount(await tool('ip', ['-4', 'rule', 'show']));
-  if (count === 0) await tool('ip', rule);
-  await tool('ip', route);
+  const { ruleAdd, routeReplace } = sourceRouteCommands();
+  if ((await readSourceRoute()).rules === 0) await tool('ip', ruleAdd);
+  await tool('ip', routeReplace);
 }
 
-async function cleanupSourceRoute(): Promise<boolean> {
-  const { rule } = sourceRouteCommands();
-  const del = ['-4', 'rule', 'del', ...rule.slice(3, 7)];
-  let removed = false;
-  for (let n = sourceRuleCount(await tool('ip', ['-4', 'rule', 'show'])); n > 0; n--) { await tool('ip', del); removed = true; }
-  const routes = await runTool('ip', ['-4', 'route', 'show', 'table', String(SOURCE_ROUTE_TABLE)]);
-  if (routes.code === 0 && sourceRouteShown(routes.stdout)) {
-    await tool('ip', ['-4', 'route', 'del', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', String(SOURCE_ROUTE_TABLE)]);
-    removed = true;
-  }
-  return removed;
+async function cleanupSourceRoute(): Promise<void> {
+  const { ruleDel, routeDel } = sourceRouteCommands();
+  const now = await readSourceRoute();
+  for (let n = now.rules; n > 0; n--) await tool('ip', ruleDel);
+  if (now.route) await tool('ip', routeDel);
 }
 
 /** The policy rule and route as shell commands, for --dry-run. */
 export function sourceRouteText(): string {
-  const { rule, route } = sourceRouteCommands();
-  return `\`ip ${rule.join(' ')}\` and \`ip ${route.join(' ')}\``;
+  const { ruleAdd, routeReplace } = sourceRouteCommands();
+  return `\`ip ${ruleAdd.join(' ')}\` and \`ip ${routeReplace.join(' ')}\``;
 }
 
 /**

@@ -115,11 +115,18 @@ export function nftSourceRule(): string {
   return `meta l4proto tcp socket transparent 1 meta mark set meta mark & ${hex(and, 8)} | ${hex(SOURCE_MARK.value, 8)} comment "meshlet: replies to source-preserving connections"`;
 }
 
-/** `ip` arguments that add the policy rule and put the local route in its table (idempotent: replace). */
-export function sourceRouteCommands(): { rule: string[]; route: string[] } {
+/**
+ * `ip` arguments for the policy rule and the local route of its table: add (the route with replace,
+ * which is idempotent) and delete (one rule per call).
+ */
+export function sourceRouteCommands(): { ruleAdd: string[]; ruleDel: string[]; routeReplace: string[]; routeDel: string[] } {
+  const rule = ['fwmark', MARK_TEXT, 'lookup', String(SOURCE_ROUTE_TABLE)];
+  const route = ['local', '0.0.0.0/0', 'dev', 'lo', 'table', String(SOURCE_ROUTE_TABLE)];
   return {
-    rule: ['-4', 'rule', 'add', 'fwmark', MARK_TEXT, 'lookup', String(SOURCE_ROUTE_TABLE), 'pref', String(SOURCE_RULE_PREF)],
-    route: ['-4', 'route', 'replace', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', String(SOURCE_ROUTE_TABLE)],
+    ruleAdd: ['-4', 'rule', 'add', ...rule, 'pref', String(SOURCE_RULE_PREF)],
+    ruleDel: ['-4', 'rule', 'del', ...rule],
+    routeReplace: ['-4', 'route', 'replace', ...route],
+    routeDel: ['-4', 'route', 'del', ...route],
   };
 }
 

@@ -197,21 +197,14 @@ export class MeshLab {
    * `workloads` replaces the workloads-file flags (e.g. with --kubeconfig).
    */
   async startAgent(node: NodeNs, extraArgs: string[] = [], opts: { identity?: 'local' | 'service'; workloads?: string[] } = {}): Promise<AgentProcess> {
-    const logFile = join(this.dir, `agent-${node.name}-${Date.now()}.log`);
-    const log = createWriteStream(logFile);
-    this.#logs.push(log);
     const identity = (opts.identity ?? this.spec.identity) === 'service'
       ? ['--ca-url', this.caUrl, '--token-file', this.tokenFile(node.name), '--trust-bundle', this.trustBundleFile,
         '--bundle-poll', this.spec.bundlePoll ?? '500ms']
       : ['--ca-dir', this.caDir, '--cert-ttl', this.spec.certTtl ?? '1h'];
-    const child = this.topo.spawn(node.ns, process.execPath, [
+    const agent: AgentProcess = { node, ...this.#spawnLogged(node.ns, `agent-${node.name}`, process.execPath, [
       ...AGENT_NODE_FLAGS, CLI, 'agent', '--node', node.name, ...(opts.workloads ?? ['--workloads', this.workloadsFile, '--workloads-poll', '100ms']), ...identity,
       ...this.captureArgs, ...(this.spec.agentArgs ?? []), ...extraArgs,
-    ]);
-    child.stdout?.pipe(log, { end: false });
-    child.stderr?.pipe(log, { end: false });
-    const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
-    const agent: AgentProcess = { node, child, logFile, exited };
+    ]) };
     this.agents.set(node.name, agent);
     return agent;
   }
@@ -224,19 +217,12 @@ export class MeshLab {
   async startSidecar(podName: string, extraArgs: string[] = []): Promise<AgentProcess> {
     const pod = this.pod(podName);
     await this.meshlet(['init', '--sidecar'], pod.ns);
-    const logFile = join(this.dir, `sidecar-${pod.name}-${Date.now()}.log`);
-    const log = createWriteStream(logFile);
-    this.#logs.push(log);
-    const child = this.topo.spawn(pod.ns, 'setpriv', [
+    const agent: AgentProcess = { node: pod.node, pod, ...this.#spawnLogged(pod.ns, `sidecar-${pod.name}`, 'setpriv', [
       '--regid', String(defaultCaptureSettings.proxyGid), '--clear-groups', '--bounding-set', '-net_admin', '--', process.execPath, ...AGENT_NODE_FLAGS,
       CLI, 'agent', '--node', pod.node.name, '--sidecar', `${pod.spec.namespace ?? 'default'}/${pod.name}`,
       '--workloads', this.workloadsFile, '--workloads-poll', '100ms', '--ca-dir', this.caDir, '--cert-ttl', this.spec.certTtl ?? '1h',
       ...(this.spec.agentArgs ?? []), ...extraArgs,
-    ]);
-    child.stdout?.pipe(log, { end: false });
-    child.stderr?.pipe(log, { end: false });
-    const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
-    const agent: AgentProcess = { node: pod.node, pod, child, logFile, exited };
+    ]) };
     this.sidecars.set(pod.name, agent);
     return agent;
   }
@@ -259,6 +245,18 @@ export class MeshLab {
     throw new Error(`${what} not ready after ${timeoutMs} ms: ${last}`);
   }
 
+  /** A long-running process in a namespace, its stdout and stderr in a log file of the lab's. */
+  #spawnLogged(ns: string, name: string, cmd: string, args: string[]): Pick<AgentProcess, 'child' | 'logFile' | 'exited'> {
+    const logFile = join(this.dir, `${name}-${Date.now()}.log`);
+    const log = createWriteStream(logFile);
+    this.#logs.push(log);
+    const child = this.topo.spawn(ns, cmd, args);
+    child.stdout?.pipe(log, { end: false });
+    child.stderr?.pipe(log, { end: false });
+    const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+    return { child, logFile, exited };
+  }
+
   /** Installs capture and starts a ready agent on every node (and the CA service first, if used). */
   async startMesh(): Promise<void> {
     if (this.caNode) await this.startCa();
@@ -271,17 +269,11 @@ export class MeshLab {
   async startCa(extraArgs: string[] = []): Promise<void> {
     const caNode = this.caNode;
     if (!caNode) throw new Error('this lab has no CA service (identity: service)');
-    const logFile = join(this.dir, `ca-${Date.now()}.log`);
-    const log = createWriteStream(logFile);
-    this.#logs.push(log);
-    const child = this.topo.spawn(caNode.ns, process.execPath, [
+    const { child, logFile, exited } = this.#spawnLogged(caNode.ns, 'ca', process.execPath, [
       CLI, 'ca', 'serve', '--ca-dir', this.caDir, '--tokens', this.tokensFile, '--workloads', this.workloadsFile,
       '--port', String(CA_PORT), '--san', caNode.ip, '--reload', '500ms', '--cert-ttl', this.spec.certTtl ?? '1h',
       '--trust-domain', this.trustDomain, ...(this.spec.caArgs ?? []), ...extraArgs,
     ]);
-    child.stdout?.pipe(log, { end: false });
-    child.stderr?.pipe(log, { end: false });
-    const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
     this.ca = { child, logFile, exited };
     const deadline = Date.now() + 15_000;
     while (!(await this.caLog()).some((l) => l.msg === 'CA listening')) {

@@ -14,19 +14,15 @@ interface Indexes {
 export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
   #idx: Indexes | undefined;
 
-  readonly #node: string;
+  /** The node this agent runs on (PreferClose keeps to its endpoints). */
+  readonly nodeName: string;
   /** Sidecar mode: the one workload this agent serves (its pod); otherwise every workload of the node. */
   readonly #sidecar: { namespace: string; name: string } | undefined;
 
   constructor(nodeName: string, sidecar?: { namespace: string; name: string }) {
     super();
-    this.#node = nodeName;
+    this.nodeName = nodeName;
     this.#sidecar = sidecar;
-  }
-
-  /** The node this agent runs on (PreferClose keeps to its endpoints). */
-  get nodeName(): string {
-    return this.#node;
   }
 
   /** Whether a first complete snapshot has arrived (readiness waits on it). */
@@ -70,6 +66,6 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
 
   isLocal(w: Workload): boolean {
     const one = this.#sidecar;
-    return one ? w.namespace === one.namespace && w.name === one.name : w.node === this.#node;
+    return one ? w.namespace === one.namespace && w.name === one.name : w.node === this.nodeName;
   }
 }

@@ -155,8 +155,10 @@ describe('source preservation rules', () => {
     // nft folds the mask into the and-value: the low 12 bits become 0x539, the rest stay.
     assert.match(nftSourceRule(), /socket transparent 1 meta mark set meta mark & 0xfffff539 \| 0x00000539 /);
     assert.deepEqual(sourceRouteCommands(), {
-      rule: ['-4', 'rule', 'add', 'fwmark', '0x539/0xfff', 'lookup', '133', 'pref', '32000'],
-      route: ['-4', 'route', 'replace', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', '133'],
+      ruleAdd: ['-4', 'rule', 'add', 'fwmark', '0x539/0xfff', 'lookup', '133', 'pref', '32000'],
+      ruleDel: ['-4', 'rule', 'del', 'fwmark', '0x539/0xfff', 'lookup', '133'],
+      routeReplace: ['-4', 'route', 'replace', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', '133'],
+      routeDel: ['-4', 'route', 'del', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', '133'],
     });
   });
 

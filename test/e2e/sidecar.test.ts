@@ -93,7 +93,7 @@ describe('sidecar mode in network namespaces', { concurrency: false }, () => {
     assert.equal(line.connection_security_policy, 'none');
   });
 
-  it('removes the pod\'s capture with `meshlet init --sidecar --cleanup`, leaving its tables as they were', async () => {
+  it('removes the pod\'s capture with `meshlet init --sidecar --cleanup`: no chain or redirect of meshlet\'s is left, the app is reached directly', async () => {
     const ns = lab.pod('pay').ns;
     const sidecar = lab.sidecars.get('pay')!;
     sidecar.child.kill('SIGTERM');
