@@ -1,15 +1,21 @@
 // `npm run bench`: what the data path costs, measured on the demo topology (two node namespaces,
 // one pod pair per path), side by side:
-//   direct     pods outside the mesh, plain TCP across the nodes (the floor)
-//   tls-relay  the same pods through our reference relay: one mutual-TLS connection per app connection
-//   meshlet    captured pods through both agents: iptables redirect, HTTP/2 CONNECT over mTLS
-// Prints a table and writes bench/results.json. Numbers are for the report; nothing is asserted.
+//   direct         pods outside the mesh, plain TCP across the nodes (the floor)
+//   tcp-relay      the same pods through two Node.js relays with a plain TCP hop: what any Node.js
+//                  data plane with two proxies costs before TLS and tunnelling
+//   tls-relay      our reference relay: one mutual-TLS connection per app connection, Node.js
+//   haproxy-relay  the same shape in C: two HAProxy 2.6 processes, mutual TLS between them
+//   meshlet        captured pods through both agents: iptables redirect, HTTP/2 CONNECT over mTLS
+// The CPU of each path's two proxies is measured the same way. Prints a table and writes
+// bench/results.json. Numbers are for the report; nothing is asserted.
 import type { ChildProcess } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { MeshLab, processCpuSeconds as cpuSeconds, processRssMiB as rssMiB } from '../src/demo/lab.ts';
+import { createCsr, generateRsaKey, signWorkloadCsr } from '../src/identity/ca.ts';
+import { DirRootStore, loadRootSet } from '../src/identity/roots.ts';
 import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
 
 const HERE = resolve(fileURLToPath(import.meta.url), '..');
@@ -58,7 +64,34 @@ async function run(pod: string, args: string[]): Promise<any> {
   return JSON.parse(r.stdout.trim().split('\n').at(-1)!);
 }
 
-interface PathSpec { name: string; pod: string; host: string; echoPort: number; httpPort: number }
+interface PathSpec { name: string; pod: string; host: string; echoPort: number; httpPort: number; proxies: number[] }
+
+/** A certificate and key in one PEM file, as HAProxy wants them, from the lab's root. */
+async function haproxyPem(dir: string, name: string): Promise<string> {
+  const root = (await loadRootSet(new DirRootStore(lab.caDir))).signing;
+  const { privateKeyPem } = await generateRsaKey();
+  const { certPem } = signWorkloadCsr(root, createCsr(privateKeyPem, `spiffe://bench.local/ns/bench/sa/${name}`), { trustDomain: 'bench.local', ttlMs: 3_600_000 });
+  const file = join(dir, `${name}.pem`);
+  writeFileSync(file, `${certPem}${privateKeyPem}`, { mode: 0o600 });
+  return file;
+}
+
+/**
+ * HAProxy configuration for one end of the C reference: plain in and mutual TLS out (entry), or
+ * mutual TLS in and plain out (exit), one frontend per mapped port, one thread, as the cost
+ * comparison's sidecars run.
+ */
+function haproxyConfig(maps: Array<{ listen: number; to: string }>, pem: string, ca: string, side: 'entry' | 'exit'): string {
+  const tls = `ssl crt ${pem} ca-file ${ca} verify required`;
+  return [
+    'global', '  nbthread 1', '  ssl-server-verify required',
+    'defaults', '  mode tcp', '  timeout connect 5s', '  timeout client 60s', '  timeout server 60s',
+    ...maps.flatMap(({ listen, to }) => [
+      `frontend f${listen}`, `  bind 0.0.0.0:${listen}${side === 'exit' ? ` ${tls}` : ''}`, `  default_backend b${listen}`,
+      `backend b${listen}`, `  server s ${to}${side === 'entry' ? ` ${tls}` : ''}`,
+    ]), '',
+  ].join('\n');
+}
 
 const results: Record<string, any> = {
   when: new Date().toISOString(),
@@ -75,36 +108,68 @@ try {
     await lab.startServer(pod, ECHO_PORT);
     await spawnReady(lab.pod(pod).ns, LOAD, ['http-server', '--port', String(HTTP_PORT)]);
   }
-  await spawnReady(nodeB.ns, RELAY, ['exit', '--port', '16443', '--target', lab.pod('plain-server').ip, '--ca-dir', lab.caDir]);
-  await spawnReady(nodeA.ns, RELAY, ['entry', '--map', `16080:${ECHO_PORT},16081:${HTTP_PORT}`, '--exit', `${nodeB.ip}:16443`, '--ca-dir', lab.caDir]);
-
-  const paths: PathSpec[] = [
-    { name: 'direct', pod: 'plain-client', host: lab.pod('plain-server').ip, echoPort: ECHO_PORT, httpPort: HTTP_PORT },
-    { name: 'tls-relay', pod: 'plain-client', host: nodeA.ip, echoPort: 16080, httpPort: 16081 },
-    { name: 'meshlet', pod: 'client', host: lab.pod('server').ip, echoPort: ECHO_PORT, httpPort: HTTP_PORT },
+  const plainServer = lab.pod('plain-server').ip;
+  const tlsRelay = [
+    await spawnReady(nodeA.ns, RELAY, ['entry', '--map', `16080:${ECHO_PORT},16081:${HTTP_PORT}`, '--exit', `${nodeB.ip}:16443`, '--ca-dir', lab.caDir]),
+    await spawnReady(nodeB.ns, RELAY, ['exit', '--port', '16443', '--target', plainServer, '--ca-dir', lab.caDir]),
   ];
+  const tcpRelay = [
+    await spawnReady(nodeA.ns, RELAY, ['entry', '--map', `16180:${ECHO_PORT},16181:${HTTP_PORT}`, '--exit', `${nodeB.ip}:16543`, '--plain']),
+    await spawnReady(nodeB.ns, RELAY, ['exit', '--port', '16543', '--target', plainServer, '--plain']),
+  ];
+  const hapDir = join(lab.dir, 'haproxy');
+  mkdirSync(hapDir, { recursive: true });
+  const ca = join(hapDir, 'ca.pem');
+  writeFileSync(ca, (await loadRootSet(new DirRootStore(lab.caDir))).signing.certPem);
+  const haproxy: ChildProcess[] = [];
+  for (const [side, ns, maps] of [
+    ['entry', nodeA.ns, [{ listen: 16280, to: `${nodeB.ip}:16643` }, { listen: 16281, to: `${nodeB.ip}:16644` }]],
+    ['exit', nodeB.ns, [{ listen: 16643, to: `${plainServer}:${ECHO_PORT}` }, { listen: 16644, to: `${plainServer}:${HTTP_PORT}` }]],
+  ] as const) {
+    const cfg = join(hapDir, `${side}.cfg`);
+    writeFileSync(cfg, haproxyConfig([...maps], await haproxyPem(hapDir, `haproxy-${side}`), ca, side));
+    const child = lab.topo.spawn(ns, 'haproxy', ['-f', cfg, '-db']);
+    child.once('exit', (code) => { if (code) say(`haproxy ${side} exited ${code}`); });
+    haproxy.push(child);
+  }
+  const hapUp = await run('plain-client', ['poll', '--url', `http://${nodeA.ip}:16281/`, '--seconds', '10', '--until-ok']);
+  if (hapUp.firstOkMs === undefined) throw new Error('the HAProxy relays never answered');
   const agentPids = [...lab.agents.values()].map((a) => a.child.pid!);
+  const pids = (children: ChildProcess[]) => children.map((c) => c.pid!);
+  const paths: PathSpec[] = [
+    { name: 'direct', pod: 'plain-client', host: plainServer, echoPort: ECHO_PORT, httpPort: HTTP_PORT, proxies: [] },
+    { name: 'tcp-relay', pod: 'plain-client', host: nodeA.ip, echoPort: 16180, httpPort: 16181, proxies: pids(tcpRelay) },
+    { name: 'tls-relay', pod: 'plain-client', host: nodeA.ip, echoPort: 16080, httpPort: 16081, proxies: pids(tlsRelay) },
+    { name: 'haproxy-relay', pod: 'plain-client', host: nodeA.ip, echoPort: 16280, httpPort: 16281, proxies: pids(haproxy) },
+    { name: 'meshlet', pod: 'client', host: lab.pod('server').ip, echoPort: ECHO_PORT, httpPort: HTTP_PORT, proxies: agentPids },
+  ];
   results.agentsRssAtStartMiB = agentPids.map(rssMiB);
+  // Each proxy's CPU seconds, summed over the path's two proxies, across one measurement.
+  const proxyCpu = async <T>(p: PathSpec, measure: () => Promise<T>): Promise<{ value: T; cpu: number }> => {
+    const before = p.proxies.map(cpuSeconds);
+    const value = await measure();
+    return { value, cpu: p.proxies.reduce((sum, pid, i) => sum + cpuSeconds(pid) - before[i]!, 0) };
+  };
 
   for (const p of paths) {
     say(`${p.name}: latency at ${RATE} req/s for ${SECONDS} s (1 KB request, 1 KB response) ...`);
     const url = `http://${p.host}:${p.httpPort}/`;
     await run(p.pod, ['latency', '--url', url, '--rate', String(RATE), '--seconds', '2', '--connections', '16']); // warm-up
-    const cpu0 = agentPids.map(cpuSeconds);
-    const latency = await run(p.pod, ['latency', '--url', url, '--rate', String(RATE), '--seconds', String(SECONDS), '--connections', '16']);
-    const cpu1 = agentPids.map(cpuSeconds);
+    const { value: latency, cpu: latencyCpu } = await proxyCpu(p, () => run(p.pod, ['latency', '--url', url, '--rate', String(RATE), '--seconds', String(SECONDS), '--connections', '16']));
     say(`${p.name}: bulk ${BULK / 1048576} MB on one connection ...`);
-    const bulk = await run(p.pod, ['bulk', '--host', p.host, '--port', String(p.echoPort), '--bytes', String(BULK)]);
+    const { value: bulk, cpu: bulkCpu } = await proxyCpu(p, () => run(p.pod, ['bulk', '--host', p.host, '--port', String(p.echoPort), '--bytes', String(BULK)]));
     say(`${p.name}: new connections for ${CONN_SECONDS} s ...`);
-    const conn = await run(p.pod, ['connrate', '--host', p.host, '--port', String(p.echoPort), '--seconds', String(CONN_SECONDS), '--concurrency', '32']);
+    const { value: conn, cpu: connCpu } = await proxyCpu(p, () => run(p.pod, ['connrate', '--host', p.host, '--port', String(p.echoPort), '--seconds', String(CONN_SECONDS), '--concurrency', '32']));
     const entry: Record<string, any> = { latency, bulk, connrate: conn };
-    if (p.name === 'meshlet') {
-      const cpu = cpu1.reduce((s, c, i) => s + c - cpu0[i]!, 0);
-      entry.agents = {
-        cpuSecondsPer1000Requests: (cpu / latency.requests) * 1000,
-        // CPU seconds per second at RATE req/s, scaled to 1000 req/s (ztunnel's unit: vCPU per 1000 req/s).
-        vcpuPer1000Rps: (cpu / SECONDS) * (1000 / RATE),
-        rssMiB: agentPids.map(rssMiB),
+    if (p.proxies.length > 0) {
+      // Both proxies of the path together. CPU seconds per second at RATE req/s, scaled to 1000 req/s
+      // (ztunnel's unit: vCPU per 1000 req/s); per GB of bulk; per new connection.
+      entry.proxies = {
+        cpuSecondsPer1000Requests: (latencyCpu / latency.requests) * 1000,
+        vcpuPer1000Rps: (latencyCpu / SECONDS) * (1000 / RATE),
+        cpuSecondsPerGB: bulkCpu / (BULK / 1e9),
+        cpuMsPerConnection: (connCpu / conn.connections) * 1000,
+        rssMiB: p.proxies.map(rssMiB),
       };
     }
     results.paths[p.name] = entry;
@@ -116,6 +181,8 @@ try {
 const d = results.paths.direct;
 const r = results.paths['tls-relay'];
 const m = results.paths.meshlet;
+const tcp = results.paths['tcp-relay'];
+const hap = results.paths['haproxy-relay'];
 const f = (x: number, digits = 2) => (Number.isFinite(x) ? x.toFixed(digits) : 'n/a');
 results.summary = {
   addedP50Ms: m.latency.p50 - d.latency.p50,
@@ -123,17 +190,23 @@ results.summary = {
   bulkVsDirect: m.bulk.mbPerSecond / d.bulk.mbPerSecond,
   bulkVsTlsRelay: m.bulk.mbPerSecond / r.bulk.mbPerSecond,
   connectionsPerSecond: m.connrate.perSecond,
+  agentsVcpuPer1000Rps: m.proxies.vcpuPer1000Rps,
+  tcpRelayVcpuPer1000Rps: tcp.proxies.vcpuPer1000Rps,
+  tlsRelayVcpuPer1000Rps: r.proxies.vcpuPer1000Rps,
+  haproxyRelayVcpuPer1000Rps: hap.proxies.vcpuPer1000Rps,
 };
 writeFileSync(String(opts.out), `${JSON.stringify(results, null, 2)}\n`);
 
 const rows = [
-  ['path', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms', 'errors', 'bulk MB/s', 'new conn/s'],
+  ['path', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms', 'errors', 'bulk MB/s', 'new conn/s', 'vCPU/1000 req/s', 'CPU s/GB', 'CPU ms/conn'],
   ...Object.entries(results.paths).map(([name, e]: [string, any]) => [name, f(e.latency.p50, 3), f(e.latency.p90, 3), f(e.latency.p99, 3), f(e.latency.max, 1),
-    String(e.latency.errors + e.connrate.errors + (e.bulk.ok ? 0 : 1)), f(e.bulk.mbPerSecond, 0), String(e.connrate.perSecond)]),
+    String(e.latency.errors + e.connrate.errors + (e.bulk.ok ? 0 : 1)), f(e.bulk.mbPerSecond, 0), String(e.connrate.perSecond),
+    e.proxies ? f(e.proxies.vcpuPer1000Rps, 3) : '-', e.proxies ? f(e.proxies.cpuSecondsPerGB, 2) : '-', e.proxies ? f(e.proxies.cpuMsPerConnection, 3) : '-']),
 ];
 const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
 process.stdout.write(`${rows.map((row) => row.map((c, i) => c.padEnd(widths[i]!)).join('  ')).join('\n')}\n\n`);
 process.stdout.write(`meshlet added latency: p50 ${f(results.summary.addedP50Ms, 3)} ms, p99 ${f(results.summary.addedP99Ms, 3)} ms\n`);
 process.stdout.write(`meshlet bulk: ${f(results.summary.bulkVsDirect * 100, 0)}% of direct, ${f(results.summary.bulkVsTlsRelay * 100, 0)}% of the TLS relay\n`);
-process.stdout.write(`agents (both): ${f(m.agents.cpuSecondsPer1000Requests, 3)} CPU s per 1000 requests = ${f(m.agents.vcpuPer1000Rps, 3)} vCPU per 1000 req/s; RSS ${m.agents.rssMiB.map((x: number) => `${f(x, 0)} MiB`).join(', ')}\n`);
+process.stdout.write(`agents (both): ${f(m.proxies.cpuSecondsPer1000Requests, 3)} CPU s per 1000 requests = ${f(m.proxies.vcpuPer1000Rps, 3)} vCPU per 1000 req/s; RSS ${m.proxies.rssMiB.map((x: number) => `${f(x, 0)} MiB`).join(', ')}\n`);
+process.stdout.write(`the same for the references' two proxies: Node.js TCP relays ${f(tcp.proxies.vcpuPer1000Rps, 3)}, Node.js TLS relays ${f(r.proxies.vcpuPer1000Rps, 3)}, HAProxy TLS relays ${f(hap.proxies.vcpuPer1000Rps, 3)}\n`);
 process.stdout.write(`written to ${opts.out}\n`);

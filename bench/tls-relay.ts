@@ -1,11 +1,13 @@
-// The reference the benchmark compares meshlet with: the simplest secure relay we could write. One
+// The references the benchmark compares meshlet with. The simplest secure relay we could write: one
 // mutual-TLS 1.3 connection per application connection (no HTTP/2, no pooling, no resumption), RSA
-// 2048 certificates from the same kind of CA, plain pipes with allowHalfOpen on both ends.
+// 2048 certificates from the same kind of CA, plain pipes with allowHalfOpen on both ends. With
+// --plain the hop between the two relays is plain TCP: the cheapest a pair of Node.js relays can
+// be, the floor under any Node.js data plane on the machine.
 //
-//   tls-relay entry --map 16080:8080,16081:8081 --exit HOST:PORT --ca-dir DIR
-//       plain TCP in on each local port; TLS to the exit; the first 2 bytes name the target port
-//   tls-relay exit --port 16443 --target HOST --ca-dir DIR
-//       TLS in; plain TCP to HOST:<port from the preamble>
+//   tls-relay entry --map 16080:8080,16081:8081 --exit HOST:PORT [--ca-dir DIR | --plain]
+//       plain TCP in on each local port; TLS (or TCP) to the exit; the first 2 bytes name the target port
+//   tls-relay exit --port 16443 --target HOST [--ca-dir DIR | --plain]
+//       TLS (or TCP) in; plain TCP to HOST:<port from the preamble>
 import net from 'node:net';
 import tls from 'node:tls';
 import { parseArgs } from 'node:util';
@@ -30,19 +32,17 @@ function pipeBoth(a: net.Socket, b: net.Socket): void {
 }
 
 async function entry(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { map: { type: 'string' }, exit: { type: 'string' }, 'ca-dir': { type: 'string' } } });
+  const { values } = parseArgs({ args: argv, options: { map: { type: 'string' }, exit: { type: 'string' }, 'ca-dir': { type: 'string' }, plain: { type: 'boolean', default: false } } });
   // One secure context for every connection (building one per connect re-parses the PEM).
-  const secureContext = tls.createSecureContext({ ...await credentials(String(values['ca-dir']), 'relay-entry'), minVersion: 'TLSv1.3' });
+  const secureContext = values.plain ? undefined : tls.createSecureContext({ ...await credentials(String(values['ca-dir']), 'relay-entry'), minVersion: 'TLSv1.3' });
   const [exitHost, exitPort] = String(values.exit).split(':');
   for (const pair of String(values.map).split(',')) {
     const [listen, target] = pair.split(':').map(Number);
     const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (client) => {
       const preamble = Buffer.alloc(2);
       preamble.writeUInt16BE(target ?? 0);
-      const up = tls.connect({
-        socket: net.connect({ host: exitHost, port: Number(exitPort), noDelay: true, allowHalfOpen: true }), secureContext,
-        minVersion: 'TLSv1.3', checkServerIdentity: () => undefined,
-      });
+      const hop = net.connect({ host: exitHost, port: Number(exitPort), noDelay: true, allowHalfOpen: true });
+      const up = secureContext ? tls.connect({ socket: hop, secureContext, minVersion: 'TLSv1.3', checkServerIdentity: () => undefined }) : hop;
       up.write(preamble);
       pipeBoth(client, up);
     });
@@ -52,9 +52,8 @@ async function entry(argv: string[]): Promise<void> {
 }
 
 async function exit(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { port: { type: 'string' }, target: { type: 'string' }, 'ca-dir': { type: 'string' } } });
-  // tls.createServer takes the PEM options (a ready-made secureContext option is not used by servers).
-  const server = tls.createServer({ ...await credentials(String(values['ca-dir']), 'relay-exit'), requestCert: true, rejectUnauthorized: true, allowHalfOpen: true, noDelay: true, minVersion: 'TLSv1.3' }, (peer) => {
+  const { values } = parseArgs({ args: argv, options: { port: { type: 'string' }, target: { type: 'string' }, 'ca-dir': { type: 'string' }, plain: { type: 'boolean', default: false } } });
+  const onPeer = (peer: net.Socket) => {
     peer.on('error', () => undefined);
     peer.once('readable', function first() {
       const head = peer.read(2) as Buffer | null;
@@ -62,7 +61,11 @@ async function exit(argv: string[]): Promise<void> {
       const up = net.connect({ host: String(values.target), port: head.readUInt16BE(0), allowHalfOpen: true, noDelay: true });
       pipeBoth(peer, up);
     });
-  });
+  };
+  // tls.createServer takes the PEM options (a ready-made secureContext option is not used by servers).
+  const server = values.plain
+    ? net.createServer({ allowHalfOpen: true, noDelay: true }, onPeer)
+    : tls.createServer({ ...await credentials(String(values['ca-dir']), 'relay-exit'), requestCert: true, rejectUnauthorized: true, allowHalfOpen: true, noDelay: true, minVersion: 'TLSv1.3' }, onPeer);
   await new Promise<void>((r) => server.listen(Number(values.port), '0.0.0.0', r));
   process.stdout.write('ready\n');
 }

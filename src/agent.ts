@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { type AgentConfig, LOG_LEVELS, type LogLevel } from './config.ts';
 import { AdminRequestError, createAdminServer, createMetricsServer, createReadinessServer, Readiness } from './admin/server.ts';
 import { hasNetAdmin } from './capture/exec.ts';
-import { checkCapture } from './capture/install.ts';
+import { checkCapture, runCaptureToolsThroughShell } from './capture/install.ts';
 import { ConnectionLimitError, PrerequisiteError } from './errors.ts';
 import { createMemberSync, createVouchWriter, type IpsetSync } from './capture/ipset.ts';
 import { ProbeGate } from './capture/probe-gate.ts';
@@ -63,6 +63,8 @@ export class Agent {
   /** The data ports are open or opening: the probe gate may vouch for this node's pods. */
   #vouching = false;
   #closing = false;
+  /** Ends the shell that runs the capture tools (runCaptureToolsThroughShell). */
+  #stopShell: (() => void) | undefined;
   #tunnel: TunnelServer | undefined;
   readonly probeGate: ProbeGate;
   readonly balancer: EndpointBalancer;
@@ -116,6 +118,8 @@ export class Agent {
       throw new PrerequisiteError('meshlet agent needs CAP_NET_ADMIN to manage the captured-pods ipset and read the nat ' +
         'table (run it as root, or give the DaemonSet container the NET_ADMIN capability)');
     }
+    // First, while this process is small: the shell that runs every capture tool from now on.
+    const stopShell = runCaptureToolsThroughShell();
     const source = deps.source ?? await workloadSource(config.workloads, deps.log);
     let agent: Agent | undefined;
     const provider = await identityProvider(config, deps.log, () => agent?.registry.trustDomain ?? '');
@@ -129,6 +133,7 @@ export class Agent {
     });
     const policy = deps.policy ?? new MeshPolicyEngine({ log: deps.log, ...(metrics ? { onDecision: (action, p) => metrics.decision(action, p) } : {}) });
     agent = new Agent(config, { log: deps.log, policy, source }, certs, provider, metrics);
+    agent.#stopShell = stopShell;
     await agent.#checkCapture();
     await source.start({
       onSnapshot: (s) => agent.#apply(s),
@@ -368,6 +373,7 @@ export class Agent {
     this.certs.close();
     await this.#provider.close?.();
     await closed;
+    this.#stopShell?.();
   }
 }
 

@@ -4,7 +4,7 @@
 // applied with `nft -f` (also one transaction). Either way also the policy rule and route that
 // deliver the replies of source-preserving connections to the node (`ip rule`, `ip route`).
 import { CaptureError, PrerequisiteError } from '../errors.ts';
-import { hasNetAdmin, runCommand } from './exec.ts';
+import { hasNetAdmin, runCommand, ShellRunner } from './exec.ts';
 import {
   type CaptureSettings, type CaptureState, chainsExist, cleanupScript, installScript, isInstalled, parseCaptureState,
   SOURCE_ROUTE_TABLE, sourceRouteCommands, sourceRouteShown, sourceRuleCount,
@@ -23,10 +23,26 @@ function assertPrivileged(): void {
   }
 }
 
+let shell: ShellRunner | undefined;
+
+/**
+ * From now on capture tools run through one long-lived shell (ShellRunner: no fork of this process
+ * per command). The agent does this at start; `meshlet init`, which runs a few commands once, spawns
+ * them. Returns the function that ends it.
+ */
+export function runCaptureToolsThroughShell(): () => void {
+  const runner = new ShellRunner();
+  shell = runner;
+  return () => {
+    if (shell === runner) shell = undefined;
+    runner.close();
+  };
+}
+
 /** Runs a capture tool; a missing tool is a PrerequisiteError, the exit code is the caller's to judge. */
 async function runTool(cmd: string, args: string[], input?: string) {
   try {
-    return await runCommand(cmd, args, input);
+    return await (shell ? shell.run(cmd, args, input) : runCommand(cmd, args, input));
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
       const pkg = cmd === 'nft' ? 'nftables' : cmd === 'ip' ? 'iproute2' : 'iptables ipset';

@@ -13,6 +13,7 @@ import { runCommand } from '../capture/exec.ts';
 import { defaultCaptureSettings, parseIpsetMembers } from '../capture/rules.ts';
 import { type NodeNs, type PodNs, Topology } from '../netns/topology.ts';
 import { readPcap, type TcpSegment } from '../netns/pcap.ts';
+import { LOG_FLUSH_MS } from '../telemetry/log.ts';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 export const CLI = join(ROOT, 'src/main.js');
@@ -293,6 +294,8 @@ export class MeshLab {
   /** Every JSON log line the CA service has written so far. */
   async caLog(): Promise<Array<Record<string, any>>> {
     if (!this.ca) return [];
+    // Batched lines (telemetry/log.ts): wait out one batch while the CA runs.
+    if (this.ca.child.exitCode === null && this.ca.child.signalCode === null) await new Promise((r) => setTimeout(r, 2 * LOG_FLUSH_MS));
     // The log stream opens asynchronously: no file yet means no lines yet.
     return parseLogLines(await readFile(this.ca.logFile, 'utf8').catch(() => ''));
   }
@@ -391,8 +394,12 @@ export class MeshLab {
     return agent ? this.processLog(agent) : [];
   }
 
-  /** The log lines of one agent process (during an upgrade a node has two). */
+  /**
+   * The log lines of one agent process (during an upgrade a node has two). A running agent writes
+   * its lines in batches (telemetry/log.ts): wait out one batch, so what it did before the call is in.
+   */
   async processLog(agent: AgentProcess): Promise<Array<Record<string, any>>> {
+    if (agent.child.exitCode === null && agent.child.signalCode === null) await new Promise((r) => setTimeout(r, 2 * LOG_FLUSH_MS));
     return parseLogLines(await readFile(agent.logFile, 'utf8').catch(() => ''));
   }
 

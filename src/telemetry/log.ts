@@ -6,6 +6,13 @@ import pino, { type Logger, type LevelWithSilent } from 'pino';
  */
 const families = new WeakMap<Logger, { members: Set<WeakRef<Logger>>; gone: FinalizationRegistry<WeakRef<Logger>> }>();
 
+// Log lines are batched: written when 4 KB have gathered or 100 ms after the last write, whichever
+// comes first, and flushed synchronously when the process exits. A write per line cost each agent
+// about 35 µs per new connection (one access line each), 7% of its busy time at 1,500 new
+// connections/s (CPU profile, 2026-11-26). A SIGKILL loses at most the last 100 ms of lines.
+const LOG_BATCH_BYTES = 4096;
+export const LOG_FLUSH_MS = 100;
+
 /** The root logger: JSON lines on stdout. Access lines go to a child with scope "access". */
 export function createLogger(level: LevelWithSilent, base: Record<string, unknown> = {}): Logger {
   const members = new Set<WeakRef<Logger>>();
@@ -15,7 +22,8 @@ export function createLogger(level: LevelWithSilent, base: Record<string, unknow
     members.add(ref);
     gone.register(l, ref);
   };
-  const root = pino({ level, base: { ...base }, timestamp: pino.stdTimeFunctions.isoTime, onChild: track });
+  const destination = pino.destination({ dest: 1, sync: false, minLength: LOG_BATCH_BYTES, periodicFlush: LOG_FLUSH_MS });
+  const root = pino({ level, base: { ...base }, timestamp: pino.stdTimeFunctions.isoTime, onChild: track }, destination);
   track(root);
   families.set(root, { members, gone });
   return root;
