@@ -4,9 +4,9 @@
 // applied with `nft -f` (also one transaction). Either way also the policy rule and route that
 // deliver the replies of source-preserving connections to the node (`ip rule`, `ip route`).
 import { CaptureError, PrerequisiteError } from '../errors.ts';
-import { hasNetAdmin, runCommand, ShellRunner } from './exec.ts';
+import { type CommandResult, hasNetAdmin, runCommand, ShellRunner, shellQuote } from './exec.ts';
 import {
-  type CaptureSettings, type CaptureState, chainsExist, cleanupScript, installScript, isInstalled, parseCaptureState,
+  captureStatePattern, type CaptureSettings, type CaptureState, chainsExist, cleanupScript, installScript, isInstalled, parseCaptureState,
   SOURCE_ROUTE_TABLE, sourceRouteCommands, sourceRouteShown, sourceRuleCount,
 } from './rules.ts';
 import { NFT_TABLE, nftInstallScript, nftIsInstalled } from './nftables.ts';
@@ -53,20 +53,44 @@ async function runTool(cmd: string, args: string[], input?: string) {
 }
 
 async function tool(cmd: string, args: string[], input?: string): Promise<string> {
-  const result = await runTool(cmd, args, input);
+  return succeeded(`${cmd} ${args.join(' ')}`, await runTool(cmd, args, input), input);
+}
+
+/** A tool's output, or the typed error its failure means (no permission: a PrerequisiteError). */
+function succeeded(what: string, result: CommandResult, input?: string): string {
   if (result.code !== 0) {
     const why = result.stderr.trim() || `exit code ${result.code}`;
     if (/permission denied|operation not permitted/i.test(why)) {
-      throw new PrerequisiteError(`${cmd} ${args.join(' ')}: ${why} (CAP_NET_ADMIN is required)`);
+      throw new PrerequisiteError(`${what}: ${why} (CAP_NET_ADMIN is required)`);
     }
-    throw new CaptureError(`${cmd} ${args.join(' ')} failed: ${why}${input ? `\ninput was:\n${input}` : ''}`);
+    throw new CaptureError(`${what} failed: ${why}${input ? `\ninput was:\n${input}` : ''}`);
   }
   return result.stdout;
 }
 
-/** The nat, filter and mangle tables, in one iptables-save (it prints the tables that exist). */
-export async function readCaptureState(): Promise<CaptureState> {
-  return parseCaptureState(await tool('iptables-save', []));
+const NO_IPTABLES_SAVE = 'meshlet: no iptables-save';
+
+/**
+ * The nat, filter and mangle tables as one iptables-save prints them (the tables that exist), only
+ * the lines that concern meshlet's chains (captureStatePattern): grep drops the rest in the shell
+ * that runs iptables-save, so a node's kube-proxy rules never reach the agent.
+ */
+export async function readCaptureState(s: CaptureSettings): Promise<CaptureState> {
+  const script = [
+    `command -v iptables-save >/dev/null || { echo '${NO_IPTABLES_SAVE}' >&2; exit 1; }`,
+    'out=$(iptables-save) || exit $?',
+    // grep exits 1 when nothing matches (no table at all): that is an empty state, not a failure.
+    `printf '%s\\n' "$out" | grep -E -e ${shellQuote(captureStatePattern(s))}`,
+    'exit 0',
+  ].join('\n');
+  const result = await runScript(script);
+  if (result.stderr.includes(NO_IPTABLES_SAVE)) throw new PrerequisiteError('iptables-save is not installed (apt-get install iptables ipset)');
+  return parseCaptureState(succeeded('iptables-save', result));
+}
+
+/** A shell script, run as the capture tools are (through the agent's shell, or spawned). */
+async function runScript(script: string): Promise<CommandResult> {
+  return shell ? shell.run('sh', ['-c', script]) : runCommand('sh', ['-c', script]);
 }
 
 /** How many times the policy rule is there, and whether its table holds the local route. */
@@ -141,19 +165,19 @@ export async function installCapture(s: CaptureSettings, opts: { dryRun?: boolea
   if (s.backend === 'nftables') return installNft(s, opts);
   if (opts.dryRun) {
     // Without privileges a dry run cannot read the tables; it then prints the script for an empty node.
-    const state = hasNetAdmin() ? await readCaptureState() : parseCaptureState('');
+    const state = hasNetAdmin() ? await readCaptureState(s) : parseCaptureState('');
     return { action: 'dry-run', script: installScript(s, state) };
   }
   assertPrivileged();
   // The sets must exist before any rule references them.
   for (const args of ipsetCreateArgs(s)) await tool('ipset', args);
-  const before = await readCaptureState();
+  const before = await readCaptureState(s);
   const script = installScript(s, before);
   const node = s.mode === 'node';
   if (isInstalled(s, before) && (!node || await sourceRouteInstalled())) return { action: 'unchanged', script };
   await tool('iptables-restore', ['--noflush'], script);
   if (node) await installSourceRoute();
-  const after = await readCaptureState();
+  const after = await readCaptureState(s);
   if (!isInstalled(s, after)) {
     throw new CaptureError(`capture rules were applied but iptables-save does not show them in place`);
   }
@@ -170,7 +194,7 @@ export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolea
     if (!opts.dryRun) await cleanupSourceRoute();
     return script;
   }
-  const state = hasNetAdmin() ? await readCaptureState() : parseCaptureState('');
+  const state = hasNetAdmin() ? await readCaptureState(s) : parseCaptureState('');
   const script = cleanupScript(s, state) ?? '';
   if (opts.dryRun) return script;
   if (script) await tool('iptables-restore', ['--noflush'], script);
@@ -199,13 +223,13 @@ export async function checkCapture(s: CaptureSettings): Promise<CaptureCheck> {
     if (!nftIsInstalled(s, (await listNftTable()) ?? '')) throw new CaptureError('capture was repaired but nft does not show it in place');
     return 'repaired';
   }
-  const state = await readCaptureState();
+  const state = await readCaptureState(s);
   const node = s.mode === 'node';
   if (isInstalled(s, state) && (!node || await sourceRouteInstalled())) return 'installed';
   if (!chainsExist(s, state)) return 'absent';
   await tool('iptables-restore', ['--noflush'], installScript(s, state));
   if (node) await installSourceRoute();
-  if (!isInstalled(s, await readCaptureState())) throw new CaptureError('capture was repaired but iptables-save does not show it in place');
+  if (!isInstalled(s, await readCaptureState(s))) throw new CaptureError('capture was repaired but iptables-save does not show it in place');
   return 'repaired';
 }
 

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { execFileSync } from 'node:child_process';
 import {
-  chainRules, chainsExist, cleanupScript, defaultCaptureSettings as s, gateRules, installScript, ipsetDiff, isInstalled, parseCaptureState, parseIpsetMembers,
+  captureStatePattern, chainRules, chainsExist, cleanupScript, defaultCaptureSettings as s, gateRules, installScript, ipsetDiff, isInstalled, parseCaptureState, parseIpsetMembers,
   nftSourceRule, sidecarInboundRules, sidecarOutboundRules, sourceRouteCommands, sourceRouteShown, sourceRuleCount, sourceRules, vouchLines,
 } from '../../src/capture/rules.ts';
 
@@ -122,6 +123,37 @@ describe('capture rules', () => {
     assert.deepEqual(state.filter.rules, ['-A INPUT -j MESHLET_PREROUTING']);
   });
 
+  it('needs only the lines its pattern keeps, on a node with a large kube-proxy nat table', () => {
+    // 10,000 Services as kube-proxy writes them, around meshlet's rules; kube-proxy's jump first.
+    const kube: string[] = [];
+    const declared: string[] = [];
+    for (let i = 0; i < 10_000; i++) {
+      declared.push(`:KUBE-SVC-${i} - [0:0]`);
+      kube.push(`-A KUBE-SERVICES -d 10.96.${i >> 8}.${i & 255}/32 -p tcp -m comment --comment "ns/svc${i}:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-${i}`,
+        `-A KUBE-SVC-${i} -m comment --comment "ns/svc${i}:http -> 10.244.0.${i & 255}:8080" -j DNAT --to-destination 10.244.0.${i & 255}:8080`);
+    }
+    const big = installedSave
+      .replace(':MESHLET_PREROUTING - [0:0]\n', `:MESHLET_PREROUTING - [0:0]\n:MESHLET_PREROUTING_OLD - [0:0]\n${declared.join('\n')}\n`)
+      .replace('-A PREROUTING -j MESHLET_PREROUTING\n', `-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES\n-A PREROUTING -j MESHLET_PREROUTING\n${kube.join('\n')}\n-A MESHLET_PREROUTING_OLD -j RETURN\n`);
+    for (const settings of [s, { ...s, mode: 'sidecar' as const }]) {
+      const pattern = captureStatePattern(settings);
+      // What the agent runs (grep -E in the shell that ran iptables-save), and the same in JavaScript.
+      const grepped = execFileSync('grep', ['-E', '-e', pattern], { input: big, encoding: 'utf8', maxBuffer: 64 << 20 });
+      assert.equal(grepped, big.split('\n').filter((l) => new RegExp(pattern).test(l)).map((l) => `${l}\n`).join(''));
+      assert.ok(grepped.split('\n').length < 30, `${grepped.split('\n').length} lines kept of ${big.split('\n').length}`);
+      assert.ok(!grepped.includes('KUBE-SVC') && !grepped.includes('MESHLET_PREROUTING_OLD'), grepped);
+      const full = parseCaptureState(big);
+      const kept = parseCaptureState(grepped);
+      assert.equal(isInstalled(settings, kept), isInstalled(settings, full));
+      assert.equal(chainsExist(settings, kept), chainsExist(settings, full));
+      assert.equal(installScript(settings, kept), installScript(settings, full));
+      assert.equal(cleanupScript(settings, kept), cleanupScript(settings, full));
+    }
+    // The node above needs a repair (kube-proxy's jump is first): the filtered view sees it too.
+    assert.equal(isInstalled(s, parseCaptureState(big)), false);
+    assert.match(installScript(s, parseCaptureState(big)), /-I PREROUTING 1 -j MESHLET_PREROUTING/);
+  });
+
   it('cleanup removes the jumps and the chains and nothing else', () => {
     const script = cleanupScript(s, parseCaptureState(installedSave)) ?? '';
     assert.deepEqual(script.trim().split('\n'), [
@@ -214,6 +246,8 @@ describe('sidecar capture rules', () => {
     assert.equal(isInstalled(s, parseCaptureState(sidecarSave)), false, 'node capture is another thing');
     assert.equal(isInstalled({ ...sc, proxyGid: 1000 }, parseCaptureState(sidecarSave)), false, 'another proxy group needs a repair');
     assert.equal(installScript(sc, parseCaptureState(sidecarSave)).includes('-I '), false, 'no second jump');
+    const kept = sidecarSave.split('\n').filter((l) => new RegExp(captureStatePattern(sc)).test(l)).join('\n');
+    assert.equal(isInstalled(sc, parseCaptureState(kept)), true, 'the lines its pattern keeps are enough');
   });
 
   it('cleanup removes its two chains and jumps and nothing else', () => {
