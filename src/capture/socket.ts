@@ -1,5 +1,6 @@
 // The one home for OS-specific socket calls (FFI). Nothing else in meshlet touches file descriptors.
 import type { Socket } from 'node:net';
+import { readFileSync } from 'node:fs';
 import koffi from 'koffi';
 import { OriginalDestinationError, SourceAddressError } from '../errors.ts';
 
@@ -21,6 +22,10 @@ const SO_LINGER = 13;
 const SO_SNDBUFFORCE = 32; // like SO_SNDBUF but past net.core.wmem_max; needs CAP_NET_ADMIN
 
 const IP_TRANSPARENT = 19;
+const SO_REUSEADDR = 2;
+const EADDRINUSE = 98;
+/** An int option's value 1, as setsockopt reads it. */
+const ONE = Buffer.from([1, 0, 0, 0]);
 const SOCK_STREAM = 1;
 const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
@@ -32,7 +37,6 @@ interface Libc {
   setsockopt: SetSockOpt;
   socket(domain: number, type: number, protocol: number): number;
   bind(fd: number, addr: Buffer, len: number): number;
-  getsockname(fd: number, out: Buffer, len: number[]): number;
   close(fd: number): number;
 }
 let libc: Libc | undefined;
@@ -47,7 +51,6 @@ function sys(): Libc {
       setsockopt: lib.func('int setsockopt(int, int, int, const void *, uint32_t)') as SetSockOpt,
       socket: lib.func('int socket(int, int, int)') as Libc['socket'],
       bind: lib.func('int bind(int, const void *, uint32_t)') as Libc['bind'],
-      getsockname: lib.func('int getsockname(int, _Out_ void *, _Inout_ uint32_t *)') as Libc['getsockname'],
       close: lib.func('int close(int)') as Libc['close'],
     };
   }
@@ -68,35 +71,62 @@ export function encodeSockaddrIn(ip: string, port: number): Buffer {
 }
 
 /**
+ * The node's ephemeral port range (its network namespace's), read once: where the agent picks the
+ * source ports of its transparent sockets, as the kernel would for its own connections.
+ */
+let localPortRange: [number, number] | undefined;
+export function ephemeralPortRange(): [number, number] {
+  if (!localPortRange) {
+    const [lo, hi] = (() => {
+      try { return readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number); } catch { return []; }
+    })();
+    localPortRange = lo && hi && lo <= hi ? [lo, hi] : [32768, 60999];
+  }
+  return localPortRange;
+}
+
+/**
  * A TCP socket bound to `sourceIp`, an address this node does not own (the source pod's), ready to
  * be connected by Node (`new net.Socket({ fd })` then connect). IP_TRANSPARENT lets the kernel bind
- * it and send from it; it needs CAP_NET_ADMIN, which the node agent holds. The kernel picks the
- * port, which must not be `taken`: a connection redirected to the agent from that very source
- * address and port to the same destination holds a NAT entry, and a second connection with that
- * 4-tuple would be taken for the first and redirected back.
+ * it and send from it; it needs CAP_NET_ADMIN, which the node agent holds.
+ *
+ * The agent picks the port, at random in the ephemeral range, and never one that is `taken`: a
+ * connection redirected to the agent from that very source address and port to the same
+ * destination holds a NAT entry, and a second connection with that 4-tuple would be taken for the
+ * first and redirected back. Letting the kernel pick (bind to port 0) made it search every port of
+ * the address for one no socket holds, whatever the destination: under sustained churn, with
+ * thousands of TIME_WAITs, that search was 62% of the destination agent's CPU (perf). SO_REUSEADDR
+ * lets sockets to different destinations share a port, as the kernel's own connect() does; the one
+ * 4-tuple that may not be shared makes connect() fail with EADDRNOTAVAIL, and connectLocalPod tries
+ * another port.
  */
 export function openTransparentSocket(sourceIp: string, taken: (port: number) => boolean = () => false): number {
   const libc = sys();
-  const addr = encodeSockaddrIn(sourceIp, 0);
+  const [lo, hi] = ephemeralPortRange();
   const tries = 8;
   for (let attempt = 0; attempt < tries; attempt++) {
+    const port = lo + Math.floor(Math.random() * (hi - lo + 1));
+    if (taken(port)) continue;
+    const addr = encodeSockaddrIn(sourceIp, port);
     const fd = libc.socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) throw new SourceAddressError(sourceIp, `socket() failed with errno ${koffi.errno()}`);
-    const one = Buffer.alloc(4);
-    one.writeInt32LE(1, 0);
     let failed: string | undefined;
-    if (libc.setsockopt(fd, SOL_IP, IP_TRANSPARENT, one, 4) !== 0) failed = `setsockopt(IP_TRANSPARENT) failed with errno ${koffi.errno()} (CAP_NET_ADMIN is required)`;
-    else if (libc.bind(fd, addr, addr.length) !== 0) failed = `bind() failed with errno ${koffi.errno()}`;
+    if (libc.setsockopt(fd, SOL_IP, IP_TRANSPARENT, ONE, 4) !== 0) failed = `setsockopt(IP_TRANSPARENT) failed with errno ${koffi.errno()} (CAP_NET_ADMIN is required)`;
+    else if (libc.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, ONE, 4) !== 0) failed = `setsockopt(SO_REUSEADDR) failed with errno ${koffi.errno()}`;
+    else if (libc.bind(fd, addr, addr.length) !== 0) {
+      const errno = koffi.errno();
+      libc.close(fd);
+      // A listener of the node's own on that address and port: another port will do.
+      if (errno === EADDRINUSE) continue;
+      throw new SourceAddressError(sourceIp, `bind() to port ${port} failed with errno ${errno}`);
+    }
     if (failed) {
       libc.close(fd);
       throw new SourceAddressError(sourceIp, failed);
     }
-    const name = Buffer.alloc(16);
-    libc.getsockname(fd, name, [16]);
-    if (!taken(name.readUInt16BE(2))) return fd;
-    libc.close(fd);
+    return fd;
   }
-  throw new SourceAddressError(sourceIp, `every source port the kernel offered in ${tries} tries belongs to a redirected connection`);
+  throw new SourceAddressError(sourceIp, `no free source port in ${tries} tries (each was taken by a redirected connection or in use)`);
 }
 
 /** Decodes a sockaddr_in / sockaddr_in6 as written by the kernel. Exported for unit tests. */

@@ -85,9 +85,21 @@ export async function connectLocalPod(ctx: ProxyContext, podIp: string, port: nu
   if (vouching) await vouching;
   if (!ctx.preserveSource || !source?.ip || source.ip === podIp) return connectTcp(podIp, port, ctx.connectTimeoutMs);
   const redirects = ctx.redirects;
-  const fd = openTransparentSocket(source.ip, redirects ? (p) => redirects.has(source.ip, p, podIp, port) : undefined);
-  return connectTcp(podIp, port, ctx.connectTimeoutMs, new net.Socket({ fd, allowHalfOpen: true, readable: true, writable: true }));
+  const taken = redirects ? (p: number) => redirects.has(source.ip, p, podIp, port) : undefined;
+  // The port openTransparentSocket picked may already carry this very 4-tuple (an open connection,
+  // or one in TIME_WAIT): connect() then fails at once with EADDRNOTAVAIL, and another port will do.
+  for (let attempt = 1; ; attempt++) {
+    const fd = openTransparentSocket(source.ip, taken);
+    try {
+      return await connectTcp(podIp, port, ctx.connectTimeoutMs, new net.Socket({ fd, allowHalfOpen: true, readable: true, writable: true }));
+    } catch (err) {
+      if (attempt >= SOURCE_PORT_TRIES || (err as { cause?: { code?: string } }).cause?.code !== 'EADDRNOTAVAIL') throw err;
+    }
+  }
 }
+
+/** How many source ports a delivery tries when each is busy with its own 4-tuple. */
+const SOURCE_PORT_TRIES = 16;
 
 /**
  * A connection made straight to an agent port (not redirected) reports the agent itself as its
