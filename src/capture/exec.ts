@@ -33,13 +33,20 @@ export function runCommand(cmd: string, args: string[], input?: string): Promise
  * for a small Node process, 5-6 ms with 100 MB resident (measured on the benchmark machine). The
  * agent runs a capture tool every second (the probe gate's ipset refresh) and three every 5 s (the
  * capture check), so each of its busy moments would stall every connection it carries; the shell,
- * a megabyte of memory, does the forking instead. One command at a time, in the order asked.
+ * a megabyte of memory, does the forking instead. One command at a time, in the order asked; a
+ * command that runs past `timeoutMs` is killed with its shell (the shell leads its own process
+ * group), so one stuck tool cannot hold up the commands queued behind it for ever.
  */
 export class ShellRunner {
   readonly #marker = `__meshlet_done_${randomUUID().replaceAll('-', '')}`;
+  readonly #timeoutMs: number;
   #child: ChildProcessWithoutNullStreams | undefined;
   #queue: Promise<unknown> = Promise.resolve();
   #closed = false;
+
+  constructor(opts: { timeoutMs?: number } = {}) {
+    this.#timeoutMs = opts.timeoutMs ?? 30_000;
+  }
 
   run(cmd: string, args: string[], input?: string): Promise<CommandResult> {
     if (this.#closed) return Promise.reject(new Error('the command runner is closed'));
@@ -57,7 +64,7 @@ export class ShellRunner {
 
   #shell(): ChildProcessWithoutNullStreams {
     if (this.#child && this.#child.exitCode === null && this.#child.signalCode === null) return this.#child;
-    const child = spawn('/bin/sh', [], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('/bin/sh', [], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     // A shell that fails or dies fails the command in progress (#runOne); the next one starts another.
     child.on('error', () => { if (this.#child === child) this.#child = undefined; });
     child.stdin.on('error', () => undefined);
@@ -78,7 +85,15 @@ export class ShellRunner {
       let errDone = false;
       const streams = [child.stdout, child.stderr] as unknown as Array<{ ref?(): void; unref?(): void }>;
       for (const s of streams) s.ref?.();
+      const timer = setTimeout(() => {
+        // The shell and whatever it runs share a process group: kill them all; the next command
+        // starts a new shell.
+        if (this.#child === child) this.#child = undefined;
+        try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* already gone */ }
+        finish(undefined, new Error(`${cmd} did not finish within ${this.#timeoutMs} ms; killed`));
+      }, this.#timeoutMs);
       const finish = (result?: CommandResult, error?: Error) => {
+        clearTimeout(timer);
         child.stdout.off('data', onOut);
         child.stderr.off('data', onErr);
         child.off('exit', onExit);

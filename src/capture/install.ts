@@ -23,26 +23,33 @@ function assertPrivileged(): void {
   }
 }
 
-let shell: ShellRunner | undefined;
+/**
+ * Which shell a capture tool runs in. The probe gate's refresh has one of its own: it is the agent's
+ * proof of life, and must never wait behind a slow capture check or set sync.
+ */
+export type ToolLane = 'default' | 'gate';
+
+let shells: Record<ToolLane, ShellRunner> | undefined;
 
 /**
- * From now on capture tools run through one long-lived shell (ShellRunner: no fork of this process
- * per command). The agent does this at start; `meshlet init`, which runs a few commands once, spawns
- * them. Returns the function that ends it.
+ * From now on capture tools run through long-lived shells (ShellRunner: no fork of this process
+ * per command), one per lane. The agent does this at start; `meshlet init`, which runs a few
+ * commands once, spawns them. Returns the function that ends them.
  */
 export function runCaptureToolsThroughShell(): () => void {
-  const runner = new ShellRunner();
-  shell = runner;
+  const mine = { default: new ShellRunner(), gate: new ShellRunner() };
+  shells = mine;
   return () => {
-    if (shell === runner) shell = undefined;
-    runner.close();
+    if (shells === mine) shells = undefined;
+    mine.default.close();
+    mine.gate.close();
   };
 }
 
 /** Runs a capture tool; a missing tool is a PrerequisiteError, the exit code is the caller's to judge. */
-async function runTool(cmd: string, args: string[], input?: string) {
+async function runTool(cmd: string, args: string[], input?: string, lane: ToolLane = 'default') {
   try {
-    return await (shell ? shell.run(cmd, args, input) : runCommand(cmd, args, input));
+    return await (shells ? shells[lane].run(cmd, args, input) : runCommand(cmd, args, input));
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
       const pkg = cmd === 'nft' ? 'nftables' : cmd === 'ip' ? 'iproute2' : 'iptables ipset';
@@ -52,8 +59,8 @@ async function runTool(cmd: string, args: string[], input?: string) {
   }
 }
 
-async function tool(cmd: string, args: string[], input?: string): Promise<string> {
-  return succeeded(`${cmd} ${args.join(' ')}`, await runTool(cmd, args, input), input);
+async function tool(cmd: string, args: string[], input?: string, lane: ToolLane = 'default'): Promise<string> {
+  return succeeded(`${cmd} ${args.join(' ')}`, await runTool(cmd, args, input, lane), input);
 }
 
 /** A tool's output, or the typed error its failure means (no permission: a PrerequisiteError). */
@@ -90,7 +97,7 @@ export async function readCaptureState(s: CaptureSettings): Promise<CaptureState
 
 /** A shell script, run as the capture tools are (through the agent's shell, or spawned). */
 async function runScript(script: string): Promise<CommandResult> {
-  return shell ? shell.run('sh', ['-c', script]) : runCommand('sh', ['-c', script]);
+  return shells ? shells.default.run('sh', ['-c', script]) : runCommand('sh', ['-c', script]);
 }
 
 /** How many times the policy rule is there, and whether its table holds the local route. */

@@ -29,8 +29,8 @@ export function createMemberSync(s: CaptureSettings): IpsetSync {
 
 /** Vouches for exactly `ips` for `ttlSeconds` more (the probe gate's write), in either backend. */
 export function createVouchWriter(s: CaptureSettings): (ips: readonly string[], ttlSeconds: number) => Promise<void> {
-  if (s.backend === 'nftables') return async (ips, ttl) => { await runCaptureTool('nft', ['-f', '-'], nftVouchScript(s.gateIpset, ips, ttl)); };
-  return async (ips, ttl) => { await runCaptureTool('ipset', ['restore', '-exist'], `${vouchLines(s.gateIpset, ips, ttl).join('\n')}\n`); };
+  if (s.backend === 'nftables') return async (ips, ttl) => { await runCaptureTool('nft', ['-f', '-'], nftVouchScript(s.gateIpset, ips, ttl), 'gate'); };
+  return async (ips, ttl) => { await runCaptureTool('ipset', ['restore', '-exist'], `${vouchLines(s.gateIpset, ips, ttl).join('\n')}\n`, 'gate'); };
 }
 
 function createIpsetSync(setName: string): IpsetSync {

@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { runCommand, shellQuote, ShellRunner } from '../../src/capture/exec.ts';
@@ -73,6 +76,25 @@ describe('ShellRunner', () => {
       runner.close();
     }
     await assert.rejects(runner.run('echo', ['closed']), /closed/);
+  });
+
+  it('kills a command that runs past its time, with everything it started, and goes on', async () => {
+    const runner = new ShellRunner({ timeoutMs: 300 });
+    const pidFile = join(mkdtempSync(join(tmpdir(), 'meshlet-exec-')), 'pid');
+    try {
+      const started = Date.now();
+      await assert.rejects(runner.run('sh', ['-c', `echo $$ > ${pidFile}; sleep 30`]), /did not finish within 300 ms; killed/);
+      assert.ok(Date.now() - started < 5_000);
+      const pid = Number(readFileSync(pidFile, 'utf8'));
+      await new Promise((r) => setTimeout(r, 100));
+      // Gone, or dead and waiting to be reaped (a zombie: whoever is PID 1 here may reap late).
+      const state = (() => { try { return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0]; } catch { return 'gone'; } })();
+      assert.ok(state === 'gone' || state === 'Z', `the stuck command is gone too (state ${state})`);
+      assert.equal((await runner.run('echo', ['next'])).stdout, 'next\n');
+    } finally {
+      runner.close();
+      rmSync(dirname(pidFile), { recursive: true, force: true });
+    }
   });
 
   it('does not keep the process alive once idle', async () => {
