@@ -90,14 +90,9 @@ export async function readCaptureState(s: CaptureSettings): Promise<CaptureState
     `printf '%s\\n' "$out" | grep -E -e ${shellQuote(captureStatePattern(s))}`,
     'exit 0',
   ].join('\n');
-  const result = await runScript(script);
+  const result = await runTool('sh', ['-c', script]);
   if (result.stderr.includes(NO_IPTABLES_SAVE)) throw new PrerequisiteError('iptables-save is not installed (apt-get install iptables ipset)');
   return parseCaptureState(succeeded('iptables-save', result));
-}
-
-/** A shell script, run as the capture tools are (through the agent's shell, or spawned). */
-async function runScript(script: string): Promise<CommandResult> {
-  return shells ? shells.default.run('sh', ['-c', script]) : runCommand('sh', ['-c', script]);
 }
 
 /** How many times the policy rule is there, and whether its table holds the local route. */

@@ -223,11 +223,10 @@ export interface CaptureState {
  * agent 21-105 ms of its event loop (measured), every 5 s. Filtered, a few lines reach it.
  */
 export function captureStatePattern(s: CaptureSettings): string {
-  const all = hooks(s);
   const escape = (name: string) => name.replace(/[^A-Za-z0-9_-]/g, (c) => `\\${c}`);
-  const own = [...new Set(all.map((h) => escape(h.chain)))].join('|');
-  const jumped = [...new Set([...all.map((h) => h.parent), ...all.map((h) => escape(h.chain))])].join('|');
-  return `^(\\*|COMMIT|:(${own}) |-A (${jumped}) )`;
+  const own = [...new Set(hooks(s).map((h) => escape(h.chain)))];
+  const parents = [...new Set(hooks(s).map((h) => h.parent))];
+  return `^(\\*|COMMIT|:(${own.join('|')}) |-A (${[...parents, ...own].join('|')}) )`;
 }
 
 /** Parses the nat, filter and mangle tables out of `iptables-save` output (other tables are ignored). */

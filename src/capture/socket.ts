@@ -77,9 +77,9 @@ export function encodeSockaddrIn(ip: string, port: number): Buffer {
 let localPortRange: [number, number] | undefined;
 export function ephemeralPortRange(): [number, number] {
   if (!localPortRange) {
-    const [lo, hi] = (() => {
-      try { return readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number); } catch { return []; }
-    })();
+    let text = '';
+    try { text = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8'); } catch { /* Linux's default below */ }
+    const [lo, hi] = text.trim().split(/\s+/).map(Number);
     localPortRange = lo && hi && lo <= hi ? [lo, hi] : [32768, 60999];
   }
   return localPortRange;
@@ -103,28 +103,23 @@ export function ephemeralPortRange(): [number, number] {
 export function openTransparentSocket(sourceIp: string, taken: (port: number) => boolean = () => false): number {
   const libc = sys();
   const [lo, hi] = ephemeralPortRange();
+  const addr = encodeSockaddrIn(sourceIp, 0);
   const tries = 8;
   for (let attempt = 0; attempt < tries; attempt++) {
     const port = lo + Math.floor(Math.random() * (hi - lo + 1));
     if (taken(port)) continue;
-    const addr = encodeSockaddrIn(sourceIp, port);
+    addr.writeUInt16BE(port, 2);
     const fd = libc.socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) throw new SourceAddressError(sourceIp, `socket() failed with errno ${koffi.errno()}`);
-    let failed: string | undefined;
-    if (libc.setsockopt(fd, SOL_IP, IP_TRANSPARENT, ONE, 4) !== 0) failed = `setsockopt(IP_TRANSPARENT) failed with errno ${koffi.errno()} (CAP_NET_ADMIN is required)`;
-    else if (libc.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, ONE, 4) !== 0) failed = `setsockopt(SO_REUSEADDR) failed with errno ${koffi.errno()}`;
-    else if (libc.bind(fd, addr, addr.length) !== 0) {
-      const errno = koffi.errno();
-      libc.close(fd);
-      // A listener of the node's own on that address and port: another port will do.
-      if (errno === EADDRINUSE) continue;
-      throw new SourceAddressError(sourceIp, `bind() to port ${port} failed with errno ${errno}`);
-    }
-    if (failed) {
-      libc.close(fd);
-      throw new SourceAddressError(sourceIp, failed);
-    }
-    return fd;
+    const failed = libc.setsockopt(fd, SOL_IP, IP_TRANSPARENT, ONE, 4) !== 0 ? 'setsockopt(IP_TRANSPARENT)'
+      : libc.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, ONE, 4) !== 0 ? 'setsockopt(SO_REUSEADDR)'
+      : libc.bind(fd, addr, addr.length) !== 0 ? `bind() to port ${port}` : undefined;
+    if (!failed) return fd;
+    const errno = koffi.errno();
+    libc.close(fd);
+    // A listener of the node's own on that address and port: another port will do.
+    if (errno === EADDRINUSE) continue;
+    throw new SourceAddressError(sourceIp, `${failed} failed with errno ${errno}${failed.includes('TRANSPARENT') ? ' (CAP_NET_ADMIN is required)' : ''}`);
   }
   throw new SourceAddressError(sourceIp, `no free source port in ${tries} tries (each was taken by a redirected connection or in use)`);
 }

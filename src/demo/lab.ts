@@ -294,8 +294,7 @@ export class MeshLab {
   /** Every JSON log line the CA service has written so far. */
   async caLog(): Promise<Array<Record<string, any>>> {
     if (!this.ca) return [];
-    // Batched lines (telemetry/log.ts): wait out one batch while the CA runs.
-    if (this.ca.child.exitCode === null && this.ca.child.signalCode === null) await new Promise((r) => setTimeout(r, 2 * LOG_FLUSH_MS));
+    await logBatchWritten(this.ca.child);
     // The log stream opens asynchronously: no file yet means no lines yet.
     return parseLogLines(await readFile(this.ca.logFile, 'utf8').catch(() => ''));
   }
@@ -394,12 +393,9 @@ export class MeshLab {
     return agent ? this.processLog(agent) : [];
   }
 
-  /**
-   * The log lines of one agent process (during an upgrade a node has two). A running agent writes
-   * its lines in batches (telemetry/log.ts): wait out one batch, so what it did before the call is in.
-   */
+  /** The log lines of one agent process (during an upgrade a node has two). */
   async processLog(agent: AgentProcess): Promise<Array<Record<string, any>>> {
-    if (agent.child.exitCode === null && agent.child.signalCode === null) await new Promise((r) => setTimeout(r, 2 * LOG_FLUSH_MS));
+    await logBatchWritten(agent.child);
     return parseLogLines(await readFile(agent.logFile, 'utf8').catch(() => ''));
   }
 
@@ -440,6 +436,14 @@ function parseLogLines(text: string): Array<Record<string, any>> {
 export function processCpuSeconds(pid: number): number {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
   return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/**
+ * meshlet's processes write their log lines in batches (telemetry/log.ts): while one runs, wait a
+ * batch out, so that what it did before the call is in its log file.
+ */
+async function logBatchWritten(child: ChildProcess): Promise<void> {
+  if (child.exitCode === null && child.signalCode === null) await new Promise((r) => setTimeout(r, 2 * LOG_FLUSH_MS));
 }
 
 /**

@@ -7,16 +7,14 @@ describe('capture tools in the agent', () => {
     const stop = runCaptureToolsThroughShell();
     try {
       const started = performance.now();
-      let slowDone = 0;
-      const slow = runCaptureTool('sleep', ['1']).then(() => { slowDone = performance.now() - started; });
-      const queued = runCaptureTool('true', []);
-      await runCaptureTool('true', [], undefined, 'gate');
-      const gateDone = performance.now() - started;
-      assert.ok(gateDone < 800, `the gate's command took ${gateDone} ms`);
-      await Promise.all([slow, queued]);
-      assert.ok(slowDone >= 900, 'the slow command ran meanwhile');
-      // The same lane keeps its order: the command queued behind the slow one waited for it.
-      assert.ok(performance.now() - started >= 1000);
+      const doneAt = (p: Promise<unknown>) => p.then(() => performance.now() - started);
+      const slow = doneAt(runCaptureTool('sleep', ['1']));
+      const queued = doneAt(runCaptureTool('true', []));
+      const gate = await doneAt(runCaptureTool('true', [], undefined, 'gate'));
+      assert.ok(gate < 800, `the gate's command took ${gate} ms`);
+      assert.ok(await slow >= 900, 'the slow command ran meanwhile');
+      // The default lane keeps its order: the command queued behind the slow one waited for it.
+      assert.ok(await queued >= await slow, 'queued behind the slow command');
     } finally {
       stop();
     }

@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 import net from 'node:net';
 import { hasNetAdmin } from '../../src/capture/exec.ts';
 import { connectLocalPod, type ProxyContext } from '../../src/proxy/context.ts';
+import { ephemeralPortRange } from '../../src/capture/socket.ts';
 import { OpenRedirects } from '../../src/proxy/redirects.ts';
 
 /** A loopback server that answers each connection with the address it came from. */
@@ -27,7 +28,7 @@ describe('deliveries to local pods', () => {
     const port = (server.address() as net.AddressInfo).port;
     const redirects = new OpenRedirects();
     const asked: string[] = [];
-    // Every port the kernel offers first is "held" by a redirected connection of the same tuple.
+    // The first port the agent picks is "held" by a redirected connection of the same tuple.
     const has = redirects.has.bind(redirects);
     redirects.has = (srcIp, srcPort, dstIp, dstPort) => {
       asked.push(`${srcIp}>${dstIp}:${dstPort}`);
@@ -42,6 +43,40 @@ describe('deliveries to local pods', () => {
       const plain = await reply(await connectLocalPod({ ...ctx, preserveSource: false }, '127.0.0.1', port, { ip: '127.0.0.2' }));
       assert.equal(plain.split(':')[0], '127.0.0.1', 'without preservation: from the agent\'s own address');
     } finally {
+      server.close();
+    }
+  });
+
+  it('take another source port when the one picked already carries this very 4-tuple', async (t) => {
+    if (!hasNetAdmin()) { t.skip('IP_TRANSPARENT needs CAP_NET_ADMIN'); return; }
+    // A server that holds every connection open: the first delivery's 4-tuple stays in use.
+    const held: net.Socket[] = [];
+    const server = net.createServer((s) => { held.push(s); s.write(`${s.remotePort}`); });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as net.AddressInfo).port;
+    const ctx = { connectTimeoutMs: 2000, preserveSource: true } as ProxyContext;
+    // Make the agent's first pick of each delivery the same port.
+    const [lo, hi] = ephemeralPortRange();
+    const same = 0.5;
+    const picked = lo + Math.floor(same * (hi - lo + 1));
+    const random = Math.random;
+    let forced = 0;
+    Math.random = () => (forced++ % 2 === 0 ? same : random());
+    const firstPort = (s: net.Socket) => new Promise<number>((resolve) => s.once('data', (d) => resolve(Number(d.toString()))));
+    const sockets: net.Socket[] = [];
+    try {
+      forced = 0;
+      sockets.push(await connectLocalPod(ctx, '127.0.0.1', port, { ip: '127.0.0.2' }));
+      assert.equal(await firstPort(sockets[0]!), picked, 'the first delivery got the port picked');
+      forced = 0;
+      // The same pick again: connect() refuses the 4-tuple (EADDRNOTAVAIL) and the delivery draws another port.
+      sockets.push(await connectLocalPod(ctx, '127.0.0.1', port, { ip: '127.0.0.2' }));
+      const second = await firstPort(sockets[1]!);
+      assert.notEqual(second, picked);
+      assert.ok(second >= lo && second <= hi);
+    } finally {
+      Math.random = random;
+      for (const s of [...sockets, ...held]) s.destroy();
       server.close();
     }
   });
