@@ -24,6 +24,7 @@ import { TunnelPool } from './proxy/tunnel/pool.ts';
 import { ConnectionLimiter } from './proxy/limits.ts';
 import { EndpointBalancer } from './proxy/balancer.ts';
 import { OpenRedirects } from './proxy/redirects.ts';
+import { adoptForPooledReads } from './proxy/read-buffers.ts';
 import { accessLogger, createLogger, setLogLevel } from './telemetry/log.ts';
 import { MeshMetrics } from './telemetry/metrics.ts';
 import { ConnectionTracker } from './telemetry/connections.ts';
@@ -287,9 +288,14 @@ export class Agent {
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
     };
-    const serve = (reporter: 'source' | 'destination', handle: (s: net.Socket, ctx: ProxyContext) => Promise<void>) =>
-      net.createServer({ allowHalfOpen: true, noDelay: true }, (s) => { if (admit(s, reporter)) { track(s); void handle(s, ctx); } });
-    const outbound = serve('source', handleOutbound);
+    // The pods' own connections (15001) read into reused buffers (proxy/read-buffers.ts): accepted
+    // paused, then moved into a socket that does.
+    const serve = (reporter: 'source' | 'destination', handle: (s: net.Socket, ctx: ProxyContext) => Promise<void>, pooled = false) =>
+      net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: pooled }, (accepted) => {
+        const s = pooled ? adoptForPooledReads(accepted) : accepted;
+        if (admit(s, reporter)) { track(s); void handle(s, ctx); }
+      });
+    const outbound = serve('source', handleOutbound, true);
     const inboundPlain = serve('destination', handleInboundPlaintext);
     const tunnelServer = new TunnelServer(ctx);
     this.#tunnel = tunnelServer;

@@ -2,7 +2,8 @@
 // They know nothing of meshlet: that is the point.
 //
 //   peer serve --port P                  echo server, and a "sink" mode selected by the first byte
-//   peer client --host H --port P --bytes N [--connections C] [--mode echo|halfclose|hold|whoami] [--pattern TEXT]
+//   peer client --host H --port P --bytes N [--connections C] [--mode echo|halfclose|hold|whoami] [--pattern TEXT] [--together]
+//                                        --together (echo): every connection ends only once all have their echo
 //   peer chat --host H --port P --duration MS [--interval MS]
 //                                        one long-lived connection: a small echoed message every interval
 //   peer dial --host H --port P --duration MS [--interval MS]
@@ -67,7 +68,17 @@ function makePayload(bytes: number, pattern: string | undefined): Buffer {
 
 type Mode = 'echo' | 'halfclose' | 'hold' | 'whoami';
 
-function oneConnection(host: string, port: number, bytes: number, mode: Mode, timeoutMs: number, pattern?: string): Promise<ClientResult> {
+/** Echo connections that end only once every one of them has its echo: all of them open at once. */
+interface Barrier { arrived(): void; all: Promise<void> }
+
+function barrier(n: number): Barrier {
+  let left = n;
+  let open!: () => void;
+  const all = new Promise<void>((resolve) => { open = resolve; });
+  return { all, arrived: () => { if (--left === 0) open(); } };
+}
+
+function oneConnection(host: string, port: number, bytes: number, mode: Mode, timeoutMs: number, pattern?: string, together?: Barrier): Promise<ClientResult> {
   return new Promise((resolve) => {
     const started = Date.now();
     const payload = makePayload(bytes, pattern);
@@ -102,11 +113,17 @@ function oneConnection(host: string, port: number, bytes: number, mode: Mode, ti
         return;
       }
       socket.write(mode === 'echo' ? 'E' : 'S');
-      socket.end(payload);
+      if (together && mode === 'echo') socket.write(payload);
+      else socket.end(payload);
     });
     socket.on('data', (d: Buffer) => {
+      const before = received;
       received += d.length;
       if (mode === 'echo') recv.update(d); else chunks.push(d);
+      if (together && before < bytes && received >= bytes) {
+        together.arrived();
+        void together.all.then(() => socket.end());
+      }
     });
     socket.on('end', () => finish({}));
     socket.on('error', (err: NodeJS.ErrnoException) => finish({ error: err.code ?? err.message }));
@@ -118,12 +135,13 @@ async function client(argv: string[]): Promise<void> {
   const { values } = parseArgs({ args: argv, options: {
     host: { type: 'string' }, port: { type: 'string' }, bytes: { type: 'string', default: '1024' },
     connections: { type: 'string', default: '1' }, mode: { type: 'string', default: 'echo' },
-    timeout: { type: 'string', default: '60000' }, pattern: { type: 'string' },
+    timeout: { type: 'string', default: '60000' }, pattern: { type: 'string' }, together: { type: 'boolean', default: false },
   } });
   const n = Number(values.connections);
   const mode: Mode = values.mode === 'halfclose' || values.mode === 'hold' || values.mode === 'whoami' ? values.mode : 'echo';
+  const together = values.together ? barrier(n) : undefined;
   const results = await Promise.all(Array.from({ length: n }, () =>
-    oneConnection(String(values.host), Number(values.port), Number(values.bytes), mode, Number(values.timeout), values.pattern)));
+    oneConnection(String(values.host), Number(values.port), Number(values.bytes), mode, Number(values.timeout), values.pattern, together)));
   process.stdout.write(`${JSON.stringify({ ok: results.every((r) => r.ok), results })}\n`);
 }
 

@@ -1,4 +1,4 @@
-import net from 'node:net';
+import type net from 'node:net';
 import type { Logger } from 'pino';
 import type { CertificateManager } from '../identity/certs.ts';
 import type { PolicyEngine } from '../policy/hook.ts';
@@ -10,6 +10,7 @@ import { openTransparentSocket, plainIp } from '../capture/socket.ts';
 import type { TunnelPool } from './tunnel/pool.ts';
 import type { EndpointBalancer } from './balancer.ts';
 import type { OpenRedirects } from './redirects.ts';
+import { pooledConnect, pooledSocketOnFd } from './read-buffers.ts';
 
 /** Everything a connection handler needs, passed explicitly (no module state). */
 export interface ProxyContext {
@@ -54,11 +55,12 @@ export interface DeliverySource {
 
 /**
  * A TCP connection to a final destination, resolved once established (never half-set-up). `from`:
- * an unconnected socket to connect (a transparent one bound to a source address).
+ * an unconnected socket to connect (a transparent one bound to a source address). The socket reads
+ * into reused buffers (read-buffers.ts).
  */
 export function connectTcp(host: string, port: number, timeoutMs: number, from?: net.Socket): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const socket = from ? from.setNoDelay(true).connect({ host, port }) : net.connect({ host, port, allowHalfOpen: true, noDelay: true });
+    const socket = from ? from.setNoDelay(true).connect({ host, port }) : pooledConnect(host, port);
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new UpstreamConnectError(`${host}:${port}`, `timed out after ${timeoutMs} ms`));
@@ -91,7 +93,7 @@ export async function connectLocalPod(ctx: ProxyContext, podIp: string, port: nu
   for (let attempt = 1; ; attempt++) {
     const fd = openTransparentSocket(source.ip, taken);
     try {
-      return await connectTcp(podIp, port, ctx.connectTimeoutMs, new net.Socket({ fd, allowHalfOpen: true, readable: true, writable: true }));
+      return await connectTcp(podIp, port, ctx.connectTimeoutMs, pooledSocketOnFd(fd));
     } catch (err) {
       if (attempt >= SOURCE_PORT_TRIES || (err as { cause?: { code?: string } }).cause?.code !== 'EADDRNOTAVAIL') throw err;
     }

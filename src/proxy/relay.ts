@@ -1,5 +1,5 @@
 // Copies bytes both ways between two duplex ends (TCP sockets or HTTP/2 CONNECT streams).
-//  - pipe() gives backpressure: a slow reader pauses the fast writer, no buffer grows unbounded;
+//  - backpressure: a slow reader pauses the fast writer, no buffer grows unbounded;
 //  - an end (FIN / END_STREAM) on one side ends the other side's writable half only (half-close);
 //  - an abnormal end (RST, stream reset, error, destroy before a clean finish) resets the other side.
 import type { Duplex } from 'node:stream';
@@ -8,6 +8,7 @@ import http2 from 'node:http2';
 import { resetSocket } from '../capture/socket.ts';
 import { IdleTimeoutError } from '../errors.ts';
 import type { ConnectionHandle } from '../telemetry/connections.ts';
+import { findPooledReads, type PooledReads } from './read-buffers.ts';
 
 export interface RelayEnd {
   stream: Duplex;
@@ -17,6 +18,8 @@ export interface RelayEnd {
   closedCleanly(): boolean;
   /** Whether the stream has failed: an error, a reset received, an aborted HTTP/2 stream. */
   failed(): boolean;
+  /** Set when the stream is a socket reading into reused buffers (read-buffers.ts): no 'data' events. */
+  reads?: PooledReads;
 }
 
 export interface RelayResult {
@@ -54,6 +57,7 @@ export function socketEnd(socket: Socket): RelayEnd {
   socket.on('error', () => { errored = true; });
   return {
     stream: socket,
+    reads: findPooledReads(socket),
     reset: () => resetSocket(socket),
     closedCleanly: () => !errored && socket.readableEnded && socket.writableFinished,
     failed: () => errored,
@@ -71,6 +75,32 @@ export function h2StreamEnd(stream: http2.Http2Stream): RelayEnd {
       stream.readableEnded && stream.writableFinished,
     failed: () => errored,
   };
+}
+
+/**
+ * Copies `from`'s bytes into `to` with backpressure, counting them. Its end is not forwarded here:
+ * an end is forwarded as a half-close only when it is a real one (relay). An HTTP/2 stream whose
+ * session died emits 'aborted' and then 'end'; forwarding that as FIN would tell the application
+ * its peer finished cleanly.
+ */
+function forward(from: RelayEnd, to: RelayEnd, count: (bytes: number) => void): void {
+  const reads = from.reads;
+  if (!reads) {
+    from.stream.on('data', (chunk: Buffer) => count(chunk.length));
+    from.stream.pipe(to.stream, { end: false });
+    return;
+  }
+  // A pooled socket hands over each chunk with the buffer's release, which the write's callback
+  // calls once the bytes have left (or the write failed). A full `to` stops reading until 'drain'.
+  let waiting = false;
+  const resume = () => { waiting = false; from.stream.resume(); };
+  reads.attach((chunk, release) => {
+    count(chunk.length);
+    if (to.stream.write(chunk, release)) return true;
+    if (!waiting) { waiting = true; to.stream.once('drain', resume); }
+    return false;
+  });
+  if (!waiting) from.stream.resume();
 }
 
 export function relay(a: RelayEnd, b: RelayEnd, onBytes?: (aToB: number, bToA: number) => void, opts: { idleMs?: number } = {}): Promise<RelayResult> {
@@ -93,13 +123,8 @@ export function relay(a: RelayEnd, b: RelayEnd, onBytes?: (aToB: number, bToA: n
       }, Math.max(250, Math.floor(idleMs / 4))).unref();
     }
 
-    a.stream.on('data', (chunk: Buffer) => { lastActivity = Date.now(); result.aToB += chunk.length; onBytes?.(chunk.length, 0); });
-    b.stream.on('data', (chunk: Buffer) => { lastActivity = Date.now(); result.bToA += chunk.length; onBytes?.(0, chunk.length); });
-    // pipe() gives backpressure. Its own end handling is off: an end is forwarded as a half-close
-    // only when it is a real one. An HTTP/2 stream whose session died emits 'aborted' and then 'end';
-    // forwarding that as FIN would tell the application its peer finished cleanly.
-    a.stream.pipe(b.stream, { end: false });
-    b.stream.pipe(a.stream, { end: false });
+    forward(a, b, (n) => { lastActivity = Date.now(); result.aToB += n; onBytes?.(n, 0); });
+    forward(b, a, (n) => { lastActivity = Date.now(); result.bToA += n; onBytes?.(0, n); });
     a.stream.once('end', () => { if (!a.failed() && !b.stream.writableEnded) b.stream.end(); });
     b.stream.once('end', () => { if (!b.failed() && !a.stream.writableEnded) a.stream.end(); });
 

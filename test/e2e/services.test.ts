@@ -52,12 +52,13 @@ describe('Services in network namespaces', { concurrency: false }, () => {
     return used;
   }
   const logLength = async () => (await lab.accessLog('node-a')).length;
-  const call = (connections: number, pattern?: string) =>
-    lab.client('web', { host: CLUSTER_IP, port: SERVICE_PORT, bytes: 4096, connections, timeoutMs: 10_000, ...(pattern ? { pattern } : {}) });
+  const call = (connections: number, pattern?: string, together = false) =>
+    lab.client('web', { host: CLUSTER_IP, port: SERVICE_PORT, bytes: 4096, connections, timeoutMs: 10_000, together, ...(pattern ? { pattern } : {}) });
 
   it('spreads connections to the ClusterIP over the endpoints on both nodes, with every cross-node byte in the tunnel', async () => {
     const from = await logLength();
-    const { result: r, segments } = await lab.capturing(lab.node('node-a'), () => call(30, MARKER));
+    // All 30 stay open until every one has its echo, so each choice sees the others.
+    const { result: r, segments } = await lab.capturing(lab.node('node-a'), () => call(30, MARKER, true));
     assert.ok(r.ok, JSON.stringify(r.results.filter((x) => !x.ok)));
     assert.equal(segments.filter((s) => s.payload.includes(MARKER)).length, 0, 'the payload crossed the node link in the clear');
     assert.ok(segments.some((s) => s.dstPort === 15008 && s.payload.length > 0), `cross-node connections went through the tunnel: ${JSON.stringify([...new Set(segments.map((s) => `${s.dst}:${s.dstPort}`))])}`);

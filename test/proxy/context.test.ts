@@ -5,6 +5,7 @@ import { hasNetAdmin } from '../../src/capture/exec.ts';
 import { connectLocalPod, type ProxyContext } from '../../src/proxy/context.ts';
 import { ephemeralPortRange } from '../../src/capture/socket.ts';
 import { OpenRedirects } from '../../src/proxy/redirects.ts';
+import { onSocketData, readToEnd } from '../support/pooled-reads.ts';
 
 /** A loopback server that answers each connection with the address it came from. */
 async function whoamiServer(): Promise<net.Server> {
@@ -14,11 +15,10 @@ async function whoamiServer(): Promise<net.Server> {
 }
 
 async function reply(socket: net.Socket): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const c of socket) chunks.push(c as Buffer);
+  const all = await readToEnd(socket);
   // Deliveries are half-open sockets (the relay forwards FINs): end our side too.
   socket.destroy();
-  return Buffer.concat(chunks).toString();
+  return all.toString();
 }
 
 describe('deliveries to local pods', () => {
@@ -62,7 +62,7 @@ describe('deliveries to local pods', () => {
     const random = Math.random;
     let forced = 0;
     Math.random = () => (forced++ % 2 === 0 ? same : random());
-    const firstPort = (s: net.Socket) => new Promise<number>((resolve) => s.once('data', (d) => resolve(Number(d.toString()))));
+    const firstPort = (s: net.Socket) => new Promise<number>((resolve) => onSocketData(s, (d) => resolve(Number(d.toString()))));
     const sockets: net.Socket[] = [];
     try {
       forced = 0;

@@ -4,17 +4,23 @@ import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { describe, it } from 'node:test';
 import { resetSocket } from '../../src/capture/socket.ts';
+import { adoptForPooledReads, pooledConnect } from '../../src/proxy/read-buffers.ts';
 import { outcomeOf, relay, type RelayResult, socketEnd } from '../../src/proxy/relay.ts';
 
-/** app server <- relay <- client, all on loopback. */
-async function setup(onServerConn: (s: net.Socket) => void, opts: { idleMs?: number } = {}) {
+/**
+ * app server <- relay <- client, all on loopback. `pooled`: both of the relay's sockets read into
+ * reused buffers, as the agent's pod-facing sockets do; otherwise they are plain stream reads.
+ */
+async function setup(onServerConn: (s: net.Socket) => void, opts: { idleMs?: number; pooled: boolean }) {
   const appSockets: net.Socket[] = [];
   const app = net.createServer({ allowHalfOpen: true }, (s) => { appSockets.push(s); onServerConn(s); });
   await new Promise<void>((r) => app.listen(0, '127.0.0.1', r));
   const results: Promise<RelayResult>[] = [];
   const upstreams: net.Socket[] = [];
-  const proxy = net.createServer({ allowHalfOpen: true }, (client) => {
-    const up = net.connect({ port: (app.address() as net.AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
+  const appPort = (app.address() as net.AddressInfo).port;
+  const proxy = net.createServer({ allowHalfOpen: true, pauseOnConnect: opts.pooled }, (accepted) => {
+    const client = opts.pooled ? adoptForPooledReads(accepted) : accepted;
+    const up = opts.pooled ? pooledConnect('127.0.0.1', appPort) : net.connect({ port: appPort, host: '127.0.0.1', allowHalfOpen: true });
     upstreams.push(up);
     results.push(relay(socketEnd(client), socketEnd(up), undefined, opts));
   });
@@ -30,7 +36,7 @@ async function setup(onServerConn: (s: net.Socket) => void, opts: { idleMs?: num
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-describe('relay', () => {
+for (const pooled of [false, true]) describe(`relay, ${pooled ? 'pooled reads' : 'stream reads'}`, () => {
   it('carries bytes exactly both ways and propagates half-close', async () => {
     const payload = randomBytes(5 * 1024 * 1024);
     const env = await setup((s) => {
@@ -38,7 +44,7 @@ describe('relay', () => {
       s.on('data', (d: Buffer) => got.push(d));
       // Replies only after the client's FIN arrived through the relay, then sends more and ends.
       s.on('end', () => { const all = Buffer.concat(got); s.end(`${all.length} ${sha(all)}`); });
-    });
+    }, { pooled });
     try {
       const c = env.connect();
       c.end(payload);
@@ -59,7 +65,7 @@ describe('relay', () => {
   });
 
   it('resets both ends of a connection silent for the idle timeout, and only that one', async () => {
-    const env = await setup((s) => { s.on('error', () => {}); s.on('data', (d) => s.write(d)); }, { idleMs: 400 });
+    const env = await setup((s) => { s.on('error', () => {}); s.on('data', (d) => s.write(d)); }, { idleMs: 400, pooled });
     try {
       const silent = env.connect();
       while (env.results.length < 1) await new Promise((r) => setTimeout(r, 5));
@@ -80,7 +86,7 @@ describe('relay', () => {
   });
 
   it('turns a reset on one side into a reset on the other', async () => {
-    const env = await setup((s) => { s.on('data', () => s.resetAndDestroy()); });
+    const env = await setup((s) => { s.on('data', () => s.resetAndDestroy()); }, { pooled });
     try {
       const c = env.connect();
       c.write('hello');
@@ -125,7 +131,7 @@ describe('relay', () => {
   });
 
   it('applies backpressure: a reader that stops reading stops the writer instead of growing buffers', async () => {
-    const env = await setup((s) => { s.pause(); });
+    const env = await setup((s) => { s.pause(); }, { pooled });
     try {
       const c = env.connect();
       c.on('error', () => {});
