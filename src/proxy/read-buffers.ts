@@ -4,7 +4,7 @@
 // bulk transfer those arrive much faster than the young generation fills, so scavenges are rare
 // and V8 answers the growing external memory with full mark-compacts of the whole heap. Measured on
 // the sending agent of a 512 MB transfer: 43 mark-compacts per 2 GB and 2.0 CPU s/GB, against 1
-// and 1.5 s/GB (the plain TLS relay's figure) with these buffers (bench/README.md, "Bulk").
+// and 1.5 s/GB (the plain TLS relay's figure) with these buffers (bench/README.md, "What these say", bulk).
 //
 // How: a socket made with Node's `onread` option reads into whatever buffer it is handed and calls
 // back with the byte count, instead of emitting 'data'. Node asks for the next buffer as soon as a
