@@ -12,21 +12,27 @@ async function pooledServer(onSocket: (s: net.Socket, accepted: net.Socket) => v
   return { server, connect };
 }
 
+/** One client connection to a pooled server, once the server has moved it into a pooled socket. */
+async function oneAdopted(): Promise<{ server: net.Server; client: net.Socket; adopted: net.Socket; accepted: net.Socket }> {
+  let resolve!: (pair: [net.Socket, net.Socket]) => void;
+  const pair = new Promise<[net.Socket, net.Socket]>((r) => { resolve = r; });
+  const { server, connect } = await pooledServer((s, accepted) => resolve([s, accepted]));
+  const client = connect();
+  const [adopted, accepted] = await pair;
+  return { server, client, adopted, accepted };
+}
+
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 describe('pooled reads', () => {
   it('moves an accepted connection into a socket that reads through the pool, and the old one goes', async () => {
-    let adopted: net.Socket | undefined;
-    let old: net.Socket | undefined;
-    const { server, connect } = await pooledServer((s, accepted) => { adopted = s; old = accepted; });
+    const { server, client: c, adopted, accepted: old } = await oneAdopted();
     try {
-      const c = connect();
-      await new Promise((r) => c.once('connect', r));
-      while (!adopted) await new Promise((r) => setImmediate(r));
+      if (c.connecting) await new Promise((r) => c.once('connect', r));
       assert.notEqual(adopted, old);
       assert.ok(findPooledReads(adopted), 'the new socket is registered as reading through the pool');
-      assert.equal(findPooledReads(old!), undefined);
-      assert.equal(old!.destroyed, true);
+      assert.equal(findPooledReads(old), undefined);
+      assert.equal(old.destroyed, true);
       assert.equal(adopted.remotePort, c.localPort, 'same connection, same peer');
       // The server no longer counts the moved connection (its wrapper is gone), so close() is not held up.
       const count = await new Promise<number>((r, j) => server.getConnections((e, n) => (e ? j(e) : r(n))));
@@ -38,19 +44,16 @@ describe('pooled reads', () => {
   });
 
   it('keeps what arrives before a sink is attached, paused, and hands it over in order', async () => {
-    let adopted: net.Socket | undefined;
-    const { server, connect } = await pooledServer((s) => { adopted = s; });
+    const { server, client: c, adopted } = await oneAdopted();
     try {
-      const c = connect();
       c.write('first ');
-      while (!adopted) await new Promise((r) => setImmediate(r));
       await new Promise((r) => setTimeout(r, 50));
       c.end('second');
       await new Promise((r) => setTimeout(r, 50));
       const got: string[] = [];
       findPooledReads(adopted)!.attach((chunk, release) => { got.push(chunk.toString()); release(); return true; });
       assert.deepEqual(got, ['first '], 'one read before the attach, then reading paused');
-      const ended = new Promise((r) => adopted!.once('end', r));
+      const ended = new Promise((r) => adopted.once('end', r));
       adopted.resume();
       await ended;
       assert.equal(got.join(''), 'first second');
@@ -119,12 +122,9 @@ describe('pooled reads', () => {
   });
 
   it('takes a buffer back once however often its release is called', async () => {
-    let adopted: net.Socket | undefined;
-    const { server, connect } = await pooledServer((s) => { adopted = s; });
+    const { server, client: c, adopted } = await oneAdopted();
     try {
-      const c = connect();
       const releases: Array<() => void> = [];
-      while (!adopted) await new Promise((r) => setImmediate(r));
       findPooledReads(adopted)!.attach((chunk, release) => { releases.push(release); return true; });
       adopted.resume();
       // More than a small read, so the chunk is copied into a pooled buffer.
