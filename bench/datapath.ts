@@ -152,10 +152,11 @@ try {
   ];
   results.agentsRssAtStartMiB = agentPids.map(rssMiB);
   // Each proxy's CPU seconds, summed over the path's two proxies, across one measurement.
-  const proxyCpu = async <T>(p: PathSpec, measure: () => Promise<T>): Promise<{ value: T; cpu: number }> => {
+  const proxyCpu = async <T>(p: PathSpec, measure: () => Promise<T>): Promise<{ value: T; cpu: number; each: number[] }> => {
     const before = p.proxies.map(cpuSeconds);
     const value = await measure();
-    return { value, cpu: p.proxies.reduce((sum, pid, i) => sum + cpuSeconds(pid) - before[i]!, 0) };
+    const each = p.proxies.map((pid, i) => cpuSeconds(pid) - before[i]!);
+    return { value, cpu: each.reduce((sum, c) => sum + c, 0), each };
   };
 
   for (const p of paths) {
@@ -182,23 +183,28 @@ try {
   // on this machine, and the machine itself by as much over a few minutes (HAProxy's bulk was
   // 332-365 MB/s in one run of this benchmark and 458-482 in the next): paths measured side by side
   // in time and the median of their rounds keep a slow minute from deciding a ratio.
-  const bulkRounds = new Map(paths.map((p) => [p.name, { runs: [] as Array<{ mbPerSecond: number; ok: boolean }>, cpu: 0 }]));
+  const bulkRounds = new Map(paths.map((p) => [p.name, { runs: [] as Array<{ mbPerSecond: number; ok: boolean }>, cpu: 0, each: p.proxies.map(() => 0) }]));
   for (let round = 1; round <= BULK_ROUNDS; round++) {
     for (const p of paths) {
       say(`${p.name}: bulk ${BULK / 1048576} MB on one connection (round ${round} of ${BULK_ROUNDS}) ...`);
-      const { value, cpu } = await proxyCpu(p, () => run(p.pod, ['bulk', '--host', p.host, '--port', String(p.echoPort), '--bytes', String(BULK)]));
+      const { value, cpu, each } = await proxyCpu(p, () => run(p.pod, ['bulk', '--host', p.host, '--port', String(p.echoPort), '--bytes', String(BULK)]));
       const acc = bulkRounds.get(p.name)!;
       acc.runs.push(value);
       acc.cpu += cpu;
+      each.forEach((c, i) => { acc.each[i]! += c; });
     }
   }
   for (const p of paths) {
-    const { runs, cpu } = bulkRounds.get(p.name)!;
+    const { runs, cpu, each } = bulkRounds.get(p.name)!;
     const sorted = runs.map((b) => b.mbPerSecond).sort((x, y) => x - y);
     const entry = results.paths[p.name];
     entry.bulk = { mbPerSecond: sorted[Math.floor(sorted.length / 2)]!, ok: runs.every((b) => b.ok), runs };
     if (entry.proxies) {
-      entry.proxies.cpuSecondsPerGB = cpu / ((BULK * runs.length) / 1e9);
+      const gb = (BULK * runs.length) / 1e9;
+      entry.proxies.cpuSecondsPerGB = cpu / gb;
+      // The sending proxy (node-a: agent, relay entry) and the receiving one (node-b) apart: the
+      // two sides of a tunnel do different work (bench/README.md, bulk).
+      entry.proxies.cpuSecondsPerGBSendReceive = each.map((c) => c / gb);
       entry.proxies.rssMiB = p.proxies.map(rssMiB);
     }
   }
@@ -235,6 +241,8 @@ const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.leng
 process.stdout.write(`${rows.map((row) => row.map((c, i) => c.padEnd(widths[i]!)).join('  ')).join('\n')}\n\n`);
 process.stdout.write(`meshlet added latency: p50 ${f(results.summary.addedP50Ms, 3)} ms, p99 ${f(results.summary.addedP99Ms, 3)} ms\n`);
 process.stdout.write(`meshlet bulk: ${f(results.summary.bulkVsDirect * 100, 0)}% of direct, ${f(results.summary.bulkVsTlsRelay * 100, 0)}% of the TLS relay\n`);
+const sides = (e: any) => e.proxies.cpuSecondsPerGBSendReceive.map((x: number) => f(x, 2)).join(' / ');
+process.stdout.write(`bulk CPU s per GB, sending / receiving proxy: meshlet ${sides(m)}, TLS relay ${sides(r)}, HAProxy ${sides(hap)}, TCP relay ${sides(tcp)}\n`);
 process.stdout.write(`agents (both): ${f(m.proxies.cpuSecondsPer1000Requests, 3)} CPU s per 1000 requests = ${f(m.proxies.vcpuPer1000Rps, 3)} vCPU per 1000 req/s; RSS ${m.proxies.rssMiB.map((x: number) => `${f(x, 0)} MiB`).join(', ')}\n`);
 process.stdout.write(`the same for the references' two proxies: Node.js TCP relays ${f(tcp.proxies.vcpuPer1000Rps, 3)}, Node.js TLS relays ${f(r.proxies.vcpuPer1000Rps, 3)}, HAProxy TLS relays ${f(hap.proxies.vcpuPer1000Rps, 3)}\n`);
 process.stdout.write(`written to ${opts.out}\n`);
