@@ -183,25 +183,24 @@ try {
   // on this machine, and the machine itself by as much over a few minutes (HAProxy's bulk was
   // 332-365 MB/s in one run of this benchmark and 458-482 in the next): paths measured side by side
   // in time and the median of their rounds keep a slow minute from deciding a ratio.
-  const bulkRounds = new Map(paths.map((p) => [p.name, { runs: [] as Array<{ mbPerSecond: number; ok: boolean }>, cpu: 0, each: p.proxies.map(() => 0) }]));
+  const bulkRounds = new Map(paths.map((p) => [p.name, { runs: [] as Array<{ mbPerSecond: number; ok: boolean }>, each: p.proxies.map(() => 0) }]));
   for (let round = 1; round <= BULK_ROUNDS; round++) {
     for (const p of paths) {
       say(`${p.name}: bulk ${BULK / 1048576} MB on one connection (round ${round} of ${BULK_ROUNDS}) ...`);
-      const { value, cpu, each } = await proxyCpu(p, () => run(p.pod, ['bulk', '--host', p.host, '--port', String(p.echoPort), '--bytes', String(BULK)]));
+      const { value, each } = await proxyCpu(p, () => run(p.pod, ['bulk', '--host', p.host, '--port', String(p.echoPort), '--bytes', String(BULK)]));
       const acc = bulkRounds.get(p.name)!;
       acc.runs.push(value);
-      acc.cpu += cpu;
       each.forEach((c, i) => { acc.each[i]! += c; });
     }
   }
   for (const p of paths) {
-    const { runs, cpu, each } = bulkRounds.get(p.name)!;
+    const { runs, each } = bulkRounds.get(p.name)!;
     const sorted = runs.map((b) => b.mbPerSecond).sort((x, y) => x - y);
     const entry = results.paths[p.name];
     entry.bulk = { mbPerSecond: sorted[Math.floor(sorted.length / 2)]!, ok: runs.every((b) => b.ok), runs };
     if (entry.proxies) {
       const gb = (BULK * runs.length) / 1e9;
-      entry.proxies.cpuSecondsPerGB = cpu / gb;
+      entry.proxies.cpuSecondsPerGB = each.reduce((sum, c) => sum + c, 0) / gb;
       // The sending proxy (node-a: agent, relay entry) and the receiving one (node-b) apart: the
       // two sides of a tunnel do different work (bench/README.md, bulk).
       entry.proxies.cpuSecondsPerGBSendReceive = each.map((c) => c / gb);

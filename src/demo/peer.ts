@@ -113,7 +113,7 @@ function oneConnection(host: string, port: number, bytes: number, mode: Mode, ti
         return;
       }
       socket.write(mode === 'echo' ? 'E' : 'S');
-      if (together && mode === 'echo') socket.write(payload);
+      if (together) socket.write(payload);
       else socket.end(payload);
     });
     socket.on('data', (d: Buffer) => {
@@ -139,7 +139,8 @@ async function client(argv: string[]): Promise<void> {
   } });
   const n = Number(values.connections);
   const mode: Mode = values.mode === 'halfclose' || values.mode === 'hold' || values.mode === 'whoami' ? values.mode : 'echo';
-  const together = values.together ? barrier(n) : undefined;
+  // Only echo connections can wait: the other modes' servers answer after the client's end.
+  const together = values.together && mode === 'echo' ? barrier(n) : undefined;
   const results = await Promise.all(Array.from({ length: n }, () =>
     oneConnection(String(values.host), Number(values.port), Number(values.bytes), mode, Number(values.timeout), values.pattern, together)));
   process.stdout.write(`${JSON.stringify({ ok: results.every((r) => r.ok), results })}\n`);

@@ -54,13 +54,13 @@ export interface DeliverySource {
 }
 
 /**
- * A TCP connection to a final destination, resolved once established (never half-set-up). `from`:
- * an unconnected socket to connect (a transparent one bound to a source address). The socket reads
- * into reused buffers (read-buffers.ts).
+ * A TCP connection to a final destination, resolved once established (never half-set-up), reading
+ * into reused buffers (read-buffers.ts). `fd`: an unconnected socket to connect it from (a
+ * transparent one bound to a source address).
  */
-export function connectTcp(host: string, port: number, timeoutMs: number, from?: net.Socket): Promise<net.Socket> {
+export function connectTcp(host: string, port: number, timeoutMs: number, fd?: number): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const socket = from ? from.setNoDelay(true).connect({ host, port }) : pooledConnect(host, port);
+    const socket = fd === undefined ? pooledConnect(host, port) : pooledSocketOnFd(fd).setNoDelay(true).connect({ host, port });
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new UpstreamConnectError(`${host}:${port}`, `timed out after ${timeoutMs} ms`));
@@ -93,7 +93,7 @@ export async function connectLocalPod(ctx: ProxyContext, podIp: string, port: nu
   for (let attempt = 1; ; attempt++) {
     const fd = openTransparentSocket(source.ip, taken);
     try {
-      return await connectTcp(podIp, port, ctx.connectTimeoutMs, pooledSocketOnFd(fd));
+      return await connectTcp(podIp, port, ctx.connectTimeoutMs, fd);
     } catch (err) {
       if (attempt >= SOURCE_PORT_TRIES || (err as { cause?: { code?: string } }).cause?.code !== 'EADDRNOTAVAIL') throw err;
     }

@@ -69,26 +69,26 @@ describe('pooled reads', () => {
     const received: Buffer[] = [];
     const backing = new Set<ArrayBufferLike>();
     let reads = 0;
-    const done = new Promise<void>((resolve) => {
-      void pooledServer((s) => {
-        // Copies out (the buffer is reused after release) and, as the relay's HTTP/2 writes do,
-        // completes later and asks for a pause meanwhile.
-        const sink: ReadSink = (chunk, release) => {
-          reads++;
-          backing.add(chunk.buffer);
-          received.push(Buffer.from(chunk));
-          setImmediate(() => { release(); s.resume(); });
-          return false;
-        };
-        findPooledReads(s)!.attach(sink);
-        s.once('end', () => { s.destroy(); resolve(); });
-        s.resume();
-      }).then(({ server, connect }) => {
-        connect().end(payload);
-        void done.then(() => server.close());
-      });
-    });
-    await done;
+    const { server, client, adopted } = await oneAdopted();
+    try {
+      // Copies out (the buffer is reused after release) and, as the relay's HTTP/2 writes do,
+      // completes later and asks for a pause meanwhile.
+      const sink: ReadSink = (chunk, release) => {
+        reads++;
+        backing.add(chunk.buffer);
+        received.push(Buffer.from(chunk));
+        setImmediate(() => { release(); adopted.resume(); });
+        return false;
+      };
+      const ended = new Promise((r) => adopted.once('end', r));
+      findPooledReads(adopted)!.attach(sink);
+      adopted.resume();
+      client.end(payload);
+      await ended;
+      adopted.destroy();
+    } finally {
+      server.close();
+    }
     assert.equal(sha(Buffer.concat(received)), sha(payload));
     const allocated = readBufferStats().allocated - before;
     assert.ok(reads > 100, `the transfer took ${reads} reads`);
