@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { type AgentConfig, LOG_LEVELS, type LogLevel } from './config.ts';
 import { AdminRequestError, createAdminServer, createMetricsServer, createReadinessServer, Readiness } from './admin/server.ts';
 import { hasNetAdmin } from './capture/exec.ts';
-import { checkCapture, runCaptureToolsThroughShell } from './capture/install.ts';
+import { captureFamilies, checkCapture, runCaptureToolsThroughShell } from './capture/install.ts';
 import { ConnectionLimitError, PrerequisiteError } from './errors.ts';
 import { createMemberSync, createVouchWriter, type IpsetSync } from './capture/ipset.ts';
 import { ProbeGate } from './capture/probe-gate.ts';
@@ -71,6 +71,8 @@ export class Agent {
   readonly balancer: EndpointBalancer;
   /** One sync for the agent's life: its queue is what keeps two snapshots' writes from racing. */
   readonly #members: IpsetSync;
+  /** The IPv6 guard's set (node mode, on a kernel with IPv6): the captured pods' IPv6 addresses. */
+  readonly #members6: IpsetSync | undefined;
   readonly #provider: CertificateProvider & { close?(): Promise<void> };
 
   readonly config: AgentConfig;
@@ -102,6 +104,7 @@ export class Agent {
     });
     // A sidecar's pod capture takes everything the pod sends: there is no set of pods to keep.
     this.#members = config.sidecar ? { sync: async () => ({ added: 0, removed: 0 }), members: async () => new Set() } : createMemberSync(config.capture);
+    this.#members6 = !config.sidecar && captureFamilies(config.capture).includes(6) ? createMemberSync(config.capture, 6) : undefined;
     this.probeGate = new ProbeGate({
       ttlMs: config.probeGateTtlMs, log: deps.log, vouched: () => this.#vouched(), write: createVouchWriter(config.capture),
     });
@@ -226,10 +229,17 @@ export class Agent {
     this.certs.reconcile(new Set(local.map((w) => w.spiffeId)));
     this.#tunnel?.prune();
     const ips = new Set(local.map((w) => w.ip));
+    const ips6 = new Set(local.flatMap((w) => (w.ipv6 ? [w.ipv6] : [])));
     this.#log.info({ workloads: snapshot.workloads.length, localCaptured: local.length }, 'registry updated');
-    this.#members.sync(ips).then(
-      (r) => { this.#ipsetSynced = true; if (r.added || r.removed) this.#log.info(r, 'captured-pods ipset updated'); },
-      (err) => { this.#log.error({ err: (err as Error).message }, 'cannot update the captured-pods ipset'); },
+    // Ready only once both sets hold the pods: before the IPv6 guard does, a dual-stack pod's IPv6
+    // address would be a way around the mesh.
+    const synced = [
+      this.#members.sync(ips).then((r) => { if (r.added || r.removed) this.#log.info(r, 'captured-pods ipset updated'); }),
+      this.#members6?.sync(ips6).then((r) => { if (r.added || r.removed) this.#log.info(r, 'captured-pods IPv6 set updated (the IPv6 guard)'); }),
+    ];
+    Promise.all(synced).then(
+      () => { this.#ipsetSynced = true; },
+      (err) => { this.#log.error({ err: (err as Error).message }, 'cannot update the captured-pods sets'); },
     );
   }
 

@@ -1,7 +1,7 @@
 // meshlet's command line: init (capture), agent, ca, demo.
 import { parseArgs } from 'node:util';
 import { Agent } from './agent.ts';
-import { cleanupCapture, installCapture, ipsetCreateArgs, sourceRouteText } from './capture/install.ts';
+import { cleanupCapture, dryRunText, installCapture, ipsetCreateArgs, sourceRouteText } from './capture/install.ts';
 import { enableMigrateReq } from './capture/sysctl.ts';
 import { type CaBackend, defaults, loadAgentConfig, loadCaRotateConfig, costDefaults, loadCaServeConfig, loadCostConfig, loadInitConfig, loadPolicyCheckConfig } from './config.ts';
 import { defaultCaptureSettings } from './capture/rules.ts';
@@ -89,6 +89,7 @@ cost flags (defaults in brackets; figures are Kubernetes quantities):
 capture flags (init and agent):
   --outbound-port N [${d.ports.outbound}]  --inbound-port N [${d.ports.inboundPlaintext}]  --tunnel-port N [${d.ports.tunnel}]
   --ipset NAME [${defaultCaptureSettings.ipset}]  --chain NAME [${defaultCaptureSettings.chain}]
+  --ipset6 NAME [${defaultCaptureSettings.ipset6}]   the captured pods' IPv6 addresses (the IPv6 guard)
   --gate-ipset NAME [${defaultCaptureSettings.gateIpset}]  --gate-chain NAME [${defaultCaptureSettings.gateChain}]   (the probe gate)
   --capture-backend iptables|nftables [${defaultCaptureSettings.backend}]   nftables where kube-proxy runs in nftables mode
   --proxy-gid N [${defaultCaptureSettings.proxyGid}]   sidecar mode: the agent's group id, whose connections are not captured
@@ -106,15 +107,17 @@ async function cmdInit(argv: string[]): Promise<number> {
   }
   const result = await installCapture(config.capture, { dryRun: config.dryRun });
   if (result.action === 'dry-run') {
-    // stdout is exactly the iptables-restore (or nft -f) input; ipsets are created first.
+    // stdout is exactly the iptables-restore (or nft -f) input, then the ip6tables-restore input
+    // after a comment line; ipsets are created first.
     if (config.capture.backend === 'nftables') {
       process.stderr.write(`meshlet init --dry-run: would run \`nft -f -\` with the input below, then ${sourceRouteText()}:\n`);
     } else {
       const sets = ipsetCreateArgs(config.capture).map((a) => `\`ipset ${a.join(' ')}\``).join(' and ');
       const route = config.capture.mode === 'node' ? `, then ${sourceRouteText()}` : '';
-      process.stderr.write(`meshlet init --dry-run: would run ${sets ? `${sets}, then ` : ''}\`iptables-restore --noflush\` with the input below${route}:\n`);
+      const v6 = result.script6 ? ', and `ip6tables-restore --noflush` with the input after its comment line' : '';
+      process.stderr.write(`meshlet init --dry-run: would run ${sets ? `${sets}, then ` : ''}\`iptables-restore --noflush\` with the input below${v6}${route}:\n`);
     }
-    process.stdout.write(result.script);
+    process.stdout.write(dryRunText(result.script, result.script6));
   } else {
     process.stderr.write(`meshlet init: capture ${result.action}\n`);
     // Not fatal: without it an upgrade may reset connections queued at the moment of the switch.

@@ -170,6 +170,7 @@ class Problems {
 const captureOptions = {
   'capture-backend': { type: 'string', default: defaultCaptureSettings.backend },
   ipset: { type: 'string', default: defaultCaptureSettings.ipset },
+  ipset6: { type: 'string', default: defaultCaptureSettings.ipset6 },
   chain: { type: 'string', default: defaultCaptureSettings.chain },
   'gate-ipset': { type: 'string', default: defaultCaptureSettings.gateIpset },
   'gate-chain': { type: 'string', default: defaultCaptureSettings.gateChain },
@@ -196,9 +197,12 @@ function captureSettings(v: Record<string, unknown>, p: Problems, mode: CaptureS
     return value;
   };
   const settings = {
-    ipset: name('ipset', 'set'), chain: name('chain', 'chain'), gateIpset: name('gate-ipset', 'set'), gateChain: name('gate-chain', 'chain'),
+    ipset: name('ipset', 'set'), ipset6: name('ipset6', 'set'), chain: name('chain', 'chain'), gateIpset: name('gate-ipset', 'set'), gateChain: name('gate-chain', 'chain'),
   };
-  if (settings.ipset === settings.gateIpset) p.list.push(`--ipset and --gate-ipset must differ (both ${settings.ipset})`);
+  const sets = [['--ipset', settings.ipset], ['--gate-ipset', settings.gateIpset], ['--ipset6', settings.ipset6]];
+  for (const [i, [flag, value]] of sets.entries()) {
+    for (const [other, otherValue] of sets.slice(i + 1)) if (value === otherValue) p.list.push(`${flag} and ${other} must differ (both ${value})`);
+  }
   const backend = String(v['capture-backend']);
   if (backend !== 'iptables' && backend !== 'nftables') p.list.push(`--capture-backend: ${JSON.stringify(backend)} is not iptables or nftables`);
   if (mode === 'sidecar' && backend === 'nftables') p.list.push('--sidecar captures with iptables only (--capture-backend nftables is for the node agent)');
@@ -209,6 +213,7 @@ function captureSettings(v: Record<string, unknown>, p: Problems, mode: CaptureS
     proxyGid: p.int('proxy-gid', String(v['proxy-gid']), 1, 2 ** 31 - 1),
     passPorts: [tunnelPort, defaults.ports.metrics, defaults.ports.readiness],
     sourceChain: defaultCaptureSettings.sourceChain,
+    ipv6Chain: defaultCaptureSettings.ipv6Chain,
     backend: backend === 'nftables' ? 'nftables' : 'iptables',
     ...settings,
     outboundPort: p.port('outbound-port', String(v['outbound-port'])),

@@ -100,4 +100,12 @@ describe('config', () => {
     assert.throws(() => loadInitConfig(['--chain', 'lower-case']), /--chain/);
     assert.deepEqual(loadInitConfig(['--dry-run']).dryRun, true);
   });
+
+  it('takes the IPv6 guard\'s set name, which must differ from the other two', () => {
+    assert.equal(loadInitConfig([]).capture.ipset6, 'meshlet-captured6');
+    assert.equal(loadInitConfig(['--ipset6', 'guard6']).capture.ipset6, 'guard6');
+    assert.throws(() => loadInitConfig(['--ipset6', 'meshlet-captured']), /--ipset and --ipset6 must differ/);
+    assert.throws(() => loadInitConfig(['--gate-ipset', 'meshlet-captured6']), /--gate-ipset and --ipset6 must differ/);
+    assert.throws(() => loadInitConfig(['--ipset6', 'bad name']), /--ipset6/);
+  });
 });

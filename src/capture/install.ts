@@ -1,19 +1,44 @@
-// The init helper's effects on the node: the two ipsets, the nat chain (capture), the filter chain
+// The init helper's effects on the node: the ipsets, the nat chain (capture), the filter chain
 // (the probe gate) and the mangle chain (source preservation), applied with iptables-restore so each
-// change is one atomic transaction; or, with the nftables backend, one table holding the same,
-// applied with `nft -f` (also one transaction). Either way also the policy rule and route that
-// deliver the replies of source-preserving connections to the node (`ip rule`, `ip route`).
+// change is one atomic transaction, and the IPv6 guard's chain, applied with ip6tables-restore; or,
+// with the nftables backend, meshlet's ip and ip6 tables holding the same, applied with `nft -f`
+// (also one transaction). Either way also the policy rule and route that deliver the replies of
+// source-preserving connections to the node (`ip rule`, `ip route`).
+import { existsSync } from 'node:fs';
 import { CaptureError, PrerequisiteError } from '../errors.ts';
 import { type CommandResult, hasNetAdmin, runCommand, ShellRunner, shellQuote } from './exec.ts';
 import {
-  captureStatePattern, type CaptureSettings, type CaptureState, chainsExist, cleanupScript, installScript, isInstalled, parseCaptureState,
+  captureStatePattern, type CaptureSettings, type CaptureState, chainsExist, cleanupScript, installScript, type IpFamily, isInstalled, parseCaptureState,
   SOURCE_ROUTE_TABLE, sourceRouteCommands, sourceRouteShown, sourceRuleCount,
 } from './rules.ts';
-import { NFT_TABLE, nftInstallScript, nftIsInstalled } from './nftables.ts';
+import { NFT_TABLE, NFT_TABLE6, nftInstallScript, nftIsInstalled } from './nftables.ts';
 
-export type InstallResult =
-  | { action: 'dry-run'; script: string }
-  | { action: 'installed' | 'unchanged'; script: string };
+/** `script`: the iptables-restore (or nft -f) input; `script6`: the ip6tables-restore input, if any. */
+export type InstallResult = { action: 'dry-run' | 'installed' | 'unchanged'; script: string; script6?: string };
+
+/**
+ * Whether this network namespace has IPv6 at all. A kernel booted with ipv6.disable=1 has no
+ * /proc/sys/net/ipv6 and no ip6tables tables: there is no IPv6 to guard, and none is attempted.
+ */
+export function ipv6Enabled(): boolean {
+  return existsSync('/proc/sys/net/ipv6');
+}
+
+/** The iptables families meshlet writes: IPv4 capture, and in node mode the IPv6 guard. */
+export function captureFamilies(s: CaptureSettings): IpFamily[] {
+  return s.mode === 'node' && ipv6Enabled() ? [4, 6] : [4];
+}
+
+const SAVE = { 4: 'iptables-save', 6: 'ip6tables-save' } as const;
+const RESTORE = { 4: 'iptables-restore', 6: 'ip6tables-restore' } as const;
+
+/**
+ * What `--dry-run` prints: the iptables-restore input, then (when there is one) a comment line and
+ * the ip6tables-restore input.
+ */
+export function dryRunText(script: string, script6: string | undefined): string {
+  return script6 ? `${script}# ${RESTORE[6]} --noflush\n${script6}` : script;
+}
 
 function assertPrivileged(): void {
   if (!hasNetAdmin()) {
@@ -75,24 +100,25 @@ function succeeded(what: string, result: CommandResult, input?: string): string 
   return result.stdout;
 }
 
-const NO_IPTABLES_SAVE = 'meshlet: no iptables-save';
+const NO_SAVE_TOOL = 'meshlet: no save tool';
 
 /**
- * The nat, filter and mangle tables as one iptables-save prints them (the tables that exist), only
- * the lines that concern meshlet's chains (captureStatePattern): grep drops the rest in the shell
- * that runs iptables-save, so a node's kube-proxy rules never reach the agent.
+ * The nat, filter and mangle tables as iptables-save (ip6tables-save) prints them (the tables that
+ * exist), only the lines that concern meshlet's chains (captureStatePattern): grep drops the rest in
+ * the shell that runs the save tool, so a node's kube-proxy rules never reach the agent.
  */
-export async function readCaptureState(s: CaptureSettings): Promise<CaptureState> {
+export async function readCaptureState(s: CaptureSettings, family: IpFamily = 4): Promise<CaptureState> {
+  const save = SAVE[family];
   const script = [
-    `command -v iptables-save >/dev/null || { echo '${NO_IPTABLES_SAVE}' >&2; exit 1; }`,
-    'out=$(iptables-save) || exit $?',
+    `command -v ${save} >/dev/null || { echo '${NO_SAVE_TOOL}' >&2; exit 1; }`,
+    `out=$(${save}) || exit $?`,
     // grep exits 1 when nothing matches (no table at all): that is an empty state, not a failure.
-    `printf '%s\\n' "$out" | grep -E -e ${shellQuote(captureStatePattern(s))}`,
+    `printf '%s\\n' "$out" | grep -E -e ${shellQuote(captureStatePattern(s, family))}`,
     'exit 0',
   ].join('\n');
   const result = await runTool('sh', ['-c', script]);
-  if (result.stderr.includes(NO_IPTABLES_SAVE)) throw new PrerequisiteError('iptables-save is not installed (apt-get install iptables ipset)');
-  return parseCaptureState(succeeded('iptables-save', result));
+  if (result.stderr.includes(NO_SAVE_TOOL)) throw new PrerequisiteError(`${save} is not installed (apt-get install iptables ipset)`);
+  return parseCaptureState(succeeded(save, result));
 }
 
 /** How many times the policy rule is there, and whether its table holds the local route. */
@@ -134,77 +160,105 @@ export function sourceRouteText(): string {
  */
 const GATE_SET_TIMEOUT_SECONDS = 5;
 
-/** The `ipset` commands that create both sets (idempotent: -exist). Not used with nftables (the table holds its sets). */
-export function ipsetCreateArgs(s: CaptureSettings): string[][] {
+/**
+ * The `ipset` commands that create the sets (idempotent: -exist): the captured pods, the vouched
+ * pods, and the captured pods' IPv6 addresses. Not used with nftables (its tables hold their sets).
+ */
+export function ipsetCreateArgs(s: CaptureSettings, families: readonly IpFamily[] = captureFamilies(s)): string[][] {
   if (s.mode === 'sidecar') return [];
   return [
     ['create', s.ipset, 'hash:ip', 'family', 'inet', '-exist'],
     ['create', s.gateIpset, 'hash:ip', 'family', 'inet', 'timeout', String(GATE_SET_TIMEOUT_SECONDS), '-exist'],
+    ...(families.includes(6) ? [['create', s.ipset6, 'hash:ip', 'family', 'inet6', '-exist']] : []),
   ];
 }
 
-/** `nft list table ip meshlet`, or undefined when the table does not exist. */
-async function listNftTable(): Promise<string | undefined> {
-  const result = await runTool('nft', ['list', 'table', ...NFT_TABLE]);
+/** `nft list table FAMILY meshlet`, or undefined when the table does not exist. */
+async function listNftTable(table: readonly string[]): Promise<string | undefined> {
+  const result = await runTool('nft', ['list', 'table', ...table]);
   if (result.code === 0) return result.stdout;
   if (/no such file or directory/i.test(result.stderr)) return undefined;
-  throw new CaptureError(`nft list table ${NFT_TABLE.join(' ')} failed: ${result.stderr.trim() || `exit code ${result.code}`}`);
+  throw new CaptureError(`nft list table ${table.join(' ')} failed: ${result.stderr.trim() || `exit code ${result.code}`}`);
+}
+
+/** meshlet's nftables tables as nft lists them (undefined: absent), for nftIsInstalled. */
+async function listNftTables(s: CaptureSettings): Promise<{ ip: string | undefined; ip6: string | undefined; families: IpFamily[] }> {
+  const families = captureFamilies(s);
+  return { ip: await listNftTable(NFT_TABLE), ip6: families.includes(6) ? await listNftTable(NFT_TABLE6) : undefined, families };
 }
 
 async function installNft(s: CaptureSettings, opts: { dryRun?: boolean }): Promise<InstallResult> {
-  const script = nftInstallScript(s);
+  const families = captureFamilies(s);
+  const script = nftInstallScript(s, families);
   if (opts.dryRun) return { action: 'dry-run', script };
   assertPrivileged();
-  const before = await listNftTable();
-  if (before !== undefined && nftIsInstalled(s, before) && await sourceRouteInstalled()) return { action: 'unchanged', script };
+  if (nftIsInstalled(s, await listNftTables(s)) && await sourceRouteInstalled()) return { action: 'unchanged', script };
   await tool('nft', ['-f', '-'], script);
   await installSourceRoute();
-  if (!nftIsInstalled(s, (await listNftTable()) ?? '')) throw new CaptureError(`the ${NFT_TABLE.join(' ')} table was applied but nft does not show it in place`);
+  if (!nftIsInstalled(s, await listNftTables(s))) throw new CaptureError('meshlet\'s nftables tables were applied but nft does not show them in place');
   return { action: 'installed', script };
 }
 
 export async function installCapture(s: CaptureSettings, opts: { dryRun?: boolean } = {}): Promise<InstallResult> {
   if (s.backend === 'nftables') return installNft(s, opts);
+  const families = captureFamilies(s);
+  const scripts = new Map<IpFamily, string>();
   if (opts.dryRun) {
-    // Without privileges a dry run cannot read the tables; it then prints the script for an empty node.
-    const state = hasNetAdmin() ? await readCaptureState(s) : parseCaptureState('');
-    return { action: 'dry-run', script: installScript(s, state) };
+    // Without privileges a dry run cannot read the tables; it then prints the scripts for an empty node.
+    for (const f of families) scripts.set(f, installScript(s, hasNetAdmin() ? await readCaptureState(s, f) : parseCaptureState(''), f));
+    return { action: 'dry-run', ...withScripts(scripts) };
   }
   assertPrivileged();
   // The sets must exist before any rule references them.
-  for (const args of ipsetCreateArgs(s)) await tool('ipset', args);
-  const before = await readCaptureState(s);
-  const script = installScript(s, before);
+  for (const args of ipsetCreateArgs(s, families)) await tool('ipset', args);
   const node = s.mode === 'node';
-  if (isInstalled(s, before) && (!node || await sourceRouteInstalled())) return { action: 'unchanged', script };
-  await tool('iptables-restore', ['--noflush'], script);
-  if (node) await installSourceRoute();
-  const after = await readCaptureState(s);
-  if (!isInstalled(s, after)) {
-    throw new CaptureError(`capture rules were applied but iptables-save does not show them in place`);
+  let changed = false;
+  for (const f of families) {
+    const before = await readCaptureState(s, f);
+    scripts.set(f, installScript(s, before, f));
+    if (isInstalled(s, before, f)) continue;
+    await tool(RESTORE[f], ['--noflush'], scripts.get(f));
+    if (!isInstalled(s, await readCaptureState(s, f), f)) throw new CaptureError(`capture rules were applied but ${SAVE[f]} does not show them in place`);
+    changed = true;
   }
-  return { action: 'installed', script };
+  if (node && !(await sourceRouteInstalled())) {
+    await installSourceRoute();
+    changed = true;
+  }
+  return { action: changed ? 'installed' : 'unchanged', ...withScripts(scripts) };
+}
+
+function withScripts(scripts: ReadonlyMap<IpFamily, string>): { script: string; script6?: string } {
+  const script6 = scripts.get(6);
+  return { script: scripts.get(4) ?? '', ...(script6 !== undefined ? { script6 } : {}) };
 }
 
 export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolean } = {}): Promise<string> {
   if (!opts.dryRun) assertPrivileged();
   if (s.backend === 'nftables') {
-    // The table holds both sets and both chains: deleting it removes all of meshlet's, nothing else.
-    const exists = hasNetAdmin() && (await listNftTable()) !== undefined;
-    const script = exists ? `delete table ${NFT_TABLE.join(' ')}\n` : '';
+    // The tables hold the sets and the chains: deleting them removes all of meshlet's, nothing else.
+    let script = '';
+    if (hasNetAdmin()) {
+      const listed = await listNftTables(s);
+      if (listed.ip !== undefined) script += `delete table ${NFT_TABLE.join(' ')}\n`;
+      if (listed.ip6 !== undefined) script += `delete table ${NFT_TABLE6.join(' ')}\n`;
+    }
     if (!opts.dryRun && script) await tool('nft', ['-f', '-'], script);
     if (!opts.dryRun) await cleanupSourceRoute();
     return script;
   }
-  const state = hasNetAdmin() ? await readCaptureState(s) : parseCaptureState('');
-  const script = cleanupScript(s, state) ?? '';
-  if (opts.dryRun) return script;
-  if (script) await tool('iptables-restore', ['--noflush'], script);
-  if (s.mode === 'sidecar') return script;
+  // Both families' chains are removed even where init would no longer write the IPv6 guard.
+  const families: IpFamily[] = ipv6Enabled() ? [4, 6] : [4];
+  const scripts = new Map<IpFamily, string>();
+  for (const f of families) scripts.set(f, cleanupScript(s, hasNetAdmin() ? await readCaptureState(s, f) : parseCaptureState(''), f) ?? '');
+  const text = dryRunText(scripts.get(4) ?? '', scripts.get(6));
+  if (opts.dryRun) return text;
+  for (const [f, script] of scripts) if (script) await tool(RESTORE[f], ['--noflush'], script);
+  if (s.mode === 'sidecar') return text;
   await cleanupSourceRoute();
   const sets = (await tool('ipset', ['list', '-n'])).split('\n');
-  for (const name of [s.ipset, s.gateIpset]) if (sets.includes(name)) await tool('ipset', ['destroy', name]);
-  return script;
+  for (const name of [s.ipset, s.gateIpset, s.ipset6]) if (sets.includes(name)) await tool('ipset', ['destroy', name]);
+  return text;
 }
 
 export type CaptureCheck = 'installed' | 'repaired' | 'absent';
@@ -217,21 +271,27 @@ export type CaptureCheck = 'installed' | 'repaired' | 'absent';
  */
 export async function checkCapture(s: CaptureSettings): Promise<CaptureCheck> {
   if (s.backend === 'nftables') {
-    const listed = await listNftTable();
-    if (listed === undefined) return 'absent';
+    const listed = await listNftTables(s);
+    if (listed.ip === undefined || (listed.families.includes(6) && listed.ip6 === undefined)) return 'absent';
     if (nftIsInstalled(s, listed) && await sourceRouteInstalled()) return 'installed';
-    await tool('nft', ['-f', '-'], nftInstallScript(s));
+    await tool('nft', ['-f', '-'], nftInstallScript(s, listed.families));
     await installSourceRoute();
-    if (!nftIsInstalled(s, (await listNftTable()) ?? '')) throw new CaptureError('capture was repaired but nft does not show it in place');
+    if (!nftIsInstalled(s, await listNftTables(s))) throw new CaptureError('capture was repaired but nft does not show it in place');
     return 'repaired';
   }
-  const state = await readCaptureState(s);
+  const families = captureFamilies(s);
+  const states = new Map<IpFamily, CaptureState>();
+  for (const f of families) states.set(f, await readCaptureState(s, f));
+  const state = (f: IpFamily) => states.get(f) as CaptureState;
   const node = s.mode === 'node';
-  if (isInstalled(s, state) && (!node || await sourceRouteInstalled())) return 'installed';
-  if (!chainsExist(s, state)) return 'absent';
-  await tool('iptables-restore', ['--noflush'], installScript(s, state));
+  if (families.every((f) => isInstalled(s, state(f), f)) && (!node || await sourceRouteInstalled())) return 'installed';
+  if (!families.every((f) => chainsExist(s, state(f), f))) return 'absent';
+  for (const f of families) {
+    if (isInstalled(s, state(f), f)) continue;
+    await tool(RESTORE[f], ['--noflush'], installScript(s, state(f), f));
+    if (!isInstalled(s, await readCaptureState(s, f), f)) throw new CaptureError(`capture was repaired but ${SAVE[f]} does not show it in place`);
+  }
   if (node) await installSourceRoute();
-  if (!isInstalled(s, await readCaptureState(s))) throw new CaptureError('capture was repaired but iptables-save does not show it in place');
   return 'repaired';
 }
 

@@ -1,10 +1,10 @@
-// The two sets the agent writes, for either capture backend (ipsets, or sets in meshlet's nftables
-// table): the captured pods, kept equal to this node's captured workloads (the rule count never grows
-// with pods: membership is the only thing that changes as pods come and go), and the pods the agent
-// vouches for (the probe gate).
+// The sets the agent writes, for either capture backend (ipsets, or sets in meshlet's nftables
+// tables): the captured pods, kept equal to this node's captured workloads (the rule count never grows
+// with pods: membership is the only thing that changes as pods come and go), the same pods' IPv6
+// addresses (the IPv6 guard), and the pods the agent vouches for (the probe gate).
 import { runCaptureTool } from './install.ts';
-import { NFT_TABLE, nftMembersScript, nftVouchScript, parseNftSetJson } from './nftables.ts';
-import { type CaptureSettings, ipsetDiff, parseIpsetMembers, vouchLines } from './rules.ts';
+import { nftMembersScript, nftTableOf, nftVouchScript, parseNftSetJson } from './nftables.ts';
+import { type CaptureSettings, type IpFamily, ipsetDiff, parseIpsetMembers, vouchLines } from './rules.ts';
 
 export interface IpsetSync {
   /** Makes the set's members exactly `desired`. Calls are serialized; the last one wins. */
@@ -14,17 +14,19 @@ export interface IpsetSync {
 
 type Change = { added: number; removed: number };
 
-/** The captured set of either backend. */
-export function createMemberSync(s: CaptureSettings): IpsetSync {
+/** The captured set of either backend: the IPv4 one, or (6) the IPv6 guard's. */
+export function createMemberSync(s: CaptureSettings, family: IpFamily = 4): IpsetSync {
+  const setName = family === 6 ? s.ipset6 : s.ipset;
   if (s.backend === 'nftables') {
-    const members = async () => parseNftSetJson(await runCaptureTool('nft', ['-j', 'list', 'set', ...NFT_TABLE, s.ipset]));
+    const table = nftTableOf(s, setName);
+    const members = async () => parseNftSetJson(await runCaptureTool('nft', ['-j', 'list', 'set', ...table, setName]));
     return serialized(members, async (current, desired) => {
-      const { script, added, removed } = nftMembersScript(s.ipset, current, desired);
+      const { script, added, removed } = nftMembersScript(table, setName, current, desired);
       if (script) await runCaptureTool('nft', ['-f', '-'], script);
       return { added, removed };
     });
   }
-  return createIpsetSync(s.ipset);
+  return createIpsetSync(setName);
 }
 
 /** Vouches for exactly `ips` for `ttlSeconds` more (the probe gate's write), in either backend. */

@@ -4,14 +4,24 @@
 // registered first. meshlet's table hooks prerouting at dstnat - 10, so its REDIRECT always comes
 // first (and, being NAT, ends NAT for the connection: kube-proxy's DNAT never sees it).
 //
-// Everything lives in one table (`ip meshlet`): the two sets (captured pods; pods the agent vouches
-// for, with timeouts) and two chains, the same rules as the iptables backend's. Pure text here; the
-// commands run in install.ts, ipset.ts and probe-gate.ts like the iptables ones.
-import { type CaptureSettings, nftSourceRule } from './rules.ts';
+// IPv4 lives in one table (`ip meshlet`): the two sets (captured pods; pods the agent vouches for,
+// with timeouts) and three chains, the same rules as the iptables backend's. The IPv6 guard has a
+// table of its own (`ip6 meshlet`: the captured pods' IPv6 addresses and a forward chain; see
+// rules.ts, ipv6GuardRules). Pure text here; the commands run in install.ts, ipset.ts and
+// probe-gate.ts like the iptables ones.
+import { type CaptureSettings, type IpFamily, ipv6GuardRules, nftSourceRule } from './rules.ts';
 
 /** Family and name of meshlet's table, as nft takes them: `nft list table ip meshlet`. */
 export const NFT_TABLE = ['ip', 'meshlet'] as const;
+/** The IPv6 guard's table. */
+export const NFT_TABLE6 = ['ip6', 'meshlet'] as const;
 const T = NFT_TABLE.join(' ');
+const T6 = NFT_TABLE6.join(' ');
+
+/** The table that holds a set: the IPv6 guard's set is in the ip6 table. */
+export function nftTableOf(s: CaptureSettings, setName: string): readonly string[] {
+  return setName === s.ipset6 ? NFT_TABLE6 : NFT_TABLE;
+}
 
 /** Each chain's declaration and rules exactly as `nft list table` prints them. */
 export function nftChains(s: CaptureSettings): Record<'prerouting' | 'output' | 'source', string[]> {
@@ -33,22 +43,41 @@ export function nftChains(s: CaptureSettings): Record<'prerouting' | 'output' | 
   };
 }
 
+/** The ip6 table's one chain: the IPv6 guard, as `nft list table ip6 meshlet` prints it. */
+export function nftChains6(s: CaptureSettings): Record<'forward', string[]> {
+  // The same words as the iptables rule's comment; nft implies (and does not list) `meta l4proto tcp`
+  // for a TCP reset.
+  const comment = /--comment "([^"]+)"/.exec(ipv6GuardRules(s)[0] ?? '')?.[1];
+  return {
+    forward: [
+      'type filter hook forward priority filter - 10; policy accept;',
+      `ip6 daddr @${s.ipset6} ct state new reject with tcp reset comment "${comment}"`,
+    ],
+  };
+}
+
 /**
  * `nft -f` input that installs or repairs the table in one transaction. `add` leaves the table and
  * the sets (and their members) as they are when they exist; each chain is flushed and refilled.
  */
-export function nftInstallScript(s: CaptureSettings): string {
-  const chains = nftChains(s);
+export function nftInstallScript(s: CaptureSettings, families: readonly IpFamily[]): string {
   const lines = [
     `add table ${T}`,
     `add set ${T} ${s.ipset} { type ipv4_addr; }`,
     `add set ${T} ${s.gateIpset} { type ipv4_addr; flags timeout; }`,
+    ...chainLines(T, nftChains(s)),
   ];
-  for (const [name, [decl, ...rules]] of Object.entries(chains)) {
-    lines.push(`add chain ${T} ${name} { ${decl} }`, `flush chain ${T} ${name}`);
-    for (const rule of rules) lines.push(`add rule ${T} ${name} ${rule}`);
-  }
+  if (families.includes(6)) lines.push(`add table ${T6}`, `add set ${T6} ${s.ipset6} { type ipv6_addr; }`, ...chainLines(T6, nftChains6(s)));
   return `${lines.join('\n')}\n`;
+}
+
+function chainLines(table: string, chains: Record<string, string[]>): string[] {
+  const lines: string[] = [];
+  for (const [name, [decl, ...rules]] of Object.entries(chains)) {
+    lines.push(`add chain ${table} ${name} { ${decl} }`, `flush chain ${table} ${name}`);
+    for (const rule of rules) lines.push(`add rule ${table} ${name} ${rule}`);
+  }
+  return lines;
 }
 
 /** The chains of `nft list table ip meshlet` output: name -> declaration and rules, trimmed. */
@@ -65,19 +94,27 @@ export function parseNftTable(text: string): Map<string, string[]> {
   return chains;
 }
 
-/** True when both chains hold exactly what nftInstallScript writes. */
-export function nftIsInstalled(s: CaptureSettings, listed: string): boolean {
-  const have = parseNftTable(listed);
-  return Object.entries(nftChains(s)).every(([name, want]) => JSON.stringify(have.get(name)) === JSON.stringify(want));
+/**
+ * True when every chain holds exactly what nftInstallScript writes, given `nft list table` of the ip
+ * table and (with IPv6 among the families) of the ip6 table; undefined is a table that does not exist.
+ */
+export function nftIsInstalled(s: CaptureSettings, listed: { ip: string | undefined; ip6: string | undefined; families: readonly IpFamily[] }): boolean {
+  const holds = (text: string | undefined, chains: Record<string, string[]>) => {
+    if (text === undefined) return false;
+    const have = parseNftTable(text);
+    return Object.entries(chains).every(([name, want]) => JSON.stringify(have.get(name)) === JSON.stringify(want));
+  };
+  return holds(listed.ip, nftChains(s)) && (!listed.families.includes(6) || holds(listed.ip6, nftChains6(s)));
 }
 
 /** `nft -f` input that makes the captured set's members `desired`, or undefined when they are. */
-export function nftMembersScript(setName: string, current: ReadonlySet<string>, desired: ReadonlySet<string>): { script?: string; added: number; removed: number } {
+export function nftMembersScript(table: readonly string[], setName: string, current: ReadonlySet<string>, desired: ReadonlySet<string>): { script?: string; added: number; removed: number } {
   const add = [...desired].filter((ip) => !current.has(ip));
   const del = [...current].filter((ip) => !desired.has(ip));
   const lines: string[] = [];
-  if (add.length > 0) lines.push(`add element ${T} ${setName} { ${add.join(', ')} }`);
-  if (del.length > 0) lines.push(`delete element ${T} ${setName} { ${del.join(', ')} }`);
+  const t = table.join(' ');
+  if (add.length > 0) lines.push(`add element ${t} ${setName} { ${add.join(', ')} }`);
+  if (del.length > 0) lines.push(`delete element ${t} ${setName} { ${del.join(', ')} }`);
   return { ...(lines.length > 0 ? { script: `${lines.join('\n')}\n` } : {}), added: add.length, removed: del.length };
 }
 

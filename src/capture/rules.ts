@@ -23,6 +23,15 @@ export interface CaptureSettings {
   backend: 'iptables' | 'nftables';
   /** ipset (hash:ip) whose members are this node's captured pod IPs (an nftables set of that name with nftables). */
   ipset: string;
+  /**
+   * ipset (hash:ip, family inet6) of the same pods' IPv6 addresses, for the IPv6 guard (node mode).
+   * The mesh carries IPv4: new IPv6 TCP connections to these addresses are refused, so a dual-stack
+   * pod's traffic can never go around the mesh in plaintext over IPv6 (an nftables set of that name
+   * in meshlet's ip6 table with nftables).
+   */
+  ipset6: string;
+  /** meshlet's chain in ip6tables' filter table; FORWARD jumps to it (the IPv6 guard). */
+  ipv6Chain: string;
   /** Name of meshlet's own chain in the nat table; PREROUTING jumps to it. */
   chain: string;
   /**
@@ -49,6 +58,8 @@ export const defaultCaptureSettings: CaptureSettings = {
   passPorts: [15008, 15020, 15021],
   backend: 'iptables',
   ipset: 'meshlet-captured',
+  ipset6: 'meshlet-captured6',
+  ipv6Chain: 'MESHLET_IPV6',
   chain: 'MESHLET_PREROUTING',
   gateIpset: 'meshlet-vouched',
   gateChain: 'MESHLET_OUTPUT',
@@ -141,6 +152,21 @@ export function sourceRouteShown(ipRouteShow: string): boolean {
   return ipRouteShow.split('\n').some((l) => /^local (default|0\.0\.0\.0\/0) dev lo\b/.test(l.trim()));
 }
 
+/**
+ * The IPv6 guard (ip6tables filter FORWARD). The mesh is IPv4: capture, identities by source address
+ * and the tunnel. A captured pod's IPv6 address would otherwise be a way around all of it (plaintext,
+ * no policy, STRICT not enforced), so new TCP connections to it are refused with a reset, the way
+ * Istio's sidecars refuse inbound IPv6 when the mesh runs without it. Clients that try IPv6 first
+ * (happy eyeballs) fall back to the pod's IPv4 address, through the mesh. Connections the node itself
+ * opens (kubelet's probes) do not pass FORWARD and are left alone, as over IPv4.
+ */
+export function ipv6GuardRules(s: CaptureSettings): string[] {
+  return [
+    `-A ${s.ipv6Chain} -p tcp -m set --match-set ${s.ipset6} dst -m conntrack --ctstate NEW ` +
+      `-m comment --comment "meshlet: IPv6 to captured pod (the mesh is IPv4)" -j REJECT --reject-with tcp-reset`,
+  ];
+}
+
 /** sidecar mode: meshlet's chains inside the pod's namespace. */
 export const SIDECAR_CHAINS = { inbound: 'MESHLET_POD_INBOUND', outbound: 'MESHLET_POD_OUTBOUND' } as const;
 
@@ -173,15 +199,19 @@ export function sidecarOutboundRules(s: CaptureSettings): string[] {
   ];
 }
 
+/** iptables (4) or ip6tables (6): each has its own tables, saved and restored by its own tools. */
+export type IpFamily = 4 | 6;
+
 /** One chain of meshlet's and the built-in chain that jumps to it first. */
 interface ChainHook {
   table: 'nat' | 'filter' | 'mangle';
-  parent: 'PREROUTING' | 'OUTPUT';
+  parent: 'PREROUTING' | 'OUTPUT' | 'FORWARD';
   chain: string;
   body: string[];
 }
 
-function hooks(s: CaptureSettings): ChainHook[] {
+function hooks(s: CaptureSettings, family: IpFamily): ChainHook[] {
+  if (family === 6) return s.mode === 'node' ? [{ table: 'filter', parent: 'FORWARD', chain: s.ipv6Chain, body: ipv6GuardRules(s) }] : [];
   if (s.mode === 'sidecar') {
     return [
       { table: 'nat', parent: 'PREROUTING', chain: SIDECAR_CHAINS.inbound, body: sidecarInboundRules(s) },
@@ -222,10 +252,10 @@ export interface CaptureState {
  * nat table holds kube-proxy's tens of thousands of rules; parsing 60,000 lines (5.7 MB) took the
  * agent 21-105 ms of its event loop (measured), every 5 s. Filtered, a few lines reach it.
  */
-export function captureStatePattern(s: CaptureSettings): string {
+export function captureStatePattern(s: CaptureSettings, family: IpFamily = 4): string {
   const escape = (name: string) => name.replace(/[^A-Za-z0-9_-]/g, (c) => `\\${c}`);
-  const own = [...new Set(hooks(s).map((h) => escape(h.chain)))];
-  const parents = [...new Set(hooks(s).map((h) => h.parent))];
+  const own = [...new Set(hooks(s, family).map((h) => escape(h.chain)))];
+  const parents = [...new Set(hooks(s, family).map((h) => h.parent))];
   return `^(\\*|COMMIT|:(${own.join('|')}) |-A (${[...parents, ...own].join('|')}) )`;
 }
 
@@ -259,9 +289,9 @@ export function parseCaptureState(save: string): CaptureState {
  * ':' creates it or flushes it, so its body is replaced in one transaction; a jump is added only
  * when absent. Applied twice, the second run leaves the tables byte-for-byte as the first left them.
  */
-export function installScript(s: CaptureSettings, current: CaptureState): string {
+export function installScript(s: CaptureSettings, current: CaptureState, family: IpFamily = 4): string {
   const byTable = new Map<string, string[]>();
-  for (const h of hooks(s)) {
+  for (const h of hooks(s, family)) {
     const lines = byTable.get(h.table) ?? [];
     byTable.set(h.table, lines);
     lines.push(`:${h.chain} - [0:0]`, ...h.body);
@@ -285,9 +315,9 @@ function tableBlocks(byTable: Map<string, string[]>): string {
 }
 
 /** iptables-restore --noflush input that removes what installScript added, and nothing else. */
-export function cleanupScript(s: CaptureSettings, current: CaptureState): string | undefined {
+export function cleanupScript(s: CaptureSettings, current: CaptureState, family: IpFamily = 4): string | undefined {
   const byTable = new Map<string, string[]>();
-  for (const h of hooks(s)) {
+  for (const h of hooks(s, family)) {
     const table = current[h.table];
     const own = byTable.get(h.table) ?? [];
     byTable.set(h.table, own);
@@ -309,8 +339,8 @@ function jumpIsFirst(h: ChainHook, current: CaptureState): boolean {
  * True when the tables hold exactly the chain bodies that installScript produces, each jumped to
  * first. Anything else (a body changed, a jump gone, or another rule put before it) needs a repair.
  */
-export function isInstalled(s: CaptureSettings, current: CaptureState): boolean {
-  return hooks(s).every((h) => {
+export function isInstalled(s: CaptureSettings, current: CaptureState, family: IpFamily = 4): boolean {
+  return hooks(s, family).every((h) => {
     const table = current[h.table];
     if (!table.chains.has(h.chain)) return false;
     const body = table.rules.filter((r) => r.startsWith(`-A ${h.chain} `));
@@ -320,8 +350,8 @@ export function isInstalled(s: CaptureSettings, current: CaptureState): boolean 
 }
 
 /** Whether meshlet's chains exist at all (`meshlet init` ran on this node), installed right or not. */
-export function chainsExist(s: CaptureSettings, current: CaptureState): boolean {
-  return hooks(s).every((h) => current[h.table].chains.has(h.chain));
+export function chainsExist(s: CaptureSettings, current: CaptureState, family: IpFamily = 4): boolean {
+  return hooks(s, family).every((h) => current[h.table].chains.has(h.chain));
 }
 
 // iptables-save prints options in its own canonical order and spelling (for example

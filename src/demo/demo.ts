@@ -46,6 +46,7 @@ export async function runDemo(argv: string[]): Promise<number> {
   const lab = await MeshLab.create({
     trustDomain: 'demo.local',
     identity: 'service',
+    dualStack: true,
     nodes: [
       { name: 'node-a', pods: [
         { name: 'frontend', namespace: 'shop', serviceAccount: 'frontend' },
@@ -61,7 +62,7 @@ export async function runDemo(argv: string[]): Promise<number> {
   let failed = false;
   try {
     for (const n of lab.meshNodes) {
-      say(`  ${n.name} ${n.ip}: ${n.pods.map((p) => `${p.name} ${p.ip}${lab.pod(p.name).spec.captured === false ? ' (not captured)' : ''}`).join(', ')}`);
+      say(`  ${n.name} ${n.ip}: ${n.pods.map((p) => `${p.name} ${p.ip} ${p.ip6}${lab.pod(p.name).spec.captured === false ? ' (not captured)' : ''}`).join(', ')}`);
     }
     say(`  the CA service (meshlet ca serve) in a namespace of its own at ${lab.caUrl}`);
     say('meshlet init in each node, then one agent per node; agents ask the CA with their node token ...');
@@ -110,6 +111,15 @@ export async function runDemo(argv: string[]): Promise<number> {
     if (!viaService.ok || !serviceLine) failed = true;
     say(`  ${viaService.ok ? 'ok' : 'FAILED'}: service ${serviceLine?.dst?.service ?? '?'} -> endpoint ${serviceLine?.dst?.workload ?? '?'} ${serviceLine?.dst?.addr ?? ''}, route ${serviceLine?.route ?? '?'}`);
 
+    say('\nIPv6: the pods are dual-stack and the mesh carries IPv4; the IPv6 guard refuses new IPv6 connections to captured pods ...');
+    for (const [to, open] of [['payments', false], ['legacy', true]] as const) {
+      const r = await lab.client('frontend', { host: lab.pod(to).ip6 as string, port: APP_PORT, bytes: 1024, timeoutMs: 5_000 });
+      const refused = /ECONNREFUSED/.test(r.results[0]?.error ?? '');
+      if (open ? !r.ok : !refused) failed = true;
+      say(`  frontend -> ${to} [${lab.pod(to).ip6}]:${APP_PORT}: ${r.ok ? 'ok' : refused ? 'refused' : `FAILED (${r.results[0]?.error})`}` +
+        (open ? ' (not in the mesh: IPv6 as without one)' : ' (captured: only its IPv4 address is open, through the mesh)'));
+    }
+
     // Policy: an ALLOW policy on payments, applied by rewriting the workloads file (a MeshPolicy
     // object in a cluster); the agents pick it up without a restart.
     const frontendId = `spiffe://${lab.trustDomain}/ns/shop/sa/frontend`;
@@ -136,7 +146,7 @@ export async function runDemo(argv: string[]): Promise<number> {
       .filter((l) => l.startsWith('meshlet_policy_decisions_total') || (l.startsWith('meshlet_tcp_connections_opened_total') && l.includes('source_workload="frontend"')));
     say(metrics.map((l) => `  ${l}`).join('\n'));
 
-    say(failed ? '\nmeshlet demo: FAILED' : '\nmeshlet demo: all flows ok; cross-node mesh traffic was TLS only; the policy allowed frontend and refused cart');
+    say(failed ? '\nmeshlet demo: FAILED' : '\nmeshlet demo: all flows ok; cross-node mesh traffic was TLS only; IPv6 to the captured pod was refused; the policy allowed frontend and refused cart');
   } finally {
     say(values['keep-logs'] ? `agent logs kept in ${lab.dir}` : 'removing namespaces, rules and files ...');
     await lab.destroy({ keepDir: values['keep-logs'] });

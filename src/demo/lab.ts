@@ -60,6 +60,8 @@ export interface LabSpec {
   services?: object[];
   /** Capture with nftables instead of iptables (init and agents). */
   captureBackend?: 'iptables' | 'nftables';
+  /** Nodes and pods get IPv6 addresses too; the workloads file lists each pod's (`ipv6`). */
+  dualStack?: boolean;
 }
 
 export const CA_PORT = 15012;
@@ -108,7 +110,7 @@ export class MeshLab {
 
   /** Builds namespaces, the CA and the workloads file; agents are started separately. */
   static async create(spec: LabSpec): Promise<MeshLab> {
-    const topo = await Topology.create();
+    const topo = await Topology.create({ ipv6: spec.dualStack ?? false });
     const dir = await mkdtemp(join(tmpdir(), `${topo.prefix}-`));
     const lab = new MeshLab(topo, dir, spec);
     try {
@@ -159,6 +161,7 @@ export class MeshLab {
         namespace: p.spec.namespace ?? 'default',
         serviceAccount: p.spec.serviceAccount ?? p.name,
         ip: p.ip,
+        ...(p.ip6 ? { ipv6: p.ip6 } : {}),
         node: p.node.name,
         captured: p.spec.captured ?? true,
         labels: p.spec.labels ?? { app: p.name },

@@ -46,7 +46,8 @@ function serve(port: number): void {
       socket.on('end', () => socket.end(`${bytes} ${hash.digest('hex')}\n`));
     });
   });
-  server.listen(port, '0.0.0.0', () => process.stdout.write(`listening ${port}\n`));
+  // No host: both families where the pod has IPv6 (dual-stack labs), IPv4 alone otherwise.
+  server.listen(port, () => process.stdout.write(`listening ${port}\n`));
 }
 
 interface ClientResult {

@@ -4,7 +4,9 @@
 //   node ns ── veth p<k> (10.241.<i>.1/32) ── eth0 of pod ns (10.241.<i>.<k+10>/32, default via node)
 //
 // Pods are wired like a point-to-point CNI: every pod is a /32 behind its node, nodes route each
-// other's pod ranges over the underlay. Every namespace name starts with a per-run prefix that embeds
+// other's pod ranges over the underlay. A dual-stack topology (`create({ ipv6: true })`) adds the
+// same over IPv6: fd00:240::<10+i>/64 per node, fd00:241:<i>::<k+10>/128 per pod behind
+// fd00:241:<i>::1, without duplicate address detection (addresses are usable at once). Every namespace name starts with a per-run prefix that embeds
 // the creating PID, so parallel runs never collide and a later run can reap a crashed run's leftovers.
 import { type ChildProcess, execFileSync, spawn, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -14,6 +16,8 @@ import { type CommandResult, hasNetAdmin, runCommand } from '../capture/exec.ts'
 const PREFIX_ROOT = 'mlt';
 const UNDERLAY_NET = '10.240.0';
 const POD_NET = '10.241';
+const UNDERLAY_NET6 = 'fd00:240';
+const POD_NET6 = 'fd00:241';
 
 export interface NodeNs {
   name: string;
@@ -21,6 +25,9 @@ export interface NodeNs {
   index: number;
   ip: string;
   podCidr: string;
+  /** Dual-stack topologies: the node's IPv6 address and its pods' IPv6 range. */
+  ip6?: string;
+  podCidr6?: string;
   /** Interface facing the underlay (where inter-node packets can be captured). */
   underlayIf: string;
   pods: PodNs[];
@@ -30,6 +37,8 @@ export interface PodNs {
   name: string;
   ns: string;
   ip: string;
+  /** Dual-stack topologies: the pod's IPv6 address. */
+  ip6?: string;
   node: NodeNs;
 }
 
@@ -115,10 +124,13 @@ export class Topology {
   readonly #children = new Set<ChildProcess>();
   readonly #namespaces: string[] = [];
   readonly underlay: string;
+  /** Whether nodes and pods also get IPv6 addresses and routes. */
+  readonly ipv6: boolean;
   #destroyed = false;
   readonly #exitHook = () => this.destroySync();
 
-  private constructor() {
+  private constructor(ipv6: boolean) {
+    this.ipv6 = ipv6;
     this.prefix = `${PREFIX_ROOT}-${process.pid.toString(36)}-${randomBytes(2).toString('hex')}`;
     this.underlay = `${this.prefix}-net`;
     // Even an uncaught exception must not leave namespaces behind.
@@ -127,10 +139,10 @@ export class Topology {
     hookSignals();
   }
 
-  static async create(): Promise<Topology> {
+  static async create(opts: { ipv6?: boolean } = {}): Promise<Topology> {
     await assertNetnsPrerequisites();
     await reapStaleNamespaces();
-    const topo = new Topology();
+    const topo = new Topology(opts.ipv6 ?? false);
     try {
       await topo.#addNamespace(topo.underlay);
       await must('ip', ['-n', topo.underlay, 'link', 'add', 'br0', 'type', 'bridge']);
@@ -146,6 +158,9 @@ export class Topology {
     await must('ip', ['netns', 'add', ns]);
     this.#namespaces.push(ns);
     await must('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    // Interfaces created from now on skip duplicate address detection: their link-local addresses
+    // are not tentative for a second or two, so neighbour discovery works at once.
+    if (this.ipv6) await this.sysctl(ns, 'net.ipv6.conf.default.accept_dad', '0');
   }
 
   async sysctl(ns: string, key: string, value: string): Promise<void> {
@@ -171,8 +186,20 @@ export class Topology {
       await must('ip', ['-n', ns, 'route', 'add', other.podCidr, 'via', other.ip]);
       await must('ip', ['-n', other.ns, 'route', 'add', node.podCidr, 'via', node.ip]);
     }
+    if (this.ipv6) await this.#addNodeIpv6(node);
     this.nodes.push(node);
     return node;
+  }
+
+  async #addNodeIpv6(node: NodeNs): Promise<void> {
+    node.ip6 = `${UNDERLAY_NET6}::${10 + node.index}`;
+    node.podCidr6 = `${POD_NET6}:${node.index}::/64`;
+    await this.sysctl(node.ns, 'net.ipv6.conf.all.forwarding', '1');
+    await must('ip', ['-n', node.ns, '-6', 'addr', 'add', `${node.ip6}/64`, 'dev', 'eth0', 'nodad']);
+    for (const other of this.nodes) {
+      await must('ip', ['-n', node.ns, '-6', 'route', 'add', other.podCidr6 as string, 'via', other.ip6 as string]);
+      await must('ip', ['-n', other.ns, '-6', 'route', 'add', node.podCidr6, 'via', node.ip6]);
+    }
   }
 
   async addPod(node: NodeNs, name: string): Promise<PodNs> {
@@ -193,6 +220,16 @@ export class Topology {
     await must('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
     await must('ip', ['-n', ns, 'route', 'add', gateway, 'dev', 'eth0', 'scope', 'link']);
     await must('ip', ['-n', ns, 'route', 'add', 'default', 'via', gateway, 'dev', 'eth0']);
+    if (this.ipv6) {
+      const gateway6 = `${POD_NET6}:${node.index}::1`;
+      pod.ip6 = `${POD_NET6}:${node.index}::${10 + k}`;
+      // The gateway address on every pod's link, as the IPv4 one: a CNI's point-to-point wiring.
+      await must('ip', ['-n', node.ns, '-6', 'addr', 'add', `${gateway6}/128`, 'dev', hostIf, 'nodad']);
+      await must('ip', ['-n', node.ns, '-6', 'route', 'add', `${pod.ip6}/128`, 'dev', hostIf]);
+      await must('ip', ['-n', ns, '-6', 'addr', 'add', `${pod.ip6}/128`, 'dev', 'eth0', 'nodad']);
+      await must('ip', ['-n', ns, '-6', 'route', 'add', gateway6, 'dev', 'eth0']);
+      await must('ip', ['-n', ns, '-6', 'route', 'add', 'default', 'via', gateway6, 'dev', 'eth0']);
+    }
     node.pods.push(pod);
     return pod;
   }

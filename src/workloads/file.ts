@@ -3,7 +3,7 @@
 //   trustDomain: cluster.local
 //   nodes:      [{ name: node-a, ip: 172.30.0.1 }]
 //   workloads:  [{ name: web-1, namespace: shop, serviceAccount: web, ip: 10.77.1.10, node: node-a, captured: true,
-//                  labels: { app: web }, workload: web }]                      # labels and workload are optional
+//                  labels: { app: web }, workload: web, ipv6: 'fd00:77:1::10' }]   # labels, workload and ipv6 are optional
 //   namespaces: [{ name: shop, mtls: strict }]                      # optional; default permissive
 //   policies:   [{ name: db-clients, namespace: shop, selector: ..., action: ALLOW, rules: [...] }]   # optional; MeshPolicy specs
 //   services:   [{ name: api, namespace: shop, clusterIP: 10.96.0.10, ports: [{ name: http, port: 80, targetPort: http }],
@@ -32,7 +32,7 @@ const PORT_NAME = /^(?=.{1,15}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const NAMESPACE_KEYS = new Set(['name', 'mtls']);
 const POLICY_KEYS = new Set(['name', 'namespace', 'selector', 'action', 'rules']);
 const NODE_KEYS = new Set(['name', 'ip']);
-const WORKLOAD_KEYS = new Set(['name', 'namespace', 'serviceAccount', 'ip', 'node', 'captured', 'labels', 'workload', 'ports']);
+const WORKLOAD_KEYS = new Set(['name', 'namespace', 'serviceAccount', 'ip', 'ipv6', 'node', 'captured', 'labels', 'workload', 'ports']);
 
 function str(obj: Record<string, unknown>, key: string, where: string, problems: string[]): string {
   const v = obj[key];
@@ -86,6 +86,7 @@ export function parseWorkloadsFile(text: string): MeshSnapshot {
     const namespace = str(raw, 'namespace', where, problems);
     const serviceAccount = str(raw, 'serviceAccount', where, problems);
     const ip = str(raw, 'ip', where, problems);
+    const ipv6 = raw.ipv6 === undefined ? undefined : str(raw, 'ipv6', where, problems);
     const node = str(raw, 'node', where, problems);
     const captured = raw.captured ?? true;
     const labels = raw.labels ?? {};
@@ -99,6 +100,8 @@ export function parseWorkloadsFile(text: string): MeshSnapshot {
     }
     if (ip && !isIPv4(ip)) problems.push(`${where}.ip: ${JSON.stringify(ip)} is not an IPv4 address`);
     if (ip && seenIps.has(ip)) problems.push(`${where}.ip: ${ip} is already used by ${seenIps.get(ip)}`);
+    if (ipv6 && !isIPv6(ipv6)) problems.push(`${where}.ipv6: ${JSON.stringify(ipv6)} is not an IPv6 address`);
+    if (ipv6 && seenIps.has(ipv6)) problems.push(`${where}.ipv6: ${ipv6} is already used by ${seenIps.get(ipv6)}`);
     if (node && nodes.length > 0 && !nodes.some((n) => n.name === node)) problems.push(`${where}.node: unknown node ${JSON.stringify(node)}`);
     if (typeof captured !== 'boolean') problems.push(`${where}.captured: must be true or false`);
     const key = `${namespace}/${name}`;
@@ -115,9 +118,10 @@ export function parseWorkloadsFile(text: string): MeshSnapshot {
     if (name && namespace && seenNames.has(key)) problems.push(`${where}: duplicate workload ${key}`);
     seenNames.add(key);
     if (ip) seenIps.set(ip, key);
+    if (ipv6) seenIps.set(ipv6, key);
     if (problems.length === 0) {
       workloads.push({
-        name, namespace, serviceAccount, ip, node, captured: captured as boolean,
+        name, namespace, serviceAccount, ip, ...(ipv6 ? { ipv6 } : {}), node, captured: captured as boolean,
         spiffeId: workloadSpiffeId(trustDomain, namespace, serviceAccount), labels: labels as Record<string, string>, workload: workload as string,
       });
     }

@@ -3,7 +3,7 @@
 //
 // - A pod is in the mesh when its namespace has `meshlet.dev/capture: enabled`, the pod does not say
 //   `meshlet.dev/capture: disabled`, it is not hostNetwork, it has an IPv4 address and has not
-//   finished. The registry holds every mesh pod of the cluster (destinations on other nodes need
+//   finished. A dual-stack pod's IPv6 address is kept too, for the IPv6 guard. The registry holds every mesh pod of the cluster (destinations on other nodes need
 //   their identity and node), the agent captures the ones on its own node.
 // - Watch only what is needed: the pod watch carries a field selector that leaves out hostNetwork
 //   pods and finished pods on the apiserver side; objects are trimmed to the fields meshlet reads
@@ -14,7 +14,7 @@
 // - Nothing is published until every informer has listed once: the agent is "not ready" until then.
 //   MeshPolicy is optional: while its CRD is not installed (404) it counts as synced with no policies,
 //   and the source keeps checking for it.
-import { isIPv4 } from 'node:net';
+import { isIPv4, isIPv6 } from 'node:net';
 import {
   ADD, CoreV1Api, CustomObjectsApi, DELETE, DiscoveryV1Api, ERROR, type KubeConfig, type KubernetesObject, ListWatch, UPDATE, Watch,
 } from '@kubernetes/client-node';
@@ -188,10 +188,10 @@ export function buildServices(services: readonly SlimService[], slices: readonly
   return out;
 }
 
-/** The pod's IPv4 address (the data path is IPv4 today), or undefined. */
-function podIPv4(pod: SlimPod): string | undefined {
-  for (const { ip } of pod.status.podIPs ?? []) if (isIPv4(ip)) return ip;
-  return pod.status.podIP && isIPv4(pod.status.podIP) ? pod.status.podIP : undefined;
+/** The pod's address of one family (podIPs holds at most one of each; podIP is the first), or undefined. */
+function podAddress(pod: SlimPod, isFamily: (ip: string) => boolean): string | undefined {
+  for (const { ip } of pod.status.podIPs ?? []) if (isFamily(ip)) return ip;
+  return pod.status.podIP && isFamily(pod.status.podIP) ? pod.status.podIP : undefined;
 }
 
 /** Why a pod is or is not in the mesh (the config dump and tests read the reason). */
@@ -202,7 +202,7 @@ export function meshMembership(pod: SlimPod, ns: SlimNamespace | undefined): { m
   if (pod.spec.hostNetwork) return { meshed: false, reason: 'hostNetwork' };
   if (pod.status.phase === 'Succeeded' || pod.status.phase === 'Failed') return { meshed: false, reason: `phase ${pod.status.phase}` };
   if (!pod.spec.nodeName) return { meshed: false, reason: 'not scheduled' };
-  const ip = podIPv4(pod);
+  const ip = podAddress(pod, isIPv4);
   if (!ip) return { meshed: false, reason: 'no IPv4 address yet' };
   return { meshed: true, ip };
 }
@@ -221,8 +221,10 @@ export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, name
     let w = workloadOf.get(pod);
     if (!w) {
       const serviceAccount = pod.spec.serviceAccountName || 'default';
+      // A dual-stack pod's IPv6 address: the IPv6 guard refuses it (the mesh carries IPv4).
+      const ipv6 = podAddress(pod, isIPv6);
       w = {
-        name: pod.metadata.name, namespace: pod.metadata.namespace, serviceAccount, ip: m.ip,
+        name: pod.metadata.name, namespace: pod.metadata.namespace, serviceAccount, ip: m.ip, ...(ipv6 ? { ipv6 } : {}),
         node: pod.spec.nodeName!, captured: true, spiffeId: workloadSpiffeId(trustDomain, pod.metadata.namespace, serviceAccount),
         labels: pod.metadata.labels ?? {}, workload: workloadName(pod),
       };

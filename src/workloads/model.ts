@@ -4,7 +4,14 @@ export interface Workload {
   name: string;
   namespace: string;
   serviceAccount: string;
+  /** The pod's IPv4 address: the one the mesh carries, and the workload's identity by source address. */
   ip: string;
+  /**
+   * The pod's IPv6 address on a dual-stack cluster. The mesh does not carry IPv6: for a captured
+   * pod, the node refuses new TCP connections to it (the IPv6 guard), so nothing reaches the pod
+   * around the mesh.
+   */
+  ipv6?: string;
   node: string;
   /** Whether this pod's traffic is redirected through the agent on its node. */
   captured: boolean;

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
-  nftChains, nftInstallScript, nftIsInstalled, nftMembersScript, nftVouchScript, parseNftSetJson, parseNftTable,
+  NFT_TABLE, NFT_TABLE6, nftChains, nftInstallScript, nftIsInstalled, nftMembersScript, nftTableOf, nftVouchScript, parseNftSetJson, parseNftTable,
 } from '../../src/capture/nftables.ts';
 import { defaultCaptureSettings as s } from '../../src/capture/rules.ts';
 
@@ -36,6 +36,20 @@ const listed = `table ip meshlet {
 }
 `;
 
+// And `nft list table ip6 meshlet` (the IPv6 guard), same machine.
+const listed6 = `table ip6 meshlet {
+	set meshlet-captured6 {
+		type ipv6_addr
+		elements = { fd00::5 }
+	}
+
+	chain forward {
+		type filter hook forward priority filter - 10; policy accept;
+		ip6 daddr @meshlet-captured6 ct state new reject with tcp reset comment "meshlet: IPv6 to captured pod (the mesh is IPv4)"
+	}
+}
+`;
+
 describe('nftables capture', () => {
   it('hooks prerouting before kube-proxy\'s dstnat chain, and the gate before filter', () => {
     const chains = nftChains(s);
@@ -45,28 +59,48 @@ describe('nftables capture', () => {
   });
 
   it('installs in one transaction that keeps the sets and refills the chains', () => {
-    const lines = nftInstallScript(s).trim().split('\n');
+    const lines = nftInstallScript(s, [4]).trim().split('\n');
     assert.equal(lines[0], 'add table ip meshlet');
+    assert.ok(!lines.some((l) => l.includes('ip6')), 'no IPv6 table where the kernel has no IPv6');
     assert.ok(lines.includes('add set ip meshlet meshlet-vouched { type ipv4_addr; flags timeout; }'));
     assert.ok(lines.includes('flush chain ip meshlet prerouting'));
     assert.ok(lines.indexOf('flush chain ip meshlet prerouting') < lines.findIndex((l) => l.startsWith('add rule ip meshlet prerouting')));
     assert.ok(!lines.some((l) => l.startsWith('flush set')), 'install never empties the captured set');
   });
 
-  it('recognises its table as nft prints it, and nothing else', () => {
-    assert.equal(nftIsInstalled(s, listed), true);
-    assert.equal(nftIsInstalled(s, listed.replace(':15006', ':15099')), false);
-    assert.equal(nftIsInstalled(s, listed.replace('dstnat - 10', 'dstnat')), false, 'the same priority as kube-proxy is not good enough');
-    assert.equal(nftIsInstalled(s, ''), false);
-    assert.equal(nftIsInstalled(s, listed.replace(/\tchain source \{[^}]*\}\n/, '')), false, 'the source-preservation chain is part of it');
+  it('adds the IPv6 guard\'s own table, in the same transaction', () => {
+    const lines = nftInstallScript(s, [4, 6]).trim().split('\n');
+    assert.deepEqual(lines.slice(lines.indexOf('add table ip6 meshlet')), [
+      'add table ip6 meshlet',
+      'add set ip6 meshlet meshlet-captured6 { type ipv6_addr; }',
+      'add chain ip6 meshlet forward { type filter hook forward priority filter - 10; policy accept; }',
+      'flush chain ip6 meshlet forward',
+      'add rule ip6 meshlet forward ip6 daddr @meshlet-captured6 ct state new reject with tcp reset comment "meshlet: IPv6 to captured pod (the mesh is IPv4)"',
+    ]);
+    assert.deepEqual(nftTableOf(s, s.ipset6), NFT_TABLE6);
+    assert.deepEqual(nftTableOf(s, s.ipset), NFT_TABLE);
+  });
+
+  it('recognises its tables as nft prints them, and nothing else', () => {
+    const v4 = (ip: string | undefined) => ({ ip, ip6: undefined, families: [4] as const });
+    const both = (ip: string | undefined, ip6: string | undefined) => ({ ip, ip6, families: [4, 6] as const });
+    assert.equal(nftIsInstalled(s, v4(listed)), true);
+    assert.equal(nftIsInstalled(s, v4(listed.replace(':15006', ':15099'))), false);
+    assert.equal(nftIsInstalled(s, v4(listed.replace('dstnat - 10', 'dstnat'))), false, 'the same priority as kube-proxy is not good enough');
+    assert.equal(nftIsInstalled(s, v4(undefined)), false);
+    assert.equal(nftIsInstalled(s, v4(listed.replace(/\tchain source \{[^}]*\}\n/, ''))), false, 'the source-preservation chain is part of it');
+    assert.equal(nftIsInstalled(s, both(listed, listed6)), true);
+    assert.equal(nftIsInstalled(s, both(listed, undefined)), false, 'with IPv6, the guard\'s table is part of it');
+    assert.equal(nftIsInstalled(s, both(listed, listed6.replace('ct state new ', ''))), false);
     assert.deepEqual(parseNftTable(`${listed.replace('reset comment', 'reset # handle 7\ncomment')}`).get('output')?.[0], 'type filter hook output priority filter - 10; policy accept;');
   });
 
   it('adds and deletes set members, and vouches with a timeout in one flush-and-fill', () => {
-    const r = nftMembersScript('meshlet-captured', new Set(['10.0.0.1', '10.0.0.2']), new Set(['10.0.0.2', '10.0.0.3']));
+    const r = nftMembersScript(NFT_TABLE, 'meshlet-captured', new Set(['10.0.0.1', '10.0.0.2']), new Set(['10.0.0.2', '10.0.0.3']));
     assert.equal(r.script, 'add element ip meshlet meshlet-captured { 10.0.0.3 }\ndelete element ip meshlet meshlet-captured { 10.0.0.1 }\n');
     assert.deepEqual([r.added, r.removed], [1, 1]);
-    assert.equal(nftMembersScript('x', new Set(['a']), new Set(['a'])).script, undefined);
+    assert.equal(nftMembersScript(NFT_TABLE, 'x', new Set(['a']), new Set(['a'])).script, undefined);
+    assert.equal(nftMembersScript(NFT_TABLE6, 'meshlet-captured6', new Set(), new Set(['fd00::5'])).script, 'add element ip6 meshlet meshlet-captured6 { fd00::5 }\n');
     assert.equal(nftVouchScript('meshlet-vouched', ['10.0.0.1', '10.0.0.2'], 4),
       'flush set ip meshlet meshlet-vouched\nadd element ip meshlet meshlet-vouched { 10.0.0.1 timeout 4s, 10.0.0.2 timeout 4s }\n');
   });

@@ -23,7 +23,8 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     return r.stdout;
   };
   const meshlet = (args: string[]) => topo.exec(ns, process.execPath, [CLI, ...args]);
-  const save = async () => normalize(await sh('iptables-save', []));
+  // Both families: the IPv6 guard lives in ip6tables.
+  const save = async () => `${normalize(await sh('iptables-save', []))}\n-- ip6tables --\n${normalize(await sh('ip6tables-save', []))}`;
   const sets = async () => (await sh('ipset', ['list', '-n'])).split('\n').filter(Boolean).sort();
   const rules = () => sh('ip', ['-4', 'rule', 'show']);
   let pristine: string;
@@ -51,6 +52,7 @@ describe('meshlet init on a node', { concurrency: false }, () => {
       'COMMIT',
       '',
     ].join('\n'));
+    await sh('ip6tables-restore', ['--noflush'], '*filter\n-A FORWARD -p tcp -m tcp --dport 443 -j ACCEPT\nCOMMIT\n');
     await sh('ip', ['-4', 'rule', 'add', 'fwmark', '0x4000/0x4000', 'lookup', '200', 'pref', '100']);
     pristine = await save();
     pristineSets = await sets();
@@ -70,15 +72,20 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     assert.match(r.stdout, /COMMIT\n$/);
     assert.match(r.stderr, /ipset create meshlet-captured hash:ip/);
     assert.match(r.stderr, /ipset create meshlet-vouched hash:ip family inet timeout/);
+    assert.match(r.stderr, /ipset create meshlet-captured6 hash:ip family inet6/);
+    // Then the IPv6 guard's ip6tables-restore input, after its comment line.
+    const [v4, v6] = r.stdout.split('# ip6tables-restore --noflush\n');
+    assert.match(v6 ?? '', /^\*filter\n:MESHLET_IPV6 - \[0:0\]\n/);
+    assert.match(v6 ?? '', /^-I FORWARD 1 -j MESHLET_IPV6$/m);
     assert.equal(await save(), pristine);
     assert.deepEqual(await sets(), pristineSets);
-    // iptables-restore accepts it as it is (--test parses and checks without committing) once the
-    // set it references exists.
-    await sh('ipset', ['create', 'meshlet-captured', 'hash:ip', '-exist']);
-    await sh('ipset', ['create', 'meshlet-vouched', 'hash:ip', 'timeout', '5', '-exist']);
-    await sh('iptables-restore', ['--test', '--noflush'], r.stdout);
-    await sh('ipset', ['destroy', 'meshlet-captured']);
-    await sh('ipset', ['destroy', 'meshlet-vouched']);
+    // iptables-restore and ip6tables-restore accept their parts as they are (--test parses and
+    // checks without committing) once the sets they reference exist.
+    const made = [['meshlet-captured', 'hash:ip'], ['meshlet-vouched', 'hash:ip', 'timeout', '5'], ['meshlet-captured6', 'hash:ip', 'family', 'inet6']];
+    for (const args of made) await sh('ipset', ['create', ...args, '-exist']);
+    await sh('iptables-restore', ['--test', '--noflush'], v4);
+    await sh('ip6tables-restore', ['--test', '--noflush'], v6);
+    for (const [name] of made) await sh('ipset', ['destroy', name as string]);
     assert.equal(await save(), pristine);
     assert.deepEqual(await sets(), pristineSets);
   });
@@ -94,7 +101,11 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     assert.match(installed, /^:MESHLET_OUTPUT /m);
     // The gate comes first in OUTPUT, before the user's own rules could accept a packet.
     assert.equal(installed.split('\n').find((l) => l.startsWith('-A OUTPUT ')), '-A OUTPUT -j MESHLET_OUTPUT');
-    assert.deepEqual(await sets(), [...pristineSets, 'meshlet-captured', 'meshlet-vouched'].sort());
+    assert.deepEqual(await sets(), [...pristineSets, 'meshlet-captured', 'meshlet-captured6', 'meshlet-vouched'].sort());
+    // The IPv6 guard comes first in FORWARD, before the user's ACCEPT.
+    const ip6 = installed.slice(installed.indexOf('-- ip6tables --'));
+    assert.deepEqual(ip6.split('\n').filter((l) => l.startsWith('-A FORWARD ')), ['-A FORWARD -j MESHLET_IPV6', '-A FORWARD -p tcp -m tcp --dport 443 -j ACCEPT']);
+    assert.match(ip6, /^-A MESHLET_IPV6 -p tcp -m set --match-set meshlet-captured6 dst .*-j REJECT --reject-with tcp-reset$/m);
     // The user's own rules are still there, in their order.
     assert.match(installed, /-A PREROUTING -p tcp -m tcp --dport 9999 -j REDIRECT --to-ports 9998\n-A PREROUTING -j USER_CHAIN\n/);
     // Source preservation: the mangle jump first, the policy rule and its local route.
@@ -115,6 +126,7 @@ describe('meshlet init on a node', { concurrency: false }, () => {
   it('repairs a chain someone emptied and a policy rule someone deleted', async () => {
     const installed = await save();
     await sh('iptables', ['-t', 'nat', '-F', 'MESHLET_PREROUTING']);
+    await sh('ip6tables', ['-F', 'MESHLET_IPV6']);
     assert.notEqual(await save(), installed);
     const installedRules = await rules();
     await sh('ip', ['-4', 'rule', 'del', 'fwmark', '0x539/0xfff', 'lookup', '133']);
@@ -149,7 +161,7 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     assert.deepEqual(await sets(), pristineSets);
   });
 
-  it('with --capture-backend nftables: one table of its own, installed once, removed on cleanup with nothing else', async () => {
+  it('with --capture-backend nftables: tables of its own (ip, and ip6 for the IPv6 guard), installed once, removed on cleanup with nothing else', async () => {
     const nftArgs = ['--capture-backend', 'nftables'];
     const dry = await meshlet(['init', '--dry-run', ...nftArgs]);
     assert.equal(dry.code, 0, dry.stderr);
@@ -159,14 +171,16 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     const first = await meshlet(['init', ...nftArgs]);
     assert.equal(first.code, 0, first.stderr);
     assert.match(first.stderr, /capture installed/);
-    const listed = await sh('nft', ['list', 'table', 'ip', 'meshlet']);
+    const list = async () => `${await sh('nft', ['list', 'table', 'ip', 'meshlet'])}${await sh('nft', ['list', 'table', 'ip6', 'meshlet'])}`;
+    const listed = await list();
+    assert.match(listed, /hook forward .*\n.*ip6 daddr @meshlet-captured6 ct state new reject with tcp reset/);
     const second = await meshlet(['init', ...nftArgs]);
     assert.match(second.stderr, /capture unchanged/);
-    assert.equal(await sh('nft', ['list', 'table', 'ip', 'meshlet']), listed);
+    assert.equal(await list(), listed);
     const cleanup = await meshlet(['init', '--cleanup', ...nftArgs]);
     assert.equal(cleanup.code, 0, cleanup.stderr);
     const tables = await sh('nft', ['list', 'tables']);
-    assert.doesNotMatch(tables, /ip meshlet/);
+    assert.doesNotMatch(tables, /ip6? meshlet/);
     assert.match(tables, /ip user-table/);
     await sh('nft', ['delete', 'table', 'ip', 'user-table']);
   });

@@ -56,6 +56,16 @@ workloads:
     }
   });
 
+  it('reads a dual-stack workload\'s IPv6 address, and rejects one that is not, or is taken', () => {
+    const s = parseWorkloadsFile(good.replace('ip: 10.241.1.11,', "ip: 10.241.1.11, ipv6: 'fd00:77:1::11',"));
+    assert.equal(s.workloads[0]?.ipv6, 'fd00:77:1::11');
+    assert.equal(s.workloads[1] && 'ipv6' in s.workloads[1], false);
+    const text = problems(good.replace('ip: 10.241.1.11,', 'ip: 10.241.1.11, ipv6: 10.241.1.12,')
+      .replace('ip: 10.241.2.11,', "ip: 10.241.2.11, ipv6: 'fd00::1',").replace('ip: 10.241.2.12,', "ip: 10.241.2.12, ipv6: 'fd00::1',")).join('\n');
+    assert.match(text, /workloads\[0\]\.ipv6: "10\.241\.1\.12" is not an IPv6 address/);
+    assert.match(text, /workloads\[2\]\.ipv6: fd00::1 is already used by shop\/db/);
+  });
+
   it('reads labels, namespace mTLS modes and policies', () => {
     const s = parseWorkloadsFile(`${good}
   - { name: cache, namespace: shop, serviceAccount: cache, ip: 10.241.1.12, node: node-a, labels: { app: cache, tier: backend } }

@@ -39,6 +39,14 @@ describe('mesh membership', () => {
     assert.deepEqual(meshMembership(pod({ ips: ['fd00::10', '10.1.0.11'] }), ns('enabled')), { meshed: true, ip: '10.1.0.11' });
   });
 
+  it('keeps a dual-stack pod\'s IPv6 address for the IPv6 guard, and none for a single-stack pod', () => {
+    const nsMap = new Map([['shop', ns('enabled')]]);
+    const [dual] = buildSnapshot('example.org', [pod({ ips: ['fd00::10', '10.1.0.11'] })], nsMap).workloads;
+    assert.deepEqual([dual?.ip, dual?.ipv6], ['10.1.0.11', 'fd00::10']);
+    const [single] = buildSnapshot('example.org', [pod()], nsMap).workloads;
+    assert.equal(single && 'ipv6' in single, false);
+  });
+
   it('keeps only what meshlet reads: no managedFields, spec.containers, container statuses or foreign annotations', () => {
     const p = pod({ annotations: { 'meshlet.dev/capture': 'disabled' } });
     assert.deepEqual(p.metadata.annotations, { 'meshlet.dev/capture': 'disabled' });
