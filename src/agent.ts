@@ -8,6 +8,7 @@ import { AdminRequestError, createAdminServer, createMetricsServer, createReadin
 import { hasNetAdmin } from './capture/exec.ts';
 import { captureFamilies, checkCapture, runCaptureToolsThroughShell } from './capture/install.ts';
 import { ConnectionLimitError, PrerequisiteError } from './errors.ts';
+import { keepHeapHeadroom } from './heap-headroom.ts';
 import { createMemberSync, createVouchWriter, type IpsetSync } from './capture/ipset.ts';
 import { ProbeGate } from './capture/probe-gate.ts';
 import { bundleSize } from './identity/ca.ts';
@@ -66,6 +67,7 @@ export class Agent {
   #closing = false;
   /** Ends the shell that runs the capture tools (runCaptureToolsThroughShell). */
   #stopShell: (() => void) | undefined;
+  #heapHeadroom: ReturnType<typeof keepHeapHeadroom> | undefined;
   #tunnel: TunnelServer | undefined;
   readonly probeGate: ProbeGate;
   readonly balancer: EndpointBalancer;
@@ -187,7 +189,12 @@ export class Agent {
         this.#vouching = true;
         const vouched = this.config.sidecar ? Promise.resolve() : this.probeGate.refresh();
         vouched.then(() => this.#listenData()).then(
-          () => { this.#dataListening = true; this.#log.info({ ports: this.config.ports }, 'agent listening'); },
+          () => {
+            this.#dataListening = true;
+            this.#log.info({ ports: this.config.ports }, 'agent listening');
+            // From now on, not during start-up: see heap-headroom.ts.
+            this.#heapHeadroom ??= keepHeapHeadroom(this.config.heapHeadroomMiB);
+          },
           (err: Error) => { this.#vouching = false; this.#log.error({ err: err.message }, 'cannot listen on the data ports; retrying'); },
         ).finally(() => { opening = false; });
         return;
@@ -349,6 +356,7 @@ export class Agent {
       policy: this.policy.dump?.(),
       identityProvider: this.#provider.name,
       probeGate: this.probeGate.status(),
+      heap: { headroomMiB: this.config.heapHeadroomMiB, growingPercent: this.#heapHeadroom?.percent() },
       trustBundle: this.certs.trustBundle ? { signingRoot: this.certs.trustBundle.signingFingerprint, roots: bundleSize(this.certs.trustBundle.pem) } : undefined,
       workloads: (snapshot?.workloads ?? []).map((w) => ({ ...w, local: this.registry.isLocal(w) })),
       services: (snapshot?.services ?? []).map((s) => ({
@@ -389,6 +397,7 @@ export class Agent {
     this.certs.close();
     await this.#provider.close?.();
     await closed;
+    this.#heapHeadroom?.stop();
     this.#stopShell?.();
   }
 }

@@ -60,6 +60,11 @@ export interface AgentConfig {
    * agent's pods fail kubelet's probes this long after its last refresh (refreshed 4 times per TTL).
    */
   probeGateTtlMs: number;
+  /**
+   * MiB of old-generation headroom kept above the live heap once the agent is up (heap-headroom.ts:
+   * fewer full collections on bulk transfers); 0 leaves V8's own sizing.
+   */
+  heapHeadroomMiB: number;
   capture: CaptureSettings;
 }
 
@@ -273,6 +278,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     'max-connections': { type: 'string', default: '16384' },
     'idle-timeout': { type: 'string', default: '1h' },
     'probe-gate-ttl': { type: 'string', default: '4s' },
+    'heap-headroom': { type: 'string', default: '32' },
     'preserve-source-ip': { type: 'string', default: 'on' },
     'max-connections-per-source': { type: 'string', default: '1024' },
     'log-level': { type: 'string', default: env.MESHLET_LOG_LEVEL ?? defaults.logLevel },
@@ -315,6 +321,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     // ipset timeouts are whole seconds.
     preserveSourceIp: p.onOff('preserve-source-ip', String(v['preserve-source-ip'])) && !sidecar,
     probeGateTtlMs: Math.round(p.duration('probe-gate-ttl', String(v['probe-gate-ttl']), 2_000, 600_000) / 1000) * 1000,
+    heapHeadroomMiB: p.int('heap-headroom', String(v['heap-headroom']), 0, 1024),
     capture,
   };
   // A sidecar's own listeners are reached directly: the ones this agent really uses.

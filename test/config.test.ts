@@ -101,6 +101,13 @@ describe('config', () => {
     assert.deepEqual(loadInitConfig(['--dry-run']).dryRun, true);
   });
 
+  it('takes the heap headroom in MiB, 0 to leave V8 alone', () => {
+    const base = ['--node', 'n1', '--workloads', 'w', '--ca-dir', 'c'];
+    assert.equal(loadAgentConfig(base, {}).heapHeadroomMiB, 32);
+    assert.equal(loadAgentConfig([...base, '--heap-headroom', '0'], {}).heapHeadroomMiB, 0);
+    assert.throws(() => loadAgentConfig([...base, '--heap-headroom', '32MiB'], {}), /--heap-headroom/);
+  });
+
   it('takes the IPv6 guard\'s set name, which must differ from the other two', () => {
     assert.equal(loadInitConfig([]).capture.ipset6, 'meshlet-captured6');
     assert.equal(loadInitConfig(['--ipset6', 'guard6']).capture.ipset6, 'guard6');

@@ -48,6 +48,9 @@ describe('data path in network namespaces', { concurrency: false }, () => {
     assert.deepEqual(await lab.ipsetMembers(b), new Set([lab.pod('b1').ip, lab.pod('b2').ip]));
     const dump = await lab.configDump(a);
     assert.equal(dump.ready, true);
+    // Once up, the agent keeps its old-generation headroom (heap-headroom.ts).
+    assert.equal(dump.heap.headroomMiB, 32);
+    assert.ok(dump.heap.growingPercent > 0, JSON.stringify(dump.heap));
     assert.deepEqual(dump.certificates.map((c: any) => c.spiffeId).sort(), [id('shop', 'cart'), id('shop', 'web')]);
     for (const c of dump.certificates) assert.ok(Date.parse(c.notAfter) > Date.now(), `${c.spiffeId} valid`);
   });
