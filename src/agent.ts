@@ -9,6 +9,7 @@ import { hasNetAdmin } from './capture/exec.ts';
 import { captureFamilies, checkCapture, runCaptureToolsThroughShell } from './capture/install.ts';
 import { ConnectionLimitError, PrerequisiteError } from './errors.ts';
 import { keepHeapHeadroom } from './heap-headroom.ts';
+import { tuneMalloc } from './malloc-tuning.ts';
 import { createMemberSync, createVouchWriter, type IpsetSync } from './capture/ipset.ts';
 import { ProbeGate } from './capture/probe-gate.ts';
 import { bundleSize } from './identity/ca.ts';
@@ -124,6 +125,9 @@ export class Agent {
       throw new PrerequisiteError('meshlet agent needs CAP_NET_ADMIN to manage the captured-pods ipset and read the nat ' +
         'table (run it as root, or give the DaemonSet container the NET_ADMIN capability)');
     }
+    // Before the first buffer is allocated (malloc-tuning.ts).
+    const malloc = tuneMalloc();
+    deps.log.info(malloc, malloc.applied ? 'malloc tuned' : 'malloc not tuned');
     // First, while this process is small: the shell that runs every capture tool from now on.
     const stopShell = runCaptureToolsThroughShell();
     const source = deps.source ?? await workloadSource(config.workloads, deps.log);
