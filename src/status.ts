@@ -10,7 +10,7 @@ interface Dump {
   trustDomain?: string;
   identityProvider?: string;
   workloadSource?: Record<string, unknown>;
-  workloads: Array<{ name: string; namespace: string; ip: string; node: string; spiffeId: string; captured: boolean; local: boolean }>;
+  workloads: Array<{ name: string; namespace: string; ip: string; ipv6?: string; node: string; spiffeId: string; captured: boolean; local: boolean }>;
   certificates: Array<{ spiffeId: string; state: string; notAfter?: string; serial?: string; error?: string }>;
   policy?: { mtls: Record<string, string>; policies: Array<{ id: string; action: string; rules: number; warnings?: string[]; errors?: string[] }>; decisions: Array<{ action: string; policy: string; count: number }> };
   services?: Array<{ name: string; namespace: string; clusterIP: string; ports: Array<{ name: string; port: number }>; preferClose: boolean;
@@ -52,7 +52,8 @@ export function formatStatus(d: Dump, now = Date.now()): string {
     (d.workloadSource?.lastError ? ` (last error: ${String(d.workloadSource.lastError)})` : ''));
   const local = d.workloads.filter((w) => w.local && w.captured);
   out.push(`\nWORKLOADS on this node (${local.length} captured of ${d.workloads.length} in the mesh)`);
-  out.push(table(['NAMESPACE', 'NAME', 'IP', 'IDENTITY'], local.map((w) => [w.namespace, w.name, w.ip, w.spiffeId])));
+  // A dual-stack pod's IPv6 address is refused by the IPv6 guard (the mesh carries IPv4).
+  out.push(table(['NAMESPACE', 'NAME', 'IP', 'IPV6 (REFUSED)', 'IDENTITY'], local.map((w) => [w.namespace, w.name, w.ip, w.ipv6 ?? '-', w.spiffeId])));
   out.push('CERTIFICATES');
   out.push(table(['IDENTITY', 'STATE', 'EXPIRES IN', 'SERIAL'], d.certificates.map((c) => [
     c.spiffeId, c.state, c.notAfter ? inHuman(Date.parse(c.notAfter) - now) : '-', c.serial ?? c.error ?? '-',

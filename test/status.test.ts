@@ -14,7 +14,10 @@ describe('meshlet status', () => {
     const text = formatStatus({
       node: 'n1', ready: false, pending: ['certificates'], trustDomain: 'td', identityProvider: 'local-ca',
       workloadSource: { kind: 'kubernetes', lastError: 'pods: fetch failed' },
-      workloads: [{ name: 'web', namespace: 'shop', ip: '10.0.0.1', node: 'n1', spiffeId: 'spiffe://td/ns/shop/sa/web', captured: true, local: true }],
+      workloads: [
+        { name: 'web', namespace: 'shop', ip: '10.0.0.1', ipv6: 'fd00::1', node: 'n1', spiffeId: 'spiffe://td/ns/shop/sa/web', captured: true, local: true },
+        { name: 'db', namespace: 'shop', ip: '10.0.0.2', node: 'n1', spiffeId: 'spiffe://td/ns/shop/sa/db', captured: true, local: true },
+      ],
       certificates: [{ spiffeId: 'spiffe://td/ns/shop/sa/web', state: 'pending', error: 'ca_unavailable' }],
       policy: { mtls: { shop: 'strict' }, policies: [{ id: 'shop/p', action: 'ALLOW', rules: 1, warnings: ['rules[0].to[0]: paths cannot be enforced at L4'] }],
         decisions: [{ action: 'allow', policy: 'shop/p', count: 7 }] },
@@ -28,6 +31,8 @@ describe('meshlet status', () => {
     assert.match(text, /shop\/api\s+10\.96\.0\.10\s+http:80\s+10\.0\.0\.7 3, 10\.0\.0\.8 \(ejected until 1970-01-01T00:00:10\.000Z\) 0/);
     assert.match(text, /PROBE GATE: 0 pods vouched for, TTL 4s, last refresh never, FAILING: ipset: no such set/);
     assert.match(text, /^node n1: NOT READY \(waiting for certificates\)/);
+    assert.match(text, /shop\s+web\s+10\.0\.0\.1\s+fd00::1\s+spiffe:\/\/td\/ns\/shop\/sa\/web/);
+    assert.match(text, /shop\s+db\s+10\.0\.0\.2\s+-\s+spiffe:\/\/td\/ns\/shop\/sa\/db/);
     assert.match(text, /workloads from kubernetes \(last error: pods: fetch failed\)/);
     assert.match(text, /spiffe:\/\/td\/ns\/shop\/sa\/web\s+pending\s+-\s+ca_unavailable/);
     assert.match(text, /POLICIES \(mTLS: shop=strict\)/);
