@@ -107,7 +107,7 @@ export class Agent {
     });
     // A sidecar's pod capture takes everything the pod sends: there is no set of pods to keep.
     this.#members = config.sidecar ? { sync: async () => ({ added: 0, removed: 0 }), members: async () => new Set() } : createMemberSync(config.capture);
-    this.#members6 = !config.sidecar && captureFamilies(config.capture).includes(6) ? createMemberSync(config.capture, 6) : undefined;
+    this.#members6 = captureFamilies(config.capture).includes(6) ? createMemberSync(config.capture, 6) : undefined;
     this.probeGate = new ProbeGate({
       ttlMs: config.probeGateTtlMs, log: deps.log, vouched: () => this.#vouched(), write: createVouchWriter(config.capture),
     });

@@ -12,7 +12,8 @@
 // How: after each full collection V8 sets the next limit at the live heap times a growing factor,
 // which `--heap-growing-percent` overrides and V8 reads afresh each time. Once the agent is up, this
 // keeps that factor at (live + headroom) / live, recomputed after every full collection as the
-// live heap changes, so the next limit sits `headroom` above what is live. Set only after start-up:
+// live heap changes, so the next limit sits `headroom` above what is live (plus a growing step of
+// V8's own, about 8 MB: test/heap-headroom.test.ts reads the limits V8 prints). Set only after start-up:
 // the start-up heap is collected as V8 would, and an idle agent's RSS does not change (measured).
 // The headroom is an upper bound on the extra heap, reached only by garbage that survives the
 // young generation; the transient buffers above never take it up.

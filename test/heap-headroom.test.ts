@@ -1,14 +1,25 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import v8 from 'node:v8';
 import { growingPercent, keepHeapHeadroom } from '../src/heap-headroom.ts';
 
 const MIB = 1024 * 1024;
+const LIMIT = join(import.meta.dirname, 'support', 'heap-limit.ts');
+
+/** The last full collection's heap and old-generation limit (MiB), and the percent the child set. */
+function limitAfter(headroomMiB: number): { heap: number; limit: number; percent: number } {
+  const out = execFileSync(process.execPath, ['--expose-gc', '--trace-gc-nvp', LIMIT, String(headroomMiB)], { encoding: 'utf8' });
+  const last = out.split('\n').filter((l) => l.includes('gc=mc')).at(-1) ?? '';
+  const mib = (name: string) => Number(new RegExp(`${name}=(\\d+)`).exec(last)?.[1]) / MIB;
+  return { heap: mib('start_object_size'), limit: mib('old_gen_allocation_limit'), percent: Number(/percent=(\d+)/.exec(out)?.[1]) };
+}
 
 describe('heap headroom', () => {
   it('puts the next limit the headroom above the live heap, within V8\'s own range of factors', () => {
-    assert.equal(growingPercent(16 * MIB, 32 * MIB), 200, '16 MiB live: limit 48 MiB');
-    assert.equal(growingPercent(40 * MIB, 32 * MIB), 80, 'the Kubernetes client loaded: limit 72 MiB');
+    assert.equal(growingPercent(16 * MIB, 32 * MIB), 200, '16 MiB live: a factor of 3');
+    assert.equal(growingPercent(40 * MIB, 32 * MIB), 80, 'the Kubernetes client loaded: a factor of 1.8');
     assert.equal(growingPercent(4 * MIB, 32 * MIB), 300, 'never above V8\'s largest factor (4)');
     assert.equal(growingPercent(64 * MIB, 32 * MIB), 50);
     assert.equal(growingPercent(80 * MIB, 32 * MIB), 0, 'a factor under 1.5 could undercut V8\'s own: V8 decides');
@@ -27,5 +38,18 @@ describe('heap headroom', () => {
     const off = keepHeapHeadroom(0);
     assert.equal(off.percent(), 0);
     off.stop();
+  });
+
+  it('is honoured by V8 at run time: the limit grows with the percent set, by the heap times the percent', () => {
+    const small = limitAfter(8);
+    const large = limitAfter(32);
+    assert.ok(large.percent > small.percent && small.percent > 0, `percents ${small.percent}, ${large.percent}`);
+    // V8: limit = heap x (1 + percent / 100), plus a growing step of its own of a few MB.
+    for (const r of [small, large]) {
+      const step = r.limit - r.heap * (1 + r.percent / 100);
+      assert.ok(step >= 0 && step < 16, `limit ${r.limit.toFixed(1)} MiB for ${r.heap.toFixed(1)} MiB at ${r.percent}%`);
+    }
+    const expected = (large.heap * (large.percent - small.percent)) / 100;
+    assert.ok(Math.abs(large.limit - small.limit - expected) < 1, `limits ${small.limit.toFixed(1)} and ${large.limit.toFixed(1)} MiB`);
   });
 });

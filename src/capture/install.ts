@@ -21,8 +21,11 @@ export type InstallResult = { action: 'dry-run' | 'installed' | 'unchanged'; scr
  * /proc/sys/net/ipv6 and no ip6tables tables: there is no IPv6 to guard, and none is attempted.
  */
 export function ipv6Enabled(): boolean {
-  return existsSync('/proc/sys/net/ipv6');
+  // A boot parameter: it does not change while a process runs, and the agent asks every 5 s.
+  ipv6 ??= existsSync('/proc/sys/net/ipv6');
+  return ipv6;
 }
+let ipv6: boolean | undefined;
 
 /** The iptables families meshlet writes: IPv4 capture, and in node mode the IPv6 guard. */
 export function captureFamilies(s: CaptureSettings): IpFamily[] {
@@ -247,8 +250,7 @@ export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolea
     if (!opts.dryRun) await cleanupSourceRoute();
     return script;
   }
-  // Both families' chains are removed even where init would no longer write the IPv6 guard.
-  const families: IpFamily[] = ipv6Enabled() ? [4, 6] : [4];
+  const families = captureFamilies(s);
   const scripts = new Map<IpFamily, string>();
   for (const f of families) scripts.set(f, cleanupScript(s, hasNetAdmin() ? await readCaptureState(s, f) : parseCaptureState(''), f) ?? '');
   const text = dryRunText(scripts.get(4) ?? '', scripts.get(6));

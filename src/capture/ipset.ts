@@ -3,7 +3,7 @@
 // with pods: membership is the only thing that changes as pods come and go), the same pods' IPv6
 // addresses (the IPv6 guard), and the pods the agent vouches for (the probe gate).
 import { runCaptureTool } from './install.ts';
-import { nftMembersScript, nftTableOf, nftVouchScript, parseNftSetJson } from './nftables.ts';
+import { NFT_TABLE, NFT_TABLE6, nftMembersScript, nftVouchScript, parseNftSetJson } from './nftables.ts';
 import { type CaptureSettings, type IpFamily, ipsetDiff, parseIpsetMembers, vouchLines } from './rules.ts';
 
 export interface IpsetSync {
@@ -18,7 +18,7 @@ type Change = { added: number; removed: number };
 export function createMemberSync(s: CaptureSettings, family: IpFamily = 4): IpsetSync {
   const setName = family === 6 ? s.ipset6 : s.ipset;
   if (s.backend === 'nftables') {
-    const table = nftTableOf(s, setName);
+    const table = family === 6 ? NFT_TABLE6 : NFT_TABLE;
     const members = async () => parseNftSetJson(await runCaptureTool('nft', ['-j', 'list', 'set', ...table, setName]));
     return serialized(members, async (current, desired) => {
       const { script, added, removed } = nftMembersScript(table, setName, current, desired);

@@ -9,7 +9,7 @@
 // table of its own (`ip6 meshlet`: the captured pods' IPv6 addresses and a forward chain; see
 // rules.ts, ipv6GuardRules). Pure text here; the commands run in install.ts, ipset.ts and
 // probe-gate.ts like the iptables ones.
-import { type CaptureSettings, type IpFamily, ipv6GuardRules, nftSourceRule } from './rules.ts';
+import { type CaptureSettings, type IpFamily, IPV6_GUARD_COMMENT, nftSourceRule } from './rules.ts';
 
 /** Family and name of meshlet's table, as nft takes them: `nft list table ip meshlet`. */
 export const NFT_TABLE = ['ip', 'meshlet'] as const;
@@ -17,11 +17,6 @@ export const NFT_TABLE = ['ip', 'meshlet'] as const;
 export const NFT_TABLE6 = ['ip6', 'meshlet'] as const;
 const T = NFT_TABLE.join(' ');
 const T6 = NFT_TABLE6.join(' ');
-
-/** The table that holds a set: the IPv6 guard's set is in the ip6 table. */
-export function nftTableOf(s: CaptureSettings, setName: string): readonly string[] {
-  return setName === s.ipset6 ? NFT_TABLE6 : NFT_TABLE;
-}
 
 /** Each chain's declaration and rules exactly as `nft list table` prints them. */
 export function nftChains(s: CaptureSettings): Record<'prerouting' | 'output' | 'source', string[]> {
@@ -45,13 +40,11 @@ export function nftChains(s: CaptureSettings): Record<'prerouting' | 'output' | 
 
 /** The ip6 table's one chain: the IPv6 guard, as `nft list table ip6 meshlet` prints it. */
 export function nftChains6(s: CaptureSettings): Record<'forward', string[]> {
-  // The same words as the iptables rule's comment; nft implies (and does not list) `meta l4proto tcp`
-  // for a TCP reset.
-  const comment = /--comment "([^"]+)"/.exec(ipv6GuardRules(s)[0] ?? '')?.[1];
+  // nft implies (and does not list) `meta l4proto tcp` for a TCP reset.
   return {
     forward: [
       'type filter hook forward priority filter - 10; policy accept;',
-      `ip6 daddr @${s.ipset6} ct state new reject with tcp reset comment "${comment}"`,
+      `ip6 daddr @${s.ipset6} ct state new reject with tcp reset comment "${IPV6_GUARD_COMMENT}"`,
     ],
   };
 }

@@ -163,9 +163,12 @@ export function sourceRouteShown(ipRouteShow: string): boolean {
 export function ipv6GuardRules(s: CaptureSettings): string[] {
   return [
     `-A ${s.ipv6Chain} -p tcp -m set --match-set ${s.ipset6} dst -m conntrack --ctstate NEW ` +
-      `-m comment --comment "meshlet: IPv6 to captured pod (the mesh is IPv4)" -j REJECT --reject-with tcp-reset`,
+      `-m comment --comment "${IPV6_GUARD_COMMENT}" -j REJECT --reject-with tcp-reset`,
   ];
 }
+
+/** The IPv6 guard rule's comment, the same in both backends. */
+export const IPV6_GUARD_COMMENT = 'meshlet: IPv6 to captured pod (the mesh is IPv4)';
 
 /** sidecar mode: meshlet's chains inside the pod's namespace. */
 export const SIDECAR_CHAINS = { inbound: 'MESHLET_POD_INBOUND', outbound: 'MESHLET_POD_OUTBOUND' } as const;
@@ -254,8 +257,9 @@ export interface CaptureState {
  */
 export function captureStatePattern(s: CaptureSettings, family: IpFamily = 4): string {
   const escape = (name: string) => name.replace(/[^A-Za-z0-9_-]/g, (c) => `\\${c}`);
-  const own = [...new Set(hooks(s, family).map((h) => escape(h.chain)))];
-  const parents = [...new Set(hooks(s, family).map((h) => h.parent))];
+  const all = hooks(s, family);
+  const own = [...new Set(all.map((h) => escape(h.chain)))];
+  const parents = [...new Set(all.map((h) => h.parent))];
   return `^(\\*|COMMIT|:(${own.join('|')}) |-A (${[...parents, ...own].join('|')}) )`;
 }
 

@@ -6,8 +6,9 @@
 // Pods are wired like a point-to-point CNI: every pod is a /32 behind its node, nodes route each
 // other's pod ranges over the underlay. A dual-stack topology (`create({ ipv6: true })`) adds the
 // same over IPv6: fd00:240::<10+i>/64 per node, fd00:241:<i>::<k+10>/128 per pod behind
-// fd00:241:<i>::1, without duplicate address detection (addresses are usable at once). Every namespace name starts with a per-run prefix that embeds
-// the creating PID, so parallel runs never collide and a later run can reap a crashed run's leftovers.
+// fd00:241:<i>::1, without duplicate address detection (addresses are usable at once). Every
+// namespace name starts with a per-run prefix that embeds the creating PID, so parallel runs never
+// collide and a later run can reap a crashed run's leftovers.
 import { type ChildProcess, execFileSync, spawn, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { PrerequisiteError } from '../errors.ts';

@@ -3,8 +3,9 @@
 //
 // - A pod is in the mesh when its namespace has `meshlet.dev/capture: enabled`, the pod does not say
 //   `meshlet.dev/capture: disabled`, it is not hostNetwork, it has an IPv4 address and has not
-//   finished. A dual-stack pod's IPv6 address is kept too, for the IPv6 guard. The registry holds every mesh pod of the cluster (destinations on other nodes need
-//   their identity and node), the agent captures the ones on its own node.
+//   finished; a dual-stack pod's IPv6 address is kept too, for the IPv6 guard. The registry holds
+//   every mesh pod of the cluster (destinations on other nodes need their identity and node), the
+//   agent captures the ones on its own node.
 // - Watch only what is needed: the pod watch carries a field selector that leaves out hostNetwork
 //   pods and finished pods on the apiserver side; objects are trimmed to the fields meshlet reads
 //   before the informer caches them (client-go's SetTransform), which is what keeps memory per pod low.
