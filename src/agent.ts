@@ -74,6 +74,8 @@ export class Agent {
   readonly balancer: EndpointBalancer;
   /** One sync for the agent's life: its queue is what keeps two snapshots' writes from racing. */
   readonly #members: IpsetSync;
+  /** The destinations in the mesh (node mode): the only ones capture redirects. */
+  readonly #destinations: IpsetSync | undefined;
   /** The IPv6 guard's set (node mode, on a kernel with IPv6): the captured pods' IPv6 addresses. */
   readonly #members6: IpsetSync | undefined;
   readonly #provider: CertificateProvider & { close?(): Promise<void> };
@@ -107,7 +109,8 @@ export class Agent {
     });
     // A sidecar's pod capture takes everything the pod sends: there is no set of pods to keep.
     this.#members = config.sidecar ? { sync: async () => ({ added: 0, removed: 0 }), members: async () => new Set() } : createMemberSync(config.capture);
-    this.#members6 = captureFamilies(config.capture).includes(6) ? createMemberSync(config.capture, 6) : undefined;
+    this.#destinations = config.sidecar ? undefined : createMemberSync(config.capture, 'destinations');
+    this.#members6 = captureFamilies(config.capture).includes(6) ? createMemberSync(config.capture, 'captured6') : undefined;
     this.probeGate = new ProbeGate({
       ttlMs: config.probeGateTtlMs, log: deps.log, vouched: () => this.#vouched(), write: createVouchWriter(config.capture),
     });
@@ -242,10 +245,12 @@ export class Agent {
     const ips = new Set(local.map((w) => w.ip));
     const ips6 = new Set(local.flatMap((w) => (w.ipv6 ? [w.ipv6] : [])));
     this.#log.info({ workloads: snapshot.workloads.length, localCaptured: local.length }, 'registry updated');
-    // Ready only once both sets hold the pods: before the IPv6 guard does, a dual-stack pod's IPv6
-    // address would be a way around the mesh.
+    // Ready only once every set holds the pods: before the IPv6 guard does, a dual-stack pod's IPv6
+    // address would be a way around the mesh; before the destinations set does, connections to the
+    // mesh would go around the agent.
     const synced = [
       this.#members.sync(ips).then((r) => { if (r.added || r.removed) this.#log.info(r, 'captured-pods ipset updated'); }),
+      this.#destinations?.sync(this.registry.destinations).then((r) => { if (r.added || r.removed) this.#log.info(r, 'mesh destinations set updated'); }),
       this.#members6?.sync(ips6).then((r) => { if (r.added || r.removed) this.#log.info(r, 'captured-pods IPv6 set updated (the IPv6 guard)'); }),
     ];
     Promise.all(synced).then(
@@ -293,6 +298,7 @@ export class Agent {
       agentPorts: new Set(Object.values(this.config.ports)),
       preserveSource: this.config.preserveSourceIp,
       redirects: new OpenRedirects(),
+      outsideMesh: this.config.sidecar ? 'dial' : 'refuse',
       registry: this.registry,
       certs: this.certs,
       policy: this.policy,

@@ -90,6 +90,7 @@ cost flags (defaults in brackets; figures are Kubernetes quantities):
 capture flags (init and agent):
   --outbound-port N [${d.ports.outbound}]  --inbound-port N [${d.ports.inboundPlaintext}]  --tunnel-port N [${d.ports.tunnel}]
   --ipset NAME [${defaultCaptureSettings.ipset}]  --chain NAME [${defaultCaptureSettings.chain}]
+  --destinations-ipset NAME [${defaultCaptureSettings.destinationsIpset}]   the mesh's pods and Service IPs: only these are captured
   --ipset6 NAME [${defaultCaptureSettings.ipset6}]   the captured pods' IPv6 addresses (the IPv6 guard)
   --gate-ipset NAME [${defaultCaptureSettings.gateIpset}]  --gate-chain NAME [${defaultCaptureSettings.gateChain}]   (the probe gate)
   --capture-backend iptables|nftables [${defaultCaptureSettings.backend}]   nftables where kube-proxy runs in nftables mode

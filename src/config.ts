@@ -175,6 +175,7 @@ class Problems {
 const captureOptions = {
   'capture-backend': { type: 'string', default: defaultCaptureSettings.backend },
   ipset: { type: 'string', default: defaultCaptureSettings.ipset },
+  'destinations-ipset': { type: 'string', default: defaultCaptureSettings.destinationsIpset },
   ipset6: { type: 'string', default: defaultCaptureSettings.ipset6 },
   chain: { type: 'string', default: defaultCaptureSettings.chain },
   'gate-ipset': { type: 'string', default: defaultCaptureSettings.gateIpset },
@@ -202,9 +203,9 @@ function captureSettings(v: Record<string, unknown>, p: Problems, mode: CaptureS
     return value;
   };
   const settings = {
-    ipset: name('ipset', 'set'), ipset6: name('ipset6', 'set'), chain: name('chain', 'chain'), gateIpset: name('gate-ipset', 'set'), gateChain: name('gate-chain', 'chain'),
+    ipset: name('ipset', 'set'), destinationsIpset: name('destinations-ipset', 'set'), ipset6: name('ipset6', 'set'), chain: name('chain', 'chain'), gateIpset: name('gate-ipset', 'set'), gateChain: name('gate-chain', 'chain'),
   };
-  const sets = [['--ipset', settings.ipset], ['--gate-ipset', settings.gateIpset], ['--ipset6', settings.ipset6]];
+  const sets = [['--ipset', settings.ipset], ['--destinations-ipset', settings.destinationsIpset], ['--gate-ipset', settings.gateIpset], ['--ipset6', settings.ipset6]];
   for (const [i, [flag, value]] of sets.entries()) {
     for (const [other, otherValue] of sets.slice(i + 1)) if (value === otherValue) p.list.push(`${flag} and ${other} must differ (both ${value})`);
   }

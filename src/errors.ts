@@ -29,6 +29,20 @@ export class SelfCallError extends MeshletError {
   }
 }
 
+/**
+ * A node agent was handed a connection to a destination outside the mesh. Capture redirects only
+ * destinations in the mesh; this one left it between the redirect and the lookup (or capture is
+ * stale). The agent never dials it: from the node it would carry the node's reach, not the pod's.
+ */
+export class OutsideMeshError extends MeshletError {
+  readonly code = 'outside_mesh';
+  readonly target: string;
+  constructor(target: string) {
+    super(`${target} is outside the mesh: the agent does not dial it for a pod (it would leave as the node)`);
+    this.target = target;
+  }
+}
+
 /** The original destination of a redirected socket could not be read. */
 export class OriginalDestinationError extends MeshletError {
   readonly code = 'original_dst';
@@ -314,7 +328,7 @@ export class AgentUnreachableError extends MeshletError {
 
 /** Codes of every error class above, for the docs test and for metric label sets. */
 export const errorCodes = [
-  'unknown_source', 'self_call', 'original_dst', 'no_certificate', 'tunnel_rejected', 'peer_identity',
+  'unknown_source', 'self_call', 'outside_mesh', 'original_dst', 'no_certificate', 'tunnel_rejected', 'peer_identity',
   'bad_tunnel_target', 'unknown_destination', 'policy_denied', 'upstream_connect', 'bad_workloads', 'bad_config',
   'bad_spiffe_id', 'ca_error', 'capture_error', 'prerequisite', 'bad_csr', 'bad_request', 'body_too_large', 'bad_token',
   'identity_not_allowed', 'rate_limited', 'authz_unavailable', 'ca_unavailable', 'agent_unreachable',

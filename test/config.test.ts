@@ -108,11 +108,13 @@ describe('config', () => {
     assert.throws(() => loadAgentConfig([...base, '--heap-headroom', '32MiB'], {}), /--heap-headroom/);
   });
 
-  it('takes the IPv6 guard\'s set name, which must differ from the other two', () => {
+  it('takes the IPv6 guard\'s and the destinations\' set names, which must differ from the others', () => {
     assert.equal(loadInitConfig([]).capture.ipset6, 'meshlet-captured6');
     assert.equal(loadInitConfig(['--ipset6', 'guard6']).capture.ipset6, 'guard6');
     assert.throws(() => loadInitConfig(['--ipset6', 'meshlet-captured']), /--ipset and --ipset6 must differ/);
     assert.throws(() => loadInitConfig(['--gate-ipset', 'meshlet-captured6']), /--gate-ipset and --ipset6 must differ/);
     assert.throws(() => loadInitConfig(['--ipset6', 'bad name']), /--ipset6/);
+    assert.equal(loadInitConfig([]).capture.destinationsIpset, 'meshlet-destinations');
+    assert.throws(() => loadInitConfig(['--destinations-ipset', 'meshlet-captured']), /--ipset and --destinations-ipset must differ/);
   });
 });

@@ -164,13 +164,14 @@ export function sourceRouteText(): string {
 const GATE_SET_TIMEOUT_SECONDS = 5;
 
 /**
- * The `ipset` commands that create the sets (idempotent: -exist): the captured pods, the vouched
- * pods, and the captured pods' IPv6 addresses. Not used with nftables (its tables hold their sets).
+ * The `ipset` commands that create the sets (idempotent: -exist): the captured pods, the
+ * destinations in the mesh, the vouched pods, and the captured pods' IPv6 addresses. Not used with nftables (its tables hold their sets).
  */
 export function ipsetCreateArgs(s: CaptureSettings, families: readonly IpFamily[] = captureFamilies(s)): string[][] {
   if (s.mode === 'sidecar') return [];
   return [
     ['create', s.ipset, 'hash:ip', 'family', 'inet', '-exist'],
+    ['create', s.destinationsIpset, 'hash:ip', 'family', 'inet', '-exist'],
     ['create', s.gateIpset, 'hash:ip', 'family', 'inet', 'timeout', String(GATE_SET_TIMEOUT_SECONDS), '-exist'],
     ...(families.includes(6) ? [['create', s.ipset6, 'hash:ip', 'family', 'inet6', '-exist']] : []),
   ];
@@ -259,7 +260,7 @@ export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolea
   if (s.mode === 'sidecar') return text;
   await cleanupSourceRoute();
   const sets = (await tool('ipset', ['list', '-n'])).split('\n');
-  for (const name of [s.ipset, s.gateIpset, s.ipset6]) if (sets.includes(name)) await tool('ipset', ['destroy', name]);
+  for (const name of [s.ipset, s.destinationsIpset, s.gateIpset, s.ipset6]) if (sets.includes(name)) await tool('ipset', ['destroy', name]);
   return text;
 }
 
@@ -288,6 +289,8 @@ export async function checkCapture(s: CaptureSettings): Promise<CaptureCheck> {
   const node = s.mode === 'node';
   if (families.every((f) => isInstalled(s, state(f), f)) && (!node || await sourceRouteInstalled())) return 'installed';
   if (!families.every((f) => chainsExist(s, state(f), f))) return 'absent';
+  // A node whose capture an older `meshlet init` installed may lack a set the rules now reference.
+  for (const args of ipsetCreateArgs(s, families)) await tool('ipset', args);
   for (const f of families) {
     if (isInstalled(s, state(f), f)) continue;
     await tool(RESTORE[f], ['--noflush'], installScript(s, state(f), f));

@@ -1,10 +1,11 @@
 // The sets the agent writes, for either capture backend (ipsets, or sets in meshlet's nftables
 // tables): the captured pods, kept equal to this node's captured workloads (the rule count never grows
-// with pods: membership is the only thing that changes as pods come and go), the same pods' IPv6
+// with pods: membership is the only thing that changes as pods come and go), the destinations in the
+// mesh (the only ones a captured pod's connections are redirected for), the captured pods' IPv6
 // addresses (the IPv6 guard), and the pods the agent vouches for (the probe gate).
 import { runCaptureTool } from './install.ts';
 import { NFT_TABLE, NFT_TABLE6, nftMembersScript, nftVouchScript, parseNftSetJson } from './nftables.ts';
-import { type CaptureSettings, type IpFamily, ipsetDiff, parseIpsetMembers, vouchLines } from './rules.ts';
+import { type CaptureSettings, ipsetDiff, parseIpsetMembers, vouchLines } from './rules.ts';
 
 export interface IpsetSync {
   /** Makes the set's members exactly `desired`. Calls are serialized; the last one wins. */
@@ -14,11 +15,14 @@ export interface IpsetSync {
 
 type Change = { added: number; removed: number };
 
-/** The captured set of either backend: the IPv4 one, or (6) the IPv6 guard's. */
-export function createMemberSync(s: CaptureSettings, family: IpFamily = 4): IpsetSync {
-  const setName = family === 6 ? s.ipset6 : s.ipset;
+/** Which of the member sets: this node's captured pods, the destinations in the mesh, or the captured pods' IPv6 addresses (the IPv6 guard). */
+export type MemberSet = 'captured' | 'destinations' | 'captured6';
+
+/** A member set of either backend. */
+export function createMemberSync(s: CaptureSettings, which: MemberSet = 'captured'): IpsetSync {
+  const setName = { captured: s.ipset, destinations: s.destinationsIpset, captured6: s.ipset6 }[which];
   if (s.backend === 'nftables') {
-    const table = family === 6 ? NFT_TABLE6 : NFT_TABLE;
+    const table = which === 'captured6' ? NFT_TABLE6 : NFT_TABLE;
     const members = async () => parseNftSetJson(await runCaptureTool('nft', ['-j', 'list', 'set', ...table, setName]));
     return serialized(members, async (current, desired) => {
       const { script, added, removed } = nftMembersScript(table, setName, current, desired);

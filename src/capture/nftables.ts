@@ -4,8 +4,8 @@
 // registered first. meshlet's table hooks prerouting at dstnat - 10, so its REDIRECT always comes
 // first (and, being NAT, ends NAT for the connection: kube-proxy's DNAT never sees it).
 //
-// IPv4 lives in one table (`ip meshlet`): the two sets (captured pods; pods the agent vouches for,
-// with timeouts) and three chains, the same rules as the iptables backend's. The IPv6 guard has a
+// IPv4 lives in one table (`ip meshlet`): the three sets (captured pods; destinations in the mesh;
+// pods the agent vouches for, with timeouts) and three chains, the same rules as the iptables backend's. The IPv6 guard has a
 // table of its own (`ip6 meshlet`: the captured pods' IPv6 addresses and a forward chain; see
 // rules.ts, ipv6GuardRules). Pure text here; the commands run in install.ts, ipset.ts and
 // probe-gate.ts like the iptables ones.
@@ -24,7 +24,7 @@ export function nftChains(s: CaptureSettings): Record<'prerouting' | 'output' | 
   return {
     prerouting: [
       'type nat hook prerouting priority dstnat - 10; policy accept;',
-      `meta l4proto tcp ip saddr ${captured} redirect to :${s.outboundPort} comment "meshlet: captured pod outbound"`,
+      `meta l4proto tcp ip saddr ${captured} ip daddr @${s.destinationsIpset} redirect to :${s.outboundPort} comment "meshlet: captured pod to the mesh"`,
       `ip daddr ${captured} tcp dport ${s.tunnelPort} redirect to :${s.tunnelPort} comment "meshlet: tunnel to captured pod"`,
       `meta l4proto tcp ip daddr ${captured} redirect to :${s.inboundPlaintextPort} comment "meshlet: plaintext to captured pod"`,
     ],
@@ -57,6 +57,7 @@ export function nftInstallScript(s: CaptureSettings, families: readonly IpFamily
   const lines = [
     `add table ${T}`,
     `add set ${T} ${s.ipset} { type ipv4_addr; }`,
+    `add set ${T} ${s.destinationsIpset} { type ipv4_addr; }`,
     `add set ${T} ${s.gateIpset} { type ipv4_addr; flags timeout; }`,
     ...chainLines(T, nftChains(s)),
   ];

@@ -24,6 +24,14 @@ export interface CaptureSettings {
   /** ipset (hash:ip) whose members are this node's captured pod IPs (an nftables set of that name with nftables). */
   ipset: string;
   /**
+   * ipset (hash:ip) of the destinations a captured pod's connection is carried to by the agent: every
+   * captured pod of the mesh, on any node, and the cluster IPs of Services with endpoints in the mesh.
+   * Only connections to these are redirected; everything else a captured pod sends leaves as it
+   * would without meshlet, from the pod's own address, under the node's firewall and the cluster's
+   * NetworkPolicy (the agent never dials outside the mesh as the node).
+   */
+  destinationsIpset: string;
+  /**
    * ipset (hash:ip, family inet6) of the same pods' IPv6 addresses, for the IPv6 guard (node mode).
    * The mesh carries IPv4: new IPv6 TCP connections to these addresses are refused, so a dual-stack
    * pod's traffic can never go around the mesh in plaintext over IPv6 (an nftables set of that name
@@ -58,6 +66,7 @@ export const defaultCaptureSettings: CaptureSettings = {
   passPorts: [15008, 15020, 15021],
   backend: 'iptables',
   ipset: 'meshlet-captured',
+  destinationsIpset: 'meshlet-destinations',
   ipset6: 'meshlet-captured6',
   ipv6Chain: 'MESHLET_IPV6',
   chain: 'MESHLET_PREROUTING',
@@ -75,9 +84,11 @@ export function chainRules(s: CaptureSettings): string[] {
   return [
     // Rules are written exactly as iptables-save prints them (e.g. `-m tcp` before --dport), so
     // what was installed can be compared with what is in the kernel.
-    // Everything a captured pod sends goes to the outbound listener. The agent's own connections
-    // leave through OUTPUT, never PREROUTING, so they are not captured again.
-    `-A ${s.chain} -p tcp ${set} src -m comment --comment "meshlet: captured pod outbound" -j REDIRECT --to-ports ${s.outboundPort}`,
+    // What a captured pod sends to a destination in the mesh goes to the outbound listener; what it
+    // sends anywhere else never meets the agent, so it keeps the pod's address and reach (a
+    // connection the agent dialled would leave as the node: cloud metadata, ports open to the node
+    // only). The agent's own connections leave through OUTPUT, never PREROUTING: never captured again.
+    `-A ${s.chain} -p tcp ${set} src -m set --match-set ${s.destinationsIpset} dst -m comment --comment "meshlet: captured pod to the mesh" -j REDIRECT --to-ports ${s.outboundPort}`,
     // Tunnel traffic addressed to a captured pod's tunnel port lands on the agent's tunnel listener.
     `-A ${s.chain} -p tcp ${set} dst -m tcp --dport ${s.tunnelPort} -m comment --comment "meshlet: tunnel to captured pod" -j REDIRECT --to-ports ${s.tunnelPort}`,
     // Any other TCP to a captured pod is plaintext from outside the mesh: the inbound plaintext port

@@ -21,7 +21,7 @@ interface Flow {
 const flows: Flow[] = [
   { from: 'frontend', to: 'payments', what: 'captured -> captured, across nodes (mTLS tunnel)' },
   { from: 'frontend', to: 'cart', what: 'captured -> captured, same node (local, same decisions)' },
-  { from: 'cart', to: 'legacy', what: 'captured -> outside the mesh (passthrough)' },
+  { from: 'cart', to: 'legacy', what: 'captured -> outside the mesh (not redirected: from the pod itself, as without a mesh)' },
   { from: 'legacy', to: 'payments', what: 'outside the mesh -> captured (plaintext inbound, permissive)' },
 ];
 
@@ -102,7 +102,7 @@ export async function runDemo(argv: string[]): Promise<number> {
     say(`  ${tunnel.length} TCP segments with payload on port 15008; TLS record types seen: ${[...types].map((t) => `0x${t.toString(16)}`).join(', ') || 'none'}` +
       ' (0x16 handshake, 0x17 application data)');
     say(`  segments carrying the demo's plaintext payload on port 15008: ${plaintextHits.length}`);
-    say(`  segments carrying it in the clear at all: ${crossNodeApp.length} (the passthrough and plaintext flows to/from the non-mesh pod 'legacy' are plain TCP by design)`);
+    say(`  segments carrying it in the clear at all: ${crossNodeApp.length} (the flows to and from the non-mesh pod 'legacy' are plain TCP by design)`);
     if (tunnel.length === 0 || plaintextHits.length > 0 || !types.has(0x17)) failed = true;
 
     say(`\na Service: frontend calls payments by its ClusterIP (${PAYMENTS_CLUSTER_IP}:80); node-a's agent resolves it (no kube-proxy) ...`);

@@ -46,6 +46,11 @@ export interface ProxyContext {
   preserveSource?: boolean;
   /** The redirected connections open on this agent, whose 4-tuples a delivery must not reuse. */
   redirects?: OpenRedirects;
+  /**
+   * A destination outside the mesh: `refuse` for a node agent (its connection would leave as the
+   * node, with the node's reach), `dial` for a sidecar (it dials from inside its pod, as the pod).
+   */
+  outsideMesh: 'refuse' | 'dial';
 }
 
 /** Who a delivery to a local pod speaks for: the source address to keep. */

@@ -3,7 +3,7 @@
 // first), which route, relay.
 import type { Socket } from 'node:net';
 import { originalDestination, plainIp, type SocketAddress } from '../capture/socket.ts';
-import { NoEndpointsError, PeerIdentityError, TunnelRejectedError, UnknownSourceError, UpstreamConnectError } from '../errors.ts';
+import { NoEndpointsError, OutsideMeshError, PeerIdentityError, TunnelRejectedError, UnknownSourceError, UpstreamConnectError } from '../errors.ts';
 import type { ConnectionHandle } from '../telemetry/connections.ts';
 import type { MeshService, ServicePort, Workload } from '../workloads/model.ts';
 import type { EndpointLease } from './balancer.ts';
@@ -93,7 +93,11 @@ function isEndpointFailure(err: unknown): boolean {
 async function connectDestination(source: Workload, dst: Pick<SocketAddress, 'ip' | 'port'>, ctx: ProxyContext, conn: ConnectionHandle): Promise<RelayEnd> {
   const target = ctx.registry.findWorkload(dst.ip);
   if (!target || !target.captured) {
-    // Outside the mesh: plain TCP, if policy allows leaving the mesh.
+    // A node agent's connection would leave as the node (its address, its firewall holes, the cloud
+    // metadata service): capture sends it only destinations in the mesh, and any other that gets
+    // here (it left the mesh since) is refused. A sidecar dials from inside its pod: plain TCP, as
+    // the pod itself would, if policy allows leaving the mesh.
+    if (ctx.outsideMesh === 'refuse') throw new OutsideMeshError(`${dst.ip}:${dst.port}`);
     conn.set({ route: 'passthrough' });
     enforce(conn, ctx.policy.allowPassthrough(source, dst.ip, dst.port));
     return socketEnd(await connectTcp(dst.ip, dst.port, ctx.connectTimeoutMs));

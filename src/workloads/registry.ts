@@ -7,8 +7,10 @@ import type { MeshService, MeshSnapshot, ServicePort, Workload } from './model.t
 interface Indexes {
   snapshot: MeshSnapshot;
   byIp: Map<string, Workload>;
-  /** `clusterIP:port` -> the Service and which of its ports. */
+  /** `clusterIP:port` -> the Service (node mode: its endpoints in the mesh only) and which of its ports. */
   byServiceAddress: Map<string, { service: MeshService; port: ServicePort }>;
+  /** Every captured pod's address and the cluster IPs the agent resolves: what capture redirects to it. */
+  destinations: Set<string>;
 }
 
 export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
@@ -40,14 +42,32 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
 
   replace(snapshot: MeshSnapshot): void {
     const byIp = new Map<string, Workload>();
-    for (const w of snapshot.workloads) byIp.set(w.ip, w);
+    const destinations = new Set<string>();
+    for (const w of snapshot.workloads) {
+      byIp.set(w.ip, w);
+      if (w.captured) destinations.add(w.ip);
+    }
     const byServiceAddress = new Map<string, { service: MeshService; port: ServicePort }>();
     for (const service of snapshot.services) {
       if (!service.clusterIP) continue;
-      for (const port of service.ports) byServiceAddress.set(`${service.clusterIP}:${port.port}`, { service, port });
+      // A node agent dials only inside the mesh (a connection it dialled elsewhere would leave as
+      // the node), so it resolves a Service to its endpoints in the mesh, and one with none is left
+      // to kube-proxy, as without meshlet. A sidecar dials from its pod: every endpoint will do.
+      const routed = this.#sidecar ? service : meshEndpointsOnly(service, byIp);
+      if (!routed) continue;
+      destinations.add(service.clusterIP);
+      for (const port of service.ports) byServiceAddress.set(`${service.clusterIP}:${port.port}`, { service: routed, port });
     }
-    this.#idx = { snapshot, byIp, byServiceAddress };
+    this.#idx = { snapshot, byIp, byServiceAddress, destinations };
     this.emit('change', snapshot);
+  }
+
+  /**
+   * The addresses a captured pod's connections are redirected to the agent for (capture's
+   * destinations set): every captured pod of the mesh and the cluster IPs of the Services it resolves.
+   */
+  get destinations(): ReadonlySet<string> {
+    return this.#idx?.destinations ?? new Set();
   }
 
   findWorkload(ip: string | undefined): Workload | undefined {
@@ -64,8 +84,20 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
     return (this.#idx?.snapshot.workloads ?? []).filter((w) => w.captured && this.isLocal(w));
   }
 
+  /** Whether a connection to `ip` stays in the mesh: a captured pod's address. */
+  inMesh(ip: string): boolean {
+    return this.findWorkload(ip)?.captured === true;
+  }
+
   isLocal(w: Workload): boolean {
     const one = this.#sidecar;
     return one ? w.namespace === one.namespace && w.name === one.name : w.node === this.nodeName;
   }
+}
+
+/** The Service with only its endpoints that are captured pods; the same object when all are; undefined when none is. */
+function meshEndpointsOnly(service: MeshService, byIp: ReadonlyMap<string, Workload>): MeshService | undefined {
+  const meshed = service.endpoints.filter((e) => byIp.get(e.ip)?.captured === true);
+  if (meshed.length === service.endpoints.length) return meshed.length > 0 ? service : undefined;
+  return meshed.length > 0 ? { ...service, endpoints: meshed } : undefined;
 }

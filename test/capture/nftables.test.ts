@@ -12,6 +12,11 @@ const listed = `table ip meshlet {
 		elements = { 10.241.1.11 }
 	}
 
+	set meshlet-destinations {
+		type ipv4_addr
+		elements = { 10.241.1.11 }
+	}
+
 	set meshlet-vouched {
 		type ipv4_addr
 		flags timeout
@@ -19,7 +24,7 @@ const listed = `table ip meshlet {
 
 	chain prerouting {
 		type nat hook prerouting priority dstnat - 10; policy accept;
-		meta l4proto tcp ip saddr @meshlet-captured redirect to :15001 comment "meshlet: captured pod outbound"
+		meta l4proto tcp ip saddr @meshlet-captured ip daddr @meshlet-destinations redirect to :15001 comment "meshlet: captured pod to the mesh"
 		ip daddr @meshlet-captured tcp dport 15008 redirect to :15008 comment "meshlet: tunnel to captured pod"
 		meta l4proto tcp ip daddr @meshlet-captured redirect to :15006 comment "meshlet: plaintext to captured pod"
 	}

@@ -23,7 +23,7 @@ COMMIT
 :POSTROUTING ACCEPT [0:0]
 :MESHLET_PREROUTING - [0:0]
 -A PREROUTING -j MESHLET_PREROUTING
--A MESHLET_PREROUTING -p tcp -m set --match-set meshlet-captured src -m comment --comment "meshlet: captured pod outbound" -j REDIRECT --to-ports 15001
+-A MESHLET_PREROUTING -p tcp -m set --match-set meshlet-captured src -m set --match-set meshlet-destinations dst -m comment --comment "meshlet: captured pod to the mesh" -j REDIRECT --to-ports 15001
 -A MESHLET_PREROUTING -p tcp -m set --match-set meshlet-captured dst -m tcp --dport 15008 -m comment --comment "meshlet: tunnel to captured pod" -j REDIRECT --to-ports 15008
 -A MESHLET_PREROUTING -p tcp -m set --match-set meshlet-captured dst -m comment --comment "meshlet: plaintext to captured pod" -j REDIRECT --to-ports 15006
 COMMIT

@@ -36,4 +36,34 @@ workloads:
     assert.equal(r.isLocal(r.findWorkload('10.0.0.3')!), false);
     assert.equal(r.nodeName, 'n1');
   });
+
+  it('lists the destinations capture redirects: captured pods anywhere and Services with endpoints in the mesh', () => {
+    const doc = `trustDomain: td
+nodes: [{ name: n1, ip: 10.1.0.1 }, { name: n2, ip: 10.1.0.2 }]
+workloads:
+  - { name: a, namespace: x, serviceAccount: a, ip: 10.0.0.1, node: n1, labels: { app: api } }
+  - { name: b, namespace: x, serviceAccount: b, ip: 10.0.0.2, node: n2, labels: { app: api } }
+  - { name: c, namespace: x, serviceAccount: c, ip: 10.0.0.3, node: n1, captured: false, labels: { app: api } }
+  - { name: d, namespace: x, serviceAccount: d, ip: 10.0.0.4, node: n2, captured: false, labels: { app: legacy } }
+services:
+  - { name: api, namespace: x, clusterIP: 10.96.0.1, ports: [{ port: 80, targetPort: 8080 }], selector: { app: api } }
+  - { name: legacy, namespace: x, clusterIP: 10.96.0.2, ports: [{ port: 80, targetPort: 8080 }], selector: { app: legacy } }
+  - { name: outside, namespace: x, clusterIP: 10.96.0.3, ports: [{ port: 80, targetPort: 8080 }], endpoints: [192.0.2.7] }
+`;
+    const r = new WorkloadRegistry('n1');
+    r.replace(parseWorkloadsFile(doc));
+    // Pods outside the mesh (c, d), and Services with no endpoint in it, are never redirected: their
+    // connections leave from the pod's own address, as without meshlet.
+    assert.deepEqual([...r.destinations].sort(), ['10.0.0.1', '10.0.0.2', '10.96.0.1']);
+    // A node agent resolves a Service to its endpoints in the mesh only: it never dials outside it.
+    assert.deepEqual(r.findService('10.96.0.1', 80)?.service.endpoints.map((e) => e.ip).sort(), ['10.0.0.1', '10.0.0.2']);
+    assert.equal(r.findService('10.96.0.2', 80), undefined);
+    assert.equal(r.findService('10.96.0.3', 80), undefined);
+
+    // A sidecar dials from inside its own pod: it balances over every endpoint, as before.
+    const sidecar = new WorkloadRegistry('n1', { namespace: 'x', name: 'a' });
+    sidecar.replace(parseWorkloadsFile(doc));
+    assert.deepEqual(sidecar.findService('10.96.0.1', 80)?.service.endpoints.map((e) => e.ip).sort(), ['10.0.0.1', '10.0.0.2', '10.0.0.3']);
+    assert.deepEqual(sidecar.findService('10.96.0.3', 80)?.service.endpoints.map((e) => e.ip), ['192.0.2.7']);
+  });
 });
