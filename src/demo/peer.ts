@@ -8,6 +8,8 @@
 //                                        one long-lived connection: a small echoed message every interval
 //   peer dial --host H --port P --duration MS [--interval MS]
 //                                        a new short connection every interval (echo, 1 KiB)
+//   peer resets --host H --port P --count N [--concurrency C]
+//                                        N connections, each reset (RST) as soon as it is established
 //   peer get --url URL [--method POST]   prints an HTTP body (admin endpoints inside a node namespace)
 //
 // Protocol: the client's first byte picks the server's behaviour. 'E': echo every byte back and end
@@ -199,6 +201,23 @@ async function dial(host: string, port: number, durationMs: number, intervalMs: 
   return { ok: failures.length === 0, attempts: all.length, failures };
 }
 
+/**
+ * `count` connections, `concurrency` at a time, each reset the moment it is established: a client
+ * that leaves while the mesh is still setting up its upstream.
+ */
+async function resets(host: string, port: number, count: number, concurrency: number): Promise<{ connected: number; failed: number }> {
+  let connected = 0;
+  let failed = 0;
+  const one = () => new Promise<void>((resolve) => {
+    const socket = net.connect({ host, port });
+    socket.once('connect', () => { connected++; socket.resetAndDestroy(); });
+    socket.once('error', () => { failed++; });
+    socket.once('close', () => resolve());
+  });
+  for (let i = 0; i < count; i += concurrency) await Promise.all(Array.from({ length: Math.min(concurrency, count - i) }, one));
+  return { connected, failed };
+}
+
 async function get(argv: string[]): Promise<void> {
   const { values } = parseArgs({ args: argv, options: { url: { type: 'string' }, method: { type: 'string', default: 'GET' } } });
   const res = await fetch(String(values.url), { method: values.method });
@@ -219,9 +238,14 @@ if (cmd === 'serve') {
   const run = cmd === 'chat' ? chat : dial;
   const report = await run(String(values.host), Number(values.port), Number(values.duration), Number(values.interval));
   process.stdout.write(`${JSON.stringify(report)}\n`);
+} else if (cmd === 'resets') {
+  const { values } = parseArgs({ args: rest, options: {
+    host: { type: 'string' }, port: { type: 'string' }, count: { type: 'string', default: '1000' }, concurrency: { type: 'string', default: '50' },
+  } });
+  process.stdout.write(`${JSON.stringify(await resets(String(values.host), Number(values.port), Number(values.count), Number(values.concurrency)))}\n`);
 } else if (cmd === 'get') {
   await get(rest);
 } else {
-  process.stderr.write('usage: peer serve|client|chat|dial|get ...\n');
+  process.stderr.write('usage: peer serve|client|chat|dial|resets|get ...\n');
   process.exitCode = 2;
 }

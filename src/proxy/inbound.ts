@@ -12,14 +12,14 @@ import type tls from 'node:tls';
 import type { Logger } from 'pino';
 import { originalDestination, plainIp, setSendBuffer } from '../capture/socket.ts';
 import {
-  BadTunnelTargetError, H2ProtocolError, MeshletError, PeerIdentityError, StreamLimitError, TlsHandshakeError, UnknownDestinationError, errorCode,
+  BadTunnelTargetError, H2ProtocolError, MeshletError, PeerIdentityError, StreamLimitError, TlsHandshakeError, TunnelCancelledError, UnknownDestinationError, errorCode,
 } from '../errors.ts';
 import type { AvailableCert } from '../identity/certs.ts';
 import { parseWorkloadId } from '../identity/spiffe.ts';
 import type { Workload } from '../workloads/model.ts';
 import type { WorkloadRegistry } from '../workloads/registry.ts';
 import { connectLocalPod, type ProxyContext } from './context.ts';
-import { h2StreamEnd, relayConnection, socketEnd } from './relay.ts';
+import { h2StreamEnd, type RelayEnd, relayConnection, socketEnd } from './relay.ts';
 import { ALPN, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, parseAuthority, parseForwardedFor, parseTraceparent, peerSpiffeId, WINDOW_BYTES } from './tunnel/h2.ts';
 import { enforce } from './decision.ts';
 
@@ -220,6 +220,7 @@ async function handleConnect(
   conn.set({ route: 'inbound', sourcePrincipal: tunnel.peerId, ...(source ? { src: source } : {}), dst: tunnel.target });
   const peer = h2StreamEnd(stream);
   let status = 500;
+  let upstream: RelayEnd | undefined;
   try {
     const authorityText = String(headers[':authority'] ?? '');
     conn.set({ destination: authorityText });
@@ -245,10 +246,14 @@ async function handleConnect(
     if (release) stream.once('close', release);
     status = 502;
     // Only a believed claim is kept as the source address: the app never sees an address a peer made up.
-    const upstream = socketEnd(await connectLocalPod(ctx, tunnel.target.ip, authority.port, source ? { ip: source.ip } : undefined));
+    upstream = socketEnd(await connectLocalPod(ctx, tunnel.target.ip, authority.port, source ? { ip: source.ip } : undefined));
+    // A peer that cancelled the CONNECT while the pod answered: respond() would throw.
+    if (stream.destroyed) throw new TunnelCancelledError();
     stream.respond({ ':status': 200 });
     await relayConnection(conn, peer, upstream, ctx.idleTimeoutMs);
   } catch (err) {
+    // The pod's connection ends with the stream it was made for, whatever failed after it was made.
+    upstream?.reset();
     if (!stream.destroyed && !stream.headersSent) {
       stream.respond({ ':status': status, 'x-meshlet-error': errorCode(err) }, { endStream: true });
     } else {

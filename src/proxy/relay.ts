@@ -135,6 +135,7 @@ export function relay(a: RelayEnd, b: RelayEnd, onBytes?: (aToB: number, bToA: n
     const onClose = (side: 'a' | 'b') => () => {
       const self = side === 'a' ? a : b;
       const other = side === 'a' ? b : a;
+      if (side === 'a' ? closedA : closedB) return;
       if (side === 'a') closedA = true; else closedB = true;
       // A clean close already forwarded its end (the 'end' handlers above); only aborts remain.
       if (!self.closedCleanly()) {
@@ -148,5 +149,10 @@ export function relay(a: RelayEnd, b: RelayEnd, onBytes?: (aToB: number, bToA: n
     };
     a.stream.once('close', onClose('a'));
     b.stream.once('close', onClose('b'));
+    // An end that left while the other was being set up (a client that reset while the agent
+    // connected upstream, a CONNECT cancelled while the pod answered) may have closed already: its
+    // 'close' will not come again, and the other end would stay open until the idle timeout.
+    if (a.stream.destroyed) onClose('a')();
+    if (b.stream.destroyed) onClose('b')();
   });
 }

@@ -153,3 +153,33 @@ for (const pooled of [false, true]) describe(`relay, ${pooled ? 'pooled reads' :
     }
   });
 });
+
+describe('relay, an end gone before it starts', () => {
+  it('resets the upstream of a client that reset while the upstream was being set up', async () => {
+    const appClosed = Promise.withResolvers<void>();
+    const app = net.createServer((s) => { s.on('error', () => {}); s.once('close', () => appClosed.resolve()); });
+    await new Promise<void>((r) => app.listen(0, '127.0.0.1', r));
+    const appPort = (app.address() as net.AddressInfo).port;
+    const result = Promise.withResolvers<RelayResult>();
+    const proxy = net.createServer({ allowHalfOpen: true }, (client) => {
+      const end = socketEnd(client);
+      // As the agent does: the upstream is made while the client may already be leaving.
+      client.once('close', () => {
+        const up = net.connect({ port: appPort, host: '127.0.0.1', allowHalfOpen: true }, () => {
+          result.resolve(relay(end, socketEnd(up)));
+        });
+      });
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    try {
+      const c = net.connect({ port: (proxy.address() as net.AddressInfo).port, host: '127.0.0.1' }, () => c.resetAndDestroy());
+      c.on('error', () => {});
+      const r = await result.promise;
+      assert.equal(r.abortedBy, 'a');
+      await appClosed.promise;
+    } finally {
+      app.close();
+      proxy.close();
+    }
+  });
+});

@@ -5,7 +5,8 @@
 //
 // Attacks: not-tls, wrong-alpn, no-client-cert, foreign-trust-domain, expired-cert, slow-handshake,
 // malformed-h2, connect-elsewhere, connect-agent-port, oversized-headers, stream-flood, stream-flood-raw,
-// connection-flood.
+// connection-flood, connect-reset (--count CONNECTs, each cancelled with RST_STREAM as soon as it is
+// sent, or one turn of the event loop later: the agent is still connecting to the pod).
 // The valid-looking client certificates are made here from the mesh's root (the test's CA dir):
 // an attacker holding a stolen but real identity is the strongest case.
 import http2 from 'node:http2';
@@ -181,6 +182,25 @@ switch (v.attack) {
       s.write(Buffer.concat(frames));
       setTimeout(() => done('partly answered', tally()), 15_000);
     });
+    break;
+  }
+  case 'connect-reset': {
+    const session = await h2Session();
+    const n = Number(v.count);
+    let sent = 0;
+    let answered = 0;
+    const one = (i: number) => new Promise<void>((resolve) => {
+      const stream = session.request({ ':method': 'CONNECT', ':authority': `${target}:8080` }, { endStream: false });
+      sent++;
+      stream.on('response', () => { answered++; });
+      stream.on('error', () => undefined);
+      stream.once('close', () => resolve());
+      const cancel = () => stream.close(http2.constants.NGHTTP2_CANCEL);
+      if (i % 2 === 0) cancel(); else setImmediate(cancel);
+    });
+    // 50 at a time: under the agent's stream limit, so every CONNECT reaches it.
+    for (let i = 0; i < n; i += 50) await Promise.all(Array.from({ length: Math.min(50, n - i) }, (_, k) => one(i + k)));
+    done('cancelled', { sent, answered });
     break;
   }
   case 'connection-flood': {
