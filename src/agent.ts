@@ -59,6 +59,8 @@ export class Agent {
   readonly policy: PolicyEngine;
   readonly metrics: MeshMetrics | undefined;
   #captureInstalled = false;
+  /** The anti-spoofing rule's kernel counter at the last capture check. */
+  #spoofedSeen = 0;
   #ipsetSynced = false;
   #captureTimer: NodeJS.Timeout | undefined;
   #readyTimer: NodeJS.Timeout | undefined;
@@ -222,8 +224,9 @@ export class Agent {
     }
     try {
       const check = await checkCapture(this.config.capture);
-      const installed = check !== 'absent';
-      if (check === 'repaired') this.#log.warn('capture rules had changed (reordered or edited): repaired, meshlet\'s jumps first again');
+      const installed = check.state !== 'absent';
+      if (check.spoofedDrops !== undefined) this.#countSpoofed(check.spoofedDrops);
+      if (check.state === 'repaired') this.#log.warn('capture rules had changed (reordered or edited): repaired, meshlet\'s jumps first again');
       if (installed !== this.#captureInstalled) this.#log.info({ installed }, 'capture state changed');
       this.#captureInstalled = installed;
       if (!installed) this.#log.warn('capture is not installed on this node (run `meshlet init`); not ready');
@@ -232,6 +235,19 @@ export class Agent {
       this.#log.error({ err: (err as Error).message }, 'cannot read capture state');
     }
     this.#captureTimer = setTimeout(() => void this.#checkCapture(), CAPTURE_RECHECK_MS).unref();
+  }
+
+  /**
+   * The kernel's count of packets the anti-spoofing rule dropped, read at each capture check: its
+   * increase is logged and counted (a rule installed afresh starts again from 0).
+   */
+  #countSpoofed(kernelCount: number): void {
+    const increase = kernelCount >= this.#spoofedSeen ? kernelCount - this.#spoofedSeen : kernelCount;
+    this.#spoofedSeen = kernelCount;
+    if (increase === 0) return;
+    this.metrics?.spoofedDropped(increase);
+    this.#log.warn({ dropped: increase, total: kernelCount },
+      'packets with a captured pod\'s address arrived on another interface and were dropped (anti-spoofing)');
   }
 
   #apply(snapshot: MeshSnapshot): void {

@@ -219,6 +219,7 @@ function captureSettings(v: Record<string, unknown>, p: Problems, mode: CaptureS
     proxyGid: p.int('proxy-gid', String(v['proxy-gid']), 1, 2 ** 31 - 1),
     passPorts: [tunnelPort, defaults.ports.metrics, defaults.ports.readiness],
     sourceChain: defaultCaptureSettings.sourceChain,
+    antiSpoofChain: defaultCaptureSettings.antiSpoofChain,
     ipv6Chain: defaultCaptureSettings.ipv6Chain,
     backend: backend === 'nftables' ? 'nftables' : 'iptables',
     ...settings,

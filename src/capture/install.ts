@@ -9,9 +9,9 @@ import { CaptureError, PrerequisiteError } from '../errors.ts';
 import { type CommandResult, hasNetAdmin, runCommand, ShellRunner, shellQuote } from './exec.ts';
 import {
   captureStatePattern, type CaptureSettings, type CaptureState, chainsExist, cleanupScript, installScript, type IpFamily, isInstalled, parseCaptureState,
-  SOURCE_ROUTE_TABLE, sourceRouteCommands, sourceRouteShown, sourceRuleCount,
+  SOURCE_ROUTE_TABLE, sourceRouteCommands, sourceRouteShown, sourceRuleCount, spoofedDrops,
 } from './rules.ts';
-import { NFT_TABLE, NFT_TABLE6, nftInstallScript, nftIsInstalled } from './nftables.ts';
+import { NFT_TABLE, NFT_TABLE6, nftInstallScript, nftIsInstalled, nftSpoofedDrops } from './nftables.ts';
 
 /** `script`: the iptables-restore (or nft -f) input; `script6`: the ip6tables-restore input, if any. */
 export type InstallResult = { action: 'dry-run' | 'installed' | 'unchanged'; script: string; script6?: string };
@@ -114,7 +114,8 @@ export async function readCaptureState(s: CaptureSettings, family: IpFamily = 4)
   const save = SAVE[family];
   const script = [
     `command -v ${save} >/dev/null || { echo '${NO_SAVE_TOOL}' >&2; exit 1; }`,
-    `out=$(${save}) || exit $?`,
+    // With counters (-c): the anti-spoofing rule's is the agent's count of spoofed packets dropped.
+    `out=$(${save} -c) || exit $?`,
     // grep exits 1 when nothing matches (no table at all): that is an empty state, not a failure.
     `printf '%s\\n' "$out" | grep -E -e ${shellQuote(captureStatePattern(s, family))}`,
     'exit 0',
@@ -264,7 +265,8 @@ export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolea
   return text;
 }
 
-export type CaptureCheck = 'installed' | 'repaired' | 'absent';
+/** What the check found, and the anti-spoofing rule's count of dropped packets when it read one. */
+export type CaptureCheck = { state: 'installed' | 'repaired' | 'absent'; spoofedDrops?: number };
 
 /**
  * What the agent does every few seconds: capture in place stays as it is; capture that `meshlet
@@ -275,20 +277,23 @@ export type CaptureCheck = 'installed' | 'repaired' | 'absent';
 export async function checkCapture(s: CaptureSettings): Promise<CaptureCheck> {
   if (s.backend === 'nftables') {
     const listed = await listNftTables(s);
-    if (listed.ip === undefined || (listed.families.includes(6) && listed.ip6 === undefined)) return 'absent';
-    if (nftIsInstalled(s, listed) && await sourceRouteInstalled()) return 'installed';
+    const counted = (drops: number | undefined) => (drops === undefined ? {} : { spoofedDrops: drops });
+    if (listed.ip === undefined || (listed.families.includes(6) && listed.ip6 === undefined)) return { state: 'absent' };
+    if (nftIsInstalled(s, listed) && await sourceRouteInstalled()) return { state: 'installed', ...counted(nftSpoofedDrops(s, listed.ip)) };
     await tool('nft', ['-f', '-'], nftInstallScript(s, listed.families));
     await installSourceRoute();
     if (!nftIsInstalled(s, await listNftTables(s))) throw new CaptureError('capture was repaired but nft does not show it in place');
-    return 'repaired';
+    return { state: 'repaired', ...counted(nftSpoofedDrops(s, listed.ip)) };
   }
   const families = captureFamilies(s);
   const states = new Map<IpFamily, CaptureState>();
   for (const f of families) states.set(f, await readCaptureState(s, f));
   const state = (f: IpFamily) => states.get(f) as CaptureState;
   const node = s.mode === 'node';
-  if (families.every((f) => isInstalled(s, state(f), f)) && (!node || await sourceRouteInstalled())) return 'installed';
-  if (!families.every((f) => chainsExist(s, state(f), f))) return 'absent';
+  const drops = node ? spoofedDrops(s, state(4)) : undefined;
+  const counted = drops === undefined ? {} : { spoofedDrops: drops };
+  if (families.every((f) => isInstalled(s, state(f), f)) && (!node || await sourceRouteInstalled())) return { state: 'installed', ...counted };
+  if (!families.every((f) => chainsExist(s, state(f), f))) return { state: 'absent' };
   // A node whose capture an older `meshlet init` installed may lack a set the rules now reference.
   for (const args of ipsetCreateArgs(s, families)) await tool('ipset', args);
   for (const f of families) {
@@ -297,7 +302,7 @@ export async function checkCapture(s: CaptureSettings): Promise<CaptureCheck> {
     if (!isInstalled(s, await readCaptureState(s, f), f)) throw new CaptureError(`capture was repaired but ${SAVE[f]} does not show it in place`);
   }
   if (node) await installSourceRoute();
-  return 'repaired';
+  return { state: 'repaired', ...counted };
 }
 
 export { tool as runCaptureTool };

@@ -9,7 +9,7 @@
 // table of its own (`ip6 meshlet`: the captured pods' IPv6 addresses and a forward chain; see
 // rules.ts, ipv6GuardRules). Pure text here; the commands run in install.ts, ipset.ts and
 // probe-gate.ts like the iptables ones.
-import { type CaptureSettings, type IpFamily, IPV6_GUARD_COMMENT, nftSourceRule } from './rules.ts';
+import { ANTI_SPOOF_COMMENT, type CaptureSettings, type IpFamily, IPV6_GUARD_COMMENT, nftSourceRule } from './rules.ts';
 
 /** Family and name of meshlet's table, as nft takes them: `nft list table ip meshlet`. */
 export const NFT_TABLE = ['ip', 'meshlet'] as const;
@@ -19,9 +19,16 @@ const T = NFT_TABLE.join(' ');
 const T6 = NFT_TABLE6.join(' ');
 
 /** Each chain's declaration and rules exactly as `nft list table` prints them. */
-export function nftChains(s: CaptureSettings): Record<'prerouting' | 'output' | 'source', string[]> {
+export function nftChains(s: CaptureSettings): Record<'antispoof' | 'prerouting' | 'output' | 'source', string[]> {
   const captured = `@${s.ipset}`;
   return {
+    // Anti-spoofing (see rules.ts, antiSpoofRules): strict reverse path for captured pods' addresses.
+    // Its counter is what the agent reports as spoofed packets dropped; `nft list` prints its values,
+    // which parseNftTable sets apart.
+    antispoof: [
+      'type filter hook prerouting priority raw; policy accept;',
+      `ip saddr ${captured} fib saddr . iif oif missing counter drop comment "${ANTI_SPOOF_COMMENT}"`,
+    ],
     prerouting: [
       'type nat hook prerouting priority dstnat - 10; policy accept;',
       `meta l4proto tcp ip saddr ${captured} ip daddr @${s.destinationsIpset} redirect to :${s.outboundPort} comment "meshlet: captured pod to the mesh"`,
@@ -74,18 +81,30 @@ function chainLines(table: string, chains: Record<string, string[]>): string[] {
   return lines;
 }
 
-/** The chains of `nft list table ip meshlet` output: name -> declaration and rules, trimmed. */
-export function parseNftTable(text: string): Map<string, string[]> {
-  const chains = new Map<string, string[]>();
+/**
+ * The chains of `nft list table ip meshlet` output: name -> declaration and rules, trimmed, with
+ * counters' values taken out (`counter`, as written); and the packets each counted rule matched.
+ */
+export function parseNftTable(text: string): Map<string, string[]> & { packets: Map<string, number> } {
+  const chains = Object.assign(new Map<string, string[]>(), { packets: new Map<string, number>() });
   let current: string[] | undefined;
   for (const raw of text.split('\n')) {
     const line = raw.trim();
     const m = /^chain (\S+) \{$/.exec(line);
     if (m) { chains.set(m[1] as string, current = []); continue; }
     if (line === '}') { current = undefined; continue; }
-    if (current && line) current.push(line.replace(/\s+# handle \d+$/, ''));
+    if (!current || !line) continue;
+    const counted = /\bcounter packets (\d+) bytes \d+/.exec(line);
+    const rule = line.replace(/\s+# handle \d+$/, '').replace(/\bcounter packets \d+ bytes \d+/, 'counter');
+    if (counted) chains.packets.set(rule, Number(counted[1]));
+    current.push(rule);
   }
   return chains;
+}
+
+/** Packets the anti-spoofing rule dropped, from `nft list table ip meshlet`; undefined when absent. */
+export function nftSpoofedDrops(s: CaptureSettings, listed: string | undefined): number | undefined {
+  return listed === undefined ? undefined : parseNftTable(listed).packets.get(nftChains(s).antispoof[1] as string);
 }
 
 /**

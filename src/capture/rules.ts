@@ -50,6 +50,11 @@ export interface CaptureSettings {
   /** meshlet's chain in the filter table; OUTPUT jumps to it (the probe gate). */
   gateChain: string;
   /**
+   * meshlet's chain in the raw table; PREROUTING jumps to it. It drops packets that carry a captured
+   * pod's address but did not arrive on that pod's interface (the identity is the source address).
+   */
+  antiSpoofChain: string;
+  /**
    * meshlet's chain in the mangle table; PREROUTING jumps to it. It marks the replies to the
    * agent's source-preserving connections, which a policy route then delivers to the node itself.
    */
@@ -73,6 +78,7 @@ export const defaultCaptureSettings: CaptureSettings = {
   gateIpset: 'meshlet-vouched',
   gateChain: 'MESHLET_OUTPUT',
   sourceChain: 'MESHLET_SOURCE',
+  antiSpoofChain: 'MESHLET_ANTISPOOF',
   outboundPort: 15001,
   inboundPlaintextPort: 15006,
   tunnelPort: 15008,
@@ -110,6 +116,23 @@ export function gateRules(s: CaptureSettings): string[] {
       `-m comment --comment "meshlet: captured pod the agent does not vouch for" -j REJECT --reject-with tcp-reset`,
   ];
 }
+
+/**
+ * Anti-spoofing (raw PREROUTING, before conntrack and capture). The agent knows a workload by its
+ * source address, so a packet with a captured pod's address must come from that pod: strict reverse
+ * path (the route back to the source leaves by the interface the packet came in on), whatever the
+ * node's rp_filter says. A pod with CAP_NET_RAW sending with a neighbour's address is dropped here,
+ * so it never reaches the outbound port under the neighbour's identity. Where pods share one
+ * interface (a bridge CNI) the route to each is that interface: not covered (README).
+ */
+export function antiSpoofRules(s: CaptureSettings): string[] {
+  return [
+    `-A ${s.antiSpoofChain} -m set --match-set ${s.ipset} src -m rpfilter --invert -m comment --comment "${ANTI_SPOOF_COMMENT}" -j DROP`,
+  ];
+}
+
+/** The anti-spoofing rule's comment, the same in both backends. */
+export const ANTI_SPOOF_COMMENT = 'meshlet: captured pod address from another interface';
 
 /**
  * Source preservation. The agent connects to a local pod from the source pod's own address (a
@@ -218,7 +241,7 @@ export type IpFamily = 4 | 6;
 
 /** One chain of meshlet's and the built-in chain that jumps to it first. */
 interface ChainHook {
-  table: 'nat' | 'filter' | 'mangle';
+  table: 'nat' | 'filter' | 'mangle' | 'raw';
   parent: 'PREROUTING' | 'OUTPUT' | 'FORWARD';
   chain: string;
   body: string[];
@@ -233,6 +256,7 @@ function hooks(s: CaptureSettings, family: IpFamily): ChainHook[] {
     ];
   }
   return [
+    { table: 'raw', parent: 'PREROUTING', chain: s.antiSpoofChain, body: antiSpoofRules(s) },
     { table: 'nat', parent: 'PREROUTING', chain: s.chain, body: chainRules(s) },
     { table: 'filter', parent: 'OUTPUT', chain: s.gateChain, body: gateRules(s) },
     { table: 'mangle', parent: 'PREROUTING', chain: s.sourceChain, body: sourceRules(s) },
@@ -247,8 +271,10 @@ function jumpRule(h: ChainHook): string {
 /** What iptables-save says of one table. */
 export interface TableState {
   chains: Set<string>;
-  /** Each rule line (starting with -A) in order. */
+  /** Each rule line (starting with -A) in order, without its counters. */
   rules: string[];
+  /** Packets each rule matched (`iptables-save -c`), in the same order; 0 where none were printed. */
+  packets: number[];
 }
 
 /** The tables meshlet writes to. */
@@ -256,6 +282,7 @@ export interface CaptureState {
   nat: TableState;
   filter: TableState;
   mangle: TableState;
+  raw: TableState;
 }
 
 /**
@@ -271,19 +298,22 @@ export function captureStatePattern(s: CaptureSettings, family: IpFamily = 4): s
   const all = hooks(s, family);
   const own = [...new Set(all.map((h) => escape(h.chain)))];
   const parents = [...new Set(all.map((h) => h.parent))];
-  return `^(\\*|COMMIT|:(${own.join('|')}) |-A (${[...parents, ...own].join('|')}) )`;
+  return `^(\\*|COMMIT|:(${own.join('|')}) |(\\[[0-9]+:[0-9]+\\] )?-A (${[...parents, ...own].join('|')}) )`;
 }
 
-/** Parses the nat, filter and mangle tables out of `iptables-save` output (other tables are ignored). */
+/**
+ * Parses the nat, filter, mangle and raw tables out of `iptables-save` output, with or without
+ * counters (`-c`; other tables are ignored).
+ */
 export function parseCaptureState(save: string): CaptureState {
-  const empty = () => ({ chains: new Set<string>(), rules: [] });
-  const state: CaptureState = { nat: empty(), filter: empty(), mangle: empty() };
+  const empty = () => ({ chains: new Set<string>(), rules: [], packets: [] });
+  const state: CaptureState = { nat: empty(), filter: empty(), mangle: empty(), raw: empty() };
   let table: TableState | undefined;
   for (const raw of save.split('\n')) {
     const line = raw.trim();
     if (line.startsWith('*')) {
       const name = line.slice(1);
-      table = name === 'nat' || name === 'filter' || name === 'mangle' ? state[name] : undefined;
+      table = name === 'nat' || name === 'filter' || name === 'mangle' || name === 'raw' ? state[name] : undefined;
       continue;
     }
     if (!table) continue;
@@ -292,8 +322,12 @@ export function parseCaptureState(save: string): CaptureState {
     } else if (line.startsWith(':')) {
       const name = line.slice(1).split(/\s+/)[0];
       if (name) table.chains.add(name);
-    } else if (line.startsWith('-A ')) {
-      table.rules.push(line);
+    } else {
+      const counted = /^\[(\d+):\d+\] (-A .*)$/.exec(line);
+      const rule = counted ? counted[2] as string : line;
+      if (!rule.startsWith('-A ')) continue;
+      table.rules.push(rule);
+      table.packets.push(counted ? Number(counted[1]) : 0);
     }
   }
   return state;
@@ -366,13 +400,21 @@ export function isInstalled(s: CaptureSettings, current: CaptureState, family: I
 
 /** Whether meshlet's chains exist at all (`meshlet init` ran on this node), installed right or not. */
 export function chainsExist(s: CaptureSettings, current: CaptureState, family: IpFamily = 4): boolean {
-  return hooks(s, family).every((h) => current[h.table].chains.has(h.chain));
+  // Any of them: a chain that a newer meshlet added is repaired in, not a reason to stop serving.
+  return hooks(s, family).some((h) => current[h.table].chains.has(h.chain));
 }
 
 // iptables-save prints options in its own canonical order and spelling (for example
 // `--match-set NAME src` and quoted comments); compare rules by their set of words.
 function normalizeRule(rule: string): string {
   return rule.replace(/"/g, '').split(/\s+/).sort().join(' ');
+}
+
+/** Packets the anti-spoofing rule dropped (its counter), or undefined when it is not installed. */
+export function spoofedDrops(s: CaptureSettings, current: CaptureState): number | undefined {
+  const rule = normalizeRule(antiSpoofRules(s)[0] as string);
+  const i = current.raw.rules.findIndex((r) => normalizeRule(r) === rule);
+  return i < 0 ? undefined : current.raw.packets[i];
 }
 
 /** The ipset restore input that makes `current` members equal `desired`. */

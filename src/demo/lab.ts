@@ -347,11 +347,11 @@ export class MeshLab {
   }
 
   /** Runs the peer client in a pod against host:port; returns its parsed JSON report. */
-  async client(podName: string, opts: { host: string; port: number; bytes?: number; connections?: number; mode?: 'echo' | 'halfclose' | 'hold' | 'whoami'; timeoutMs?: number; pattern?: string; together?: boolean }): Promise<ClientReport> {
+  async client(podName: string, opts: { host: string; port: number; bytes?: number; connections?: number; mode?: 'echo' | 'halfclose' | 'hold' | 'whoami'; timeoutMs?: number; pattern?: string; together?: boolean; from?: string }): Promise<ClientReport> {
     const pod = this.pod(podName);
     const r = await this.topo.exec(pod.ns, process.execPath, [PEER, 'client', '--host', opts.host, '--port', String(opts.port),
       '--bytes', String(opts.bytes ?? 1024), '--connections', String(opts.connections ?? 1), '--mode', opts.mode ?? 'echo',
-      '--timeout', String(opts.timeoutMs ?? 60_000), ...(opts.pattern ? ['--pattern', opts.pattern] : []), ...(opts.together ? ['--together'] : [])]);
+      '--timeout', String(opts.timeoutMs ?? 60_000), ...(opts.pattern ? ['--pattern', opts.pattern] : []), ...(opts.together ? ['--together'] : []), ...(opts.from ? ['--from', opts.from] : [])]);
     if (r.code !== 0) throw new Error(`client in ${podName} failed (${r.code}): ${r.stderr}`);
     return JSON.parse(r.stdout) as ClientReport;
   }

@@ -2,7 +2,7 @@
 // They know nothing of meshlet: that is the point.
 //
 //   peer serve --port P                  echo server, and a "sink" mode selected by the first byte
-//   peer client --host H --port P --bytes N [--connections C] [--mode echo|halfclose|hold|whoami] [--pattern TEXT] [--together]
+//   peer client --host H --port P --bytes N [--connections C] [--mode echo|halfclose|hold|whoami] [--pattern TEXT] [--together] [--from ADDR]
 //                                        --together (echo): every connection ends only once all have their echo
 //   peer chat --host H --port P --duration MS [--interval MS]
 //                                        one long-lived connection: a small echoed message every interval
@@ -81,7 +81,9 @@ function barrier(n: number): Barrier {
   return { all, arrived: () => { if (--left === 0) open(); } };
 }
 
-function oneConnection(host: string, port: number, bytes: number, mode: Mode, timeoutMs: number, pattern?: string, together?: Barrier): Promise<ClientResult> {
+/** `from`: the local address to connect from (a pod that took another pod's address, in the attack tests). */
+function oneConnection(host: string, port: number, bytes: number, mode: Mode, timeoutMs: number, opts: { pattern?: string | undefined; together?: Barrier | undefined; from?: string | undefined } = {}): Promise<ClientResult> {
+  const { pattern, together } = opts;
   return new Promise((resolve) => {
     const started = Date.now();
     const payload = makePayload(bytes, pattern);
@@ -104,7 +106,7 @@ function oneConnection(host: string, port: number, bytes: number, mode: Mode, ti
       resolve({ ok, sent: bytes, received, sentSha, receivedSha, ms: Date.now() - started, ...(reply !== undefined ? { reply } : {}), ...extra });
     };
     const timer = setTimeout(() => finish({ error: 'timeout' }), timeoutMs);
-    const socket = net.connect({ host, port, allowHalfOpen: true });
+    const socket = net.connect({ host, port, allowHalfOpen: true, ...(opts.from ? { localAddress: opts.from } : {}) });
     socket.on('connect', () => {
       if (mode === 'hold') {
         socket.write('H');
@@ -137,7 +139,7 @@ function oneConnection(host: string, port: number, bytes: number, mode: Mode, ti
 async function client(argv: string[]): Promise<void> {
   const { values } = parseArgs({ args: argv, options: {
     host: { type: 'string' }, port: { type: 'string' }, bytes: { type: 'string', default: '1024' },
-    connections: { type: 'string', default: '1' }, mode: { type: 'string', default: 'echo' },
+    connections: { type: 'string', default: '1' }, mode: { type: 'string', default: 'echo' }, from: { type: 'string' },
     timeout: { type: 'string', default: '60000' }, pattern: { type: 'string' }, together: { type: 'boolean', default: false },
   } });
   const n = Number(values.connections);
@@ -145,7 +147,7 @@ async function client(argv: string[]): Promise<void> {
   // Only echo connections can wait: the other modes' servers answer after the client's end.
   const together = values.together && mode === 'echo' ? barrier(n) : undefined;
   const results = await Promise.all(Array.from({ length: n }, () =>
-    oneConnection(String(values.host), Number(values.port), Number(values.bytes), mode, Number(values.timeout), values.pattern, together)));
+    oneConnection(String(values.host), Number(values.port), Number(values.bytes), mode, Number(values.timeout), { pattern: values.pattern, together, from: values.from })));
   process.stdout.write(`${JSON.stringify({ ok: results.every((r) => r.ok), results })}\n`);
 }
 

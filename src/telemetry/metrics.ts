@@ -92,6 +92,7 @@ export class MeshMetrics {
   readonly #all = new Map<string, Series>();
   /** The same, reached through the pair of Workload objects (stable while the registry does not change them). */
   readonly #byPair = new WeakMap<object, WeakMap<object, Map<string, Series>>>();
+  readonly #spoofed: Counter;
   readonly #setupByRoute = new Map<string, ReturnType<Histogram<'route'>['labels']>>();
 
   constructor(sources: MetricsSources = {}) {
@@ -147,6 +148,10 @@ export class MeshMetrics {
         this.reset();
         for (const s of sources.ejectedEndpoints?.() ?? []) this.set({ service_name: s.name, service_namespace: s.namespace }, s.ejected);
       },
+    });
+    this.#spoofed = new Counter({
+      name: 'meshlet_spoofed_packets_dropped_total', registers,
+      help: 'Packets dropped before capture because they carried a captured pod\'s address but did not arrive on its interface (anti-spoofing)',
     });
     new Gauge({
       name: 'meshlet_connections_open', help: 'Connections open right now, per direction', labelNames: ['direction'], registers,
@@ -213,6 +218,11 @@ export class MeshMetrics {
 
   decision(action: string, policy: string): void {
     this.#decisions.inc({ action, policy });
+  }
+
+  /** Packets the anti-spoofing rule dropped since the last count. */
+  spoofedDropped(packets: number): void {
+    this.#spoofed.inc(packets);
   }
 
   endpointEjected(namespace: string, name: string): void {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
-  NFT_TABLE, NFT_TABLE6, nftChains, nftInstallScript, nftIsInstalled, nftMembersScript, nftVouchScript, parseNftSetJson, parseNftTable,
+  NFT_TABLE, NFT_TABLE6, nftChains, nftInstallScript, nftIsInstalled, nftMembersScript, nftSpoofedDrops, nftVouchScript, parseNftSetJson, parseNftTable,
 } from '../../src/capture/nftables.ts';
 import { defaultCaptureSettings as s } from '../../src/capture/rules.ts';
 
@@ -20,6 +20,11 @@ const listed = `table ip meshlet {
 	set meshlet-vouched {
 		type ipv4_addr
 		flags timeout
+	}
+
+	chain antispoof {
+		type filter hook prerouting priority raw; policy accept;
+		ip saddr @meshlet-captured fib saddr . iif oif missing counter packets 3 bytes 180 drop comment "meshlet: captured pod address from another interface"
 	}
 
 	chain prerouting {
@@ -96,6 +101,15 @@ describe('nftables capture', () => {
     assert.equal(nftIsInstalled(s, both(listed, undefined)), false, 'with IPv6, the guard\'s table is part of it');
     assert.equal(nftIsInstalled(s, both(listed, listed6.replace('ct state new ', ''))), false);
     assert.deepEqual(parseNftTable(`${listed.replace('reset comment', 'reset # handle 7\ncomment')}`).get('output')?.[0], 'type filter hook output priority filter - 10; policy accept;');
+    assert.equal(nftIsInstalled(s, v4(listed.replace(/\tchain antispoof \{[^}]*\}\n/, ''))), false, 'the anti-spoofing chain is part of it');
+    assert.equal(nftIsInstalled(s, v4(listed.replace('fib saddr . iif oif missing', 'fib saddr oif missing'))), false, 'loose reverse path is not enough');
+  });
+
+  it('reads the anti-spoofing drops from the rule\'s counter, whatever its value', () => {
+    assert.equal(nftSpoofedDrops(s, listed), 3);
+    assert.equal(nftIsInstalled(s, { ip: listed.replace('packets 3 bytes 180', 'packets 90210 bytes 5412600'), ip6: undefined, families: [4] }), true);
+    assert.equal(nftSpoofedDrops(s, listed.replace('packets 3 bytes 180', 'packets 90210 bytes 5412600')), 90210);
+    assert.equal(nftSpoofedDrops(s, undefined), undefined);
   });
 
   it('adds and deletes set members, and vouches with a timeout in one flush-and-fill', () => {

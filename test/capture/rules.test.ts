@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import {
   captureStatePattern, chainRules, chainsExist, cleanupScript, defaultCaptureSettings as s, gateRules, installScript, ipsetDiff, ipv6GuardRules, isInstalled, parseCaptureState, parseIpsetMembers,
   nftSourceRule, sidecarInboundRules, sidecarOutboundRules, sourceRouteCommands, sourceRouteShown, sourceRuleCount, sourceRules, vouchLines,
+  antiSpoofRules, spoofedDrops,
 } from '../../src/capture/rules.ts';
 
 // What iptables-save printed on this kind of machine (nf_tables backend) after `meshlet init`.
@@ -36,6 +37,13 @@ COMMIT
 :MESHLET_SOURCE - [0:0]
 -A PREROUTING -j MESHLET_SOURCE
 -A MESHLET_SOURCE -p tcp -m socket --transparent -m comment --comment "meshlet: replies to source-preserving connections" -j MARK --set-xmark 0x539/0xfff
+COMMIT
+*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:MESHLET_ANTISPOOF - [0:0]
+-A PREROUTING -j MESHLET_ANTISPOOF
+-A MESHLET_ANTISPOOF -m set --match-set meshlet-captured src -m rpfilter --invert -m comment --comment "meshlet: captured pod address from another interface" -j DROP
 COMMIT
 `;
 
@@ -71,6 +79,7 @@ describe('capture rules', () => {
   it('installs both chains and inserts each jump first when absent', () => {
     const script = installScript(s, parseCaptureState(emptySave));
     assert.deepEqual(script.trim().split('\n'), [
+      '*raw', ':MESHLET_ANTISPOOF - [0:0]', ...antiSpoofRules(s), '-I PREROUTING 1 -j MESHLET_ANTISPOOF', 'COMMIT',
       '*nat', ':MESHLET_PREROUTING - [0:0]', ...chainRules(s), '-I PREROUTING 1 -j MESHLET_PREROUTING', 'COMMIT',
       '*filter', ':MESHLET_OUTPUT - [0:0]', ...gateRules(s), '-I OUTPUT 1 -j MESHLET_OUTPUT', 'COMMIT',
       '*mangle', ':MESHLET_SOURCE - [0:0]', ...sourceRules(s), '-I PREROUTING 1 -j MESHLET_SOURCE', 'COMMIT',
@@ -96,6 +105,27 @@ describe('capture rules', () => {
     assert.equal(isInstalled(s, parseCaptureState(gateOpen)), false);
     const noSource = installedSave.replace('-A PREROUTING -j MESHLET_SOURCE\n', '');
     assert.equal(isInstalled(s, parseCaptureState(noSource)), false, 'the mangle jump is part of it');
+    const noAntiSpoof = installedSave.replace('-A PREROUTING -j MESHLET_ANTISPOOF\n', '');
+    assert.equal(isInstalled(s, parseCaptureState(noAntiSpoof)), false, 'the raw jump is part of it');
+  });
+
+  it('drops packets with a captured pod\'s address that fail the strict reverse-path check, before capture', () => {
+    assert.deepEqual(antiSpoofRules(s), [
+      '-A MESHLET_ANTISPOOF -m set --match-set meshlet-captured src -m rpfilter --invert -m comment --comment "meshlet: captured pod address from another interface" -j DROP',
+    ]);
+  });
+
+  it('reads rules with their counters (iptables-save -c) as without, and the anti-spoofing drops', () => {
+    // As `iptables-save -c` prints it on this kind of machine, with 7 packets dropped.
+    const counted = installedSave.replace(/^-A /gm, '[0:0] -A ')
+      .replace('[0:0] -A MESHLET_ANTISPOOF', '[7:420] -A MESHLET_ANTISPOOF');
+    const state = parseCaptureState(counted);
+    assert.deepEqual(state, { ...parseCaptureState(installedSave), raw: { ...state.raw } });
+    assert.deepEqual(state.raw.rules, parseCaptureState(installedSave).raw.rules);
+    assert.equal(isInstalled(s, state), true);
+    assert.equal(spoofedDrops(s, state), 7);
+    assert.equal(spoofedDrops(s, parseCaptureState(installedSave)), 0);
+    assert.equal(spoofedDrops(s, parseCaptureState(emptySave)), undefined);
   });
 
   it('moves its jump back to first when kube-proxy has put its own ahead of it', () => {
@@ -157,6 +187,7 @@ describe('capture rules', () => {
   it('cleanup removes the jumps and the chains and nothing else', () => {
     const script = cleanupScript(s, parseCaptureState(installedSave)) ?? '';
     assert.deepEqual(script.trim().split('\n'), [
+      '*raw', '-D PREROUTING -j MESHLET_ANTISPOOF', '-F MESHLET_ANTISPOOF', '-X MESHLET_ANTISPOOF', 'COMMIT',
       '*nat', '-D PREROUTING -j MESHLET_PREROUTING', '-F MESHLET_PREROUTING', '-X MESHLET_PREROUTING', 'COMMIT',
       '*filter', '-D OUTPUT -j MESHLET_OUTPUT', '-F MESHLET_OUTPUT', '-X MESHLET_OUTPUT', 'COMMIT',
       '*mangle', '-D PREROUTING -j MESHLET_SOURCE', '-F MESHLET_SOURCE', '-X MESHLET_SOURCE', 'COMMIT',

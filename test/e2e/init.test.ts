@@ -50,6 +50,10 @@ describe('meshlet init on a node', { concurrency: false }, () => {
       '*mangle',
       '-A PREROUTING -p udp -m udp --dport 4789 -j MARK --set-xmark 0x4000/0x4000',
       'COMMIT',
+      // As NodeLocal DNSCache's: meshlet's anti-spoofing chain shares the raw table.
+      '*raw',
+      '-A PREROUTING -d 169.254.20.10/32 -p udp -m udp --dport 53 -j CT --notrack',
+      'COMMIT',
       '',
     ].join('\n'));
     await sh('ip6tables-restore', ['--noflush'], '*filter\n-A FORWARD -p tcp -m tcp --dport 443 -j ACCEPT\nCOMMIT\n');
@@ -64,7 +68,8 @@ describe('meshlet init on a node', { concurrency: false }, () => {
   it('prints the exact iptables-restore input with --dry-run and changes nothing', async () => {
     const r = await meshlet(['init', '--dry-run']);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /^\*nat\n:MESHLET_PREROUTING - \[0:0\]\n/);
+    assert.match(r.stdout, /^\*raw\n:MESHLET_ANTISPOOF - \[0:0\]\n.*-m rpfilter --invert .*-j DROP\n-I PREROUTING 1 -j MESHLET_ANTISPOOF\nCOMMIT\n/);
+    assert.match(r.stdout, /^\*nat\n:MESHLET_PREROUTING - \[0:0\]\n/m);
     assert.match(r.stdout, /^-I PREROUTING 1 -j MESHLET_PREROUTING$/m);
     assert.match(r.stdout, /--to-ports 15001/);
     assert.match(r.stdout, /^\*filter\n:MESHLET_OUTPUT - \[0:0\]\n/m);
@@ -109,6 +114,10 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     assert.match(ip6, /^-A MESHLET_IPV6 -p tcp -m set --match-set meshlet-captured6 dst .*-j REJECT --reject-with tcp-reset$/m);
     // The user's own rules are still there, in their order.
     assert.match(installed, /-A PREROUTING -p tcp -m tcp --dport 9999 -j REDIRECT --to-ports 9998\n-A PREROUTING -j USER_CHAIN\n/);
+    // Anti-spoofing: the raw jump first, before the user's NOTRACK.
+    const raw = installed.slice(installed.indexOf('*raw')).split('COMMIT')[0] as string;
+    assert.deepEqual(raw.split('\n').filter((l) => l.startsWith('-A PREROUTING ')),
+      ['-A PREROUTING -j MESHLET_ANTISPOOF', '-A PREROUTING -d 169.254.20.10/32 -p udp -m udp --dport 53 -j CT --notrack']);
     // Source preservation: the mangle jump first, the policy rule and its local route.
     const mangle = installed.slice(installed.indexOf('*mangle'));
     assert.equal(mangle.split('\n').find((l) => l.startsWith('-A PREROUTING ')), '-A PREROUTING -j MESHLET_SOURCE');
