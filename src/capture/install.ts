@@ -294,8 +294,6 @@ export async function checkCapture(s: CaptureSettings): Promise<CaptureCheck> {
   const counted = drops === undefined ? {} : { spoofedDrops: drops };
   if (families.every((f) => isInstalled(s, state(f), f)) && (!node || await sourceRouteInstalled())) return { state: 'installed', ...counted };
   if (!families.every((f) => chainsExist(s, state(f), f))) return { state: 'absent' };
-  // A node whose capture an older `meshlet init` installed may lack a set the rules now reference.
-  for (const args of ipsetCreateArgs(s, families)) await tool('ipset', args);
   for (const f of families) {
     if (isInstalled(s, state(f), f)) continue;
     await tool(RESTORE[f], ['--noflush'], installScript(s, state(f), f));
