@@ -97,9 +97,9 @@ describe('agents fed by the Kubernetes API in network namespaces', { concurrency
     for (const node of lab.meshNodes) {
       await lab.startAgent(node, [], { workloads: ['--kubeconfig', kubeconfig] });
     }
-    await new Promise((r) => setTimeout(r, 1500));
+    // Up (its admin port answers) but, with no apiserver, not synced and not ready.
+    const dump = await eventually('node-a\'s admin port', async () => lab.configDump(lab.node('node-a')).catch(() => undefined), 20_000, 200);
     assert.equal(await ready('node-a'), false, 'not ready before the first sync');
-    const dump = await lab.configDump(lab.node('node-a'));
     assert.ok(dump.pending.includes('workloads-synced'), JSON.stringify(dump.pending));
     assert.equal(dump.workloadSource.kind, 'kubernetes');
     assert.equal(dump.workloadSource.synced, false);
