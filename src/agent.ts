@@ -27,7 +27,7 @@ import { ConnectionLimiter } from './proxy/limits.ts';
 import { EndpointBalancer } from './proxy/balancer.ts';
 import { OpenRedirects } from './proxy/redirects.ts';
 import { adoptForPooledReads } from './proxy/read-buffers.ts';
-import { accessLogger, createLogger, setLogLevel } from './telemetry/log.ts';
+import { accessLogger, adminLogger, createLogger, setLogLevel } from './telemetry/log.ts';
 import { MeshMetrics } from './telemetry/metrics.ts';
 import { ConnectionTracker } from './telemetry/connections.ts';
 import { workloadSource } from './workloads/from-config.ts';
@@ -56,6 +56,8 @@ export class Agent {
   readonly #log: Logger;
   readonly #source: WorkloadSource;
   readonly #rootLog: Logger;
+  /** Admin API changes, logged whatever the level. */
+  readonly #adminLog: Logger;
   readonly policy: PolicyEngine;
   readonly metrics: MeshMetrics | undefined;
   #captureInstalled = false;
@@ -87,6 +89,7 @@ export class Agent {
   private constructor(config: AgentConfig, deps: Required<AgentDeps>, certs: CertificateManager, provider: CertificateProvider & { close?(): Promise<void> }, metrics: MeshMetrics | undefined) {
     this.config = config;
     this.#rootLog = deps.log;
+    this.#adminLog = adminLogger(deps.log, { node: config.nodeName });
     this.metrics = metrics;
     this.#log = deps.log.child({ component: 'agent', node: config.nodeName });
     this.#source = deps.source;
@@ -365,8 +368,9 @@ export class Agent {
       throw new AdminRequestError(`level must be one of ${LOG_LEVELS.join(', ')}`);
     }
     const was = this.#rootLog.level;
+    // Before it applies, on a logger no level silences: a change to `silent` is itself on record.
+    this.#adminLog.warn({ to: level, from: was }, 'log level changed through the admin API');
     setLogLevel(this.#rootLog, level as LogLevel);
-    this.#log.warn({ to: level, from: was }, 'log level changed through the admin API');
     return { level, was };
   }
 

@@ -29,22 +29,51 @@ export function createLogger(level: LevelWithSilent, base: Record<string, unknow
   return root;
 }
 
-/** Sets the level of a root logger and of every child it has or will have. */
+/** Loggers whose level no runtime change touches (the access and admin records), and that level. */
+const PINNED_LEVEL = 'info';
+const pinned = new WeakSet<Logger>();
+
+/**
+ * Sets the level of a root logger and of every child it has or will have, except the pinned ones
+ * (accessLogger, adminLogger): turning the agent quiet must not turn off its records.
+ */
 export function setLogLevel(root: Logger, level: LevelWithSilent): void {
   const family = families.get(root);
   if (!family) {
     root.level = level;
     return;
   }
-  // Children created from now on inherit the root's level.
+  // Children created from now on inherit the root's level. pino hands a level set on a logger down
+  // to its children, the pinned ones too: they are set back after.
+  const keep: Logger[] = [];
   for (const ref of family.members) {
     const l = ref.deref();
-    if (l) l.level = level;
+    if (!l) continue;
+    if (pinned.has(l)) keep.push(l);
+    else l.level = level;
   }
+  for (const l of keep) l.level = PINNED_LEVEL;
 }
 
+/** A child that always logs at `info` and up, whatever the family's level now or later (its own children are not pinned). */
+function pinnedChild(root: Logger, bindings: Record<string, unknown>): Logger {
+  const l = root.child(bindings, { level: PINNED_LEVEL });
+  pinned.add(l);
+  return l;
+}
+
+/**
+ * One line per connection (scope "access"). It is the record of who talked to whom: it stays on
+ * whatever the log level (`--log-level`, or `POST /logging?level=silent` from any host process);
+ * only `--access-log off` turns it off.
+ */
 export function accessLogger(root: Logger): Logger {
-  return root.child({ scope: 'access' });
+  return pinnedChild(root, { scope: 'access' });
+}
+
+/** Changes made through the admin API (scope "admin"), logged before they apply, whatever the level. */
+export function adminLogger(root: Logger, bindings: Record<string, unknown> = {}): Logger {
+  return pinnedChild(root, { scope: 'admin', ...bindings });
 }
 
 export type { Logger };

@@ -139,6 +139,24 @@ describe('telemetry in network namespaces', { concurrency: false }, () => {
     await eventually('the change is logged', async () => (await lab.agentLog('node-a')).some((l) => l.msg === 'log level changed through the admin API' && l.level === 40));
     await lab.agentHttp(node, '/logging?level=info', { method: 'POST' });
   });
+
+  it('keeps the access log on when a host process silences the agent, and records the change first', async () => {
+    // The attack: any process in the node's network namespace can reach the admin port.
+    const node = lab.node('node-a');
+    const set = await lab.agentHttp(node, '/logging?level=silent', { method: 'POST' });
+    try {
+      assert.ok(set.ok, set.body);
+      const change = await eventually('the change on record', async () => (await lab.agentLog('node-a'))
+        .find((l) => l.msg === 'log level changed through the admin API' && l.to === 'silent'));
+      assert.equal(change.scope, 'admin');
+      const before = (await lab.accessLog('node-a')).length;
+      const r = await lab.client('cache', { host: lab.pod('db').ip, port: PORT, bytes: 10, timeoutMs: 5000 });
+      assert.ok(r.ok);
+      await eventually('an access line while silent', async () => (await lab.accessLog('node-a')).length > before);
+    } finally {
+      await lab.agentHttp(node, '/logging?level=info', { method: 'POST' });
+    }
+  });
   it('meshlet status shows the node agent\'s workloads, certificates, policies and connections', async () => {
     const node = lab.node('node-a');
     const cli = join(import.meta.dirname, '../../src/cli.ts');
