@@ -1,0 +1,82 @@
+// The tunnel client's check of the peer, in process on loopback: a peer that presents another valid
+// identity of the mesh (the same root, the same trust domain) is refused before any CONNECT goes to
+// it. Attack: a node (or a hijacked route) answers for a pod it does not hold.
+import assert from 'node:assert/strict';
+import http2 from 'node:http2';
+import type net from 'node:net';
+import tls from 'node:tls';
+import { after, before, describe, it } from 'node:test';
+import pino from 'pino';
+import { PeerIdentityError } from '../../../src/errors.ts';
+import { createCsr, createRootCa, generateRsaKey, type RootCa, signWorkloadCsr } from '../../../src/identity/ca.ts';
+import { ALPN } from '../../../src/proxy/tunnel/h2.ts';
+import { TunnelPool } from '../../../src/proxy/tunnel/pool.ts';
+
+const TD = 'pool.test';
+const WEB = `spiffe://${TD}/ns/shop/sa/web`;
+const DB = `spiffe://${TD}/ns/shop/sa/db`;
+const IMPOSTOR = `spiffe://${TD}/ns/shop/sa/cache`;
+
+async function identity(root: RootCa, id: string): Promise<{ key: string; cert: string }> {
+  const { privateKeyPem } = await generateRsaKey();
+  const { certPem } = signWorkloadCsr(root, createCsr(privateKeyPem, id), { trustDomain: TD, ttlMs: 3_600_000 });
+  return { key: privateKeyPem, cert: certPem };
+}
+
+describe('tunnel pool: the peer must be the destination workload', () => {
+  let root: RootCa;
+  let web: { key: string; cert: string };
+  const servers: http2.Http2SecureServer[] = [];
+  const sessions: http2.ServerHttp2Session[] = [];
+  const pools: TunnelPool[] = [];
+
+  before(async () => {
+    root = await createRootCa({ trustDomain: TD });
+    web = await identity(root, WEB);
+  });
+  after(() => {
+    for (const p of pools) p.destroy();
+    for (const s of sessions) s.destroy();
+    for (const s of servers) s.close();
+  });
+
+  /** A tunnel server on loopback presenting `id`, answering every CONNECT with 200; counts the streams it saw. */
+  async function peer(id: string): Promise<{ port: number; streams: () => number }> {
+    const me = await identity(root, id);
+    const server = http2.createSecureServer({ ...me, ca: root.certPem, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3', ALPNProtocols: [ALPN] });
+    servers.push(server);
+    server.on('session', (s) => sessions.push(s));
+    let streams = 0;
+    server.on('stream', (stream) => { streams++; stream.respond({ ':status': 200 }); });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    return { port: (server.address() as net.AddressInfo).port, streams: () => streams };
+  }
+
+  const pool = (port: number) => {
+    const p = new TunnelPool({
+      tunnelPort: port, connectTimeoutMs: 5000, log: pino({ level: 'silent' }),
+      secureContextFor: () => tls.createSecureContext({ ...web, ca: root.certPem, minVersion: 'TLSv1.3' }),
+    });
+    pools.push(p);
+    return p;
+  };
+
+  it('connects to the peer that presents the destination\'s SPIFFE ID', async () => {
+    const db = await peer(DB);
+    const p = pool(db.port);
+    const stream = await p.connect(WEB, { podIp: '127.0.0.1', port: 8080, expectedPeerId: DB });
+    assert.equal(db.streams(), 1);
+    stream.close();
+  });
+
+  it('refuses a peer with another valid identity of the mesh, and sends it no CONNECT', async () => {
+    const impostor = await peer(IMPOSTOR);
+    const p = pool(impostor.port);
+    await assert.rejects(p.connect(WEB, { podIp: '127.0.0.1', port: 8080, expectedPeerId: DB }), (err: unknown) => {
+      assert.ok(err instanceof PeerIdentityError, String(err));
+      assert.match(err.message, new RegExp(`presented ${IMPOSTOR}, expected ${DB}`));
+      return true;
+    });
+    assert.equal(impostor.streams(), 0, 'a CONNECT reached the impostor');
+  });
+});
