@@ -148,6 +148,7 @@ export class Agent {
       pool: () => agent?.pool.dump() ?? [],
       openConnections: () => agent?.connections.openByDirection() ?? {},
       ejectedEndpoints: () => agent?.balancer.ejectedCounts() ?? [],
+      refusedAddresses: () => agent?.registry.snapshot?.refused ?? [],
     });
     const policy = deps.policy ?? new MeshPolicyEngine({ log: deps.log, ...(metrics ? { onDecision: (action, p) => metrics.decision(action, p) } : {}) });
     agent = new Agent(config, { log: deps.log, policy, source }, certs, provider, metrics);
@@ -389,6 +390,7 @@ export class Agent {
       heap: { headroomMiB: this.config.heapHeadroomMiB, growingPercent: this.#heapHeadroom?.percent() },
       trustBundle: this.certs.trustBundle ? { signingRoot: this.certs.trustBundle.signingFingerprint, roots: bundleSize(this.certs.trustBundle.pem) } : undefined,
       workloads: (snapshot?.workloads ?? []).map((w) => ({ ...w, local: this.registry.isLocal(w) })),
+      refusedAddresses: snapshot?.refused ?? [],
       services: (snapshot?.services ?? []).map((s) => ({
         name: s.name, namespace: s.namespace, clusterIP: s.clusterIP ?? 'None', ports: s.ports, preferClose: s.preferClose,
         endpoints: this.balancer.view(s),

@@ -1,7 +1,14 @@
 // Where meshlet finds the Kubernetes API: a kubeconfig file (--kubeconfig) or, in a pod, the
-// in-cluster configuration (the mounted ServiceAccount token and KUBERNETES_SERVICE_HOST).
+// in-cluster configuration (the mounted ServiceAccount token and KUBERNETES_SERVICE_HOST); and what
+// the agent and the CA both read of it.
 import type { KubeConfig } from '@kubernetes/client-node';
 import { ConfigError } from './errors.ts';
+
+/**
+ * Set by the kubelet on the API's copy of a static pod. Such a pod is whatever its kubelet says (any
+ * namespace, no service account): neither the agents nor the CA take it for a workload.
+ */
+export const MIRROR_ANNOTATION = 'kubernetes.io/config.mirror';
 
 /** HTTP status of a client-node error (ApiException `code`, Watch `statusCode`), or undefined for network errors. */
 export function apiStatus(err: unknown): number | undefined {

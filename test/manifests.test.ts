@@ -178,6 +178,9 @@ describe('manifests', () => {
     }
     const agentVerbs = new Set(one('ClusterRole', 'meshlet-agent').rules.flatMap((r: any) => r.verbs));
     assert.deepEqual([...agentVerbs].sort(), ['get', 'list', 'watch']);
+    // Every resource the Kubernetes source watches (nodes: for their podCIDRs).
+    const agentResources = new Set(one('ClusterRole', 'meshlet-agent').rules.flatMap((r: any) => r.resources));
+    for (const r of ['pods', 'namespaces', 'nodes', 'services', 'endpointslices', 'meshpolicies']) assert.ok(agentResources.has(r), r);
     // The agent watches pods with a field selector the apiserver supports for pods.
     for (const term of POD_FIELD_SELECTOR.split(',')) assert.match(term, /^(spec\.hostNetwork|status\.phase)!?=/);
     const caRole = one('Role', 'meshlet-ca');

@@ -12,7 +12,7 @@ import { AuthorizerUnavailableError, CaError, IdentityNotAllowedError, TokenReje
 import { parseWorkloadId } from '../identity/spiffe.ts';
 import type { RootFiles, RootSet, RootStore } from '../identity/roots.ts';
 import type { NodeAuthorizer, NodeIdentity } from './authorizer.ts';
-import { apiStatus } from '../kube-config.ts';
+import { apiStatus, MIRROR_ANNOTATION } from '../kube-config.ts';
 
 export const CA_AUDIENCE = 'meshlet-ca';
 const NODE_NAME_CLAIM = 'authentication.kubernetes.io/node-name';
@@ -98,7 +98,10 @@ export function createKubernetesAuthorizer(opts: KubernetesAuthorizerOptions): N
         apiOk = apiStatus(err) !== undefined;
         throw unavailable(`cannot list pods of ${id.namespace} on ${who.node}`, err);
       }
-      const runs = pods.some((p) => (p.spec?.serviceAccountName ?? 'default') === id.serviceAccount
+      // A mirror pod is whatever its kubelet wrote (in any namespace, with no service account): a
+      // compromised node must not mint identities with one. A pod without a service account has none.
+      const runs = pods.some((p) => p.spec?.serviceAccountName === id.serviceAccount
+        && p.metadata?.annotations?.[MIRROR_ANNOTATION] === undefined
         && p.spec?.nodeName === who.node
         && !p.spec?.hostNetwork
         && !p.metadata?.deletionTimestamp

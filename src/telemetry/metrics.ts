@@ -77,6 +77,8 @@ export interface MetricsSources {
   openConnections?(): Record<string, number>;
   /** Service endpoints ejected right now (outlier detection), per Service. */
   ejectedEndpoints?(): Array<{ namespace: string; name: string; ejected: number }>;
+  /** Addresses the workload source refuses to the pods that claim them, right now. */
+  refusedAddresses?(): ReadonlyArray<{ reason: string }>;
 }
 
 export class MeshMetrics {
@@ -147,6 +149,16 @@ export class MeshMetrics {
       collect() {
         this.reset();
         for (const s of sources.ejectedEndpoints?.() ?? []) this.set({ service_name: s.name, service_namespace: s.namespace }, s.ejected);
+      },
+    });
+    new Gauge({
+      name: 'meshlet_workload_addresses_refused', registers, labelNames: ['reason'],
+      help: 'Pod addresses refused right now (mirror pod, no service account, outside the node\'s podCIDRs, held by a live pod on another node)',
+      collect() {
+        this.reset();
+        const counts = new Map<string, number>();
+        for (const r of sources.refusedAddresses?.() ?? []) counts.set(r.reason, (counts.get(r.reason) ?? 0) + 1);
+        for (const [reason, n] of counts) this.set({ reason }, n);
       },
     });
     this.#spoofed = new Counter({

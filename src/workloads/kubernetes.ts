@@ -1,9 +1,12 @@
 // The Kubernetes workload source: @kubernetes/client-node informers (ListWatch) on Pods, Namespaces,
-// Services, EndpointSlices and MeshPolicies (when the CRD is installed), folded into one MeshSnapshot.
+// Nodes, Services, EndpointSlices and MeshPolicies (when the CRD is installed), folded into one
+// MeshSnapshot.
 //
 // - A pod is in the mesh when its namespace has `meshlet.dev/capture: enabled`, the pod does not say
 //   `meshlet.dev/capture: disabled`, it is not hostNetwork, it has an IPv4 address and has not
-//   finished; a dual-stack pod's IPv6 address is kept too, for the IPv6 guard. The registry holds
+//   finished; a dual-stack pod's IPv6 address is kept too, for the IPv6 guard. Its address must be
+//   believable (addressRefusal, buildSnapshot): not a mirror pod, a service account, inside its
+//   node's podCIDRs, not held by a live pod on another node. The registry holds
 //   every mesh pod of the cluster (destinations on other nodes need their identity and node), the
 //   agent captures the ones on its own node.
 // - Watch only what is needed: the pod watch carries a field selector that leaves out hostNetwork
@@ -15,15 +18,15 @@
 // - Nothing is published until every informer has listed once: the agent is "not ready" until then.
 //   MeshPolicy is optional: while its CRD is not installed (404) it counts as synced with no policies,
 //   and the source keeps checking for it.
-import { isIPv4, isIPv6 } from 'node:net';
+import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import {
   ADD, CoreV1Api, CustomObjectsApi, DELETE, DiscoveryV1Api, ERROR, type KubeConfig, type KubernetesObject, ListWatch, UPDATE, Watch,
 } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import type { MeshNode, MeshPolicyObject, MeshService, MeshSnapshot, MtlsMode, ServiceEndpoint, Workload } from './model.ts';
+import type { AddressRefusal, MeshNode, MeshPolicyObject, MeshService, MeshSnapshot, MtlsMode, ServiceEndpoint, Workload } from './model.ts';
 import { workloadSpiffeId } from './model.ts';
 import type { WorkloadSource } from './source.ts';
-import { apiStatus } from '../kube-config.ts';
+import { apiStatus, MIRROR_ANNOTATION } from '../kube-config.ts';
 
 export const CAPTURE_ANNOTATION = 'meshlet.dev/capture';
 export const MTLS_ANNOTATION = 'meshlet.dev/mtls';
@@ -39,6 +42,8 @@ export interface SlimPod {
     creationTimestamp?: string; deletionTimestamp?: string;
     /** The controlling owner only (kind and name). */
     owner?: { kind: string; name: string };
+    /** A mirror pod: the API's copy of a kubelet's static pod (`kubernetes.io/config.mirror`). */
+    mirror?: boolean;
   };
   spec: { nodeName?: string; serviceAccountName?: string; hostNetwork?: boolean };
   status: { phase?: string; podIP?: string; podIPs?: Array<{ ip: string }>; hostIP?: string };
@@ -46,6 +51,12 @@ export interface SlimPod {
 
 export interface SlimNamespace {
   metadata: { name: string; uid?: string; resourceVersion?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+}
+
+export interface SlimNode {
+  metadata: { name: string; uid?: string; resourceVersion?: string };
+  /** The IPv4 ranges the node's pods get their addresses from, when the cluster assigns them. */
+  spec: { podCIDRs?: string[] };
 }
 
 export interface SlimPolicy {
@@ -88,6 +99,7 @@ export function slimPod(o: any): SlimPod {
       labels: m.labels, annotations: meshletAnnotations(m.annotations),
       creationTimestamp: dateText(m.creationTimestamp), deletionTimestamp: dateText(m.deletionTimestamp),
       owner: controller(m.ownerReferences),
+      ...(m.annotations?.[MIRROR_ANNOTATION] !== undefined ? { mirror: true } : {}),
     },
     spec: { nodeName: s.nodeName, serviceAccountName: s.serviceAccountName, hostNetwork: s.hostNetwork },
     status: { phase: st.phase, podIP: st.podIP, podIPs: Array.isArray(st.podIPs) ? st.podIPs.map((p: any) => ({ ip: p.ip })) : undefined, hostIP: st.hostIP },
@@ -116,6 +128,13 @@ export function workloadName(pod: SlimPod): string {
 export function slimNamespace(o: any): SlimNamespace {
   const m = o?.metadata ?? {};
   return { metadata: { name: m.name, uid: m.uid, resourceVersion: m.resourceVersion, labels: m.labels, annotations: meshletAnnotations(m.annotations) } };
+}
+
+export function slimNode(o: any): SlimNode {
+  const m = o?.metadata ?? {};
+  const cidrs: unknown = o?.spec?.podCIDRs ?? (o?.spec?.podCIDR ? [o.spec.podCIDR] : undefined);
+  const v4 = Array.isArray(cidrs) ? cidrs.filter((c): c is string => typeof c === 'string' && isIPv4(c.split('/')[0] ?? '')) : [];
+  return { metadata: { name: m.name, uid: m.uid, resourceVersion: m.resourceVersion }, spec: v4.length > 0 ? { podCIDRs: v4 } : {} };
 }
 
 export function slimPolicy(o: any): SlimPolicy {
@@ -212,32 +231,106 @@ export function meshMembership(pod: SlimPod, ns: SlimNamespace | undefined): { m
 // a rebuild after one event allocates one new Workload, not one per pod in the cluster.
 const workloadOf = new WeakMap<SlimPod, Workload>();
 
-/** Folds the informers' caches into a snapshot. An IP held by two pods goes to the live, newer one. */
-export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, namespaces: ReadonlyMap<string, SlimNamespace>, policies: Iterable<SlimPolicy> = [], services: readonly MeshService[] = []): MeshSnapshot {
+/**
+ * Why an opted-in pod's address is not believed, or undefined. Identity is the address, and a
+ * compromised kubelet writes its own pods' status: a mirror pod (created by the kubelet, in any
+ * namespace, with no service account) or a pod without a service account is never an identity, and
+ * where the node has podCIDRs an address outside them is not the pod's.
+ */
+export function addressRefusal(pod: SlimPod, ip: string, node: SlimNode | undefined): AddressRefusal['reason'] | undefined {
+  if (pod.metadata.mirror) return 'mirror_pod';
+  if (!pod.spec.serviceAccountName) return 'no_service_account';
+  const cidrs = node?.spec.podCIDRs;
+  if (cidrs && !podRanges(node).check(ip, 'ipv4')) return 'outside_pod_cidrs';
+  return undefined;
+}
+
+const rangesOf = new WeakMap<SlimNode, BlockList>();
+function podRanges(node: SlimNode): BlockList {
+  let list = rangesOf.get(node);
+  if (!list) {
+    list = new BlockList();
+    for (const cidr of node.spec.podCIDRs ?? []) {
+      const [net, bits] = cidr.split('/');
+      if (net && bits !== undefined) list.addSubnet(net, Number(bits), 'ipv4');
+    }
+    rangesOf.set(node, list);
+  }
+  return list;
+}
+
+/** What buildSnapshot may know besides pods and namespaces. */
+export interface SnapshotContext {
+  policies?: Iterable<SlimPolicy>;
+  services?: readonly MeshService[];
+  /** Nodes by name, for their podCIDRs. */
+  nodes?: ReadonlyMap<string, SlimNode>;
+  /** Who held each address in the previous snapshot (`namespace/name`): a live holder keeps it. */
+  holders?: ReadonlyMap<string, string>;
+}
+
+const podKey = (p: SlimPod) => `${p.metadata.namespace}/${p.metadata.name}`;
+const live = (p: SlimPod) => !p.metadata.deletionTimestamp;
+
+/**
+ * Folds the informers' caches into a snapshot. An address goes to at most one pod: on one node, to
+ * the live, newer pod (the node's CNI reused it); across nodes, never away from a live pod that
+ * holds it (the one that held it in the previous snapshot, else the older one): every such
+ * conflict, and every refused address, is in `refused`.
+ */
+export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, namespaces: ReadonlyMap<string, SlimNamespace>, ctx: SnapshotContext = {}): MeshSnapshot {
   const byIp = new Map<string, { pod: SlimPod; w: Workload }>();
   const nodes = new Map<string, MeshNode>();
+  const refused: AddressRefusal[] = [];
   for (const pod of pods) {
     const m = meshMembership(pod, namespaces.get(pod.metadata.namespace));
     if (!m.meshed) continue;
+    const node = pod.spec.nodeName as string;
+    const why = addressRefusal(pod, m.ip, ctx.nodes?.get(node));
+    if (why) {
+      refused.push({ pod: podKey(pod), node, ip: m.ip, reason: why });
+      continue;
+    }
     let w = workloadOf.get(pod);
     if (!w) {
-      const serviceAccount = pod.spec.serviceAccountName || 'default';
+      const serviceAccount = pod.spec.serviceAccountName as string;
       // A dual-stack pod's IPv6 address: the IPv6 guard refuses it (the mesh carries IPv4).
       const ipv6 = podAddress(pod, isIPv6);
       w = {
         name: pod.metadata.name, namespace: pod.metadata.namespace, serviceAccount, ip: m.ip, ...(ipv6 ? { ipv6 } : {}),
-        node: pod.spec.nodeName!, captured: true, spiffeId: workloadSpiffeId(trustDomain, pod.metadata.namespace, serviceAccount),
+        node, captured: true, spiffeId: workloadSpiffeId(trustDomain, pod.metadata.namespace, serviceAccount),
         labels: pod.metadata.labels ?? {}, workload: workloadName(pod),
       };
       workloadOf.set(pod, w);
     }
     const held = byIp.get(m.ip);
-    if (!held || prefer(pod, held.pod)) byIp.set(m.ip, { pod, w });
+    if (!held) byIp.set(m.ip, { pod, w });
+    else if (held.w.node === node || !live(held.pod) || !live(pod)) {
+      if (prefer(pod, held.pod)) byIp.set(m.ip, { pod, w });
+    } else {
+      // Two live pods on two nodes: one of them lies about its address. It stays with its holder.
+      const keep = keeps(held.pod, pod, ctx.holders?.get(m.ip)) ? held : { pod, w };
+      const lose = keep === held ? pod : held.pod;
+      byIp.set(m.ip, keep);
+      refused.push({ pod: podKey(lose), node: lose.spec.nodeName as string, ip: m.ip, reason: 'address_held_elsewhere', holder: podKey(keep.pod) });
+    }
     if (pod.status.hostIP && !nodes.has(w.node)) nodes.set(w.node, { name: w.node, ip: pod.status.hostIP });
   }
   const policyObjects: MeshPolicyObject[] = [];
-  for (const p of policies) policyObjects.push({ namespace: p.metadata.namespace, name: p.metadata.name, spec: p.spec });
-  return { trustDomain, nodes: [...nodes.values()], workloads: [...byIp.values()].map((e) => e.w), policies: policyObjects, mtls: mtlsModes(namespaces), services };
+  for (const p of ctx.policies ?? []) policyObjects.push({ namespace: p.metadata.namespace, name: p.metadata.name, spec: p.spec });
+  return {
+    trustDomain, nodes: [...nodes.values()], workloads: [...byIp.values()].map((e) => e.w), policies: policyObjects,
+    mtls: mtlsModes(namespaces), services: ctx.services ?? [], ...(refused.length > 0 ? { refused } : {}),
+  };
+}
+
+/** Whether `a` (holding the address so far in this build) keeps it against `b`, both live on two nodes. */
+function keeps(a: SlimPod, b: SlimPod, previous: string | undefined): boolean {
+  if (previous === podKey(a)) return true;
+  if (previous === podKey(b)) return false;
+  const ca = a.metadata.creationTimestamp ?? '';
+  const cb = b.metadata.creationTimestamp ?? '';
+  return ca !== cb ? ca < cb : podKey(a) < podKey(b);
 }
 
 /** `meshlet.dev/mtls` per namespace. A value other than strict or permissive counts as strict: a typo
@@ -293,6 +386,7 @@ export interface KubernetesSourceStatus {
   meshPods: number;
   services: number;
   endpointSlices: number;
+  nodes: number;
   lastError?: string;
   policies: number | 'crd-not-installed';
   /** Completed lists (the first sync and every re-list after 410 Gone). */
@@ -377,7 +471,12 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   const services = informer('services', '/api/v1/services', slimService, (cont) => core.listServiceForAllNamespaces({ limit: pageSize, _continue: cont }));
   const slices = informer('endpointslices', '/apis/discovery.k8s.io/v1/endpointslices', slimEndpointSlice,
     (cont) => discovery.listEndpointSliceForAllNamespaces({ limit: pageSize, _continue: cont }));
-  const informers = [pods, namespaces, policies, services, slices];
+  // Nodes for their podCIDRs: an address outside its node's ranges is not the pod's.
+  const nodes = informer('nodes', '/api/v1/nodes', slimNode, (cont) => core.listNode({ limit: pageSize, _continue: cont }));
+  const informers = [pods, namespaces, policies, services, slices, nodes];
+  /** Each address's pod in the last snapshot (a live holder keeps it), and the refusals logged so far. */
+  let holders = new Map<string, string>();
+  let logged = new Set<string>();
   const synced = () => informers.every((i) => i.listed || i.absent);
 
   const publish = () => {
@@ -385,9 +484,15 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     if (stopped || !synced()) return;
     const nsMap = new Map<string, SlimNamespace>();
     for (const ns of namespaces.lw.list() as unknown as SlimNamespace[]) nsMap.set(ns.metadata.name, ns);
-    const snapshot = buildSnapshot(opts.trustDomain, pods.lw.list() as unknown as SlimPod[], nsMap,
-      policies.absent ? [] : policies.lw.list() as unknown as SlimPolicy[],
-      buildServices(services.lw.list() as unknown as SlimService[], slices.lw.list() as unknown as SlimEndpointSlice[]));
+    const nodeMap = new Map<string, SlimNode>();
+    for (const n of nodes.lw.list() as unknown as SlimNode[]) nodeMap.set(n.metadata.name, n);
+    const snapshot = buildSnapshot(opts.trustDomain, pods.lw.list() as unknown as SlimPod[], nsMap, {
+      policies: policies.absent ? [] : policies.lw.list() as unknown as SlimPolicy[],
+      services: buildServices(services.lw.list() as unknown as SlimService[], slices.lw.list() as unknown as SlimEndpointSlice[]),
+      nodes: nodeMap, holders,
+    });
+    holders = new Map(snapshot.workloads.map((w) => [w.ip, `${w.namespace}/${w.name}`]));
+    logged = logRefusals(log, snapshot.refused ?? [], logged);
     meshPods = snapshot.workloads.length;
     handlers?.onSnapshot(snapshot);
   };
@@ -438,13 +543,24 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     status() {
       return {
         synced: synced(), pods: pods.lw.list().length, namespaces: namespaces.lw.list().length,
-        services: services.lw.list().length, endpointSlices: slices.lw.list().length,
+        services: services.lw.list().length, endpointSlices: slices.lw.list().length, nodes: nodes.lw.list().length,
         policies: policies.absent ? 'crd-not-installed' : policies.lw.list().length,
         meshPods, lists, resourceVersions: Object.fromEntries(informers.map((i) => [i.name, i.lw.latestResourceVersion()])),
         ...(lastError ? { lastError } : {}),
       };
     },
   };
+}
+
+/** Logs each refusal once while it lasts; returns the keys of the current ones. */
+function logRefusals(log: Logger, refused: readonly AddressRefusal[], before: ReadonlySet<string>): Set<string> {
+  const now = new Set<string>();
+  for (const r of refused) {
+    const key = `${r.pod}|${r.ip}|${r.reason}`;
+    now.add(key);
+    if (!before.has(key)) log.warn({ err: 'address_refused', ...r }, 'a pod\'s address was refused: it gets no identity in the mesh');
+  }
+  return now;
 }
 
 function describe(err: unknown): string {

@@ -75,6 +75,24 @@ export interface MeshService {
   preferClose: boolean;
 }
 
+/**
+ * An address the source did not give to a pod that claimed it (Kubernetes source). Identity is the
+ * address, so a claim the source cannot trust is refused, logged and counted, never resolved silently.
+ */
+export interface AddressRefusal {
+  /** `namespace/name` of the pod refused. */
+  pod: string;
+  node: string;
+  ip: string;
+  /**
+   * mirror_pod: a kubelet's static pod; no_service_account: no identity to give; outside_pod_cidrs:
+   * not in its node's podCIDRs; address_held_elsewhere: a live pod on another node holds it.
+   */
+  reason: 'mirror_pod' | 'no_service_account' | 'outside_pod_cidrs' | 'address_held_elsewhere';
+  /** address_held_elsewhere: the pod that keeps the address. */
+  holder?: string;
+}
+
 /** One consistent view of the mesh, replaced whole on every change (never mutated in place). */
 export interface MeshSnapshot {
   trustDomain: string;
@@ -84,6 +102,8 @@ export interface MeshSnapshot {
   /** Namespaces with an mTLS mode set; the others are permissive. */
   mtls: Readonly<Record<string, MtlsMode>>;
   services: readonly MeshService[];
+  /** Addresses refused to the pods that claimed them (absent: none). */
+  refused?: readonly AddressRefusal[];
 }
 
 export function workloadSpiffeId(trustDomain: string, namespace: string, serviceAccount: string): string {

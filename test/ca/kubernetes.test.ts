@@ -46,6 +46,12 @@ describe('Kubernetes authorization', () => {
     api.put('pods', podObject({ name: 'db-1', namespace: 'shop', node: 'node-b', serviceAccount: 'db', ip: '10.1.0.20' }));
     api.put('pods', podObject({ name: 'batch-1', namespace: 'shop', node: 'node-a', serviceAccount: 'batch', phase: 'Succeeded' }));
     api.put('pods', podObject({ name: 'hostnet', namespace: 'shop', node: 'node-a', serviceAccount: 'node-exporter', hostNetwork: true }));
+    // What a compromised kubelet on node-a can create: a mirror pod in any namespace, naming any
+    // service account or none.
+    api.put('pods', podObject({ name: 'static-vault', namespace: 'bank', node: 'node-a', serviceAccount: 'vault', annotations: { 'kubernetes.io/config.mirror': 'x' } }));
+    const bare = podObject({ name: 'static-bare', namespace: 'bank', node: 'node-a', annotations: { 'kubernetes.io/config.mirror': 'y' } });
+    delete (bare.spec as { serviceAccountName?: string }).serviceAccountName;
+    api.put('pods', bare);
   });
   after(() => api.close());
   beforeEach(() => { api.down = false; });
@@ -85,6 +91,14 @@ describe('Kubernetes authorization', () => {
       await assert.rejects(authz.authorize(nodeA, id), IdentityNotAllowedError, id);
     }
     await authz.authorize({ node: 'node-b', subject: AGENT }, DB);
+  });
+
+  it('refuses identities of mirror pods, and "default" for a pod without a service account', async () => {
+    const authz = authorizer();
+    const nodeA = { node: 'node-a', subject: AGENT };
+    for (const id of [`spiffe://${TD}/ns/bank/sa/vault`, `spiffe://${TD}/ns/bank/sa/default`]) {
+      await assert.rejects(authz.authorize(nodeA, id), IdentityNotAllowedError, id);
+    }
   });
 
   it('says it cannot decide while the API is down, and is not ready', async () => {

@@ -23,6 +23,7 @@ const RESOURCES: Record<string, Resource> = {
   secrets: { kind: 'Secret', list: 'SecretList', apiVersion: 'v1', namespaced: true, prefix: '/api/v1' },
   configmaps: { kind: 'ConfigMap', list: 'ConfigMapList', apiVersion: 'v1', namespaced: true, prefix: '/api/v1' },
   namespaces: { kind: 'Namespace', list: 'NamespaceList', apiVersion: 'v1', namespaced: false, prefix: '/api/v1' },
+  nodes: { kind: 'Node', list: 'NodeList', apiVersion: 'v1', namespaced: false, prefix: '/api/v1' },
   services: { kind: 'Service', list: 'ServiceList', apiVersion: 'v1', namespaced: true, prefix: '/api/v1' },
   endpointslices: { kind: 'EndpointSlice', list: 'EndpointSliceList', apiVersion: 'discovery.k8s.io/v1', namespaced: true, prefix: '/apis/discovery.k8s.io/v1' },
   meshpolicies: { kind: 'MeshPolicy', list: 'MeshPolicyList', apiVersion: 'meshlet.dev/v1alpha1', namespaced: true, prefix: '/apis/meshlet.dev/v1alpha1' },
@@ -428,6 +429,16 @@ export function podObject(opts: {
       conditions: [{ type: 'Ready', status: 'True', lastTransitionTime: '2026-11-24T10:00:05Z' }],
       containerStatuses: [{ name: 'app', ready: true, restartCount: 0, image: 'example/app:1', imageID: 'example/app@sha256:0', containerID: 'containerd://0', state: { running: { startedAt: '2026-11-24T10:00:04Z' } } }],
     },
+  };
+}
+
+/** A Node, with the pod ranges the cluster gave it (none: the CNI assigns addresses itself). */
+export function nodeObject(name: string, podCIDRs: string[] = []): Obj {
+  return {
+    apiVersion: 'v1', kind: 'Node',
+    metadata: { name, labels: { 'kubernetes.io/hostname': name } },
+    spec: { ...(podCIDRs.length > 0 ? { podCIDR: podCIDRs[0], podCIDRs } : {}) },
+    status: { addresses: [{ type: 'InternalIP', address: '192.0.2.1' }], conditions: [{ type: 'Ready', status: 'True' }] },
   };
 }
 

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
-import { buildServices, buildSnapshot, createKubernetesSource, type KubernetesSource, meshMembership, mtlsModes, POD_FIELD_SELECTOR, slimEndpointSlice, slimNamespace, slimPod, slimService } from '../../src/workloads/kubernetes.ts';
+import { buildServices, buildSnapshot, createKubernetesSource, type KubernetesSource, meshMembership, mtlsModes, POD_FIELD_SELECTOR, slimEndpointSlice, slimNamespace, slimNode, slimPod, slimService } from '../../src/workloads/kubernetes.ts';
 import type { MeshSnapshot } from '../../src/workloads/model.ts';
 import { WorkloadRegistry } from '../../src/workloads/registry.ts';
-import { ApiStandIn, endpointSliceObject, namespaceObject, podObject, serviceObject } from '../support/apiserver.ts';
+import { ApiStandIn, endpointSliceObject, namespaceObject, nodeObject, podObject, serviceObject } from '../support/apiserver.ts';
 import { eventually } from '../support/wait.ts';
 
 const log = pino({ level: 'silent' });
@@ -76,10 +76,61 @@ describe('mesh membership', () => {
       ['db-1', '10.1.0.20', 'node-b', 'spiffe://example.org/ns/shop/sa/db'],
     ]);
     assert.deepEqual(s.nodes, [{ name: 'node-a', ip: '192.0.2.1' }, { name: 'node-b', ip: '192.0.2.8' }]);
-    // A pod without serviceAccountName runs as "default".
+  });
+});
+
+describe('addresses a pod may not have (a compromised kubelet writes its pods\' status)', () => {
+  const nsMap = new Map([['shop', slimNamespace(namespaceObject('shop', 'enabled')), ], ['kube-system', slimNamespace(namespaceObject('kube-system', 'enabled'))]]);
+  const pod = (o: Partial<Parameters<typeof podObject>[0]> = {}) => slimPod(podObject({ name: 'web-1', namespace: 'shop', node: 'node-a', serviceAccount: 'web', ip: '10.1.0.10', ...o }));
+  const nodes = new Map([['node-a', slimNode(nodeObject('node-a', ['10.1.0.0/24']))], ['node-b', slimNode(nodeObject('node-b', ['10.1.1.0/24', 'fd00:1::/64']))]]);
+  const build = (pods: ReturnType<typeof pod>[], holders?: Map<string, string>) => buildSnapshot('example.org', pods, nsMap, { nodes, ...(holders ? { holders } : {}) });
+
+  it('refuses a mirror pod, whatever namespace and address it claims', () => {
+    const mirror = pod({ name: 'kube-apiserver-node-b', namespace: 'kube-system', node: 'node-b', ip: '10.1.1.20', annotations: { 'kubernetes.io/config.mirror': 'abc' } });
+    delete mirror.spec.serviceAccountName;
+    const s = build([mirror]);
+    assert.deepEqual(s.workloads, []);
+    assert.deepEqual(s.refused, [{ pod: 'kube-system/kube-apiserver-node-b', node: 'node-b', ip: '10.1.1.20', reason: 'mirror_pod' }]);
+    const withSa = pod({ name: 'm', node: 'node-b', ip: '10.1.1.21', annotations: { 'kubernetes.io/config.mirror': 'abc' } });
+    assert.equal(build([withSa]).refused?.[0]?.reason, 'mirror_pod');
+  });
+
+  it('refuses a pod without a service account (no "default" made up for it)', () => {
     const bare = pod();
     delete bare.spec.serviceAccountName;
-    assert.equal(buildSnapshot('example.org', [bare], nsMap).workloads[0]?.spiffeId, 'spiffe://example.org/ns/shop/sa/default');
+    const s = build([bare]);
+    assert.deepEqual(s.workloads, []);
+    assert.equal(s.refused?.[0]?.reason, 'no_service_account');
+  });
+
+  it('refuses an address outside its node\'s podCIDRs, and checks none where the node has no ranges', () => {
+    const s = build([pod({ name: 'liar', node: 'node-b', ip: '10.1.0.10' }), pod({ name: 'db', node: 'node-b', ip: '10.1.1.20' })]);
+    assert.deepEqual(s.workloads.map((w) => w.name), ['db']);
+    assert.deepEqual(s.refused, [{ pod: 'shop/liar', node: 'node-b', ip: '10.1.0.10', reason: 'outside_pod_cidrs' }]);
+    assert.deepEqual(buildSnapshot('example.org', [pod({ node: 'node-c', ip: '172.16.0.9' })], nsMap, { nodes }).workloads.map((w) => w.ip), ['172.16.0.9']);
+  });
+
+  it('never gives a live pod\'s address to a pod on another node, newer or not; same node reuse still goes to the new pod', () => {
+    const noRanges = new Map<string, never>();
+    const victim = pod({ name: 'victim', node: 'node-a', ip: '10.1.0.10' });
+    victim.metadata.creationTimestamp = '2026-11-24T10:00:00Z';
+    const thief = pod({ name: 'thief', node: 'node-b', ip: '10.1.0.10', serviceAccount: 'admin' });
+    thief.metadata.creationTimestamp = '2026-11-24T11:00:00Z';
+    for (const order of [[victim, thief], [thief, victim]]) {
+      const s = buildSnapshot('example.org', order, nsMap, { nodes: noRanges });
+      assert.deepEqual(s.workloads.map((w) => [w.name, w.node]), [['victim', 'node-a']]);
+      assert.deepEqual(s.refused, [{ pod: 'shop/thief', node: 'node-b', ip: '10.1.0.10', reason: 'address_held_elsewhere', holder: 'shop/victim' }]);
+    }
+    // An older pod created to claim the address later does not take it from the holder either.
+    const early = pod({ name: 'early', node: 'node-b', ip: '10.1.0.10' });
+    early.metadata.creationTimestamp = '2026-11-24T09:00:00Z';
+    const s = buildSnapshot('example.org', [victim, early], nsMap, { nodes: noRanges, holders: new Map([['10.1.0.10', 'shop/victim']]) });
+    assert.deepEqual(s.workloads.map((w) => w.name), ['victim']);
+    assert.equal(s.refused?.[0]?.pod, 'shop/early');
+    // A terminating holder on another node hands the address on (cluster-wide IPAM reuses addresses).
+    const leaving = pod({ name: 'leaving', node: 'node-a', ip: '10.1.0.10' });
+    leaving.metadata.deletionTimestamp = '2026-11-24T12:00:00Z';
+    assert.deepEqual(buildSnapshot('example.org', [leaving, thief], nsMap, { nodes: noRanges }).workloads.map((w) => w.name), ['thief']);
   });
 });
 
@@ -135,6 +186,8 @@ describe('Kubernetes source against the API stand-in', () => {
     api.put('namespaces', namespaceObject('shop', 'enabled'));
     api.put('namespaces', namespaceObject('blog'));
     api.put('namespaces', namespaceObject('kube-system'));
+    api.put('nodes', nodeObject('node-a', ['10.1.0.0/24']));
+    api.put('nodes', nodeObject('node-b', ['10.1.1.0/24']));
     api.put('pods', podObject({ name: 'web-1', namespace: 'shop', node: 'node-a', serviceAccount: 'web', ip: '10.1.0.10' }));
     api.put('pods', podObject({ name: 'web-2', namespace: 'shop', node: 'node-a', serviceAccount: 'web', ip: '10.1.0.11' }));
     api.put('pods', podObject({ name: 'db-1', namespace: 'shop', node: 'node-b', serviceAccount: 'db', ip: '10.1.1.20' }));
@@ -156,7 +209,7 @@ describe('Kubernetes source against the API stand-in', () => {
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(snapshots.length, 0);
     assert.equal(source.status().synced, false);
-    assert.match(source.status().lastError ?? '', /^(pods|namespaces|meshpolicies|services|endpointslices): /);
+    assert.match(source.status().lastError ?? '', /^(pods|namespaces|meshpolicies|services|endpointslices|nodes): /);
     api.down = false;
     await until('first sync', () => registry.synced);
     assert.deepEqual(ips(), new Set(['10.1.0.10', '10.1.0.11', '10.1.1.20']));
@@ -279,5 +332,28 @@ describe('Kubernetes source against the API stand-in', () => {
     api.remove('services', 'shop', 'api');
     await until('the Service gone', () => registry.findService('10.96.0.10', 80) === undefined);
     assert.equal(source.status().endpointSlices, 1);
+  });
+
+  it('refuses a mirror pod, an address outside its node\'s range and a live pod\'s address taken on another node; logged in status and snapshot', async () => {
+    // What a compromised node-b could write: a mirror pod in an opted-in namespace, and a pod of its
+    // own claiming web-1's address (on node-a) and outside node-b's range.
+    const mirror = podObject({ name: 'static-b', namespace: 'shop', node: 'node-b', ip: '10.1.1.40', annotations: { 'kubernetes.io/config.mirror': 'x' } });
+    delete (mirror.spec as { serviceAccountName?: string }).serviceAccountName;
+    api.put('pods', mirror);
+    api.put('pods', podObject({ name: 'thief', namespace: 'shop', node: 'node-b', serviceAccount: 'admin', ip: '10.1.0.10' }));
+    await until('both refused', () => (registry.snapshot?.refused ?? []).length === 2);
+    assert.deepEqual(registry.snapshot?.refused?.map((r) => [r.pod, r.reason]).sort(), [['shop/static-b', 'mirror_pod'], ['shop/thief', 'outside_pod_cidrs']]);
+    assert.equal(registry.findWorkload('10.1.0.10')?.name, 'web-1', 'the victim keeps its address and identity');
+    assert.equal(registry.findWorkload('10.1.1.40'), undefined);
+
+    // Without podCIDRs (a CNI that assigns addresses itself) the holder still keeps its address.
+    api.update('nodes', undefined, 'node-b', (n: any) => { n.spec = {}; });
+    await until('the conflict instead', () => registry.snapshot?.refused?.some((r) => r.reason === 'address_held_elsewhere'));
+    const conflict = registry.snapshot?.refused?.find((r) => r.reason === 'address_held_elsewhere');
+    assert.deepEqual(conflict, { pod: 'shop/thief', node: 'node-b', ip: '10.1.0.10', reason: 'address_held_elsewhere', holder: 'shop/web-1' });
+    assert.equal(registry.findWorkload('10.1.0.10')?.node, 'node-a');
+    api.remove('pods', 'shop', 'thief');
+    api.remove('pods', 'shop', 'static-b');
+    await until('refusals gone', () => (registry.snapshot?.refused ?? []).length === 0);
   });
 });
