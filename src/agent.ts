@@ -258,6 +258,9 @@ export class Agent {
     // Policies first: the first connection that sees a new workload also sees the policies of its snapshot.
     this.policy.update?.(snapshot);
     this.registry.replace(snapshot);
+    // Open connections follow the decisions: each is decided again, and those now refused end.
+    const ended = this.connections.recheck();
+    if (ended > 0) this.#log.info({ ended }, 'open connections refused after a change were closed');
     this.balancer.prune(snapshot.services);
     const local = this.registry.localCaptured();
     this.certs.reconcile(new Set(local.map((w) => w.spiffeId)));

@@ -6,7 +6,7 @@ import { UnknownDestinationError } from '../errors.ts';
 import { plaintextRefusal } from '../policy/engine.ts';
 import { assertNotSelf, connectLocalPod, type ProxyContext } from './context.ts';
 import { relayConnection, socketEnd } from './relay.ts';
-import { enforce } from './decision.ts';
+import { current, enforceAndGuard } from './decision.ts';
 
 export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext): Promise<void> {
   const sourceIp = plainIp(socket.remoteAddress);
@@ -21,7 +21,10 @@ export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext):
     const target = ctx.registry.findWorkload(dst.ip);
     if (!target || !target.captured || !ctx.registry.isLocal(target)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
     conn.set({ dst: target });
-    enforce(conn, plaintextRefusal(ctx.policy, target) ?? ctx.policy.authorize({ sourceIp, destination: target, destinationPort: dst.port }));
+    enforceAndGuard(conn, () => {
+      const t = current(ctx.registry, target);
+      return plaintextRefusal(ctx.policy, t) ?? ctx.policy.authorize({ sourceIp, destination: t, destinationPort: dst.port });
+    });
     await relayConnection(conn, client, socketEnd(await connectLocalPod(ctx, target.ip, dst.port, { ip: sourceIp })), ctx.idleTimeoutMs);
   } catch (err) {
     client.reset();

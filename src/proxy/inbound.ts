@@ -21,7 +21,7 @@ import type { WorkloadRegistry } from '../workloads/registry.ts';
 import { connectLocalPod, type ProxyContext } from './context.ts';
 import { h2StreamEnd, type RelayEnd, relayConnection, socketEnd } from './relay.ts';
 import { ALPN, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, parseAuthority, parseForwardedFor, parseTraceparent, peerSpiffeId, WINDOW_BYTES } from './tunnel/h2.ts';
-import { enforce } from './decision.ts';
+import { current, enforceAndGuard } from './decision.ts';
 
 interface PodServer {
   server: http2.Http2SecureServer;
@@ -237,9 +237,12 @@ async function handleConnect(
     if (ctx.agentPorts?.has(authority.port)) {
       throw new BadTunnelTargetError(authorityText, `port ${authority.port} is one of the agent's own ports`);
     }
-    enforce(conn, ctx.policy.authorize({
-      sourcePrincipal: tunnel.peerId, sourceIp, sourceNamespace: parseWorkloadId(tunnel.peerId).namespace,
-      destination: tunnel.target, destinationPort: authority.port,
+    // Every CONNECT is decided on the registry as it is now (a pooled session outlives relabels),
+    // and again on every change while it is open.
+    conn.set({ dst: current(ctx.registry, tunnel.target) });
+    const sourceNamespace = parseWorkloadId(tunnel.peerId).namespace;
+    enforceAndGuard(conn, () => ctx.policy.authorize({
+      sourcePrincipal: tunnel.peerId, sourceIp, sourceNamespace, destination: current(ctx.registry, tunnel.target), destinationPort: authority.port,
     }));
     status = 503;
     const release = ctx.admitStream?.(tunnel.peerId);

@@ -9,7 +9,7 @@ import type { MeshService, ServicePort, Workload } from '../workloads/model.ts';
 import type { EndpointLease } from './balancer.ts';
 import { assertNotSelf, connectLocalPod, connectTcp, type ProxyContext } from './context.ts';
 import { h2StreamEnd, relayConnection, socketEnd, type RelayEnd } from './relay.ts';
-import { enforce } from './decision.ts';
+import { current, enforce, enforceAndGuard } from './decision.ts';
 
 /** Endpoints one connection to a Service may try before it gives up (all before any byte). */
 export const SERVICE_ATTEMPTS = 3;
@@ -112,10 +112,10 @@ async function connectDestination(source: Workload, dst: Pick<SocketAddress, 'ip
     // Both ends' identities are the agent's own: mutual TLS in effect, reported for both sides.
     conn.set({ route: 'local', mutualTls: true, alsoDestination: true });
     ctx.certs.assertAvailable(target.spiffeId);
-    enforce(conn, ctx.policy.authorize({
-      sourcePrincipal: source.spiffeId, sourceIp: source.ip, sourceNamespace: source.namespace,
-      destination: target, destinationPort: dst.port,
-    }));
+    enforceAndGuard(conn, () => {
+      const [s, t] = [current(ctx.registry, source), current(ctx.registry, target)];
+      return ctx.policy.authorize({ sourcePrincipal: s.spiffeId, sourceIp: s.ip, sourceNamespace: s.namespace, destination: t, destinationPort: dst.port });
+    });
     return socketEnd(await connectLocalPod(ctx, dst.ip, dst.port, { ip: source.ip }));
   }
 

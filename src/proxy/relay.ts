@@ -39,6 +39,8 @@ export interface RelayResult {
  */
 export async function relayConnection(conn: ConnectionHandle, client: RelayEnd, upstream: RelayEnd, idleMs: number | undefined): Promise<void> {
   conn.established();
+  // A re-check that now refuses the connection ends it like an abort on both sides.
+  conn.onTerminate(() => { client.reset(); upstream.reset(); });
   const result = await relay(client, upstream, (sent, received) => {
     conn.info.bytesSent += sent;
     conn.info.bytesReceived += received;

@@ -39,6 +39,13 @@ export interface ConnectionHandle {
   established(): void;
   /** Ends the record and writes its access-log line. Later calls are ignored. */
   close(outcome: { error?: unknown; reset?: boolean }): void;
+  /**
+   * The decision this agent made for the connection, to be made again on every change (policies,
+   * labels, mTLS modes, membership): `check` throws the typed refusal when it would now be refused.
+   */
+  guard(check: () => void): void;
+  /** How to end the connection at once (reset both ends), once it is relayed. */
+  onTerminate(terminate: () => void): void;
 }
 
 const name = (w: { namespace: string; name: string } | undefined) => (w ? `${w.namespace}/${w.name}` : undefined);
@@ -48,9 +55,20 @@ export function newTraceId(): string {
   return randomUUID().replaceAll('-', '');
 }
 
+/** A connection whose decision is made again on every change, and how it is ended. */
+interface Guarded {
+  check: () => void;
+  terminate?: () => void;
+  /** Refused by a re-check before it was relayed: terminated as soon as it is. */
+  revoked?: unknown;
+}
+
 export class ConnectionTracker {
   #nextId = 1;
   readonly #open = new Map<number, ConnectionInfo>();
+  readonly #guarded = new Map<number, Guarded>();
+  /** Why each revoked connection was ended, for its access-log line. */
+  readonly #revoked = new Map<number, unknown>();
   #totals = { opened: 0, closed: 0, failed: 0 };
   readonly #access: Logger;
   readonly #metrics: MeshMetrics | undefined;
@@ -77,9 +95,22 @@ export class ConnectionTracker {
         info.establishedAt = Date.now();
         metrics?.opened(info, (info.establishedAt - info.startedAt) / 1000, info.route ?? 'unknown');
       },
-      close: ({ error, reset }) => {
+      guard: (check) => { if (!closed) this.#guarded.set(info.id, { check }); },
+      onTerminate: (terminate) => {
+        const g = this.#guarded.get(info.id);
+        if (!g) return;
+        g.terminate = terminate;
+        if (g.revoked !== undefined) terminate();
+      },
+      close: (outcome) => {
         if (closed) return;
         closed = true;
+        // A connection ended by a re-check is recorded with the refusal that ended it.
+        const revoked = this.#revoked.get(info.id);
+        const error = revoked ?? outcome.error;
+        const reset = outcome.reset;
+        this.#revoked.delete(info.id);
+        this.#guarded.delete(info.id);
         this.#open.delete(info.id);
         this.#totals.closed++;
         if (error) this.#totals.failed++;
@@ -113,6 +144,27 @@ export class ConnectionTracker {
         else this.#access.info(line, 'connection closed');
       },
     };
+  }
+
+  /**
+   * Makes the decision of every guarded open connection again (after a change of policies, labels,
+   * mTLS modes, membership) and ends, with a reset, each one that would now be refused; its
+   * access-log line carries the refusal (code, reason, deciding policy). Returns how many ended.
+   */
+  recheck(): number {
+    let ended = 0;
+    for (const [id, g] of this.#guarded) {
+      if (g.revoked !== undefined) continue;
+      try {
+        g.check();
+      } catch (err) {
+        g.revoked = err;
+        this.#revoked.set(id, err);
+        ended++;
+        g.terminate?.();
+      }
+    }
+    return ended;
   }
 
   list(): ConnectionView[] {

@@ -1,6 +1,6 @@
 // MeshPolicy and mTLS modes end to end: real agents in node namespaces enforce policies from the
 // workloads file on tunnelled (cross-node) and local (same-node) connections and on plaintext from
-// outside the mesh; a policy change applies to new connections while an open one keeps flowing.
+// outside the mesh; a change applies to new connections and closes the open ones it now refuses.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { MeshLab, PEER } from '../../src/demo/lab.ts';
@@ -87,24 +87,81 @@ describe('policy in network namespaces', { concurrency: false }, () => {
     await apply({});
   });
 
-  it('a policy change applies to new connections within a second, without restart or cutting open ones', async () => {
+  /** Long connections (an echo every 100 ms), the open record of each on its agent, and their results. */
+  async function chats(pairs: Array<[from: string, to: string]>, durationMs = 8_000) {
+    const running = pairs.map(([from, to]) => ({
+      from, to,
+      result: lab.topo.exec(lab.pod(from).ns, process.execPath, [PEER, 'chat', '--host', lab.pod(to).ip, '--port', String(PORT), '--duration', String(durationMs), '--interval', '100'])
+        .then((r) => JSON.parse(r.stdout) as { ok: boolean; rounds: number; error?: string }),
+    }));
+    // Open on their deciding agents: web's on node-a (outbound), the others on node-b.
+    await eventually('every connection open', async () => {
+      const open = (await Promise.all(lab.meshNodes.map((n) => lab.configDump(n)))).flatMap((d) => d.connections.open);
+      return pairs.every(([from, to]) => open.some((c: any) => c.sourceIp === lab.pod(from).ip && c.destination === `${lab.pod(to).ip}:${PORT}` && c.establishedAt));
+    });
+    return running;
+  }
+
+  /** The access line of the connection from `from` to `to` that a re-check ended, and ms from `since` to it. */
+  async function cut(node: string, from: string, to: string, since: number) {
+    const line = await eventually(`${from} -> ${to} ended on ${node}`, async () => (await lab.accessLog(node))
+      .find((l) => Date.parse(l.time) >= since && l.src?.ip === lab.pod(from).ip && l.dst?.addr === `${lab.pod(to).ip}:${PORT}` && /re-checked after a change/.test(l.reason ?? '')), 5_000);
+    return { line, ms: Date.parse(line.time) - since };
+  }
+
+  it('a policy change closes the open connections it now denies within a second, and only those', async (t) => {
     await apply({});
     const pid = lab.agents.get('node-b')!.child.pid;
-    // One long connection web -> db, echoing every 100 ms for 4 s.
-    const chat = lab.topo.exec(lab.pod('web').ns, process.execPath, [PEER, 'chat', '--host', lab.pod('db').ip, '--port', String(PORT), '--duration', '4000', '--interval', '100']);
-    await new Promise((r) => setTimeout(r, 800));
+    const running = await chats([['web', 'db'], ['web', 'cache'], ['api', 'db'], ['api', 'cache']]);
     const changedAt = Date.now();
     await lab.writeWorkloads({ ...lab.workloadsDocument(), policies: [{ name: 'no-web', namespace: 'shop', action: 'DENY', rules: [{ from: [{ principals: [id('shop', 'web')] }] }] }] });
-    // The moment the destination agent has the new policy in force is its 'policies compiled' line.
-    const compiled = await eventually('node-b compiled the new policy', async () =>
-      (await lab.agentLog('node-b')).find((l) => l.msg === 'policies compiled' && l.policies === 1 && Date.parse(l.time) >= changedAt), 5_000);
-    const tookMs = Date.parse(compiled.time) - changedAt;
-    assert.ok(tookMs < 1_000, `the change took ${tookMs} ms to apply`);
+    const tunnel = await cut('node-b', 'web', 'db', changedAt);
+    const local = await cut('node-a', 'web', 'cache', changedAt);
+    for (const { line } of [tunnel, local]) {
+      assert.equal(line.error, 'policy_denied');
+      assert.equal(line.policy, 'shop/no-web', 'the deciding policy is named');
+    }
+    t.diagnostic(`change to close: tunnelled ${tunnel.ms} ms, same node ${local.ms} ms (the file source polls every 500 ms)`);
+    assert.ok(tunnel.ms < 3_000 && local.ms < 3_000, `took ${tunnel.ms} / ${local.ms} ms`);
+    const [webDb, webCache, apiDb, apiCache] = await Promise.all(running.map((r) => r.result));
+    assert.equal(webDb!.ok, false, 'web -> db kept flowing after the DENY');
+    assert.equal(webCache!.ok, false, 'web -> cache kept flowing after the DENY');
+    assert.ok(apiDb!.ok && apiDb!.rounds >= 50, `an allowed connection was disturbed: ${JSON.stringify(apiDb)}`);
+    assert.ok(apiCache!.ok && apiCache!.rounds >= 50, `an allowed connection was disturbed: ${JSON.stringify(apiCache)}`);
     assert.equal(await reach('web', 'db'), false, 'a new connection after the change is refused');
-    const r = JSON.parse((await chat).stdout);
-    assert.equal(r.ok, true, `the open connection was cut: ${JSON.stringify(r)}`);
-    assert.ok(r.rounds >= 25, `only ${r.rounds} echo rounds`);
     assert.equal(lab.agents.get('node-b')!.child.pid, pid, 'no restart');
+    await apply({});
+  });
+
+  it('a relabel under an allow-nothing policy refuses new CONNECTs on a pooled session and closes open ones', async () => {
+    const locked = { name: 'locked', namespace: 'shop', selector: { matchLabels: { tier: 'locked' } }, action: 'ALLOW', rules: [] };
+    await apply({ policies: [locked] });
+    // The session web -> db is pooled and open (the chat holds it) when db is relabelled.
+    const [running] = await chats([['web', 'db']]);
+    const doc = lab.workloadsDocument() as { workloads: Array<{ name: string; labels?: Record<string, string> }> };
+    for (const w of doc.workloads) if (w.name === 'db') w.labels = { ...w.labels, tier: 'locked' };
+    const changedAt = Date.now();
+    await lab.writeWorkloads({ ...doc, policies: [locked] });
+    const { line, ms } = await cut('node-b', 'web', 'db', changedAt);
+    assert.equal(line.policy, 'no-allow-matched');
+    assert.ok(ms < 3_000, `took ${ms} ms`);
+    assert.equal((await running!.result).ok, false);
+    const pooled = (await lab.configDump(lab.node('node-a'))).pools.some((p: any) => p.key.includes(lab.pod('db').ip));
+    assert.equal(await reach('web', 'db'), false, `a new CONNECT${pooled ? ' on the pooled session' : ''} reaches the relabelled pod`);
+    await apply({});
+  });
+
+  it('strict mTLS closes open plaintext connections to the namespace, and leaves the mesh\'s alone', async (t) => {
+    await apply({ namespaces: [{ name: 'shop', mtls: 'permissive' }] });
+    const running = await chats([['outsider', 'db'], ['web', 'db']]);
+    const changedAt = Date.now();
+    await lab.writeWorkloads({ ...lab.workloadsDocument(), namespaces: [{ name: 'shop', mtls: 'strict' }] });
+    const { line, ms } = await cut('node-b', 'outsider', 'db', changedAt);
+    assert.equal(line.policy, 'mtls-strict');
+    t.diagnostic(`permissive -> strict to close: ${ms} ms`);
+    const [plain, meshed] = await Promise.all(running.map((r) => r.result));
+    assert.equal(plain!.ok, false);
+    assert.ok(meshed!.ok, `the mTLS connection was disturbed: ${JSON.stringify(meshed)}`);
     await apply({});
   });
 });
