@@ -104,6 +104,7 @@ export class Agent {
       connectTimeoutMs: config.connectTimeoutMs,
       log: deps.log,
       secureContextFor: (id) => certs.secureContextFor(id),
+      drainMs: config.drainMs,
       ...(metrics ? { onHandshake: (seconds: number, ok: boolean) => metrics.handshake(seconds, ok) } : {}),
     });
     this.balancer = new EndpointBalancer({
@@ -118,6 +119,18 @@ export class Agent {
     this.#members6 = captureFamilies(config.capture).includes(6) ? createMemberSync(config.capture, 'captured6') : undefined;
     this.probeGate = new ProbeGate({
       ttlMs: config.probeGateTtlMs, log: deps.log, vouched: () => this.#vouched(), write: createVouchWriter(config.capture),
+    });
+    // A root that leaves the trust bundle takes the tunnel sessions that rest on it along.
+    let bundle = certs.trustBundle?.pem;
+    certs.on('change', () => {
+      if (certs.trustBundle?.pem === bundle) return;
+      bundle = certs.trustBundle?.pem;
+      // After the manager has given every identity the new bundle (one 'change' each, in one turn).
+      setImmediate(() => {
+        const rootsOf = (id: string) => { try { return certs.assertAvailable(id).roots; } catch { return undefined; } };
+        const retired = (this.#tunnel?.recheckRoots() ?? 0) + this.pool.recheckRoots(rootsOf);
+        if (retired > 0) this.#log.info({ retired }, 'trust bundle changed: tunnel sessions resting on a removed root retired');
+      });
     });
     this.readiness.add({ name: 'capture', done: () => this.#captureInstalled });
     this.readiness.add({ name: 'workloads-synced', done: () => this.registry.synced && this.#ipsetSynced });
@@ -322,6 +335,7 @@ export class Agent {
       preserveSource: this.config.preserveSourceIp,
       redirects: new OpenRedirects(),
       outsideMesh: this.config.sidecar ? 'dial' : 'refuse',
+      drainMs: this.config.drainMs,
       registry: this.registry,
       certs: this.certs,
       policy: this.policy,

@@ -25,6 +25,11 @@ export interface ProxyContext {
   tunnelPort: number;
   connectTimeoutMs: number;
   handshakeTimeoutMs: number;
+  /**
+   * How long a retired tunnel session (its certificate expired, its root left the trust bundle) may
+   * finish its streams after GOAWAY before it is destroyed (--drain).
+   */
+  drainMs: number;
   /** A relayed connection with no bytes either way for this long is reset (0: never). */
   idleTimeoutMs?: number;
   /** The agent's own ports: a tunnel never connects to them (no loops, no admin API from the network). */

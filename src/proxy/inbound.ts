@@ -9,6 +9,7 @@
 import http2 from 'node:http2';
 import net from 'node:net';
 import type tls from 'node:tls';
+import type { X509Certificate } from 'node:crypto';
 import type { Logger } from 'pino';
 import { originalDestination, plainIp, setSendBuffer } from '../capture/socket.ts';
 import {
@@ -22,6 +23,7 @@ import { connectLocalPod, type ProxyContext } from './context.ts';
 import { h2StreamEnd, type RelayEnd, relayConnection, socketEnd } from './relay.ts';
 import { ALPN, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, parseAuthority, parseForwardedFor, parseTraceparent, peerSpiffeId, WINDOW_BYTES } from './tunnel/h2.ts';
 import { current, enforceAndGuard } from './decision.ts';
+import { issuedByOneOf, retire, retireAt, sessionDeadline } from './tunnel/session-life.ts';
 
 interface PodServer {
   server: http2.Http2SecureServer;
@@ -37,6 +39,8 @@ export class TunnelServer {
   readonly #byPod = new Map<string, PodServer>();
   readonly #peers = new WeakMap<http2.Http2Session, string>();
   readonly #streams = new WeakMap<http2.Http2Session, { open: number; atLimit: boolean }>();
+  /** Each session's peer certificate, checked again when the trust bundle changes. */
+  readonly #peerCerts = new WeakMap<http2.Http2Session, X509Certificate>();
   readonly #ctx: ProxyContext;
 
   constructor(ctx: ProxyContext) {
@@ -113,14 +117,22 @@ export class TunnelServer {
         refuse(new H2ProtocolError(`frame type ${type} error ${code}`), peerAddress, 'tunnel session broke the protocol');
         if (!session.destroyed) session.destroy();
       });
+      const socket = session.socket as tls.TLSSocket;
+      let peerId: string;
+      let peerCert: X509Certificate;
       try {
-        this.#peers.set(session, verifiedPeer(session.socket as tls.TLSSocket, this.#ctx, entry.target));
+        ({ id: peerId, cert: peerCert } = verifiedPeer(socket, this.#ctx, entry.target));
+        this.#peers.set(session, peerId);
       } catch (err) {
         log.warn({ err: errorCode(err), reason: (err as Error).message }, 'tunnel peer refused');
         this.#ctx.connections.refused('destination', errorCode(err));
         session.destroy();
         return;
       }
+      this.#peerCerts.set(session, peerCert);
+      // No CONNECT after either certificate of the handshake has expired (session-life.ts).
+      retireAt(session, sessionDeadline(socket, peerCert), this.#ctx.drainMs, () =>
+        log.info({ peer: this.#peers.get(session), peerAddress }, 'tunnel session retired: a certificate of its handshake expired (GOAWAY)'));
       session.once('remoteSettings', () => { if (!session.destroyed) session.setLocalWindowSize(WINDOW_BYTES); });
     });
     server.on('stream', (stream, headers) => {
@@ -166,6 +178,30 @@ export class TunnelServer {
     }
   }
 
+  /**
+   * After a trust bundle change: sessions whose peer certificate no longer chains to a trusted root
+   * are retired (GOAWAY, destroyed after the drain). Returns how many.
+   */
+  recheckRoots(): number {
+    let retired = 0;
+    for (const entry of this.#byPod.values()) {
+      let roots: X509Certificate[];
+      try {
+        roots = this.#ctx.certs.assertAvailable(entry.target.spiffeId).roots;
+      } catch {
+        continue; // no certificate of our own: no new handshake either, and nothing to check against
+      }
+      for (const session of entry.sessions) {
+        const peer = this.#peerCerts.get(session);
+        if (!peer || issuedByOneOf(peer, roots)) continue;
+        retired++;
+        retire(session, this.#ctx.drainMs, () => this.#ctx.log.info({ component: 'inbound', peer: this.#peers.get(session) },
+          'tunnel session retired: its peer certificate\'s root left the trust bundle (GOAWAY)'));
+      }
+    }
+    return retired;
+  }
+
   /** GOAWAY to every tunnel session so peers open new ones elsewhere; open streams finish. */
   close(): void {
     for (const entry of this.#byPod.values()) {
@@ -181,7 +217,7 @@ export class TunnelServer {
  * Defence in depth on top of the TLS server's own verification: the client chain ends at one of our
  * roots, is within its validity, and names exactly one SPIFFE ID in our trust domain.
  */
-function verifiedPeer(socket: tls.TLSSocket, ctx: ProxyContext, target: Workload): string {
+function verifiedPeer(socket: tls.TLSSocket, ctx: ProxyContext, target: Workload): { id: string; cert: X509Certificate } {
   if (socket.alpnProtocol !== ALPN) throw new PeerIdentityError(`peer did not negotiate ALPN ${ALPN}`);
   const peer = socket.getPeerX509Certificate();
   if (!peer) throw new PeerIdentityError('peer presented no client certificate');
@@ -194,7 +230,7 @@ function verifiedPeer(socket: tls.TLSSocket, ctx: ProxyContext, target: Workload
   const id = peerSpiffeId(socket);
   if (!id) throw new PeerIdentityError('peer certificate must carry exactly one SPIFFE ID');
   parseWorkloadId(id, ctx.registry.trustDomain);
-  return id;
+  return { id, cert: peer };
 }
 
 /**

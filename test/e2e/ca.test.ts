@@ -19,6 +19,10 @@ describe('CA service in network namespaces', { concurrency: false }, () => {
       identity: 'service',
       certTtl: '20s',
       bundlePoll: '300ms',
+      // A tunnel session ends with the certificates of its handshake (GOAWAY, then a reset after
+      // the drain): with 20 s certificates the long-lived connections below outlive their first
+      // session's, and the drain is what lets them finish (the reset itself: hostile.test.ts).
+      agentArgs: ['--drain', '30s'],
       nodes: [
         { name: 'node-a', pods: [{ name: 'web', namespace: 'shop', serviceAccount: 'web' }] },
         { name: 'node-b', pods: [{ name: 'db', namespace: 'shop', serviceAccount: 'db' }] },
@@ -162,6 +166,11 @@ describe('CA service in network namespaces', { concurrency: false }, () => {
 
     await lab.meshlet(['ca', 'rotate', 'finish', '--ca-dir', lab.caDir]);
     await waitFor(() => bothAgents((d) => d.trustBundle?.roots === 1), 10_000);
+    // The sessions opened with old-root certificates (the long-lived connection's, at least) end:
+    // GOAWAY now, their streams finish within the drain.
+    const retired = async () => (await Promise.all(lab.meshNodes.map((n) => lab.agentLog(n.name))))
+      .flat().some((l) => l.msg === 'trust bundle changed: tunnel sessions resting on a removed root retired' && l.retired > 0);
+    await waitFor(retired, 5_000);
 
     const [chat, dialA, dialB] = await running;
     assert.ok(chat.ok, `long-lived connection across the rotation: ${JSON.stringify(chat)}`);

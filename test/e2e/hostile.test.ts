@@ -18,7 +18,7 @@ describe('hostile input in network namespaces', { concurrency: false }, () => {
 
   before(async () => {
     lab = await MeshLab.create({
-      agentArgs: ['--handshake-timeout', '1s', '--max-connections-per-source', '50'],
+      agentArgs: ['--handshake-timeout', '1s', '--max-connections-per-source', '50', '--drain', '2s'],
       nodes: [
         { name: 'node-a', pods: [{ name: 'web', namespace: 'shop' }] },
         { name: 'node-b', pods: [{ name: 'db', namespace: 'shop' }, { name: 'vault', namespace: 'shop' }] },
@@ -80,6 +80,16 @@ describe('hostile input in network namespaces', { concurrency: false }, () => {
   it('ends a session that sends malformed HTTP/2', async () => {
     const r = await refused('malformed-h2', ['h2_protocol'], ['tunnel session broke the protocol']);
     assert.notEqual(r.outcome, 'no answer within 20 s');
+  });
+
+  it('ends a session when its client certificate expires: GOAWAY at expiry, no CONNECT after, open streams reset after the drain', async (t) => {
+    const r = await attack('expiring-session', ['--count', '3000']);
+    t.diagnostic(JSON.stringify(r));
+    assert.equal(r.first, '200', 'the certificate was valid for the first CONNECT');
+    assert.doesNotMatch(r.second, /^200/, 'a CONNECT after the certificate expired was accepted');
+    // Certificates carry whole seconds; the agent's timer is coarse too: a generous margin.
+    assert.ok(r.goawayAfterExpiryMs !== null && r.goawayAfterExpiryMs >= -1_000 && r.goawayAfterExpiryMs < 1_500, `GOAWAY ${r.goawayAfterExpiryMs} ms after expiry`);
+    assert.ok(r.openStreamClosedAfterExpiryMs !== null && r.openStreamClosedAfterExpiryMs < 2_000 + 3_000, `open stream closed ${r.openStreamClosedAfterExpiryMs} ms after expiry (drain 2 s)`);
   });
 
   it('is no open relay: CONNECT to another address, or to the agent\'s own ports, is refused', async () => {

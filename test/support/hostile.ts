@@ -5,7 +5,7 @@
 //
 // Attacks: not-tls, wrong-alpn, no-client-cert, foreign-trust-domain, expired-cert, slow-handshake,
 // malformed-h2, connect-elsewhere, connect-agent-port, oversized-headers, stream-flood, stream-flood-raw,
-// connection-flood, connect-reset (--count CONNECTs, each cancelled with RST_STREAM as soon as it is
+// connection-flood, expiring-session (a certificate valid for --count ms), connect-reset (--count CONNECTs, each cancelled with RST_STREAM as soon as it is
 // sent, or one turn of the event loop later: the agent is still connecting to the pod).
 // The valid-looking client certificates are made here from the mesh's root (the test's CA dir):
 // an attacker holding a stolen but real identity is the strongest case.
@@ -33,7 +33,7 @@ const done = (outcome: string, detail: Record<string, unknown> = {}) => {
 setTimeout(() => done('no answer within 20 s'), 20_000);
 
 /** A client certificate for `id`, signed by the mesh root, or by a root of its own. */
-async function identity(id: string, opts: { foreignRoot?: boolean; expired?: boolean } = {}): Promise<{ key: string; cert: string }> {
+async function identity(id: string, opts: { foreignRoot?: boolean; expired?: boolean; ttlMs?: number } = {}): Promise<{ key: string; cert: string }> {
   const roots = await loadRootSet(new DirRootStore(String(v['ca-dir'])));
   const root = opts.foreignRoot ? await createRootCa({ trustDomain: 'evil.example' }) : roots.signing;
   const { privateKeyPem } = await generateRsaKey();
@@ -41,7 +41,7 @@ async function identity(id: string, opts: { foreignRoot?: boolean; expired?: boo
   const csr = createCsr(privateKeyPem, id.replace('TD', trustDomain));
   const signer = new CaSigner(root);
   const cert = signer.signWorkload(parseWorkloadCsr(csr, trustDomain), opts.expired
-    ? { ttlMs: 60_000, now: new Date(Date.now() - 3_600_000) } : { ttlMs: 3_600_000 });
+    ? { ttlMs: 60_000, now: new Date(Date.now() - 3_600_000) } : { ttlMs: opts.ttlMs ?? 3_600_000 });
   return { key: privateKeyPem, cert };
 }
 
@@ -201,6 +201,35 @@ switch (v.attack) {
     // 50 at a time: under the agent's stream limit, so every CONNECT reaches it.
     for (let i = 0; i < n; i += 50) await Promise.all(Array.from({ length: Math.min(50, n - i) }, (_, k) => one(i + k)));
     done('cancelled', { sent, answered });
+    break;
+  }
+  case 'expiring-session': {
+    // A real identity whose certificate expires in --count ms: one CONNECT before expiry, kept open;
+    // another on the same session after it. A session must not outlive its certificate.
+    const id = await identity('spiffe://TD/ns/intruder/sa/stolen', { ttlMs: Number(v.count) });
+    const session = http2.connect(`https://${target}:${port}`, { ...id, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3' } as http2.SecureClientSessionOptions);
+    session.on('error', () => undefined);
+    await new Promise((r) => session.once('connect', r));
+    const expiresAt = Date.parse((session.socket as tls.TLSSocket).getX509Certificate()!.validTo);
+    let goawayAt: number | undefined;
+    session.once('goaway', () => { goawayAt = Date.now(); });
+    const first = session.request({ ':method': 'CONNECT', ':authority': `${target}:8080` }, { endStream: false });
+    first.on('error', () => undefined);
+    first.resume();
+    const firstClosed = new Promise<number>((r) => first.once('close', () => r(Date.now())));
+    const firstStatus = await new Promise<string>((r) => { first.once('response', (h) => r(String(h[':status']))); first.once('close', () => r('closed')); });
+    await new Promise((r) => setTimeout(r, Math.max(0, expiresAt - Date.now() + 1_000)));
+    let second: string;
+    try {
+      second = await connectStatus(session, `${target}:8080`);
+    } catch (err) {
+      second = `refused ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
+    }
+    const closedAt = await Promise.race([firstClosed, new Promise<undefined>((r) => setTimeout(() => r(undefined), 8_000))]);
+    done('observed', {
+      first: firstStatus, second, goawayAfterExpiryMs: goawayAt === undefined ? null : goawayAt - expiresAt,
+      openStreamClosedAfterExpiryMs: closedAt === undefined ? null : closedAt - expiresAt,
+    });
     break;
   }
   case 'connection-flood': {

@@ -5,9 +5,11 @@
 import http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
+import type { X509Certificate } from 'node:crypto';
 import type { Logger } from 'pino';
 import { setSendBuffer } from '../../capture/socket.ts';
 import { PeerIdentityError, TunnelRejectedError, UpstreamConnectError } from '../../errors.ts';
+import { issuedByOneOf, retire, retireAt, sessionDeadline } from './session-life.ts';
 import { ALPN, formatAuthority, formatForwardedFor, formatTraceparent, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, WINDOW_BYTES, uriSans } from './h2.ts';
 
 export interface TunnelTarget {
@@ -29,6 +31,8 @@ export interface TunnelPoolOptions {
   secureContextFor(spiffeId: string): tls.SecureContext;
   /** Told how long each new session took to set up (TCP + TLS + HTTP/2), and whether it succeeded. */
   onHandshake?(seconds: number, ok: boolean): void;
+  /** How long a retired session may finish its streams after GOAWAY before it is destroyed (--drain). */
+  drainMs: number;
 }
 
 /** Connections one session carries at most: the stream limit every agent advertises. */
@@ -43,6 +47,11 @@ interface PoolEntry {
   peerId: string;
   /** The session, once established (lets a going-away session be forgotten synchronously). */
   resolved?: http2.ClientHttp2Session;
+  /**
+   * Past this (ms since the epoch), half the life its certificates had left at the handshake, it
+   * takes no new connection: each connection gets at least that long before the session ends.
+   */
+  freshUntil?: number;
 }
 
 /** A stream the peer never processed, on a session that is going away: retried once. */
@@ -61,6 +70,10 @@ export class TunnelPool {
   readonly #entries = new Map<string, PoolEntry[]>();
   readonly #opts: TunnelPoolOptions;
   readonly #log: Logger;
+  /** Each session's peer certificate and the pair it serves, checked again when the trust bundle changes. */
+  readonly #peerCerts = new WeakMap<http2.ClientHttp2Session, { key: string; sourceId: string; cert: X509Certificate }>();
+  /** When each session's certificates end (session-life.ts). */
+  readonly #deadlines = new WeakMap<http2.ClientHttp2Session, number>();
   #closed = false;
 
   constructor(opts: TunnelPoolOptions) {
@@ -160,6 +173,12 @@ export class TunnelPool {
   /** A session of the pair with a free slot, or a new one; the slot is taken here (release it). */
   #entry(sourceId: string, target: TunnelTarget): PoolEntry {
     const key = `${sourceId}|${target.podIp}`;
+    const now = Date.now();
+    // A session in the second half of its life goes: GOAWAY, its streams finish on it.
+    for (const stale of (this.#entries.get(key) ?? []).filter((e) => e.freshUntil !== undefined && now >= e.freshUntil)) {
+      this.#drop(key, (e) => e === stale);
+      stale.resolved?.close();
+    }
     const list = this.#entries.get(key) ?? [];
     let entry = list.find((e) => e.streams < STREAMS_PER_SESSION);
     if (!entry) {
@@ -168,7 +187,11 @@ export class TunnelPool {
         session: this.#open(sourceId, target, key),
       };
       // A failed session attempt is forgotten at once so the next connection tries again.
-      created.session.then((s) => { created.resolved = s; }, () => this.#drop(key, (e) => e === created));
+      created.session.then((s) => {
+        created.resolved = s;
+        const deadline = this.#deadlines.get(s);
+        if (deadline !== undefined) created.freshUntil = created.createdAt + (deadline - created.createdAt) / 2;
+      }, () => this.#drop(key, (e) => e === created));
       this.#entries.set(key, [...list, created]);
       entry = created;
     }
@@ -209,8 +232,18 @@ export class TunnelPool {
         clearTimeout(timer);
         observe(true);
         session.setLocalWindowSize(WINDOW_BYTES);
-        const peer = (session.socket as tls.TLSSocket).getPeerX509Certificate();
+        const socket = session.socket as tls.TLSSocket;
+        const peer = socket.getPeerX509Certificate();
         this.#log.debug({ key, peer: peer ? uriSans(peer) : [] }, 'tunnel session established');
+        if (peer) this.#peerCerts.set(session, { key, sourceId, cert: peer });
+        // Not past either certificate of its handshake (session-life.ts): new connections then open
+        // a new session, with the renewed certificates.
+        const deadline = sessionDeadline(socket, peer);
+        this.#deadlines.set(session, deadline);
+        retireAt(session, deadline, this.#opts.drainMs, () => {
+          this.#log.info({ key }, 'tunnel session retired: a certificate of its handshake expired');
+          this.#forget(key, session);
+        });
         resolve(session);
       });
       session.once('error', (err) => {
@@ -227,6 +260,24 @@ export class TunnelPool {
       // Idle sessions should not keep the process alive during shutdown.
       session.unref();
     });
+  }
+
+  /**
+   * After a trust bundle change: sessions whose peer certificate no longer chains to a root that
+   * `sourceId`'s bundle trusts are forgotten and retired (GOAWAY, destroyed after the drain).
+   */
+  recheckRoots(rootsFor: (sourceId: string) => readonly X509Certificate[] | undefined): number {
+    let retired = 0;
+    for (const e of this.#all()) {
+      const session = e.resolved;
+      const peer = session && this.#peerCerts.get(session);
+      const roots = peer && rootsFor(peer.sourceId);
+      if (!session || !peer || !roots || issuedByOneOf(peer.cert, roots)) continue;
+      retired++;
+      this.#forget(peer.key, session);
+      retire(session, this.#opts.drainMs, () => this.#log.info({ key: peer.key }, 'tunnel session retired: its peer certificate\'s root left the trust bundle'));
+    }
+    return retired;
   }
 
   /** Pool state for /config_dump. */

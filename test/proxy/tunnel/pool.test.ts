@@ -17,9 +17,9 @@ const WEB = `spiffe://${TD}/ns/shop/sa/web`;
 const DB = `spiffe://${TD}/ns/shop/sa/db`;
 const IMPOSTOR = `spiffe://${TD}/ns/shop/sa/cache`;
 
-async function identity(root: RootCa, id: string): Promise<{ key: string; cert: string }> {
+async function identity(root: RootCa, id: string, ttlMs = 3_600_000): Promise<{ key: string; cert: string }> {
   const { privateKeyPem } = await generateRsaKey();
-  const { certPem } = signWorkloadCsr(root, createCsr(privateKeyPem, id), { trustDomain: TD, ttlMs: 3_600_000 });
+  const { certPem } = signWorkloadCsr(root, createCsr(privateKeyPem, id), { trustDomain: TD, ttlMs });
   return { key: privateKeyPem, cert: certPem };
 }
 
@@ -41,20 +41,21 @@ describe('tunnel pool: the peer must be the destination workload', () => {
   });
 
   /** A tunnel server on loopback presenting `id`, answering every CONNECT with 200; counts the streams it saw. */
-  async function peer(id: string): Promise<{ port: number; streams: () => number }> {
-    const me = await identity(root, id);
+  async function peer(id: string, ttlMs?: number): Promise<{ port: number; streams: () => number; sessions: () => number }> {
+    const me = await identity(root, id, ttlMs);
     const server = http2.createSecureServer({ ...me, ca: root.certPem, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3', ALPNProtocols: [ALPN] });
     servers.push(server);
-    server.on('session', (s) => sessions.push(s));
+    let mine = 0;
+    server.on('session', (s) => { sessions.push(s); mine++; });
     let streams = 0;
     server.on('stream', (stream) => { streams++; stream.respond({ ':status': 200 }); });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    return { port: (server.address() as net.AddressInfo).port, streams: () => streams };
+    return { port: (server.address() as net.AddressInfo).port, streams: () => streams, sessions: () => mine };
   }
 
   const pool = (port: number) => {
     const p = new TunnelPool({
-      tunnelPort: port, connectTimeoutMs: 5000, log: pino({ level: 'silent' }),
+      tunnelPort: port, connectTimeoutMs: 5000, log: pino({ level: 'silent' }), drainMs: 1000,
       secureContextFor: () => tls.createSecureContext({ ...web, ca: root.certPem, minVersion: 'TLSv1.3' }),
     });
     pools.push(p);
@@ -78,5 +79,25 @@ describe('tunnel pool: the peer must be the destination workload', () => {
       return true;
     });
     assert.equal(impostor.streams(), 0, 'a CONNECT reached the impostor');
+  });
+
+  it('gives a session no new connection past half its certificates\' life, and ends it when they expire', async () => {
+    // The peer's certificate expires in 6 s (certificates carry whole seconds: 5-6 s).
+    const db = await peer(DB, 6_000);
+    const p = pool(db.port);
+    const first = await p.connect(WEB, { podIp: '127.0.0.1', port: 8080, expectedPeerId: DB });
+    const firstClosed = new Promise<number>((r) => first.once('close', () => r(Date.now())));
+    first.on('error', () => {});
+    const again = await p.connect(WEB, { podIp: '127.0.0.1', port: 8080, expectedPeerId: DB });
+    assert.equal(db.sessions(), 1, 'a fresh session takes new connections');
+    again.close();
+    await new Promise((r) => setTimeout(r, 3_500));
+    const late = await p.connect(WEB, { podIp: '127.0.0.1', port: 8080, expectedPeerId: DB });
+    assert.equal(db.sessions(), 2, 'past half its life the session took a new connection');
+    late.close();
+    // At expiry the first session is retired; its open stream is reset after the drain (1 s).
+    const closedAt = await firstClosed;
+    const expiry = Date.parse((first.session?.socket as tls.TLSSocket | undefined)?.getPeerX509Certificate()?.validTo ?? '') || closedAt;
+    assert.ok(closedAt - expiry < 1_000 + 2_000, `the open stream ended ${closedAt - expiry} ms after expiry`);
   });
 });
