@@ -211,6 +211,15 @@ export class BodyTooLargeError extends CaRefusal {
   }
 }
 
+/** The request body did not arrive within the CA's deadline (a client trickling it holds nothing longer). */
+export class SlowRequestError extends CaRefusal {
+  readonly code = 'slow_request';
+  readonly status = 408;
+  constructor(ms: number) {
+    super(`request body not received within ${ms} ms`);
+  }
+}
+
 /** The bearer token is missing, malformed, expired, for another audience, or not an agent's. */
 export class TokenRejectedError extends CaRefusal {
   readonly code = 'bad_token';
@@ -338,7 +347,7 @@ export class AgentUnreachableError extends MeshletError {
 export const errorCodes = [
   'unknown_source', 'self_call', 'outside_mesh', 'original_dst', 'no_certificate', 'tunnel_rejected', 'peer_identity',
   'bad_tunnel_target', 'tunnel_cancelled', 'unknown_destination', 'policy_denied', 'upstream_connect', 'bad_workloads', 'bad_config',
-  'bad_spiffe_id', 'ca_error', 'capture_error', 'prerequisite', 'bad_csr', 'bad_request', 'body_too_large', 'bad_token',
+  'bad_spiffe_id', 'ca_error', 'capture_error', 'prerequisite', 'bad_csr', 'bad_request', 'body_too_large', 'slow_request', 'bad_token',
   'identity_not_allowed', 'rate_limited', 'authz_unavailable', 'ca_unavailable', 'agent_unreachable',
   'tls_handshake', 'h2_protocol', 'connection_limit', 'idle_timeout', 'stream_limit', 'no_endpoints', 'source_address',
 ] as const;

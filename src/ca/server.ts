@@ -16,7 +16,7 @@ import type http from 'node:http';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
 import {
-  AuthorizerUnavailableError, BadCaRequestError, BodyTooLargeError, CaError, CaRefusal, RateLimitedError, TokenRejectedError,
+  AuthorizerUnavailableError, BadCaRequestError, BodyTooLargeError, CaError, CaRefusal, RateLimitedError, SlowRequestError, TokenRejectedError,
 } from '../errors.ts';
 import { bundleSize, CaSigner, parseWorkloadCsr } from '../identity/ca.ts';
 import { loadRootSet, type RootSet, type RootStore } from '../identity/roots.ts';
@@ -37,6 +37,11 @@ export interface CaServiceOptions {
   burst: number;
   /** Signing requests in progress at once; more are refused with 429 rather than queued. */
   maxInFlight?: number;
+  /**
+   * Requests in progress at once per client: per address before its token is checked, per node
+   * after. A compromised node or one noisy address can only use its own share.
+   */
+  maxPerClient?: number;
   /** How often the root store is re-read (root rotation). */
   reloadMs: number;
   /** Called with every new root set (the Kubernetes mode publishes the bundle ConfigMap). */
@@ -57,7 +62,10 @@ export class CaService {
   readonly #log: Logger;
   readonly #limiter: RateLimiter;
   readonly #maxInFlight: number;
+  readonly #maxPerClient: number;
   #inFlight = 0;
+  /** Requests in progress per client address (pre-authentication) and per node (after). */
+  readonly #perClient = new Map<string, number>();
   #roots: RootSet;
   #signer: CaSigner;
   #servingKeyPem: string;
@@ -71,6 +79,7 @@ export class CaService {
     this.#log = opts.log.child({ component: 'ca' });
     this.#limiter = new RateLimiter({ ratePerSecond: opts.ratePerSecond, burst: opts.burst });
     this.#maxInFlight = opts.maxInFlight ?? 256;
+    this.#maxPerClient = opts.maxPerClient ?? 32;
     this.#roots = roots;
     this.#signer = new CaSigner(roots.signing);
     this.#servingKeyPem = servingKeyPem;
@@ -81,6 +90,9 @@ export class CaService {
       handshakeTimeout: 5_000,
       headersTimeout: 5_000,
       requestTimeout: 10_000,
+      // Node enforces the two timeouts above only when it checks its connections, every 30 s by
+      // default: 256 trickling clients held every slot for 25 s and more. Check every second.
+      connectionsCheckingInterval: 1_000,
       maxHeaderSize: 8192,
     }, (req, res) => void this.#handle(req, res));
     this.server.on('tlsClientError', (err) => this.#log.debug({ err: err.message }, 'TLS handshake with a client failed'));
@@ -178,13 +190,15 @@ export class CaService {
       if (url !== '/v1/certificates') throw new BadCaRequestError(`no such endpoint ${JSON.stringify(url)}`, 404);
       if (req.method !== 'POST') throw new BadCaRequestError(`${req.method} is not allowed on ${url}`, 405);
       if (!/^application\/json\b/i.test(req.headers['content-type'] ?? '')) throw new BadCaRequestError('content type must be application/json', 415);
+      // Who asks comes from the headers, before any capacity is held for the request: a client
+      // without a valid token holds nothing but its connection (and that only briefly).
+      const token = bearer(req.headers.authorization);
+      const who = await this.#withSlot(`addr:${remote}`, () => this.#opts.authorizer.authenticate(token));
+      node = who.node;
       if (this.#inFlight >= this.#maxInFlight) throw new RateLimitedError(1);
       this.#inFlight++;
       try {
-        const body = await readBody(req, this.#opts.maxBodyBytes);
-        const token = bearer(req.headers.authorization);
-        const who = await this.#opts.authorizer.authenticate(token);
-        node = who.node;
+        const body = await this.#withSlot(`node:${who.node}`, () => readBody(req, this.#opts.maxBodyBytes, BODY_DEADLINE_MS));
         const csr = parseCsrRequest(body);
         const parsed = parseWorkloadCsr(csr, this.#roots.trustDomain);
         spiffeId = parsed.spiffeId;
@@ -211,7 +225,23 @@ export class CaService {
       send(res, refusal.status, { error: { code: refusal.code, message: refusal.message } }, headers);
     }
   }
+
+  /** Runs `work` holding one of `client`'s slots; refused with 429 when it holds all of them. */
+  async #withSlot<T>(client: string, work: () => Promise<T>): Promise<T> {
+    const held = this.#perClient.get(client) ?? 0;
+    if (held >= this.#maxPerClient) throw new RateLimitedError(1);
+    this.#perClient.set(client, held + 1);
+    try {
+      return await work();
+    } finally {
+      const left = (this.#perClient.get(client) ?? 1) - 1;
+      if (left > 0) this.#perClient.set(client, left); else this.#perClient.delete(client);
+    }
+  }
 }
+
+/** How long a request's body may take to arrive once its headers have (a CSR is a few KB). */
+const BODY_DEADLINE_MS = 5_000;
 
 function send(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   if (res.headersSent) return;
@@ -238,24 +268,29 @@ function parseCsrRequest(body: Buffer): string {
   return csr;
 }
 
-/** Reads at most `limit` bytes; a larger declared or actual body is refused without buffering it. */
-function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer> {
+/**
+ * Reads at most `limit` bytes within `deadlineMs`; a larger declared or actual body is refused
+ * without buffering it, a slower one with SlowRequestError (the connection is closed after the answer).
+ */
+function readBody(req: http.IncomingMessage, limit: number, deadlineMs: number): Promise<Buffer> {
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > limit) return Promise.reject(new BodyTooLargeError(limit));
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    const stop = (err: Error) => {
+      clearTimeout(timer);
+      req.removeAllListeners('data');
+      req.pause();
+      reject(err);
+    };
+    const timer = setTimeout(() => stop(new SlowRequestError(deadlineMs)), deadlineMs);
     req.on('data', (chunk: Buffer) => {
       size += chunk.length;
-      if (size > limit) {
-        req.removeAllListeners('data');
-        req.pause();
-        reject(new BodyTooLargeError(limit));
-        return;
-      }
+      if (size > limit) { stop(new BodyTooLargeError(limit)); return; }
       chunks.push(chunk);
     });
-    req.on('end', () => resolve(Buffer.concat(chunks)));
-    req.on('error', reject);
+    req.on('end', () => { clearTimeout(timer); resolve(Buffer.concat(chunks)); });
+    req.on('error', (err) => { clearTimeout(timer); reject(err); });
   });
 }
