@@ -80,6 +80,8 @@ export class Agent {
   readonly #members: IpsetSync;
   /** The destinations in the mesh (node mode): the only ones capture redirects. */
   readonly #destinations: IpsetSync | undefined;
+  /** This node's STRICT pods, which get no forwarded non-TCP (node mode; empty unless --non-tcp-to-strict drop). */
+  readonly #strict: IpsetSync | undefined;
   /** The IPv6 guard's set (node mode, on a kernel with IPv6): the captured pods' IPv6 addresses. */
   readonly #members6: IpsetSync | undefined;
   readonly #provider: CertificateProvider & { close?(): Promise<void> };
@@ -116,6 +118,7 @@ export class Agent {
     // A sidecar's pod capture takes everything the pod sends: there is no set of pods to keep.
     this.#members = config.sidecar ? { sync: async () => ({ added: 0, removed: 0 }), members: async () => new Set() } : createMemberSync(config.capture);
     this.#destinations = config.sidecar ? undefined : createMemberSync(config.capture, 'destinations');
+    this.#strict = config.sidecar ? undefined : createMemberSync(config.capture, 'strict');
     this.#members6 = captureFamilies(config.capture).includes(6) ? createMemberSync(config.capture, 'captured6') : undefined;
     this.probeGate = new ProbeGate({
       ttlMs: config.probeGateTtlMs, log: deps.log, vouched: () => this.#vouched(), write: createVouchWriter(config.capture),
@@ -287,6 +290,8 @@ export class Agent {
     const synced = [
       this.#members.sync(ips).then((r) => { if (r.added || r.removed) this.#log.info(r, 'captured-pods ipset updated'); }),
       this.#destinations?.sync(this.registry.destinations).then((r) => { if (r.added || r.removed) this.#log.info(r, 'mesh destinations set updated'); }),
+      this.#strict?.sync(new Set(this.config.nonTcpToStrict === 'drop' ? local.filter((w) => this.policy.mtlsMode(w) === 'strict').map((w) => w.ip) : []))
+        .then((r) => { if (r.added || r.removed) this.#log.info(r, 'STRICT pods set updated (non-TCP to them dropped)'); }),
       this.#members6?.sync(ips6).then((r) => { if (r.added || r.removed) this.#log.info(r, 'captured-pods IPv6 set updated (the IPv6 guard)'); }),
     ];
     Promise.all(synced).then(

@@ -64,6 +64,7 @@ agent flags (defaults in brackets):
   --max-connections N --max-connections-per-source N   connection limits [16384, 1024]
   --idle-timeout DUR       reset relayed connections silent both ways this long [1h]
   --preserve-source-ip on|off  local pods see their clients' addresses, not the node's [on]
+  --non-tcp-to-strict allow|drop  drop UDP, SCTP and other non-TCP forwarded to STRICT pods (ICMP and the node's own pass) [allow]
   --probe-gate-ttl DUR     a dead or stalled agent's pods fail kubelet's probes this long after it stops [4s]
   --heap-headroom MIB      old-generation headroom above the live heap, once up: fewer full GCs on bulk traffic; 0 = V8's own [32]
   admin API: GET /config_dump, GET /logging, POST /logging?level=debug (runtime log level)

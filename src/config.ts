@@ -56,6 +56,12 @@ export interface AgentConfig {
    */
   preserveSourceIp: boolean;
   /**
+   * drop: non-TCP traffic (UDP, SCTP, ...) forwarded to this node's captured pods in STRICT
+   * namespaces is dropped, except ICMP and the node's own. allow (default): it reaches them as
+   * without a mesh (the mesh carries TCP only).
+   */
+  nonTcpToStrict: 'allow' | 'drop';
+  /**
    * How long a vouched-for pod stays in the probe gate without being re-added: a dead or stalled
    * agent's pods fail kubelet's probes this long after its last refresh (refreshed 4 times per TTL).
    */
@@ -163,6 +169,10 @@ class Problems {
     if (!isIP(value)) this.list.push(`--${flag}: ${JSON.stringify(value)} is not an IP address`);
     return value;
   }
+  oneOf<T extends string>(flag: string, value: string, allowed: readonly T[]): T {
+    if (!(allowed as readonly string[]).includes(value)) this.list.push(`--${flag}: ${JSON.stringify(value)} is not one of ${allowed.join(', ')}`);
+    return (allowed as readonly string[]).includes(value) ? value as T : allowed[0] as T;
+  }
   onOff(flag: string, value: string): boolean {
     if (value !== 'on' && value !== 'off') this.list.push(`--${flag}: ${JSON.stringify(value)} is not on or off`);
     return value === 'on';
@@ -220,6 +230,8 @@ function captureSettings(v: Record<string, unknown>, p: Problems, mode: CaptureS
     passPorts: [tunnelPort, defaults.ports.metrics, defaults.ports.readiness],
     sourceChain: defaultCaptureSettings.sourceChain,
     antiSpoofChain: defaultCaptureSettings.antiSpoofChain,
+    strictIpset: defaultCaptureSettings.strictIpset,
+    forwardChain: defaultCaptureSettings.forwardChain,
     ipv6Chain: defaultCaptureSettings.ipv6Chain,
     backend: backend === 'nftables' ? 'nftables' : 'iptables',
     ...settings,
@@ -282,6 +294,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     'probe-gate-ttl': { type: 'string', default: '4s' },
     'heap-headroom': { type: 'string', default: '32' },
     'preserve-source-ip': { type: 'string', default: 'on' },
+    'non-tcp-to-strict': { type: 'string', default: 'allow' },
     'max-connections-per-source': { type: 'string', default: '1024' },
     'log-level': { type: 'string', default: env.MESHLET_LOG_LEVEL ?? defaults.logLevel },
     'connect-timeout': { type: 'string', default: defaults.connectTimeout },
@@ -322,6 +335,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     maxConnectionsPerSource: p.int('max-connections-per-source', String(v['max-connections-per-source']), 1, 1_000_000),
     // ipset timeouts are whole seconds.
     preserveSourceIp: p.onOff('preserve-source-ip', String(v['preserve-source-ip'])) && !sidecar,
+    nonTcpToStrict: p.oneOf('non-tcp-to-strict', String(v['non-tcp-to-strict']), ['allow', 'drop'] as const),
     probeGateTtlMs: Math.round(p.duration('probe-gate-ttl', String(v['probe-gate-ttl']), 2_000, 600_000) / 1000) * 1000,
     heapHeadroomMiB: p.int('heap-headroom', String(v['heap-headroom']), 0, 1024),
     capture,

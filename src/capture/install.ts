@@ -173,6 +173,7 @@ export function ipsetCreateArgs(s: CaptureSettings, families: readonly IpFamily[
   return [
     ['create', s.ipset, 'hash:ip', 'family', 'inet', '-exist'],
     ['create', s.destinationsIpset, 'hash:ip', 'family', 'inet', '-exist'],
+    ['create', s.strictIpset, 'hash:ip', 'family', 'inet', '-exist'],
     ['create', s.gateIpset, 'hash:ip', 'family', 'inet', 'timeout', String(GATE_SET_TIMEOUT_SECONDS), '-exist'],
     ...(families.includes(6) ? [['create', s.ipset6, 'hash:ip', 'family', 'inet6', '-exist']] : []),
   ];
@@ -261,7 +262,7 @@ export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolea
   if (s.mode === 'sidecar') return text;
   await cleanupSourceRoute();
   const sets = (await tool('ipset', ['list', '-n'])).split('\n');
-  for (const name of [s.ipset, s.destinationsIpset, s.gateIpset, s.ipset6]) if (sets.includes(name)) await tool('ipset', ['destroy', name]);
+  for (const name of [s.ipset, s.destinationsIpset, s.strictIpset, s.gateIpset, s.ipset6]) if (sets.includes(name)) await tool('ipset', ['destroy', name]);
   return text;
 }
 

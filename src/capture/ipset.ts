@@ -15,12 +15,12 @@ export interface IpsetSync {
 
 type Change = { added: number; removed: number };
 
-/** Which of the member sets: this node's captured pods, the destinations in the mesh, or the captured pods' IPv6 addresses (the IPv6 guard). */
-export type MemberSet = 'captured' | 'destinations' | 'captured6';
+/** Which of the member sets: this node's captured pods, the destinations in the mesh, its STRICT pods (non-TCP dropped), or the captured pods' IPv6 addresses (the IPv6 guard). */
+export type MemberSet = 'captured' | 'destinations' | 'strict' | 'captured6';
 
 /** A member set of either backend. */
 export function createMemberSync(s: CaptureSettings, which: MemberSet = 'captured'): IpsetSync {
-  const setName = { captured: s.ipset, destinations: s.destinationsIpset, captured6: s.ipset6 }[which];
+  const setName = { captured: s.ipset, destinations: s.destinationsIpset, strict: s.strictIpset, captured6: s.ipset6 }[which];
   if (s.backend === 'nftables') {
     const table = which === 'captured6' ? NFT_TABLE6 : NFT_TABLE;
     const members = async () => parseNftSetJson(await runCaptureTool('nft', ['-j', 'list', 'set', ...table, setName]));

@@ -9,7 +9,7 @@
 // table of its own (`ip6 meshlet`: the captured pods' IPv6 addresses and a forward chain; see
 // rules.ts, ipv6GuardRules). Pure text here; the commands run in install.ts, ipset.ts and
 // probe-gate.ts like the iptables ones.
-import { ANTI_SPOOF_COMMENT, type CaptureSettings, type IpFamily, IPV6_GUARD_COMMENT, nftSourceRule } from './rules.ts';
+import { ANTI_SPOOF_COMMENT, type CaptureSettings, type IpFamily, IPV6_GUARD_COMMENT, NON_TCP_COMMENT, nftSourceRule } from './rules.ts';
 
 /** Family and name of meshlet's table, as nft takes them: `nft list table ip meshlet`. */
 export const NFT_TABLE = ['ip', 'meshlet'] as const;
@@ -19,7 +19,7 @@ const T = NFT_TABLE.join(' ');
 const T6 = NFT_TABLE6.join(' ');
 
 /** Each chain's declaration and rules exactly as `nft list table` prints them. */
-export function nftChains(s: CaptureSettings): Record<'antispoof' | 'prerouting' | 'output' | 'source', string[]> {
+export function nftChains(s: CaptureSettings): Record<'antispoof' | 'prerouting' | 'output' | 'forward' | 'source', string[]> {
   const captured = `@${s.ipset}`;
   return {
     // Anti-spoofing (see rules.ts, antiSpoofRules): strict reverse path for captured pods' addresses.
@@ -39,6 +39,11 @@ export function nftChains(s: CaptureSettings): Record<'antispoof' | 'prerouting'
     output: [
       'type filter hook output priority filter - 10; policy accept;',
       `ip daddr ${captured} ip daddr != @${s.gateIpset} ct state new reject with tcp reset comment "meshlet: captured pod the agent does not vouch for"`,
+    ],
+    // Non-TCP to STRICT pods (see rules.ts, nonTcpRules); nft lists the protocols by number.
+    forward: [
+      'type filter hook forward priority filter - 10; policy accept;',
+      `meta l4proto != { icmp, tcp } ip daddr @${s.strictIpset} drop comment "${NON_TCP_COMMENT}"`,
     ],
     // Source preservation (see rules.ts, SOURCE_MARK).
     source: ['type filter hook prerouting priority mangle; policy accept;', nftSourceRule()],
@@ -65,6 +70,7 @@ export function nftInstallScript(s: CaptureSettings, families: readonly IpFamily
     `add table ${T}`,
     `add set ${T} ${s.ipset} { type ipv4_addr; }`,
     `add set ${T} ${s.destinationsIpset} { type ipv4_addr; }`,
+    `add set ${T} ${s.strictIpset} { type ipv4_addr; }`,
     `add set ${T} ${s.gateIpset} { type ipv4_addr; flags timeout; }`,
     ...chainLines(T, nftChains(s)),
   ];

@@ -24,6 +24,13 @@ export interface CaptureSettings {
   /** ipset (hash:ip) whose members are this node's captured pod IPs (an nftables set of that name with nftables). */
   ipset: string;
   /**
+   * ipset (hash:ip) of this node's captured pods in STRICT namespaces, filled by the agent only
+   * with `--non-tcp-to-strict drop` (empty otherwise): non-TCP traffic forwarded to them is dropped.
+   */
+  strictIpset: string;
+  /** meshlet's chain in the filter table; FORWARD jumps to it (non-TCP to STRICT pods). */
+  forwardChain: string;
+  /**
    * ipset (hash:ip) of the destinations a captured pod's connection is carried to by the agent: every
    * captured pod of the mesh, on any node, and the cluster IPs of Services with endpoints in the mesh.
    * Only connections to these are redirected; everything else a captured pod sends leaves as it
@@ -72,6 +79,8 @@ export const defaultCaptureSettings: CaptureSettings = {
   backend: 'iptables',
   ipset: 'meshlet-captured',
   destinationsIpset: 'meshlet-destinations',
+  strictIpset: 'meshlet-strict',
+  forwardChain: 'MESHLET_FORWARD',
   ipset6: 'meshlet-captured6',
   ipv6Chain: 'MESHLET_IPV6',
   chain: 'MESHLET_PREROUTING',
@@ -116,6 +125,23 @@ export function gateRules(s: CaptureSettings): string[] {
       `-m comment --comment "meshlet: captured pod the agent does not vouch for" -j REJECT --reject-with tcp-reset`,
   ];
 }
+
+/**
+ * Non-TCP to STRICT pods (filter FORWARD). The mesh carries TCP: UDP, SCTP and the rest reach a
+ * captured pod in plaintext, around mTLS and policy. Members of the strict set (filled only with
+ * `--non-tcp-to-strict drop`) get no forwarded non-TCP traffic but ICMP, which TCP itself needs
+ * (path MTU discovery). Their node's own traffic (OUTPUT, not FORWARD) still reaches them.
+ */
+export function nonTcpRules(s: CaptureSettings): string[] {
+  return [
+    `-A ${s.forwardChain} -p tcp -j RETURN`,
+    `-A ${s.forwardChain} -p icmp -j RETURN`,
+    `-A ${s.forwardChain} -m set --match-set ${s.strictIpset} dst -m comment --comment "${NON_TCP_COMMENT}" -j DROP`,
+  ];
+}
+
+/** The non-TCP rule's comment, the same in both backends. */
+export const NON_TCP_COMMENT = 'meshlet: non-TCP to a STRICT pod';
 
 /**
  * Anti-spoofing (raw PREROUTING, before conntrack and capture). The agent knows a workload by its
@@ -259,6 +285,7 @@ function hooks(s: CaptureSettings, family: IpFamily): ChainHook[] {
     { table: 'raw', parent: 'PREROUTING', chain: s.antiSpoofChain, body: antiSpoofRules(s) },
     { table: 'nat', parent: 'PREROUTING', chain: s.chain, body: chainRules(s) },
     { table: 'filter', parent: 'OUTPUT', chain: s.gateChain, body: gateRules(s) },
+    { table: 'filter', parent: 'FORWARD', chain: s.forwardChain, body: nonTcpRules(s) },
     { table: 'mangle', parent: 'PREROUTING', chain: s.sourceChain, body: sourceRules(s) },
   ];
 }

@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { runCommand } from '../capture/exec.ts';
 import { defaultCaptureSettings, parseIpsetMembers } from '../capture/rules.ts';
+import { NFT_TABLE, parseNftSetJson } from '../capture/nftables.ts';
 import { type NodeNs, type PodNs, Topology } from '../netns/topology.ts';
 import { readPcap, type TcpSegment } from '../netns/pcap.ts';
 import { LOG_FLUSH_MS } from '../telemetry/log.ts';
@@ -409,6 +410,11 @@ export class MeshLab {
 
   /** Members of the captured-pods ipset in a node's namespace. */
   async ipsetMembers(node: NodeNs, set = defaultCaptureSettings.ipset): Promise<Set<string>> {
+    if (this.spec.captureBackend === 'nftables' && set !== defaultCaptureSettings.ipset6) {
+      const r = await this.topo.exec(node.ns, 'nft', ['-j', 'list', 'set', ...NFT_TABLE, set]);
+      if (r.code !== 0) throw new Error(`nft list set ${set} in ${node.name}: ${r.stderr.trim()}`);
+      return parseNftSetJson(r.stdout);
+    }
     const r = await this.topo.exec(node.ns, 'ipset', ['save', set]);
     if (r.code !== 0) throw new Error(`ipset save ${set} in ${node.name}: ${r.stderr.trim()}`);
     return parseIpsetMembers(set, r.stdout);

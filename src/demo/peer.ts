@@ -10,6 +10,9 @@
 //                                        a new short connection every interval (echo, 1 KiB)
 //   peer resets --host H --port P --count N [--concurrency C]
 //                                        N connections, each reset (RST) as soon as it is established
+//   peer udp-serve --port P              UDP echo server
+//   peer udp-ping --host H --port P [--timeout MS]
+//                                        one UDP datagram; prints whether its echo came back
 //   peer get --url URL [--method POST]   prints an HTTP body (admin endpoints inside a node namespace)
 //
 // Protocol: the client's first byte picks the server's behaviour. 'E': echo every byte back and end
@@ -19,6 +22,7 @@
 // until something breaks the connection, and reports how. 'W': answer the address the connection
 // came from, as the application sees it, and end (`whoami` mode; the client's `reply`).
 import { createHash, randomBytes } from 'node:crypto';
+import dgram from 'node:dgram';
 import net from 'node:net';
 import { parseArgs } from 'node:util';
 
@@ -220,6 +224,24 @@ async function resets(host: string, port: number, count: number, concurrency: nu
   return { connected, failed };
 }
 
+function udpServe(port: number): void {
+  const sock = dgram.createSocket('udp4');
+  sock.on('message', (msg, from) => sock.send(msg, from.port, from.address));
+  sock.bind(port, () => process.stdout.write(`udp listening on ${port}\n`));
+}
+
+function udpPing(host: string, port: number, timeoutMs: number): Promise<{ ok: boolean; error?: string }> {
+  return new Promise((resolve) => {
+    const sock = dgram.createSocket('udp4');
+    const payload = `ping ${Date.now()}`;
+    const finish = (r: { ok: boolean; error?: string }) => { clearTimeout(timer); sock.close(); resolve(r); };
+    const timer = setTimeout(() => finish({ ok: false, error: 'timeout' }), timeoutMs);
+    sock.on('message', (msg) => { if (msg.toString() === payload) finish({ ok: true }); });
+    sock.on('error', (err: NodeJS.ErrnoException) => finish({ ok: false, error: err.code ?? err.message }));
+    sock.send(payload, port, host);
+  });
+}
+
 async function get(argv: string[]): Promise<void> {
   const { values } = parseArgs({ args: argv, options: { url: { type: 'string' }, method: { type: 'string', default: 'GET' } } });
   const res = await fetch(String(values.url), { method: values.method });
@@ -245,9 +267,15 @@ if (cmd === 'serve') {
     host: { type: 'string' }, port: { type: 'string' }, count: { type: 'string', default: '1000' }, concurrency: { type: 'string', default: '50' },
   } });
   process.stdout.write(`${JSON.stringify(await resets(String(values.host), Number(values.port), Number(values.count), Number(values.concurrency)))}\n`);
+} else if (cmd === 'udp-serve') {
+  const { values } = parseArgs({ args: rest, options: { port: { type: 'string' } } });
+  udpServe(Number(values.port));
+} else if (cmd === 'udp-ping') {
+  const { values } = parseArgs({ args: rest, options: { host: { type: 'string' }, port: { type: 'string' }, timeout: { type: 'string', default: '2000' } } });
+  process.stdout.write(`${JSON.stringify(await udpPing(String(values.host), Number(values.port), Number(values.timeout)))}\n`);
 } else if (cmd === 'get') {
   await get(rest);
 } else {
-  process.stderr.write('usage: peer serve|client|chat|dial|resets|get ...\n');
+  process.stderr.write('usage: peer serve|client|chat|dial|resets|udp-serve|udp-ping|get ...\n');
   process.exitCode = 2;
 }

@@ -39,6 +39,11 @@ const listed = `table ip meshlet {
 		ip daddr @meshlet-captured ip daddr != @meshlet-vouched ct state new reject with tcp reset comment "meshlet: captured pod the agent does not vouch for"
 	}
 
+	chain forward {
+		type filter hook forward priority filter - 10; policy accept;
+		meta l4proto != { icmp, tcp } ip daddr @meshlet-strict drop comment "meshlet: non-TCP to a STRICT pod"
+	}
+
 	chain source {
 		type filter hook prerouting priority mangle; policy accept;
 		meta l4proto tcp socket transparent 1 meta mark set meta mark & 0xfffff539 | 0x00000539 comment "meshlet: replies to source-preserving connections"
