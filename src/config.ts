@@ -48,6 +48,14 @@ export interface AgentConfig {
   /** Connections the agent holds at most, in all and per source address. */
   maxConnections: number;
   maxConnectionsPerSource: number;
+  /**
+   * Tunnel-port sockets still in their mTLS handshake: a budget of their own (in all, per source),
+   * so unauthenticated sockets never take the connections the node's pods need.
+   */
+  maxPendingHandshakes: number;
+  maxPendingHandshakesPerSource: number;
+  /** Tunnel handshakes a second per source (token bucket, burst of twice that). */
+  handshakeRate: number;
   /** Relayed connections silent both ways for this long are reset. */
   idleTimeoutMs: number;
   /**
@@ -296,6 +304,9 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     'preserve-source-ip': { type: 'string', default: 'on' },
     'non-tcp-to-strict': { type: 'string', default: 'allow' },
     'max-connections-per-source': { type: 'string', default: '1024' },
+    'max-pending-handshakes': { type: 'string', default: '1024' },
+    'max-pending-handshakes-per-source': { type: 'string', default: '64' },
+    'handshake-rate': { type: 'string', default: '200' },
     'log-level': { type: 'string', default: env.MESHLET_LOG_LEVEL ?? defaults.logLevel },
     'connect-timeout': { type: 'string', default: defaults.connectTimeout },
     'handshake-timeout': { type: 'string', default: defaults.handshakeTimeout },
@@ -333,6 +344,9 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     maxConnections: p.int('max-connections', String(v['max-connections']), 1, 1_000_000),
     idleTimeoutMs: p.duration('idle-timeout', String(v['idle-timeout']), 1000, 7 * 86_400_000),
     maxConnectionsPerSource: p.int('max-connections-per-source', String(v['max-connections-per-source']), 1, 1_000_000),
+    maxPendingHandshakes: p.int('max-pending-handshakes', String(v['max-pending-handshakes']), 1, 1_000_000),
+    maxPendingHandshakesPerSource: p.int('max-pending-handshakes-per-source', String(v['max-pending-handshakes-per-source']), 1, 1_000_000),
+    handshakeRate: p.int('handshake-rate', String(v['handshake-rate']), 1, 1_000_000),
     // ipset timeouts are whole seconds.
     preserveSourceIp: p.onOff('preserve-source-ip', String(v['preserve-source-ip'])) && !sidecar,
     nonTcpToStrict: p.oneOf('non-tcp-to-strict', String(v['non-tcp-to-strict']), ['allow', 'drop'] as const),

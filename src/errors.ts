@@ -107,6 +107,14 @@ export class TunnelCancelledError extends MeshletError {
   }
 }
 
+/** A source opened tunnel connections (TLS handshakes) faster than its share (--handshake-rate). */
+export class HandshakeRateError extends MeshletError {
+  readonly code = 'handshake_rate';
+  constructor(source: string, perSecond: number) {
+    super(`${source} opens tunnel handshakes faster than ${perSecond}/s`);
+  }
+}
+
 /** Traffic arrived for an address that is no captured workload on this node. */
 export class UnknownDestinationError extends MeshletError {
   readonly code = 'unknown_destination';
@@ -346,7 +354,7 @@ export class AgentUnreachableError extends MeshletError {
 /** Codes of every error class above, for the docs test and for metric label sets. */
 export const errorCodes = [
   'unknown_source', 'self_call', 'outside_mesh', 'original_dst', 'no_certificate', 'tunnel_rejected', 'peer_identity',
-  'bad_tunnel_target', 'tunnel_cancelled', 'unknown_destination', 'policy_denied', 'upstream_connect', 'bad_workloads', 'bad_config',
+  'bad_tunnel_target', 'tunnel_cancelled', 'handshake_rate', 'unknown_destination', 'policy_denied', 'upstream_connect', 'bad_workloads', 'bad_config',
   'bad_spiffe_id', 'ca_error', 'capture_error', 'prerequisite', 'bad_csr', 'bad_request', 'body_too_large', 'slow_request', 'bad_token',
   'identity_not_allowed', 'rate_limited', 'authz_unavailable', 'ca_unavailable', 'agent_unreachable',
   'tls_handshake', 'h2_protocol', 'connection_limit', 'idle_timeout', 'stream_limit', 'no_endpoints', 'source_address',

@@ -21,7 +21,7 @@ import {
 import { bundleSize, CaSigner, parseWorkloadCsr } from '../identity/ca.ts';
 import { loadRootSet, type RootSet, type RootStore } from '../identity/roots.ts';
 import type { NodeAuthorizer } from './authorizer.ts';
-import { RateLimiter } from './rate-limit.ts';
+import { RateLimiter } from '../rate-limit.ts';
 
 const generateKeyPairAsync = promisify(generateKeyPair);
 

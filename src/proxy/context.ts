@@ -37,6 +37,11 @@ export interface ProxyContext {
   /** Connection limits: false means the socket was refused (and already reset). */
   admit?(socket: net.Socket): boolean;
   /**
+   * The tunnel port's budget for sockets still in their mTLS handshake (and the handshake rate per
+   * source): the release function once the handshake is done, or undefined when refused (reset).
+   */
+  admitHandshake?(socket: net.Socket): (() => void) | undefined;
+  /**
    * Resolves once the probe gate lets this node reach `podIp` (the agent's own deliveries pass the
    * same gate as kubelet's probes); undefined when it already does (no await on the hot path).
    */

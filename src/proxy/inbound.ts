@@ -42,6 +42,8 @@ export class TunnelServer {
   /** Each session's peer certificate, checked again when the trust bundle changes. */
   readonly #peerCerts = new WeakMap<http2.Http2Session, X509Certificate>();
   readonly #ctx: ProxyContext;
+  /** Sockets in their handshake: the release of their pending slot. */
+  readonly #pending = new WeakMap<net.Socket, () => void>();
 
   constructor(ctx: ProxyContext) {
     this.#ctx = ctx;
@@ -51,7 +53,11 @@ export class TunnelServer {
   accept(raw: net.Socket): void {
     const ctx = this.#ctx;
     raw.on('error', () => { /* reported by the TLS server or the handshake timeout */ });
-    if (ctx.admit && !ctx.admit(raw)) return;
+    // Until its handshake is done a socket is anyone's: it holds a slot of the pending budget, not
+    // one of the connections the node's pods need (those it takes once the peer is verified).
+    const pending = ctx.admitHandshake ? ctx.admitHandshake(raw) : () => {};
+    if (!pending) return;
+    this.#pending.set(raw, pending);
     try {
       const dst = originalDestination(raw);
       const target = ctx.registry.findWorkload(dst.ip);
@@ -98,6 +104,16 @@ export class TunnelServer {
       this.#ctx.connections.refused('destination', err.code);
     };
     server.on('tlsClientError', (err, socket) => refuse(new TlsHandshakeError(err.message), plainIp(socket.remoteAddress), 'tunnel handshake refused'));
+    // Handshake done: the socket leaves the pending budget for the connections' (node's TLS wraps
+    // the raw socket it was handed, as `_parent`).
+    server.on('secureConnection', (secure: tls.TLSSocket) => {
+      const raw = (secure as tls.TLSSocket & { _parent?: net.Socket })._parent;
+      const release = raw && this.#pending.get(raw);
+      if (!raw || !release) return;
+      this.#pending.delete(raw);
+      release();
+      if (this.#ctx.admit && !this.#ctx.admit(raw)) secure.destroy();
+    });
     server.on('unknownProtocol', (socket: tls.TLSSocket) => {
       refuse(new PeerIdentityError(`peer negotiated ALPN ${String(socket.alpnProtocol)}, not ${ALPN}`), plainIp(socket.remoteAddress), 'tunnel peer did not negotiate h2');
       socket.destroy();

@@ -18,7 +18,7 @@ describe('hostile input in network namespaces', { concurrency: false }, () => {
 
   before(async () => {
     lab = await MeshLab.create({
-      agentArgs: ['--handshake-timeout', '1s', '--max-connections-per-source', '50', '--drain', '2s'],
+      agentArgs: ['--handshake-timeout', '1s', '--max-connections-per-source', '50', '--max-pending-handshakes-per-source', '50', '--drain', '2s'],
       nodes: [
         { name: 'node-a', pods: [{ name: 'web', namespace: 'shop' }] },
         { name: 'node-b', pods: [{ name: 'db', namespace: 'shop' }, { name: 'vault', namespace: 'shop' }] },

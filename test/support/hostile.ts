@@ -5,7 +5,7 @@
 //
 // Attacks: not-tls, wrong-alpn, no-client-cert, foreign-trust-domain, expired-cert, slow-handshake,
 // malformed-h2, connect-elsewhere, connect-agent-port, oversized-headers, stream-flood, stream-flood-raw,
-// connection-flood, expiring-session (a certificate valid for --count ms), connect-reset (--count CONNECTs, each cancelled with RST_STREAM as soon as it is
+// connection-flood, hold-sockets, expiring-session (a certificate valid for --count ms), connect-reset (--count CONNECTs, each cancelled with RST_STREAM as soon as it is
 // sent, or one turn of the event loop later: the agent is still connecting to the pod).
 // The valid-looking client certificates are made here from the mesh's root (the test's CA dir):
 // an attacker holding a stolen but real identity is the strongest case.
@@ -230,6 +230,19 @@ switch (v.attack) {
       first: firstStatus, second, goawayAfterExpiryMs: goawayAt === undefined ? null : goawayAt - expiresAt,
       openStreamClosedAfterExpiryMs: closedAt === undefined ? null : closedAt - expiresAt,
     });
+    break;
+  }
+  case 'hold-sockets': {
+    // --count plain TCP connections to the tunnel port that never start a handshake, held 8 s:
+    // prints a line once they are open, then the result.
+    const sockets = await Promise.all(Array.from({ length: Number(v.count) }, () => new Promise<net.Socket | undefined>((resolve) => {
+      const s = net.connect({ host: target, port });
+      s.once('connect', () => resolve(s));
+      s.once('error', () => resolve(undefined));
+    })));
+    const held = () => sockets.filter((s) => s && !s.destroyed).length;
+    process.stdout.write(`${JSON.stringify({ holding: held() })}\n`);
+    setTimeout(() => done('held', { stillOpen: held() }), 8_000);
     break;
   }
   case 'connection-flood': {

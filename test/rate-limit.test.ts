@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { RateLimiter } from '../../src/ca/rate-limit.ts';
+import { RateLimiter } from '../src/rate-limit.ts';
 
 describe('rate limiter', () => {
   it('allows a burst, then the average rate, per key', () => {
