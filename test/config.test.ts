@@ -108,6 +108,16 @@ describe('config', () => {
     assert.throws(() => loadAgentConfig([...base, '--heap-headroom', '32MiB'], {}), /--heap-headroom/);
   });
 
+  it('takes the tunnel port\'s handshake limits and the non-TCP option, with safe defaults', () => {
+    const base = ['--node', 'n1', '--workloads', 'w', '--ca-dir', 'c'];
+    const d = loadAgentConfig(base, {});
+    assert.deepEqual([d.maxPendingHandshakes, d.maxPendingHandshakesPerSource, d.handshakeRate, d.nonTcpToStrict], [1024, 64, 200, 'allow']);
+    const set = loadAgentConfig([...base, '--max-pending-handshakes', '10', '--max-pending-handshakes-per-source', '2', '--handshake-rate', '5', '--non-tcp-to-strict', 'drop'], {});
+    assert.deepEqual([set.maxPendingHandshakes, set.maxPendingHandshakesPerSource, set.handshakeRate, set.nonTcpToStrict], [10, 2, 5, 'drop']);
+    assert.throws(() => loadAgentConfig([...base, '--non-tcp-to-strict', 'block', '--handshake-rate', '0'], {}),
+      (err: Error) => /--non-tcp-to-strict: "block" is not one of allow, drop/.test(err.message) && /--handshake-rate/.test(err.message));
+  });
+
   it('takes the IPv6 guard\'s and the destinations\' set names, which must differ from the others', () => {
     assert.equal(loadInitConfig([]).capture.ipset6, 'meshlet-captured6');
     assert.equal(loadInitConfig(['--ipset6', 'guard6']).capture.ipset6, 'guard6');
