@@ -124,14 +124,19 @@ describe('Services in network namespaces', { concurrency: false }, () => {
     assert.ok(!(await lab.accessLog('node-a')).slice(from2).some((l) => (l.attempts ?? 1) > 1), 'an ejected endpoint is not tried');
   });
 
-  it('applies endpoint changes within a second', async () => {
+  it('applies endpoint changes at the next poll of the workloads file', async (t) => {
     const doc = lab.workloadsDocument() as { services: object[] };
     const written = Date.now();
     await lab.writeWorkloads({ ...doc, services: [{ ...service, selector: undefined, endpoints: ['api-1'] }] });
     await eventually('node-a sees one endpoint', async () =>
       (await lab.configDump(lab.node('node-a'))).services.find((s: any) => s.name === 'api').endpoints.length === 1, 5_000, 50);
-    const tookMs = Date.now() - written;
-    assert.ok(tookMs < 1000, `took ${tookMs} ms`);
+    // When the agent applied it, by its own clock (a config dump spawns a process: the poll's own
+    // cost is no part of it). The file is polled every 500 ms; the margin is for a busy machine.
+    const applied = (await lab.agentLog('node-a')).find((l) => l.msg === 'registry updated' && Date.parse(l.time) >= written);
+    assert.ok(applied, 'no registry update logged after the write');
+    const tookMs = Date.parse(applied.time) - written;
+    t.diagnostic(`applied ${tookMs} ms after the write`);
+    assert.ok(tookMs < 2_000, `took ${tookMs} ms`);
     const from = await logLength();
     assert.ok((await call(10)).ok);
     assert.deepEqual([...(await endpointsUsed(from)).keys()], ['api-1']);
