@@ -7,7 +7,7 @@ import { type AgentConfig, LOG_LEVELS, type LogLevel } from './config.ts';
 import { AdminRequestError, createAdminServer, createMetricsServer, createReadinessServer, Readiness } from './admin/server.ts';
 import { hasNetAdmin } from './capture/exec.ts';
 import { captureFamilies, checkCapture, runCaptureToolsThroughShell } from './capture/install.ts';
-import { ConnectionLimitError, HandshakeRateError, PrerequisiteError } from './errors.ts';
+import { ConnectionLimitError, PrerequisiteError } from './errors.ts';
 import { keepHeapHeadroom } from './heap-headroom.ts';
 import { tuneMalloc } from './malloc-tuning.ts';
 import { createMemberSync, createVouchWriter, type IpsetSync } from './capture/ipset.ts';
@@ -23,9 +23,7 @@ import { handleInboundPlaintext } from './proxy/inbound-plaintext.ts';
 import { TunnelServer } from './proxy/inbound.ts';
 import { handleOutbound } from './proxy/outbound.ts';
 import { TunnelPool } from './proxy/tunnel/pool.ts';
-import { ConnectionLimiter } from './proxy/limits.ts';
-import { RateLimiter } from './rate-limit.ts';
-import { plainIp } from './capture/socket.ts';
+import { ConnectionLimiter, HandshakeGate } from './proxy/limits.ts';
 import { EndpointBalancer } from './proxy/balancer.ts';
 import { OpenRedirects } from './proxy/redirects.ts';
 import { adoptForPooledReads } from './proxy/read-buffers.ts';
@@ -327,28 +325,13 @@ export class Agent {
       if (logIt) this.#log.warn({ err: 'connection_limit', source, reason }, 'connection refused by the connection limits');
       this.connections.refused(reporter, 'connection_limit');
     });
-    // The tunnel port's sockets in their handshake: a budget of their own and a rate per source.
-    const pending = new ConnectionLimiter({ maxConnections: this.config.maxPendingHandshakes, maxPerSource: this.config.maxPendingHandshakesPerSource });
-    const handshakes = new RateLimiter({ ratePerSecond: this.config.handshakeRate, burst: 2 * this.config.handshakeRate });
-    const admitHandshake = (socket: net.Socket): (() => void) | undefined => {
-      const source = plainIp(socket.remoteAddress);
-      if (handshakes.take(source) > 0) {
-        const err = new HandshakeRateError(source, this.config.handshakeRate);
-        if (this.#shouldLog(`rate:${source}`)) this.#log.warn({ err: err.code, source, reason: err.message }, 'tunnel connection refused before its handshake');
-        this.connections.refused('destination', err.code);
-        socket.resetAndDestroy();
-        return undefined;
-      }
-      const slot = pending.acquire(source);
-      if ('refused' in slot) {
-        if (slot.log) this.#log.warn({ err: 'connection_limit', source, reason: `sockets in their handshake: ${slot.refused}` }, 'connection refused by the connection limits');
-        this.connections.refused('destination', 'connection_limit');
-        socket.resetAndDestroy();
-        return undefined;
-      }
-      socket.once('close', slot.release);
-      return slot.release;
-    };
+    const handshakes = new HandshakeGate({
+      maxPending: this.config.maxPendingHandshakes, maxPendingPerSource: this.config.maxPendingHandshakesPerSource, ratePerSecond: this.config.handshakeRate,
+    });
+    const admitHandshake = (socket: net.Socket) => handshakes.admit(socket, (code, source, reason) => {
+      if (reason) this.#log.warn({ err: code, source, reason }, 'connection refused by the connection limits');
+      this.connections.refused('destination', code);
+    });
     const ctx: ProxyContext = {
       admit: (socket) => admit(socket, 'destination'),
       admitHandshake,
@@ -408,16 +391,6 @@ export class Agent {
       throw err;
     }
     this.#servers.push(...servers);
-  }
-
-  readonly #lastLogged = new Map<string, number>();
-  /** At most one log line a second per key (a flood must not flood the log). */
-  #shouldLog(key: string): boolean {
-    const now = Date.now();
-    if (now - (this.#lastLogged.get(key) ?? 0) < 1000) return false;
-    if (this.#lastLogged.size > 10_000) this.#lastLogged.clear();
-    this.#lastLogged.set(key, now);
-    return true;
   }
 
   /** POST /logging?level=debug: every logger of the agent, at once, without a restart. */

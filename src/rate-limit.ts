@@ -1,5 +1,6 @@
-// A token bucket per client: `rate` requests a second on average, bursts up to `burst`. The map is
-// bounded: a flood from many addresses evicts the oldest idle buckets instead of growing the heap.
+// Limits shared by the CA and the data path. A token bucket per client: `rate` requests a second on
+// average, bursts up to `burst`; the map is bounded: a flood from many addresses evicts the oldest
+// idle buckets instead of growing the heap. Slots in all and per source. A log throttle.
 export class RateLimiter {
   readonly #rate: number;
   readonly #burst: number;
@@ -36,5 +37,63 @@ export class RateLimiter {
       return 0;
     }
     return (1 - b.tokens) / this.#rate;
+  }
+}
+
+/** At most one log line a second per key: a flood must not flood the log. The map is bounded. */
+export class LogThrottle {
+  readonly #last = new Map<string, number>();
+  ready(key: string, now = Date.now()): boolean {
+    if (now - (this.#last.get(key) ?? 0) < 1000) return false;
+    if (this.#last.size > 10_000) this.#last.clear();
+    this.#last.set(key, now);
+    return true;
+  }
+}
+
+export interface Limits {
+  maxConnections: number;
+  maxPerSource: number;
+}
+
+/**
+ * Slots in all and per source (an address, a node, a tunnel peer's identity): one per thing in
+ * progress, released exactly once. Over a limit, the refusal says why, and whether to log it now.
+ */
+export class SlotLimiter {
+  readonly #limits: Limits;
+  readonly #bySource = new Map<string, number>();
+  #total = 0;
+  readonly #throttle = new LogThrottle();
+
+  constructor(limits: Limits) {
+    this.#limits = limits;
+  }
+
+  get total(): number {
+    return this.#total;
+  }
+
+  /**
+   * One share for `source` (an address, or a tunnel peer's identity: each tunnel stream holds an
+   * upstream socket of its own), or why there is none. Release exactly once.
+   */
+  acquire(source: string): { release: () => void } | { refused: string; log: boolean } {
+    const held = this.#bySource.get(source) ?? 0;
+    const reason = this.#total >= this.#limits.maxConnections ? `the agent holds its maximum of ${this.#limits.maxConnections} connections`
+      : held >= this.#limits.maxPerSource ? `${source} holds its maximum of ${this.#limits.maxPerSource} connections` : undefined;
+    if (reason) return { refused: reason, log: this.#throttle.ready(source) };
+    this.#total++;
+    this.#bySource.set(source, held + 1);
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        this.#total--;
+        const n = (this.#bySource.get(source) ?? 1) - 1;
+        if (n <= 0) this.#bySource.delete(source); else this.#bySource.set(source, n);
+      },
+    };
   }
 }

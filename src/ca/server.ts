@@ -21,7 +21,7 @@ import {
 import { bundleSize, CaSigner, parseWorkloadCsr } from '../identity/ca.ts';
 import { loadRootSet, type RootSet, type RootStore } from '../identity/roots.ts';
 import type { NodeAuthorizer } from './authorizer.ts';
-import { RateLimiter } from '../rate-limit.ts';
+import { RateLimiter, SlotLimiter } from '../rate-limit.ts';
 
 const generateKeyPairAsync = promisify(generateKeyPair);
 
@@ -61,11 +61,10 @@ export class CaService {
   readonly #opts: CaServiceOptions;
   readonly #log: Logger;
   readonly #limiter: RateLimiter;
-  readonly #maxInFlight: number;
-  readonly #maxPerClient: number;
-  #inFlight = 0;
-  /** Requests in progress per client address (pre-authentication) and per node (after). */
-  readonly #perClient = new Map<string, number>();
+  /** Requests having their token checked, per client address (no total: they hold no slot). */
+  readonly #authenticating: SlotLimiter;
+  /** Signing slots: all of them, and per node. */
+  readonly #signing: SlotLimiter;
   #roots: RootSet;
   #signer: CaSigner;
   #servingKeyPem: string;
@@ -78,8 +77,9 @@ export class CaService {
     this.#opts = opts;
     this.#log = opts.log.child({ component: 'ca' });
     this.#limiter = new RateLimiter({ ratePerSecond: opts.ratePerSecond, burst: opts.burst });
-    this.#maxInFlight = opts.maxInFlight ?? 256;
-    this.#maxPerClient = opts.maxPerClient ?? 32;
+    const perClient = opts.maxPerClient ?? 32;
+    this.#authenticating = new SlotLimiter({ maxConnections: Number.MAX_SAFE_INTEGER, maxPerSource: perClient });
+    this.#signing = new SlotLimiter({ maxConnections: opts.maxInFlight ?? 256, maxPerSource: perClient });
     this.#roots = roots;
     this.#signer = new CaSigner(roots.signing);
     this.#servingKeyPem = servingKeyPem;
@@ -193,12 +193,12 @@ export class CaService {
       // Who asks comes from the headers, before any capacity is held for the request: a client
       // without a valid token holds nothing but its connection (and that only briefly).
       const token = bearer(req.headers.authorization);
-      const who = await this.#withSlot(`addr:${remote}`, () => this.#opts.authorizer.authenticate(token));
+      const who = await holding(this.#authenticating, remote, () => this.#opts.authorizer.authenticate(token));
       node = who.node;
-      if (this.#inFlight >= this.#maxInFlight) throw new RateLimitedError(1);
-      this.#inFlight++;
+      const slot = this.#signing.acquire(who.node);
+      if ('refused' in slot) throw new RateLimitedError(1);
       try {
-        const body = await this.#withSlot(`node:${who.node}`, () => readBody(req, this.#opts.maxBodyBytes, BODY_DEADLINE_MS));
+        const body = await readBody(req, this.#opts.maxBodyBytes, BODY_DEADLINE_MS);
         const csr = parseCsrRequest(body);
         const parsed = parseWorkloadCsr(csr, this.#roots.trustDomain);
         spiffeId = parsed.spiffeId;
@@ -210,7 +210,7 @@ export class CaService {
         this.#log.info({ node, subject: who.subject, spiffeId, notAfter }, 'certificate issued');
         return send(res, 200, { spiffeId, certificateChain: certPem, trustBundle: roots.trustBundlePem, signingRoot: roots.signingFingerprint, notAfter });
       } finally {
-        this.#inFlight--;
+        slot.release();
       }
     } catch (err) {
       const refusal = err instanceof CaRefusal ? err : new AuthorizerUnavailableError(`internal error: ${(err as Error).message}`);
@@ -225,18 +225,16 @@ export class CaService {
       send(res, refusal.status, { error: { code: refusal.code, message: refusal.message } }, headers);
     }
   }
+}
 
-  /** Runs `work` holding one of `client`'s slots; refused with 429 when it holds all of them. */
-  async #withSlot<T>(client: string, work: () => Promise<T>): Promise<T> {
-    const held = this.#perClient.get(client) ?? 0;
-    if (held >= this.#maxPerClient) throw new RateLimitedError(1);
-    this.#perClient.set(client, held + 1);
-    try {
-      return await work();
-    } finally {
-      const left = (this.#perClient.get(client) ?? 1) - 1;
-      if (left > 0) this.#perClient.set(client, left); else this.#perClient.delete(client);
-    }
+/** Runs `work` holding one of `limiter`'s slots for `key`; refused with 429 when there is none. */
+async function holding<T>(limiter: SlotLimiter, key: string, work: () => Promise<T>): Promise<T> {
+  const slot = limiter.acquire(key);
+  if ('refused' in slot) throw new RateLimitedError(1);
+  try {
+    return await work();
+  } finally {
+    slot.release();
   }
 }
 

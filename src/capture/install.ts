@@ -166,7 +166,8 @@ const GATE_SET_TIMEOUT_SECONDS = 5;
 
 /**
  * The `ipset` commands that create the sets (idempotent: -exist): the captured pods, the
- * destinations in the mesh, the vouched pods, and the captured pods' IPv6 addresses. Not used with nftables (its tables hold their sets).
+ * destinations in the mesh, the STRICT pods, the vouched pods, and the captured pods' IPv6
+ * addresses. Not used with nftables (its tables hold their sets).
  */
 export function ipsetCreateArgs(s: CaptureSettings, families: readonly IpFamily[] = captureFamilies(s)): string[][] {
   if (s.mode === 'sidecar') return [];

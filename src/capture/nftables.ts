@@ -4,9 +4,10 @@
 // registered first. meshlet's table hooks prerouting at dstnat - 10, so its REDIRECT always comes
 // first (and, being NAT, ends NAT for the connection: kube-proxy's DNAT never sees it).
 //
-// IPv4 lives in one table (`ip meshlet`): the three sets (captured pods; destinations in the mesh;
-// pods the agent vouches for, with timeouts) and three chains, the same rules as the iptables backend's. The IPv6 guard has a
-// table of its own (`ip6 meshlet`: the captured pods' IPv6 addresses and a forward chain; see
+// IPv4 lives in one table (`ip meshlet`): the sets (captured pods, destinations in the mesh, STRICT
+// pods, pods the agent vouches for, with timeouts) and the chains, the same rules as the iptables
+// backend's (anti-spoofing, capture, probe gate, non-TCP to STRICT pods, source marks). The IPv6
+// guard has a table of its own (`ip6 meshlet`: the captured pods' IPv6 addresses and a forward chain; see
 // rules.ts, ipv6GuardRules). Pure text here; the commands run in install.ts, ipset.ts and
 // probe-gate.ts like the iptables ones.
 import { ANTI_SPOOF_COMMENT, type CaptureSettings, type IpFamily, IPV6_GUARD_COMMENT, NON_TCP_COMMENT, nftSourceRule } from './rules.ts';

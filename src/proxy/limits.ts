@@ -6,26 +6,13 @@
 // once a second per source.
 import type net from 'node:net';
 import { plainIp } from '../capture/socket.ts';
+import { HandshakeRateError } from '../errors.ts';
+import { LogThrottle, RateLimiter, SlotLimiter, type Limits } from '../rate-limit.ts';
 
-export interface Limits {
-  maxConnections: number;
-  maxPerSource: number;
-}
+export type { Limits };
 
-export class ConnectionLimiter {
-  readonly #limits: Limits;
-  readonly #bySource = new Map<string, number>();
-  #total = 0;
-  readonly #lastLogged = new Map<string, number>();
-
-  constructor(limits: Limits) {
-    this.#limits = limits;
-  }
-
-  get total(): number {
-    return this.#total;
-  }
-
+/** Connection limits on one listener (or a group of them), in all and per source address. */
+export class ConnectionLimiter extends SlotLimiter {
   /**
    * Admits the socket (released when it closes) or says why not. `onRefused` is told the source
    * and whether it should be logged now (once a second per source).
@@ -41,35 +28,49 @@ export class ConnectionLimiter {
     socket.once('close', slot.release);
     return true;
   }
+}
+
+/**
+ * The tunnel port's gate for sockets still in their mTLS handshake. Until it is done a socket is
+ * anyone's, so it holds a slot of a budget of its own (in all and per source), not one of the
+ * connections the node's pods need, and each source may start `ratePerSecond` handshakes a second
+ * (a token bucket, bursts of twice that): each costs an RSA signature on the one event loop.
+ */
+export class HandshakeGate {
+  readonly #pending: SlotLimiter;
+  readonly #rate: RateLimiter;
+  readonly #perSecond: number;
+  readonly #throttle = new LogThrottle();
+
+  constructor(opts: { maxPending: number; maxPendingPerSource: number; ratePerSecond: number }) {
+    this.#pending = new SlotLimiter({ maxConnections: opts.maxPending, maxPerSource: opts.maxPendingPerSource });
+    this.#rate = new RateLimiter({ ratePerSecond: opts.ratePerSecond, burst: 2 * opts.ratePerSecond });
+    this.#perSecond = opts.ratePerSecond;
+  }
 
   /**
-   * One connection's share for `source` (an address, or a tunnel peer's identity: each tunnel stream
-   * holds an upstream socket of its own), or why there is none. Release exactly once.
+   * The release of the socket's pending slot (also released when it closes), or undefined when it
+   * was refused and reset; `onRefused` is told the error code and, once a second per source, why.
    */
-  acquire(source: string): { release: () => void } | { refused: string; log: boolean } {
-    const held = this.#bySource.get(source) ?? 0;
-    const reason = this.#total >= this.#limits.maxConnections ? `the agent holds its maximum of ${this.#limits.maxConnections} connections`
-      : held >= this.#limits.maxPerSource ? `${source} holds its maximum of ${this.#limits.maxPerSource} connections` : undefined;
-    if (reason) {
-      const now = Date.now();
-      const log = now - (this.#lastLogged.get(source) ?? 0) >= 1000;
-      if (log) {
-        this.#lastLogged.set(source, now);
-        if (this.#lastLogged.size > 10_000) this.#lastLogged.clear();
+  admit(socket: net.Socket, onRefused: (code: string, source: string, reason: string | undefined) => void): (() => void) | undefined {
+    const source = plainIp(socket.remoteAddress);
+    let code: string | undefined;
+    let reason: string | undefined;
+    if (this.#rate.take(source) > 0) {
+      const err = new HandshakeRateError(source, this.#perSecond);
+      code = err.code;
+      if (this.#throttle.ready(source)) reason = err.message;
+    } else {
+      const slot = this.#pending.acquire(source);
+      if (!('refused' in slot)) {
+        socket.once('close', slot.release);
+        return slot.release;
       }
-      return { refused: reason, log };
+      code = 'connection_limit';
+      if (slot.log) reason = `sockets in their handshake: ${slot.refused}`;
     }
-    this.#total++;
-    this.#bySource.set(source, held + 1);
-    let released = false;
-    return {
-      release: () => {
-        if (released) return;
-        released = true;
-        this.#total--;
-        const n = (this.#bySource.get(source) ?? 1) - 1;
-        if (n <= 0) this.#bySource.delete(source); else this.#bySource.set(source, n);
-      },
-    };
+    onRefused(code, source, reason);
+    socket.resetAndDestroy();
+    return undefined;
   }
 }

@@ -84,11 +84,6 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
     return (this.#idx?.snapshot.workloads ?? []).filter((w) => w.captured && this.isLocal(w));
   }
 
-  /** Whether a connection to `ip` stays in the mesh: a captured pod's address. */
-  inMesh(ip: string): boolean {
-    return this.findWorkload(ip)?.captured === true;
-  }
-
   isLocal(w: Workload): boolean {
     const one = this.#sidecar;
     return one ? w.namespace === one.namespace && w.name === one.name : w.node === this.nodeName;
