@@ -23,6 +23,8 @@ import { handleInboundPlaintext } from './proxy/inbound-plaintext.ts';
 import { TunnelServer } from './proxy/inbound.ts';
 import { handleOutbound } from './proxy/outbound.ts';
 import { TunnelPool } from './proxy/tunnel/pool.ts';
+import { StallWatch } from './proxy/tunnel/stall-watch.ts';
+import { resetSocket, sendProgress } from './capture/socket.ts';
 import { ConnectionLimiter, HandshakeGate } from './proxy/limits.ts';
 import { EndpointBalancer } from './proxy/balancer.ts';
 import { OpenRedirects } from './proxy/redirects.ts';
@@ -42,6 +44,8 @@ export interface AgentDeps {
 }
 
 const CAPTURE_RECHECK_MS = 5_000;
+/** How often tunnel send queues are read for stalls (a few FFI calls per session). */
+const STALL_CHECK_MS = 1_000;
 /** How long a starting agent waits for all its certificates before it opens the data ports anyway. */
 const LISTEN_ANYWAY_MS = 30_000;
 
@@ -51,6 +55,7 @@ export class Agent {
   readonly readiness = new Readiness();
   readonly connections: ConnectionTracker;
   readonly pool: TunnelPool;
+  readonly stalls: StallWatch;
   readonly #servers: Array<net.Server | http.Server> = [];
   readonly #sockets = new Set<net.Socket>();
   readonly #log: Logger;
@@ -101,7 +106,20 @@ export class Agent {
     this.#provider = provider;
     // Access lines off: a logger of its own at silent, out of reach of runtime level changes.
     this.connections = new ConnectionTracker(config.accessLog ? accessLogger(deps.log) : createLogger('silent'), metrics);
+    // Tunnel sessions whose peer stopped reading are reset (proxy/tunnel/stall-watch.ts).
+    this.stalls = new StallWatch({
+      stallMs: config.tunnelStallTimeoutMs,
+      budgetBytes: config.tunnelQueueBudgetMiB * 1024 * 1024,
+      intervalMs: STALL_CHECK_MS,
+      probe: sendProgress,
+      reset: resetSocket,
+      onStall: (reason, peer, queuedBytes) => {
+        this.#log.warn({ err: 'tunnel_stalled', reason, peer, queuedBytes }, 'tunnel session reset: its peer stopped reading');
+        metrics?.tunnelStalled(reason);
+      },
+    });
     this.pool = new TunnelPool({
+      stalls: this.stalls,
       tunnelPort: config.ports.tunnel,
       connectTimeoutMs: config.connectTimeoutMs,
       log: deps.log,
@@ -165,6 +183,7 @@ export class Agent {
       openConnections: () => agent?.connections.openByDirection() ?? {},
       ejectedEndpoints: () => agent?.balancer.ejectedCounts() ?? [],
       refusedAddresses: () => agent?.registry.snapshot?.refused ?? [],
+      tunnelQueuedBytes: () => agent?.stalls.queuedBytes ?? 0,
     });
     const policy = deps.policy ?? new MeshPolicyEngine({ log: deps.log, ...(metrics ? { onDecision: (action, p) => metrics.decision(action, p) } : {}) });
     agent = new Agent(config, { log: deps.log, policy, source }, certs, provider, metrics);
@@ -353,6 +372,7 @@ export class Agent {
       certs: this.certs,
       policy: this.policy,
       pool: this.pool,
+      stalls: this.stalls,
       balancer: this.balancer,
       connections: this.connections,
       log: this.#rootLog,
@@ -456,6 +476,7 @@ export class Agent {
     while (this.#sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const s of this.#sockets) s.destroy();
     this.pool.destroy();
+    this.stalls.close();
     this.certs.close();
     await this.#provider.close?.();
     await closed;

@@ -64,6 +64,8 @@ agent flags (defaults in brackets):
   --max-connections N --max-connections-per-source N   connection limits [16384, 1024]
   --max-pending-handshakes N --max-pending-handshakes-per-source N   tunnel sockets still in their handshake, a budget of their own [1024, 64]
   --handshake-rate N       tunnel handshakes a second per source [200]
+  --tunnel-stall-timeout DUR  reset a tunnel session whose peer stopped reading this long [30s]
+  --tunnel-queue-budget MIB   tunnel send queues of the node together; past it stalled sessions are reset [256]
   --idle-timeout DUR       reset relayed connections silent both ways this long [1h]
   --preserve-source-ip on|off  local pods see their clients' addresses, not the node's [on]
   --non-tcp-to-strict allow|drop  drop UDP, SCTP and other non-TCP forwarded to STRICT pods (ICMP and the node's own pass) [allow]

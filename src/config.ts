@@ -56,6 +56,10 @@ export interface AgentConfig {
   maxPendingHandshakesPerSource: number;
   /** Tunnel handshakes a second per source (token bucket, burst of twice that). */
   handshakeRate: number;
+  /** A tunnel session whose peer has acknowledged nothing of its queued data for this long is reset. */
+  tunnelStallTimeoutMs: number;
+  /** What the tunnel sockets' send queues may hold together (MiB) before stalled sessions are reset. */
+  tunnelQueueBudgetMiB: number;
   /** Relayed connections silent both ways for this long are reset. */
   idleTimeoutMs: number;
   /**
@@ -307,6 +311,8 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     'max-pending-handshakes': { type: 'string', default: '1024' },
     'max-pending-handshakes-per-source': { type: 'string', default: '64' },
     'handshake-rate': { type: 'string', default: '200' },
+    'tunnel-stall-timeout': { type: 'string', default: '30s' },
+    'tunnel-queue-budget': { type: 'string', default: '256' },
     'log-level': { type: 'string', default: env.MESHLET_LOG_LEVEL ?? defaults.logLevel },
     'connect-timeout': { type: 'string', default: defaults.connectTimeout },
     'handshake-timeout': { type: 'string', default: defaults.handshakeTimeout },
@@ -347,6 +353,8 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     maxPendingHandshakes: p.int('max-pending-handshakes', String(v['max-pending-handshakes']), 1, 1_000_000),
     maxPendingHandshakesPerSource: p.int('max-pending-handshakes-per-source', String(v['max-pending-handshakes-per-source']), 1, 1_000_000),
     handshakeRate: p.int('handshake-rate', String(v['handshake-rate']), 1, 1_000_000),
+    tunnelStallTimeoutMs: p.duration('tunnel-stall-timeout', String(v['tunnel-stall-timeout']), 1000, 3_600_000),
+    tunnelQueueBudgetMiB: p.int('tunnel-queue-budget', String(v['tunnel-queue-budget']), 1, 1_048_576),
     // ipset timeouts are whole seconds.
     preserveSourceIp: p.onOff('preserve-source-ip', String(v['preserve-source-ip'])) && !sidecar,
     nonTcpToStrict: p.oneOf('non-tcp-to-strict', String(v['non-tcp-to-strict']), ['allow', 'drop'] as const),

@@ -38,6 +38,7 @@ interface Libc {
   socket(domain: number, type: number, protocol: number): number;
   bind(fd: number, addr: Buffer, len: number): number;
   close(fd: number): number;
+  ioctl(fd: number, request: number, out: number[]): number;
 }
 let libc: Libc | undefined;
 
@@ -52,6 +53,9 @@ function sys(): Libc {
       socket: lib.func('int socket(int, int, int)') as Libc['socket'],
       bind: lib.func('int bind(int, const void *, uint32_t)') as Libc['bind'],
       close: lib.func('int close(int)') as Libc['close'],
+      // ioctl is variadic; on Linux (x86-64, arm64) an int pointer as third argument is passed like
+      // a fixed one, which is all SIOCOUTQ takes.
+      ioctl: lib.func('int ioctl(int, unsigned long, _Out_ int *)') as Libc['ioctl'],
     };
   }
   return libc;
@@ -219,4 +223,31 @@ export function setSendBuffer(socket: Socket, bytes: number): boolean {
   value.writeInt32LE(bytes, 0);
   return sys().setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, value, 4) === 0 ||
     sys().setsockopt(fd, SOL_SOCKET, SO_SNDBUF, value, 4) === 0;
+}
+
+const IPPROTO_TCP = 6;
+const TCP_INFO = 11;
+const SIOCOUTQ = 0x5411; // bytes in the send queue: not yet sent, or sent and not yet acknowledged
+/** struct tcp_info up to tcpi_bytes_received (Linux 4.1+): tcpi_bytes_acked is the u64 at 120. */
+const TCP_INFO_BYTES = 136;
+const TCPI_BYTES_ACKED = 120;
+
+/** What a TCP socket has waiting to be delivered, and how much the peer has acknowledged so far. */
+export interface SendProgress {
+  /** Bytes in the kernel's send queue (unsent, or sent and unacknowledged). */
+  queued: number;
+  /** Bytes the peer has acknowledged over the connection's life. */
+  acked: bigint;
+}
+
+/** The socket's send queue and acknowledged bytes (SIOCOUTQ, TCP_INFO); undefined once it is closed. */
+export function sendProgress(socket: Socket): SendProgress | undefined {
+  const fd = fdOf(socket);
+  if (fd === undefined) return undefined;
+  const queued = [0];
+  if (sys().ioctl(fd, SIOCOUTQ, queued) !== 0) return undefined;
+  const info = Buffer.alloc(TCP_INFO_BYTES);
+  const len = [TCP_INFO_BYTES];
+  if (sys().getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, len) !== 0 || (len[0] ?? 0) < TCP_INFO_BYTES) return undefined;
+  return { queued: queued[0] ?? 0, acked: info.readBigUInt64LE(TCPI_BYTES_ACKED) };
 }

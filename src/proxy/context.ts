@@ -8,6 +8,7 @@ import { SelfCallError, UpstreamConnectError } from '../errors.ts';
 import type { SocketAddress } from '../capture/socket.ts';
 import { openTransparentSocket, plainIp } from '../capture/socket.ts';
 import type { TunnelPool } from './tunnel/pool.ts';
+import type { StallWatch } from './tunnel/stall-watch.ts';
 import type { EndpointBalancer } from './balancer.ts';
 import type { OpenRedirects } from './redirects.ts';
 import { pooledConnect, pooledSocketOnFd } from './read-buffers.ts';
@@ -18,6 +19,8 @@ export interface ProxyContext {
   certs: Pick<CertificateManager, 'assertAvailable' | 'secureContextFor'>;
   policy: PolicyEngine;
   pool: TunnelPool;
+  /** Resets tunnel sessions whose peer stopped reading (the pool's and the tunnel server's). */
+  stalls: StallWatch;
   /** Endpoint choice and outlier state for connections to Services' cluster IPs. */
   balancer?: EndpointBalancer;
   connections: ConnectionTracker;

@@ -146,6 +146,8 @@ export class TunnelServer {
         return;
       }
       this.#peerCerts.set(session, peerCert);
+      const raw = (socket as tls.TLSSocket & { _parent?: net.Socket })._parent;
+      if (raw) this.#ctx.stalls.watch(raw, session, peerId);
       // No CONNECT after either certificate of the handshake has expired (session-life.ts).
       retireAt(session, sessionDeadline(socket, peerCert), this.#ctx.drainMs, () =>
         log.info({ peer: this.#peers.get(session), peerAddress }, 'tunnel session retired: a certificate of its handshake expired (GOAWAY)'));

@@ -79,6 +79,8 @@ export interface MetricsSources {
   ejectedEndpoints?(): Array<{ namespace: string; name: string; ejected: number }>;
   /** Addresses the workload source refuses to the pods that claim them, right now. */
   refusedAddresses?(): ReadonlyArray<{ reason: string }>;
+  /** Bytes waiting in the kernel send queues of all tunnel sockets, at the last stall check. */
+  tunnelQueuedBytes?(): number;
 }
 
 export class MeshMetrics {
@@ -95,6 +97,7 @@ export class MeshMetrics {
   /** The same, reached through the pair of Workload objects (stable while the registry does not change them). */
   readonly #byPair = new WeakMap<object, WeakMap<object, Map<string, Series>>>();
   readonly #spoofed: Counter;
+  readonly #stalled: Counter<'reason'>;
   readonly #setupByRoute = new Map<string, ReturnType<Histogram<'route'>['labels']>>();
 
   constructor(sources: MetricsSources = {}) {
@@ -164,6 +167,15 @@ export class MeshMetrics {
     this.#spoofed = new Counter({
       name: 'meshlet_spoofed_packets_dropped_total', registers,
       help: 'Packets dropped before capture because they carried a captured pod\'s address but did not arrive on its interface (anti-spoofing)',
+    });
+    this.#stalled = new Counter({
+      name: 'meshlet_tunnel_sessions_stalled_total', registers, labelNames: ['reason'],
+      help: 'Tunnel sessions reset because the peer stopped reading: stalled past --tunnel-stall-timeout, or over the node\'s --tunnel-queue-budget',
+    });
+    new Gauge({
+      name: 'meshlet_tunnel_queued_bytes', registers,
+      help: 'Bytes waiting in the kernel send queues of all tunnel sockets (at the last stall check)',
+      collect() { this.set(sources.tunnelQueuedBytes?.() ?? 0); },
     });
     new Gauge({
       name: 'meshlet_connections_open', help: 'Connections open right now, per direction', labelNames: ['direction'], registers,
@@ -235,6 +247,10 @@ export class MeshMetrics {
   /** Packets the anti-spoofing rule dropped since the last count. */
   spoofedDropped(packets: number): void {
     this.#spoofed.inc(packets);
+  }
+
+  tunnelStalled(reason: string): void {
+    this.#stalled.inc({ reason });
   }
 
   endpointEjected(namespace: string, name: string): void {

@@ -5,7 +5,7 @@
 //
 // Attacks: not-tls, wrong-alpn, no-client-cert, foreign-trust-domain, expired-cert, slow-handshake,
 // malformed-h2, connect-elsewhere, connect-agent-port, oversized-headers, stream-flood, stream-flood-raw,
-// connection-flood, hold-sockets, expiring-session (a certificate valid for --count ms), connect-reset (--count CONNECTs, each cancelled with RST_STREAM as soon as it is
+// connection-flood, hold-sockets, stop-reading (--count MiB echoed, then the TCP socket never read), expiring-session (a certificate valid for --count ms), connect-reset (--count CONNECTs, each cancelled with RST_STREAM as soon as it is
 // sent, or one turn of the event loop later: the agent is still connecting to the pod).
 // The valid-looking client certificates are made here from the mesh's root (the test's CA dir):
 // an attacker holding a stolen but real identity is the strongest case.
@@ -19,6 +19,7 @@ import { DirRootStore, loadRootSet } from '../../src/identity/roots.ts';
 const { values: v } = parseArgs({ options: {
   attack: { type: 'string' }, target: { type: 'string' }, port: { type: 'string', default: '15008' },
   'ca-dir': { type: 'string' }, count: { type: 'string', default: '200' }, expect: { type: 'string' },
+  hold: { type: 'string', default: '20000' },
 } });
 const target = String(v.target);
 const port = Number(v.port);
@@ -30,7 +31,7 @@ const done = (outcome: string, detail: Record<string, unknown> = {}) => {
   reported = true;
   process.stdout.write(`${JSON.stringify({ attack: v.attack, outcome, ms: Date.now() - started, ...detail })}\n`, () => process.exit(0));
 };
-setTimeout(() => done('no answer within 20 s'), 20_000);
+setTimeout(() => done('no answer within 20 s'), Math.max(20_000, Number(v.hold) + 5_000));
 
 /** A client certificate for `id`, signed by the mesh root, or by a root of its own. */
 async function identity(id: string, opts: { foreignRoot?: boolean; expired?: boolean; ttlMs?: number } = {}): Promise<{ key: string; cert: string }> {
@@ -230,6 +231,50 @@ switch (v.attack) {
       first: firstStatus, second, goawayAfterExpiryMs: goawayAt === undefined ? null : goawayAt - expiresAt,
       openStreamClosedAfterExpiryMs: closedAt === undefined ? null : closedAt - expiresAt,
     });
+    break;
+  }
+  case 'stop-reading': {
+    // A real identity whose TCP stops reading: through a relay of its own, it sends --count MiB on
+    // a CONNECT to the pod's echo server with windows wide open, reads the first 8 MiB coming back
+    // (the echo is flowing), then never reads the agent's socket again: the echo of what it sent
+    // meanwhile (up to the agent's window) piles up in the agent's kernel send queue. Prints a
+    // line once it stopped reading; holds the socket --hold ms.
+    const id = await identity('spiffe://TD/ns/intruder/sa/stolen');
+    let stopped = false;
+    const relay = net.createServer((client) => {
+      const up = net.connect({ host: target, port });
+      client.on('error', () => undefined);
+      up.on('error', () => undefined);
+      client.on('data', (d) => up.write(d));
+      let got = 0;
+      up.on('data', (d) => {
+        got += d.length;
+        client.write(d);
+        if (got > 8 << 20 && !stopped) {
+          stopped = true;
+          up.pause();
+          process.stdout.write(`${JSON.stringify({ stoppedReadingAfter: got, ms: Date.now() - started })}\n`);
+          setTimeout(() => done('held'), Number(v.hold));
+        }
+      });
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    const wide = 2 ** 31 - 1;
+    const session = http2.connect(`https://127.0.0.1:${(relay.address() as net.AddressInfo).port}`,
+      { ...id, ALPNProtocols: ['h2'], rejectUnauthorized: false, minVersion: 'TLSv1.3', settings: { initialWindowSize: wide } } as http2.SecureClientSessionOptions);
+    session.on('error', () => undefined);
+    await new Promise((r) => session.once('connect', r));
+    session.setLocalWindowSize(wide);
+    const stream = session.request({ ':method': 'CONNECT', ':authority': `${target}:8080` }, { endStream: false });
+    stream.on('error', () => undefined);
+    stream.resume();
+    await new Promise((r) => stream.once('response', r));
+    // What the agent's windows take, as fast as they take it (piling it all up at once would
+    // trip Node's session memory cap on the agent, which resets the stream: another story).
+    const chunk = Buffer.alloc(1 << 20, 0x45); // 'E': the pod's server echoes (demo/peer.ts)
+    for (let i = 0; i < Number(v.count); i++) {
+      if (!stream.write(chunk)) await new Promise((r) => stream.once('drain', r));
+    }
     break;
   }
   case 'hold-sockets': {

@@ -9,6 +9,7 @@ import type { X509Certificate } from 'node:crypto';
 import type { Logger } from 'pino';
 import { setSendBuffer } from '../../capture/socket.ts';
 import { PeerIdentityError, TunnelRejectedError, UpstreamConnectError } from '../../errors.ts';
+import type { StallWatch } from './stall-watch.ts';
 import { issuedByOneOf, retire, retireAt, sessionDeadline } from './session-life.ts';
 import { ALPN, formatAuthority, formatForwardedFor, formatTraceparent, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, WINDOW_BYTES, uriSans } from './h2.ts';
 
@@ -33,6 +34,8 @@ export interface TunnelPoolOptions {
   onHandshake?(seconds: number, ok: boolean): void;
   /** How long a retired session may finish its streams after GOAWAY before it is destroyed (--drain). */
   drainMs: number;
+  /** Resets sessions whose peer stopped reading (stall-watch.ts). */
+  stalls: StallWatch;
 }
 
 /** Connections one session carries at most: the stream limit every agent advertises. */
@@ -207,11 +210,12 @@ export class TunnelPool {
     const observe = (ok: boolean) => this.#opts.onHandshake?.((performance.now() - started) / 1000, ok);
     return new Promise((resolve, reject) => {
       let identityError: PeerIdentityError | undefined;
+      const raw = tunnelSocket(target.podIp, this.#opts.tunnelPort);
       const session = http2.connect(authority, {
         settings: h2Settings,
         maxSessionMemory: SESSION_MEMORY_MB,
         createConnection: () => tls.connect({
-          socket: tunnelSocket(target.podIp, this.#opts.tunnelPort),
+          socket: raw,
           secureContext,
           ALPNProtocols: [ALPN],
           minVersion: 'TLSv1.3',
@@ -240,6 +244,7 @@ export class TunnelPool {
         // a new session, with the renewed certificates.
         const deadline = sessionDeadline(socket, peer);
         this.#deadlines.set(session, deadline);
+        this.#opts.stalls.watch(raw, session, target.expectedPeerId);
         retireAt(session, deadline, this.#opts.drainMs, () => {
           this.#log.info({ key }, 'tunnel session retired: a certificate of its handshake expired');
           this.#forget(key, session);

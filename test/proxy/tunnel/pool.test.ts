@@ -12,6 +12,8 @@ import { PeerIdentityError } from '../../../src/errors.ts';
 import { createCsr, createRootCa, generateRsaKey, type RootCa, signWorkloadCsr } from '../../../src/identity/ca.ts';
 import { ALPN } from '../../../src/proxy/tunnel/h2.ts';
 import { TunnelPool } from '../../../src/proxy/tunnel/pool.ts';
+import { StallWatch } from '../../../src/proxy/tunnel/stall-watch.ts';
+import { resetSocket, sendProgress } from '../../../src/capture/socket.ts';
 
 const TD = 'pool.test';
 const WEB = `spiffe://${TD}/ns/shop/sa/web`;
@@ -30,6 +32,7 @@ describe('tunnel pool: the peer must be the destination workload', () => {
   const servers: http2.Http2SecureServer[] = [];
   const sessions: http2.ServerHttp2Session[] = [];
   const pools: TunnelPool[] = [];
+  const stalls = new StallWatch({ stallMs: 30_000, budgetBytes: 1 << 30, intervalMs: 1_000, probe: sendProgress, reset: resetSocket, onStall: () => undefined });
 
   before(async () => {
     root = await createRootCa({ trustDomain: TD });
@@ -37,6 +40,7 @@ describe('tunnel pool: the peer must be the destination workload', () => {
   });
   after(() => {
     for (const p of pools) p.destroy();
+    stalls.close();
     for (const s of sessions) s.destroy();
     for (const s of servers) s.close();
   });
@@ -56,7 +60,7 @@ describe('tunnel pool: the peer must be the destination workload', () => {
 
   const pool = (port: number) => {
     const p = new TunnelPool({
-      tunnelPort: port, connectTimeoutMs: 5000, log: pino({ level: 'silent' }), drainMs: 1000,
+      tunnelPort: port, connectTimeoutMs: 5000, log: pino({ level: 'silent' }), drainMs: 1000, stalls,
       secureContextFor: () => tls.createSecureContext({ ...web, ca: root.certPem, minVersion: 'TLSv1.3' }),
     });
     pools.push(p);
