@@ -6,7 +6,8 @@ import type { Logger } from 'pino';
 import { type AgentConfig, LOG_LEVELS, type LogLevel } from './config.ts';
 import { AdminRequestError, createAdminServer, createMetricsServer, createReadinessServer, Readiness } from './admin/server.ts';
 import { hasNetAdmin } from './capture/exec.ts';
-import { captureFamilies, checkCapture, runCaptureToolsThroughShell } from './capture/install.ts';
+import { captureFamilies, checkCapture, runCaptureTool, runCaptureToolsThroughShell } from './capture/install.ts';
+import { BridgeGuard, type Bindings } from './capture/bridge-ports.ts';
 import { ConnectionLimitError, PrerequisiteError } from './errors.ts';
 import { keepHeapHeadroom } from './heap-headroom.ts';
 import { tuneMalloc } from './malloc-tuning.ts';
@@ -24,7 +25,7 @@ import { TunnelServer } from './proxy/inbound.ts';
 import { handleOutbound } from './proxy/outbound.ts';
 import { TunnelPool } from './proxy/tunnel/pool.ts';
 import { StallWatch } from './proxy/tunnel/stall-watch.ts';
-import { resetSocket, sendProgress } from './capture/socket.ts';
+import { addressesInNetns, resetSocket, sendProgress } from './capture/socket.ts';
 import { ConnectionLimiter, HandshakeGate } from './proxy/limits.ts';
 import { EndpointBalancer } from './proxy/balancer.ts';
 import { OpenRedirects } from './proxy/redirects.ts';
@@ -67,7 +68,12 @@ export class Agent {
   readonly metrics: MeshMetrics | undefined;
   #captureInstalled = false;
   /** The anti-spoofing rule's kernel counter at the last capture check. */
-  #spoofedSeen = 0;
+  #spoofedSeen = { route: 0, bridge: 0 };
+  /** Captured addresses bound to their bridge ports, on bridge CNIs (node mode). */
+  readonly #bridge: BridgeGuard | undefined;
+  /** The last bridge-guard failure logged (each new one is, once). */
+  #bridgeError: string | undefined;
+  #contestsLogged = '[[],[]]';
   #ipsetSynced = false;
   #captureTimer: NodeJS.Timeout | undefined;
   #readyTimer: NodeJS.Timeout | undefined;
@@ -137,6 +143,7 @@ export class Agent {
     this.#members = config.sidecar ? { sync: async () => ({ added: 0, removed: 0 }), members: async () => new Set() } : createMemberSync(config.capture);
     this.#destinations = config.sidecar ? undefined : createMemberSync(config.capture, 'destinations');
     this.#strict = config.sidecar ? undefined : createMemberSync(config.capture, 'strict');
+    this.#bridge = config.sidecar ? undefined : new BridgeGuard((cmd, args, input) => runCaptureTool(cmd, args, input), addressesInNetns);
     this.#members6 = captureFamilies(config.capture).includes(6) ? createMemberSync(config.capture, 'captured6') : undefined;
     this.probeGate = new ProbeGate({
       ttlMs: config.probeGateTtlMs, log: deps.log, vouched: () => this.#vouched(), write: createVouchWriter(config.capture),
@@ -264,7 +271,11 @@ export class Agent {
     try {
       const check = await checkCapture(this.config.capture);
       const installed = check.state !== 'absent';
-      if (check.spoofedDrops !== undefined) this.#countSpoofed(check.spoofedDrops);
+      if (check.spoofedDrops !== undefined) this.#countSpoofed('route', check.spoofedDrops);
+      // New claims on bridge ports show up here, between registry changes.
+      await this.#syncBridge(new Set(this.registry.localCaptured().map((w) => w.ip)));
+      const bridged = await this.#bridge?.dropped().catch(() => undefined);
+      if (bridged !== undefined) this.#countSpoofed('bridge', bridged);
       if (check.state === 'repaired') this.#log.warn('capture rules had changed (reordered or edited): repaired, meshlet\'s jumps first again');
       if (installed !== this.#captureInstalled) this.#log.info({ installed }, 'capture state changed');
       this.#captureInstalled = installed;
@@ -280,13 +291,44 @@ export class Agent {
    * The kernel's count of packets the anti-spoofing rule dropped, read at each capture check: its
    * increase is logged and counted (a rule installed afresh starts again from 0).
    */
-  #countSpoofed(kernelCount: number): void {
-    const increase = kernelCount >= this.#spoofedSeen ? kernelCount - this.#spoofedSeen : kernelCount;
-    this.#spoofedSeen = kernelCount;
+  #countSpoofed(rule: 'route' | 'bridge', kernelCount: number): void {
+    const seen = this.#spoofedSeen[rule];
+    const increase = kernelCount >= seen ? kernelCount - seen : kernelCount;
+    this.#spoofedSeen[rule] = kernelCount;
     if (increase === 0) return;
     this.metrics?.spoofedDropped(increase);
-    this.#log.warn({ dropped: increase, total: kernelCount },
-      'packets with a captured pod\'s address arrived on another interface and were dropped (anti-spoofing)');
+    this.#log.warn({ dropped: increase, total: kernelCount, rule },
+      rule === 'route'
+        ? 'packets with a captured pod\'s address arrived on another interface and were dropped (anti-spoofing)'
+        : 'frames with a captured pod\'s address came from another bridge port and were dropped (anti-spoofing)');
+  }
+
+  /**
+   * Binds this node's captured addresses to their bridge ports (capture/bridge-ports.ts); contests
+   * are logged. A failure is logged, once per message: the node keeps the reverse-path check.
+   */
+  async #syncBridge(local: ReadonlySet<string>): Promise<void> {
+    if (!this.#bridge) return;
+    let bindings: Bindings;
+    try {
+      ({ bindings } = await this.#bridge.sync(local));
+      this.#bridgeError = undefined;
+    } catch (err) {
+      const message = (err as Error).message;
+      if (message !== this.#bridgeError) this.#log.error({ err: message }, 'cannot bind captured addresses to their bridge ports');
+      this.#bridgeError = message;
+      return;
+    }
+    // Each contest is logged when it starts (the check runs every few seconds).
+    const contests = JSON.stringify([[...bindings.contested], [...bindings.claimedElsewhere]]);
+    if (contests === this.#contestsLogged) return;
+    this.#contestsLogged = contests;
+    for (const [ip, ports] of bindings.contested) {
+      this.#log.warn({ err: 'address_contested', ip, ports }, 'a captured pod\'s address is held behind several bridge ports: bound to none, its frames dropped');
+    }
+    for (const [ip, ports] of bindings.claimedElsewhere) {
+      this.#log.warn({ err: 'address_contested', ip, boundTo: bindings.bound.get(ip), ports }, 'another bridge port claims a captured pod\'s address: its frames are dropped');
+    }
   }
 
   #apply(snapshot: MeshSnapshot): void {
@@ -307,7 +349,9 @@ export class Agent {
     // address would be a way around the mesh; before the destinations set does, connections to the
     // mesh would go around the agent.
     const synced = [
-      this.#members.sync(ips).then((r) => { if (r.added || r.removed) this.#log.info(r, 'captured-pods ipset updated'); }),
+      // Bound to their bridge ports before they are captured: never a moment in which a neighbour
+      // sending with a new pod's address is taken for it.
+      this.#syncBridge(ips).then(() => this.#members.sync(ips)).then((r) => { if (r.added || r.removed) this.#log.info(r, 'captured-pods ipset updated'); }),
       this.#destinations?.sync(this.registry.destinations).then((r) => { if (r.added || r.removed) this.#log.info(r, 'mesh destinations set updated'); }),
       this.#strict?.sync(new Set(this.config.nonTcpToStrict === 'drop' ? local.filter((w) => this.policy.mtlsMode(w) === 'strict').map((w) => w.ip) : []))
         .then((r) => { if (r.added || r.removed) this.#log.info(r, 'STRICT pods set updated (non-TCP to them dropped)'); }),

@@ -5,6 +5,7 @@
 // (also one transaction). Either way also the policy rule and route that deliver the replies of
 // source-preserving connections to the node (`ip rule`, `ip route`).
 import { existsSync } from 'node:fs';
+import { BRIDGE_TABLE } from './bridge-ports.ts';
 import { CaptureError, PrerequisiteError } from '../errors.ts';
 import { type CommandResult, hasNetAdmin, runCommand, ShellRunner, shellQuote } from './exec.ts';
 import {
@@ -242,6 +243,7 @@ function withScripts(scripts: ReadonlyMap<IpFamily, string>): { script: string; 
 
 export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolean } = {}): Promise<string> {
   if (!opts.dryRun) assertPrivileged();
+  if (s.mode === 'node' && !opts.dryRun) await cleanupBridgeTable();
   if (s.backend === 'nftables') {
     // The tables hold the sets and the chains: deleting them removes all of meshlet's, nothing else.
     let script = '';
@@ -265,6 +267,18 @@ export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolea
   const sets = (await tool('ipset', ['list', '-n'])).split('\n');
   for (const name of [s.ipset, s.destinationsIpset, s.strictIpset, s.gateIpset, s.ipset6]) if (sets.includes(name)) await tool('ipset', ['destroy', name]);
   return text;
+}
+
+/** The agent's bridge table (capture/bridge-ports.ts), on nodes where it made one. */
+async function cleanupBridgeTable(): Promise<void> {
+  let listed: CommandResult;
+  try {
+    listed = await runTool('nft', ['list', 'table', ...BRIDGE_TABLE]);
+  } catch (err) {
+    if (err instanceof PrerequisiteError) return; // no nft on this node: the agent made no table
+    throw err;
+  }
+  if (listed.code === 0) await tool('nft', ['delete', 'table', ...BRIDGE_TABLE]);
 }
 
 /** What the check found, and the anti-spoofing rule's count of dropped packets when it read one. */

@@ -44,7 +44,8 @@ export interface PodSpec {
 
 export interface LabSpec {
   trustDomain?: string;
-  nodes: Array<{ name: string; pods: PodSpec[] }>;
+  /** `bridge`: the node's pods share a bridge (topology.ts), as with the bridge CNI. */
+  nodes: Array<{ name: string; pods: PodSpec[]; bridge?: boolean }>;
   certTtl?: string;
   agentArgs?: string[];
   /**
@@ -116,7 +117,7 @@ export class MeshLab {
     const lab = new MeshLab(topo, dir, spec);
     try {
       for (const n of spec.nodes) {
-        const node = await topo.addNode(n.name);
+        const node = await topo.addNode(n.name, { bridge: n.bridge ?? false });
         for (const p of n.pods) {
           const pod = await topo.addPod(node, p.name);
           lab.pods.set(p.name, { ...pod, spec: p });

@@ -20,6 +20,9 @@ const POD_NET = '10.241';
 const UNDERLAY_NET6 = 'fd00:240';
 const POD_NET6 = 'fd00:241';
 
+/** The pod bridge of a bridge node (the name the bridge CNI uses). */
+export const BRIDGE = 'cni0';
+
 export interface NodeNs {
   name: string;
   ns: string;
@@ -31,6 +34,11 @@ export interface NodeNs {
   podCidr6?: string;
   /** Interface facing the underlay (where inter-node packets can be captured). */
   underlayIf: string;
+  /**
+   * The node's pods hang off one bridge (`cni0`, the gateway's address on it), as with the bridge
+   * CNI, flannel or kubenet; otherwise each pod has a veth and a /32 route of its own.
+   */
+  bridge?: boolean;
   pods: PodNs[];
 }
 
@@ -168,11 +176,12 @@ export class Topology {
     await must('ip', ['netns', 'exec', ns, 'sysctl', '-qw', `${key}=${value}`]);
   }
 
-  async addNode(name: string): Promise<NodeNs> {
+  async addNode(name: string, opts: { bridge?: boolean } = {}): Promise<NodeNs> {
     const index = this.nodes.length + 1;
     const ns = `${this.prefix}-${name}`;
     const node: NodeNs = {
       name, ns, index, ip: `${UNDERLAY_NET}.${10 + index}`, podCidr: `${POD_NET}.${index}.0/24`, underlayIf: 'eth0', pods: [],
+      ...(opts.bridge ? { bridge: true } : {}),
     };
     await this.#addNamespace(ns);
     await this.sysctl(ns, 'net.ipv4.ip_forward', '1');
@@ -188,6 +197,13 @@ export class Topology {
       await must('ip', ['-n', other.ns, 'route', 'add', node.podCidr, 'via', node.ip]);
     }
     if (this.ipv6) await this.#addNodeIpv6(node);
+    if (node.bridge) {
+      if (this.ipv6) throw new Error('bridge nodes are IPv4 only');
+      await must('ip', ['-n', ns, 'link', 'add', BRIDGE, 'type', 'bridge']);
+      await must('ip', ['-n', ns, 'addr', 'add', `${POD_NET}.${index}.1/24`, 'dev', BRIDGE]);
+      await must('ip', ['-n', ns, 'link', 'set', BRIDGE, 'up']);
+      await this.sysctl(ns, `net.ipv4.conf.${BRIDGE}.rp_filter`, '0');
+    }
     this.nodes.push(node);
     return node;
   }
@@ -211,6 +227,15 @@ export class Topology {
     await this.#addNamespace(ns);
     const hostIf = `p${k}`;
     await must('ip', ['-n', node.ns, 'link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+    if (node.bridge) {
+      // A port of the node's bridge: one L2 segment for all of the node's pods.
+      await must('ip', ['-n', node.ns, 'link', 'set', hostIf, 'master', BRIDGE, 'up']);
+      await must('ip', ['-n', ns, 'addr', 'add', `${pod.ip}/24`, 'dev', 'eth0']);
+      await must('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
+      await must('ip', ['-n', ns, 'route', 'add', 'default', 'via', gateway, 'dev', 'eth0']);
+      node.pods.push(pod);
+      return pod;
+    }
     // The node side needs an address: REDIRECT rewrites the destination to the receiving interface's
     // primary address, and drops packets arriving on an interface without one.
     await must('ip', ['-n', node.ns, 'addr', 'add', `${gateway}/32`, 'dev', hostIf]);

@@ -3,6 +3,7 @@
 // accepts, --cleanup leaves the tables exactly as they were, and an unprivileged run fails clearly.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { bridgeTableScript } from '../../src/capture/bridge-ports.ts';
 import { runCommand } from '../../src/capture/exec.ts';
 import { CLI } from '../../src/demo/lab.ts';
 import { Topology } from '../../src/netns/topology.ts';
@@ -148,8 +149,11 @@ describe('meshlet init on a node', { concurrency: false }, () => {
 
   it('removes everything it created and nothing else with --cleanup, and a second cleanup is a no-op', async () => {
     await sh('ipset', ['add', 'meshlet-captured', '10.241.9.9']);
+    // The bridge table an agent makes on a bridge CNI (capture/bridge-ports.ts) goes too.
+    await sh('nft', ['-f', '-'], bridgeTableScript({ bound: new Map([['10.241.9.9', 'p1']]), contested: new Map() }));
     const r = await meshlet(['init', '--cleanup']);
     assert.equal(r.code, 0, r.stderr);
+    assert.notEqual((await topo.exec(ns, 'nft', ['list', 'table', 'bridge', 'meshlet'])).code, 0, 'the bridge table is still there');
     assert.equal(await save(), pristine);
     assert.deepEqual(await sets(), pristineSets);
     assert.equal(await rules(), pristineRules, 'the policy rule is gone, the user\'s stays');

@@ -2,9 +2,11 @@
 // a workload by its source address). The attacker puts the victim's address on its own interface
 // (a pod with CAP_NET_ADMIN; raw packets with CAP_NET_RAW are the same on the wire) and connects to
 // a pod in the mesh. Its packets must be dropped before capture, never reach the agent under the
-// victim's identity (no connection tracked for them), be counted, and leave the victim working. The
-// lab's CNI is point-to-point (a veth and a /32 route per pod) and its nodes have rp_filter off, as
-// many nodes do. With iptables, then nftables. Everything is removed in after(), also on failure.
+// victim's identity (no connection tracked for them), be counted, and leave the victim working.
+// Two CNI shapes, nodes with rp_filter off as many are: point-to-point (a veth and a /32 route per
+// pod: the reverse-path check catches it) and a bridge (all pods on cni0, one route for all: only
+// binding each captured address to its bridge port does). With iptables, then nftables.
+// Everything is removed in after(), also on failure.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { MeshLab } from '../../src/demo/lab.ts';
@@ -15,8 +17,8 @@ const PORT = 8080;
 const TD = 'spoof.test';
 const id = (ns: string, sa: string) => `spiffe://${TD}/ns/${ns}/sa/${sa}`;
 
-for (const backend of ['iptables', 'nftables'] as const) {
-  describe(`a pod cannot take a co-located pod's identity by its address (${backend})`, { concurrency: false }, () => {
+for (const [backend, bridge] of [['iptables', false], ['nftables', false], ['iptables', true], ['nftables', true]] as const) {
+  describe(`a pod cannot take a co-located pod's identity by its address (${backend}, ${bridge ? 'bridge' : 'veth per pod'})`, { concurrency: false }, () => {
     let lab: MeshLab;
 
     before(async () => {
@@ -24,7 +26,7 @@ for (const backend of ['iptables', 'nftables'] as const) {
         trustDomain: TD,
         captureBackend: backend,
         nodes: [
-          { name: 'node-a', pods: [{ name: 'victim', namespace: 'bank', serviceAccount: 'vault' }, { name: 'attacker', namespace: 'shop', serviceAccount: 'web' }] },
+          { name: 'node-a', bridge, pods: [{ name: 'victim', namespace: 'bank', serviceAccount: 'vault' }, { name: 'attacker', namespace: 'shop', serviceAccount: 'web' }] },
           { name: 'node-b', pods: [{ name: 'db', namespace: 'bank', serviceAccount: 'db' }] },
         ],
       });
@@ -59,6 +61,10 @@ for (const backend of ['iptables', 'nftables'] as const) {
       // The agent reads the rule's counter at its capture check (every 5 s).
       await eventually('the drop counted in the metric', async () => (await dropped()) > before, 15_000, 250);
       assert.ok((await lab.agentLog('node-a')).some((l) => /anti-spoofing/.test(l.msg ?? '') && l.dropped > 0), 'the drop logged');
+      if (bridge) {
+        // The attacker's port now holds the victim's address too: the binding stays with the victim's, on record.
+        await eventually('the claim logged', async () => (await lab.agentLog('node-a')).find((l) => l.err === 'address_contested' && l.ip === victim.ip && l.boundTo), 15_000, 250);
+      }
 
       // The victim, from its own interface, is unaffected and keeps its identity.
       const ok = await lab.client('victim', { host: lab.pod('db').ip, port: PORT, mode: 'whoami', timeoutMs: 10_000 });
