@@ -20,16 +20,14 @@ import { DirRootStore, loadRootSet } from './identity/roots.ts';
 import type { PolicyEngine } from './policy/hook.ts';
 import { MeshPolicyEngine } from './policy/engine.ts';
 import type { ProxyContext } from './proxy/context.ts';
-import { handleInboundPlaintext } from './proxy/inbound-plaintext.ts';
-import { TunnelServer } from './proxy/inbound.ts';
-import { handleOutbound } from './proxy/outbound.ts';
+import type { TunnelServer } from './proxy/tunnel/server.ts';
+import { createDataListeners } from './proxy/listeners.ts';
 import { TunnelPool } from './proxy/tunnel/pool.ts';
 import { StallWatch } from './proxy/tunnel/stall-watch.ts';
-import { addressesInNetns, resetSocket, sendProgress } from './capture/socket.ts';
+import { addressesInNetns, originalDestination, resetSocket, sendProgress } from './capture/socket.ts';
 import { ConnectionLimiter, HandshakeGate } from './proxy/limits.ts';
 import { EndpointBalancer } from './proxy/balancer.ts';
 import { OpenRedirects } from './proxy/redirects.ts';
-import { adoptForPooledReads } from './proxy/read-buffers.ts';
 import { accessLogger, adminLogger, createLogger, setLogLevel } from './telemetry/log.ts';
 import { MeshMetrics } from './telemetry/metrics.ts';
 import { ConnectionTracker } from './telemetry/connections.ts';
@@ -398,7 +396,8 @@ export class Agent {
     const ctx: ProxyContext = {
       admit: (socket) => admit(socket, 'destination'),
       admitHandshake,
-      ...(this.config.sidecar ? {} : { vouchFor: (podIp: string) => this.probeGate.ensure(podIp) }),
+      vouchFor: (podIp: string) => (this.config.sidecar ? undefined : this.probeGate.ensure(podIp)),
+      originalDestination,
       admitStream: (peerId) => {
         const slot = limiter.acquire(peerId);
         if ('refused' in slot) {
@@ -429,19 +428,9 @@ export class Agent {
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
     };
-    // The pods' own connections (15001) read into reused buffers (proxy/read-buffers.ts): accepted
-    // paused, then moved into a socket that does.
-    const serve = (reporter: 'source' | 'destination', handle: (s: net.Socket, ctx: ProxyContext) => Promise<void>, pooled = false) =>
-      net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: pooled }, (accepted) => {
-        const s = pooled ? adoptForPooledReads(accepted) : accepted;
-        if (admit(s, reporter)) { track(s); void handle(s, ctx); }
-      });
-    const outbound = serve('source', handleOutbound, true);
-    const inboundPlain = serve('destination', handleInboundPlaintext);
-    const tunnelServer = new TunnelServer(ctx);
+    const { outbound, inboundPlaintext: inboundPlain, tunnel: tunnelServer } = createDataListeners(ctx, { admit, track });
     this.#tunnel = tunnelServer;
     const tunnel = tunnelServer.listener;
-    tunnel.on('connection', track);
     // Wildcard binds: REDIRECT rewrites the destination to the receiving interface's address.
     const servers = [outbound, inboundPlain, tunnel];
     try {

@@ -1,10 +1,11 @@
 // Port 15006: plaintext TCP to a captured pod from outside the mesh (a pod that is not captured, a
 // node process). Permissive mode lets it through after policy; strict mode refuses it.
 import type { Socket } from 'node:net';
-import { originalDestination, plainIp } from '../capture/socket.ts';
+import { plainIp } from '../capture/socket.ts';
 import { UnknownDestinationError } from '../errors.ts';
 import { plaintextRefusal } from '../policy/engine.ts';
-import { assertNotSelf, connectLocalPod, type ProxyContext } from './context.ts';
+import type { ProxyContext } from './context.ts';
+import { assertNotSelf, connectLocalPod } from './deliver.ts';
 import { relayConnection, socketEnd } from './relay.ts';
 import { current, enforceAndGuard } from './decision.ts';
 
@@ -14,9 +15,9 @@ export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext):
   const client = socketEnd(socket);
   let unregister: (() => void) | undefined;
   try {
-    const dst = originalDestination(socket);
+    const dst = ctx.originalDestination(socket);
     assertNotSelf(dst, socket);
-    unregister = ctx.redirects?.add(sourceIp, socket.remotePort ?? 0, dst.ip, dst.port);
+    unregister = ctx.redirects.add(sourceIp, socket.remotePort ?? 0, dst.ip, dst.port);
     conn.set({ destination: `${dst.ip}:${dst.port}`, route: 'inbound' });
     const target = ctx.registry.findWorkload(dst.ip);
     if (!target || !target.captured || !ctx.registry.isLocal(target)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);

@@ -2,12 +2,13 @@
 // who sent it, where it was going (a Service's cluster IP is resolved to one of its endpoints
 // first), which route, relay.
 import type { Socket } from 'node:net';
-import { originalDestination, plainIp, type SocketAddress } from '../capture/socket.ts';
+import { plainIp, type SocketAddress } from '../capture/socket.ts';
 import { NoEndpointsError, OutsideMeshError, PeerIdentityError, TunnelRejectedError, UnknownSourceError, UpstreamConnectError } from '../errors.ts';
 import type { ConnectionHandle } from '../telemetry/connections.ts';
 import type { MeshService, ServicePort, Workload } from '../workloads/model.ts';
 import type { EndpointLease } from './balancer.ts';
-import { assertNotSelf, connectLocalPod, connectTcp, type ProxyContext } from './context.ts';
+import type { ProxyContext } from './context.ts';
+import { assertNotSelf, connectLocalPod, connectTcp } from './deliver.ts';
 import { h2StreamEnd, relayConnection, socketEnd, type RelayEnd } from './relay.ts';
 import { current, enforce, enforceAndGuard } from './decision.ts';
 
@@ -22,9 +23,9 @@ export async function handleOutbound(socket: Socket, ctx: ProxyContext): Promise
   try {
     const source = findLocalSource(socket, ctx);
     conn.set({ src: source });
-    const dst = originalDestination(socket);
+    const dst = ctx.originalDestination(socket);
     assertNotSelf(dst, socket);
-    unregister = ctx.redirects?.add(source.ip, socket.remotePort ?? 0, dst.ip, dst.port);
+    unregister = ctx.redirects.add(source.ip, socket.remotePort ?? 0, dst.ip, dst.port);
     conn.set({ destination: `${dst.ip}:${dst.port}` });
     const service = ctx.registry.findService(dst.ip, dst.port);
     let upstream: RelayEnd;
@@ -61,8 +62,8 @@ async function connectService(source: Workload, service: MeshService, port: Serv
   const tried = new Set<string>();
   let last: unknown;
   for (let attempt = 1; attempt <= SERVICE_ATTEMPTS; attempt++) {
-    const endpoint = balancer?.pick(service, port.name, ctx.registry.nodeName, tried);
-    if (!endpoint || !balancer) break;
+    const endpoint = balancer.pick(service, port.name, ctx.registry.nodeName, tried);
+    if (!endpoint) break;
     tried.add(endpoint.ip);
     const target = { ip: endpoint.ip, port: endpoint.ports[port.name] as number };
     const lease = balancer.lease(service, endpoint);

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import net from 'node:net';
 import { hasNetAdmin } from '../../src/capture/exec.ts';
-import { connectLocalPod, type ProxyContext } from '../../src/proxy/context.ts';
+import { proxyContext } from '../support/proxy-context.ts';
+import { connectLocalPod } from '../../src/proxy/deliver.ts';
 import { ephemeralPortRange } from '../../src/capture/socket.ts';
 import { OpenRedirects } from '../../src/proxy/redirects.ts';
 import { onSocketData, readToEnd } from '../support/pooled-reads.ts';
@@ -34,7 +35,7 @@ describe('deliveries to local pods', () => {
       asked.push(`${srcIp}>${dstIp}:${dstPort}`);
       return asked.length === 1 || has(srcIp, srcPort, dstIp, dstPort);
     };
-    const ctx = { connectTimeoutMs: 2000, preserveSource: true, redirects } as ProxyContext;
+    const ctx = proxyContext({ connectTimeoutMs: 2000, preserveSource: true, redirects });
     try {
       // 127.0.0.2 stands for the source pod: loopback, so replies come back without policy routing.
       const from = (await reply(await connectLocalPod(ctx, '127.0.0.1', port, { ip: '127.0.0.2' }))).split(':');
@@ -54,7 +55,7 @@ describe('deliveries to local pods', () => {
     const server = net.createServer((s) => { held.push(s); s.write(`${s.remotePort}`); });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const port = (server.address() as net.AddressInfo).port;
-    const ctx = { connectTimeoutMs: 2000, preserveSource: true } as ProxyContext;
+    const ctx = proxyContext({ connectTimeoutMs: 2000, preserveSource: true });
     // Make the agent's first pick of each delivery the same port.
     const [lo, hi] = ephemeralPortRange();
     const same = 0.5;

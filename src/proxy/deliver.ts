@@ -1,0 +1,72 @@
+// Delivery: TCP to a final destination, and to a pod of this node through the probe gate, from the
+// source's own address when the agent preserves sources.
+import type net from 'node:net';
+import { SelfCallError, UpstreamConnectError } from '../errors.ts';
+import type { SocketAddress } from '../capture/socket.ts';
+import { openTransparentSocket, plainIp } from '../capture/socket.ts';
+import type { ProxyContext } from './context.ts';
+import { pooledConnect, pooledSocketOnFd } from './read-buffers.ts';
+
+/** Who a delivery to a local pod speaks for: the source address to keep. */
+export interface DeliverySource {
+  ip: string;
+}
+
+/**
+ * A TCP connection to a final destination, resolved once established (never half-set-up), reading
+ * into reused buffers (read-buffers.ts). `fd`: an unconnected socket to connect it from (a
+ * transparent one bound to a source address).
+ */
+export function connectTcp(host: string, port: number, timeoutMs: number, fd?: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = fd === undefined ? pooledConnect(host, port) : pooledSocketOnFd(fd).setNoDelay(true).connect({ host, port });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new UpstreamConnectError(`${host}:${port}`, `timed out after ${timeoutMs} ms`));
+    }, timeoutMs);
+    const onError = (err: Error) => {
+      clearTimeout(timer);
+      reject(new UpstreamConnectError(`${host}:${port}`, err));
+    };
+    socket.once('error', onError);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      resolve(socket);
+    });
+  });
+}
+
+/**
+ * A connection to a pod of this node: through the probe gate, which must vouch for the pod first;
+ * from `source`'s address when the agent preserves sources and one is known.
+ */
+export async function connectLocalPod(ctx: ProxyContext, podIp: string, port: number, source?: DeliverySource): Promise<net.Socket> {
+  const vouching = ctx.vouchFor(podIp);
+  if (vouching) await vouching;
+  if (!ctx.preserveSource || !source?.ip || source.ip === podIp) return connectTcp(podIp, port, ctx.connectTimeoutMs);
+  const taken = (p: number) => ctx.redirects.has(source.ip, p, podIp, port);
+  // The port openTransparentSocket picked may already carry this very 4-tuple (an open connection,
+  // or one in TIME_WAIT): connect() then fails at once with EADDRNOTAVAIL, and another port will do.
+  for (let attempt = 1; ; attempt++) {
+    const fd = openTransparentSocket(source.ip, taken);
+    try {
+      return await connectTcp(podIp, port, ctx.connectTimeoutMs, fd);
+    } catch (err) {
+      if (attempt >= SOURCE_PORT_TRIES || (err as { cause?: { code?: string } }).cause?.code !== 'EADDRNOTAVAIL') throw err;
+    }
+  }
+}
+
+/** How many source ports a delivery tries when each is busy with its own 4-tuple. */
+const SOURCE_PORT_TRIES = 16;
+
+/**
+ * A connection made straight to an agent port (not redirected) reports the agent itself as its
+ * original destination; relaying it would loop back into the agent.
+ */
+export function assertNotSelf(dst: SocketAddress, socket: net.Socket): void {
+  if (dst.ip === plainIp(socket.localAddress) && dst.port === socket.localPort) {
+    throw new SelfCallError(`${dst.ip}:${dst.port}`);
+  }
+}

@@ -1,0 +1,204 @@
+// The data path in process, without root: ProxyContexts for tests, and whole nodes of a mesh on
+// loopback. Pods are 127.x addresses (every 127/8 address is local on Linux), each node's tunnel
+// server listens on its pods' addresses at one shared port, and the original destination that
+// capture would have kept (SO_ORIGINAL_DST) is injected: an outbound connection says where it is
+// going by the source port it binds.
+import { X509Certificate } from 'node:crypto';
+import net from 'node:net';
+import pino from 'pino';
+import { plainIp, type SocketAddress } from '../../src/capture/socket.ts';
+import { createRootCa, type RootCa } from '../../src/identity/ca.ts';
+import { CertificateManager } from '../../src/identity/certs.ts';
+import { createLocalCaProvider } from '../../src/identity/provider.ts';
+import { MeshPolicyEngine } from '../../src/policy/engine.ts';
+import { EndpointBalancer } from '../../src/proxy/balancer.ts';
+import type { ProxyContext } from '../../src/proxy/context.ts';
+import { createDataListeners } from '../../src/proxy/listeners.ts';
+import { OpenRedirects } from '../../src/proxy/redirects.ts';
+import { TunnelPool } from '../../src/proxy/tunnel/pool.ts';
+import type { TunnelServer } from '../../src/proxy/tunnel/server.ts';
+import { StallWatch } from '../../src/proxy/tunnel/stall-watch.ts';
+import { ConnectionTracker } from '../../src/telemetry/connections.ts';
+import type { MeshSnapshot } from '../../src/workloads/model.ts';
+import { parseWorkloadsFile } from '../../src/workloads/file.ts';
+import { WorkloadRegistry } from '../../src/workloads/registry.ts';
+import { eventually } from './wait.ts';
+
+const silent = pino({ level: 'silent' });
+
+/** Where a socket accepted straight on a listener was going: the listener itself. */
+const localEnd = (s: net.Socket): SocketAddress => ({ ip: plainIp(s.localAddress), port: s.localPort ?? 0, family: 4 });
+
+/**
+ * A complete ProxyContext with inert defaults (no limits, no probe gate, no source preservation,
+ * no certificates): override what a test is about.
+ */
+export function proxyContext(overrides: Partial<ProxyContext> = {}): ProxyContext {
+  const stalls = overrides.stalls ?? new StallWatch({ stallMs: 30_000, budgetBytes: 1 << 30, intervalMs: 1_000, probe: () => undefined, reset: (s) => s.destroy(), onStall: () => undefined });
+  const certs: ProxyContext['certs'] = {
+    assertAvailable: () => { throw new Error('no certificates in this test'); },
+    secureContextFor: () => { throw new Error('no certificates in this test'); },
+  };
+  return {
+    registry: new WorkloadRegistry('node-a'),
+    originalDestination: localEnd,
+    certs,
+    policy: new MeshPolicyEngine(),
+    pool: overrides.pool ?? new TunnelPool({ tunnelPort: 15008, connectTimeoutMs: 2_000, log: silent, drainMs: 1_000, stalls, secureContextFor: () => certs.secureContextFor('') }),
+    stalls,
+    balancer: new EndpointBalancer(),
+    connections: new ConnectionTracker(silent),
+    log: silent,
+    tunnelPort: 15008,
+    connectTimeoutMs: 2_000,
+    handshakeTimeoutMs: 2_000,
+    drainMs: 1_000,
+    idleTimeoutMs: 0,
+    agentPorts: new Set(),
+    admit: () => true,
+    admitHandshake: () => () => undefined,
+    vouchFor: () => undefined,
+    admitStream: () => () => undefined,
+    preserveSource: false,
+    redirects: new OpenRedirects(),
+    outsideMesh: 'refuse',
+    ...overrides,
+  };
+}
+
+/** One node's agent data plane, in process. */
+export interface InProcessNode {
+  name: string;
+  ctx: ProxyContext;
+  registry: WorkloadRegistry;
+  policy: MeshPolicyEngine;
+  certs: CertificateManager;
+  connections: ConnectionTracker;
+  /** The node's access-log lines, parsed. */
+  access: Array<Record<string, any>>;
+  tunnel: TunnelServer;
+  /** Port 15001's stand-in: a connection from `fromIp` to `dst`, as capture would hand it over (still connecting). */
+  connect(fromIp: string, dst: { ip: string; port: number }): Promise<net.Socket>;
+  /** Port 15006's stand-in: plaintext from `fromIp` (outside the mesh) to `dst`. */
+  connectPlaintext(fromIp: string, dst: { ip: string; port: number }): Promise<net.Socket>;
+  /** The agent's listener addresses (a connection made straight to one is a self call). */
+  outboundAddress: SocketAddress;
+}
+
+export interface InProcessMesh {
+  nodes: Map<string, InProcessNode>;
+  node(name: string): InProcessNode;
+  root: RootCa;
+  tunnelPort: number;
+  /** Publishes a new workloads document to every node, as the agent applies a snapshot. */
+  apply(yaml: string): void;
+  close(): Promise<void>;
+}
+
+/**
+ * Source ports that name an injected original destination, a fresh one per connection: below the
+ * kernel's ephemeral range (32768 and up), so no socket of the agent's own ever has one.
+ */
+const PORTS = { from: 20_000, to: 32_000 };
+let nextPort = PORTS.from + Math.floor(Math.random() * (PORTS.to - PORTS.from));
+
+/**
+ * Builds every node of `yaml` (a workloads file: its pods must have 127.x addresses) with its
+ * certificates issued, its tunnel server listening on its pods' addresses, and its 15001 and 15006
+ * stand-ins on 127.0.0.1.
+ */
+export async function inProcessMesh(yaml: string, opts: { ctx?: Partial<ProxyContext> } = {}): Promise<InProcessMesh> {
+  const snapshot = parseWorkloadsFile(yaml);
+  const root = await createRootCa({ trustDomain: snapshot.trustDomain });
+  const roots = { signing: root, trustDomain: snapshot.trustDomain, trustBundlePem: root.certPem, signingFingerprint: new X509Certificate(root.certPem).fingerprint256 };
+  const provider = createLocalCaProvider(roots, { trustDomain: () => snapshot.trustDomain, ttlMs: 3_600_000 });
+  const servers: net.Server[] = [];
+  const listen = (server: net.Server, host: string, port = 0) => new Promise<number>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => { servers.push(server); resolve((server.address() as net.AddressInfo).port); });
+  });
+  // One tunnel port for every pod address: found free on the first, then taken on the others; each
+  // listener hands its sockets to its node's tunnel server.
+  let tunnelPort = 0;
+  const nodes = new Map<string, InProcessNode>();
+  for (const w of snapshot.workloads) {
+    const server = net.createServer((s) => {
+      const node = nodes.get(w.node);
+      if (node) node.tunnel.accept(s); else s.destroy();
+    });
+    tunnelPort = await listen(server, w.ip, tunnelPort);
+  }
+  const closers: Array<() => void> = [];
+  for (const meshNode of snapshot.nodes) {
+    const registry = new WorkloadRegistry(meshNode.name);
+    const policy = new MeshPolicyEngine();
+    const certs = new CertificateManager({ provider, log: silent, rootChangeSpreadMs: 0 });
+    const access: Array<Record<string, any>> = [];
+    const connections = new ConnectionTracker(pino({ level: 'info' }, { write: (line: string) => { access.push(JSON.parse(line)); } }));
+    const destinations = new Map<number, SocketAddress>();
+    const standIns = new Set<number>();
+    const stalls = new StallWatch({ stallMs: 30_000, budgetBytes: 1 << 30, intervalMs: 1_000, probe: () => undefined, reset: (s) => s.destroy(), onStall: () => undefined });
+    const pool = new TunnelPool({ tunnelPort, connectTimeoutMs: 2_000, log: silent, drainMs: 1_000, stalls, secureContextFor: (id) => certs.secureContextFor(id) });
+    const ctx = proxyContext({
+      registry, policy, certs, connections, stalls, pool, tunnelPort, agentPorts: new Set(),
+      // On the stand-ins the source port names where the connection was going; a tunnel socket
+      // really was addressed to the pod's tunnel port.
+      originalDestination: (s) => (standIns.has(s.localPort ?? 0) ? destinations.get(s.remotePort ?? 0) : undefined) ?? localEnd(s),
+      ...opts.ctx,
+    });
+    const { outbound, inboundPlaintext: plaintext, tunnel } = createDataListeners(ctx, { admit: () => true, track: () => undefined });
+    const outboundPort = await listen(outbound, '127.0.0.1');
+    const plaintextPort = await listen(plaintext, '127.0.0.1');
+    standIns.add(outboundPort).add(plaintextPort);
+    // The agent's own ports: a tunnel never reaches them.
+    for (const p of [outboundPort, plaintextPort, tunnelPort]) (ctx.agentPorts as Set<number>).add(p);
+    closers.push(() => { tunnel.close(); pool.destroy(); stalls.close(); certs.close(); });
+    // The socket at once, connecting: a refusal resets it so fast (same process) that it may come
+    // as a connect error; the caller's handlers see either.
+    const dial = (port: number) => async (fromIp: string, dst: { ip: string; port: number }) => {
+      const localPort = nextPort++;
+      if (nextPort >= PORTS.to) nextPort = PORTS.from;
+      destinations.set(localPort, { ...dst, family: 4 });
+      const s = net.connect({ host: '127.0.0.1', port, localAddress: fromIp, localPort });
+      s.once('close', () => destinations.delete(localPort));
+      return s;
+    };
+    nodes.set(meshNode.name, {
+      name: meshNode.name, ctx, registry, policy, certs, connections, access, tunnel,
+      connect: dial(outboundPort),
+      connectPlaintext: dial(plaintextPort),
+      outboundAddress: { ip: '127.0.0.1', port: outboundPort, family: 4 },
+    });
+  }
+  const mesh: InProcessMesh = {
+    nodes, root, tunnelPort,
+    node: (name) => {
+      const n = nodes.get(name);
+      if (!n) throw new Error(`no node ${name}`);
+      return n;
+    },
+    apply: (text) => applySnapshot(nodes, parseWorkloadsFile(text)),
+    close: async () => {
+      for (const c of closers) c();
+      await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+    },
+  };
+  applySnapshot(nodes, snapshot);
+  for (const n of nodes.values()) {
+    await eventually(`${n.name}'s certificates`, () => n.registry.localCaptured().every((w) => {
+      try { n.certs.assertAvailable(w.spiffeId); return true; } catch { return false; }
+    }), 20_000);
+  }
+  return mesh;
+}
+
+/** What the agent does with a snapshot, for the data plane's part: registry, policy, re-checks. */
+function applySnapshot(nodes: Map<string, InProcessNode>, snapshot: MeshSnapshot): void {
+  for (const n of nodes.values()) {
+    n.policy.update(snapshot);
+    n.registry.replace(snapshot);
+    n.connections.recheck();
+    n.certs.reconcile(n.registry.localCaptured().map((w) => w.spiffeId));
+    n.tunnel.prune();
+  }
+}
