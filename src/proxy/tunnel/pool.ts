@@ -57,7 +57,17 @@ interface PoolEntry {
   freshUntil?: number;
 }
 
-/** A stream the peer never processed, on a session that is going away: retried once. */
+/** Retries of a connection the peer never saw (connect). */
+const MAX_RETRIES = 2;
+/** The pause before a connection refused at TCP connect is tried again. */
+const REFUSED_RETRY_MS = 100;
+
+/** A new session's TCP connect was refused (RST to the SYN): nothing was sent, so a retry is safe. */
+function refusedAtConnect(err: unknown): boolean {
+  return err instanceof UpstreamConnectError && (err.cause as NodeJS.ErrnoException | undefined)?.code === 'ECONNREFUSED';
+}
+
+/** A stream the peer never processed, on a session that is going away: retried on a fresh session. */
 class NeverSeenError extends Error {
   readonly session: http2.ClientHttp2Session;
   override readonly cause: Error;
@@ -85,18 +95,27 @@ export class TunnelPool {
   }
 
   /**
-   * Opens a CONNECT stream to `target` as `sourceId`; resolves once the peer answered 200. A stream
-   * the peer never saw (its session was going away: GOAWAY, REFUSED_STREAM) is retried once on a
-   * fresh session, so an agent upgrade on either side loses no connection.
+   * Opens a CONNECT stream to `target` as `sourceId`; resolves once the peer answered 200. What the
+   * peer never saw is retried, twice at most, so an agent upgrade on either side loses no
+   * connection: a stream refused by a session going away (GOAWAY, REFUSED_STREAM) on a fresh
+   * session, and a new session refused at TCP connect (the peer's listeners handing over between
+   * the old agent and the new one) after REFUSED_RETRY_MS.
    */
   async connect(sourceId: string, target: TunnelTarget): Promise<http2.ClientHttp2Stream> {
-    try {
-      return await this.#connectOnce(sourceId, target);
-    } catch (err) {
-      if (!(err instanceof NeverSeenError)) throw err;
-      this.#log.debug({ podIp: target.podIp, reason: err.message }, 'stream refused by a session going away; retrying on a new session');
-      this.#forget(`${sourceId}|${target.podIp}`, err.session);
-      return this.#connectOnce(sourceId, target).catch((e: unknown) => { throw e instanceof NeverSeenError ? e.cause : e; });
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.#connectOnce(sourceId, target);
+      } catch (err) {
+        const neverSeen = err instanceof NeverSeenError;
+        if (attempt > MAX_RETRIES || !(neverSeen || refusedAtConnect(err))) throw err instanceof NeverSeenError ? err.cause : err;
+        if (err instanceof NeverSeenError) {
+          this.#log.debug({ podIp: target.podIp, reason: err.message }, 'stream refused by a session going away; retrying on a new session');
+          this.#forget(`${sourceId}|${target.podIp}`, err.session);
+        } else {
+          this.#log.debug({ podIp: target.podIp, reason: (err as Error).message }, 'tunnel connection refused; retrying');
+          await new Promise((r) => setTimeout(r, REFUSED_RETRY_MS));
+        }
+      }
     }
   }
 

@@ -1,6 +1,7 @@
-// The tunnel client's check of the peer, in process on loopback: a peer that presents another valid
-// identity of the mesh (the same root, the same trust domain) is refused before any CONNECT goes to
-// it. Attack: a node (or a hijacked route) answers for a pod it does not hold.
+// The tunnel client in process on loopback. Its check of the peer: a peer that presents another
+// valid identity of the mesh (the same root, the same trust domain) is refused before any CONNECT
+// goes to it (attack: a node, or a hijacked route, answers for a pod it does not hold). Session
+// life against certificate expiry, and the retries of what the peer never saw.
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
 import http2 from 'node:http2';
@@ -104,5 +105,27 @@ describe('tunnel pool: the peer must be the destination workload', () => {
     const closedAt = await firstClosed;
     assert.ok(closedAt >= db.expiresAt - 1_000, `the open stream ended ${db.expiresAt - closedAt} ms before the certificate expired`);
     assert.ok(closedAt - db.expiresAt < 1_000 + 2_000, `the open stream ended ${closedAt - db.expiresAt} ms after expiry`);
+  });
+
+  it('retries a new session refused at TCP connect (a peer agent handing over), and gives up on a dead one', async () => {
+    // The peer's port refuses for a moment, then its new agent listens there.
+    const db = await peer(DB);
+    const port = db.port;
+    servers.at(-1)!.close();
+    const p = pool(port);
+    const later = setTimeout(() => servers.at(-1)!.listen(port, '127.0.0.1'), 30);
+    try {
+      const stream = await p.connect(WEB, { podIp: '127.0.0.1', port: 8080, expectedPeerId: DB });
+      assert.equal(db.streams(), 1);
+      stream.close();
+    } finally {
+      clearTimeout(later);
+    }
+    // Nobody there at all: refused after the retries, not hanging.
+    const closed = await peer(DB);
+    servers.at(-1)!.close();
+    const started = Date.now();
+    await assert.rejects(pool(closed.port).connect(WEB, { podIp: '127.0.0.1', port: 8080, expectedPeerId: DB }), /ECONNREFUSED/);
+    assert.ok(Date.now() - started < 5_000);
   });
 });
