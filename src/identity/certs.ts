@@ -2,6 +2,7 @@
 // life off the data path, and fail-closed when missing or expired. One TLS secure context per
 // identity is built once per issuance and reused by every handshake (re-parsing PEM per connect costs
 // up to 45% of handshake throughput).
+import { backoffMs } from '../backoff.ts';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -208,7 +209,7 @@ export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
       entry.attempts++;
       const message = (err as Error).message;
       if (entry.current.state !== 'available') entry.current = { state: 'pending', spiffeId: id, attempts: entry.attempts, lastError: message };
-      const backoff = Math.min(this.#retryMax, this.#retryMin * 2 ** Math.min(entry.attempts - 1, 16));
+      const backoff = backoffMs(entry.attempts, this.#retryMin, this.#retryMax);
       const retryAfter = (err as { retryAfterMs?: unknown }).retryAfterMs;
       const delay = typeof retryAfter === 'number' ? Math.max(backoff, retryAfter) : backoff;
       this.#log.warn({ spiffeId: id, attempts: entry.attempts, retryInMs: delay, err: message }, 'certificate issuance failed');

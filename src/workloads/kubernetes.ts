@@ -18,6 +18,7 @@
 // - Nothing is published until every informer has listed once: the agent is "not ready" until then.
 //   MeshPolicy is optional: while its CRD is not installed (404) it counts as synced with no policies,
 //   and the source keeps checking for it.
+import { backoffMs } from '../backoff.ts';
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import {
   ADD, CoreV1Api, CustomObjectsApi, DELETE, DiscoveryV1Api, ERROR, type KubeConfig, type KubernetesObject, ListWatch, UPDATE, Watch,
@@ -406,7 +407,8 @@ interface Informer {
   /** An optional resource whose API is not installed (404): synced, empty. */
   optional?: boolean;
   absent?: boolean;
-  retryMs: number;
+  /** Failed list/watch attempts in a row (the retry pace: backoff.ts). */
+  failures: number;
   retryTimer?: NodeJS.Timeout;
 }
 
@@ -448,7 +450,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   /** One informer: paged, trimmed lists; trimmed watches; a list opens its part of the first-sync gate. */
   const informer = (name: string, path: string, trim: (o: unknown) => unknown, page: Page, extra: { fieldSelector?: string; optional?: boolean } = {}): Informer => {
     const inf: Informer = {
-      name, listed: false, retryMs: base, ...(extra.optional ? { optional: true } : {}),
+      name, listed: false, failures: 0, ...(extra.optional ? { optional: true } : {}),
       lw: new ListWatch<KubernetesObject>(path, new TrimmingWatch(kc, trim), async () => {
         const list = await pagedList(name, page, trim);
         if (inf.absent) log.info({ resource: name }, 'the API is installed now: watching it');
@@ -505,7 +507,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     inf.retryTimer = setTimeout(() => { inf.retryTimer = undefined; if (!stopped) void inf.lw.start(); }, ms);
   };
   for (const inf of informers) {
-    for (const verb of [ADD, UPDATE, DELETE] as const) inf.lw.on(verb, () => { inf.retryMs = base; changed(); });
+    for (const verb of [ADD, UPDATE, DELETE] as const) inf.lw.on(verb, () => { inf.failures = 0; changed(); });
     inf.lw.on(ERROR, (err: unknown) => {
       if (stopped) return;
       if (inf.optional && apiStatus(err) === 404) {
@@ -519,9 +521,10 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
       }
       const why = describe(err);
       lastError = `${inf.name}: ${why}`;
-      log.warn({ resource: inf.name, err: why, retryInMs: inf.retryMs }, 'list/watch failed; known objects stay in force, retrying');
-      retry(inf, inf.retryMs);
-      inf.retryMs = Math.min(inf.retryMs * 2, max);
+      inf.failures++;
+      const retryInMs = backoffMs(inf.failures, base, max);
+      log.warn({ resource: inf.name, err: why, retryInMs }, 'list/watch failed; known objects stay in force, retrying');
+      retry(inf, retryInMs);
     });
   }
 
