@@ -1,4 +1,5 @@
 // meshlet's command line: init (capture), agent, ca, demo.
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Agent } from './agent.ts';
 import { cleanupCapture, dryRunText, installCapture, ipsetCreateArgs, sourceRouteText } from './capture/install.ts';
@@ -15,7 +16,11 @@ import { createLogger } from './telemetry/log.ts';
 import { loadKubeConfig } from './kube-config.ts';
 
 const d = defaults;
-const USAGE = `usage: meshlet <command> [flags]
+
+/** meshlet's version, from its package.json (shipped with it, in the image too). */
+export const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+const USAGE = `usage: meshlet <command> [flags]   (meshlet <command> --help, meshlet --version)
 
 commands:
   init [--dry-run] [--cleanup] [--sidecar]
@@ -137,6 +142,7 @@ async function cmdInit(argv: string[]): Promise<number> {
 async function cmdAgent(argv: string[]): Promise<number> {
   const config = loadAgentConfig(argv, process.env);
   const log = createLogger(config.logLevel, { node: config.nodeName, ...(config.sidecar ? { sidecar: `${config.sidecar.namespace}/${config.sidecar.name}` } : {}) });
+  log.info({ version: VERSION, node: process.version }, 'meshlet agent starting');
   const agent = await Agent.start(config, { log });
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
@@ -263,10 +269,38 @@ async function cmdDemo(argv: string[]): Promise<number> {
   return runDemo(argv);
 }
 
+/** The flag sections of USAGE each command takes. */
+const SECTIONS: Record<string, string[]> = {
+  agent: ['agent flags', 'capture flags'], init: ['capture flags'], ca: ['ca serve flags'], cost: ['cost flags'],
+};
+
+/**
+ * `meshlet <command> --help`: the command's own lines of the command list, its flag sections and
+ * the closing notes; the whole text for a command without sections of its own.
+ */
+export function usageFor(command: string): string {
+  const blocks = USAGE.trimEnd().split('\n\n');
+  const [head = '', list = '', ...sections] = blocks;
+  const trailer = sections.at(-1) ?? '';
+  // An entry of the command list starts two spaces in; deeper lines continue it.
+  const entries: string[][] = [];
+  for (const line of list.split('\n').slice(1)) {
+    if (/^ {2}\S/.test(line)) entries.push([line]); else entries.at(-1)?.push(line);
+  }
+  const mine = entries.filter((e) => e[0]?.trim().split(/\s+/)[0] === command).map((e) => e.join('\n'));
+  if (mine.length === 0) return USAGE;
+  const flags = sections.filter((b) => (SECTIONS[command] ?? []).some((name) => b.startsWith(`${name} `) || b.startsWith(`${name}:`)));
+  return `${[head.replace('<command>', command), `commands:\n${mine.join('\n')}`, ...flags, trailer].join('\n\n')}\n`;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
-  if (rest.includes('--help') || rest.includes('-h')) {
-    process.stdout.write(USAGE);
+  if (command === '--version' || command === '-V' || command === 'version') {
+    process.stdout.write(`meshlet ${VERSION} (node ${process.version}, ${process.platform}-${process.arch})\n`);
+    return 0;
+  }
+  if (command && (rest.includes('--help') || rest.includes('-h'))) {
+    process.stdout.write(usageFor(command));
     return 0;
   }
   switch (command) {
