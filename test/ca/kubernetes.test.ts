@@ -17,6 +17,7 @@ import { parseBundle } from '../../src/identity/ca.ts';
 import { ensureRoot, rotateRoot } from '../../src/identity/roots.ts';
 import { ApiStandIn, podObject } from '../support/apiserver.ts';
 import { caClient, postCsr, workloadCsr } from '../support/ca.ts';
+import { eventually } from '../support/wait.ts';
 
 const log = pino({ level: 'silent' });
 const TD = 'cluster.local';
@@ -211,11 +212,7 @@ describe('Kubernetes authorization', () => {
 });
 
 async function until(cond: () => boolean, explain: () => string, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out; output:\n${explain()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await eventually('the condition', cond, timeoutMs).catch((err: Error) => { throw new Error(`${err.message}; output:\n${explain()}`); });
 }
 
 function freePort(): Promise<number> {

@@ -7,6 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { request } from 'undici';
 import { rotateRoot } from '../../src/identity/roots.ts';
 import { caClient, customCsr, DB, leafOf, postCsr, startTestCa, TD, type TestCa, TOKENS, WEB, workloadCsr } from '../support/ca.ts';
+import { eventually } from '../support/wait.ts';
 
 describe('CA service', () => {
   let ca: TestCa;
@@ -187,10 +188,4 @@ describe('CA service', () => {
   });
 });
 
-async function waitFor(cond: () => Promise<boolean>, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const waitFor = async (cond: () => Promise<boolean>, timeoutMs = 5_000): Promise<void> => { await eventually('the condition', cond, timeoutMs); };

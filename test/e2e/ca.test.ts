@@ -7,6 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { MeshLab, PEER } from '../../src/demo/lab.ts';
+import { eventually } from '../support/wait.ts';
 
 const APP_PORT = 8080;
 
@@ -182,10 +183,4 @@ describe('CA service in network namespaces', { concurrency: false }, () => {
   });
 });
 
-async function waitFor(cond: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+const waitFor = async (cond: () => Promise<boolean>, timeoutMs: number): Promise<void> => { await eventually('the condition', cond, timeoutMs, 200); };

@@ -7,6 +7,7 @@ import { createCsr, createRootCa, generateRsaKey, type RootCa, signWorkloadCsr }
 import { CertificateManager, type Clock } from '../../src/identity/certs.ts';
 import { type CertificateProvider, createLocalCaProvider, type TrustBundle } from '../../src/identity/provider.ts';
 import { ROOT_FILES, rootSetFromFiles } from '../../src/identity/roots.ts';
+import { eventually } from '../support/wait.ts';
 
 /** A clock the test moves by hand; timers fire when their time has come. */
 class FakeClock implements Clock {
@@ -29,13 +30,7 @@ const rootSet = (r: RootCa) => rootSetFromFiles({ [ROOT_FILES.key]: r.keyPem, [R
 const ID = 'spiffe://td/ns/shop/sa/web';
 let root: RootCa;
 
-async function until(cond: () => boolean): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+const until = async (cond: () => boolean): Promise<void> => { await eventually('the condition', cond, 10_000, 5); };
 
 describe('local CA', () => {
   before(async () => { root = await createRootCa({ trustDomain: 'td' }); });

@@ -7,6 +7,7 @@ import { WorkloadSourceError } from '../../src/errors.ts';
 import { createFileSource, parseWorkloadsFile } from '../../src/workloads/file.ts';
 import type { MeshSnapshot } from '../../src/workloads/model.ts';
 import { WorkloadRegistry } from '../../src/workloads/registry.ts';
+import { eventually } from '../support/wait.ts';
 
 const good = `
 trustDomain: cluster.local
@@ -148,13 +149,7 @@ policies:
   });
 });
 
-async function waitFor(cond: () => boolean, ms = 3000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+const waitFor = async (cond: () => boolean, ms = 3000): Promise<void> => { await eventually('the condition', cond, ms, 10); };
 
 describe('services in the workloads file', () => {
   const withServices = (services: string, extraWorkloads = '') => `
