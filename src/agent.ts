@@ -6,7 +6,8 @@ import type { Logger } from 'pino';
 import { type AgentConfig, LOG_LEVELS, type LogLevel } from './config.ts';
 import { AdminRequestError, createAdminServer, createMetricsServer, createReadinessServer, Readiness } from './admin/server.ts';
 import { hasNetAdmin } from './capture/exec.ts';
-import { captureFamilies, checkCapture, runCaptureTool, runCaptureToolsThroughShell } from './capture/install.ts';
+import { captureFamilies, checkCapture } from './capture/install.ts';
+import { CaptureTools } from './capture/tools.ts';
 import { BridgeGuard, type Bindings } from './capture/bridge-ports.ts';
 import { ConnectionLimitError, PrerequisiteError } from './errors.ts';
 import { keepHeapHeadroom } from './heap-headroom.ts';
@@ -79,8 +80,8 @@ export class Agent {
   /** The data ports are open or opening: the probe gate may vouch for this node's pods. */
   #vouching = false;
   #closing = false;
-  /** Ends the shell that runs the capture tools (runCaptureToolsThroughShell). */
-  #stopShell: (() => void) | undefined;
+  /** The capture tools, through long-lived shells (capture/tools.ts); closed last. */
+  readonly #tools: CaptureTools;
   #heapHeadroom: ReturnType<typeof keepHeapHeadroom> | undefined;
   #tunnel: TunnelServer | undefined;
   readonly probeGate: ProbeGate;
@@ -97,8 +98,9 @@ export class Agent {
 
   readonly config: AgentConfig;
 
-  private constructor(config: AgentConfig, deps: Required<AgentDeps>, certs: CertificateManager, provider: CertificateProvider & { close?(): Promise<void> }, metrics: MeshMetrics | undefined) {
+  private constructor(config: AgentConfig, deps: Required<AgentDeps>, certs: CertificateManager, provider: CertificateProvider & { close?(): Promise<void> }, metrics: MeshMetrics | undefined, tools: CaptureTools) {
     this.config = config;
+    this.#tools = tools;
     this.#rootLog = deps.log;
     this.#adminLog = adminLogger(deps.log, { node: config.nodeName });
     this.metrics = metrics;
@@ -138,13 +140,13 @@ export class Agent {
       },
     });
     // A sidecar's pod capture takes everything the pod sends: there is no set of pods to keep.
-    this.#members = config.sidecar ? { sync: async () => ({ added: 0, removed: 0 }), members: async () => new Set() } : createMemberSync(config.capture);
-    this.#destinations = config.sidecar ? undefined : createMemberSync(config.capture, 'destinations');
-    this.#strict = config.sidecar ? undefined : createMemberSync(config.capture, 'strict');
-    this.#bridge = config.sidecar ? undefined : new BridgeGuard((cmd, args, input) => runCaptureTool(cmd, args, input), addressesInNetns);
-    this.#members6 = captureFamilies(config.capture).includes(6) ? createMemberSync(config.capture, 'captured6') : undefined;
+    this.#members = config.sidecar ? { sync: async () => ({ added: 0, removed: 0 }), members: async () => new Set() } : createMemberSync(tools, config.capture);
+    this.#destinations = config.sidecar ? undefined : createMemberSync(tools, config.capture, 'destinations');
+    this.#strict = config.sidecar ? undefined : createMemberSync(tools, config.capture, 'strict');
+    this.#bridge = config.sidecar ? undefined : new BridgeGuard((cmd, args, input) => tools.tool(cmd, args, input), addressesInNetns);
+    this.#members6 = captureFamilies(config.capture).includes(6) ? createMemberSync(tools, config.capture, 'captured6') : undefined;
     this.probeGate = new ProbeGate({
-      ttlMs: config.probeGateTtlMs, log: deps.log, vouched: () => this.#vouched(), write: createVouchWriter(config.capture),
+      ttlMs: config.probeGateTtlMs, log: deps.log, vouched: () => this.#vouched(), write: createVouchWriter(tools, config.capture),
     });
     // A root that leaves the trust bundle takes the tunnel sessions that rest on it along.
     let bundle = certs.trustBundle?.pem;
@@ -176,7 +178,7 @@ export class Agent {
     const malloc = tuneMalloc();
     deps.log.info(malloc, malloc.applied ? 'malloc tuned' : 'malloc not tuned');
     // First, while this process is small: the shell that runs every capture tool from now on.
-    const stopShell = runCaptureToolsThroughShell();
+    const tools = CaptureTools.throughShells();
     const source = deps.source ?? await workloadSource(config.workloads, deps.log);
     let agent: Agent | undefined;
     const provider = await identityProvider(config, deps.log, () => agent?.registry.trustDomain ?? '');
@@ -191,8 +193,7 @@ export class Agent {
       tunnelQueuedBytes: () => agent?.stalls.queuedBytes ?? 0,
     });
     const policy = deps.policy ?? new MeshPolicyEngine({ log: deps.log, ...(metrics ? { onDecision: (action, p) => metrics.decision(action, p) } : {}) });
-    agent = new Agent(config, { log: deps.log, policy, source }, certs, provider, metrics);
-    agent.#stopShell = stopShell;
+    agent = new Agent(config, { log: deps.log, policy, source }, certs, provider, metrics, tools);
     await agent.#checkCapture();
     await source.start({
       onSnapshot: (s) => agent.#apply(s),
@@ -267,7 +268,7 @@ export class Agent {
       return;
     }
     try {
-      const check = await checkCapture(this.config.capture);
+      const check = await checkCapture(this.#tools, this.config.capture);
       const installed = check.state !== 'absent';
       if (check.spoofedDrops !== undefined) this.#countSpoofed('route', check.spoofedDrops);
       // New claims on bridge ports show up here, between registry changes.
@@ -514,7 +515,7 @@ export class Agent {
     await this.#provider.close?.();
     await closed;
     this.#heapHeadroom?.stop();
-    this.#stopShell?.();
+    this.#tools.close();
   }
 }
 

@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { Agent } from './agent.ts';
 import { cleanupCapture, dryRunText, installCapture, ipsetCreateArgs, sourceRouteText } from './capture/install.ts';
 import { enableMigrateReq } from './capture/sysctl.ts';
+import { CaptureTools } from './capture/tools.ts';
 import { type CaBackend, defaults, loadAgentConfig, loadCaRotateConfig, costDefaults, loadCaServeConfig, loadCostConfig, loadInitConfig, loadPolicyCheckConfig } from './config.ts';
 import { defaultCaptureSettings } from './capture/rules.ts';
 import { CaError, ConfigError, MeshletError, PrerequisiteError } from './errors.ts';
@@ -112,12 +113,12 @@ durations: 500ms, 20s, 5m, 24h. Exit codes: 0 ok, 1 failure, 2 bad flags, 3 miss
 async function cmdInit(argv: string[]): Promise<number> {
   const config = loadInitConfig(argv);
   if (config.cleanup) {
-    const script = await cleanupCapture(config.capture, { dryRun: config.dryRun });
+    const script = await cleanupCapture(CaptureTools.spawned(), config.capture, { dryRun: config.dryRun });
     if (config.dryRun) process.stdout.write(script);
     else process.stderr.write(script ? 'meshlet init: capture removed\n' : 'meshlet init: nothing to remove\n');
     return 0;
   }
-  const result = await installCapture(config.capture, { dryRun: config.dryRun });
+  const result = await installCapture(CaptureTools.spawned(), config.capture, { dryRun: config.dryRun });
   if (result.action === 'dry-run') {
     // stdout is exactly the iptables-restore (or nft -f) input, then the ip6tables-restore input
     // after a comment line; ipsets are created first.

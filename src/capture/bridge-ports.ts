@@ -22,7 +22,7 @@ export interface PortAddresses {
   ips: string[];
 }
 
-/** Runs a capture tool and returns its output (capture/install.ts runCaptureTool). */
+/** Runs a capture tool and returns its output (capture/tools.ts CaptureTools.tool). */
 export type RunTool = (cmd: string, args: string[], input?: string) => Promise<string>;
 
 interface LinkJson {

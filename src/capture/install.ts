@@ -7,7 +7,9 @@
 import { existsSync } from 'node:fs';
 import { BRIDGE_TABLE } from './bridge-ports.ts';
 import { CaptureError, PrerequisiteError } from '../errors.ts';
-import { type CommandResult, hasNetAdmin, runCommand, ShellRunner, shellQuote } from './exec.ts';
+import type { CommandResult } from './exec.ts';
+import { hasNetAdmin, shellQuote } from './exec.ts';
+import { type CaptureTools, succeeded } from './tools.ts';
 import {
   captureStatePattern, type CaptureSettings, type CaptureState, chainsExist, cleanupScript, installScript, type IpFamily, isInstalled, parseCaptureState,
   SOURCE_ROUTE_TABLE, sourceRouteCommands, sourceRouteShown, sourceRuleCount, spoofedDrops,
@@ -22,11 +24,8 @@ export type InstallResult = { action: 'dry-run' | 'installed' | 'unchanged'; scr
  * /proc/sys/net/ipv6 and no ip6tables tables: there is no IPv6 to guard, and none is attempted.
  */
 export function ipv6Enabled(): boolean {
-  // A boot parameter: it does not change while a process runs, and the agent asks every 5 s.
-  ipv6 ??= existsSync('/proc/sys/net/ipv6');
-  return ipv6;
+  return existsSync('/proc/sys/net/ipv6');
 }
-let ipv6: boolean | undefined;
 
 /** The iptables families meshlet writes: IPv4 capture, and in node mode the IPv6 guard. */
 export function captureFamilies(s: CaptureSettings): IpFamily[] {
@@ -52,58 +51,6 @@ function assertPrivileged(): void {
   }
 }
 
-/**
- * Which shell a capture tool runs in. The probe gate's refresh has one of its own: it is the agent's
- * proof of life, and must never wait behind a slow capture check or set sync.
- */
-export type ToolLane = 'default' | 'gate';
-
-let shells: Record<ToolLane, ShellRunner> | undefined;
-
-/**
- * From now on capture tools run through long-lived shells (ShellRunner: no fork of this process
- * per command), one per lane. The agent does this at start; `meshlet init`, which runs a few
- * commands once, spawns them. Returns the function that ends them.
- */
-export function runCaptureToolsThroughShell(): () => void {
-  const mine = { default: new ShellRunner(), gate: new ShellRunner() };
-  shells = mine;
-  return () => {
-    if (shells === mine) shells = undefined;
-    mine.default.close();
-    mine.gate.close();
-  };
-}
-
-/** Runs a capture tool; a missing tool is a PrerequisiteError, the exit code is the caller's to judge. */
-async function runTool(cmd: string, args: string[], input?: string, lane: ToolLane = 'default') {
-  try {
-    return await (shells ? shells[lane].run(cmd, args, input) : runCommand(cmd, args, input));
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      const pkg = cmd === 'nft' ? 'nftables' : cmd === 'ip' ? 'iproute2' : 'iptables ipset';
-      throw new PrerequisiteError(`${cmd} is not installed (apt-get install ${pkg})`);
-    }
-    throw err;
-  }
-}
-
-async function tool(cmd: string, args: string[], input?: string, lane: ToolLane = 'default'): Promise<string> {
-  return succeeded(`${cmd} ${args.join(' ')}`, await runTool(cmd, args, input, lane), input);
-}
-
-/** A tool's output, or the typed error its failure means (no permission: a PrerequisiteError). */
-function succeeded(what: string, result: CommandResult, input?: string): string {
-  if (result.code !== 0) {
-    const why = result.stderr.trim() || `exit code ${result.code}`;
-    if (/permission denied|operation not permitted/i.test(why)) {
-      throw new PrerequisiteError(`${what}: ${why} (CAP_NET_ADMIN is required)`);
-    }
-    throw new CaptureError(`${what} failed: ${why}${input ? `\ninput was:\n${input}` : ''}`);
-  }
-  return result.stdout;
-}
-
 const NO_SAVE_TOOL = 'meshlet: no save tool';
 
 /**
@@ -111,7 +58,7 @@ const NO_SAVE_TOOL = 'meshlet: no save tool';
  * exist), only the lines that concern meshlet's chains (captureStatePattern): grep drops the rest in
  * the shell that runs the save tool, so a node's kube-proxy rules never reach the agent.
  */
-export async function readCaptureState(s: CaptureSettings, family: IpFamily = 4): Promise<CaptureState> {
+export async function readCaptureState(tools: CaptureTools, s: CaptureSettings, family: IpFamily = 4): Promise<CaptureState> {
   const save = SAVE[family];
   const script = [
     `command -v ${save} >/dev/null || { echo '${NO_SAVE_TOOL}' >&2; exit 1; }`,
@@ -121,36 +68,36 @@ export async function readCaptureState(s: CaptureSettings, family: IpFamily = 4)
     `printf '%s\\n' "$out" | grep -E -e ${shellQuote(captureStatePattern(s, family))}`,
     'exit 0',
   ].join('\n');
-  const result = await runTool('sh', ['-c', script]);
+  const result = await tools.run('sh', ['-c', script]);
   if (result.stderr.includes(NO_SAVE_TOOL)) throw new PrerequisiteError(`${save} is not installed (apt-get install iptables ipset)`);
   return parseCaptureState(succeeded(save, result));
 }
 
 /** How many times the policy rule is there, and whether its table holds the local route. */
-async function readSourceRoute(): Promise<{ rules: number; route: boolean }> {
-  const rules = await tool('ip', ['-4', 'rule', 'show']);
+async function readSourceRoute(tools: CaptureTools): Promise<{ rules: number; route: boolean }> {
+  const rules = await tools.tool('ip', ['-4', 'rule', 'show']);
   // An empty table does not exist for `ip route show`, which then fails: no route.
-  const routes = await runTool('ip', ['-4', 'route', 'show', 'table', String(SOURCE_ROUTE_TABLE)]);
+  const routes = await tools.run('ip', ['-4', 'route', 'show', 'table', String(SOURCE_ROUTE_TABLE)]);
   return { rules: sourceRuleCount(rules), route: routes.code === 0 && sourceRouteShown(routes.stdout) };
 }
 
 /** The policy rule and its route are in place (node mode; a duplicate rule does no harm). */
-async function sourceRouteInstalled(): Promise<boolean> {
-  const now = await readSourceRoute();
+async function sourceRouteInstalled(tools: CaptureTools): Promise<boolean> {
+  const now = await readSourceRoute(tools);
   return now.rules > 0 && now.route;
 }
 
-async function installSourceRoute(): Promise<void> {
+async function installSourceRoute(tools: CaptureTools): Promise<void> {
   const { ruleAdd, routeReplace } = sourceRouteCommands();
-  if ((await readSourceRoute()).rules === 0) await tool('ip', ruleAdd);
-  await tool('ip', routeReplace);
+  if ((await readSourceRoute(tools)).rules === 0) await tools.tool('ip', ruleAdd);
+  await tools.tool('ip', routeReplace);
 }
 
-async function cleanupSourceRoute(): Promise<void> {
+async function cleanupSourceRoute(tools: CaptureTools): Promise<void> {
   const { ruleDel, routeDel } = sourceRouteCommands();
-  const now = await readSourceRoute();
-  for (let n = now.rules; n > 0; n--) await tool('ip', ruleDel);
-  if (now.route) await tool('ip', routeDel);
+  const now = await readSourceRoute(tools);
+  for (let n = now.rules; n > 0; n--) await tools.tool('ip', ruleDel);
+  if (now.route) await tools.tool('ip', routeDel);
 }
 
 /** The policy rule and route as shell commands, for --dry-run. */
@@ -182,55 +129,55 @@ export function ipsetCreateArgs(s: CaptureSettings, families: readonly IpFamily[
 }
 
 /** `nft list table FAMILY meshlet`, or undefined when the table does not exist. */
-async function listNftTable(table: readonly string[]): Promise<string | undefined> {
-  const result = await runTool('nft', ['list', 'table', ...table]);
+async function listNftTable(tools: CaptureTools, table: readonly string[]): Promise<string | undefined> {
+  const result = await tools.run('nft', ['list', 'table', ...table]);
   if (result.code === 0) return result.stdout;
   if (/no such file or directory/i.test(result.stderr)) return undefined;
   throw new CaptureError(`nft list table ${table.join(' ')} failed: ${result.stderr.trim() || `exit code ${result.code}`}`);
 }
 
 /** meshlet's nftables tables as nft lists them (undefined: absent), for nftIsInstalled. */
-async function listNftTables(s: CaptureSettings): Promise<{ ip: string | undefined; ip6: string | undefined; families: IpFamily[] }> {
+async function listNftTables(tools: CaptureTools, s: CaptureSettings): Promise<{ ip: string | undefined; ip6: string | undefined; families: IpFamily[] }> {
   const families = captureFamilies(s);
-  return { ip: await listNftTable(NFT_TABLE), ip6: families.includes(6) ? await listNftTable(NFT_TABLE6) : undefined, families };
+  return { ip: await listNftTable(tools, NFT_TABLE), ip6: families.includes(6) ? await listNftTable(tools, NFT_TABLE6) : undefined, families };
 }
 
-async function installNft(s: CaptureSettings, opts: { dryRun?: boolean }): Promise<InstallResult> {
+async function installNft(tools: CaptureTools, s: CaptureSettings, opts: { dryRun?: boolean }): Promise<InstallResult> {
   const families = captureFamilies(s);
   const script = nftInstallScript(s, families);
   if (opts.dryRun) return { action: 'dry-run', script };
   assertPrivileged();
-  if (nftIsInstalled(s, await listNftTables(s)) && await sourceRouteInstalled()) return { action: 'unchanged', script };
-  await tool('nft', ['-f', '-'], script);
-  await installSourceRoute();
-  if (!nftIsInstalled(s, await listNftTables(s))) throw new CaptureError('meshlet\'s nftables tables were applied but nft does not show them in place');
+  if (nftIsInstalled(s, await listNftTables(tools, s)) && await sourceRouteInstalled(tools)) return { action: 'unchanged', script };
+  await tools.tool('nft', ['-f', '-'], script);
+  await installSourceRoute(tools);
+  if (!nftIsInstalled(s, await listNftTables(tools, s))) throw new CaptureError('meshlet\'s nftables tables were applied but nft does not show them in place');
   return { action: 'installed', script };
 }
 
-export async function installCapture(s: CaptureSettings, opts: { dryRun?: boolean } = {}): Promise<InstallResult> {
-  if (s.backend === 'nftables') return installNft(s, opts);
+export async function installCapture(tools: CaptureTools, s: CaptureSettings, opts: { dryRun?: boolean } = {}): Promise<InstallResult> {
+  if (s.backend === 'nftables') return installNft(tools, s, opts);
   const families = captureFamilies(s);
   const scripts = new Map<IpFamily, string>();
   if (opts.dryRun) {
     // Without privileges a dry run cannot read the tables; it then prints the scripts for an empty node.
-    for (const f of families) scripts.set(f, installScript(s, hasNetAdmin() ? await readCaptureState(s, f) : parseCaptureState(''), f));
+    for (const f of families) scripts.set(f, installScript(s, hasNetAdmin() ? await readCaptureState(tools, s, f) : parseCaptureState(''), f));
     return { action: 'dry-run', ...withScripts(scripts) };
   }
   assertPrivileged();
   // The sets must exist before any rule references them.
-  for (const args of ipsetCreateArgs(s, families)) await tool('ipset', args);
+  for (const args of ipsetCreateArgs(s, families)) await tools.tool('ipset', args);
   const node = s.mode === 'node';
   let changed = false;
   for (const f of families) {
-    const before = await readCaptureState(s, f);
+    const before = await readCaptureState(tools, s, f);
     scripts.set(f, installScript(s, before, f));
     if (isInstalled(s, before, f)) continue;
-    await tool(RESTORE[f], ['--noflush'], scripts.get(f));
-    if (!isInstalled(s, await readCaptureState(s, f), f)) throw new CaptureError(`capture rules were applied but ${SAVE[f]} does not show them in place`);
+    await tools.tool(RESTORE[f], ['--noflush'], scripts.get(f));
+    if (!isInstalled(s, await readCaptureState(tools, s, f), f)) throw new CaptureError(`capture rules were applied but ${SAVE[f]} does not show them in place`);
     changed = true;
   }
-  if (node && !(await sourceRouteInstalled())) {
-    await installSourceRoute();
+  if (node && !(await sourceRouteInstalled(tools))) {
+    await installSourceRoute(tools);
     changed = true;
   }
   return { action: changed ? 'installed' : 'unchanged', ...withScripts(scripts) };
@@ -241,44 +188,44 @@ function withScripts(scripts: ReadonlyMap<IpFamily, string>): { script: string; 
   return { script: scripts.get(4) ?? '', ...(script6 !== undefined ? { script6 } : {}) };
 }
 
-export async function cleanupCapture(s: CaptureSettings, opts: { dryRun?: boolean } = {}): Promise<string> {
+export async function cleanupCapture(tools: CaptureTools, s: CaptureSettings, opts: { dryRun?: boolean } = {}): Promise<string> {
   if (!opts.dryRun) assertPrivileged();
-  if (s.mode === 'node' && !opts.dryRun) await cleanupBridgeTable();
+  if (s.mode === 'node' && !opts.dryRun) await cleanupBridgeTable(tools);
   if (s.backend === 'nftables') {
     // The tables hold the sets and the chains: deleting them removes all of meshlet's, nothing else.
     let script = '';
     if (hasNetAdmin()) {
-      const listed = await listNftTables(s);
+      const listed = await listNftTables(tools, s);
       if (listed.ip !== undefined) script += `delete table ${NFT_TABLE.join(' ')}\n`;
       if (listed.ip6 !== undefined) script += `delete table ${NFT_TABLE6.join(' ')}\n`;
     }
-    if (!opts.dryRun && script) await tool('nft', ['-f', '-'], script);
-    if (!opts.dryRun) await cleanupSourceRoute();
+    if (!opts.dryRun && script) await tools.tool('nft', ['-f', '-'], script);
+    if (!opts.dryRun) await cleanupSourceRoute(tools);
     return script;
   }
   const families = captureFamilies(s);
   const scripts = new Map<IpFamily, string>();
-  for (const f of families) scripts.set(f, cleanupScript(s, hasNetAdmin() ? await readCaptureState(s, f) : parseCaptureState(''), f) ?? '');
+  for (const f of families) scripts.set(f, cleanupScript(s, hasNetAdmin() ? await readCaptureState(tools, s, f) : parseCaptureState(''), f) ?? '');
   const text = dryRunText(scripts.get(4) ?? '', scripts.get(6));
   if (opts.dryRun) return text;
-  for (const [f, script] of scripts) if (script) await tool(RESTORE[f], ['--noflush'], script);
+  for (const [f, script] of scripts) if (script) await tools.tool(RESTORE[f], ['--noflush'], script);
   if (s.mode === 'sidecar') return text;
-  await cleanupSourceRoute();
-  const sets = (await tool('ipset', ['list', '-n'])).split('\n');
-  for (const name of [s.ipset, s.destinationsIpset, s.strictIpset, s.gateIpset, s.ipset6]) if (sets.includes(name)) await tool('ipset', ['destroy', name]);
+  await cleanupSourceRoute(tools);
+  const sets = (await tools.tool('ipset', ['list', '-n'])).split('\n');
+  for (const name of [s.ipset, s.destinationsIpset, s.strictIpset, s.gateIpset, s.ipset6]) if (sets.includes(name)) await tools.tool('ipset', ['destroy', name]);
   return text;
 }
 
 /** The agent's bridge table (capture/bridge-ports.ts), on nodes where it made one. */
-async function cleanupBridgeTable(): Promise<void> {
+async function cleanupBridgeTable(tools: CaptureTools): Promise<void> {
   let listed: CommandResult;
   try {
-    listed = await runTool('nft', ['list', 'table', ...BRIDGE_TABLE]);
+    listed = await tools.run('nft', ['list', 'table', ...BRIDGE_TABLE]);
   } catch (err) {
     if (err instanceof PrerequisiteError) return; // no nft on this node: the agent made no table
     throw err;
   }
-  if (listed.code === 0) await tool('nft', ['delete', 'table', ...BRIDGE_TABLE]);
+  if (listed.code === 0) await tools.tool('nft', ['delete', 'table', ...BRIDGE_TABLE]);
 }
 
 /** What the check found, and the anti-spoofing rule's count of dropped packets when it read one. */
@@ -290,33 +237,32 @@ export type CaptureCheck = { state: 'installed' | 'repaired' | 'absent'; spoofed
  * flushed a chain) is repaired; capture that was never installed is reported, not installed (that
  * is the init helper's job, which also creates the sets).
  */
-export async function checkCapture(s: CaptureSettings): Promise<CaptureCheck> {
+export async function checkCapture(tools: CaptureTools, s: CaptureSettings): Promise<CaptureCheck> {
   if (s.backend === 'nftables') {
-    const listed = await listNftTables(s);
+    const listed = await listNftTables(tools, s);
     const counted = (drops: number | undefined) => (drops === undefined ? {} : { spoofedDrops: drops });
     if (listed.ip === undefined || (listed.families.includes(6) && listed.ip6 === undefined)) return { state: 'absent' };
-    if (nftIsInstalled(s, listed) && await sourceRouteInstalled()) return { state: 'installed', ...counted(nftSpoofedDrops(s, listed.ip)) };
-    await tool('nft', ['-f', '-'], nftInstallScript(s, listed.families));
-    await installSourceRoute();
-    if (!nftIsInstalled(s, await listNftTables(s))) throw new CaptureError('capture was repaired but nft does not show it in place');
+    if (nftIsInstalled(s, listed) && await sourceRouteInstalled(tools)) return { state: 'installed', ...counted(nftSpoofedDrops(s, listed.ip)) };
+    await tools.tool('nft', ['-f', '-'], nftInstallScript(s, listed.families));
+    await installSourceRoute(tools);
+    if (!nftIsInstalled(s, await listNftTables(tools, s))) throw new CaptureError('capture was repaired but nft does not show it in place');
     return { state: 'repaired', ...counted(nftSpoofedDrops(s, listed.ip)) };
   }
   const families = captureFamilies(s);
   const states = new Map<IpFamily, CaptureState>();
-  for (const f of families) states.set(f, await readCaptureState(s, f));
+  for (const f of families) states.set(f, await readCaptureState(tools, s, f));
   const state = (f: IpFamily) => states.get(f) as CaptureState;
   const node = s.mode === 'node';
   const drops = node ? spoofedDrops(s, state(4)) : undefined;
   const counted = drops === undefined ? {} : { spoofedDrops: drops };
-  if (families.every((f) => isInstalled(s, state(f), f)) && (!node || await sourceRouteInstalled())) return { state: 'installed', ...counted };
+  if (families.every((f) => isInstalled(s, state(f), f)) && (!node || await sourceRouteInstalled(tools))) return { state: 'installed', ...counted };
   if (!families.every((f) => chainsExist(s, state(f), f))) return { state: 'absent' };
   for (const f of families) {
     if (isInstalled(s, state(f), f)) continue;
-    await tool(RESTORE[f], ['--noflush'], installScript(s, state(f), f));
-    if (!isInstalled(s, await readCaptureState(s, f), f)) throw new CaptureError(`capture was repaired but ${SAVE[f]} does not show it in place`);
+    await tools.tool(RESTORE[f], ['--noflush'], installScript(s, state(f), f));
+    if (!isInstalled(s, await readCaptureState(tools, s, f), f)) throw new CaptureError(`capture was repaired but ${SAVE[f]} does not show it in place`);
   }
-  if (node) await installSourceRoute();
+  if (node) await installSourceRoute(tools);
   return { state: 'repaired', ...counted };
 }
 
-export { tool as runCaptureTool };

@@ -3,7 +3,7 @@
 // with pods: membership is the only thing that changes as pods come and go), the destinations in the
 // mesh (the only ones a captured pod's connections are redirected for), the captured pods' IPv6
 // addresses (the IPv6 guard), and the pods the agent vouches for (the probe gate).
-import { runCaptureTool } from './install.ts';
+import type { CaptureTools } from './tools.ts';
 import { NFT_TABLE, NFT_TABLE6, nftMembersScript, nftVouchScript, parseNftSetJson } from './nftables.ts';
 import { type CaptureSettings, ipsetDiff, parseIpsetMembers, vouchLines } from './rules.ts';
 
@@ -19,31 +19,31 @@ type Change = { added: number; removed: number };
 export type MemberSet = 'captured' | 'destinations' | 'strict' | 'captured6';
 
 /** A member set of either backend. */
-export function createMemberSync(s: CaptureSettings, which: MemberSet = 'captured'): IpsetSync {
+export function createMemberSync(tools: CaptureTools, s: CaptureSettings, which: MemberSet = 'captured'): IpsetSync {
   const setName = { captured: s.ipset, destinations: s.destinationsIpset, strict: s.strictIpset, captured6: s.ipset6 }[which];
   if (s.backend === 'nftables') {
     const table = which === 'captured6' ? NFT_TABLE6 : NFT_TABLE;
-    const members = async () => parseNftSetJson(await runCaptureTool('nft', ['-j', 'list', 'set', ...table, setName]));
+    const members = async () => parseNftSetJson(await tools.tool('nft', ['-j', 'list', 'set', ...table, setName]));
     return serialized(members, async (current, desired) => {
       const { script, added, removed } = nftMembersScript(table, setName, current, desired);
-      if (script) await runCaptureTool('nft', ['-f', '-'], script);
+      if (script) await tools.tool('nft', ['-f', '-'], script);
       return { added, removed };
     });
   }
-  return createIpsetSync(setName);
+  return createIpsetSync(tools, setName);
 }
 
 /** Vouches for exactly `ips` for `ttlSeconds` more (the probe gate's write), in either backend. */
-export function createVouchWriter(s: CaptureSettings): (ips: readonly string[], ttlSeconds: number) => Promise<void> {
-  if (s.backend === 'nftables') return async (ips, ttl) => { await runCaptureTool('nft', ['-f', '-'], nftVouchScript(s.gateIpset, ips, ttl), 'gate'); };
-  return async (ips, ttl) => { await runCaptureTool('ipset', ['restore', '-exist'], `${vouchLines(s.gateIpset, ips, ttl).join('\n')}\n`, 'gate'); };
+export function createVouchWriter(tools: CaptureTools, s: CaptureSettings): (ips: readonly string[], ttlSeconds: number) => Promise<void> {
+  if (s.backend === 'nftables') return async (ips, ttl) => { await tools.tool('nft', ['-f', '-'], nftVouchScript(s.gateIpset, ips, ttl), 'gate'); };
+  return async (ips, ttl) => { await tools.tool('ipset', ['restore', '-exist'], `${vouchLines(s.gateIpset, ips, ttl).join('\n')}\n`, 'gate'); };
 }
 
-function createIpsetSync(setName: string): IpsetSync {
-  const members = async () => parseIpsetMembers(setName, await runCaptureTool('ipset', ['save', setName]));
+function createIpsetSync(tools: CaptureTools, setName: string): IpsetSync {
+  const members = async () => parseIpsetMembers(setName, await tools.tool('ipset', ['save', setName]));
   return serialized(members, async (current, desired) => {
     const lines = ipsetDiff(setName, current, desired);
-    if (lines.length > 0) await runCaptureTool('ipset', ['restore', '-exist'], `${lines.join('\n')}\n`);
+    if (lines.length > 0) await tools.tool('ipset', ['restore', '-exist'], `${lines.join('\n')}\n`);
     return { added: lines.filter((l) => l.startsWith('add')).length, removed: lines.filter((l) => l.startsWith('del')).length };
   });
 }
