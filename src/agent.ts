@@ -14,7 +14,7 @@ import { keepHeapHeadroom } from './heap-headroom.ts';
 import { tuneMalloc } from './malloc-tuning.ts';
 import { createMemberSync, createVouchWriter, type IpsetSync } from './capture/ipset.ts';
 import { ProbeGate } from './capture/probe-gate.ts';
-import { bundleSize } from './identity/ca.ts';
+import { configDump } from './admin/config-dump.ts';
 import { CertificateManager } from './identity/certs.ts';
 import { type CertificateProvider, createLocalCaProvider } from './identity/provider.ts';
 import { DirRootStore, loadRootSet } from './identity/roots.ts';
@@ -460,31 +460,18 @@ export class Agent {
   }
 
   configDump(): unknown {
-    const snapshot = this.registry.snapshot;
-    return {
+    return configDump({
       node: this.config.nodeName,
       mode: this.config.sidecar ? { sidecar: `${this.config.sidecar.namespace}/${this.config.sidecar.name}` } : 'node',
-      ready: this.readiness.ready,
-      pending: this.readiness.pending(),
-      trustDomain: snapshot?.trustDomain,
+      readiness: this.readiness,
+      registry: this.registry,
       workloadSource: { kind: this.config.workloads.kind, ...this.#source.status?.() },
-      policy: this.policy.dump?.(),
+      policy: this.policy,
       identityProvider: this.#provider.name,
       probeGate: this.probeGate.status(),
       heap: { headroomMiB: this.config.heapHeadroomMiB, growingPercent: this.#heapHeadroom?.percent() },
-      trustBundle: this.certs.trustBundle ? { signingRoot: this.certs.trustBundle.signingFingerprint, roots: bundleSize(this.certs.trustBundle.pem) } : undefined,
-      workloads: (snapshot?.workloads ?? []).map((w) => ({ ...w, local: this.registry.isLocal(w) })),
-      refusedAddresses: snapshot?.refused ?? [],
-      services: (snapshot?.services ?? []).map((s) => ({
-        name: s.name, namespace: s.namespace, clusterIP: s.clusterIP ?? 'None', ports: s.ports, preferClose: s.preferClose,
-        endpoints: this.balancer.view(s),
-      })),
-      certificates: this.certs.states().map((c) => c.state === 'available'
-        ? { spiffeId: c.spiffeId, state: c.state, serial: c.serial, signedBy: c.signedBy, notBefore: new Date(c.notBefore).toISOString(), notAfter: new Date(c.notAfter).toISOString() }
-        : c),
-      pools: this.pool.dump(),
-      connections: { totals: this.connections.totals, open: this.connections.list() },
-    };
+      certs: this.certs, balancer: this.balancer, pool: this.pool, connections: this.connections,
+    });
   }
 
   /**

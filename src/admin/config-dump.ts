@@ -1,0 +1,57 @@
+// GET /config_dump: the agent's state as one JSON document, for `meshlet status`, operators and the
+// end-to-end tests. Built from the parts the agent hands over, read at request time.
+import type { CertificateManager } from '../identity/certs.ts';
+import { bundleSize } from '../identity/ca.ts';
+import type { PolicyEngine } from '../policy/hook.ts';
+import type { EndpointBalancer } from '../proxy/balancer.ts';
+import type { TunnelPool } from '../proxy/tunnel/pool.ts';
+import type { ConnectionTracker } from '../telemetry/connections.ts';
+import type { WorkloadRegistry } from '../workloads/registry.ts';
+import type { Readiness } from './server.ts';
+
+/** What the dump reads: the agent's parts, each asked at request time. */
+export interface ConfigDumpParts {
+  node: string;
+  /** 'node', or the workload a sidecar serves. */
+  mode: 'node' | { sidecar: string };
+  readiness: Readiness;
+  registry: WorkloadRegistry;
+  workloadSource: Record<string, unknown>;
+  policy: PolicyEngine;
+  identityProvider: string;
+  probeGate: unknown;
+  heap: { headroomMiB: number; growingPercent: number | undefined };
+  certs: CertificateManager;
+  balancer: EndpointBalancer;
+  pool: TunnelPool;
+  connections: ConnectionTracker;
+}
+
+export function configDump(p: ConfigDumpParts): unknown {
+  const snapshot = p.registry.snapshot;
+  const bundle = p.certs.trustBundle;
+  return {
+    node: p.node,
+    mode: p.mode,
+    ready: p.readiness.ready,
+    pending: p.readiness.pending(),
+    trustDomain: snapshot?.trustDomain,
+    workloadSource: p.workloadSource,
+    policy: p.policy.dump?.(),
+    identityProvider: p.identityProvider,
+    probeGate: p.probeGate,
+    heap: p.heap,
+    trustBundle: bundle ? { signingRoot: bundle.signingFingerprint, roots: bundleSize(bundle.pem) } : undefined,
+    workloads: (snapshot?.workloads ?? []).map((w) => ({ ...w, local: p.registry.isLocal(w) })),
+    refusedAddresses: snapshot?.refused ?? [],
+    services: (snapshot?.services ?? []).map((s) => ({
+      name: s.name, namespace: s.namespace, clusterIP: s.clusterIP ?? 'None', ports: s.ports, preferClose: s.preferClose,
+      endpoints: p.balancer.view(s),
+    })),
+    certificates: p.certs.states().map((c) => c.state === 'available'
+      ? { spiffeId: c.spiffeId, state: c.state, serial: c.serial, signedBy: c.signedBy, notBefore: new Date(c.notBefore).toISOString(), notAfter: new Date(c.notAfter).toISOString() }
+      : c),
+    pools: p.pool.dump(),
+    connections: { totals: p.connections.totals, open: p.connections.list() },
+  };
+}

@@ -1,0 +1,56 @@
+// The config dump, built from an agent's parts without an agent: what `meshlet status` and the
+// operators read.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import pino from 'pino';
+import { configDump } from '../../src/admin/config-dump.ts';
+import { Readiness } from '../../src/admin/server.ts';
+import { CertificateManager } from '../../src/identity/certs.ts';
+import { MeshPolicyEngine } from '../../src/policy/engine.ts';
+import { EndpointBalancer } from '../../src/proxy/balancer.ts';
+import { TunnelPool } from '../../src/proxy/tunnel/pool.ts';
+import { StallWatch } from '../../src/proxy/tunnel/stall-watch.ts';
+import { ConnectionTracker } from '../../src/telemetry/connections.ts';
+import { parseWorkloadsFile } from '../../src/workloads/file.ts';
+import { WorkloadRegistry } from '../../src/workloads/registry.ts';
+
+describe('config dump', () => {
+  it('shows readiness, the workloads with where they run, Services with their endpoints, and the parts\' state', () => {
+    const log = pino({ level: 'silent' });
+    const registry = new WorkloadRegistry('node-a');
+    const snapshot = parseWorkloadsFile(`trustDomain: td
+nodes: [{ name: node-a, ip: 10.0.0.1 }, { name: node-b, ip: 10.0.0.2 }]
+workloads:
+  - { name: web, namespace: shop, serviceAccount: web, ip: 10.1.0.11, node: node-a, labels: { app: web } }
+  - { name: db, namespace: shop, serviceAccount: db, ip: 10.1.0.21, node: node-b, labels: { app: db } }
+services:
+  - { name: db, namespace: shop, clusterIP: 10.96.0.5, ports: [{ name: sql, port: 5432, targetPort: 5432 }], selector: { app: db } }
+`);
+    registry.replace(snapshot);
+    const readiness = new Readiness();
+    readiness.add({ name: 'certificates', done: () => false });
+    const certs = new CertificateManager({ provider: { name: 'none', issue: () => new Promise(() => undefined) }, log });
+    const stalls = new StallWatch({ stallMs: 1_000, budgetBytes: 1, intervalMs: 1_000, probe: () => undefined, reset: () => undefined, onStall: () => undefined });
+    const pool = new TunnelPool({ tunnelPort: 15008, connectTimeoutMs: 1_000, log, drainMs: 1_000, stalls, secureContextFor: () => { throw new Error('none'); } });
+    const dump = configDump({
+      node: 'node-a', mode: 'node', readiness, registry, workloadSource: { kind: 'file' }, policy: new MeshPolicyEngine(),
+      identityProvider: 'none', probeGate: { vouched: 1 }, heap: { headroomMiB: 32, growingPercent: undefined },
+      certs, balancer: new EndpointBalancer(), pool, connections: new ConnectionTracker(log),
+    }) as Record<string, any>;
+    try {
+      assert.equal(dump.ready, false);
+      assert.deepEqual(dump.pending, ['certificates']);
+      assert.equal(dump.trustDomain, 'td');
+      assert.deepEqual(dump.workloads.map((w: any) => [w.name, w.local]), [['web', true], ['db', false]]);
+      assert.equal(dump.services[0].clusterIP, '10.96.0.5');
+      assert.deepEqual(dump.services[0].endpoints.map((e: any) => e.ip), ['10.1.0.21']);
+      assert.equal(dump.trustBundle, undefined, 'no bundle yet');
+      assert.deepEqual(dump.pools, []);
+      assert.deepEqual(dump.connections.open, []);
+      assert.deepEqual(dump.probeGate, { vouched: 1 });
+    } finally {
+      pool.destroy();
+      certs.close();
+    }
+  });
+});
