@@ -513,8 +513,8 @@ async function identityProvider(config: AgentConfig, log: Logger, trustDomain: (
     const roots = await loadRootSet(new DirRootStore(id.caDir));
     return createLocalCaProvider(roots, { trustDomain, ttlMs: id.certTtlMs });
   }
-  // Loaded on demand: undici (the CA client's HTTP client) is about 25 MiB of RSS that an agent with
-  // the embedded CA never uses.
+  // Loaded on demand: undici (the CA client's HTTP client) is RSS that an agent with the embedded CA
+  // never uses (bench/README.md, "Measurements behind the code").
   const { createCaClientProvider } = await import('./identity/ca-client.ts');
   return createCaClientProvider({
     url: id.url, tokenFile: id.tokenFile, trustBundleFile: id.trustBundleFile, log,

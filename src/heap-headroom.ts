@@ -5,16 +5,16 @@
 // old generation's limit (the "historic behaviour" of `--no-external-memory-accounted-in-global-
 // limit`, V8's default). Node's HTTP/2 reads every TLS record (16 KiB) of the tunnel into a new
 // buffer outside the heap; on a bulk transfer the young-generation collections free them within
-// milliseconds, but they still count. With the limit V8 gives a heap of 12-16 MB (8-10 MB above it),
-// the receiving agent of a bulk transfer ran a full mark-compact every 70-90 ms (26 per 576 MB,
-// `--trace-gc-nvp`), about a quarter of its CPU.
+// milliseconds, but they still count. With the limit V8 gives a small heap, the receiving agent of a
+// bulk transfer ran full mark-compacts every few tens of milliseconds, a large share of its CPU
+// (bench/README.md, "What these say", bulk).
 //
 // How: after each full collection V8 sets the next limit at the live heap times a growing factor,
 // which `--heap-growing-percent` overrides and V8 reads afresh each time. Once the agent is up, this
 // keeps that factor at (live + headroom) / live, recomputed after every full collection as the
 // live heap changes, so the next limit sits `headroom` above what is live (plus a growing step of
-// V8's own, about 8 MB: test/heap-headroom.test.ts reads the limits V8 prints). Set only after start-up:
-// the start-up heap is collected as V8 would, and an idle agent's RSS does not change (measured).
+// V8's own: test/heap-headroom.test.ts reads the limits V8 prints). Set only after start-up: the
+// start-up heap is collected as V8 would, and an idle agent's RSS does not change.
 // The headroom is an upper bound on the extra heap, reached only by garbage that survives the
 // young generation; the transient buffers above never take it up.
 import { constants, type PerformanceEntry, PerformanceObserver } from 'node:perf_hooks';

@@ -5,14 +5,13 @@
 // of it is free, and the next allocation takes it back: fresh pages, each a page fault and a page
 // the kernel zeroes. The tunnel's TLS reads go through OpenSSL buffers malloc'd and freed per record.
 // After a few thousand connections had come and gone, the receiving agent of a bulk transfer
-// shrank and regrew its heap about a thousand times per 512 MB (strace: 2,171 brk calls) and took
-// 77,000-99,000 page faults (against 900 with this), a tenth of its CPU in the kernel's page-fault
-// path (perf: `exc_page_fault`, `clear_page_erms`).
+// shrank and regrew its heap thousands of times per transfer and spent a tenth of its CPU in the
+// kernel's page-fault path (strace, perf: bench/README.md, "What these say", bulk).
 //
 // How: mallopt, through koffi (the FFI capture/socket.ts uses), at agent start: a trim threshold of
 // 32 MiB (memory at the top is handed back only past that) and a top pad of 4 MiB (each growth of
 // the heap asks for that much more). The cost is at most that much free memory kept resident; the
-// agents' RSS after the bulk runs was the same (measured, bench/README.md). Setting either makes
+// agents' RSS after the bulk runs was the same (bench/README.md). Setting either makes
 // glibc keep its mmap threshold fixed at 128 KiB instead of adapting it, as the MALLOC_*_ environment
 // variables do. Not glibc (musl, another libc): nothing to tune, nothing done.
 import koffi from 'koffi';

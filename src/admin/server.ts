@@ -3,9 +3,9 @@ import type http from 'node:http';
 import { createRequire } from 'node:module';
 
 // node:http through require, not an ESM import: the ESM form evaluates every export of the module,
-// lazy ones included, and one of them loads Node's bundled undici (fetch, WebSocket): 2.4 MB more
-// heap and 14 MB more RSS in every agent, for nothing it uses (measured, Node 24.21). A larger heap
-// also makes every major collection dearer.
+// lazy ones included, and one of them loads Node's bundled undici (fetch, WebSocket): heap and RSS
+// in every agent for nothing it uses, and a larger heap makes every major collection dearer
+// (bench/README.md, "Agent memory").
 const { createServer } = createRequire(import.meta.url)('node:http') as typeof import('node:http');
 
 export interface ReadinessTask {

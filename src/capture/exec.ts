@@ -29,8 +29,8 @@ export function runCommand(cmd: string, args: string[], input?: string): Promise
 
 /**
  * Runs commands through one long-lived /bin/sh instead of a new process each. Spawning from a
- * process forks it, and the fork blocks the event loop while the kernel copies the page tables: 2 ms
- * for a small Node process, 5-6 ms with 100 MB resident (measured on the benchmark machine). The
+ * process forks it, and the fork blocks the event loop while the kernel copies the page tables, the
+ * longer the larger the process (bench/README.md, "Measurements behind the code"). The
  * agent runs a capture tool every second (the probe gate's ipset refresh) and three every 5 s (the
  * capture check), so each of its busy moments would stall every connection it carries; the shell,
  * a megabyte of memory, does the forking instead. One command at a time, in the order asked; a

@@ -317,8 +317,9 @@ export interface CaptureState {
  * extended regular expression (grep -E; JavaScript reads it the same way): table headers and COMMIT,
  * meshlet's chain declarations, and the rules of meshlet's chains and of the built-in chains that
  * jump to them (all of them, in order: the jump must come first). On a node of a large cluster the
- * nat table holds kube-proxy's tens of thousands of rules; parsing 60,000 lines (5.7 MB) took the
- * agent 21-105 ms of its event loop (measured), every 5 s. Filtered, a few lines reach it.
+ * nat table holds kube-proxy's tens of thousands of rules, and parsing them all held the agent's
+ * event loop for tens of milliseconds every 5 s (bench/README.md, "Measurements behind the code").
+ * Filtered, a few lines reach it.
  */
 export function captureStatePattern(s: CaptureSettings, family: IpFamily = 4): string {
   const escape = (name: string) => name.replace(/[^A-Za-z0-9_-]/g, (c) => `\\${c}`);

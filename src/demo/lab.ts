@@ -21,7 +21,7 @@ export const CLI = join(ROOT, 'src/main.js');
 export const PEER = join(ROOT, 'src/demo/peer.ts');
 /**
  * Node flags agents run with, as the image runs them (Dockerfile, NODE_OPTIONS) and bin/meshlet: a
- * young generation of 2 MiB semi-spaces instead of 16 keeps about 45 MiB of RSS off a loaded agent
+ * young generation of 2 MiB semi-spaces instead of 16 keeps tens of MiB of RSS off a loaded agent
  * for no measurable CPU (bench/README.md, "Agent memory").
  */
 export const AGENT_NODE_FLAGS = ['--max-semi-space-size=2'];

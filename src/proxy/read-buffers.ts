@@ -2,9 +2,9 @@
 //
 // Why: Node reads a socket by allocating a new 64 KiB buffer outside V8's heap for every read. On a
 // bulk transfer those arrive much faster than the young generation fills, so scavenges are rare
-// and V8 answers the growing external memory with full mark-compacts of the whole heap. Measured on
-// the sending agent of a 512 MB transfer: 43 mark-compacts per 2 GB and 2.0 CPU s/GB, against 1
-// and 1.5 s/GB (the plain TLS relay's figure) with these buffers (bench/README.md, "What these say", bulk).
+// and V8 answers the growing external memory with full mark-compacts of the whole heap, which cost
+// the sending agent of a bulk transfer a large share of its CPU (bench/README.md, "What these say",
+// bulk).
 //
 // How: a socket made with Node's `onread` option reads into whatever buffer it is handed and calls
 // back with the byte count, instead of emitting 'data'. Node asks for the next buffer as soon as a

@@ -7,9 +7,9 @@ import pino, { type Logger, type LevelWithSilent } from 'pino';
 const families = new WeakMap<Logger, { members: Set<WeakRef<Logger>>; gone: FinalizationRegistry<WeakRef<Logger>> }>();
 
 // Log lines are batched: written once 4 KB have gathered, else at the next 100 ms tick, and flushed
-// synchronously when the process exits. A write per line cost each agent
-// about 35 µs per new connection (one access line each), 7% of its busy time at 1,500 new
-// connections/s (CPU profile, 2026-11-26). A SIGKILL loses at most the last 100 ms of lines.
+// synchronously when the process exits. A write per line was a visible share of each agent's CPU
+// per new connection, one access line each (bench/README.md, "Measurements behind the code"). A
+// SIGKILL loses at most the last 100 ms of lines.
 const LOG_BATCH_BYTES = 4096;
 export const LOG_FLUSH_MS = 100;
 

@@ -417,8 +417,8 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   const kc = opts.kubeConfig;
   const core = kc.makeApiClient(CoreV1Api);
   // Small pages keep the peak low: each page is parsed and deserialized whole before it is trimmed,
-  // and V8 keeps the heap it grew for the largest one (bench/registry.ts: 10,000 pods, RSS +74 MiB
-  // with pages of 100 against +203 MiB with pages of 500, first sync about as fast).
+  // and V8 keeps the heap it grew for the largest one (bench/README.md, "What knowing the cluster
+  // costs": page size against RSS).
   const pageSize = opts.pageSize ?? 100;
   const base = opts.retryBaseMs ?? 1000;
   const max = opts.retryMaxMs ?? 30_000;

@@ -5,8 +5,8 @@ import { isIP, isIPv4, isIPv6 } from 'node:net';
 
 export const ALPN = 'h2';
 
-// Default HTTP/2 windows (64 KB) cap one stream at roughly 0.12 of direct bulk throughput on this
-// kind of machine; 16 MB windows doubled it (measured, see shared design facts).
+// Default HTTP/2 windows (64 KB) cap one stream at a small fraction of direct bulk throughput; 16 MB
+// windows doubled it (bench/README.md, "Measurements behind the code").
 export const WINDOW_BYTES = 16 * 1024 * 1024;
 
 // 100 streams a session: a peer (even one ignoring SETTINGS) can hand the agent at most 100 new
