@@ -1,5 +1,4 @@
 // meshlet's command line: init (capture), agent, ca, demo.
-import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Agent } from './agent.ts';
 import { cleanupCapture, dryRunText, installCapture, ipsetCreateArgs, sourceRouteText } from './capture/install.ts';
@@ -14,12 +13,10 @@ import { CaService } from './ca/server.ts';
 import { bundleSize } from './identity/ca.ts';
 import { DirRootStore, ensureRoot, initRoot, ROOT_FILES, type RootSet, type RootStore, rotateRoot, type RotationStep } from './identity/roots.ts';
 import { createLogger } from './telemetry/log.ts';
+import { VERSION } from './version.ts';
 import { loadKubeConfig } from './kube-config.ts';
 
 const d = defaults;
-
-/** meshlet's version, from its package.json (shipped with it, in the image too). */
-export const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 const USAGE = `usage: meshlet <command> [flags]   (meshlet <command> --help, meshlet --version)
 

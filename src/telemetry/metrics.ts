@@ -14,6 +14,7 @@
 // counters take the accumulated amounts when Prometheus scrapes (their collect()).
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { MeshService, Workload } from '../workloads/model.ts';
+import { VERSION } from '../version.ts';
 
 export const TCP_LABELS = [
   'reporter', 'source_workload', 'source_workload_namespace', 'source_principal',
@@ -103,6 +104,9 @@ export class MeshMetrics {
   constructor(sources: MetricsSources = {}) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
+    // Which meshlet (and Node) each agent runs: one series at 1, as Prometheus' own build_info.
+    new Gauge({ name: 'meshlet_build_info', help: 'The meshlet version and the Node.js version this agent runs', labelNames: ['version', 'node_version'], registers })
+      .set({ version: VERSION, node_version: process.version }, 1);
     const all = this.#all;
     const flushOpen = () => { for (const c of this.#open.keys()) this.#flush(c); };
     const tcp = (name: string, help: string, field: Field) => new Counter({

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import pino from 'pino';
 import { ConnectionTracker } from '../../src/telemetry/connections.ts';
@@ -36,5 +37,10 @@ describe('TCP metrics', () => {
     d.close({});
     assert.equal(sum(await scrape(), 'meshlet_tcp_connections_opened_total', where), 2);
     assert.equal(sum(await scrape(), 'meshlet_tcp_sent_bytes_total', where), 1500, 'scraping again adds nothing');
+  });
+  it('say which meshlet and which Node each agent runs (meshlet_build_info)', async () => {
+    const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+    const m = parseMetrics((await new MeshMetrics().text()).body);
+    assert.equal(sum(m, 'meshlet_build_info', { version, node_version: process.version }), 1);
   });
 });
