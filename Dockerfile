@@ -10,8 +10,9 @@ RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 # Stage 2: the runtime. Node 24 runs the TypeScript sources directly (type stripping, its result
 # kept in the compile cache below), so there is no build output to copy. iptables and ipset are
 # what `meshlet init` and the agent call (nft with --capture-backend nftables, for nodes whose
-# kube-proxy runs in nftables mode), and ip (iproute2) the policy rule and route that bring the
-# replies of source-preserving connections back to the agent.
+# kube-proxy runs in nftables mode, and for the agent's anti-spoofing table on bridge CNIs), and ip
+# (iproute2) the policy rule and route that bring the replies of source-preserving connections
+# back to the agent, and the bridge ports the anti-spoofing binds addresses to.
 FROM node:24-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends iptables ipset nftables iproute2 \
