@@ -80,6 +80,9 @@ export class Agent {
   /** The data ports are open or opening: the probe gate may vouch for this node's pods. */
   #vouching = false;
   #closing = false;
+  /** The shutdown under way (close), and when its drain ends (destroy moves that to now). */
+  #shutdown: Promise<void> | undefined;
+  #drainUntil = Number.POSITIVE_INFINITY;
   /** The capture tools, through long-lived shells (capture/tools.ts); closed last. */
   readonly #tools: CaptureTools;
   #heapHeadroom: ReturnType<typeof keepHeapHeadroom> | undefined;
@@ -476,9 +479,23 @@ export class Agent {
 
   /**
    * Stops accepting, tells tunnel peers to go away (GOAWAY), lets open connections finish for up to
-   * the drain period, then closes whatever is left.
+   * the drain period, then closes whatever is left. Called again, returns the same shutdown.
    */
-  async close(): Promise<void> {
+  close(): Promise<void> {
+    this.#shutdown ??= this.#close();
+    return this.#shutdown;
+  }
+
+  /**
+   * What close() does, without the drain: open connections and sessions are reset now (a second
+   * SIGTERM or SIGINT). During a close() already under way, it cuts that close's drain short.
+   */
+  destroy(): Promise<void> {
+    this.#drainUntil = 0;
+    return this.close();
+  }
+
+  async #close(): Promise<void> {
     this.#closing = true;
     this.readiness.drain();
     // Stop vouching first: without a successor the node's pods fail their probes within the TTL and
@@ -493,8 +510,8 @@ export class Agent {
     })));
     await this.pool.close();
     this.#tunnel?.close();
-    const deadline = Date.now() + this.config.drainMs;
-    while (this.#sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    this.#drainUntil = Math.min(this.#drainUntil, Date.now() + this.config.drainMs);
+    while (this.#sockets.size > 0 && Date.now() < this.#drainUntil) await new Promise((r) => setTimeout(r, 50));
     for (const s of this.#sockets) s.destroy();
     this.pool.destroy();
     this.stalls.close();

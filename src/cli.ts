@@ -143,12 +143,20 @@ async function cmdAgent(argv: string[]): Promise<number> {
   log.info({ version: VERSION, node: process.version }, 'meshlet agent starting');
   const agent = await Agent.start(config, { log });
   await new Promise<void>((resolve) => {
+    let signals = 0;
+    // The first signal drains (--drain); a second stops at once, as an operator who sends it means.
     const stop = (signal: string) => {
+      signals++;
+      if (signals > 1) {
+        log.warn({ signal }, 'second signal: stopping now, without the drain');
+        void agent.destroy();
+        return;
+      }
       log.info({ signal, drainMs: config.drainMs }, 'draining');
       agent.close().then(resolve, (err) => { log.error({ err: (err as Error).message }, 'error while closing'); resolve(); });
     };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
   });
   log.info('agent stopped');
   return 0;

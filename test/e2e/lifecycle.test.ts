@@ -99,6 +99,25 @@ describe('agent lifecycle in network namespaces', { concurrency: false }, () => 
     await startAgent('node-b');
   });
 
+  it('stops at once on a second SIGTERM during the drain, and exits 0', async () => {
+    const old = lab.agents.get('node-b')!;
+    // A connection that would keep the 30 s drain busy for 20 s.
+    const chat = peer('web', ['chat', '--host', lab.pod('db').ip, '--port', String(PORT), '--duration', '20000', '--interval', '100']);
+    await new Promise((r) => setTimeout(r, 800));
+    old.child.kill('SIGTERM');
+    await eventually('node-b draining', async () => (await lab.processLog(old)).some((l) => l.msg === 'draining'), 5_000);
+    assert.equal(old.child.exitCode, null, 'the first SIGTERM drains: the agent is still there');
+    const secondAt = Date.now();
+    old.child.kill('SIGTERM');
+    assert.equal(await old.exited, 0);
+    const tookMs = Date.now() - secondAt;
+    assert.ok(tookMs < 10_000, `exited ${tookMs} ms after the second SIGTERM, not at the end of the drain`);
+    assert.ok((await lab.processLog(old)).some((l) => l.msg === 'second signal: stopping now, without the drain'));
+    const c = await chat;
+    assert.equal(c.ok, false, 'the open connection was cut, as a second signal asks');
+    await startAgent('node-b');
+  });
+
   it('upgrades both agents under load without losing a request', async () => {
     const db = lab.pod('db').ip;
     const SECONDS = 9;
