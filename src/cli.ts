@@ -17,7 +17,6 @@ import { VERSION } from './version.ts';
 import { loadKubeConfig } from './kube-config.ts';
 
 const d = defaults;
-
 const USAGE = `usage: meshlet <command> [flags]   (meshlet <command> --help, meshlet --version)
 
 commands:

@@ -141,6 +141,8 @@ export class BridgeGuard {
   readonly #addressesIn: (nsid: number) => PeerAddress[];
   #bound = new Map<string, string>();
   #written: string | undefined;
+  /** One sync at a time (a registry change and the capture check both ask): each starts from the last one's bindings. */
+  #queue: Promise<unknown> = Promise.resolve();
 
   constructor(run: RunTool, addressesIn: (nsid: number) => PeerAddress[]) {
     this.#run = run;
@@ -148,7 +150,15 @@ export class BridgeGuard {
   }
 
   /** Reads the ports, binds `local`'s addresses, writes the table when that changed. */
-  async sync(local: ReadonlySet<string>): Promise<BridgeSync> {
+  sync(local: ReadonlySet<string>): Promise<BridgeSync> {
+    const next = this.#queue.then(() => this.#sync(local));
+    this.#queue = next.catch(() => undefined);
+    return next;
+  }
+
+  async #sync(local: ReadonlySet<string>): Promise<BridgeSync> {
+    // No captured pod and no table yet: nothing to bind, nothing to read.
+    if (local.size === 0 && this.#written === undefined) return { bindings: bindAddresses(this.#bound, local, []), written: false };
     const ports = pairPorts(await this.#run('ip', ['-j', 'link', 'show']), this.#addressesIn);
     const bindings = bindAddresses(this.#bound, local, ports);
     this.#bound = bindings.bound;

@@ -7,8 +7,7 @@
 import { existsSync } from 'node:fs';
 import { BRIDGE_TABLE } from './bridge-ports.ts';
 import { CaptureError, PrerequisiteError } from '../errors.ts';
-import type { CommandResult } from './exec.ts';
-import { hasNetAdmin, shellQuote } from './exec.ts';
+import { type CommandResult, hasNetAdmin, shellQuote } from './exec.ts';
 import { type CaptureTools, succeeded } from './tools.ts';
 import {
   captureStatePattern, type CaptureSettings, type CaptureState, chainsExist, cleanupScript, installScript, type IpFamily, isInstalled, parseCaptureState,

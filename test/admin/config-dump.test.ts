@@ -9,10 +9,10 @@ import { CertificateManager } from '../../src/identity/certs.ts';
 import { MeshPolicyEngine } from '../../src/policy/engine.ts';
 import { EndpointBalancer } from '../../src/proxy/balancer.ts';
 import { TunnelPool } from '../../src/proxy/tunnel/pool.ts';
-import { StallWatch } from '../../src/proxy/tunnel/stall-watch.ts';
 import { ConnectionTracker } from '../../src/telemetry/connections.ts';
 import { parseWorkloadsFile } from '../../src/workloads/file.ts';
 import { WorkloadRegistry } from '../../src/workloads/registry.ts';
+import { inertStallWatch } from '../support/proxy-context.ts';
 
 describe('config dump', () => {
   it('shows readiness, the workloads with where they run, Services with their endpoints, and the parts\' state', () => {
@@ -30,8 +30,7 @@ services:
     const readiness = new Readiness();
     readiness.add({ name: 'certificates', done: () => false });
     const certs = new CertificateManager({ provider: { name: 'none', issue: () => new Promise(() => undefined) }, log });
-    const stalls = new StallWatch({ stallMs: 1_000, budgetBytes: 1, intervalMs: 1_000, probe: () => undefined, reset: () => undefined, onStall: () => undefined });
-    const pool = new TunnelPool({ tunnelPort: 15008, connectTimeoutMs: 1_000, log, drainMs: 1_000, stalls, secureContextFor: () => { throw new Error('none'); } });
+    const pool = new TunnelPool({ tunnelPort: 15008, connectTimeoutMs: 1_000, log, drainMs: 1_000, stalls: inertStallWatch(), secureContextFor: () => { throw new Error('none'); } });
     const dump = configDump({
       node: 'node-a', mode: 'node', readiness, registry, workloadSource: { kind: 'file' }, policy: new MeshPolicyEngine(),
       identityProvider: 'none', probeGate: { vouched: 1 }, heap: { headroomMiB: 32, growingPercent: undefined },

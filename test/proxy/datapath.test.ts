@@ -110,6 +110,8 @@ describe('the data path in process', () => {
     // A new connection on the same session is refused by db's agent, and cache's is not.
     const refused = await exchange(await a.connect(IP.web, { ip: IP.db, port }), 'again');
     assert.equal(refused.data, '', 'a denied connection got bytes');
+    await eventually('db\'s agent refusing the new CONNECT by the policy', () => mesh.node('node-b').access.find((l) =>
+      l.error === 'policy_denied' && l.policy === 'shop/no-web' && !/re-checked/.test(l.reason ?? '')));
     const ok = await exchange(await a.connect(IP.cache, { ip: IP.db, port }), 'fine');
     assert.match(ok.data, /\nfine$/);
     mesh.apply(workloads(port));

@@ -29,12 +29,17 @@ const silent = pino({ level: 'silent' });
 /** Where a socket accepted straight on a listener was going: the listener itself. */
 const localEnd = (s: net.Socket): SocketAddress => ({ ip: plainIp(s.localAddress), port: s.localPort ?? 0, family: 4 });
 
+/** A stall watch that never reads a socket (tests that are not about stalls). */
+export function inertStallWatch(): StallWatch {
+  return new StallWatch({ stallMs: 30_000, budgetBytes: 1 << 30, intervalMs: 1_000, probe: () => undefined, reset: (s) => s.destroy(), onStall: () => undefined });
+}
+
 /**
  * A complete ProxyContext with inert defaults (no limits, no probe gate, no source preservation,
  * no certificates): override what a test is about.
  */
 export function proxyContext(overrides: Partial<ProxyContext> = {}): ProxyContext {
-  const stalls = overrides.stalls ?? new StallWatch({ stallMs: 30_000, budgetBytes: 1 << 30, intervalMs: 1_000, probe: () => undefined, reset: (s) => s.destroy(), onStall: () => undefined });
+  const stalls = overrides.stalls ?? inertStallWatch();
   const certs: ProxyContext['certs'] = {
     assertAvailable: () => { throw new Error('no certificates in this test'); },
     secureContextFor: () => { throw new Error('no certificates in this test'); },
@@ -137,10 +142,11 @@ export async function inProcessMesh(yaml: string, opts: { ctx?: Partial<ProxyCon
     const connections = new ConnectionTracker(pino({ level: 'info' }, { write: (line: string) => { access.push(JSON.parse(line)); } }));
     const destinations = new Map<number, SocketAddress>();
     const standIns = new Set<number>();
-    const stalls = new StallWatch({ stallMs: 30_000, budgetBytes: 1 << 30, intervalMs: 1_000, probe: () => undefined, reset: (s) => s.destroy(), onStall: () => undefined });
+    const stalls = inertStallWatch();
+    const agentPorts = new Set<number>();
     const pool = new TunnelPool({ tunnelPort, connectTimeoutMs: 2_000, log: silent, drainMs: 1_000, stalls, secureContextFor: (id) => certs.secureContextFor(id) });
     const ctx = proxyContext({
-      registry, policy, certs, connections, stalls, pool, tunnelPort, agentPorts: new Set(),
+      registry, policy, certs, connections, stalls, pool, tunnelPort, agentPorts,
       // On the stand-ins the source port names where the connection was going; a tunnel socket
       // really was addressed to the pod's tunnel port.
       originalDestination: (s) => (standIns.has(s.localPort ?? 0) ? destinations.get(s.remotePort ?? 0) : undefined) ?? localEnd(s),
@@ -151,7 +157,7 @@ export async function inProcessMesh(yaml: string, opts: { ctx?: Partial<ProxyCon
     const plaintextPort = await listen(plaintext, '127.0.0.1');
     standIns.add(outboundPort).add(plaintextPort);
     // The agent's own ports: a tunnel never reaches them.
-    for (const p of [outboundPort, plaintextPort, tunnelPort]) (ctx.agentPorts as Set<number>).add(p);
+    for (const p of [outboundPort, plaintextPort, tunnelPort]) agentPorts.add(p);
     closers.push(() => { tunnel.close(); pool.destroy(); stalls.close(); certs.close(); });
     // The socket at once, connecting: a refusal resets it so fast (same process) that it may come
     // as a connect error; the caller's handlers see either.

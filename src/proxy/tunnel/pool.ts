@@ -107,8 +107,8 @@ export class TunnelPool {
         return await this.#connectOnce(sourceId, target);
       } catch (err) {
         const neverSeen = err instanceof NeverSeenError;
-        if (attempt > MAX_RETRIES || !(neverSeen || refusedAtConnect(err))) throw err instanceof NeverSeenError ? err.cause : err;
-        if (err instanceof NeverSeenError) {
+        if (attempt > MAX_RETRIES || !(neverSeen || refusedAtConnect(err))) throw neverSeen ? err.cause : err;
+        if (neverSeen) {
           this.#log.debug({ podIp: target.podIp, reason: err.message }, 'stream refused by a session going away; retrying on a new session');
           this.#forget(`${sourceId}|${target.podIp}`, err.session);
         } else {

@@ -106,7 +106,7 @@ export class TunnelServer {
     // Handshake done: the socket leaves the pending budget for the connections' (node's TLS wraps
     // the raw socket it was handed, as `_parent`).
     server.on('secureConnection', (secure: tls.TLSSocket) => {
-      const raw = (secure as tls.TLSSocket & { _parent?: net.Socket })._parent;
+      const raw = rawSocketOf(secure);
       const release = raw && this.#pending.get(raw);
       if (!raw || !release) return;
       this.#pending.delete(raw);
@@ -145,7 +145,7 @@ export class TunnelServer {
         return;
       }
       this.#peerCerts.set(session, peerCert);
-      const raw = (socket as tls.TLSSocket & { _parent?: net.Socket })._parent;
+      const raw = rawSocketOf(socket);
       if (raw) this.#ctx.stalls.watch(raw, session, peerId);
       // No CONNECT after either certificate of the handshake has expired (session-life.ts).
       retireAt(session, sessionDeadline(socket, peerCert), this.#ctx.drainMs, () =>
@@ -248,4 +248,9 @@ function verifiedPeer(socket: tls.TLSSocket, ctx: ProxyContext, target: Workload
   if (!id) throw new PeerIdentityError('peer certificate must carry exactly one SPIFFE ID');
   parseWorkloadId(id, ctx.registry.trustDomain);
   return { id, cert: peer };
+}
+
+/** The TCP socket under a TLS socket that Node's TLS server wrapped (it keeps it as `_parent`). */
+function rawSocketOf(secure: tls.TLSSocket): net.Socket | undefined {
+  return (secure as tls.TLSSocket & { _parent?: net.Socket })._parent;
 }
