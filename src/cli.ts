@@ -10,7 +10,7 @@ import { CaError, ConfigError, MeshletError, PrerequisiteError } from './errors.
 import type { Logger } from 'pino';
 import { createLocalAuthorizer, type NodeAuthorizer } from './ca/authorizer.ts';
 import { CaService } from './ca/server.ts';
-import { bundleSize } from './identity/ca.ts';
+import { bundleSize } from './identity/pem.ts';
 import { DirRootStore, ensureRoot, initRoot, ROOT_FILES, type RootSet, type RootStore, rotateRoot, type RotationStep } from './identity/roots.ts';
 import { createLogger } from './telemetry/log.ts';
 import { VERSION } from './version.ts';

@@ -1,7 +1,7 @@
 // GET /config_dump: the agent's state as one JSON document, for `meshlet status`, operators and the
 // end-to-end tests. Built from the parts the agent hands over, read at request time.
 import type { CertificateManager } from '../identity/certs.ts';
-import { bundleSize } from '../identity/ca.ts';
+import { bundleSize } from '../identity/pem.ts';
 import type { PolicyEngine } from '../policy/hook.ts';
 import type { EndpointBalancer } from '../proxy/balancer.ts';
 import type { TunnelPool } from '../proxy/tunnel/pool.ts';

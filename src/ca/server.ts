@@ -18,7 +18,8 @@ import type { Logger } from 'pino';
 import {
   AuthorizerUnavailableError, BadCaRequestError, BodyTooLargeError, CaError, CaRefusal, RateLimitedError, SlowRequestError, TokenRejectedError,
 } from '../errors.ts';
-import { bundleSize, CaSigner, parseWorkloadCsr } from '../identity/ca.ts';
+import { CaSigner, parseWorkloadCsr } from '../identity/ca.ts';
+import { bundleSize } from '../identity/pem.ts';
 import { loadRootSet, type RootSet, type RootStore } from '../identity/roots.ts';
 import type { NodeAuthorizer } from './authorizer.ts';
 import { RateLimiter, SlotLimiter } from '../rate-limit.ts';

@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { Agent, request } from 'undici';
 import { CaUnavailableError } from '../errors.ts';
-import { parseBundle } from './ca.ts';
+import { parseBundle } from './pem.ts';
 import type { CertificateProvider, IssuedCertificate, TrustBundle } from './provider.ts';
 
 export interface CaClientOptions {

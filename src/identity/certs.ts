@@ -8,7 +8,8 @@ import { X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { NoCertificateError } from '../errors.ts';
-import { bundleSize, createCsr, generateRsaKey, parseBundle } from './ca.ts';
+import { createCsr, generateRsaKey } from './ca.ts';
+import { bundleSize, parseBundle } from './pem.ts';
 import type { CertificateProvider, TrustBundle } from './provider.ts';
 import { signingRootOf } from './roots.ts';
 

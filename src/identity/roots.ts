@@ -13,7 +13,8 @@ import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CaError } from '../errors.ts';
-import { createRootCa, parseBundle, type RootCa, rootTrustDomain } from './ca.ts';
+import { createRootCa, type RootCa, rootTrustDomain } from './ca.ts';
+import { parseBundle } from './pem.ts';
 
 export const ROOT_FILES = { key: 'ca.key', cert: 'ca.crt', bundle: 'trust-bundle.pem', nextKey: 'next.key', nextCert: 'next.crt' } as const;
 export type RootFiles = Partial<Record<string, string>>;

@@ -13,7 +13,7 @@ import pino from 'pino';
 import { bundlePublisher, createKubernetesAuthorizer, SecretRootStore } from '../../src/ca/kubernetes.ts';
 import { CaService } from '../../src/ca/server.ts';
 import { AuthorizerUnavailableError, IdentityNotAllowedError, TokenRejectedError } from '../../src/errors.ts';
-import { parseBundle } from '../../src/identity/ca.ts';
+import { parseBundle } from '../../src/identity/pem.ts';
 import { ensureRoot, rotateRoot } from '../../src/identity/roots.ts';
 import { ApiStandIn, podObject } from '../support/apiserver.ts';
 import { caClient, postCsr, workloadCsr } from '../support/ca.ts';

@@ -3,7 +3,8 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { createRootCa, parseBundle } from '../../src/identity/ca.ts';
+import { createRootCa } from '../../src/identity/ca.ts';
+import { parseBundle } from '../../src/identity/pem.ts';
 import { DirRootStore, ensureRoot, loadRootSet, ROOT_FILES, rotateRoot } from '../../src/identity/roots.ts';
 
 describe('root store and rotation', () => {
