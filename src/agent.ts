@@ -1,6 +1,7 @@
-// The node agent: wires the workload source, capture membership, identities and the three data-path
-// listeners together, and owns their lifecycle (ready, drain, close).
-import net from 'node:net';
+// The node agent's control plane: the workload source, capture membership, identities, metrics and
+// admin, and the data plane (proxy/data-plane.ts) it feeds with snapshots (proxy/snapshot.ts). Owns
+// their lifecycle (ready, drain, close).
+import type net from 'node:net';
 import type http from 'node:http';
 import type { Logger } from 'pino';
 import { type AgentConfig, LOG_LEVELS, type LogLevel } from './config.ts';
@@ -9,7 +10,7 @@ import { hasNetAdmin } from './capture/exec.ts';
 import { captureFamilies, checkCapture } from './capture/install.ts';
 import { CaptureTools } from './capture/tools.ts';
 import { BridgeGuard, type Bindings } from './capture/bridge-ports.ts';
-import { ConnectionLimitError, PrerequisiteError } from './errors.ts';
+import { PrerequisiteError } from './errors.ts';
 import { keepHeapHeadroom } from './heap-headroom.ts';
 import { tuneMalloc } from './malloc-tuning.ts';
 import { createMemberSync, createVouchWriter, type IpsetSync } from './capture/ipset.ts';
@@ -18,20 +19,12 @@ import { configDump } from './admin/config-dump.ts';
 import { CertificateManager } from './identity/certs.ts';
 import { type CertificateProvider, createLocalCaProvider } from './identity/provider.ts';
 import { DirRootStore, loadRootSet } from './identity/roots.ts';
-import type { PolicyEngine } from './policy/hook.ts';
-import { MeshPolicyEngine } from './policy/engine.ts';
-import type { ProxyContext } from './proxy/context.ts';
-import type { TunnelServer } from './proxy/tunnel/server.ts';
-import { createDataListeners } from './proxy/listeners.ts';
-import { TunnelPool } from './proxy/tunnel/pool.ts';
-import { StallWatch } from './proxy/tunnel/stall-watch.ts';
-import { addressesInNetns, originalDestination, resetSocket, sendProgress } from './capture/socket.ts';
-import { ConnectionLimiter, HandshakeGate } from './proxy/limits.ts';
-import { EndpointBalancer } from './proxy/balancer.ts';
-import { OpenRedirects } from './proxy/redirects.ts';
-import { accessLogger, adminLogger, createLogger, setLogLevel } from './telemetry/log.ts';
+import { DataPlane } from './proxy/data-plane.ts';
+import { listen } from './proxy/listeners.ts';
+import type { DataPlaneSettings, DataPlaneSnapshot } from './proxy/snapshot.ts';
+import { addressesInNetns } from './capture/socket.ts';
+import { adminLogger, setLogLevel } from './telemetry/log.ts';
 import { MeshMetrics } from './telemetry/metrics.ts';
-import { ConnectionTracker } from './telemetry/connections.ts';
 import { workloadSource } from './workloads/from-config.ts';
 import type { MeshSnapshot } from './workloads/model.ts';
 import { WorkloadRegistry } from './workloads/registry.ts';
@@ -39,13 +32,10 @@ import type { WorkloadSource } from './workloads/source.ts';
 
 export interface AgentDeps {
   log: Logger;
-  policy?: PolicyEngine;
   source?: WorkloadSource;
 }
 
 const CAPTURE_RECHECK_MS = 5_000;
-/** How often tunnel send queues are read for stalls (a few FFI calls per session). */
-const STALL_CHECK_MS = 1_000;
 /** How long a starting agent waits for all its certificates before it opens the data ports anyway. */
 const LISTEN_ANYWAY_MS = 30_000;
 
@@ -53,17 +43,15 @@ export class Agent {
   readonly registry: WorkloadRegistry;
   readonly certs: CertificateManager;
   readonly readiness = new Readiness();
-  readonly connections: ConnectionTracker;
-  readonly pool: TunnelPool;
-  readonly stalls: StallWatch;
+  /** The data plane, fed by #publish() and read by nothing else of the agent but its gauges and dump. */
+  readonly data: DataPlane;
+  /** Admin, readiness and metrics. */
   readonly #servers: Array<net.Server | http.Server> = [];
-  readonly #sockets = new Set<net.Socket>();
   readonly #log: Logger;
   readonly #source: WorkloadSource;
   readonly #rootLog: Logger;
   /** Admin API changes, logged whatever the level. */
   readonly #adminLog: Logger;
-  readonly policy: PolicyEngine;
   readonly metrics: MeshMetrics | undefined;
   #captureInstalled = false;
   /** The anti-spoofing rule's kernel counter at the last capture check. */
@@ -86,9 +74,9 @@ export class Agent {
   /** The capture tools, through long-lived shells (capture/tools.ts); closed last. */
   readonly #tools: CaptureTools;
   #heapHeadroom: ReturnType<typeof keepHeapHeadroom> | undefined;
-  #tunnel: TunnelServer | undefined;
   readonly probeGate: ProbeGate;
-  readonly balancer: EndpointBalancer;
+  /** Snapshots published so far, and the last one's mesh generation. */
+  #published = { generation: 0, meshGeneration: 0, scheduled: false };
   /** One sync for the agent's life: its queue is what keeps two snapshots' writes from racing. */
   readonly #members: IpsetSync;
   /** The destinations in the mesh (node mode): the only ones capture redirects. */
@@ -109,39 +97,9 @@ export class Agent {
     this.metrics = metrics;
     this.#log = deps.log.child({ component: 'agent', node: config.nodeName });
     this.#source = deps.source;
-    this.policy = deps.policy;
     this.registry = new WorkloadRegistry(config.nodeName, config.sidecar);
     this.certs = certs;
     this.#provider = provider;
-    // Access lines off: a logger of its own at silent, out of reach of runtime level changes.
-    this.connections = new ConnectionTracker(config.accessLog ? accessLogger(deps.log) : createLogger('silent'), metrics);
-    // Tunnel sessions whose peer stopped reading are reset (proxy/tunnel/stall-watch.ts).
-    this.stalls = new StallWatch({
-      stallMs: config.tunnelStallTimeoutMs,
-      budgetBytes: config.tunnelQueueBudgetMiB * 1024 * 1024,
-      intervalMs: STALL_CHECK_MS,
-      probe: sendProgress,
-      reset: resetSocket,
-      onStall: (reason, peer, queuedBytes) => {
-        this.#log.warn({ err: 'tunnel_stalled', reason, peer, queuedBytes }, 'tunnel session reset: its peer stopped reading');
-        metrics?.tunnelStalled(reason);
-      },
-    });
-    this.pool = new TunnelPool({
-      stalls: this.stalls,
-      tunnelPort: config.ports.tunnel,
-      connectTimeoutMs: config.connectTimeoutMs,
-      log: deps.log,
-      secureContextFor: (id) => certs.secureContextFor(id),
-      drainMs: config.drainMs,
-      ...(metrics ? { onHandshake: (seconds: number, ok: boolean) => metrics.handshake(seconds, ok) } : {}),
-    });
-    this.balancer = new EndpointBalancer({
-      onEject: (service, endpoint, forMs, lastError) => {
-        this.#log.warn({ service: `${service.namespace}/${service.name}`, endpoint: endpoint.ip, forMs, lastError }, 'service endpoint ejected after consecutive failures');
-        metrics?.endpointEjected(service.namespace, service.name);
-      },
-    });
     // A sidecar's pod capture takes everything the pod sends: there is no set of pods to keep.
     this.#members = config.sidecar ? { sync: async () => ({ added: 0, removed: 0 }), members: async () => new Set() } : createMemberSync(tools, config.capture);
     this.#destinations = config.sidecar ? undefined : createMemberSync(tools, config.capture, 'destinations');
@@ -151,17 +109,21 @@ export class Agent {
     this.probeGate = new ProbeGate({
       ttlMs: config.probeGateTtlMs, log: deps.log, vouched: () => this.#vouched(), write: createVouchWriter(tools, config.capture),
     });
-    // A root that leaves the trust bundle takes the tunnel sessions that rest on it along.
-    let bundle = certs.trustBundle?.pem;
-    certs.on('change', () => {
-      if (certs.trustBundle?.pem === bundle) return;
-      bundle = certs.trustBundle?.pem;
-      // After the manager has given every identity the new bundle (one 'change' each, in one turn).
-      setImmediate(() => {
-        const rootsOf = (id: string) => { try { return certs.assertAvailable(id).roots; } catch { return undefined; } };
-        const retired = (this.#tunnel?.recheckRoots() ?? 0) + this.pool.recheckRoots(rootsOf);
-        if (retired > 0) this.#log.info({ retired }, 'trust bundle changed: tunnel sessions resting on a removed root retired');
-      });
+    this.data = new DataPlane(dataPlaneSettings(config), {
+      log: deps.log,
+      ...(metrics ? { telemetry: metrics } : {}),
+      ...(config.sidecar ? {} : { vouchFor: (podIp: string) => this.probeGate.ensure(podIp) }),
+    });
+    // New certificates, renewals and trust bundles reach the data plane in the next snapshot (one for
+    // a burst: a new bundle changes every identity in one turn).
+    certs.on('change', () => this.#schedulePublish());
+    metrics?.readFrom({
+      certificates: () => certs.states().flatMap((c) => (c.state === 'available' ? [{ spiffeId: c.spiffeId, notAfter: c.notAfter }] : [])),
+      pool: () => this.data.gauges().sessions,
+      openConnections: () => this.data.gauges().openConnections,
+      ejectedEndpoints: () => this.data.gauges().ejectedEndpoints,
+      refusedAddresses: () => this.registry.snapshot?.refused ?? [],
+      tunnelQueuedBytes: () => this.data.gauges().tunnelQueuedBytes,
     });
     this.readiness.add({ name: 'capture', done: () => this.#captureInstalled });
     this.readiness.add({ name: 'workloads-synced', done: () => this.registry.synced && this.#ipsetSynced });
@@ -186,17 +148,8 @@ export class Agent {
     let agent: Agent | undefined;
     const provider = await identityProvider(config, deps.log, () => agent?.registry.trustDomain ?? '');
     const certs = new CertificateManager({ provider, log: deps.log });
-    // The gauges read the agent's state at scrape time.
-    const metrics = !config.metrics ? undefined : new MeshMetrics({
-      certificates: () => (agent?.certs.states() ?? []).flatMap((c) => (c.state === 'available' ? [{ spiffeId: c.spiffeId, notAfter: c.notAfter }] : [])),
-      pool: () => agent?.pool.dump() ?? [],
-      openConnections: () => agent?.connections.openByDirection() ?? {},
-      ejectedEndpoints: () => agent?.balancer.ejectedCounts() ?? [],
-      refusedAddresses: () => agent?.registry.snapshot?.refused ?? [],
-      tunnelQueuedBytes: () => agent?.stalls.queuedBytes ?? 0,
-    });
-    const policy = deps.policy ?? new MeshPolicyEngine({ log: deps.log, ...(metrics ? { onDecision: (action, p) => metrics.decision(action, p) } : {}) });
-    agent = new Agent(config, { log: deps.log, policy, source }, certs, provider, metrics, tools);
+    const metrics = config.metrics ? new MeshMetrics() : undefined;
+    agent = new Agent(config, { log: deps.log, source }, certs, provider, metrics, tools);
     await agent.#checkCapture();
     await source.start({
       onSnapshot: (s) => agent.#apply(s),
@@ -334,16 +287,11 @@ export class Agent {
   }
 
   #apply(snapshot: MeshSnapshot): void {
-    // Policies first: the first connection that sees a new workload also sees the policies of its snapshot.
-    this.policy.update?.(snapshot);
     this.registry.replace(snapshot);
-    // Open connections follow the decisions: each is decided again, and those now refused end.
-    const ended = this.connections.recheck();
-    if (ended > 0) this.#log.info({ ended }, 'open connections refused after a change were closed');
-    this.balancer.prune(snapshot.services);
     const local = this.registry.localCaptured();
     this.certs.reconcile(new Set(local.map((w) => w.spiffeId)));
-    this.#tunnel?.prune();
+    this.#published.meshGeneration++;
+    this.#publish();
     const ips = new Set(local.map((w) => w.ip));
     const ips6 = new Set(local.flatMap((w) => (w.ipv6 ? [w.ipv6] : [])));
     this.#log.info({ workloads: snapshot.workloads.length, localCaptured: local.length }, 'registry updated');
@@ -355,7 +303,7 @@ export class Agent {
       // sending with a new pod's address is taken for it.
       this.#syncBridge(ips).then(() => this.#members.sync(ips)).then((r) => { if (r.added || r.removed) this.#log.info(r, 'captured-pods ipset updated'); }),
       this.#destinations?.sync(this.registry.destinations).then((r) => { if (r.added || r.removed) this.#log.info(r, 'mesh destinations set updated'); }),
-      this.#strict?.sync(new Set(this.config.nonTcpToStrict === 'drop' ? local.filter((w) => this.policy.mtlsMode(w) === 'strict').map((w) => w.ip) : []))
+      this.#strict?.sync(new Set(this.config.nonTcpToStrict === 'drop' ? local.filter((w) => snapshot.mtls[w.namespace] === 'strict').map((w) => w.ip) : []))
         .then((r) => { if (r.added || r.removed) this.#log.info(r, 'STRICT pods set updated (non-TCP to them dropped)'); }),
       this.#members6?.sync(ips6).then((r) => { if (r.added || r.removed) this.#log.info(r, 'captured-pods IPv6 set updated (the IPv6 guard)'); }),
     ];
@@ -363,6 +311,28 @@ export class Agent {
       () => { this.#ipsetSynced = true; },
       (err) => { this.#log.error({ err: (err as Error).message }, 'cannot update the captured-pods sets'); },
     );
+  }
+
+  /** The data plane's next snapshot: the registry's mesh and every identity's material, now. */
+  #publish(): void {
+    const mesh = this.registry.snapshot;
+    if (!mesh) return; // nothing to serve before the first mesh (identities come with it)
+    const snapshot: DataPlaneSnapshot = {
+      generation: ++this.#published.generation,
+      meshGeneration: this.#published.meshGeneration,
+      mesh,
+      identities: this.certs.materials(),
+    };
+    this.data.apply(snapshot);
+  }
+
+  #schedulePublish(): void {
+    if (this.#published.scheduled) return;
+    this.#published.scheduled = true;
+    setImmediate(() => {
+      this.#published.scheduled = false;
+      this.#publish();
+    });
   }
 
   /** Admin, readiness and metrics: up from the start, so "not ready, waiting for X" can be asked. */
@@ -384,70 +354,9 @@ export class Agent {
   }
 
   async #listenData(): Promise<void> {
-    const limiter = new ConnectionLimiter({ maxConnections: this.config.maxConnections, maxPerSource: this.config.maxConnectionsPerSource });
-    // 15001 faces this node's pods (this agent reports as the source); 15006 and 15008 face other hosts.
-    const admit = (socket: net.Socket, reporter: 'source' | 'destination') => limiter.admit(socket, (source, reason, logIt) => {
-      if (logIt) this.#log.warn({ err: 'connection_limit', source, reason }, 'connection refused by the connection limits');
-      this.connections.refused(reporter, 'connection_limit');
-    });
-    const handshakes = new HandshakeGate({
-      maxPending: this.config.maxPendingHandshakes, maxPendingPerSource: this.config.maxPendingHandshakesPerSource, ratePerSecond: this.config.handshakeRate,
-    });
-    const admitHandshake = (socket: net.Socket) => handshakes.admit(socket, (code, source, reason) => {
-      if (reason) this.#log.warn({ err: code, source, reason }, 'connection refused by the connection limits');
-      this.connections.refused('destination', code);
-    });
-    const ctx: ProxyContext = {
-      admit: (socket) => admit(socket, 'destination'),
-      admitHandshake,
-      vouchFor: (podIp: string) => (this.config.sidecar ? undefined : this.probeGate.ensure(podIp)),
-      originalDestination,
-      admitStream: (peerId) => {
-        const slot = limiter.acquire(peerId);
-        if ('refused' in slot) {
-          if (slot.log) this.#log.warn({ err: 'connection_limit', source: peerId, reason: slot.refused }, 'tunnel stream refused by the connection limits');
-          throw new ConnectionLimitError(slot.refused);
-        }
-        return slot.release;
-      },
-      agentPorts: new Set(Object.values(this.config.ports)),
-      preserveSource: this.config.preserveSourceIp,
-      redirects: new OpenRedirects(),
-      outsideMesh: this.config.sidecar ? 'dial' : 'refuse',
-      drainMs: this.config.drainMs,
-      registry: this.registry,
-      certs: this.certs,
-      policy: this.policy,
-      pool: this.pool,
-      stalls: this.stalls,
-      balancer: this.balancer,
-      connections: this.connections,
-      log: this.#rootLog,
-      tunnelPort: this.config.ports.tunnel,
-      connectTimeoutMs: this.config.connectTimeoutMs,
-      handshakeTimeoutMs: this.config.handshakeTimeoutMs,
-      idleTimeoutMs: this.config.idleTimeoutMs,
-    };
-    const track = (socket: net.Socket) => {
-      this.#sockets.add(socket);
-      socket.once('close', () => this.#sockets.delete(socket));
-    };
-    const { outbound, inboundPlaintext: inboundPlain, tunnel: tunnelServer } = createDataListeners(ctx, { admit, track });
-    this.#tunnel = tunnelServer;
-    const tunnel = tunnelServer.listener;
-    // Wildcard binds: REDIRECT rewrites the destination to the receiving interface's address.
-    const servers = [outbound, inboundPlain, tunnel];
-    try {
-      await Promise.all([
-        listen(outbound, { port: this.config.ports.outbound, host: '0.0.0.0', reusePort: true }),
-        listen(inboundPlain, { port: this.config.ports.inboundPlaintext, host: '0.0.0.0', reusePort: true }),
-        listen(tunnel, { port: this.config.ports.tunnel, host: '0.0.0.0', reusePort: true }),
-      ]);
-    } catch (err) {
-      for (const s of servers) if (s.listening) s.close();
-      throw err;
-    }
-    this.#servers.push(...servers);
+    // The identities issued while it waited: in the data plane before the first connection.
+    this.#publish();
+    await this.data.listen();
   }
 
   /** POST /logging?level=debug: every logger of the agent, at once, without a restart. */
@@ -469,11 +378,11 @@ export class Agent {
       readiness: this.readiness,
       registry: this.registry,
       workloadSource: { kind: this.config.workloads.kind, ...this.#source.status?.() },
-      policy: this.policy,
+      policy: this.data.policy,
       identityProvider: this.#provider.name,
       probeGate: this.probeGate.status(),
       heap: { headroomMiB: this.config.heapHeadroomMiB, growingPercent: this.#heapHeadroom?.percent() },
-      certs: this.certs, balancer: this.balancer, pool: this.pool, connections: this.connections,
+      certs: this.certs, balancer: this.data.balancer, pool: this.data.pool, connections: this.data.connections,
     });
   }
 
@@ -508,13 +417,8 @@ export class Agent {
       s.close(() => resolve());
       if ('closeIdleConnections' in s) s.closeIdleConnections();
     })));
-    await this.pool.close();
-    this.#tunnel?.close();
     this.#drainUntil = Math.min(this.#drainUntil, Date.now() + this.config.drainMs);
-    while (this.#sockets.size > 0 && Date.now() < this.#drainUntil) await new Promise((r) => setTimeout(r, 50));
-    for (const s of this.#sockets) s.destroy();
-    this.pool.destroy();
-    this.stalls.close();
+    await this.data.close(() => this.#drainUntil);
     this.certs.close();
     await this.#provider.close?.();
     await closed;
@@ -539,9 +443,27 @@ async function identityProvider(config: AgentConfig, log: Logger, trustDomain: (
   });
 }
 
-function listen(server: net.Server, opts: net.ListenOptions & { reusePort?: boolean }): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts, () => { server.off('error', reject); resolve(); });
-  });
+/** The data plane's part of the configuration: what does not change over the agent's life. */
+function dataPlaneSettings(config: AgentConfig): DataPlaneSettings {
+  return {
+    nodeName: config.nodeName,
+    ...(config.sidecar ? { sidecar: config.sidecar } : {}),
+    ports: { outbound: config.ports.outbound, inboundPlaintext: config.ports.inboundPlaintext, tunnel: config.ports.tunnel },
+    agentPorts: Object.values(config.ports),
+    connectTimeoutMs: config.connectTimeoutMs,
+    handshakeTimeoutMs: config.handshakeTimeoutMs,
+    drainMs: config.drainMs,
+    idleTimeoutMs: config.idleTimeoutMs,
+    preserveSource: config.preserveSourceIp,
+    accessLog: config.accessLog,
+    limits: {
+      maxConnections: config.maxConnections,
+      maxPerSource: config.maxConnectionsPerSource,
+      maxPendingHandshakes: config.maxPendingHandshakes,
+      maxPendingPerSource: config.maxPendingHandshakesPerSource,
+      handshakeRate: config.handshakeRate,
+    },
+    tunnelStallTimeoutMs: config.tunnelStallTimeoutMs,
+    tunnelQueueBudgetBytes: config.tunnelQueueBudgetMiB * 1024 * 1024,
+  };
 }

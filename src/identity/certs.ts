@@ -1,9 +1,7 @@
 // Per-identity certificates for this node's captured workloads: issued ahead of need, renewed at half
-// life off the data path, and fail-closed when missing or expired. One TLS secure context per
-// identity is built once per issuance and reused by every handshake (re-parsing PEM per connect costs
-// up to 45% of handshake throughput).
+// life off the data path, and fail-closed when missing or expired. The data plane receives them as
+// material in its snapshots (materials()) and builds its TLS contexts itself (proxy/identities.ts).
 import { backoffMs } from '../backoff.ts';
-import { createSecureContext, type SecureContext } from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
@@ -12,6 +10,7 @@ import { createCsr, generateRsaKey } from './ca.ts';
 import { bundleSize, parseBundle } from './pem.ts';
 import type { CertificateProvider, TrustBundle } from './provider.ts';
 import { signingRootOf } from './roots.ts';
+import type { IdentityMaterial } from '../proxy/snapshot.ts';
 
 export interface Clock {
   now(): number;
@@ -35,14 +34,12 @@ export interface AvailableCert {
   /** When this agent received it; renewal is timed from here (CAs backdate notBefore for skew). */
   receivedAt: number;
   serial: string;
-  /** Changes whenever the context is rebuilt (new certificate, or a new trust bundle for the same one). */
+  /** Changes with a new certificate, or a new trust bundle for the same one. */
   revision: number;
   /** SHA-256 fingerprint of the bundle root that signed the leaf. */
   signedBy: string | undefined;
-  /** The trust bundle, parsed once per revision (peer checks on every tunnel session use it). */
+  /** The trust bundle, parsed once per revision. */
   roots: X509Certificate[];
-  context: SecureContext;
-  /** Kept for servers that take PEM options (an http2 secure server per destination pod). */
   privateKeyPem: string;
 }
 
@@ -122,24 +119,28 @@ export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
     }
   }
 
-  /** The secure context to present as `spiffeId`, or NoCertificateError (never a plaintext fallback). */
-  secureContextFor(spiffeId: string): SecureContext {
-    return this.assertAvailable(spiffeId).context;
-  }
-
+  /** The certificate `spiffeId` presents now, or NoCertificateError. */
   assertAvailable(spiffeId: string): AvailableCert {
     const entry = this.#entries.get(spiffeId);
     if (!entry) throw new NoCertificateError(spiffeId, 'identity is not managed on this node');
-    const now = this.#clock.now();
-    // While a renewal is in flight the previous certificate keeps serving until it expires.
-    const cert = entry.current.state === 'available' ? entry.current : entry.last;
-    if (!cert) {
-      const reason = entry.current.state === 'pending' ? `not issued yet${entry.current.lastError ? ` (${entry.current.lastError})` : ''}`
-        : entry.current.state === 'unavailable' ? entry.current.reason : 'unknown';
-      throw new NoCertificateError(spiffeId, reason);
-    }
-    if (now >= cert.notAfter) throw new NoCertificateError(spiffeId, `certificate expired at ${new Date(cert.notAfter).toISOString()}`);
+    const cert = serving(entry);
+    if (!cert) throw new NoCertificateError(spiffeId, missingReason(entry));
+    if (this.#clock.now() >= cert.notAfter) throw new NoCertificateError(spiffeId, `certificate expired at ${new Date(cert.notAfter).toISOString()}`);
     return cert;
+  }
+
+  /**
+   * Every managed identity as the data plane receives it (proxy/snapshot.ts): key and chain, or
+   * why there is none. An expired certificate is handed over as it is: the data plane refuses it
+   * at use, by its own clock.
+   */
+  materials(): IdentityMaterial[] {
+    return [...this.#entries].map(([spiffeId, entry]): IdentityMaterial => {
+      const c = serving(entry);
+      return c
+        ? { state: 'available', spiffeId, certChainPem: c.certChainPem, privateKeyPem: c.privateKeyPem, trustBundlePem: c.trustBundlePem, notAfter: c.notAfter, revision: c.revision }
+        : { state: 'missing', spiffeId, reason: missingReason(entry) };
+    });
   }
 
   /** True when every managed identity has a valid certificate (readiness). */
@@ -196,7 +197,6 @@ export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
         signedBy: undefined,
         roots: [],
         privateKeyPem,
-        context: undefined as unknown as SecureContext,
       }, bundlePem);
       if (!cert.signedBy) throw new Error('issued certificate does not chain to the trust bundle');
       entry.current = cert;
@@ -266,14 +266,23 @@ export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
   }
 }
 
-/** Sets the bundle on a certificate and rebuilds its TLS context (a new revision). */
+/** Sets the bundle on a certificate (a new revision). */
 function withBundle(cert: AvailableCert, bundlePem: string): AvailableCert {
   cert.trustBundlePem = bundlePem;
   cert.roots = parseBundle(bundlePem);
   cert.signedBy = signingRootOf(cert.certChainPem, cert.roots);
   cert.revision = ++revisions;
-  cert.context = createSecureContext({ key: cert.privateKeyPem, cert: cert.certChainPem, ca: bundlePem, minVersion: 'TLSv1.3' });
   return cert;
+}
+
+/** While a renewal is in flight the previous certificate keeps serving until it expires. */
+function serving(entry: Entry): AvailableCert | undefined {
+  return entry.current.state === 'available' ? entry.current : entry.last;
+}
+
+function missingReason(entry: Entry): string {
+  const c = entry.current;
+  return c.state === 'pending' ? `not issued yet${c.lastError ? ` (${c.lastError})` : ''}` : c.state === 'unavailable' ? c.reason : 'unknown';
 }
 
 /** Spreads timers by up to ±fraction so that many workloads do not renew in the same instant. */

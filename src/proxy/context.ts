@@ -1,28 +1,30 @@
 import type net from 'node:net';
 import type { Logger } from 'pino';
-import type { CertificateManager } from '../identity/certs.ts';
 import type { PolicyEngine } from '../policy/hook.ts';
 import type { ConnectionTracker } from '../telemetry/connections.ts';
 import type { WorkloadRegistry } from '../workloads/registry.ts';
 import type { SocketAddress } from '../capture/socket.ts';
+import type { IdentityView } from './identities.ts';
 import type { TunnelPool } from './tunnel/pool.ts';
 import type { StallWatch } from './tunnel/stall-watch.ts';
 import type { EndpointBalancer } from './balancer.ts';
 import type { OpenRedirects } from './redirects.ts';
 
 /**
- * Everything a connection handler needs, passed explicitly (no module state). Every field is
- * required: a safety feature (limits, 4-tuple avoidance, the probe gate) is never off because a
- * caller forgot it. Tests build one with test/support/proxy-context.ts.
+ * Everything a connection handler needs, passed explicitly (no module state); DataPlane builds it
+ * (data-plane.ts). Every field is required: a safety feature (limits, 4-tuple avoidance, the probe
+ * gate) is never off because a caller forgot it. Tests build one with test/support/proxy-context.ts.
  */
 export interface ProxyContext {
+  /** The data plane's own index of the mesh, replaced by each snapshot. */
   registry: WorkloadRegistry;
   /**
    * Where a redirected connection was going: SO_ORIGINAL_DST for the agent (capture/socket.ts);
    * injected by in-process tests, which connect straight to the listeners.
    */
   originalDestination(socket: net.Socket): SocketAddress;
-  certs: Pick<CertificateManager, 'assertAvailable' | 'secureContextFor'>;
+  /** The identities this node presents, from the snapshots' material. */
+  certs: IdentityView;
   policy: PolicyEngine;
   pool: TunnelPool;
   /** Resets tunnel sessions whose peer stopped reading (the pool's and the tunnel server's). */

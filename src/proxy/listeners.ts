@@ -36,3 +36,11 @@ export function createDataListeners(ctx: ProxyContext, hooks: ListenerHooks): Da
   tunnel.listener.on('connection', hooks.track);
   return { outbound: serve('source', handleOutbound, true), inboundPlaintext: serve('destination', handleInboundPlaintext, false), tunnel };
 }
+
+/** Resolves once `server` listens (an error while binding rejects, and is not left as a listener). */
+export function listen(server: net.Server, opts: net.ListenOptions & { reusePort?: boolean }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts, () => { server.off('error', reject); resolve(); });
+  });
+}

@@ -3,8 +3,37 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { errorCode, PolicyDeniedError } from '../errors.ts';
-import type { Workload } from '../workloads/model.ts';
-import type { MeshMetrics, MeteredConnection } from './metrics.ts';
+import type { MeshService, Workload } from '../workloads/model.ts';
+
+/** What a connection's metrics need to know about it (filled in by the proxies as they learn it). */
+export interface MeteredConnection {
+  reporter: 'source' | 'destination';
+  src?: Workload;
+  /** Verified principal when the source workload is not known (a peer node's claim was not believed). */
+  sourcePrincipal?: string;
+  dst?: Workload;
+  /** The Service the source addressed (its cluster IP), when it did: the source reporter knows it. */
+  service?: MeshService;
+  mutualTls: boolean;
+  /** Same-node connections: this agent is also the destination's reporter, so it reports both. */
+  alsoDestination?: boolean;
+  bytesSent: number;
+  bytesReceived: number;
+}
+
+/**
+ * The data plane's counters, as they flow back to the control plane (MeshMetrics in the agent).
+ * Each call is one event with plain values, so that a data plane in a worker can batch them.
+ */
+export interface DataPlaneTelemetry {
+  opened(c: MeteredConnection, setupSeconds: number, route: string): void;
+  closed(c: MeteredConnection): void;
+  refused(reporter: string, error: string): void;
+  decision(action: 'allow' | 'deny' | 'audit', policy: string): void;
+  tunnelStalled(reason: string): void;
+  endpointEjected(namespace: string, name: string): void;
+  handshake(seconds: number, ok: boolean): void;
+}
 
 export type Direction = 'outbound' | 'inbound' | 'inbound_plaintext';
 export type Route = 'tunnel' | 'local' | 'passthrough' | 'inbound' | 'refused';
@@ -71,9 +100,9 @@ export class ConnectionTracker {
   readonly #revoked = new Map<number, unknown>();
   #totals = { opened: 0, closed: 0, failed: 0 };
   readonly #access: Logger;
-  readonly #metrics: MeshMetrics | undefined;
+  readonly #metrics: DataPlaneTelemetry | undefined;
 
-  constructor(access: Logger, metrics?: MeshMetrics) {
+  constructor(access: Logger, metrics?: DataPlaneTelemetry) {
     this.#access = access;
     this.#metrics = metrics;
   }

@@ -13,7 +13,7 @@
 // one record per label set (found through the source and destination Workload objects), and the
 // counters take the accumulated amounts when Prometheus scrapes (their collect()).
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { MeshService, Workload } from '../workloads/model.ts';
+import type { MeteredConnection } from './connections.ts';
 import { VERSION } from '../version.ts';
 
 export const TCP_LABELS = [
@@ -23,22 +23,6 @@ export const TCP_LABELS = [
 ] as const;
 type TcpLabel = (typeof TCP_LABELS)[number];
 export type TcpLabels = Record<TcpLabel, string>;
-
-/** What a connection's metrics need to know about it (filled in by the proxies as they learn it). */
-export interface MeteredConnection {
-  reporter: 'source' | 'destination';
-  src?: Workload;
-  /** Verified principal when the source workload is not known (a peer node's claim was not believed). */
-  sourcePrincipal?: string;
-  dst?: Workload;
-  /** The Service the source addressed (its cluster IP), when it did: the source reporter knows it. */
-  service?: MeshService;
-  mutualTls: boolean;
-  /** Same-node connections: this agent is also the destination's reporter, so it reports both. */
-  alsoDestination?: boolean;
-  bytesSent: number;
-  bytesReceived: number;
-}
 
 const unknown = 'unknown';
 /** Stands for "no workload" in the per-pair cache (WeakMap keys must be objects). */
@@ -101,7 +85,11 @@ export class MeshMetrics {
   readonly #stalled: Counter<'reason'>;
   readonly #setupByRoute = new Map<string, ReturnType<Histogram<'route'>['labels']>>();
 
-  constructor(sources: MetricsSources = {}) {
+  /** Filled in by readFrom() once the parts it reads exist (the gauges read them at scrape time). */
+  readonly #sources: MetricsSources = {};
+
+  constructor() {
+    const sources = this.#sources;
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
     // Which meshlet (and Node) each agent runs: one series at 1, as Prometheus' own build_info.
@@ -191,6 +179,11 @@ export class MeshMetrics {
   }
 
   /** The connection is established (upstream connected, tunnel accepted): counted as opened. */
+  /** Where the gauges read the agent's state at scrape time (created after the metrics, which they count). */
+  readFrom(sources: MetricsSources): void {
+    Object.assign(this.#sources, sources);
+  }
+
   opened(c: MeteredConnection, setupSeconds: number, route: string): void {
     const series = [this.#seriesOf(c, c.reporter)];
     if (c.alsoDestination) series.push(this.#seriesOf(c, 'destination'));

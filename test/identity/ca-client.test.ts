@@ -43,7 +43,7 @@ describe('CA client', () => {
       const db = certs.states().find((s) => s.spiffeId === DB);
       assert.equal(db?.state, 'pending');
       assert.match(db && 'lastError' in db ? String(db.lastError) : '', /403 identity_not_allowed/);
-      assert.throws(() => certs.secureContextFor(DB), /no certificate/);
+      assert.throws(() => certs.assertAvailable(DB), /no certificate/);
     } finally {
       certs.close();
       await p.close();

@@ -81,7 +81,7 @@ describe('certificate manager', () => {
     };
     manager = new CertificateManager({ provider, log, clock, retryMinMs: 1000, retryMaxMs: 4000 });
     manager.reconcile([ID]);
-    assert.throws(() => manager!.secureContextFor(ID), NoCertificateError);
+    assert.throws(() => manager!.assertAvailable(ID), NoCertificateError);
     assert.equal(manager.allReady, false);
     await until(() => manager!.allReady);
     const first = manager.assertAvailable(ID);
@@ -105,9 +105,9 @@ describe('certificate manager', () => {
     caUp = false;
     const current = manager.assertAvailable(ID);
     clock.advance(current.notAfter - clock.t - 1);
-    assert.doesNotThrow(() => manager!.secureContextFor(ID));
+    assert.doesNotThrow(() => manager!.assertAvailable(ID));
     clock.advance(2);
-    assert.throws(() => manager!.secureContextFor(ID), /expired/);
+    assert.throws(() => manager!.assertAvailable(ID), /expired/);
     assert.equal(manager.allReady, false);
 
     // The CA returns: the next retry issues again.
@@ -126,7 +126,7 @@ describe('certificate manager', () => {
       m.reconcile([ID]);
       await until(() => m.allReady);
       m.reconcile([]);
-      assert.throws(() => m.secureContextFor(ID), /not managed/);
+      assert.throws(() => m.assertAvailable(ID), /not managed/);
       assert.deepEqual(m.states(), []);
     } finally {
       m.close();
@@ -195,7 +195,7 @@ describe('certificate manager', () => {
       signer = next;
       listener!({ pem: root.certPem + next.certPem, signingFingerprint: fp(next.certPem) });
       assert.ok(clock.timers[0]!.at - clock.t <= 1_000, 'early re-issue scheduled within the spread');
-      assert.doesNotThrow(() => m.secureContextFor(ID), 'the old certificate serves meanwhile');
+      assert.doesNotThrow(() => m.assertAvailable(ID), 'the old certificate serves meanwhile');
       clock.advance(1_000);
       await until(() => m.assertAvailable(ID).signedBy === fp(next.certPem));
       assert.equal(issued, 2);

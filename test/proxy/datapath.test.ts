@@ -162,7 +162,7 @@ describe('the data path in process', () => {
     const a = mesh.node('node-a');
     const session = http2.connect(`https://${IP.db}:${mesh.tunnelPort}`, {
       createConnection: () => tls.connect({
-        host: IP.db, port: mesh.tunnelPort, secureContext: a.certs.secureContextFor(id('web')), ALPNProtocols: ['h2'], rejectUnauthorized: false,
+        host: IP.db, port: mesh.tunnelPort, secureContext: a.data.identities.secureContextFor(id('web')), ALPNProtocols: ['h2'], rejectUnauthorized: false,
       }),
     });
     session.on('error', () => undefined);

@@ -13,10 +13,11 @@ import { createLocalCaProvider } from '../../src/identity/provider.ts';
 import { MeshPolicyEngine } from '../../src/policy/engine.ts';
 import { EndpointBalancer } from '../../src/proxy/balancer.ts';
 import type { ProxyContext } from '../../src/proxy/context.ts';
-import { createDataListeners } from '../../src/proxy/listeners.ts';
+import { DataPlane } from '../../src/proxy/data-plane.ts';
+import { Identities } from '../../src/proxy/identities.ts';
 import { OpenRedirects } from '../../src/proxy/redirects.ts';
+import type { DataPlaneSettings, DataPlaneSnapshot } from '../../src/proxy/snapshot.ts';
 import { TunnelPool } from '../../src/proxy/tunnel/pool.ts';
-import type { TunnelServer } from '../../src/proxy/tunnel/server.ts';
 import { StallWatch } from '../../src/proxy/tunnel/stall-watch.ts';
 import { ConnectionTracker } from '../../src/telemetry/connections.ts';
 import type { MeshSnapshot } from '../../src/workloads/model.ts';
@@ -36,20 +37,17 @@ export function inertStallWatch(): StallWatch {
 
 /**
  * A complete ProxyContext with inert defaults (no limits, no probe gate, no source preservation,
- * no certificates): override what a test is about.
+ * no certificates): override what a test is about. Whole data planes: inProcessMesh below.
  */
 export function proxyContext(overrides: Partial<ProxyContext> = {}): ProxyContext {
   const stalls = overrides.stalls ?? inertStallWatch();
-  const certs: ProxyContext['certs'] = {
-    assertAvailable: () => { throw new Error('no certificates in this test'); },
-    secureContextFor: () => { throw new Error('no certificates in this test'); },
-  };
+  const certs = new Identities();
   return {
     registry: new WorkloadRegistry('node-a'),
     originalDestination: localEnd,
     certs,
     policy: new MeshPolicyEngine(),
-    pool: overrides.pool ?? new TunnelPool({ tunnelPort: 15008, connectTimeoutMs: 2_000, log: silent, drainMs: 1_000, stalls, secureContextFor: () => certs.secureContextFor('') }),
+    pool: overrides.pool ?? new TunnelPool({ tunnelPort: 15008, connectTimeoutMs: 2_000, log: silent, drainMs: 1_000, stalls, secureContextFor: (id) => certs.secureContextFor(id) }),
     stalls,
     balancer: new EndpointBalancer(),
     connections: new ConnectionTracker(silent),
@@ -71,17 +69,15 @@ export function proxyContext(overrides: Partial<ProxyContext> = {}): ProxyContex
   };
 }
 
-/** One node's agent data plane, in process. */
+/** One node's agent, in process: its data plane, and the part of a control plane that feeds it. */
 export interface InProcessNode {
   name: string;
+  data: DataPlane;
   ctx: ProxyContext;
-  registry: WorkloadRegistry;
-  policy: MeshPolicyEngine;
+  /** The node's certificates, published to its data plane as the agent does. */
   certs: CertificateManager;
-  connections: ConnectionTracker;
   /** The node's access-log lines, parsed. */
   access: Array<Record<string, any>>;
-  tunnel: TunnelServer;
   /** Port 15001's stand-in: a connection from `fromIp` to `dst`, as capture would hand it over (still connecting). */
   connect(fromIp: string, dst: { ip: string; port: number }): Promise<net.Socket>;
   /** Port 15006's stand-in: plaintext from `fromIp` (outside the mesh) to `dst`. */
@@ -107,12 +103,23 @@ export interface InProcessMesh {
 const PORTS = { from: 20_000, to: 32_000 };
 let nextPort = PORTS.from + Math.floor(Math.random() * (PORTS.to - PORTS.from));
 
+/** A data plane's settings for tests: limits out of reach, the given tunnel port. */
+export function testSettings(nodeName: string, tunnelPort: number, overrides: Partial<DataPlaneSettings> = {}): DataPlaneSettings {
+  return {
+    nodeName, ports: { outbound: 0, inboundPlaintext: 0, tunnel: tunnelPort }, agentPorts: [],
+    connectTimeoutMs: 2_000, handshakeTimeoutMs: 2_000, drainMs: 1_000, idleTimeoutMs: 0, preserveSource: false, accessLog: true,
+    limits: { maxConnections: 1e6, maxPerSource: 1e6, maxPendingHandshakes: 1e6, maxPendingPerSource: 1e6, handshakeRate: 1e6 },
+    tunnelStallTimeoutMs: 30_000, tunnelQueueBudgetBytes: 1 << 30,
+    ...overrides,
+  };
+}
+
 /**
- * Builds every node of `yaml` (a workloads file: its pods must have 127.x addresses) with its
- * certificates issued, its tunnel server listening on its pods' addresses, and its 15001 and 15006
- * stand-ins on 127.0.0.1.
+ * Builds every node of `yaml` (a workloads file: its pods must have 127.x addresses) as a DataPlane
+ * fed with snapshots, its certificates issued, its tunnel server listening on its pods' addresses,
+ * and its 15001 and 15006 stand-ins on 127.0.0.1.
  */
-export async function inProcessMesh(yaml: string, opts: { ctx?: Partial<ProxyContext> } = {}): Promise<InProcessMesh> {
+export async function inProcessMesh(yaml: string): Promise<InProcessMesh> {
   const snapshot = parseWorkloadsFile(yaml);
   const root = await createRootCa({ trustDomain: snapshot.trustDomain });
   const roots = { signing: root, trustDomain: snapshot.trustDomain, trustBundlePem: root.certPem, signingFingerprint: new X509Certificate(root.certPem).fingerprint256 };
@@ -129,36 +136,46 @@ export async function inProcessMesh(yaml: string, opts: { ctx?: Partial<ProxyCon
   for (const w of snapshot.workloads) {
     const server = net.createServer((s) => {
       const node = nodes.get(w.node);
-      if (node) node.tunnel.accept(s); else s.destroy();
+      if (node) node.data.listeners.tunnel.accept(s); else s.destroy();
     });
     tunnelPort = await listen(server, w.ip, tunnelPort);
   }
-  const closers: Array<() => void> = [];
+  const closers: Array<() => Promise<void>> = [];
+  const publishers: Array<(mesh: MeshSnapshot) => void> = [];
   for (const meshNode of snapshot.nodes) {
-    const registry = new WorkloadRegistry(meshNode.name);
-    const policy = new MeshPolicyEngine();
     const certs = new CertificateManager({ provider, log: silent, rootChangeSpreadMs: 0 });
     const access: Array<Record<string, any>> = [];
-    const connections = new ConnectionTracker(pino({ level: 'info' }, { write: (line: string) => { access.push(JSON.parse(line)); } }));
+    const log = pino({ level: 'info' }, { write: (line: string) => { const l = JSON.parse(line); if (l.scope === 'access') access.push(l); } });
     const destinations = new Map<number, SocketAddress>();
     const standIns = new Set<number>();
-    const stalls = inertStallWatch();
-    const agentPorts = new Set<number>();
-    const pool = new TunnelPool({ tunnelPort, connectTimeoutMs: 2_000, log: silent, drainMs: 1_000, stalls, secureContextFor: (id) => certs.secureContextFor(id) });
-    const ctx = proxyContext({
-      registry, policy, certs, connections, stalls, pool, tunnelPort, agentPorts,
+    const data = new DataPlane(testSettings(meshNode.name, tunnelPort), {
+      log,
       // On the stand-ins the source port names where the connection was going; a tunnel socket
       // really was addressed to the pod's tunnel port.
       originalDestination: (s) => (standIns.has(s.localPort ?? 0) ? destinations.get(s.remotePort ?? 0) : undefined) ?? localEnd(s),
-      ...opts.ctx,
+      stallProbe: { probe: () => undefined, reset: (s) => s.destroy() },
     });
-    const { outbound, inboundPlaintext: plaintext, tunnel } = createDataListeners(ctx, { admit: () => true, track: () => undefined });
-    const outboundPort = await listen(outbound, '127.0.0.1');
-    const plaintextPort = await listen(plaintext, '127.0.0.1');
+    // The agent's part: a snapshot on every change of the mesh or of a certificate.
+    let generation = 0;
+    let meshGeneration = 0;
+    let mesh: MeshSnapshot | undefined;
+    const publish = () => {
+      if (mesh) data.apply({ generation: ++generation, meshGeneration, mesh, identities: certs.materials() } satisfies DataPlaneSnapshot);
+    };
+    certs.on('change', publish);
+    publishers.push((next) => {
+      mesh = next;
+      meshGeneration++;
+      publish();
+      certs.reconcile(data.registry.localCaptured().map((w) => w.spiffeId));
+    });
+    const outboundPort = await listen(data.listeners.outbound, '127.0.0.1');
+    const plaintextPort = await listen(data.listeners.inboundPlaintext, '127.0.0.1');
     standIns.add(outboundPort).add(plaintextPort);
-    // The agent's own ports: a tunnel never reaches them.
-    for (const p of [outboundPort, plaintextPort, tunnelPort]) agentPorts.add(p);
-    closers.push(() => { tunnel.close(); pool.destroy(); stalls.close(); certs.close(); });
+    // The agent's own ports, which a tunnel never reaches: an agent has them in its settings, the
+    // stand-ins learn theirs once listening (the context's set is the data plane's own).
+    for (const p of [outboundPort, plaintextPort, tunnelPort]) (data.ctx.agentPorts as Set<number>).add(p);
+    closers.push(async () => { await data.close(() => 0); certs.close(); });
     // The socket at once, connecting: a refusal resets it so fast (same process) that it may come
     // as a connect error; the caller's handlers see either.
     const dial = (port: number) => async (fromIp: string, dst: { ip: string; port: number }) => {
@@ -170,12 +187,13 @@ export async function inProcessMesh(yaml: string, opts: { ctx?: Partial<ProxyCon
       return s;
     };
     nodes.set(meshNode.name, {
-      name: meshNode.name, ctx, registry, policy, certs, connections, access, tunnel,
+      name: meshNode.name, data, ctx: data.ctx, certs, access,
       connect: dial(outboundPort),
       connectPlaintext: dial(plaintextPort),
       outboundAddress: { ip: '127.0.0.1', port: outboundPort, family: 4 },
     });
   }
+  const apply = (next: MeshSnapshot) => { for (const p of publishers) p(next); };
   const mesh: InProcessMesh = {
     nodes, root, tunnelPort,
     node: (name) => {
@@ -183,28 +201,17 @@ export async function inProcessMesh(yaml: string, opts: { ctx?: Partial<ProxyCon
       if (!n) throw new Error(`no node ${name}`);
       return n;
     },
-    apply: (text) => applySnapshot(nodes, parseWorkloadsFile(text)),
+    apply: (text) => apply(parseWorkloadsFile(text)),
     close: async () => {
-      for (const c of closers) c();
+      await Promise.all(closers.map((c) => c()));
       await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
     },
   };
-  applySnapshot(nodes, snapshot);
+  apply(snapshot);
   for (const n of nodes.values()) {
-    await eventually(`${n.name}'s certificates`, () => n.registry.localCaptured().every((w) => {
-      try { n.certs.assertAvailable(w.spiffeId); return true; } catch { return false; }
+    await eventually(`${n.name}'s certificates in its data plane`, () => n.data.registry.localCaptured().every((w) => {
+      try { n.data.identities.assertAvailable(w.spiffeId); return true; } catch { return false; }
     }), 20_000);
   }
   return mesh;
-}
-
-/** What the agent does with a snapshot, for the data plane's part: registry, policy, re-checks. */
-function applySnapshot(nodes: Map<string, InProcessNode>, snapshot: MeshSnapshot): void {
-  for (const n of nodes.values()) {
-    n.policy.update(snapshot);
-    n.registry.replace(snapshot);
-    n.connections.recheck();
-    n.certs.reconcile(n.registry.localCaptured().map((w) => w.spiffeId));
-    n.tunnel.prune();
-  }
 }

@@ -16,10 +16,10 @@ import { plainIp, setSendBuffer } from '../../capture/socket.ts';
 import {
   H2ProtocolError, MeshletError, PeerIdentityError, StreamLimitError, TlsHandshakeError, UnknownDestinationError, errorCode,
 } from '../../errors.ts';
-import type { AvailableCert } from '../../identity/certs.ts';
 import { parseWorkloadId } from '../../identity/spiffe.ts';
 import type { Workload } from '../../workloads/model.ts';
 import type { ProxyContext } from '../context.ts';
+import type { ServingCert } from '../identities.ts';
 import { handleConnect } from '../inbound.ts';
 import { ALPN, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, peerSpiffeId, WINDOW_BYTES } from './h2.ts';
 import { issuedByOneOf, retire, retireAt, sessionDeadline } from './session-life.ts';
@@ -73,7 +73,7 @@ export class TunnelServer {
   }
 
   /** The pod's server, created on first use and rebuilt when its certificate was renewed. */
-  #serverFor(target: Workload, cert: AvailableCert): PodServer {
+  #serverFor(target: Workload, cert: ServingCert): PodServer {
     const existing = this.#byPod.get(target.ip);
     if (existing && existing.revision === cert.revision && existing.target === target) return existing;
     if (existing && existing.target.spiffeId === target.spiffeId) {
