@@ -14,6 +14,8 @@ export interface ConfigDumpParts {
   node: string;
   /** 'node', or the workload a sidecar serves. */
   mode: 'node' | { sidecar: string };
+  /** Where the agent is in its life (agent.ts AgentState). */
+  phase: string;
   readiness: Readiness;
   registry: WorkloadRegistry;
   workloadSource: Record<string, unknown>;
@@ -33,6 +35,7 @@ export function configDump(p: ConfigDumpParts): unknown {
   return {
     node: p.node,
     mode: p.mode,
+    phase: p.phase,
     ready: p.readiness.ready,
     pending: p.readiness.pending(),
     trustDomain: snapshot?.trustDomain,

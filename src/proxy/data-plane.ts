@@ -62,6 +62,7 @@ export class DataPlane {
   readonly #limiter: ConnectionLimiter;
   readonly #sockets = new Set<net.Socket>();
   readonly #listening: net.Server[] = [];
+  #closing = false;
   #meshGeneration = -1;
   #generation = -1;
 
@@ -156,6 +157,11 @@ export class DataPlane {
       for (const s of servers) if (s.listening) s.close();
       throw err;
     }
+    // Closed while binding: the ports do not stay open behind the shutdown.
+    if (this.#closing) {
+      for (const s of servers) s.close();
+      throw new Error('data plane closed while it was opening its ports');
+    }
     this.#listening.push(...servers);
   }
 
@@ -164,6 +170,7 @@ export class DataPlane {
    * `drainUntil()` (read again as it waits: a destroy moves it to now), then resets what is left.
    */
   async close(drainUntil: () => number): Promise<void> {
+    this.#closing = true;
     const closed = Promise.all(this.#listening.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     await this.pool.close();
     this.listeners.tunnel.close();

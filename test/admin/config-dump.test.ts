@@ -32,12 +32,13 @@ services:
     const certs = new CertificateManager({ provider: { name: 'none', issue: () => new Promise(() => undefined) }, log });
     const pool = new TunnelPool({ tunnelPort: 15008, connectTimeoutMs: 1_000, log, drainMs: 1_000, stalls: inertStallWatch(), secureContextFor: () => { throw new Error('none'); } });
     const dump = configDump({
-      node: 'node-a', mode: 'node', readiness, registry, workloadSource: { kind: 'file' }, policy: new MeshPolicyEngine(),
+      node: 'node-a', mode: 'node', phase: 'starting', readiness, registry, workloadSource: { kind: 'file' }, policy: new MeshPolicyEngine(),
       identityProvider: 'none', probeGate: { vouched: 1 }, heap: { headroomMiB: 32, growingPercent: undefined },
       certs, balancer: new EndpointBalancer(), pool, connections: new ConnectionTracker(log),
     }) as Record<string, any>;
     try {
       assert.equal(dump.ready, false);
+      assert.equal(dump.phase, 'starting');
       assert.deepEqual(dump.pending, ['certificates']);
       assert.equal(dump.trustDomain, 'td');
       assert.deepEqual(dump.workloads.map((w: any) => [w.name, w.local]), [['web', true], ['db', false]]);
