@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util';
 import { isIP } from 'node:net';
 import { ConfigError } from './errors.ts';
-import { type CaptureSettings, defaultCaptureSettings } from './capture/rules.ts';
+import { type CaptureSettings, defaultCaptureSettings, SIDECAR_CHAINS } from './capture/rules.ts';
 
 export interface Ports {
   outbound: number;
@@ -227,6 +227,17 @@ function captureSettings(v: Record<string, unknown>, p: Problems, mode: CaptureS
   const settings = {
     ipset: name('ipset', 'set'), destinationsIpset: name('destinations-ipset', 'set'), ipset6: name('ipset6', 'set'), chain: name('chain', 'chain'), gateIpset: name('gate-ipset', 'set'), gateChain: name('gate-chain', 'chain'),
   };
+  // Named chains and sets are flushed, rewritten and (with --cleanup) deleted: never another's.
+  const fixed = [defaultCaptureSettings.sourceChain, defaultCaptureSettings.antiSpoofChain, defaultCaptureSettings.forwardChain, defaultCaptureSettings.ipv6Chain, ...Object.values(SIDECAR_CHAINS)];
+  for (const [flag, value] of [['chain', settings.chain], ['gate-chain', settings.gateChain]] as const) {
+    if (!value.startsWith('MESHLET')) p.list.push(`--${flag}: ${value} is not meshlet's own (it is flushed and deleted with --cleanup): the name must start with MESHLET`);
+    else if (fixed.includes(value)) p.list.push(`--${flag}: ${value} is one of meshlet's other chains`);
+  }
+  if (settings.chain === settings.gateChain) p.list.push(`--chain and --gate-chain must differ (both ${settings.chain})`);
+  for (const [flag, value] of [['ipset', settings.ipset], ['destinations-ipset', settings.destinationsIpset], ['ipset6', settings.ipset6], ['gate-ipset', settings.gateIpset]] as const) {
+    if (!value.startsWith('meshlet')) p.list.push(`--${flag}: ${value} is not meshlet's own (its members are replaced, and it is destroyed with --cleanup): the name must start with meshlet`);
+    else if (value === defaultCaptureSettings.strictIpset) p.list.push(`--${flag}: ${value} is meshlet's STRICT pods set`);
+  }
   const sets = [['--ipset', settings.ipset], ['--destinations-ipset', settings.destinationsIpset], ['--gate-ipset', settings.gateIpset], ['--ipset6', settings.ipset6]];
   for (const [i, [flag, value]] of sets.entries()) {
     for (const [other, otherValue] of sets.slice(i + 1)) if (value === otherValue) p.list.push(`${flag} and ${other} must differ (both ${value})`);
@@ -235,6 +246,11 @@ function captureSettings(v: Record<string, unknown>, p: Problems, mode: CaptureS
   if (backend !== 'iptables' && backend !== 'nftables') p.list.push(`--capture-backend: ${JSON.stringify(backend)} is not iptables or nftables`);
   if (mode === 'sidecar' && backend === 'nftables') p.list.push('--sidecar captures with iptables only (--capture-backend nftables is for the node agent)');
   const tunnelPort = p.port('tunnel-port', String(v['tunnel-port']));
+  const outboundPort = p.port('outbound-port', String(v['outbound-port']));
+  const inboundPlaintextPort = p.port('inbound-port', String(v['inbound-port']));
+  // Capture redirects to these and lets the agent's metrics and readiness ports through untouched.
+  distinctPorts(p, [['--outbound-port', outboundPort], ['--inbound-port', inboundPlaintextPort], ['--tunnel-port', tunnelPort],
+    ['the metrics port', defaults.ports.metrics], ['the readiness port', defaults.ports.readiness]]);
   return {
     mode,
     // Not 0: root's own connections (and the app's, if it runs as root) would escape capture.
@@ -247,10 +263,18 @@ function captureSettings(v: Record<string, unknown>, p: Problems, mode: CaptureS
     ipv6Chain: defaultCaptureSettings.ipv6Chain,
     backend: backend === 'nftables' ? 'nftables' : 'iptables',
     ...settings,
-    outboundPort: p.port('outbound-port', String(v['outbound-port'])),
-    inboundPlaintextPort: p.port('inbound-port', String(v['inbound-port'])),
+    outboundPort,
+    inboundPlaintextPort,
     tunnelPort,
   };
+}
+
+/** Each port once: two listeners, or a redirect onto another listener, cannot share one. */
+function distinctPorts(p: Problems, ports: Array<[string, number]>): void {
+  for (const [i, [what, port]] of ports.entries()) {
+    const clash = ports.slice(0, i).find(([, other]) => other === port);
+    if (clash && port > 0) p.list.push(`${what} ${port} is already ${clash[0]}'s`);
+  }
 }
 
 /** `--sidecar NAMESPACE/NAME`: the one workload a sidecar-mode agent serves. */
@@ -364,9 +388,11 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
   };
   // A sidecar's own listeners are reached directly: the ones this agent really uses.
   if (sidecar) config.capture.passPorts = [config.ports.tunnel, config.ports.metrics, config.ports.readiness];
+  // Capture's three ports are checked with the capture settings.
   const ports = Object.entries(config.ports);
+  const capturePorts = new Set(['outbound', 'inboundPlaintext', 'tunnel']);
   for (const [i, [name, port]] of ports.entries()) {
-    const clash = ports.slice(0, i).find(([, other]) => other === port);
+    const clash = ports.slice(0, i).find(([other, otherPort]) => otherPort === port && !(capturePorts.has(other) && capturePorts.has(name)));
     if (clash) p.list.push(`port ${port} is used for both ${clash[0]} and ${name}`);
   }
   p.throwIfAny();

@@ -52,7 +52,7 @@ describe('config', () => {
         assert.ok(err instanceof ConfigError);
         const text = err.problems.join('\n');
         for (const re of [/--node/, /--workloads \(or --kubernetes\) is required/, /--ca-dir \(or --ca-url\) is required/, /--cert-ttl: "soon"/, /--admin-port: "99999"/,
-          /--log-level: "loud"/, /port 15001 is used for both outbound and tunnel/]) assert.match(text, re);
+          /--log-level: "loud"/, /--tunnel-port 15001 is already --outbound-port's/]) assert.match(text, re);
         return true;
       });
   });
@@ -95,6 +95,23 @@ describe('config', () => {
     assert.throws(() => loadCaRotateConfig(['sideways', '--ca-dir', 'd']), /prepare\|activate\|finish/);
   });
 
+  it('refuses chains, sets and ports that are not meshlet\'s own: init would rewrite them and --cleanup delete them', () => {
+    const problems = (argv: string[]) => {
+      try { loadInitConfig(argv); return []; } catch (err) { return (err as ConfigError).problems; }
+    };
+    // kube-proxy's chain, a built-in chain, another of meshlet's chains, another's set.
+    assert.match(problems(['--chain', 'KUBE-SERVICES']).join('\n'), /--chain: KUBE-SERVICES is not meshlet's own/);
+    assert.match(problems(['--gate-chain', 'OUTPUT']).join('\n'), /--gate-chain: OUTPUT is not meshlet's own/);
+    assert.match(problems(['--chain', 'MESHLET_ANTISPOOF']).join('\n'), /one of meshlet's other chains/);
+    assert.match(problems(['--chain', 'MESHLET_X', '--gate-chain', 'MESHLET_X']).join('\n'), /--chain and --gate-chain must differ/);
+    assert.match(problems(['--ipset', 'KUBE-NODE-PORT-TCP']).join('\n'), /--ipset: KUBE-NODE-PORT-TCP is not meshlet's own/);
+    assert.match(problems(['--gate-ipset', 'meshlet-strict']).join('\n'), /STRICT pods set/);
+    // A redirect onto the tunnel port, or onto the agent's metrics port.
+    assert.deepEqual(problems(['--outbound-port', '15008']), ['--tunnel-port 15008 is already --outbound-port\'s']);
+    assert.deepEqual(problems(['--inbound-port', '15020']), ['the metrics port 15020 is already --inbound-port\'s']);
+    assert.deepEqual(problems(['--chain', 'MESHLET_CUSTOM', '--ipset', 'meshlet-a', '--outbound-port', '16001']), []);
+  });
+
   it('turns unknown flags into a ConfigError', () => {
     assert.throws(() => loadAgentConfig(['--bogus'], {}), ConfigError);
     assert.throws(() => loadInitConfig(['--chain', 'lower-case']), /--chain/);
@@ -120,7 +137,7 @@ describe('config', () => {
 
   it('takes the IPv6 guard\'s and the destinations\' set names, which must differ from the others', () => {
     assert.equal(loadInitConfig([]).capture.ipset6, 'meshlet-captured6');
-    assert.equal(loadInitConfig(['--ipset6', 'guard6']).capture.ipset6, 'guard6');
+    assert.equal(loadInitConfig(['--ipset6', 'meshlet-guard6']).capture.ipset6, 'meshlet-guard6');
     assert.throws(() => loadInitConfig(['--ipset6', 'meshlet-captured']), /--ipset and --ipset6 must differ/);
     assert.throws(() => loadInitConfig(['--gate-ipset', 'meshlet-captured6']), /--gate-ipset and --ipset6 must differ/);
     assert.throws(() => loadInitConfig(['--ipset6', 'bad name']), /--ipset6/);

@@ -80,7 +80,7 @@ describe('CA service in network namespaces', { concurrency: false }, () => {
     const real = lab.agents.get('node-a')!;
     const liar = await lab.startAgent(lab.node('node-a'), [
       '--node', 'node-b', // the lab passes node-a's token file
-      '--ipset', 'mlt-liar', '--outbound-port', '25001', '--inbound-port', '25006', '--tunnel-port', '25008',
+      '--ipset', 'meshlet-liar', '--outbound-port', '25001', '--inbound-port', '25006', '--tunnel-port', '25008',
       '--admin-port', '25000', '--readiness-port', '25021', '--metrics-port', '25020',
     ]);
     lab.agents.set('node-a', real); // the real agent stays the lab's node-a agent
