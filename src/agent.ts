@@ -4,7 +4,7 @@
 import type net from 'node:net';
 import type http from 'node:http';
 import type { Logger } from 'pino';
-import type { AgentConfig } from './config.ts';
+import type { AgentConfig } from './config/agent.ts';
 import { listenAgentEndpoints } from './admin/agent-endpoints.ts';
 import { configDump } from './admin/config-dump.ts';
 import { Readiness } from './admin/server.ts';

@@ -1,11 +1,13 @@
 // meshlet's command line: init (capture), agent, ca, demo.
-import { parseArgs } from 'node:util';
 import { Agent } from './agent.ts';
 import { cleanupCapture, dryRunText, installCapture, ipsetCreateArgs, sourceRouteText } from './capture/install.ts';
 import { enableMigrateReq } from './capture/sysctl.ts';
 import { CaptureTools } from './capture/tools.ts';
-import { type CaBackend, defaults, loadAgentConfig, loadCaRotateConfig, costDefaults, loadCaServeConfig, loadCostConfig, loadInitConfig, loadPolicyCheckConfig } from './config.ts';
-import { defaultCaptureSettings } from './capture/rules.ts';
+import { AGENT_FLAGS, loadAgentConfig } from './config/agent.ts';
+import { CA_INIT_FLAGS, CA_ROTATE_FLAGS, CA_SERVE_FLAGS, type CaBackend, loadCaInitConfig, loadCaRotateConfig, loadCaServeConfig } from './config/ca.ts';
+import { INIT_FLAGS, loadInitConfig } from './config/capture.ts';
+import { COST_FLAGS, loadCostConfig, loadPolicyCheckConfig, loadStatusConfig, POLICY_CHECK_FLAGS, STATUS_FLAGS } from './config/commands.ts';
+import { type Flag, flagHelp } from './config/flags.ts';
 import { CaError, ConfigError, MeshletError, PrerequisiteError } from './errors.ts';
 import type { Logger } from 'pino';
 import { createLocalAuthorizer, type NodeAuthorizer } from './ca/authorizer.ts';
@@ -16,95 +18,45 @@ import { createLogger } from './telemetry/log.ts';
 import { VERSION } from './version.ts';
 import { loadKubeConfig } from './kube-config.ts';
 
-const d = defaults;
-const USAGE = `usage: meshlet <command> [flags]   (meshlet <command> --help, meshlet --version)
+/** The commands, as the help lists them; each with its flag tables (config/), which --help prints. */
+const COMMANDS: ReadonlyArray<{ name: string; usage: string; what: string; flags?: ReadonlyArray<{ title: string; table: readonly Flag[] }> }> = [
+  { name: 'init', usage: 'init [--dry-run] [--cleanup] [--sidecar]', what: 'install (or remove) the node\'s capture and probe gate (--sidecar: one pod\'s capture, run inside the pod)', flags: [{ title: 'init', table: INIT_FLAGS }] },
+  {
+    name: 'agent', usage: 'agent --node NAME (--workloads FILE | --kubernetes [--kubeconfig F]) (--ca-dir DIR | --ca-url URL --token-file F --trust-bundle F)',
+    what: 'run the node agent (admin API: GET /config_dump, GET /logging, POST /logging?level=debug)', flags: [{ title: 'agent', table: AGENT_FLAGS }],
+  },
+  { name: 'ca', usage: 'ca init --out DIR [--trust-domain TD]', what: 'create a root CA (embedded in local-mode agents, or for ca serve)', flags: [{ title: 'ca init', table: CA_INIT_FLAGS }] },
+  { name: 'ca', usage: 'ca serve (--ca-dir DIR --tokens F --workloads F | --kubernetes)', what: 'run the CA service (creates a root if there is none)', flags: [{ title: 'ca serve', table: CA_SERVE_FLAGS }] },
+  { name: 'ca', usage: 'ca rotate prepare|activate|finish (--ca-dir DIR | --kubernetes)', what: 'one step of a root rotation (see ARCHITECTURE.md)', flags: [{ title: 'ca rotate', table: CA_ROTATE_FLAGS }] },
+  {
+    name: 'policy', usage: 'policy check --from ID|IP --to NS/NAME:PORT (--workloads FILE | --kubernetes [--kubeconfig F]) [--json]',
+    what: 'the decision the agents would make, and the policy behind it (exit 0 allowed, 1 denied)', flags: [{ title: 'policy check', table: POLICY_CHECK_FLAGS }],
+  },
+  { name: 'status', usage: 'status [--admin URL] [--json]', what: 'a node agent\'s workloads, certificates, policies, connections', flags: [{ title: 'status', table: STATUS_FLAGS }] },
+  { name: 'cost', usage: 'cost [--nodes N --pods-per-node P ...] [--json]', what: 'what sidecars and meshlet reserve in a cluster, and cost a month (figures are Kubernetes quantities)', flags: [{ title: 'cost', table: COST_FLAGS }] },
+  { name: 'demo', usage: 'demo [--keep-logs]', what: 'run a local demo mesh in network namespaces (root)' },
+  { name: 'version', usage: 'version', what: 'meshlet\'s version, and Node\'s (also --version, -V)' },
+];
+
+const TRAILER = 'durations: 500ms, 20s, 5m, 24h. Exit codes: 0 ok, 1 failure, 2 bad flags, 3 missing privilege or tool.';
+
+/** `meshlet --help`: every command, and where each one's flags are. */
+const USAGE = `usage: meshlet <command> [flags]   (meshlet <command> --help for its flags)
 
 commands:
-  init [--dry-run] [--cleanup] [--sidecar]
-                                          install (or remove) the node's capture and probe gate
-                                          (--sidecar: one pod's capture, run inside the pod)
-  agent --node NAME (--workloads FILE | --kubernetes [--kubeconfig F])
-        (--ca-dir DIR | --ca-url URL --token-file F --trust-bundle F)
-                                          run the node agent
-  ca init --out DIR [--trust-domain TD]  create a root CA (embedded in local-mode agents, or for ca serve)
-  ca serve (--ca-dir DIR --tokens F --workloads F | --kubernetes)
-                                          run the CA service (creates a root if there is none)
-  ca rotate prepare|activate|finish (--ca-dir DIR | --kubernetes)
-                                          one step of a root rotation (see ARCHITECTURE.md)
-  policy check --from ID|IP --to WORKLOAD:PORT (--workloads FILE | --kubernetes [--kubeconfig F]) [--json]
-                                          the decision the agents would make, and the policy behind it
-                                          (exit 0 allowed, 1 denied)
-  status [--admin URL] [--json]          a node agent's workloads, certificates, policies, connections
-  cost [--nodes N --pods-per-node P ...] [--json]
-                                          what sidecars and meshlet reserve in a cluster, and cost a month
-  demo [--keep-logs]                      run a local demo mesh in network namespaces (root)
+${COMMANDS.map((c) => `  ${c.usage}\n      ${c.what}`).join('\n')}
 
-agent flags (defaults in brackets):
-  --node NAME              this node's name [$MESHLET_NODE_NAME or $NODE_NAME]
-  --sidecar NS/NAME        sidecar mode: serve only this workload, from inside its pod (run with
-                           group id --proxy-gid; for measuring the sidecar pattern, see bench/cost)
-  --workloads FILE         workloads YAML (trustDomain, nodes, workloads), reloaded on change
-  --workloads-poll DUR     how often the file is checked [${d.workloadsPoll}]
-  --kubernetes             workloads from the Kubernetes API (Pods, Namespaces; in-cluster config)
-  --kubeconfig PATH        ... from the cluster this kubeconfig names (implies --kubernetes)
-  --trust-domain TD        with --kubernetes: the mesh's trust domain [${d.ca.trustDomain}]
-  --ca-dir DIR             embedded local CA: the root from \`meshlet ca init\`
-  --cert-ttl DUR           with --ca-dir: workload certificate lifetime, renewed at half life [${d.certTtl}]
-  --ca-url URL             the CA service (https://...); excludes --ca-dir
-  --token-file FILE        this node's token for the CA, re-read per request
-  --trust-bundle FILE      roots (PEM) that verify the CA service's certificate
-  --bundle-poll DUR        how often the trust bundle is fetched (root rotation) [${d.bundlePoll}]
-  --ca-timeout DUR         CA request timeout [${d.caRequestTimeout}]
-  --connect-timeout DUR    upstream and tunnel connect timeout [${d.connectTimeout}]
-  --handshake-timeout DUR  TLS handshake timeout [${d.handshakeTimeout}]
-  --drain DUR              how long SIGTERM lets open connections finish [${d.drain}]
-  --log-level LEVEL        fatal, error, warn, info, debug, trace [${d.logLevel}]
-  --admin-port N --admin-address IP          /config_dump [${d.ports.admin} on ${d.adminAddress}]
-  --readiness-port N --readiness-address IP  /healthz/ready [${d.ports.readiness} on ${d.readinessAddress}]
-  --metrics-port N --metrics-address IP      Prometheus /metrics [${d.ports.metrics} on ${d.metricsAddress}]
-  --metrics on|off --access-log on|off       telemetry [on, on]
-  --max-connections N --max-connections-per-source N   connection limits [16384, 1024]
-  --max-pending-handshakes N --max-pending-handshakes-per-source N   tunnel sockets still in their handshake, a budget of their own [1024, 64]
-  --handshake-rate N       tunnel handshakes a second per source [200]
-  --tunnel-stall-timeout DUR  reset a tunnel session whose peer stopped reading this long [30s]
-  --tunnel-queue-budget MIB   tunnel send queues of the node together; past it stalled sessions are reset [256]
-  --idle-timeout DUR       reset relayed connections silent both ways this long [1h]
-  --preserve-source-ip on|off  local pods see their clients' addresses, not the node's [on]
-  --non-tcp-to-strict allow|drop  drop UDP, SCTP and other non-TCP forwarded to STRICT pods (ICMP and the node's own pass) [allow]
-  --probe-gate-ttl DUR     a dead or stalled agent's pods fail kubelet's probes this long after it stops [4s]
-  --heap-headroom MIB      old-generation headroom above the live heap, once up: fewer full GCs on bulk traffic; 0 = V8's own [32]
-  admin API: GET /config_dump, GET /logging, POST /logging?level=debug (runtime log level)
-
-ca serve flags:
-  --ca-dir DIR             root store (ca.key, ca.crt, trust-bundle.pem, next.*), re-read every --reload [${d.ca.reload}]
-  --kubernetes             root in a Secret, bundle in a ConfigMap, TokenReview + pods for authorization:
-    --kubeconfig PATH [in-cluster]  --namespace NS [${d.ca.namespace}]  --agent-service-account SA [${d.ca.agentServiceAccount}]
-    --root-secret NAME [${d.ca.rootSecret}]  --bundle-configmap NAME [${d.ca.bundleConfigMap}]
-  --trust-domain TD        trust domain of a root created on first start [${d.ca.trustDomain}]
-  --listen-address IP --port N   [${d.ca.listenAddress}:${d.ca.port}]
-  --tokens FILE            YAML: tokens: [{ node, token }] (local authorization)
-  --workloads FILE         which pods run on which node (the agents' workloads file)
-  --cert-ttl DUR           lifetime of issued certificates [${d.certTtl}]
-  --max-body BYTES [${d.ca.maxBody}]  --rate N/s per client [${d.ca.rate}]  --burst N [${d.ca.burst}]
-  --san NAME[,NAME]        serving certificate names and IPs [${d.ca.servingNames}]
-
-cost flags (defaults in brackets; figures are Kubernetes quantities):
-  --nodes N [${costDefaults.nodes}]  --pods-per-node N [${costDefaults.podsPerNode}]
-  --sidecar-cpu Q --sidecar-memory Q   one sidecar's requests [${costDefaults.sidecarCpu}, ${costDefaults.sidecarMemory}: Istio's default]
-  --agent-cpu Q --agent-memory Q       one meshlet agent's requests [${costDefaults.agentCpu}, ${costDefaults.agentMemory}: the DaemonSet's]
-  --vcpu-hour PRICE --gib-hour PRICE   [${costDefaults.vcpuHour}, ${costDefaults.gibHour}: illustrative]  --hours-per-month N [${costDefaults.hoursPerMonth}]
-
-capture flags (init and agent):
-  --outbound-port N [${d.ports.outbound}]  --inbound-port N [${d.ports.inboundPlaintext}]  --tunnel-port N [${d.ports.tunnel}]
-  --ipset NAME [${defaultCaptureSettings.ipset}]  --chain NAME [${defaultCaptureSettings.chain}]
-  --destinations-ipset NAME [${defaultCaptureSettings.destinationsIpset}]   the mesh's pods and Service IPs: only these are captured
-  --ipset6 NAME [${defaultCaptureSettings.ipset6}]   the captured pods' IPv6 addresses (the IPv6 guard)
-  --gate-ipset NAME [${defaultCaptureSettings.gateIpset}]  --gate-chain NAME [${defaultCaptureSettings.gateChain}]   (the probe gate)
-  --capture-backend iptables|nftables [${defaultCaptureSettings.backend}]   nftables where kube-proxy runs in nftables mode
-  --proxy-gid N [${defaultCaptureSettings.proxyGid}]   sidecar mode: the agent's group id, whose connections are not captured
-
-durations: 500ms, 20s, 5m, 24h. Exit codes: 0 ok, 1 failure, 2 bad flags, 3 missing privilege or tool.
+${TRAILER}
 `;
+
+/** `meshlet <command> --help`: the command's usage lines and its flag tables; the command list for any other word. */
+export function usageFor(command: string): string {
+  const mine = COMMANDS.filter((c) => c.name === command);
+  if (mine.length === 0) return USAGE;
+  const sections = mine.flatMap((c) => c.flags ?? []).map((f) => `${f.title} flags (defaults in brackets):\n${flagHelp(f.table)}`);
+  const usage = `usage:\n${mine.map((c) => `  meshlet ${c.usage}\n      ${c.what}`).join('\n')}`;
+  return `${[usage, ...sections, TRAILER].join('\n\n')}\n`;
+}
 
 async function cmdInit(argv: string[]): Promise<number> {
   const config = loadInitConfig(argv);
@@ -171,21 +123,11 @@ async function cmdCa(argv: string[]): Promise<number> {
   }
 }
 
-/** parseArgs with its errors turned into ConfigError (exit code 2). */
-function flags<T>(run: () => T): T {
-  try {
-    return run();
-  } catch (err) {
-    throw new ConfigError([(err as Error).message]);
-  }
-}
-
 async function cmdCaInit(argv: string[]): Promise<number> {
-  const { values } = flags(() => parseArgs({ args: argv, strict: true, options: { out: { type: 'string' }, 'trust-domain': { type: 'string', default: d.ca.trustDomain } } }));
-  if (!values.out) throw new ConfigError(['--out is required']);
-  const created = await initRoot(new DirRootStore(String(values.out)), String(values['trust-domain']));
-  if (!created) throw new CaError(`${values.out} already holds a root; refusing to overwrite it (losing a root breaks the mesh)`);
-  process.stderr.write(`meshlet ca: root CA written to ${values.out}/${ROOT_FILES.cert} and ${values.out}/${ROOT_FILES.key}\n`);
+  const { out, trustDomain } = loadCaInitConfig(argv);
+  const created = await initRoot(new DirRootStore(out), trustDomain);
+  if (!created) throw new CaError(`${out} already holds a root; refusing to overwrite it (losing a root breaks the mesh)`);
+  process.stderr.write(`meshlet ca: root CA written to ${out}/${ROOT_FILES.cert} and ${out}/${ROOT_FILES.key}\n`);
   return 0;
 }
 
@@ -251,13 +193,10 @@ async function cmdPolicy(argv: string[]): Promise<number> {
 }
 
 async function cmdStatus(argv: string[]): Promise<number> {
-  const { values } = flags(() => parseArgs({ args: argv, strict: true, options: {
-    admin: { type: 'string', default: `http://127.0.0.1:${d.ports.admin}` },
-    json: { type: 'boolean', default: false },
-  } }));
+  const config = loadStatusConfig(argv);
   const { fetchDump, formatStatus } = await import('./status.ts');
-  const dump = await fetchDump(String(values.admin));
-  process.stdout.write(values.json ? `${JSON.stringify(dump, null, 2)}\n` : formatStatus(dump));
+  const dump = await fetchDump(config.admin);
+  process.stdout.write(config.json ? `${JSON.stringify(dump, null, 2)}\n` : formatStatus(dump));
   return dump.ready ? 0 : 1;
 }
 
@@ -272,30 +211,6 @@ async function cmdCost(argv: string[]): Promise<number> {
 async function cmdDemo(argv: string[]): Promise<number> {
   const { runDemo } = await import('./demo/demo.ts');
   return runDemo(argv);
-}
-
-/** The flag sections of USAGE each command takes. */
-const SECTIONS: Record<string, string[]> = {
-  agent: ['agent flags', 'capture flags'], init: ['capture flags'], ca: ['ca serve flags'], cost: ['cost flags'],
-};
-
-/**
- * `meshlet <command> --help`: the command's own lines of the command list, its flag sections and
- * the closing notes; the whole text for a command without sections of its own.
- */
-export function usageFor(command: string): string {
-  const blocks = USAGE.trimEnd().split('\n\n');
-  const [head = '', list = '', ...sections] = blocks;
-  const trailer = sections.at(-1) ?? '';
-  // An entry of the command list starts two spaces in; deeper lines continue it.
-  const entries: string[][] = [];
-  for (const line of list.split('\n').slice(1)) {
-    if (/^ {2}\S/.test(line)) entries.push([line]); else entries.at(-1)?.push(line);
-  }
-  const mine = entries.filter((e) => e[0]?.trim().split(/\s+/)[0] === command).map((e) => e.join('\n'));
-  if (mine.length === 0) return USAGE;
-  const flags = sections.filter((b) => (SECTIONS[command] ?? []).some((name) => b.startsWith(`${name} `) || b.startsWith(`${name}:`)));
-  return `${[head.replace('<command>', command), `commands:\n${mine.join('\n')}`, ...flags, trailer].join('\n\n')}\n`;
 }
 
 export async function main(argv: string[]): Promise<number> {

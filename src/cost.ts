@@ -3,6 +3,22 @@
 // not use, are what take node capacity and therefore what is billed.
 import { table } from './status.ts';
 
+/** Kubernetes CPU quantities: 100m, 0.5, 2. In millicores. */
+export function parseCpu(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)(m?)$/.exec(text.trim());
+  if (!m) return undefined;
+  return m[2] === 'm' ? Number(m[1]) : Number(m[1]) * 1000;
+}
+
+const MEMORY_UNITS: Record<string, number> = { Ki: 1 / 1024, Mi: 1, Gi: 1024, Ti: 1024 * 1024, k: 1000 / 1048576, M: 1e6 / 1048576, G: 1e9 / 1048576 };
+
+/** Kubernetes memory quantities: 128Mi, 1Gi, 500M. In MiB. */
+export function parseMemory(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G)$/.exec(text.trim());
+  if (!m) return undefined;
+  return Number(m[1]) * (MEMORY_UNITS[m[2] as string] as number);
+}
+
 export interface Reservation {
   cpuMillis: number;
   memoryMiB: number;

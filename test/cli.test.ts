@@ -20,7 +20,10 @@ describe('meshlet command line', () => {
   it('gives each command its own help: its usage lines and its flags, not the others\'', () => {
     const agent = meshlet('agent', '--help');
     assert.equal(agent.status, 0);
-    assert.match(agent.stdout, /^usage: meshlet agent/);
+    assert.match(agent.stdout, /^usage:\n  meshlet agent/);
+    // From the flag table: each flag once, with its default.
+    assert.match(agent.stdout, /--drain DUR +how long SIGTERM lets open connections finish \[5s\]/);
+    assert.match(agent.stdout, /--node NAME +this node's name \[\$MESHLET_NODE_NAME, then \$NODE_NAME\]/);
     assert.match(agent.stdout, /--tunnel-stall-timeout/);
     assert.match(agent.stdout, /--capture-backend/, 'the capture flags the agent takes too');
     assert.doesNotMatch(agent.stdout, /--pods-per-node|--root-secret/, 'another command\'s flags');
@@ -30,9 +33,11 @@ describe('meshlet command line', () => {
     const ca = meshlet('ca', '-h');
     assert.match(ca.stdout, /ca rotate/);
     assert.match(ca.stdout, /--root-secret/);
-    // With no command: the whole text, and exit 2.
+    assert.match(ca.stdout, /ca init flags/);
+    // With no command: every command, where their flags are, and exit 2.
     const none = meshlet();
     assert.equal(none.status, 2);
-    assert.match(none.stdout, /cost flags/);
+    assert.match(none.stdout, /meshlet <command> --help for its flags/);
+    for (const c of ['init', 'agent', 'ca serve', 'policy check', 'status', 'cost', 'demo']) assert.match(none.stdout, new RegExp(`^  ${c}`, 'm'));
   });
 });

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { loadCostConfig, parseCpu, parseMemory } from '../src/config.ts';
+import { loadCostConfig } from '../src/config/commands.ts';
+import { parseCpu, parseMemory } from '../src/cost.ts';
 import { ConfigError } from '../src/errors.ts';
 import { formatCost, projectCost } from '../src/cost.ts';
 

@@ -8,7 +8,9 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { Ajv } from 'ajv';
 import { parseAllDocuments } from 'yaml';
-import { loadAgentConfig, loadCaServeConfig, loadInitConfig } from '../src/config.ts';
+import { loadAgentConfig } from '../src/config/agent.ts';
+import { loadCaServeConfig } from '../src/config/ca.ts';
+import { loadInitConfig } from '../src/config/capture.ts';
 import { POD_FIELD_SELECTOR } from '../src/workloads/kubernetes.ts';
 import { MeshMetrics } from '../src/telemetry/metrics.ts';
 

@@ -2,7 +2,8 @@
 // from the start, so "not ready, waiting for X" can be asked.
 import type http from 'node:http';
 import type { Logger } from 'pino';
-import { type AgentConfig, LOG_LEVELS, type LogLevel } from '../config.ts';
+import type { AgentConfig } from '../config/agent.ts';
+import { LOG_LEVELS, type LogLevel } from '../config/common.ts';
 import { listen } from '../proxy/listeners.ts';
 import { adminLogger, setLogLevel } from '../telemetry/log.ts';
 import type { MeshMetrics } from '../telemetry/metrics.ts';

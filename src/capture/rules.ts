@@ -1,5 +1,6 @@
 // Pure rule generation for the node's capture. Nothing here runs a command: the init helper feeds
 // the text to `iptables-restore --noflush`, and `--dry-run` prints exactly the same text.
+import { PORTS } from '../ports.ts';
 
 export interface CaptureSettings {
   /**
@@ -75,7 +76,7 @@ export const defaultCaptureSettings: CaptureSettings = {
   mode: 'node',
   // Istio's convention for the sidecar's own uid and gid.
   proxyGid: 1337,
-  passPorts: [15008, 15020, 15021],
+  passPorts: [PORTS.tunnel, PORTS.metrics, PORTS.readiness],
   backend: 'iptables',
   ipset: 'meshlet-captured',
   destinationsIpset: 'meshlet-destinations',
@@ -88,9 +89,9 @@ export const defaultCaptureSettings: CaptureSettings = {
   gateChain: 'MESHLET_OUTPUT',
   sourceChain: 'MESHLET_SOURCE',
   antiSpoofChain: 'MESHLET_ANTISPOOF',
-  outboundPort: 15001,
-  inboundPlaintextPort: 15006,
-  tunnelPort: 15008,
+  outboundPort: PORTS.outbound,
+  inboundPlaintextPort: PORTS.inboundPlaintext,
+  tunnelPort: PORTS.tunnel,
 };
 
 /** The body of meshlet's nat chain, in order. The first match wins (REDIRECT is terminal). */

@@ -1,6 +1,6 @@
 // The certificate provider an AgentConfig names: the embedded local CA or the CA service.
 import type { Logger } from 'pino';
-import type { AgentConfig } from '../config.ts';
+import type { AgentConfig } from '../config/agent.ts';
 import { type CertificateProvider, createLocalCaProvider } from './provider.ts';
 import { DirRootStore, loadRootSet } from './roots.ts';
 

@@ -1,6 +1,6 @@
 // The workload source a WorkloadsConfig names, and a one-shot read of it (for `meshlet policy check`).
 import type { Logger } from 'pino';
-import type { WorkloadsConfig } from '../config.ts';
+import type { WorkloadsConfig } from '../config/common.ts';
 import { WorkloadSourceError } from '../errors.ts';
 import { loadKubeConfig } from '../kube-config.ts';
 import { createFileSource } from './file.ts';

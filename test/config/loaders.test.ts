@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { loadAgentConfig, loadCaRotateConfig, loadCaServeConfig, loadInitConfig, parseDuration } from '../src/config.ts';
-import { ConfigError } from '../src/errors.ts';
+import { loadAgentConfig } from '../../src/config/agent.ts';
+import { loadCaRotateConfig, loadCaServeConfig } from '../../src/config/ca.ts';
+import { loadInitConfig } from '../../src/config/capture.ts';
+import { parseDuration } from '../../src/config/flags.ts';
+import { ConfigError } from '../../src/errors.ts';
 
 describe('config', () => {
   it('parses durations', () => {
@@ -100,11 +103,11 @@ describe('config', () => {
       try { loadInitConfig(argv); return []; } catch (err) { return (err as ConfigError).problems; }
     };
     // kube-proxy's chain, a built-in chain, another of meshlet's chains, another's set.
-    assert.match(problems(['--chain', 'KUBE-SERVICES']).join('\n'), /--chain: KUBE-SERVICES is not meshlet's own/);
-    assert.match(problems(['--gate-chain', 'OUTPUT']).join('\n'), /--gate-chain: OUTPUT is not meshlet's own/);
+    assert.match(problems(['--chain', 'KUBE-SERVICES']).join('\n'), /--chain: "KUBE-SERVICES" is not meshlet's own chain/);
+    assert.match(problems(['--gate-chain', 'OUTPUT']).join('\n'), /--gate-chain: "OUTPUT" is not meshlet's own chain/);
     assert.match(problems(['--chain', 'MESHLET_ANTISPOOF']).join('\n'), /one of meshlet's other chains/);
     assert.match(problems(['--chain', 'MESHLET_X', '--gate-chain', 'MESHLET_X']).join('\n'), /--chain and --gate-chain must differ/);
-    assert.match(problems(['--ipset', 'KUBE-NODE-PORT-TCP']).join('\n'), /--ipset: KUBE-NODE-PORT-TCP is not meshlet's own/);
+    assert.match(problems(['--ipset', 'KUBE-NODE-PORT-TCP']).join('\n'), /--ipset: "KUBE-NODE-PORT-TCP" is not meshlet's own set/);
     assert.match(problems(['--gate-ipset', 'meshlet-strict']).join('\n'), /STRICT pods set/);
     // A redirect onto the tunnel port, or onto the agent's metrics port.
     assert.deepEqual(problems(['--outbound-port', '15008']), ['--tunnel-port 15008 is already --outbound-port\'s']);

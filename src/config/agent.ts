@@ -1,0 +1,162 @@
+// `meshlet agent`: its flag table and its one validated configuration.
+import type { CaptureSettings } from '../capture/rules.ts';
+import { PORTS } from '../ports.ts';
+import { CAPTURE_FLAGS, captureSettings } from './capture.ts';
+import { LOG_LEVEL_FLAG, type LogLevel, WORKLOADS_FLAGS, type WorkloadsConfig, workloadsConfig } from './common.ts';
+import { type Flag, type FlagValues, type Problems, readFlags } from './flags.ts';
+
+export interface Ports {
+  outbound: number;
+  inboundPlaintext: number;
+  tunnel: number;
+  admin: number;
+  readiness: number;
+  metrics: number;
+}
+
+/** Where the agent's workload certificates come from. */
+export type IdentityConfig =
+  | { mode: 'local'; caDir: string; certTtlMs: number }
+  | { mode: 'ca-service'; url: string; tokenFile: string; trustBundleFile: string; bundlePollMs: number; requestTimeoutMs: number };
+
+/** A certificate shorter-lived than 10 s would spend most of its life being renewed. */
+export const CERT_TTL = { type: 'duration', min: 10_000, max: 90 * 86_400_000, default: '24h' } as const;
+
+const MILLION = 1_000_000;
+
+export const AGENT_FLAGS = [
+  { name: 'node', type: 'text', arg: 'NAME', env: ['MESHLET_NODE_NAME', 'NODE_NAME'], help: 'this node\'s name' },
+  { name: 'sidecar', type: 'text', arg: 'NS/NAME', pattern: /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, patternHelp: 'NAMESPACE/NAME of a workload', help: 'sidecar mode: serve only this workload, from inside its pod (run with group id --proxy-gid; kept to measure the sidecar pattern)' },
+  ...WORKLOADS_FLAGS,
+  { name: 'ca-dir', type: 'text', arg: 'DIR', help: 'embedded local CA: the root from `meshlet ca init`' },
+  { name: 'cert-ttl', ...CERT_TTL, help: 'with --ca-dir: workload certificate lifetime, renewed at half life' },
+  { name: 'ca-url', type: 'text', arg: 'URL', help: 'the CA service (https://...); excludes --ca-dir' },
+  { name: 'token-file', type: 'text', arg: 'FILE', help: 'this node\'s token for the CA, re-read per request' },
+  { name: 'trust-bundle', type: 'text', arg: 'FILE', help: 'roots (PEM) that verify the CA service\'s certificate' },
+  { name: 'bundle-poll', type: 'duration', min: 100, max: 3_600_000, default: '30s', help: 'how often the trust bundle is fetched (root rotation)' },
+  { name: 'ca-timeout', type: 'duration', min: 100, max: 120_000, default: '10s', help: 'CA request timeout' },
+  { name: 'connect-timeout', type: 'duration', min: 100, max: 120_000, default: '5s', help: 'upstream and tunnel connect timeout' },
+  { name: 'handshake-timeout', type: 'duration', min: 100, max: 120_000, default: '5s', help: 'TLS handshake timeout' },
+  { name: 'drain', type: 'duration', min: 0, max: 3_600_000, default: '5s', help: 'how long SIGTERM lets open connections finish' },
+  LOG_LEVEL_FLAG,
+  { name: 'admin-port', type: 'port', default: String(PORTS.admin), help: 'admin API: GET /config_dump, GET and POST /logging?level=' },
+  { name: 'admin-address', type: 'ip', default: '127.0.0.1', help: 'where the admin API listens (it changes the agent: loopback)' },
+  { name: 'readiness-port', type: 'port', default: String(PORTS.readiness), help: '/healthz/ready' },
+  // kubelet probes from the node, Prometheus scrapes from another host; neither says more than an operator may see.
+  { name: 'readiness-address', type: 'ip', default: '0.0.0.0', help: 'where /healthz/ready listens' },
+  { name: 'metrics-port', type: 'port', default: String(PORTS.metrics), help: 'Prometheus /metrics' },
+  { name: 'metrics-address', type: 'ip', default: '0.0.0.0', help: 'where /metrics listens' },
+  { name: 'metrics', type: 'on-off', default: 'on', help: 'Prometheus metrics (off: no registry, no listener, no per-connection cost)' },
+  { name: 'access-log', type: 'on-off', default: 'on', help: 'one access-log line per connection' },
+  { name: 'max-connections', type: 'int', min: 1, max: MILLION, default: '16384', help: 'connections the agent holds at most' },
+  { name: 'max-connections-per-source', type: 'int', min: 1, max: MILLION, default: '1024', help: '... per source address' },
+  { name: 'max-pending-handshakes', type: 'int', min: 1, max: MILLION, default: '1024', help: 'tunnel sockets still in their handshake: a budget of their own' },
+  { name: 'max-pending-handshakes-per-source', type: 'int', min: 1, max: MILLION, default: '64', help: '... per source address' },
+  { name: 'handshake-rate', type: 'int', min: 1, max: MILLION, default: '200', help: 'tunnel handshakes a second per source' },
+  { name: 'tunnel-stall-timeout', type: 'duration', min: 1000, max: 3_600_000, default: '30s', help: 'reset a tunnel session whose peer acknowledged nothing this long' },
+  { name: 'tunnel-queue-budget', type: 'int', arg: 'MIB', min: 1, max: 1_048_576, default: '256', help: 'tunnel send queues of the node together; past it stalled sessions are reset' },
+  { name: 'idle-timeout', type: 'duration', min: 1000, max: 7 * 86_400_000, default: '1h', help: 'reset relayed connections silent both ways this long' },
+  { name: 'preserve-source-ip', type: 'on-off', default: 'on', help: 'local pods see their clients\' addresses, not the node\'s' },
+  { name: 'non-tcp-to-strict', type: 'one-of', values: ['allow', 'drop'], default: 'allow', help: 'drop UDP, SCTP and other non-TCP forwarded to STRICT pods (ICMP and the node\'s own pass)' },
+  { name: 'probe-gate-ttl', type: 'duration', min: 2_000, max: 600_000, default: '4s', help: 'a dead or stalled agent\'s pods fail kubelet\'s probes this long after it stops' },
+  { name: 'heap-headroom', type: 'int', arg: 'MIB', min: 0, max: 1024, default: '32', help: 'old-generation headroom above the live heap once up (fewer full GCs on bulk traffic); 0: V8\'s own' },
+  ...CAPTURE_FLAGS,
+] as const satisfies readonly Flag[];
+
+export interface AgentConfig {
+  nodeName: string;
+  /**
+   * Set: sidecar mode. The agent runs inside this workload's pod and serves it alone (every other
+   * workload is remote, reached through its own sidecar). Kept to measure what the sidecar pattern
+   * costs next to one agent per node; capture.mode is 'sidecar' with it.
+   */
+  sidecar?: { namespace: string; name: string };
+  workloads: WorkloadsConfig;
+  identity: IdentityConfig;
+  ports: Ports;
+  adminAddress: string;
+  readinessAddress: string;
+  metricsAddress: string;
+  logLevel: LogLevel;
+  connectTimeoutMs: number;
+  handshakeTimeoutMs: number;
+  drainMs: number;
+  metrics: boolean;
+  accessLog: boolean;
+  maxConnections: number;
+  maxConnectionsPerSource: number;
+  maxPendingHandshakes: number;
+  maxPendingHandshakesPerSource: number;
+  handshakeRate: number;
+  tunnelStallTimeoutMs: number;
+  tunnelQueueBudgetMiB: number;
+  idleTimeoutMs: number;
+  /** Off in sidecar mode, which delivers inside the pod. */
+  preserveSourceIp: boolean;
+  nonTcpToStrict: 'allow' | 'drop';
+  /** Whole seconds: ipset timeouts are. */
+  probeGateTtlMs: number;
+  heapHeadroomMiB: number;
+  capture: CaptureSettings;
+}
+
+export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentConfig {
+  const { values: v, problems: p } = readFlags(AGENT_FLAGS, argv, env);
+  const [namespace, name] = v.sidecar?.split('/') ?? [];
+  const sidecar = namespace && name ? { namespace, name } : undefined;
+  const capture = captureSettings(v, p, sidecar ? 'sidecar' : 'node');
+  const config: AgentConfig = {
+    nodeName: p.required('node (or MESHLET_NODE_NAME)', v.node),
+    workloads: workloadsConfig(v, p),
+    identity: identityConfig(v, p),
+    ...(sidecar ? { sidecar } : {}),
+    ports: {
+      outbound: capture.outboundPort, inboundPlaintext: capture.inboundPlaintextPort, tunnel: capture.tunnelPort,
+      admin: v['admin-port'], readiness: v['readiness-port'], metrics: v['metrics-port'],
+    },
+    adminAddress: v['admin-address'], readinessAddress: v['readiness-address'], metricsAddress: v['metrics-address'],
+    logLevel: v['log-level'],
+    connectTimeoutMs: v['connect-timeout'], handshakeTimeoutMs: v['handshake-timeout'], drainMs: v.drain,
+    metrics: v.metrics, accessLog: v['access-log'],
+    maxConnections: v['max-connections'], maxConnectionsPerSource: v['max-connections-per-source'],
+    maxPendingHandshakes: v['max-pending-handshakes'], maxPendingHandshakesPerSource: v['max-pending-handshakes-per-source'],
+    handshakeRate: v['handshake-rate'],
+    tunnelStallTimeoutMs: v['tunnel-stall-timeout'], tunnelQueueBudgetMiB: v['tunnel-queue-budget'],
+    idleTimeoutMs: v['idle-timeout'],
+    preserveSourceIp: v['preserve-source-ip'] && !sidecar,
+    nonTcpToStrict: v['non-tcp-to-strict'],
+    probeGateTtlMs: Math.round(v['probe-gate-ttl'] / 1000) * 1000,
+    heapHeadroomMiB: v['heap-headroom'],
+    capture,
+  };
+  // A sidecar's own listeners are reached directly: the ones this agent really uses.
+  if (sidecar) config.capture.passPorts = [config.ports.tunnel, config.ports.metrics, config.ports.readiness];
+  // Capture's three ports are checked with the capture settings.
+  const ports = Object.entries(config.ports);
+  const capturePorts = new Set(['outbound', 'inboundPlaintext', 'tunnel']);
+  for (const [i, [portName, port]] of ports.entries()) {
+    const clash = ports.slice(0, i).find(([other, otherPort]) => otherPort === port && !(capturePorts.has(other) && capturePorts.has(portName)));
+    if (clash) p.add(`port ${port} is used for both ${clash[0]} and ${portName}`);
+  }
+  p.throwIfAny();
+  return config;
+}
+
+function identityConfig(v: FlagValues<typeof AGENT_FLAGS>, p: Problems): IdentityConfig {
+  const url = v['ca-url'];
+  if (v['ca-dir'] && url) p.add('--ca-dir (embedded local CA) and --ca-url (CA service) exclude each other');
+  if (url) {
+    let parsed: URL | undefined;
+    try { parsed = new URL(url); } catch { /* reported below */ }
+    if (parsed?.protocol !== 'https:') p.add(`--ca-url: ${JSON.stringify(url)} is not an https:// URL`);
+    return {
+      mode: 'ca-service', url,
+      tokenFile: p.required('token-file (with --ca-url)', v['token-file']),
+      trustBundleFile: p.required('trust-bundle (with --ca-url)', v['trust-bundle']),
+      bundlePollMs: v['bundle-poll'],
+      requestTimeoutMs: v['ca-timeout'],
+    };
+  }
+  for (const flag of ['token-file', 'trust-bundle'] as const) if (v[flag]) p.add(`--${flag} only applies with --ca-url`);
+  return { mode: 'local', caDir: p.required('ca-dir (or --ca-url)', v['ca-dir']), certTtlMs: v['cert-ttl'] };
+}

@@ -1,0 +1,76 @@
+// The flag tables of the smaller commands: `policy check`, `status` and `cost`.
+import { type CostInputs, parseCpu, parseMemory } from '../cost.ts';
+import { PORTS } from '../ports.ts';
+import { WORKLOADS_FLAGS, type WorkloadsConfig, workloadsConfig } from './common.ts';
+import { type Flag, readFlags } from './flags.ts';
+
+export const POLICY_CHECK_FLAGS = [
+  { name: 'from', type: 'text', arg: 'ID|IP', help: 'the source: a SPIFFE ID or a pod\'s IP' },
+  { name: 'to', type: 'text', arg: 'NS/NAME:PORT|IP:PORT', help: 'the destination workload and port' },
+  { name: 'json', type: 'boolean', help: 'the decision as JSON' },
+  ...WORKLOADS_FLAGS,
+] as const satisfies readonly Flag[];
+
+/** `meshlet policy check`: a connection, and where the workloads and policies come from. */
+export function loadPolicyCheckConfig(argv: string[]): { from: string; to: string; json: boolean; workloads: WorkloadsConfig } {
+  const { values: v, problems: p } = readFlags(POLICY_CHECK_FLAGS, argv);
+  const from = p.required('from (SPIFFE ID or IP)', v.from);
+  const to = p.required('to (namespace/name:port or ip:port)', v.to);
+  const workloads = workloadsConfig(v, p);
+  p.throwIfAny();
+  return { from, to, json: v.json, workloads };
+}
+
+export const STATUS_FLAGS = [
+  { name: 'admin', type: 'text', arg: 'URL', default: `http://127.0.0.1:${PORTS.admin}`, help: 'the agent\'s admin API' },
+  { name: 'json', type: 'boolean', help: 'the whole config dump as JSON' },
+] as const satisfies readonly Flag[];
+
+export function loadStatusConfig(argv: string[]): { admin: string; json: boolean } {
+  const { values: v, problems: p } = readFlags(STATUS_FLAGS, argv);
+  let url: URL | undefined;
+  try { url = new URL(v.admin); } catch { /* below */ }
+  if (url?.protocol !== 'http:') p.add(`--admin: ${JSON.stringify(v.admin)} is not an http:// URL`);
+  p.throwIfAny();
+  return { admin: v.admin, json: v.json };
+}
+
+const QUANTITY = { type: 'text', arg: 'Q' } as const;
+const PRICE = { type: 'text', arg: 'PRICE', pattern: /^\d+(\.\d+)?$/, patternHelp: 'a price (e.g. 0.033)' } as const;
+
+export const COST_FLAGS = [
+  { name: 'nodes', type: 'int', min: 1, max: 100_000, default: '10', help: 'nodes in the cluster' },
+  { name: 'pods-per-node', type: 'int', min: 1, max: 10_000, default: '30', help: 'meshed pods per node' },
+  // Istio's injected sidecar requests; the meshlet DaemonSet's (manifests/agent-daemonset.yaml).
+  { name: 'sidecar-cpu', ...QUANTITY, default: '100m', help: 'one sidecar\'s CPU request (Istio\'s default)' },
+  { name: 'sidecar-memory', ...QUANTITY, default: '128Mi', help: 'one sidecar\'s memory request (Istio\'s default)' },
+  { name: 'agent-cpu', ...QUANTITY, default: '100m', help: 'one meshlet agent\'s CPU request (the DaemonSet\'s)' },
+  { name: 'agent-memory', ...QUANTITY, default: '128Mi', help: 'one meshlet agent\'s memory request (the DaemonSet\'s)' },
+  // Illustrative on-demand list prices (USD); pass your own.
+  { name: 'vcpu-hour', ...PRICE, default: '0.033', help: 'price of a vCPU for an hour (illustrative)' },
+  { name: 'gib-hour', ...PRICE, default: '0.0045', help: 'price of a GiB of memory for an hour (illustrative)' },
+  { name: 'hours-per-month', type: 'int', min: 1, max: 744, default: '730', help: 'hours billed a month' },
+  { name: 'json', type: 'boolean', help: 'inputs and projection as JSON' },
+] as const satisfies readonly Flag[];
+
+/** `meshlet cost`: the cluster's shape, the two meshes' requests (Kubernetes quantities), and prices. */
+export function loadCostConfig(argv: string[]): { inputs: CostInputs; json: boolean } {
+  const { values: v, problems: p } = readFlags(COST_FLAGS, argv);
+  // A request of 0 reserves nothing: not a mesh to compare.
+  const quantity = (flag: 'sidecar-cpu' | 'sidecar-memory' | 'agent-cpu' | 'agent-memory', parse: (t: string) => number | undefined, example: string) => {
+    const n = parse(v[flag]);
+    if (n === undefined || n <= 0) p.add(`--${flag}: ${JSON.stringify(v[flag])} is not a ${flag.endsWith('cpu') ? 'CPU' : 'memory'} quantity above 0 (e.g. ${example})`);
+    return n ?? 0;
+  };
+  const inputs: CostInputs = {
+    nodes: v.nodes,
+    podsPerNode: v['pods-per-node'],
+    sidecar: { cpuMillis: quantity('sidecar-cpu', parseCpu, '100m, 0.5'), memoryMiB: quantity('sidecar-memory', parseMemory, '128Mi, 1Gi') },
+    agent: { cpuMillis: quantity('agent-cpu', parseCpu, '100m, 0.5'), memoryMiB: quantity('agent-memory', parseMemory, '128Mi, 1Gi') },
+    vcpuHour: Number(v['vcpu-hour']),
+    gibHour: Number(v['gib-hour']),
+    hoursPerMonth: v['hours-per-month'],
+  };
+  p.throwIfAny();
+  return { inputs, json: v.json };
+}
