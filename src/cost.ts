@@ -78,21 +78,24 @@ export function projectCost(i: CostInputs): CostProjection {
 
 const money = (n: number) => (Math.abs(n) >= 100 ? n.toFixed(0) : n.toFixed(2));
 const num = (n: number) => (Number.isInteger(n) ? String(n) : n.toFixed(n >= 10 ? 1 : 3));
+/** A request as Kubernetes writes it, rounded for reading (1G is 953.7Mi, not 953.67431640625Mi). */
+const quantity = (r: Reservation) => `${+r.cpuMillis.toFixed(1)}m / ${+r.memoryMiB.toFixed(1)}Mi`;
 
 export function formatCost(p: CostProjection, i: CostInputs): string {
   const row = (name: string, requests: Reservation, c: MeshCost) => [
-    name, String(c.instances), `${requests.cpuMillis}m / ${requests.memoryMiB}Mi`, num(c.vcpu), num(c.gib), money(c.monthly),
+    name, String(c.instances), quantity(requests), num(c.vcpu), num(c.gib), money(c.monthly),
     `${(c.perPod.vcpu * 1000).toFixed(1)}m / ${(c.perPod.gib * 1024).toFixed(1)}Mi`,
   ];
   return [
-    `${i.nodes} nodes x ${i.podsPerNode} pods = ${p.pods} pods; ${i.vcpuHour}/vCPU-hour, ${i.gibHour}/GiB-hour, ${i.hoursPerMonth} hours a month`,
+    `${i.nodes} nodes x ${i.podsPerNode} pods = ${p.pods} pods; ${i.vcpuHour} a vCPU-hour and ${i.gibHour} a GiB-hour ` +
+      `(in the prices' currency: the defaults are USD), ${i.hoursPerMonth} hours a month`,
     '',
     table(['MESH', 'PROXIES', 'REQUESTS EACH', 'vCPU', 'GiB', 'PER MONTH', 'PER POD'], [
       row('sidecar per pod', i.sidecar, p.sidecars),
       row('meshlet per node', i.agent, p.meshlet),
     ]),
-    `meshlet reserves ${num(p.saved.vcpu)} vCPU and ${num(p.saved.gib)} GiB less: ${money(p.saved.monthly)} a month, ` +
-      `${(p.saved.fraction * 100).toFixed(1)}% of the sidecars' cost.`,
+    `meshlet reserves ${num(p.saved.vcpu)} vCPU and ${num(p.saved.gib)} GiB less than the sidecars: it saves ` +
+      `${money(p.saved.monthly)} a month, ${(p.saved.fraction * 100).toFixed(1)}% of what they cost.`,
     'Requests, not use, take node capacity: to project from measured use instead, pass it as --sidecar-* and --agent-*.',
     '',
   ].join('\n');

@@ -38,7 +38,8 @@ describe('meshlet cost', () => {
     const text = formatCost(p, { ...inputs, nodes: 10, podsPerNode: 30 });
     assert.match(text, /sidecar per pod\s+300\s+100m \/ 128Mi\s+30\s+37\.5\s+846/);
     assert.match(text, /meshlet per node\s+10\s+100m \/ 128Mi\s+1\s+1\.250\s+28\.20/);
-    assert.match(text, /96\.7% of the sidecars' cost/);
+    assert.match(text, /it saves 818 a month, 96\.7% of what they cost/);
+    assert.match(formatCost(p, { ...inputs, sidecar: { cpuMillis: 100, memoryMiB: 1e9 / 1048576 } }), /100m \/ 953\.7Mi/, '1G of memory, rounded for reading');
   });
 
   it('says so when a mesh of one pod per node costs the same either way', () => {
