@@ -105,7 +105,9 @@ function selector(matchLabels: Record<string, string> | undefined): (w: Workload
 
 export function compilePolicy(obj: MeshPolicyObject, rootNamespace = ROOT_NAMESPACE): CompiledPolicy {
   const id = `${obj.namespace}/${obj.name}`;
-  const { spec, problems } = readPolicySpec(obj.spec);
+  const read = readPolicySpec(obj.spec);
+  const { spec } = read;
+  const problems = [...(obj.problems ?? []), ...read.problems];
   const inScope = obj.namespace === rootNamespace ? () => true : (w: Workload) => w.namespace === obj.namespace;
   const warnings: string[] = [];
   if (problems.length > 0) {

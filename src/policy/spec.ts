@@ -1,14 +1,12 @@
-// MeshPolicy's spec, read from untrusted input (the workloads file, or a CRD object) into a typed
-// value with every problem listed. The same reader serves both sources, so a policy means the same
-// thing whichever way it arrived. Semantics are those of Istio's AuthorizationPolicy at L4.
+// MeshPolicy's spec, read into a typed value with the problems a schema cannot see. Its shape is
+// checked by the one schema (schema.ts, the CRD's) for the workloads file and cluster objects alike,
+// so a policy means the same thing whichever way it arrived. Semantics are those of Istio's
+// AuthorizationPolicy at L4.
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
-import { isRecord, mappings, unknownKeys } from '../validate.ts';
+import { isRecord, mappings } from '../validate.ts';
 
 export const ACTIONS = ['ALLOW', 'DENY', 'AUDIT'] as const;
 export type PolicyAction = (typeof ACTIONS)[number];
-
-/** Fields a rule's `to` may name that only an L7 proxy could check. */
-export const L7_FIELDS = ['paths', 'methods', 'hosts'] as const;
 
 export interface PolicySource {
   principals?: string[];
@@ -39,9 +37,6 @@ export interface PolicySpec {
   rules?: PolicyRule[];
 }
 
-const SOURCE_LISTS = ['principals', 'notPrincipals', 'namespaces', 'notNamespaces', 'ipBlocks', 'notIpBlocks'] as const;
-const PATTERN = /^(\*|\*?[^*\s]+\*?)$/;
-
 
 /** Whether text is an IPv4/IPv6 address or CIDR that BlockList accepts. */
 export function isCidr(text: string): boolean {
@@ -62,10 +57,11 @@ export function addCidr(list: BlockList, text: string): void {
   else list.addSubnet(ip, Number(bits), type);
 }
 
+/** A list of strings, or undefined with a problem when it is anything else. */
 function stringList(v: unknown, where: string, problems: string[], check?: (s: string) => string | undefined): string[] | undefined {
   if (v === undefined) return undefined;
   if (!Array.isArray(v) || v.some((s) => typeof s !== 'string')) {
-    problems.push(`${where}: must be a list of strings`);
+    problems.push(`${where}: ${UNCHECKED}`);
     return undefined;
   }
   for (const s of v as string[]) {
@@ -75,54 +71,45 @@ function stringList(v: unknown, where: string, problems: string[], check?: (s: s
   return v as string[];
 }
 
+/** Ports as the CRD writes them (integers) or as Istio does (strings of digits). */
 function portList(v: unknown, where: string, problems: string[]): number[] | undefined {
   if (v === undefined) return undefined;
-  // Istio writes ports as strings; the CRD as integers. Both mean the same.
-  if (!Array.isArray(v)) {
-    problems.push(`${where}: must be a list of ports`);
+  const ports = Array.isArray(v) ? v.map((p) => (typeof p === 'string' && /^\d+$/.test(p) ? Number(p) : p)) : [];
+  if (!Array.isArray(v) || ports.some((n) => typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 65535)) {
+    problems.push(`${where}: ${UNCHECKED}`);
     return undefined;
   }
-  const out: number[] = [];
-  for (const p of v) {
-    const n = typeof p === 'string' && /^\d+$/.test(p) ? Number(p) : p;
-    if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 65535) problems.push(`${where}: ${JSON.stringify(p)} is not a port (1-65535)`);
-    else out.push(n);
-  }
-  return out;
+  return ports as number[];
 }
 
-/** Reads a policy spec. Returns the spec and the problems; a spec with problems must not be trusted. */
+/** A spec of a shape the schema refuses reached this reader unchecked: the policy fails closed. */
+const UNCHECKED = 'not as the MeshPolicy schema says';
+
+/**
+ * Reads a spec into a typed value, with the problems only a reader can see: an empty `from` entry
+ * (it would match every source), an address out of range, conditions. The shape is the schema's
+ * job (schema.ts, run by the sources); a spec of another shape that reaches this reader anyway is
+ * a problem here too, so that the policy fails closed and never matches more than it says.
+ */
 export function readPolicySpec(raw: unknown, where = 'spec'): { spec: PolicySpec; problems: string[] } {
   const problems: string[] = [];
   const spec: PolicySpec = { action: 'ALLOW' };
-  if (!isRecord(raw)) return { spec, problems: [`${where}: must be a mapping`] };
-  unknownKeys(raw, ['selector', 'action', 'rules'], where, problems);
-
-  if (raw.selector !== undefined) {
-    const sel = raw.selector;
-    if (!isRecord(sel)) problems.push(`${where}.selector: must be a mapping`);
-    else {
-      unknownKeys(sel, ['matchLabels'], `${where}.selector`, problems);
-      if (sel.matchLabels !== undefined) {
-        if (!isRecord(sel.matchLabels) || Object.values(sel.matchLabels).some((v) => typeof v !== 'string')) {
-          problems.push(`${where}.selector.matchLabels: must map label names to strings`);
-        } else if (Object.keys(sel.matchLabels).length > 0) {
-          spec.matchLabels = sel.matchLabels as Record<string, string>;
-        }
-      }
+  if (!isRecord(raw)) return { spec, problems: [`${where}: ${UNCHECKED}`] };
+  const sel = raw.selector;
+  if (sel !== undefined) {
+    const labels = isRecord(sel) ? sel.matchLabels : undefined;
+    if (!isRecord(sel) || (labels !== undefined && (!isRecord(labels) || Object.values(labels).some((v) => typeof v !== 'string')))) {
+      problems.push(`${where}.selector: ${UNCHECKED}`);
+    } else if (isRecord(labels) && Object.keys(labels).length > 0) {
+      spec.matchLabels = labels as Record<string, string>;
     }
   }
-
   if (raw.action !== undefined) {
-    if (typeof raw.action !== 'string' || !(ACTIONS as readonly string[]).includes(raw.action)) {
-      problems.push(`${where}.action: ${JSON.stringify(raw.action)} is not one of ${ACTIONS.join(', ')}`);
-    } else {
-      spec.action = raw.action as PolicyAction;
-    }
+    if ((ACTIONS as readonly unknown[]).includes(raw.action)) spec.action = raw.action as PolicyAction;
+    else problems.push(`${where}.action: ${UNCHECKED}`);
   }
-
   if (raw.rules !== undefined) {
-    if (!Array.isArray(raw.rules)) problems.push(`${where}.rules: must be a list`);
+    if (!Array.isArray(raw.rules)) problems.push(`${where}.rules: ${UNCHECKED}`);
     else spec.rules = raw.rules.map((r, i) => readRule(r, `${where}.rules[${i}]`, problems));
   }
   return { spec, problems };
@@ -131,41 +118,34 @@ export function readPolicySpec(raw: unknown, where = 'spec'): { spec: PolicySpec
 function readRule(raw: unknown, where: string, problems: string[]): PolicyRule {
   const rule: PolicyRule = {};
   if (!isRecord(raw)) {
-    problems.push(`${where}: must be a mapping`);
+    problems.push(`${where}: ${UNCHECKED}`);
     return rule;
   }
-  unknownKeys(raw, ['from', 'to', 'when'], where, problems);
+  // Istio's conditions: ignoring them would match more than the policy says.
   if (raw.when !== undefined) problems.push(`${where}.when: conditions are not supported; express them with from and to`);
   if (raw.from !== undefined) {
     rule.from = mappings(raw.from, `${where}.from`, problems).map(([f, w]) => {
-      const src: PolicySource = {};
-      unknownKeys(f, SOURCE_LISTS, w, problems);
       if (Object.keys(f).length === 0) problems.push(`${w}: an empty from entry would match every source; leave out from instead`);
-      src.principals = stringList(f.principals, `${w}.principals`, problems, patternProblem);
-      src.notPrincipals = stringList(f.notPrincipals, `${w}.notPrincipals`, problems, patternProblem);
-      src.namespaces = stringList(f.namespaces, `${w}.namespaces`, problems, patternProblem);
-      src.notNamespaces = stringList(f.notNamespaces, `${w}.notNamespaces`, problems, patternProblem);
-      src.ipBlocks = stringList(f.ipBlocks, `${w}.ipBlocks`, problems, cidrProblem);
-      src.notIpBlocks = stringList(f.notIpBlocks, `${w}.notIpBlocks`, problems, cidrProblem);
-      return src;
+      return {
+        principals: stringList(f.principals, `${w}.principals`, problems),
+        notPrincipals: stringList(f.notPrincipals, `${w}.notPrincipals`, problems),
+        namespaces: stringList(f.namespaces, `${w}.namespaces`, problems),
+        notNamespaces: stringList(f.notNamespaces, `${w}.notNamespaces`, problems),
+        // The schema's pattern takes 999.1.1.1/99: the ranges are checked here.
+        ipBlocks: stringList(f.ipBlocks, `${w}.ipBlocks`, problems, cidrProblem),
+        notIpBlocks: stringList(f.notIpBlocks, `${w}.notIpBlocks`, problems, cidrProblem),
+      };
     });
   }
   if (raw.to !== undefined) {
     rule.to = mappings(raw.to, `${where}.to`, problems).map(([t, w]) => {
-      const op: PolicyOperation = {};
-      unknownKeys(t, ['ports', 'notPorts', ...L7_FIELDS, 'notPaths', 'notMethods', 'notHosts'], w, problems);
-      op.ports = portList(t.ports, `${w}.ports`, problems);
-      op.notPorts = portList(t.notPorts, `${w}.notPorts`, problems);
+      const op: PolicyOperation = { ports: portList(t.ports, `${w}.ports`, problems), notPorts: portList(t.notPorts, `${w}.notPorts`, problems) };
       const l7 = Object.keys(t).filter((k) => !['ports', 'notPorts'].includes(k) && t[k] !== undefined);
       if (l7.length > 0) op.l7 = l7;
       return op;
     });
   }
   return rule;
-}
-
-function patternProblem(s: string): string | undefined {
-  return PATTERN.test(s) ? undefined : 'may only use * alone, or at the start or the end';
 }
 
 function cidrProblem(s: string): string | undefined {

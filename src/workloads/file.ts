@@ -15,6 +15,7 @@ import { parse } from 'yaml';
 import { WorkloadSourceError } from '../errors.ts';
 import { assertTrustDomain } from '../identity/spiffe.ts';
 import type { MeshNode, MeshPolicyObject, MeshService, MeshSnapshot, MtlsMode, ServiceEndpoint, ServicePort, Workload } from './model.ts';
+import { schemaProblems } from '../policy/schema.ts';
 import { readPolicySpec } from '../policy/spec.ts';
 import { isRecord, mappings, unknownKeys } from '../validate.ts';
 import { workloadSpiffeId } from './model.ts';
@@ -142,7 +143,9 @@ export function parseWorkloadsFile(text: string): MeshSnapshot {
     const namespace = str(raw, 'namespace', where, problems);
     const spec: Record<string, unknown> = {};
     for (const k of ['selector', 'action', 'rules']) if (raw[k] !== undefined) spec[k] = raw[k];
-    problems.push(...readPolicySpec(spec, where).problems);
+    // The shape first (the CRD's schema), then what only a reader sees: one list, never both about one field.
+    const shape = schemaProblems(spec, where);
+    problems.push(...(shape.length > 0 ? shape : readPolicySpec(spec, where).problems));
     if (policies.some((p) => p.name === name && p.namespace === namespace)) problems.push(`${where}: duplicate policy ${namespace}/${name}`);
     policies.push({ name, namespace, spec });
   }

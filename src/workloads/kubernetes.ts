@@ -26,6 +26,7 @@ import {
 import type { Logger } from 'pino';
 import type { AddressRefusal, MeshNode, MeshPolicyObject, MeshService, MeshSnapshot, MtlsMode, ServiceEndpoint, Workload } from './model.ts';
 import { workloadSpiffeId } from './model.ts';
+import { schemaProblems } from '../policy/schema.ts';
 import type { WorkloadSource } from './source.ts';
 import { apiStatus, MIRROR_ANNOTATION } from '../kube-config.ts';
 
@@ -63,6 +64,7 @@ export interface SlimNode {
 export interface SlimPolicy {
   metadata: { name: string; namespace: string; uid?: string; resourceVersion?: string; generation?: number };
   spec: Record<string, unknown>;
+  problems?: string[];
 }
 
 export interface SlimService {
@@ -140,7 +142,11 @@ export function slimNode(o: any): SlimNode {
 
 export function slimPolicy(o: any): SlimPolicy {
   const m = o?.metadata ?? {};
-  return { metadata: { name: m.name, namespace: m.namespace, uid: m.uid, resourceVersion: m.resourceVersion, generation: m.generation }, spec: o?.spec ?? {} };
+  const spec = o?.spec ?? {};
+  // Checked once per change of the object, not per snapshot: the apiserver checked the CRD's schema
+  // too, but not unknown fields, which would otherwise be ignored.
+  const problems = schemaProblems(spec, 'spec');
+  return { metadata: { name: m.name, namespace: m.namespace, uid: m.uid, resourceVersion: m.resourceVersion, generation: m.generation }, spec, ...(problems.length > 0 ? { problems } : {}) };
 }
 
 export function slimService(o: any): SlimService {
@@ -318,7 +324,7 @@ export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, name
     if (pod.status.hostIP && !nodes.has(w.node)) nodes.set(w.node, { name: w.node, ip: pod.status.hostIP });
   }
   const policyObjects: MeshPolicyObject[] = [];
-  for (const p of ctx.policies ?? []) policyObjects.push({ namespace: p.metadata.namespace, name: p.metadata.name, spec: p.spec });
+  for (const p of ctx.policies ?? []) policyObjects.push({ namespace: p.metadata.namespace, name: p.metadata.name, spec: p.spec, ...(p.problems ? { problems: p.problems } : {}) });
   return {
     trustDomain, nodes: [...nodes.values()], workloads: [...byIp.values()].map((e) => e.w), policies: policyObjects,
     mtls: mtlsModes(namespaces), services: ctx.services ?? [], ...(refused.length > 0 ? { refused } : {}),

@@ -35,13 +35,15 @@ export interface MeshNode {
 }
 
 /**
- * A MeshPolicy as the source delivered it (the CRD's fields, already checked against its schema by
- * the apiserver). The policy engine compiles these; the registry only carries them.
+ * A MeshPolicy as the source delivered it. The policy engine compiles these; the registry only
+ * carries them.
  */
 export interface MeshPolicyObject {
   namespace: string;
   name: string;
   spec: Record<string, unknown>;
+  /** How the spec departs from the MeshPolicy schema (policy/schema.ts): the policy fails closed. */
+  problems?: string[];
 }
 
 /** A port a Service exposes on its cluster IP (TCP). `name` is '' for a Service's single unnamed port. */

@@ -96,7 +96,7 @@ policies:
   - { name: p, namespace: shop, rules: [{ from: [{ ipBlocks: [not-a-cidr] }] }] }
   - { namespace: shop, colour: blue }
 `).join('\n');
-    for (const re of [/namespaces\[0\]\.mtls: must be strict or permissive/, /policies\[0\]\.action: "PERMIT"/, /policies\[1\]\.rules\[0\]\.from\[0\]\.ipBlocks: "not-a-cidr"/,
+    for (const re of [/namespaces\[0\]\.mtls: must be strict or permissive/, /policies\[0\]\.action: "PERMIT"/, /policies\[1\]\.rules\[0\]\.from\[0\]\.ipBlocks\[0\]: "not-a-cidr" is not an IP address/,
       /policies\[1\]: duplicate policy shop\/p/, /policies\[2\]\.name: required/, /policies\[2\]: unknown field "colour"/]) assert.match(text, re);
   });
 

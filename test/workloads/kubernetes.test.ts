@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
 import { buildServices, buildSnapshot, createKubernetesSource, type KubernetesSource, meshMembership, mtlsModes, POD_FIELD_SELECTOR, slimEndpointSlice, slimNamespace, slimNode, slimPod, slimService } from '../../src/workloads/kubernetes.ts';
-import type { MeshSnapshot } from '../../src/workloads/model.ts';
+import type { MeshPolicyObject, MeshSnapshot } from '../../src/workloads/model.ts';
+import { MeshPolicyEngine } from '../../src/policy/engine.ts';
 import { WorkloadRegistry } from '../../src/workloads/registry.ts';
 import { ApiStandIn, endpointSliceObject, namespaceObject, nodeObject, podObject, serviceObject } from '../support/apiserver.ts';
 import { eventually } from '../support/wait.ts';
@@ -294,7 +295,7 @@ describe('Kubernetes source against the API stand-in', () => {
 
   it('runs without the MeshPolicy CRD, and picks policies up once it is installed', async () => {
     assert.equal(source.status().policies, 'crd-not-installed');
-    assert.deepEqual(registry.snapshot?.policies, []);
+    assert.equal(registry.snapshot?.policies.length, 0);
     api.missing.delete('meshpolicies');
     const spec = { selector: { matchLabels: { app: 'db' } }, action: 'ALLOW', rules: [{ from: [{ principals: ['spiffe://cluster.local/ns/shop/sa/web'] }] }] };
     api.put('meshpolicies', { apiVersion: 'meshlet.dev/v1alpha1', kind: 'MeshPolicy', metadata: { name: 'db-clients', namespace: 'shop' }, spec });
@@ -302,6 +303,17 @@ describe('Kubernetes source against the API stand-in', () => {
     assert.deepEqual(registry.snapshot?.policies, [{ namespace: 'shop', name: 'db-clients', spec }]);
     api.update('meshpolicies', 'shop', 'db-clients', (p: any) => { p.spec.action = 'DENY'; });
     await until('policy updated', () => registry.snapshot?.policies[0]?.spec.action === 'DENY');
+    // An object the CRD's schema refuses (a condition meshlet does not know) carries its problems:
+    // the engine then enforces it closed (a DENY denies everything it selects), never as if the
+    // field were not there.
+    api.update('meshpolicies', 'shop', 'db-clients', (p: any) => { p.spec.rules[0].when = [{ key: 'request.time' }]; });
+    const first = (): MeshPolicyObject | undefined => registry.snapshot?.policies[0];
+    await until('problems attached', () => first()?.problems !== undefined);
+    assert.deepEqual(first()?.problems, ['spec.rules[0]: unknown field "when"']);
+    const engine = new MeshPolicyEngine();
+    engine.update(registry.snapshot!);
+    const compiled = (engine.dump() as { policies: Array<{ errors?: string[] }> }).policies[0]!;
+    assert.ok(compiled.errors?.includes('spec.rules[0]: unknown field "when"'), JSON.stringify(compiled));
     api.remove('meshpolicies', 'shop', 'db-clients');
     await until('policy deleted', () => registry.snapshot?.policies.length === 0);
     assert.equal(source.status().policies, 0);
