@@ -18,7 +18,8 @@ import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { type AgentProcess, MeshLab, PEER } from '../src/demo/lab.ts';
+import { MeshLab, PEER } from '../src/demo/lab.ts';
+import type { AgentProcess } from '../src/demo/lab-spec.ts';
 import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
 
 const HERE = resolve(fileURLToPath(import.meta.url), '..');

@@ -8,7 +8,8 @@ import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { MeshLab, processCpuSeconds as cpuSeconds } from '../src/demo/lab.ts';
+import { MeshLab } from '../src/demo/lab.ts';
+import { processCpuSeconds as cpuSeconds } from '../src/demo/process-stats.ts';
 import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
 
 const HERE = resolve(fileURLToPath(import.meta.url), '..');

@@ -46,9 +46,6 @@ export class OutsideMeshError extends MeshletError {
 /** The original destination of a redirected socket could not be read. */
 export class OriginalDestinationError extends MeshletError {
   readonly code = 'original_dst';
-  constructor(message: string) {
-    super(message);
-  }
 }
 
 /** A connection to a local pod could not be made from the source's own address (source preservation). */
@@ -84,9 +81,6 @@ export class TunnelRejectedError extends MeshletError {
 /** A tunnel peer presented an identity other than the one expected. */
 export class PeerIdentityError extends MeshletError {
   readonly code = 'peer_identity';
-  constructor(message: string) {
-    super(message);
-  }
 }
 
 /** A CONNECT asked for a target this agent will not relay to (the tunnel is no open relay). */
@@ -178,9 +172,6 @@ export class SpiffeIdError extends MeshletError {
 /** The CA material on disk or a certificate could not be created or read. */
 export class CaError extends MeshletError {
   readonly code = 'ca_error';
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-  }
 }
 
 /**
@@ -195,9 +186,6 @@ export abstract class CaRefusal extends MeshletError {
 export class BadCsrError extends CaRefusal {
   readonly code = 'bad_csr';
   readonly status = 400;
-  constructor(message: string) {
-    super(message);
-  }
 }
 
 /** The HTTP request itself is malformed: wrong method, path, content type or JSON. */
@@ -282,17 +270,11 @@ export class CaUnavailableError extends MeshletError {
 /** Installing or removing capture rules failed (missing privileges, missing tools, rejected rules). */
 export class CaptureError extends MeshletError {
   readonly code = 'capture_error';
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-  }
 }
 
 /** The environment cannot run this command (not root, no iptables, no ip netns). */
 export class PrerequisiteError extends MeshletError {
   readonly code = 'prerequisite';
-  constructor(message: string) {
-    super(message);
-  }
 }
 
 /** A tunnel peer's TLS handshake failed (no or untrusted client certificate, expired, timeout, not TLS). */

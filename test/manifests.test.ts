@@ -11,7 +11,7 @@ import { parseAllDocuments } from 'yaml';
 import { loadAgentConfig } from '../src/config/agent.ts';
 import { loadCaServeConfig } from '../src/config/ca.ts';
 import { loadInitConfig } from '../src/config/capture.ts';
-import { POD_FIELD_SELECTOR } from '../src/workloads/kubernetes.ts';
+import { POD_FIELD_SELECTOR } from '../src/workloads/kubernetes-objects.ts';
 import { MeshMetrics } from '../src/telemetry/metrics.ts';
 
 const ROOT = join(import.meta.dirname, '..', 'manifests');

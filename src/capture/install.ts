@@ -9,10 +9,8 @@ import { BRIDGE_TABLE } from './bridge-ports.ts';
 import { CaptureError, PrerequisiteError } from '../errors.ts';
 import { type CommandResult, hasNetAdmin, shellQuote } from './exec.ts';
 import { type CaptureTools, succeeded } from './tools.ts';
-import {
-  captureStatePattern, type CaptureSettings, type CaptureState, chainsExist, cleanupScript, installScript, type IpFamily, isInstalled, parseCaptureState,
-  SOURCE_ROUTE_TABLE, sourceRouteCommands, sourceRouteShown, sourceRuleCount, spoofedDrops,
-} from './rules.ts';
+import { type CaptureSettings, type IpFamily, SOURCE_ROUTE_TABLE, sourceRouteCommands, sourceRouteShown, sourceRuleCount } from './rules.ts';
+import { captureStatePattern, type CaptureState, chainsExist, cleanupScript, installScript, isInstalled, parseCaptureState, spoofedDrops } from './restore.ts';
 import { NFT_TABLE, NFT_TABLE6, nftInstallScript, nftIsInstalled, nftSpoofedDrops } from './nftables.ts';
 
 /** `script`: the iptables-restore (or nft -f) input; `script6`: the ip6tables-restore input, if any. */

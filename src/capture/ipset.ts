@@ -5,7 +5,7 @@
 // addresses (the IPv6 guard), and the pods the agent vouches for (the probe gate).
 import type { CaptureTools } from './tools.ts';
 import { NFT_TABLE, NFT_TABLE6, nftMembersScript, nftVouchScript, parseNftSetJson } from './nftables.ts';
-import { type CaptureSettings, ipsetDiff, parseIpsetMembers, vouchLines } from './rules.ts';
+import type { CaptureSettings } from './rules.ts';
 
 export interface IpsetSync {
   /** Makes the set's members exactly `desired`. Calls are serialized; the last one wins. */
@@ -59,4 +59,27 @@ function serialized(members: () => Promise<Set<string>>, write: (current: Set<st
       return next;
     },
   };
+}
+
+/** The ipset restore input that makes `current` members equal `desired`. */
+export function ipsetDiff(setName: string, current: ReadonlySet<string>, desired: ReadonlySet<string>): string[] {
+  const lines: string[] = [];
+  for (const ip of desired) if (!current.has(ip)) lines.push(`add ${setName} ${ip}`);
+  for (const ip of current) if (!desired.has(ip)) lines.push(`del ${setName} ${ip}`);
+  return lines;
+}
+
+/** Members of a set from `ipset save NAME` output. */
+export function parseIpsetMembers(setName: string, save: string): Set<string> {
+  const members = new Set<string>();
+  for (const line of save.split('\n')) {
+    const parts = line.trim().split(/\s+/);
+    if (parts[0] === 'add' && parts[1] === setName && parts[2]) members.add(parts[2]);
+  }
+  return members;
+}
+
+/** ipset restore input (run with -exist) that vouches for `ips` for `ttlSeconds` more seconds. */
+export function vouchLines(setName: string, ips: Iterable<string>, ttlSeconds: number): string[] {
+  return [...ips].map((ip) => `add ${setName} ${ip} timeout ${ttlSeconds}`);
 }

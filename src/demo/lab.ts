@@ -2,7 +2,7 @@
 // installed by the real `meshlet init` in each node, and one real agent process per node.
 // The demo drives it; the end-to-end tests build on it.
 import type { ChildProcess } from 'node:child_process';
-import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
+import { createWriteStream, type WriteStream } from 'node:fs';
 import { copyFile, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
@@ -10,11 +10,15 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { runCommand } from '../capture/exec.ts';
-import { defaultCaptureSettings, parseIpsetMembers } from '../capture/rules.ts';
+import { parseIpsetMembers } from '../capture/ipset.ts';
+import { defaultCaptureSettings } from '../capture/rules.ts';
 import { NFT_TABLE, parseNftSetJson } from '../capture/nftables.ts';
 import { type NodeNs, type PodNs, Topology } from '../netns/topology.ts';
-import { readPcap, type TcpSegment } from '../netns/pcap.ts';
-import { LOG_FLUSH_MS } from '../telemetry/log.ts';
+import type { TcpSegment } from '../netns/pcap.ts';
+import { capturing, startPacketCapture } from '../netns/packet-capture.ts';
+import { readProcessLog } from './process-logs.ts';
+import { PORTS } from '../ports.ts';
+import { type AgentProcess, type ClientReport, type LabSpec, type PodSpec, workloadsDocument } from './lab-spec.ts';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 export const CLI = join(ROOT, 'src/main.js');
@@ -27,55 +31,6 @@ export const PEER = join(ROOT, 'src/demo/peer.ts');
 export const AGENT_NODE_FLAGS = ['--max-semi-space-size=2'];
 /** The benchmarks' load generator and HTTP server (bench/load.ts). */
 const LOAD_SCRIPT = join(ROOT, 'bench/load.ts');
-
-export interface PodSpec {
-  name: string;
-  namespace?: string;
-  serviceAccount?: string;
-  /** Whether the agent captures it (default true). */
-  captured?: boolean;
-  /** Whether the workloads file lists it at all (default true). */
-  registered?: boolean;
-  /** Its labels (default { app: name }): what MeshPolicy and Service selectors match. */
-  labels?: Record<string, string>;
-  /** Named container ports (for Services' named targetPorts). */
-  ports?: Array<{ name: string; port: number }>;
-}
-
-export interface LabSpec {
-  trustDomain?: string;
-  /** `bridge`: the node's pods share a bridge (topology.ts), as with the bridge CNI. */
-  nodes: Array<{ name: string; pods: PodSpec[]; bridge?: boolean }>;
-  certTtl?: string;
-  agentArgs?: string[];
-  /**
-   * Where agents get certificates: 'local' (default) embeds the CA in each agent (--ca-dir);
-   * 'service' runs `meshlet ca serve` in a namespace of its own and agents use --ca-url.
-   */
-  identity?: 'local' | 'service';
-  /** With identity 'service': how often agents fetch the trust bundle. */
-  bundlePoll?: string;
-  caArgs?: string[];
-  /** A namespace of its own on the underlay for a Kubernetes API stand-in (tests feed agents from it). */
-  apiNode?: boolean;
-  /** The workloads file's `services` (name, namespace, clusterIP, ports, selector or endpoints). */
-  services?: object[];
-  /** Capture with nftables instead of iptables (init and agents). */
-  captureBackend?: 'iptables' | 'nftables';
-  /** Nodes and pods get IPv6 addresses too; the workloads file lists each pod's (`ipv6`). */
-  dualStack?: boolean;
-}
-
-export const CA_PORT = 15012;
-
-export interface AgentProcess {
-  node: NodeNs;
-  /** Sidecar mode: the pod this agent runs in and serves alone. */
-  pod?: PodNs;
-  child: ChildProcess;
-  logFile: string;
-  exited: Promise<number | null>;
-}
 
 export class MeshLab {
   readonly topo: Topology;
@@ -106,7 +61,7 @@ export class MeshLab {
   /** The roots agents are given to verify the CA service (a ConfigMap in a cluster). */
   get trustBundleFile(): string { return join(this.dir, 'trust-bundle.pem'); }
   tokenFile(node: string): string { return join(this.dir, `token-${node}`); }
-  get caUrl(): string { return `https://${this.caNode?.ip}:${CA_PORT}`; }
+  get caUrl(): string { return `https://${this.caNode?.ip}:${PORTS.ca}`; }
   /** The mesh's nodes (the CA's namespace is not one). */
   get meshNodes(): NodeNs[] { return this.topo.nodes.filter((n) => n !== this.caNode && n !== this.apiNode); }
 
@@ -155,22 +110,7 @@ export class MeshLab {
   }
 
   workloadsDocument(filter: (p: PodSpec) => boolean = () => true): object {
-    return {
-      trustDomain: this.trustDomain,
-      nodes: this.meshNodes.map((n) => ({ name: n.name, ip: n.ip })),
-      workloads: [...this.pods.values()].filter((p) => p.spec.registered !== false && filter(p.spec)).map((p) => ({
-        name: p.name,
-        namespace: p.spec.namespace ?? 'default',
-        serviceAccount: p.spec.serviceAccount ?? p.name,
-        ip: p.ip,
-        ...(p.ip6 ? { ipv6: p.ip6 } : {}),
-        node: p.node.name,
-        captured: p.spec.captured ?? true,
-        labels: p.spec.labels ?? { app: p.name },
-        ...(p.spec.ports ? { ports: p.spec.ports } : {}),
-      })),
-      ...(this.spec.services ? { services: this.spec.services } : {}),
-    };
+    return workloadsDocument(this.trustDomain, this.meshNodes, [...this.pods.values()].filter((p) => filter(p.spec)), this.spec.services);
   }
 
   async writeWorkloads(doc: object = this.workloadsDocument()): Promise<void> {
@@ -243,7 +183,7 @@ export class MeshLab {
       if (agent && agent.child.exitCode !== null) {
         throw new Error(`${what} exited with ${agent.child.exitCode}:\n${await readFile(agent.logFile, 'utf8')}`);
       }
-      const r = await this.topo.exec(where.ns, process.execPath, [PEER, 'get', '--url', 'http://127.0.0.1:15021/healthz/ready']);
+      const r = await this.topo.exec(where.ns, process.execPath, [PEER, 'get', '--url', `http://127.0.0.1:${PORTS.readiness}/healthz/ready`]);
       if (r.code === 0) return;
       last = r.stdout || r.stderr;
       await new Promise((res) => setTimeout(res, 150));
@@ -277,7 +217,7 @@ export class MeshLab {
     if (!caNode) throw new Error('this lab has no CA service (identity: service)');
     const { child, logFile, exited } = this.#spawnLogged(caNode.ns, 'ca', process.execPath, [
       CLI, 'ca', 'serve', '--ca-dir', this.caDir, '--tokens', this.tokensFile, '--workloads', this.workloadsFile,
-      '--port', String(CA_PORT), '--san', caNode.ip, '--reload', '500ms', '--cert-ttl', this.spec.certTtl ?? '1h',
+      '--port', String(PORTS.ca), '--san', caNode.ip, '--reload', '500ms', '--cert-ttl', this.spec.certTtl ?? '1h',
       '--trust-domain', this.trustDomain, ...(this.spec.caArgs ?? []), ...extraArgs,
     ]);
     this.ca = { child, logFile, exited };
@@ -298,52 +238,46 @@ export class MeshLab {
 
   /** Every JSON log line the CA service has written so far. */
   async caLog(): Promise<Array<Record<string, any>>> {
-    if (!this.ca) return [];
-    await logBatchWritten(this.ca.child);
-    // The log stream opens asynchronously: no file yet means no lines yet.
-    return parseLogLines(await readFile(this.ca.logFile, 'utf8').catch(() => ''));
+    return this.ca ? readProcessLog(this.ca) : [];
   }
 
   /** An agent's admin or metrics endpoint, from inside its node namespace: the body, and whether it answered 2xx. */
   async agentHttp(node: NodeNs, path: string, opts: { port?: number; method?: string } = {}): Promise<{ ok: boolean; body: string }> {
-    const r = await this.topo.exec(node.ns, process.execPath, [PEER, 'get', '--url', `http://127.0.0.1:${opts.port ?? 15000}${path}`, '--method', opts.method ?? 'GET']);
+    const r = await this.topo.exec(node.ns, process.execPath, [PEER, 'get', '--url', `http://127.0.0.1:${opts.port ?? PORTS.admin}${path}`, '--method', opts.method ?? 'GET']);
     return { ok: r.code === 0, body: r.stdout };
   }
 
-  /** The agent's Prometheus metrics (port 15020), as text. */
+  /** The agent's Prometheus metrics, as text. */
   async metrics(node: NodeNs): Promise<string> {
-    const r = await this.agentHttp(node, '/metrics', { port: 15020 });
+    const r = await this.agentHttp(node, '/metrics', { port: PORTS.metrics });
     if (!r.ok) throw new Error(`metrics on ${node.name} failed: ${r.body}`);
     return r.body;
   }
 
   async configDump(node: Pick<NodeNs, 'name' | 'ns'>): Promise<any> {
-    const r = await this.topo.exec(node.ns, process.execPath, [PEER, 'get', '--url', 'http://127.0.0.1:15000/config_dump']);
-    if (r.code !== 0) throw new Error(`config_dump on ${node.name} failed: ${r.stderr || r.stdout}`);
-    return JSON.parse(r.stdout);
+    const r = await this.agentHttp(node as NodeNs, '/config_dump');
+    if (!r.ok) throw new Error(`config_dump on ${node.name} failed: ${r.body}`);
+    return JSON.parse(r.body);
   }
 
   /** Starts bench/load.ts's HTTP server (1 KB request/response benchmarks) in a pod; resolves once it listens. */
-  async startHttpServer(podName: string, port: number): Promise<ChildProcess> {
-    const child = this.topo.spawn(this.pod(podName).ns, process.execPath, [LOAD_SCRIPT, 'http-server', '--port', String(port)]);
-    this.servers.push(child);
-    await new Promise<void>((res, rej) => {
-      const timer = setTimeout(() => rej(new Error(`HTTP server in ${podName} did not start`)), 10_000);
-      child.stdout?.once('data', () => { clearTimeout(timer); res(); });
-      child.once('exit', (code) => { clearTimeout(timer); rej(new Error(`HTTP server in ${podName} exited ${code}`)); });
-    });
-    return child;
+  startHttpServer(podName: string, port: number): Promise<ChildProcess> {
+    return this.#startApp(podName, 'HTTP server', [LOAD_SCRIPT, 'http-server', '--port', String(port)]);
   }
 
   /** Starts the peer server in a pod and waits until it listens. */
-  async startServer(podName: string, port: number): Promise<ChildProcess> {
-    const pod = this.pod(podName);
-    const child = this.topo.spawn(pod.ns, process.execPath, [PEER, 'serve', '--port', String(port)]);
+  startServer(podName: string, port: number): Promise<ChildProcess> {
+    return this.#startApp(podName, 'server', [PEER, 'serve', '--port', String(port)]);
+  }
+
+  /** A Node script in a pod that says something on stdout once it listens. */
+  async #startApp(podName: string, what: string, args: string[]): Promise<ChildProcess> {
+    const child = this.topo.spawn(this.pod(podName).ns, process.execPath, args);
     this.servers.push(child);
     await new Promise<void>((res, rej) => {
-      const timer = setTimeout(() => rej(new Error(`server in ${podName} did not start`)), 10_000);
+      const timer = setTimeout(() => rej(new Error(`${what} in ${podName} did not start`)), 10_000);
       child.stdout?.once('data', () => { clearTimeout(timer); res(); });
-      child.once('exit', (code) => { clearTimeout(timer); rej(new Error(`server in ${podName} exited ${code}`)); });
+      child.once('exit', (code) => { clearTimeout(timer); rej(new Error(`${what} in ${podName} exited ${code}`)); });
     });
     return child;
   }
@@ -359,37 +293,13 @@ export class MeshLab {
   }
 
   /** Runs `run` with tcpdump on the node's underlay interface; the segments seen while it ran. */
-  async capturing<T>(node: NodeNs, run: () => Promise<T>): Promise<{ result: T; segments: TcpSegment[] }> {
-    const capture = await this.startPacketCapture(node);
-    try {
-      const result = await run();
-      return { result, segments: await capture.stop() };
-    } catch (err) {
-      await capture.stop();
-      throw err;
-    }
+  capturing<T>(node: NodeNs, run: () => Promise<T>): Promise<{ result: T; segments: TcpSegment[] }> {
+    return capturing(this.topo, node, join(this.dir, `capture-${node.name}-${Date.now()}.pcap`), run);
   }
 
   /** Starts tcpdump on a node's underlay interface; stop() returns the TCP segments it saw. */
-  async startPacketCapture(node: NodeNs): Promise<{ stop(): Promise<TcpSegment[]> }> {
-    const file = join(this.dir, `capture-${node.name}-${Date.now()}.pcap`);
-    // --immediate-mode: without it the kernel hands packets over in blocks (up to a second late) and
-    // a capture stopped right after a short exchange loses its tail.
-    const child = this.topo.spawn(node.ns, 'tcpdump', ['-i', node.underlayIf, '-n', '-U', '--immediate-mode', '-s', '0', '-w', file, 'tcp']);
-    // tcpdump says "listening on ..." on stderr once the capture is armed.
-    await new Promise<void>((res, rej) => {
-      const timer = setTimeout(() => rej(new Error('tcpdump did not start')), 10_000);
-      child.stderr?.on('data', (d: Buffer) => { if (d.toString().includes('listening')) { clearTimeout(timer); res(); } });
-      child.once('exit', (code) => { clearTimeout(timer); rej(new Error(`tcpdump exited ${code} (apt-get install tcpdump)`)); });
-    });
-    return {
-      stop: async () => {
-        const exited = new Promise((res) => child.once('exit', res));
-        child.kill('SIGINT');
-        await exited;
-        return readPcap(await readFile(file));
-      },
-    };
+  startPacketCapture(node: NodeNs): Promise<{ stop(): Promise<TcpSegment[]> }> {
+    return startPacketCapture(this.topo, node, join(this.dir, `capture-${node.name}-${Date.now()}.pcap`));
   }
 
   /** Every JSON log line the agent on `nodeName` has written so far. */
@@ -399,9 +309,8 @@ export class MeshLab {
   }
 
   /** The log lines of one agent process (during an upgrade a node has two). */
-  async processLog(agent: AgentProcess): Promise<Array<Record<string, any>>> {
-    await logBatchWritten(agent.child);
-    return parseLogLines(await readFile(agent.logFile, 'utf8').catch(() => ''));
+  processLog(agent: AgentProcess): Promise<Array<Record<string, any>>> {
+    return readProcessLog(agent);
   }
 
   /** Access-log lines (parsed JSON) an agent has written so far. */
@@ -436,42 +345,4 @@ export class MeshLab {
     for (const log of this.#logs) log.end();
     if (!opts.keepDir) await rm(this.dir, { recursive: true, force: true });
   }
-}
-
-function parseLogLines(text: string): Array<Record<string, any>> {
-  return text.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, any>);
-}
-
-/** utime + stime of a process in seconds (fields 14 and 15 of /proc/PID/stat, 100 ticks a second). */
-export function processCpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
-/**
- * meshlet's processes write their log lines in batches (telemetry/log.ts): while one runs, wait a
- * batch out, so that what it did before the call is in its log file.
- */
-async function logBatchWritten(child: ChildProcess): Promise<void> {
-  if (child.exitCode === null && child.signalCode === null) await new Promise((r) => setTimeout(r, 2 * LOG_FLUSH_MS));
-}
-
-/**
- * Proportional set size in MiB: pages shared with other processes (the node binary's, for N sidecars
- * of the same image) counted as a share. Beside RSS, which counts them whole in every process.
- */
-export function processPssMiB(pid: number): number {
-  const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
-  return m ? Number(m[1]) / 1024 : NaN;
-}
-
-/** Resident set size of a process in MiB. */
-export function processRssMiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) / 1024 : NaN;
-}
-
-export interface ClientReport {
-  ok: boolean;
-  results: Array<{ ok: boolean; sent: number; received: number; sentSha: string; receivedSha: string; ms: number; error?: string; reply?: string }>;
 }

@@ -3,7 +3,7 @@ import { Writable } from 'node:stream';
 import { afterEach, describe, it, mock } from 'node:test';
 import pino from 'pino';
 import { ProbeGate } from '../../src/capture/probe-gate.ts';
-import { vouchLines } from '../../src/capture/rules.ts';
+import { vouchLines } from '../../src/capture/ipset.ts';
 
 function harness(opts: { ips?: string[]; fail?: () => boolean; ttlMs?: number } = {}) {
   const applied: string[] = [];

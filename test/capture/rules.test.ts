@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { execFileSync } from 'node:child_process';
+import { ipsetDiff, parseIpsetMembers, vouchLines } from '../../src/capture/ipset.ts';
+import { captureStatePattern, chainsExist, cleanupScript, installScript, isInstalled, parseCaptureState, spoofedDrops } from '../../src/capture/restore.ts';
 import {
-  captureStatePattern, chainRules, chainsExist, cleanupScript, defaultCaptureSettings as s, gateRules, installScript, ipsetDiff, ipv6GuardRules, isInstalled, parseCaptureState, parseIpsetMembers,
-  nftSourceRule, sidecarInboundRules, sidecarOutboundRules, sourceRouteCommands, sourceRouteShown, sourceRuleCount, sourceRules, vouchLines,
-  antiSpoofRules, nonTcpRules, spoofedDrops,
+  antiSpoofRules, chainRules, defaultCaptureSettings as s, gateRules, ipv6GuardRules, nftSourceRule, nonTcpRules, sidecarInboundRules, sidecarOutboundRules,
+  sourceRouteCommands, sourceRouteShown, sourceRuleCount, sourceRules,
 } from '../../src/capture/rules.ts';
 
 // What iptables-save printed on this kind of machine (nf_tables backend) after `meshlet init`.

@@ -4,7 +4,8 @@
 // a test fails.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { MeshLab, processCpuSeconds as cpuSeconds } from '../../src/demo/lab.ts';
+import { MeshLab } from '../../src/demo/lab.ts';
+import { processCpuSeconds as cpuSeconds } from '../../src/demo/process-stats.ts';
 import { tlsRecordTypes } from '../../src/netns/pcap.ts';
 import { eventually } from '../support/wait.ts';
 

@@ -5,7 +5,8 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { type AgentProcess, MeshLab, PEER } from '../../src/demo/lab.ts';
+import { MeshLab, PEER } from '../../src/demo/lab.ts';
+import type { AgentProcess } from '../../src/demo/lab-spec.ts';
 import { eventually } from '../support/wait.ts';
 
 const PORT = 8080;

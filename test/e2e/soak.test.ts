@@ -6,7 +6,8 @@ import assert from 'node:assert/strict';
 import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { MeshLab, PEER, processRssMiB } from '../../src/demo/lab.ts';
+import { MeshLab, PEER } from '../../src/demo/lab.ts';
+import { processRssMiB } from '../../src/demo/process-stats.ts';
 
 const SECONDS = Number(process.env.MESHLET_SOAK_SECONDS ?? 120);
 const WARMUP_SECONDS = 5;

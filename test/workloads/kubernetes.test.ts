@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
-import { buildServices, buildSnapshot, createKubernetesSource, type KubernetesSource, meshMembership, mtlsModes, POD_FIELD_SELECTOR, slimEndpointSlice, slimNamespace, slimNode, slimPod, slimService } from '../../src/workloads/kubernetes.ts';
+import { createKubernetesSource, type KubernetesSource } from '../../src/workloads/kubernetes.ts';
+import { POD_FIELD_SELECTOR, slimEndpointSlice, slimNamespace, slimNode, slimPod, slimService } from '../../src/workloads/kubernetes-objects.ts';
+import { buildServices, buildSnapshot, meshMembership, mtlsModes } from '../../src/workloads/kubernetes-snapshot.ts';
 import type { MeshPolicyObject, MeshSnapshot } from '../../src/workloads/model.ts';
 import { MeshPolicyEngine } from '../../src/policy/engine.ts';
 import { WorkloadRegistry } from '../../src/workloads/registry.ts';

@@ -1,0 +1,75 @@
+// What a MeshLab is made of (its spec) and what it hands back (its agents, its clients' reports).
+import type { ChildProcess } from 'node:child_process';
+import type { NodeNs, PodNs } from '../netns/topology.ts';
+
+export interface PodSpec {
+  name: string;
+  namespace?: string;
+  serviceAccount?: string;
+  /** Whether the agent captures it (default true). */
+  captured?: boolean;
+  /** Whether the workloads file lists it at all (default true). */
+  registered?: boolean;
+  /** Its labels (default { app: name }): what MeshPolicy and Service selectors match. */
+  labels?: Record<string, string>;
+  /** Named container ports (for Services' named targetPorts). */
+  ports?: Array<{ name: string; port: number }>;
+}
+
+export interface LabSpec {
+  trustDomain?: string;
+  /** `bridge`: the node's pods share a bridge (topology.ts), as with the bridge CNI. */
+  nodes: Array<{ name: string; pods: PodSpec[]; bridge?: boolean }>;
+  certTtl?: string;
+  agentArgs?: string[];
+  /**
+   * Where agents get certificates: 'local' (default) embeds the CA in each agent (--ca-dir);
+   * 'service' runs `meshlet ca serve` in a namespace of its own and agents use --ca-url.
+   */
+  identity?: 'local' | 'service';
+  /** With identity 'service': how often agents fetch the trust bundle. */
+  bundlePoll?: string;
+  caArgs?: string[];
+  /** A namespace of its own on the underlay for a Kubernetes API stand-in (tests feed agents from it). */
+  apiNode?: boolean;
+  /** The workloads file's `services` (name, namespace, clusterIP, ports, selector or endpoints). */
+  services?: object[];
+  /** Capture with nftables instead of iptables (init and agents). */
+  captureBackend?: 'iptables' | 'nftables';
+  /** Nodes and pods get IPv6 addresses too; the workloads file lists each pod's (`ipv6`). */
+  dualStack?: boolean;
+}
+
+export interface AgentProcess {
+  node: NodeNs;
+  /** Sidecar mode: the pod this agent runs in and serves alone. */
+  pod?: PodNs;
+  child: ChildProcess;
+  logFile: string;
+  exited: Promise<number | null>;
+}
+
+export interface ClientReport {
+  ok: boolean;
+  results: Array<{ ok: boolean; sent: number; received: number; sentSha: string; receivedSha: string; ms: number; error?: string; reply?: string }>;
+}
+
+/** The workloads file a lab writes: its nodes, and its pods that the file lists. */
+export function workloadsDocument(trustDomain: string, nodes: NodeNs[], pods: Array<PodNs & { spec: PodSpec }>, services?: object[]): object {
+  return {
+    trustDomain,
+    nodes: nodes.map((n) => ({ name: n.name, ip: n.ip })),
+    workloads: pods.filter((p) => p.spec.registered !== false).map((p) => ({
+      name: p.name,
+      namespace: p.spec.namespace ?? 'default',
+      serviceAccount: p.spec.serviceAccount ?? p.name,
+      ip: p.ip,
+      ...(p.ip6 ? { ipv6: p.ip6 } : {}),
+      node: p.node.name,
+      captured: p.spec.captured ?? true,
+      labels: p.spec.labels ?? { app: p.name },
+      ...(p.spec.ports ? { ports: p.spec.ports } : {}),
+    })),
+    ...(services ? { services } : {}),
+  };
+}

@@ -1,0 +1,24 @@
+// What a process costs, read from /proc: CPU seconds, resident and proportional memory. The lab's
+// tests and the benchmarks read their agents' with these.
+import { readFileSync } from 'node:fs';
+
+/** utime + stime of a process in seconds (fields 14 and 15 of /proc/PID/stat, 100 ticks a second). */
+export function processCpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/**
+ * Proportional set size in MiB: pages shared with other processes (the node binary's, for N sidecars
+ * of the same image) counted as a share. Beside RSS, which counts them whole in every process.
+ */
+export function processPssMiB(pid: number): number {
+  const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+/** Resident set size of a process in MiB. */
+export function processRssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
