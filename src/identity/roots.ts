@@ -10,8 +10,8 @@
 //   activate: next.* becomes ca.*; bundle unchanged     (new certificates come from the new root)
 //   finish:   bundle = ca.crt                           (once every certificate was re-issued)
 import { createPrivateKey, X509Certificate } from 'node:crypto';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 import { CaError } from '../errors.ts';
 import { createRootCa, type RootCa, rootTrustDomain } from './ca.ts';
 import { parseBundle } from './pem.ts';
@@ -157,7 +157,7 @@ export class DirRootStore implements RootStore {
   }
 
   async create(files: RootFiles): Promise<boolean> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await makeDir(this.dir, 0o700);
     try {
       // 'wx' fails when the key exists: two racing creators cannot both win.
       await writeFile(join(this.dir, ROOT_FILES.key), files[ROOT_FILES.key] ?? '', { mode: 0o600, flag: 'wx' });
@@ -182,6 +182,31 @@ export class DirRootStore implements RootStore {
       await writeFile(`${path}.tmp`, content, { mode: name.endsWith('.key') ? 0o600 : 0o644 });
       await rename(`${path}.tmp`, path);
     }
+  }
+}
+
+/**
+ * mkdir -p, one level at a time: Node's recursive mkdir spins for ever where a directory can never
+ * be created (under /proc). A path through a file, or a directory that cannot be made, is a CaError.
+ */
+async function makeDir(dir: string, mode: number): Promise<void> {
+  const missing: string[] = [];
+  for (let d = resolve(dir); ; d = dirname(d)) {
+    const found = await stat(d).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw new CaError(`cannot use ${d}: ${err.message}`);
+    });
+    if (found) {
+      if (!found.isDirectory()) throw new CaError(`${d} is not a directory`);
+      break;
+    }
+    missing.unshift(d);
+    if (d === dirname(d)) break;
+  }
+  for (const d of missing) {
+    await mkdir(d, { mode }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw new CaError(`cannot create ${d}: ${err.message}`);
+    });
   }
 }
 

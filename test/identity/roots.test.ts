@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createRootCa } from '../../src/identity/ca.ts';
 import { parseBundle } from '../../src/identity/pem.ts';
+import { CaError } from '../../src/errors.ts';
 import { DirRootStore, ensureRoot, loadRootSet, ROOT_FILES, rotateRoot } from '../../src/identity/roots.ts';
 
 describe('root store and rotation', () => {
@@ -24,6 +25,16 @@ describe('root store and rotation', () => {
     assert.equal(await store.create({ [ROOT_FILES.key]: other.keyPem, [ROOT_FILES.cert]: other.certPem }), false);
     assert.equal((await loadRootSet(store)).signingFingerprint, first.set.signingFingerprint);
     assert.equal((await stat(join(dir, 'a', ROOT_FILES.key))).mode & 0o777, 0o600);
+  });
+
+  it('creates missing directories, and refuses a path it can never create with a CaError, at once', async () => {
+    const files = { [ROOT_FILES.key]: 'k', [ROOT_FILES.cert]: 'c' };
+    assert.equal(await new DirRootStore(join(dir, 'deep', 'er', 'root')).create(files), true);
+    await writeFile(join(dir, 'file'), 'x');
+    await assert.rejects(new DirRootStore(join(dir, 'file')).create(files), (err: Error) => err instanceof CaError && /is not a directory/.test(err.message));
+    await assert.rejects(new DirRootStore(join(dir, 'file', 'sub')).create(files), CaError);
+    // Node's recursive mkdir spun for ever here (meshlet ca init --out /proc/nope).
+    await assert.rejects(new DirRootStore('/proc/meshlet-nope/root').create(files), (err: Error) => err instanceof CaError && /cannot create \/proc\/meshlet-nope/.test(err.message));
   });
 
   it('rotates in three steps, refusing them out of order', async () => {
