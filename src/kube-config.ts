@@ -1,6 +1,9 @@
 // Where meshlet finds the Kubernetes API: a kubeconfig file (--kubeconfig) or, in a pod, the
 // in-cluster configuration (the mounted ServiceAccount token and KUBERNETES_SERVICE_HOST); and what
 // the agent and the CA both read of it.
+import { existsSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { ConfigError } from './errors.ts';
 
@@ -21,12 +24,15 @@ export async function loadKubeConfig(path: string | undefined): Promise<KubeConf
   const { KubeConfig } = await import('@kubernetes/client-node');
   const kc = new KubeConfig();
   try {
+    // In a pod, the pod's own configuration; elsewhere $KUBECONFIG, then ~/.kube/config, as kubectl.
     if (path) kc.loadFromFile(path);
     else if (process.env.KUBERNETES_SERVICE_HOST) kc.loadFromCluster();
-    else throw new Error('not running in a pod (KUBERNETES_SERVICE_HOST is unset); pass --kubeconfig PATH');
+    else if (process.env.KUBECONFIG || existsSync(join(homedir(), '.kube', 'config'))) kc.loadFromDefault();
+    // (loadFromDefault alone would make up a cluster at localhost:8080)
+    else throw new Error('there is no $KUBECONFIG, ~/.kube/config or in-cluster configuration; pass --kubeconfig PATH');
     if (!kc.getCurrentCluster()) throw new Error('it names no current cluster');
   } catch (err) {
-    throw new ConfigError([`cannot load ${path ? `kubeconfig ${path}` : 'the in-cluster configuration'}: ${(err as Error).message}`]);
+    throw new ConfigError([`cannot load ${path ? `kubeconfig ${path}` : 'a Kubernetes configuration'}: ${(err as Error).message}`]);
   }
   return kc;
 }
