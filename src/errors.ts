@@ -144,7 +144,7 @@ export class WorkloadSourceError extends MeshletError {
   readonly code = 'bad_workloads';
   readonly problems: string[];
   constructor(problems: string[]) {
-    super(`invalid workloads: ${problems.join('; ')}`);
+    super(`invalid workloads:\n  - ${problems.join('\n  - ')}`);
     this.problems = problems;
   }
 }

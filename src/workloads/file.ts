@@ -50,7 +50,11 @@ export function parseWorkloadsFile(text: string): MeshSnapshot {
   try {
     doc = parse(text, { maxAliasCount: 100 });
   } catch (err) {
-    throw new WorkloadSourceError([`not valid YAML: ${(err as Error).message.split('\n')[0]}`]);
+    // yaml's message ends in "at line L, column C:" and an excerpt on the lines after: say where, then why.
+    const e = err as Error & { linePos?: Array<{ line: number; col: number }> };
+    const reason = (e.message.split('\n')[0] ?? '').replace(/ at line \d+, column \d+:?$/, '');
+    const at = e.linePos?.[0] ? ` at line ${e.linePos[0].line}, column ${e.linePos[0].col}` : '';
+    throw new WorkloadSourceError([`not valid YAML${at}: ${reason}`]);
   }
   if (!isRecord(doc)) throw new WorkloadSourceError(['the document must be a mapping with trustDomain, nodes and workloads']);
   const problems: string[] = [];

@@ -102,6 +102,8 @@ policies:
 
   it('rejects documents that are not YAML mappings', () => {
     assert.match(problems('a: [').join(), /not valid YAML/);
+    // Where, then why; no dangling "column 1:" with the excerpt cut off.
+    assert.deepEqual(problems('trustDomain: td\nnodes:\n  - name: a\n ip: [\n'), ['not valid YAML at line 4, column 1: All mapping items must start at the same column']);
     assert.match(problems('- 1\n- 2').join(), /must be a mapping/);
     assert.match(problems('trustDomain: td').join(), /nodes: required list/);
   });
