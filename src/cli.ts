@@ -30,7 +30,7 @@ const COMMANDS: ReadonlyArray<{ name: string; usage: string; what: string; flags
   { name: 'ca', usage: 'ca rotate prepare|activate|finish (--ca-dir DIR | --kubernetes)', what: 'one step of a root rotation (see ARCHITECTURE.md)', flags: [{ title: 'ca rotate', table: CA_ROTATE_FLAGS }] },
   {
     name: 'policy', usage: 'policy check --from ID|IP --to NS/NAME:PORT (--workloads FILE | --kubernetes [--kubeconfig F]) [--json]',
-    what: 'the decision the agents would make, and the policy behind it (exit 0 allowed, 1 denied)', flags: [{ title: 'policy check', table: POLICY_CHECK_FLAGS }],
+    what: 'the decision the agents would make, and the policy behind it (exit 0 allowed, 1 denied, 4 could not decide)', flags: [{ title: 'policy check', table: POLICY_CHECK_FLAGS }],
   },
   { name: 'status', usage: 'status [--admin URL] [--json]', what: 'a node agent\'s workloads, certificates, policies, connections', flags: [{ title: 'status', table: STATUS_FLAGS }] },
   { name: 'cost', usage: 'cost [--nodes N --pods-per-node P ...] [--json]', what: 'what sidecars and meshlet reserve in a cluster, and cost a month (figures are Kubernetes quantities)', flags: [{ title: 'cost', table: COST_FLAGS }] },
@@ -186,7 +186,13 @@ async function cmdPolicy(argv: string[]): Promise<number> {
   const config = loadPolicyCheckConfig(rest);
   const { readSnapshotOnce } = await import('./workloads/from-config.ts');
   const { checkConnection, formatCheck } = await import('./policy/check.ts');
-  const snapshot = await readSnapshotOnce(config.workloads, createLogger('warn', { component: 'policy-check' }));
+  // Quiet: what went wrong is the one line below, not the source's retries as log lines.
+  const snapshot = await readSnapshotOnce(config.workloads, createLogger('silent'), 10_000).catch((err: Error) => {
+    const problems = (err as { problems?: string[] }).problems;
+    process.stderr.write(`meshlet policy check: could not decide: ${problems ? problems.join('; ') : err.message}\n`);
+    return undefined;
+  });
+  if (!snapshot) return 4;
   const result = checkConnection(snapshot, config.from, config.to);
   process.stdout.write(config.json ? `${JSON.stringify(result, null, 2)}\n` : formatCheck(result));
   return result.decision.allowed ? 0 : 1;

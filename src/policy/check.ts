@@ -18,11 +18,14 @@ export interface CheckResult {
 function findDestination(snapshot: MeshSnapshot, text: string): { workload: Workload; port: number } {
   const m = /^(.+):(\d{1,5})$/.exec(text);
   const port = Number(m?.[2]);
-  if (!m || port < 1 || port > 65535) throw new ConfigError([`--to: ${JSON.stringify(text)} is not WORKLOAD:PORT (namespace/name:port or ip:port)`]);
+  if (!m || port < 1 || port > 65535) throw new ConfigError([`--to: ${JSON.stringify(text)} is not WORKLOAD:PORT (namespace/name:port, name:port or ip:port)`]);
   const target = m[1]!;
-  const workload = isIP(target)
-    ? snapshot.workloads.find((w) => w.ip === target)
-    : snapshot.workloads.find((w) => `${w.namespace}/${w.name}` === target);
+  // NAME alone will do when one namespace has it.
+  const matches = isIP(target) ? snapshot.workloads.filter((w) => w.ip === target)
+    : target.includes('/') ? snapshot.workloads.filter((w) => `${w.namespace}/${w.name}` === target)
+      : snapshot.workloads.filter((w) => w.name === target);
+  if (matches.length > 1) throw new ConfigError([`--to: ${target} is in several namespaces (${matches.map((w) => w.namespace).join(', ')}): write namespace/${target}`]);
+  const workload = matches[0];
   if (!workload) throw new ConfigError([`--to: no workload ${target} in the mesh`]);
   if (!workload.captured) throw new ConfigError([`--to: ${target} is not captured: traffic to it never meets a policy`]);
   return { workload, port };

@@ -1,4 +1,5 @@
 // The workload source a WorkloadsConfig names, and a one-shot read of it (for `meshlet policy check`).
+import { access, constants } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import type { WorkloadsConfig } from '../config/common.ts';
 import { WorkloadSourceError } from '../errors.ts';
@@ -16,10 +17,17 @@ export async function workloadSource(config: WorkloadsConfig, log: Logger): Prom
 
 /** The first complete snapshot the source delivers; a rejected file or a timeout is an error. */
 export async function readSnapshotOnce(config: WorkloadsConfig, log: Logger, timeoutMs = 30_000): Promise<MeshSnapshot> {
+  // An agent waits for its file to appear; a one-shot reader says at once that it is not there.
+  if (config.kind === 'file') {
+    await access(config.path, constants.R_OK).catch((err: Error) => { throw new WorkloadSourceError([`cannot read ${config.path}: ${err.message}`]); });
+  }
   const source = await workloadSource(config, log);
   try {
     return await new Promise<MeshSnapshot>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new WorkloadSourceError([`no complete view of the workloads within ${timeoutMs} ms`])), timeoutMs);
+      const timer = setTimeout(() => {
+        const last = (source.status?.() as { lastError?: string } | undefined)?.lastError;
+        reject(new WorkloadSourceError([`no complete view of the workloads within ${timeoutMs} ms${last ? ` (last error: ${last})` : ''}`]));
+      }, timeoutMs);
       source.start({
         onSnapshot: (s) => { clearTimeout(timer); resolve(s); },
         onError: (err) => { clearTimeout(timer); reject(err); },

@@ -58,6 +58,8 @@ describe('policy check', () => {
     assert.throws(() => checkConnection(snapshot, 'web', 'shop/db:5432'), (e: unknown) => e instanceof ConfigError && /neither a SPIFFE ID nor an IP/.test(e.message));
     assert.throws(() => checkConnection(snapshot, '10.1.0.10', 'shop/db'), /is not WORKLOAD:PORT/);
     assert.throws(() => checkConnection(snapshot, '10.1.0.10', 'shop/nope:80'), /no workload shop\/nope/);
+    // NAME:PORT alone, as the help writes it, when one namespace has the name.
+    assert.equal(checkConnection(snapshot, '10.1.0.10', 'db:5432').to.workload, 'shop/db');
     assert.throws(() => checkConnection(snapshot, '10.1.0.10', 'legacy/old:80'), /is not captured/);
   });
 
@@ -80,6 +82,14 @@ describe('policy check', () => {
       const bad = cli('--from', '10.1.0.30');
       assert.equal(bad.status, 2);
       assert.match(bad.stderr, /--to \(namespace\/name:port or ip:port\) is required/);
+    });
+
+    it('exits 4, in one line, when it cannot decide (the workloads cannot be read)', () => {
+      const r = spawnSync(process.execPath, [join(import.meta.dirname, '../../src/cli.ts'), 'policy', 'check', '--from', '10.1.0.30', '--to', 'shop/db:5432', '--workloads', join(dir, 'missing.yaml')], { encoding: 'utf8' });
+      assert.equal(r.status, 4, r.stderr);
+      assert.match(r.stderr, /^meshlet policy check: could not decide: /);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.equal(r.stdout, '');
     });
   });
 });
