@@ -62,8 +62,10 @@ async function cmdInit(argv: string[]): Promise<number> {
   const config = loadInitConfig(argv);
   if (config.cleanup) {
     const script = await cleanupCapture(CaptureTools.spawned(), config.capture, { dryRun: config.dryRun });
+    // stdout is exactly the commands that would run; whether there are any is said on stderr.
     if (config.dryRun) process.stdout.write(script);
-    else process.stderr.write(script ? 'meshlet init: capture removed\n' : 'meshlet init: nothing to remove\n');
+    if (!script) process.stderr.write(`meshlet init${config.dryRun ? ' --dry-run' : ''}: nothing of meshlet's is installed; nothing to remove\n`);
+    else if (!config.dryRun) process.stderr.write('meshlet init: capture removed\n');
     return 0;
   }
   const result = await installCapture(CaptureTools.spawned(), config.capture, { dryRun: config.dryRun });

@@ -162,6 +162,10 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     const again = await meshlet(['init', '--cleanup']);
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stderr, /nothing to remove/);
+    const dry = await meshlet(['init', '--cleanup', '--dry-run']);
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.equal(dry.stdout, '');
+    assert.match(dry.stderr, /--dry-run: nothing of meshlet's is installed; nothing to remove/, 'a dry run that would do nothing says so');
     assert.equal(await save(), pristine);
   });
 
