@@ -10,6 +10,7 @@ import { configDump } from './admin/config-dump.ts';
 import { Readiness } from './admin/server.ts';
 import { hasNetAdmin } from './capture/exec.ts';
 import { createVouchWriter } from './capture/ipset.ts';
+import { resolveIptablesMode } from './capture/iptables-mode.ts';
 import { CaptureKeeper } from './capture/keeper.ts';
 import { ProbeGate } from './capture/probe-gate.ts';
 import { CaptureTools } from './capture/tools.ts';
@@ -132,6 +133,10 @@ export class Agent {
     deps.log.info(malloc, malloc.applied ? 'malloc tuned' : 'malloc not tuned');
     // First, while this process is small: the shell that runs every capture tool from now on.
     const tools = CaptureTools.throughShells();
+    // Into the iptables kube-proxy and the CNI use, as init does (capture/iptables-mode.ts).
+    const { settings: capture, reason } = await resolveIptablesMode(tools, config.capture);
+    if (capture.backend === 'iptables') deps.log.info({ iptablesMode: capture.iptablesMode, reason }, 'iptables mode');
+    config = { ...config, capture };
     const source = deps.source ?? await workloadSource(config.workloads, deps.log);
     const registry = new WorkloadRegistry(config.nodeName, config.sidecar);
     const provider = await identityProvider(config, deps.log, () => registry.trustDomain);
@@ -141,7 +146,7 @@ export class Agent {
       onSnapshot: (s) => agent.#apply(s),
       onError: (err) => agent.#log.error({ err: err.message }, 'workload source rejected an update; the last good registry stays in force'),
     });
-    await agent.#listenControl();
+    agent.#servers.push(...await listenAgentEndpoints({ config, log: deps.log, readiness: agent.readiness, metrics: agent.metrics, configDump: () => agent.configDump() }));
     // One look past the wait for certificates (#advance), since nothing else may happen then.
     agent.#after(LISTEN_ANYWAY_MS, () => agent.#advance());
     agent.#advance();
@@ -264,10 +269,6 @@ export class Agent {
   #after(ms: number, fn: () => void): void {
     const t = setTimeout(() => { this.#timers.delete(t); fn(); }, ms).unref();
     this.#timers.add(t);
-  }
-
-  async #listenControl(): Promise<void> {
-    this.#servers.push(...await listenAgentEndpoints({ config: this.config, log: this.#rootLog, readiness: this.readiness, metrics: this.metrics, configDump: () => this.configDump() }));
   }
 
   configDump(): unknown {

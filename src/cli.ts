@@ -1,6 +1,7 @@
 // meshlet's command line: init (capture), agent, ca, demo.
 import { Agent } from './agent.ts';
 import { cleanupCapture, dryRunText, installCapture, ipsetCreateArgs, sourceRouteText } from './capture/install.ts';
+import { iptablesTool, resolveIptablesMode } from './capture/iptables-mode.ts';
 import { enableMigrateReq } from './capture/sysctl.ts';
 import { CaptureTools } from './capture/tools.ts';
 import { AGENT_FLAGS, loadAgentConfig } from './config/agent.ts';
@@ -59,16 +60,21 @@ export function usageFor(command: string): string {
 }
 
 async function cmdInit(argv: string[]): Promise<number> {
-  const config = loadInitConfig(argv);
+  const loaded = loadInitConfig(argv);
+  const tools = CaptureTools.spawned();
+  // Into the iptables kube-proxy and the CNI use (capture/iptables-mode.ts), said before anything is written.
+  const { settings: capture, reason } = await resolveIptablesMode(tools, loaded.capture);
+  if (capture.backend === 'iptables') process.stderr.write(`meshlet init: iptables mode ${capture.iptablesMode} (${reason})\n`);
+  const config = { ...loaded, capture };
   if (config.cleanup) {
-    const script = await cleanupCapture(CaptureTools.spawned(), config.capture, { dryRun: config.dryRun });
+    const script = await cleanupCapture(tools, config.capture, { dryRun: config.dryRun });
     // stdout is exactly the commands that would run; whether there are any is said on stderr.
     if (config.dryRun) process.stdout.write(script);
     if (!script) process.stderr.write(`meshlet init${config.dryRun ? ' --dry-run' : ''}: nothing of meshlet's is installed; nothing to remove\n`);
     else if (!config.dryRun) process.stderr.write('meshlet init: capture removed\n');
     return 0;
   }
-  const result = await installCapture(CaptureTools.spawned(), config.capture, { dryRun: config.dryRun });
+  const result = await installCapture(tools, config.capture, { dryRun: config.dryRun });
   if (result.action === 'dry-run') {
     // stdout is exactly the iptables-restore (or nft -f) input, then the ip6tables-restore input
     // after a comment line; ipsets are created first.
@@ -77,10 +83,10 @@ async function cmdInit(argv: string[]): Promise<number> {
     } else {
       const sets = ipsetCreateArgs(config.capture).map((a) => `\`ipset ${a.join(' ')}\``).join(' and ');
       const route = config.capture.mode === 'node' ? `, then ${sourceRouteText()}` : '';
-      const v6 = result.script6 ? ', and `ip6tables-restore --noflush` with the input after its comment line' : '';
-      process.stderr.write(`meshlet init --dry-run: would run ${sets ? `${sets}, then ` : ''}\`iptables-restore --noflush\` with the input below${v6}${route}:\n`);
+      const v6 = result.script6 ? `, and \`${iptablesTool(config.capture, 6, 'restore')} --noflush\` with the input after its comment line` : '';
+      process.stderr.write(`meshlet init --dry-run: would run ${sets ? `${sets}, then ` : ''}\`${iptablesTool(config.capture, 4, 'restore')} --noflush\` with the input below${v6}${route}:\n`);
     }
-    process.stdout.write(dryRunText(result.script, result.script6));
+    process.stdout.write(dryRunText(config.capture, result.script, result.script6));
   } else {
     process.stderr.write(`meshlet init: capture ${result.action}\n`);
     // Not fatal: without it an upgrade may reset connections queued at the moment of the switch.

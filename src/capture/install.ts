@@ -11,6 +11,7 @@ import { type CommandResult, hasNetAdmin, shellQuote } from './exec.ts';
 import { type CaptureTools, succeeded } from './tools.ts';
 import { type CaptureSettings, type IpFamily, SOURCE_ROUTE_TABLE, sourceRouteCommands, sourceRouteShown, sourceRuleCount } from './rules.ts';
 import { captureStatePattern, type CaptureState, chainsExist, cleanupScript, installScript, isInstalled, parseCaptureState, spoofedDrops } from './restore.ts';
+import { iptablesTool } from './iptables-mode.ts';
 import { NFT_TABLE, NFT_TABLE6, nftInstallScript, nftIsInstalled, nftSpoofedDrops } from './nftables.ts';
 
 /** `script`: the iptables-restore (or nft -f) input; `script6`: the ip6tables-restore input, if any. */
@@ -29,15 +30,13 @@ export function captureFamilies(s: CaptureSettings): IpFamily[] {
   return s.mode === 'node' && ipv6Enabled() ? [4, 6] : [4];
 }
 
-const SAVE = { 4: 'iptables-save', 6: 'ip6tables-save' } as const;
-const RESTORE = { 4: 'iptables-restore', 6: 'ip6tables-restore' } as const;
 
 /**
  * What `--dry-run` prints: the iptables-restore input, then (when there is one) a comment line and
  * the ip6tables-restore input.
  */
-export function dryRunText(script: string, script6: string | undefined): string {
-  return script6 ? `${script}# ${RESTORE[6]} --noflush\n${script6}` : script;
+export function dryRunText(s: CaptureSettings, script: string, script6: string | undefined): string {
+  return script6 ? `${script}# ${iptablesTool(s, 6, 'restore')} --noflush\n${script6}` : script;
 }
 
 function assertPrivileged(): void {
@@ -56,7 +55,7 @@ const NO_SAVE_TOOL = 'meshlet: no save tool';
  * the shell that runs the save tool, so a node's kube-proxy rules never reach the agent.
  */
 export async function readCaptureState(tools: CaptureTools, s: CaptureSettings, family: IpFamily = 4): Promise<CaptureState> {
-  const save = SAVE[family];
+  const save = iptablesTool(s, family, 'save');
   const script = [
     `command -v ${save} >/dev/null || { echo '${NO_SAVE_TOOL}' >&2; exit 1; }`,
     // With counters (-c): the anti-spoofing rule's is the agent's count of spoofed packets dropped.
@@ -169,8 +168,8 @@ export async function installCapture(tools: CaptureTools, s: CaptureSettings, op
     const before = await readCaptureState(tools, s, f);
     scripts.set(f, installScript(s, before, f));
     if (isInstalled(s, before, f)) continue;
-    await tools.tool(RESTORE[f], ['--noflush'], scripts.get(f));
-    if (!isInstalled(s, await readCaptureState(tools, s, f), f)) throw new CaptureError(`capture rules were applied but ${SAVE[f]} does not show them in place`);
+    await tools.tool(iptablesTool(s, f, 'restore'), ['--noflush'], scripts.get(f));
+    if (!isInstalled(s, await readCaptureState(tools, s, f), f)) throw new CaptureError(`capture rules were applied but ${iptablesTool(s, f, 'save')} does not show them in place`);
     changed = true;
   }
   if (node && !(await sourceRouteInstalled(tools))) {
@@ -203,9 +202,9 @@ export async function cleanupCapture(tools: CaptureTools, s: CaptureSettings, op
   const families = captureFamilies(s);
   const scripts = new Map<IpFamily, string>();
   for (const f of families) scripts.set(f, cleanupScript(s, hasNetAdmin() ? await readCaptureState(tools, s, f) : parseCaptureState(''), f) ?? '');
-  const text = dryRunText(scripts.get(4) ?? '', scripts.get(6));
+  const text = dryRunText(s, scripts.get(4) ?? '', scripts.get(6));
   if (opts.dryRun) return text;
-  for (const [f, script] of scripts) if (script) await tools.tool(RESTORE[f], ['--noflush'], script);
+  for (const [f, script] of scripts) if (script) await tools.tool(iptablesTool(s, f, 'restore'), ['--noflush'], script);
   if (s.mode === 'sidecar') return text;
   await cleanupSourceRoute(tools);
   const sets = (await tools.tool('ipset', ['list', '-n'])).split('\n');
@@ -256,8 +255,8 @@ export async function checkCapture(tools: CaptureTools, s: CaptureSettings): Pro
   if (!families.every((f) => chainsExist(s, state(f), f))) return { state: 'absent' };
   for (const f of families) {
     if (isInstalled(s, state(f), f)) continue;
-    await tools.tool(RESTORE[f], ['--noflush'], installScript(s, state(f), f));
-    if (!isInstalled(s, await readCaptureState(tools, s, f), f)) throw new CaptureError(`capture was repaired but ${SAVE[f]} does not show it in place`);
+    await tools.tool(iptablesTool(s, f, 'restore'), ['--noflush'], installScript(s, state(f), f));
+    if (!isInstalled(s, await readCaptureState(tools, s, f), f)) throw new CaptureError(`capture was repaired but ${iptablesTool(s, f, 'save')} does not show it in place`);
   }
   if (node) await installSourceRoute(tools);
   return { state: 'repaired', ...counted };

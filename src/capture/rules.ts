@@ -22,6 +22,11 @@ export interface CaptureSettings {
    * before kube-proxy's dstnat chain: for nodes whose kube-proxy runs in nftables mode).
    */
   backend: 'iptables' | 'nftables';
+  /**
+   * With the iptables backend: which iptables writes the rules, legacy or nft (iptables-mode.ts);
+   * `auto` until read off the node, as kube-proxy's wrapper does.
+   */
+  iptablesMode: 'auto' | 'legacy' | 'nft';
   /** ipset (hash:ip) whose members are this node's captured pod IPs (an nftables set of that name with nftables). */
   ipset: string;
   /**
@@ -78,6 +83,7 @@ export const defaultCaptureSettings: CaptureSettings = {
   proxyGid: 1337,
   passPorts: [PORTS.tunnel, PORTS.metrics, PORTS.readiness],
   backend: 'iptables',
+  iptablesMode: 'auto',
   ipset: 'meshlet-captured',
   destinationsIpset: 'meshlet-destinations',
   strictIpset: 'meshlet-strict',

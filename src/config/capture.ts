@@ -17,6 +17,7 @@ export const CAPTURE_FLAGS = [
   { name: 'chain', ...CHAIN, default: d.chain, help: 'meshlet\'s nat chain' },
   { name: 'gate-chain', ...CHAIN, default: d.gateChain, help: 'the probe gate\'s filter chain' },
   { name: 'capture-backend', type: 'one-of', values: ['iptables', 'nftables'], default: d.backend, help: 'nftables where kube-proxy runs in nftables mode' },
+  { name: 'iptables-mode', type: 'one-of', values: ['auto', 'legacy', 'nft'], default: d.iptablesMode, help: 'which iptables writes the rules; auto: the one the kubelet\'s hint chain or most of the node\'s rules are in, as kube-proxy decides' },
   { name: 'proxy-gid', type: 'int', min: 1, max: 2 ** 31 - 1, default: String(d.proxyGid), help: 'sidecar mode: the agent\'s group id, whose connections are not captured (not 0: root\'s would escape)' },
 ] as const satisfies readonly Flag[];
 
@@ -41,6 +42,7 @@ export function captureSettings(v: FlagValues<typeof CAPTURE_FLAGS>, p: Problems
     proxyGid: v['proxy-gid'],
     passPorts: [v['tunnel-port'], PORTS.metrics, PORTS.readiness],
     backend: v['capture-backend'],
+    iptablesMode: v['iptables-mode'],
     ipset: v.ipset, destinationsIpset: v['destinations-ipset'], ipset6: v.ipset6, gateIpset: v['gate-ipset'],
     chain: v.chain, gateChain: v['gate-chain'],
     outboundPort: v['outbound-port'], inboundPlaintextPort: v['inbound-port'], tunnelPort: v['tunnel-port'],

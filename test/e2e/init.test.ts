@@ -80,8 +80,10 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     assert.match(r.stderr, /ipset create meshlet-destinations hash:ip/);
     assert.match(r.stderr, /ipset create meshlet-vouched hash:ip family inet timeout/);
     assert.match(r.stderr, /ipset create meshlet-captured6 hash:ip family inet6/);
-    // Then the IPv6 guard's ip6tables-restore input, after its comment line.
-    const [v4, v6] = r.stdout.split('# ip6tables-restore --noflush\n');
+    // Then the IPv6 guard's ip6tables-restore input, after its comment line, which names the tool of
+    // the iptables mode read off the node (nft here: the node's rules were written by iptables-nft).
+    assert.match(r.stderr, /^meshlet init: iptables mode nft \(the host's rules are there/m);
+    const [v4, v6] = r.stdout.split('# ip6tables-nft-restore --noflush\n');
     assert.match(v6 ?? '', /^\*filter\n:MESHLET_IPV6 - \[0:0\]\n/);
     assert.match(v6 ?? '', /^-I FORWARD 1 -j MESHLET_IPV6$/m);
     assert.equal(await save(), pristine);
