@@ -119,6 +119,19 @@ describe('manifests', () => {
     }
   });
 
+  it('describes every field of MeshPolicy\'s spec, for `kubectl explain meshpolicy.spec`', () => {
+    const missing: string[] = [];
+    const walk = (node: any, path: string) => {
+      for (const [name, child] of Object.entries<any>(node.properties ?? {})) {
+        if (!child.description) missing.push(`${path}.${name}`);
+        walk(child, `${path}.${name}`);
+        if (child.items) walk(child.items, `${path}.${name}[]`);
+      }
+    };
+    walk({ properties: { spec: meshPolicySchema.properties.spec } }, '');
+    assert.deepEqual(missing, []);
+  });
+
   it('runs the agent as the design says: hostNetwork, init container, least capabilities, probes, rollout, tolerations, CA token', () => {
     const ds = one('DaemonSet', 'meshlet-agent');
     const pod = ds.spec.template.spec;
