@@ -12,7 +12,10 @@ import { type Flag, flagHelp } from './config/flags.ts';
 import { CaError, ConfigError, MeshletError, PrerequisiteError } from './errors.ts';
 import type { Logger } from 'pino';
 import { createLocalAuthorizer, type NodeAuthorizer } from './ca/authorizer.ts';
+import { CaMetrics } from './ca/metrics.ts';
 import { CaService } from './ca/server.ts';
+import { createMetricsServer } from './admin/server.ts';
+import { listen } from './proxy/listeners.ts';
 import { bundleSize } from './identity/pem.ts';
 import { DirRootStore, ensureRoot, initRoot, ROOT_FILES, type RootSet, type RootStore, rotateRoot, type RotationStep } from './identity/roots.ts';
 import { createLogger } from './telemetry/log.ts';
@@ -165,17 +168,24 @@ async function cmdCaServe(argv: string[]): Promise<number> {
     throw new CaError(`the root in ${store.where} is for trust domain ${set.trustDomain}, not --trust-domain ${config.trustDomain}`);
   }
   if (created) log.info({ store: store.where, signingRoot: set.signingFingerprint }, 'no root found: created one');
-  const service = await CaService.start({
+  // The roots are read at scrape time, once the service exists (no scrape comes before it listens).
+  let service: CaService | undefined;
+  const metrics = config.metrics ? new CaMetrics(() => service!.roots) : undefined;
+  service = await CaService.start({
     store, authorizer, log, certTtlMs: config.certTtlMs, servingNames: config.servingNames, maxBodyBytes: config.maxBodyBytes,
     ratePerSecond: config.ratePerSecond, burst: config.burst, reloadMs: config.reloadMs, ...(onRoots ? { onRoots } : {}),
+    ...(metrics ? { onRequest: (outcome: string, seconds: number) => metrics.request(outcome, seconds) } : {}),
   });
   await service.listen(config.port, config.listenAddress);
+  const metricsServer = metrics ? createMetricsServer(() => metrics.text()) : undefined;
+  if (metricsServer && config.metrics) await listen(metricsServer, { port: config.metrics.port, host: config.metrics.address });
   log.info({ address: config.listenAddress, port: config.port, trustDomain: set.trustDomain, authorizer: authorizer.name, store: store.where }, 'CA listening');
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', () => resolve());
     process.once('SIGINT', () => resolve());
   });
   await service.close();
+  metricsServer?.close();
   log.info('CA stopped');
   return 0;
 }

@@ -6,6 +6,8 @@ export const PORTS = {
   inboundPlaintext: 15006,
   tunnel: 15008,
   ca: 15012,
+  /** The CA's /metrics (Istio's istiod monitoring port). */
+  caMetrics: 15014,
   metrics: 15020,
   readiness: 15021,
 } as const;

@@ -10,6 +10,7 @@ import { Ajv } from 'ajv';
 import { parseAllDocuments } from 'yaml';
 import { loadAgentConfig } from '../src/config/agent.ts';
 import { loadCaServeConfig } from '../src/config/ca.ts';
+import { CaMetrics } from '../src/ca/metrics.ts';
 import { loadInitConfig } from '../src/config/capture.ts';
 import { POD_FIELD_SELECTOR } from '../src/workloads/kubernetes-objects.ts';
 import { MeshMetrics } from '../src/telemetry/metrics.ts';
@@ -208,31 +209,43 @@ describe('manifests', () => {
 
   describe('monitoring', () => {
     const monitoring = render(join(ROOT, 'monitoring'));
-    const find = (kind: string) => monitoring.find((o) => o.kind === kind)!;
+    const find = (kind: string, name?: string) => monitoring.find((o) => o.kind === kind && (!name || o.metadata.name === name))!;
     const dashboard = JSON.parse(find('ConfigMap').data['meshlet-dashboard.json']);
     const rules = find('PrometheusRule').spec.groups.flatMap((g: any) => g.rules);
     const exprs: string[] = [...rules.map((r: any) => r.expr), ...dashboard.panels.flatMap((p: any) => p.targets.map((t: any) => t.expr))];
 
     it('validates against the Kubernetes and Prometheus Operator schemas', async () => {
-      assert.deepEqual(monitoring.map((o) => o.kind).sort(), ['ConfigMap', 'PodMonitor', 'PrometheusRule']);
+      assert.deepEqual(monitoring.map((o) => o.kind).sort(), ['ConfigMap', 'PodMonitor', 'PodMonitor', 'PrometheusRule']);
       for (const o of monitoring) await assert.doesNotReject(validateBuiltIn(o), `${o.kind}/${o.metadata.name}`);
       assert.equal(find('ConfigMap').metadata.labels.grafana_dashboard, '1');
     });
 
     it('scrapes the agents where they serve metrics', () => {
-      const pm = find('PodMonitor');
+      const pm = find('PodMonitor', 'meshlet-agent');
       const ds = one('DaemonSet', 'meshlet-agent');
       for (const [k, v] of Object.entries(pm.spec.selector.matchLabels)) assert.equal(ds.spec.template.metadata.labels[k], v);
       const agent = loadAgentConfig(ds.spec.template.spec.containers[0].args.slice(1), { NODE_NAME: 'n' });
       assert.equal(pm.spec.podMetricsEndpoints[0].portNumber, agent.ports.metrics);
       assert.equal(ds.spec.template.metadata.annotations['prometheus.io/port'], String(agent.ports.metrics));
-      for (const e of exprs.filter((x) => x.includes('job='))) assert.match(e, /job="meshlet-system\/meshlet-agent"/, 'the PodMonitor job label is <namespace>/<name>');
+      for (const e of exprs.filter((x) => x.includes('job='))) assert.match(e, /job="meshlet-system\/meshlet-(agent|ca)"/, 'the PodMonitor job label is <namespace>/<name>');
+    });
+
+    it('scrapes the CA on the port its Deployment names, which is where `ca serve` listens', () => {
+      const pm = find('PodMonitor', 'meshlet-ca');
+      const deploy = one('Deployment', 'meshlet-ca');
+      for (const [k, v] of Object.entries(pm.spec.selector.matchLabels)) assert.equal(deploy.spec.template.metadata.labels[k], v);
+      const container = deploy.spec.template.spec.containers[0];
+      const port = container.ports.find((p: any) => p.name === pm.spec.podMetricsEndpoints[0].port);
+      assert.equal(port?.containerPort, loadCaServeConfig(container.args.slice(2), {}).metrics?.port);
     });
 
     it('alerts on agent down, certificates near expiry and deny spikes, using only metrics meshlet exports', async () => {
       const names = rules.map((r: any) => r.alert);
-      for (const want of ['MeshletAgentDown', 'MeshletCertificateExpiringSoon', 'MeshletPolicyDenySpike']) assert.ok(names.includes(want), want);
-      const exported = new Set((await new MeshMetrics().registry.getMetricsAsJSON()).map((m) => m.name));
+      for (const want of ['MeshletAgentDown', 'MeshletCertificateExpiringSoon', 'MeshletPolicyDenySpike', 'MeshletCaDown', 'MeshletCaRefusing', 'MeshletCaRootExpiring']) assert.ok(names.includes(want), want);
+      const exported = new Set([
+        ...(await new MeshMetrics().registry.getMetricsAsJSON()),
+        ...(await new CaMetrics(() => ({ trustBundlePem: '', signingFingerprint: '' })).registry.getMetricsAsJSON()),
+      ].map((m) => m.name));
       const used = new Set(exprs.flatMap((e) => [...e.matchAll(/\b(meshlet_[a-z_]+|process_[a-z_]+)/g)].map((m) => m[1]!.replace(/_(bucket|count|sum)$/, ''))));
       assert.ok(used.size >= 8);
       for (const m of used) assert.ok(exported.has(m), `${m} is used by an alert or the dashboard but not exported`);

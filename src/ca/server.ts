@@ -47,6 +47,8 @@ export interface CaServiceOptions {
   reloadMs: number;
   /** Called with every new root set (the Kubernetes mode publishes the bundle ConfigMap). */
   onRoots?: (roots: RootSet) => Promise<void> | void;
+  /** Told each request's outcome and duration (the CA's metrics). */
+  onRequest?: (outcome: string, seconds: number) => void;
 }
 
 export interface CaStats {
@@ -172,7 +174,14 @@ export class CaService {
     }
   }
 
+  /** The trust bundle and the signing root now (the metrics read them at scrape time). */
+  get roots(): { trustBundlePem: string; signingFingerprint: string } {
+    return this.#roots;
+  }
+
   async #handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const started = performance.now();
+    const done = (outcome: string) => this.#opts.onRequest?.(outcome, (performance.now() - started) / 1000);
     const remote = req.socket.remoteAddress ?? 'unknown';
     const url = (req.url ?? '').split('?')[0];
     let node: string | undefined;
@@ -182,10 +191,12 @@ export class CaService {
       if (wait > 0) throw new RateLimitedError(wait);
       if (url === '/healthz/ready') {
         const ready = this.#opts.authorizer.ready();
+        done('healthz');
         return send(res, ready ? 200 : 503, { ready });
       }
       if (url === '/v1/trust-bundle') {
         if (req.method !== 'GET') throw new BadCaRequestError(`${req.method} is not allowed on ${url}`, 405);
+        done('trust_bundle');
         return send(res, 200, { trustBundle: this.#roots.trustBundlePem, signingRoot: this.#roots.signingFingerprint });
       }
       if (url !== '/v1/certificates') throw new BadCaRequestError(`no such endpoint ${JSON.stringify(url)}`, 404);
@@ -209,6 +220,7 @@ export class CaService {
         this.stats.issued++;
         const notAfter = new Date(Date.now() + this.#opts.certTtlMs).toISOString();
         this.#log.info({ node, subject: who.subject, spiffeId, notAfter }, 'certificate issued');
+        done('issued');
         return send(res, 200, { spiffeId, certificateChain: certPem, trustBundle: roots.trustBundlePem, signingRoot: roots.signingFingerprint, notAfter });
       } finally {
         slot.release();
@@ -217,6 +229,7 @@ export class CaService {
       const refusal = err instanceof CaRefusal ? err : new AuthorizerUnavailableError(`internal error: ${(err as Error).message}`);
       if (!(err instanceof CaRefusal)) this.#log.error({ err: (err as Error).stack }, 'unexpected error while handling a CA request');
       this.stats.refused[refusal.code] = (this.stats.refused[refusal.code] ?? 0) + 1;
+      done(refusal.code);
       const level = refusal.code === 'rate_limited' ? 'debug' : 'warn';
       this.#log[level]({ remote, node, spiffeId, err: refusal.code, status: refusal.status, reason: refusal.message }, 'CA request refused');
       const headers: Record<string, string> = {};

@@ -22,6 +22,8 @@ export interface CaServeConfig {
   servingNames: string[];
   reloadMs: number;
   logLevel: LogLevel;
+  /** Prometheus /metrics on their own port (off: no registry, no listener). */
+  metrics: { port: number; address: string } | undefined;
 }
 
 const OBJECT_NAME = { type: 'text', arg: 'NAME', pattern: DNS_NAME, patternHelp: 'a Kubernetes object name' } as const;
@@ -52,6 +54,9 @@ export const CA_SERVE_FLAGS = [
   // The names agents use in a cluster (Service meshlet-ca in meshlet-system), and loopback.
   { name: 'san', type: 'list', arg: 'NAME[,NAME]', help: 'serving certificate names and IPs [meshlet-ca,meshlet-ca.meshlet-system,meshlet-ca.meshlet-system.svc,localhost,127.0.0.1]' },
   { name: 'reload', type: 'duration', min: 100, max: 3_600_000, default: '10s', help: 'how often the root store is re-read' },
+  { name: 'metrics', type: 'on-off', default: 'on', help: 'Prometheus metrics: requests by outcome and duration, the roots\' expiry' },
+  { name: 'metrics-port', type: 'port', default: String(PORTS.caMetrics), help: '/metrics' },
+  { name: 'metrics-address', type: 'ip', default: '0.0.0.0', help: 'where /metrics listens' },
   LOG_LEVEL_FLAG,
 ] as const satisfies readonly Flag[];
 
@@ -93,7 +98,9 @@ export function loadCaServeConfig(argv: string[], env: NodeJS.ProcessEnv): CaSer
     servingNames,
     reloadMs: v.reload,
     logLevel: v['log-level'],
+    metrics: v.metrics ? { port: v['metrics-port'], address: v['metrics-address'] } : undefined,
   };
+  if (config.metrics && config.metrics.port === config.port) p.add(`--metrics-port ${config.port} is already --port's`);
   p.throwIfAny();
   return config;
 }

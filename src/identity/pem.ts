@@ -3,7 +3,7 @@
 import { X509Certificate } from 'node:crypto';
 import { CaError } from '../errors.ts';
 
-const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
+export const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
 
 /** How many certificates a PEM bundle holds (for logs and /config_dump; parses nothing). */
 export function bundleSize(pem: string): number {
