@@ -7,14 +7,10 @@ import { NoCertificateError } from '../errors.ts';
 import { parseBundle } from '../identity/pem.ts';
 import type { IdentityMaterial } from './snapshot.ts';
 
-/** A certificate the data plane can present now. */
-export interface ServingCert {
-  spiffeId: string;
-  certChainPem: string;
-  privateKeyPem: string;
-  trustBundlePem: string;
-  notAfter: number;
-  revision: number;
+type Material = Extract<IdentityMaterial, { state: 'available' }>;
+
+/** A certificate the data plane can present now: its material, parsed and loaded. */
+export interface ServingCert extends Omit<Material, 'state'> {
   /** The trust bundle, parsed once per revision (peer checks on every tunnel session use it). */
   roots: X509Certificate[];
   context: SecureContext;
@@ -86,10 +82,9 @@ export class Identities implements IdentityView {
   }
 }
 
-function serving(m: Extract<IdentityMaterial, { state: 'available' }>): ServingCert {
+function serving({ state: _state, ...m }: Material): ServingCert {
   return {
-    spiffeId: m.spiffeId, certChainPem: m.certChainPem, privateKeyPem: m.privateKeyPem, trustBundlePem: m.trustBundlePem,
-    notAfter: m.notAfter, revision: m.revision,
+    ...m,
     roots: parseBundle(m.trustBundlePem),
     context: createSecureContext({ key: m.privateKeyPem, cert: m.certChainPem, ca: m.trustBundlePem, minVersion: 'TLSv1.3' }),
   };
