@@ -251,6 +251,17 @@ describe('manifests', () => {
       for (const m of used) assert.ok(exported.has(m), `${m} is used by an alert or the dashboard but not exported`);
       for (const p of dashboard.panels) assert.ok(p.targets.length > 0 && p.title, `panel ${p.id}`);
     });
+
+    it('lets the dashboard narrow every panel to nodes, or to namespaces and workloads', () => {
+      const vars = dashboard.templating.list.map((v: any) => v.name);
+      for (const want of ['node', 'namespace', 'workload']) assert.ok(vars.includes(want), `no ${want} variable`);
+      for (const p of dashboard.panels) {
+        for (const t of p.targets) assert.match(t.expr, /node=~"\$node"|destination_workload=~"\$workload"/, `panel ${p.id} ignores the variables: ${t.expr}`);
+      }
+      // The node label the variable reads is the PodMonitor's relabeling of the pod's node.
+      const relabel = find('PodMonitor', 'meshlet-agent').spec.podMetricsEndpoints[0].relabelings;
+      assert.ok(relabel.some((r: any) => r.sourceLabels.includes('__meta_kubernetes_pod_node_name') && r.targetLabel === 'node'));
+    });
   });
 
   it('has an example namespace opted in, with a pod that opts out', () => {
