@@ -7,7 +7,9 @@ import { CaptureTools } from './capture/tools.ts';
 import { AGENT_FLAGS, loadAgentConfig } from './config/agent.ts';
 import { CA_INIT_FLAGS, CA_ROTATE_FLAGS, CA_SERVE_FLAGS, type CaBackend, loadCaInitConfig, loadCaRotateConfig, loadCaServeConfig } from './config/ca.ts';
 import { INIT_FLAGS, loadInitConfig } from './config/capture.ts';
-import { COST_FLAGS, loadCostConfig, loadPolicyCheckConfig, loadStatusConfig, POLICY_CHECK_FLAGS, STATUS_FLAGS } from './config/commands.ts';
+import {
+  CHECK_FLAGS, COST_FLAGS, loadCheckConfig, loadCostConfig, loadPolicyCheckConfig, loadStatusConfig, POLICY_CHECK_FLAGS, STATUS_FLAGS,
+} from './config/commands.ts';
 import { type Flag, flagHelp } from './config/flags.ts';
 import { CaError, ConfigError, MeshletError, PrerequisiteError } from './errors.ts';
 import type { Logger } from 'pino';
@@ -36,6 +38,7 @@ const COMMANDS: ReadonlyArray<{ name: string; usage: string; what: string; flags
     name: 'policy', usage: 'policy check --from ID|IP --to NS/NAME:PORT (--workloads FILE | --kubernetes [--kubeconfig F]) [--json]',
     what: 'the decision the agents would make, and the policy behind it (exit 0 allowed, 1 denied, 4 could not decide)', flags: [{ title: 'policy check', table: POLICY_CHECK_FLAGS }],
   },
+  { name: 'check', usage: 'check --pre [--json]', what: 'what this node needs before meshlet: a line per check, with what to do (exit 1 when one fails)', flags: [{ title: 'check', table: CHECK_FLAGS }] },
   { name: 'status', usage: 'status [--admin URL] [--json]', what: 'a node agent\'s workloads, certificates, policies, connections', flags: [{ title: 'status', table: STATUS_FLAGS }] },
   { name: 'cost', usage: 'cost [--nodes N --pods-per-node P ...] [--json]', what: 'what sidecars and meshlet reserve in a cluster, and cost a month (figures are Kubernetes quantities)', flags: [{ title: 'cost', table: COST_FLAGS }] },
   { name: 'demo', usage: 'demo [--keep-logs]', what: 'run a local demo mesh in network namespaces (root)' },
@@ -216,6 +219,14 @@ async function cmdPolicy(argv: string[]): Promise<number> {
   return result.decision.allowed ? 0 : 1;
 }
 
+async function cmdCheck(argv: string[]): Promise<number> {
+  const config = loadCheckConfig(argv);
+  const { evaluateNode, formatChecks, gatherNodeFacts } = await import('./check/node.ts');
+  const results = evaluateNode(await gatherNodeFacts(CaptureTools.spawned()));
+  process.stdout.write(config.json ? `${JSON.stringify(results, null, 2)}\n` : formatChecks(results));
+  return results.some((r) => r.level === 'fail') ? 1 : 0;
+}
+
 async function cmdStatus(argv: string[]): Promise<number> {
   const config = loadStatusConfig(argv);
   const { fetchDump, formatStatus } = await import('./status.ts');
@@ -252,6 +263,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'agent': return cmdAgent(rest);
     case 'ca': return cmdCa(rest);
     case 'policy': return cmdPolicy(rest);
+    case 'check': return cmdCheck(rest);
     case 'status': return cmdStatus(rest);
     case 'cost': return cmdCost(rest);
     case 'demo': return cmdDemo(rest);

@@ -37,7 +37,7 @@ export function chooseIptablesMode(r: Record<IptablesMode, BackendReport>): { mo
  * shell (a large node's kube-proxy rules never reach the agent). The kubelet makes its hint chain
  * (KUBE-IPTABLES-HINT, the canary before 1.24) in the backend it uses.
  */
-const REPORT_SCRIPT = (['legacy', 'nft'] as const).map((m) => [
+export const REPORT_SCRIPT = (['legacy', 'nft'] as const).map((m) => [
   `if command -v iptables-${m}-save >/dev/null && out=$( { iptables-${m}-save; ip6tables-${m}-save; } 2>/dev/null ); then`,
   `  echo "${m} 1 $(printf '%s\\n' "$out" | grep '^-' | grep -vc MESHLET) $(printf '%s\\n' "$out" | grep -cE '^:(KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY) ')"`,
   `else echo "${m} 0 0 0"; fi`,

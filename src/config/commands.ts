@@ -74,3 +74,16 @@ export function loadCostConfig(argv: string[]): { inputs: CostInputs; json: bool
   p.throwIfAny();
   return { inputs, json: v.json };
 }
+
+export const CHECK_FLAGS = [
+  { name: 'pre', type: 'boolean', help: 'before install: what this node needs (kernel, iptables mode, kube-proxy, CNI, sysctl)' },
+  { name: 'json', type: 'boolean', help: 'the results as JSON' },
+] as const satisfies readonly Flag[];
+
+/** `meshlet check --pre`: the node checks; the checks after install are not built yet. */
+export function loadCheckConfig(argv: string[]): { json: boolean } {
+  const { values: v, problems: p } = readFlags(CHECK_FLAGS, argv);
+  if (!v.pre) p.add('only `meshlet check --pre` (this node, before install) exists so far; the cluster-wide check after install is to come');
+  p.throwIfAny();
+  return { json: v.json };
+}
