@@ -104,7 +104,8 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
   const { values: v, problems: p } = readFlags(AGENT_FLAGS, argv, env);
   const [namespace, name] = v.sidecar?.split('/') ?? [];
   const sidecar = namespace && name ? { namespace, name } : undefined;
-  const capture = captureSettings(v, p, sidecar ? 'sidecar' : 'node');
+  const capture = captureSettings(v, p, sidecar ? 'sidecar' : 'node',
+    [['--admin-port', v['admin-port']], ['--readiness-port', v['readiness-port']], ['--metrics-port', v['metrics-port']]]);
   const config: AgentConfig = {
     nodeName: p.required('node (or MESHLET_NODE_NAME)', v.node),
     workloads: workloadsConfig(v, p),
@@ -131,13 +132,6 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
   };
   // A sidecar's own listeners are reached directly: the ones this agent really uses.
   if (sidecar) config.capture.passPorts = [config.ports.tunnel, config.ports.metrics, config.ports.readiness];
-  // Capture's three ports are checked with the capture settings.
-  const ports = Object.entries(config.ports);
-  const capturePorts = new Set(['outbound', 'inboundPlaintext', 'tunnel']);
-  for (const [i, [portName, port]] of ports.entries()) {
-    const clash = ports.slice(0, i).find(([other, otherPort]) => otherPort === port && !(capturePorts.has(other) && capturePorts.has(portName)));
-    if (clash) p.add(`port ${port} is used for both ${clash[0]} and ${portName}`);
-  }
   p.throwIfAny();
   return config;
 }

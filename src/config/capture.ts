@@ -21,8 +21,15 @@ export const CAPTURE_FLAGS = [
   { name: 'proxy-gid', type: 'int', min: 1, max: 2 ** 31 - 1, default: String(d.proxyGid), help: 'sidecar mode: the agent\'s group id, whose connections are not captured (not 0: root\'s would escape)' },
 ] as const satisfies readonly Flag[];
 
-/** Capture settings from the capture flags; names and ports that would touch another's are problems. */
-export function captureSettings(v: FlagValues<typeof CAPTURE_FLAGS>, p: Problems, mode: CaptureSettings['mode']): CaptureSettings {
+/**
+ * Capture settings from the capture flags; names and ports that would touch another's are problems.
+ * `ownPorts`: the agent's other listeners, which no capture port may take (capture lets the metrics
+ * and readiness ports through untouched).
+ */
+export function captureSettings(
+  v: FlagValues<typeof CAPTURE_FLAGS>, p: Problems, mode: CaptureSettings['mode'],
+  ownPorts: ReadonlyArray<readonly [string, number]> = [['the metrics port', PORTS.metrics], ['the readiness port', PORTS.readiness]],
+): CaptureSettings {
   // Another of meshlet's chains or sets would be rewritten twice.
   const fixed = [d.sourceChain, d.antiSpoofChain, d.forwardChain, d.ipv6Chain, ...Object.values(SIDECAR_CHAINS)];
   for (const flag of ['chain', 'gate-chain'] as const) if (fixed.includes(v[flag])) p.add(`--${flag}: ${v[flag]} is one of meshlet's other chains`);
@@ -33,9 +40,7 @@ export function captureSettings(v: FlagValues<typeof CAPTURE_FLAGS>, p: Problems
     for (const [other, otherValue] of sets.slice(i + 1)) if (value === otherValue) p.add(`${flag} and ${other} must differ (both ${value})`);
   }
   if (mode === 'sidecar' && v['capture-backend'] === 'nftables') p.add('--sidecar captures with iptables only (--capture-backend nftables is for the node agent)');
-  // Capture redirects to these and lets the agent's metrics and readiness ports through untouched.
-  distinctPorts(p, [['--outbound-port', v['outbound-port']], ['--inbound-port', v['inbound-port']], ['--tunnel-port', v['tunnel-port']],
-    ['the metrics port', PORTS.metrics], ['the readiness port', PORTS.readiness]]);
+  distinctPorts(p, [['--outbound-port', v['outbound-port']], ['--inbound-port', v['inbound-port']], ['--tunnel-port', v['tunnel-port']], ...ownPorts]);
   return {
     ...d,
     mode,
@@ -50,7 +55,7 @@ export function captureSettings(v: FlagValues<typeof CAPTURE_FLAGS>, p: Problems
 }
 
 /** Each port once: two listeners, or a redirect onto another listener, cannot share one. */
-export function distinctPorts(p: Problems, ports: ReadonlyArray<readonly [string, number]>): void {
+function distinctPorts(p: Problems, ports: ReadonlyArray<readonly [string, number]>): void {
   for (const [i, [what, port]] of ports.entries()) {
     const clash = ports.slice(0, i).find(([, other]) => other === port);
     if (clash && port > 0) p.add(`${what} ${port} is already ${clash[0]}'s`);

@@ -113,6 +113,11 @@ describe('config', () => {
     assert.deepEqual(problems(['--outbound-port', '15008']), ['--tunnel-port 15008 is already --outbound-port\'s']);
     assert.deepEqual(problems(['--inbound-port', '15020']), ['the metrics port 15020 is already --inbound-port\'s']);
     assert.deepEqual(problems(['--chain', 'MESHLET_CUSTOM', '--ipset', 'meshlet-a', '--outbound-port', '16001']), []);
+    // The agent checks its own listeners in the same pass: each of the six ports once.
+    const base = ['--node', 'n1', '--workloads', 'w', '--ca-dir', 'c'];
+    assert.throws(() => loadAgentConfig([...base, '--admin-port', '15001'], {}), (err: unknown) =>
+      err instanceof ConfigError && err.problems.join() === '--admin-port 15001 is already --outbound-port\'s');
+    assert.doesNotThrow(() => loadAgentConfig([...base, '--metrics-port', '16020', '--outbound-port', '15020'], {}), 'the metrics port moved: 15020 is free');
   });
 
   it('turns unknown flags into a ConfigError', () => {
