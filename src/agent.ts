@@ -56,7 +56,7 @@ export class Agent {
   readonly registry: WorkloadRegistry;
   readonly certs: CertificateManager;
   readonly metrics: MeshMetrics | undefined;
-  /** The data plane, fed by #publish(); the agent reads back only its gauges and its dump. */
+  /** The data plane, fed by #publish(); the agent reads its parts only for metrics and the dump. */
   readonly data: DataPlane;
   readonly capture: CaptureKeeper;
   readonly probeGate: ProbeGate;
@@ -108,11 +108,11 @@ export class Agent {
     this.certs.on('change', () => this.#schedulePublish());
     metrics?.readFrom({
       certificates: () => this.certs.states().flatMap((c) => (c.state === 'available' ? [{ spiffeId: c.spiffeId, notAfter: c.notAfter }] : [])),
-      pool: () => this.data.gauges().sessions,
-      openConnections: () => this.data.gauges().openConnections,
-      ejectedEndpoints: () => this.data.gauges().ejectedEndpoints,
+      pool: () => this.data.pool.dump(),
+      openConnections: () => this.data.connections.openByDirection(),
+      ejectedEndpoints: () => this.data.balancer.ejectedCounts(),
       refusedAddresses: () => this.registry.snapshot?.refused ?? [],
-      tunnelQueuedBytes: () => this.data.gauges().tunnelQueuedBytes,
+      tunnelQueuedBytes: () => this.data.stalls.queuedBytes,
     });
     this.readiness.add({ name: 'capture', done: () => this.capture.installed });
     this.readiness.add({ name: 'workloads-synced', done: () => this.registry.synced && this.capture.synced });
@@ -152,10 +152,6 @@ export class Agent {
     agent.#advance();
     if (!config.sidecar) agent.probeGate.start();
     return agent;
-  }
-
-  get state(): AgentState {
-    return this.#state;
   }
 
   /**

@@ -39,14 +39,6 @@ export interface DataPlaneDeps {
   now?(): number;
 }
 
-/** What the control plane reads back at scrape or dump time: plain values. */
-export interface DataPlaneGauges {
-  sessions: Array<{ streams: number }>;
-  openConnections: Record<string, number>;
-  ejectedEndpoints: Array<{ namespace: string; name: string; ejected: number }>;
-  tunnelQueuedBytes: number;
-}
-
 export class DataPlane {
   readonly settings: DataPlaneSettings;
   readonly registry: WorkloadRegistry;
@@ -138,11 +130,6 @@ export class DataPlane {
     }
   }
 
-  /** Whether a snapshot with a mesh has been applied. */
-  get synced(): boolean {
-    return this.registry.synced;
-  }
-
   /**
    * Opens 15001, 15006 and 15008 on every address (REDIRECT rewrites the destination to the
    * receiving interface's address), with SO_REUSEPORT so an upgraded agent can listen beside this one.
@@ -179,15 +166,6 @@ export class DataPlane {
     this.pool.destroy();
     this.stalls.close();
     await closed;
-  }
-
-  gauges(): DataPlaneGauges {
-    return {
-      sessions: this.pool.dump(),
-      openConnections: this.connections.openByDirection(),
-      ejectedEndpoints: this.balancer.ejectedCounts(),
-      tunnelQueuedBytes: this.stalls.queuedBytes,
-    };
   }
 
   #admit(socket: net.Socket, reporter: 'source' | 'destination'): boolean {
