@@ -8,11 +8,13 @@ import type { CaptureTools } from './tools.ts';
 
 export type IptablesMode = 'legacy' | 'nft';
 
-/** What each backend holds: whether its save tool ran, its rules (meshlet's own not counted), the kubelet's hint. */
+/** What each backend holds: whether its save tool ran, its rules (meshlet's own not counted), the kubelet's hint, kube-proxy's chain. */
 export interface BackendReport {
   available: boolean;
   rules: number;
   hint: boolean;
+  /** kube-proxy's KUBE-SERVICES chain (kube-proxy in iptables mode, in this backend). */
+  kubeProxy: boolean;
 }
 
 /** The mode to write in, or `auto` (the system's default iptables) when neither backend could be read. */
@@ -33,21 +35,22 @@ export function chooseIptablesMode(r: Record<IptablesMode, BackendReport>): { mo
 }
 
 /**
- * One line per backend from the node: `legacy|nft <saved 0|1> <rules> <hint lines>`, counted in the
+ * One line per backend from the node: `legacy|nft <saved 0|1> <rules> <hint lines> <KUBE-SERVICES lines>`, counted in the
  * shell (a large node's kube-proxy rules never reach the agent). The kubelet makes its hint chain
  * (KUBE-IPTABLES-HINT, the canary before 1.24) in the backend it uses.
  */
 export const REPORT_SCRIPT = (['legacy', 'nft'] as const).map((m) => [
   `if command -v iptables-${m}-save >/dev/null && out=$( { iptables-${m}-save; ip6tables-${m}-save; } 2>/dev/null ); then`,
-  `  echo "${m} 1 $(printf '%s\\n' "$out" | grep '^-' | grep -vc MESHLET) $(printf '%s\\n' "$out" | grep -cE '^:(KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY) ')"`,
-  `else echo "${m} 0 0 0"; fi`,
+  `  echo "${m} 1 $(printf '%s\\n' "$out" | grep '^-' | grep -vc MESHLET) $(printf '%s\\n' "$out" | grep -cE '^:(KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY) ') $(printf '%s\\n' "$out" | grep -c '^:KUBE-SERVICES ')"`,
+  `else echo "${m} 0 0 0 0"; fi`,
 ].join('\n')).join('\n');
 
 export function parseReport(text: string): Record<IptablesMode, BackendReport> {
-  const out: Record<IptablesMode, BackendReport> = { legacy: { available: false, rules: 0, hint: false }, nft: { available: false, rules: 0, hint: false } };
+  const none = { available: false, rules: 0, hint: false, kubeProxy: false };
+  const out: Record<IptablesMode, BackendReport> = { legacy: none, nft: none };
   for (const line of text.split('\n')) {
-    const [m, saved, rules, hints] = line.trim().split(/\s+/);
-    if (m === 'legacy' || m === 'nft') out[m] = { available: saved === '1', rules: Number(rules) || 0, hint: Number(hints) > 0 };
+    const [m, saved, rules, hints, services] = line.trim().split(/\s+/);
+    if (m === 'legacy' || m === 'nft') out[m] = { available: saved === '1', rules: Number(rules) || 0, hint: Number(hints) > 0, kubeProxy: Number(services) > 0 };
   }
   return out;
 }

@@ -33,7 +33,6 @@ const FACTS_SCRIPT = [
   'f=/proc/sys/net/ipv4/tcp_migrate_req',
   'if [ -e $f ]; then if [ -w $f ]; then echo "migrate $(cat $f) w"; else echo "migrate $(cat $f) ro"; fi; else echo "migrate absent"; fi',
   'if [ -e /proc/sys/net/ipv6 ]; then echo "ipv6 1"; else echo "ipv6 0"; fi',
-  "if { iptables-legacy-save -t nat; iptables-nft-save -t nat; } 2>/dev/null | grep -q '^:KUBE-SERVICES '; then echo 'kubeproxy iptables'; fi",
   "if nft list table ip kube-proxy >/dev/null 2>&1; then echo 'kubeproxy nftables'; fi",
   'for d in /sys/class/net/*/bridge; do [ -d "$d" ] && echo "bridge $(basename "$(dirname "$d")")"; done',
   'exit 0',
@@ -45,14 +44,15 @@ export async function gatherNodeFacts(tools: CaptureTools): Promise<NodeFacts> {
   const lines = out.split('\n').map((l) => l.trim().split(/\s+/));
   const tool = (name: string) => lines.some(([k, n, v]) => k === 'tool' && n === name && v === '1');
   const migrate = lines.find(([k]) => k === 'migrate');
-  const proxies = lines.filter(([k]) => k === 'kubeproxy').map(([, m]) => m);
+  const iptables = parseReport(out);
+  const nftProxy = lines.some(([k]) => k === 'kubeproxy');
   return {
     netAdmin: hasNetAdmin(),
     tools: { iptables: tool('iptables'), ipset: tool('ipset'), nft: tool('nft'), ip: tool('ip') },
-    iptables: parseReport(out),
+    iptables,
     migrateReq: !migrate || migrate[1] === 'absent' ? 'absent' : { value: migrate[1] ?? '', writable: migrate[2] === 'w' },
     ipv6: lines.some(([k, v]) => k === 'ipv6' && v === '1'),
-    kubeProxy: proxies.includes('nftables') ? 'nftables' : proxies.includes('iptables') ? 'iptables' : 'none',
+    kubeProxy: nftProxy ? 'nftables' : iptables.legacy.kubeProxy || iptables.nft.kubeProxy ? 'iptables' : 'none',
     bridges: lines.filter(([k]) => k === 'bridge').map(([, name]) => name ?? ''),
   };
 }

@@ -5,8 +5,8 @@ import { describe, it } from 'node:test';
 import { chooseIptablesMode, iptablesTool, parseReport } from '../../src/capture/iptables-mode.ts';
 
 const report = (legacy: [boolean, number, boolean], nft: [boolean, number, boolean]) => ({
-  legacy: { available: legacy[0], rules: legacy[1], hint: legacy[2] },
-  nft: { available: nft[0], rules: nft[1], hint: nft[2] },
+  legacy: { available: legacy[0], rules: legacy[1], hint: legacy[2], kubeProxy: false },
+  nft: { available: nft[0], rules: nft[1], hint: nft[2], kubeProxy: false },
 });
 
 describe('iptables mode', () => {
@@ -29,7 +29,8 @@ describe('iptables mode', () => {
   });
 
   it('reads the node\'s report and names the tools of the mode', () => {
-    assert.deepEqual(parseReport('legacy 1 37 1\nnft 1 4 0\n'), report([true, 37, true], [true, 4, false]));
+    assert.deepEqual(parseReport('legacy 1 37 1 0\nnft 1 4 0 0\n'), report([true, 37, true], [true, 4, false]));
+    assert.equal(parseReport('legacy 1 37 0 1\nnft 1 4 0 0\n').legacy.kubeProxy, true, 'kube-proxy\'s KUBE-SERVICES chain seen in legacy');
     assert.deepEqual(parseReport('legacy 0 0 0\n'), report([false, 0, false], [false, 0, false]));
     assert.equal(iptablesTool({ iptablesMode: 'legacy' }, 4, 'save'), 'iptables-legacy-save');
     assert.equal(iptablesTool({ iptablesMode: 'nft' }, 6, 'restore'), 'ip6tables-nft-restore');

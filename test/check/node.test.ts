@@ -6,7 +6,7 @@ import { evaluateNode, formatChecks, type NodeFacts } from '../../src/check/node
 const good: NodeFacts = {
   netAdmin: true,
   tools: { iptables: true, ipset: true, nft: true, ip: true },
-  iptables: { legacy: { available: true, rules: 0, hint: false }, nft: { available: true, rules: 12, hint: true } },
+  iptables: { legacy: { available: true, rules: 0, hint: false, kubeProxy: false }, nft: { available: true, rules: 12, hint: true, kubeProxy: true } },
   migrateReq: { value: '1', writable: true },
   ipv6: true,
   kubeProxy: 'iptables',
@@ -25,7 +25,7 @@ describe('meshlet check --pre', () => {
     for (const [facts, name, hint] of [
       [{ netAdmin: false }, 'privilege', /NET_ADMIN/],
       [{ tools: { ...good.tools, ipset: false } }, 'tools', /apt-get install/],
-      [{ iptables: { legacy: { available: false, rules: 0, hint: false }, nft: { available: false, rules: 0, hint: false } } }, 'iptables mode', /install iptables/],
+      [{ iptables: { legacy: { available: false, rules: 0, hint: false, kubeProxy: false }, nft: { available: false, rules: 0, hint: false, kubeProxy: false } } }, 'iptables mode', /install iptables/],
       [{ kubeProxy: 'nftables', tools: { ...good.tools, nft: false } }, 'kube-proxy', /--capture-backend nftables/],
       [{ bridges: ['cni0'], tools: { ...good.tools, nft: false } }, 'CNI', /nftables/],
     ] as Array<[Partial<NodeFacts>, string, RegExp]>) {
@@ -41,7 +41,7 @@ describe('meshlet check --pre', () => {
     assert.equal(level({ migrateReq: 'absent' }, 'tcp_migrate_req')?.level, 'warn');
     assert.equal(level({ migrateReq: { value: '0', writable: true } }, 'tcp_migrate_req')?.level, 'ok', 'init turns it on');
     assert.equal(level({ bridges: ['cni0'] }, 'CNI')?.level, 'ok');
-    assert.match(level({ iptables: { legacy: { available: true, rules: 300, hint: false }, nft: { available: true, rules: 3, hint: false } } }, 'iptables mode')!.detail, /^legacy:/);
+    assert.match(level({ iptables: { legacy: { available: true, rules: 300, hint: false, kubeProxy: false }, nft: { available: true, rules: 3, hint: false, kubeProxy: false } } }, 'iptables mode')!.detail, /^legacy:/);
   });
 
   it('prints a line per check and the hint under it', () => {
