@@ -242,7 +242,7 @@ export class MeshLab {
   }
 
   /** An agent's admin or metrics endpoint, from inside its node namespace: the body, and whether it answered 2xx. */
-  async agentHttp(node: NodeNs, path: string, opts: { port?: number; method?: string } = {}): Promise<{ ok: boolean; body: string }> {
+  async agentHttp(node: Pick<NodeNs, 'name' | 'ns'>, path: string, opts: { port?: number; method?: string } = {}): Promise<{ ok: boolean; body: string }> {
     const r = await this.topo.exec(node.ns, process.execPath, [PEER, 'get', '--url', `http://127.0.0.1:${opts.port ?? PORTS.admin}${path}`, '--method', opts.method ?? 'GET']);
     return { ok: r.code === 0, body: r.stdout };
   }
@@ -255,7 +255,7 @@ export class MeshLab {
   }
 
   async configDump(node: Pick<NodeNs, 'name' | 'ns'>): Promise<any> {
-    const r = await this.agentHttp(node as NodeNs, '/config_dump');
+    const r = await this.agentHttp(node, '/config_dump');
     if (!r.ok) throw new Error(`config_dump on ${node.name} failed: ${r.body}`);
     return JSON.parse(r.body);
   }
