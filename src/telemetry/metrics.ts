@@ -5,57 +5,20 @@
 // by renaming `istio_tcp_*` to `meshlet_tcp_*`. Cardinality is bounded by workloads (deployment-level
 // names, not pods), service accounts and namespaces: no pod, IP or port labels on hot metrics.
 //
-// Bytes of open connections are added at every scrape and the rest at close, so a long connection
-// shows up before it ends, and every byte is counted exactly once.
-//
-// Hot path: prom-client hashes the label object on every inc(), which for eight labels with SPIFFE
-// IDs cost more than the rest of a connection's accounting. So connections add to plain numbers in
-// one record per label set (found through the source and destination Workload objects), and the
-// counters take the accumulated amounts when Prometheus scrapes (their collect()).
+// Hot path: connections add to plain numbers (tcp-series.ts) and the counters take the amounts
+// when Prometheus scrapes (their collect()). Data planes in workers send theirs in batches
+// (batch.ts), asked for before each scrape.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { MeteredConnection } from './connections.ts';
+import type { TelemetryBatch } from './batch.ts';
+import { TCP_LABELS, TcpSeriesBook, type TcpField } from './tcp-series.ts';
 import { VERSION } from '../version.ts';
-
-export const TCP_LABELS = [
-  'reporter', 'source_workload', 'source_workload_namespace', 'source_principal',
-  'destination_workload', 'destination_workload_namespace', 'destination_principal',
-  'destination_service_name', 'destination_service_namespace', 'connection_security_policy',
-] as const;
-type TcpLabel = (typeof TCP_LABELS)[number];
-export type TcpLabels = Record<TcpLabel, string>;
-
-const unknown = 'unknown';
-/** Stands for "no workload" in the per-pair cache (WeakMap keys must be objects). */
-const NO_WORKLOAD = {};
-
-export function tcpLabels(c: MeteredConnection): TcpLabels {
-  return {
-    reporter: c.reporter,
-    source_workload: c.src?.workload ?? unknown,
-    source_workload_namespace: c.src?.namespace ?? unknown,
-    source_principal: c.src?.spiffeId ?? c.sourcePrincipal ?? unknown,
-    destination_workload: c.dst?.workload ?? unknown,
-    destination_workload_namespace: c.dst?.namespace ?? unknown,
-    destination_principal: c.dst?.spiffeId ?? unknown,
-    destination_service_name: c.service?.name ?? unknown,
-    destination_service_namespace: c.service?.namespace ?? unknown,
-    connection_security_policy: c.mutualTls ? 'mutual_tls' : 'none',
-  };
-}
-
-/** One TCP label set and what it accumulated since the last scrape. */
-interface Series {
-  labels: TcpLabels;
-  opened: number;
-  closed: number;
-  sent: number;
-  received: number;
-}
-type Field = 'opened' | 'closed' | 'sent' | 'received';
 
 export interface MetricsSources {
   /** Certificates held: the expiry gauge reads them at scrape time. */
   certificates?(): Array<{ spiffeId: string; notAfter?: number }>;
+  /** Asked before each scrape: data planes in workers send what they counted since the last. */
+  refresh?(): Promise<void>;
   /** Tunnel pool: sessions and streams open. */
   pool?(): Array<{ streams: number }>;
   /** Connections open right now, per direction. */
@@ -75,12 +38,7 @@ export class MeshMetrics {
   readonly #setup: Histogram<'route'>;
   readonly #handshake: Histogram<'outcome'>;
   readonly #ejections: Counter<'service_name' | 'service_namespace'>;
-  /** Open (established, not yet closed) connections: bytes already added, and their label sets. */
-  readonly #open = new Map<MeteredConnection, { sent: number; received: number; series: Series[] }>();
-  /** Every label set seen, by its values: bounded by the label cardinality itself. */
-  readonly #all = new Map<string, Series>();
-  /** The same, reached through the pair of Workload objects (stable while the registry does not change them). */
-  readonly #byPair = new WeakMap<object, WeakMap<object, Map<string, Series>>>();
+  readonly #tcp = new TcpSeriesBook();
   readonly #spoofed: Counter;
   readonly #stalled: Counter<'reason'>;
   readonly #setupByRoute = new Map<string, ReturnType<Histogram<'route'>['labels']>>();
@@ -95,15 +53,12 @@ export class MeshMetrics {
     // Which meshlet (and Node) each agent runs: one series at 1, as Prometheus' own build_info.
     new Gauge({ name: 'meshlet_build_info', help: 'The meshlet version and the Node.js version this agent runs', labelNames: ['version', 'node_version'], registers })
       .set({ version: VERSION, node_version: process.version }, 1);
-    const all = this.#all;
-    const flushOpen = () => { for (const c of this.#open.keys()) this.#flush(c); };
-    const tcp = (name: string, help: string, field: Field) => new Counter({
+    const book = this.#tcp;
+    const tcp = (name: string, help: string, field: TcpField) => new Counter({
       name, help, labelNames: TCP_LABELS, registers,
       collect() {
-        if (field === 'sent' || field === 'received') flushOpen();
-        for (const series of all.values()) {
-          if (series[field] > 0) { this.inc(series.labels, series[field]); series[field] = 0; }
-        }
+        if (field === 'sent' || field === 'received') book.flushOpen();
+        book.take(field, (labels, amount) => this.inc(labels, amount));
       },
     });
     tcp('meshlet_tcp_connections_opened_total', 'TCP connections established through the mesh', 'opened');
@@ -185,52 +140,29 @@ export class MeshMetrics {
   }
 
   opened(c: MeteredConnection, setupSeconds: number, route: string): void {
-    const series = [this.#seriesOf(c, c.reporter)];
-    if (c.alsoDestination) series.push(this.#seriesOf(c, 'destination'));
-    for (const s of series) s.opened++;
+    this.#tcp.opened(c);
+    this.#setupSeconds(route, setupSeconds);
+  }
+
+  #setupSeconds(route: string, seconds: number): void {
     let setup = this.#setupByRoute.get(route);
     if (!setup) this.#setupByRoute.set(route, setup = this.#setup.labels({ route }));
-    setup.observe(setupSeconds);
-    this.#open.set(c, { sent: 0, received: 0, series });
-  }
-
-  #seriesOf(c: MeteredConnection, reporter: 'source' | 'destination'): Series {
-    let byDst = this.#byPair.get(c.src ?? NO_WORKLOAD);
-    if (!byDst) this.#byPair.set(c.src ?? NO_WORKLOAD, byDst = new WeakMap());
-    let byRest = byDst.get(c.dst ?? NO_WORKLOAD);
-    if (!byRest) byDst.set(c.dst ?? NO_WORKLOAD, byRest = new Map());
-    const key = `${reporter}|${c.mutualTls ? 1 : 0}|${c.src ? '' : c.sourcePrincipal ?? ''}|${c.service ? `${c.service.namespace}/${c.service.name}` : ''}`;
-    let series = byRest.get(key);
-    if (!series) {
-      const labels = { ...tcpLabels(c), reporter };
-      const id = TCP_LABELS.map((l) => labels[l]).join('\u0000');
-      series = this.#all.get(id);
-      if (!series) this.#all.set(id, series = { labels, opened: 0, closed: 0, sent: 0, received: 0 });
-      byRest.set(key, series);
-    }
-    return series;
-  }
-
-  /** Adds the bytes that flowed since the last flush. */
-  #flush(c: MeteredConnection): void {
-    const r = this.#open.get(c);
-    if (!r) return;
-    const sent = c.bytesSent - r.sent;
-    const received = c.bytesReceived - r.received;
-    for (const s of r.series) {
-      s.sent += sent;
-      s.received += received;
-    }
-    r.sent = c.bytesSent;
-    r.received = c.bytesReceived;
+    setup.observe(seconds);
   }
 
   closed(c: MeteredConnection): void {
-    const r = this.#open.get(c);
-    if (!r) return;
-    this.#flush(c);
-    for (const s of r.series) s.closed++;
-    this.#open.delete(c);
+    this.#tcp.closed(c);
+  }
+
+  /** What a data plane in a worker counted since its last batch. */
+  absorb(batch: TelemetryBatch): void {
+    for (const amounts of batch.tcp) this.#tcp.add(amounts);
+    for (const [route, seconds] of batch.setup) this.#setupSeconds(route, seconds);
+    for (const [seconds, ok] of batch.handshakes) this.handshake(seconds, ok);
+    for (const [key, n] of batch.refused) this.#refused.inc({ reporter: key[0], error: key[1] }, n);
+    for (const [key, n] of batch.decisions) this.#decisions.inc({ action: key[0], policy: key[1] }, n);
+    for (const [reason, n] of batch.stalled) this.#stalled.inc({ reason }, n);
+    for (const [key, n] of batch.ejected) this.#ejections.inc({ service_namespace: key[0], service_name: key[1] }, n);
   }
 
   refused(reporter: string, error: string): void {
@@ -259,6 +191,7 @@ export class MeshMetrics {
   }
 
   async text(): Promise<{ contentType: string; body: string }> {
+    await this.#sources.refresh?.();
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
 }
