@@ -56,22 +56,55 @@ export interface Limits {
   maxPerSource: number;
 }
 
+/** Where a SlotLimiter counts: in this thread (a Map), or in memory threads share (proxy/shared-slots.ts). */
+export interface SlotCounts {
+  /** Takes a slot for `source`, or says which limit is reached (and takes nothing). */
+  take(source: string, limits: Limits): 'total' | 'source' | undefined;
+  give(source: string): void;
+  /** Slots held in all. */
+  readonly total: number;
+}
+
+class LocalSlotCounts implements SlotCounts {
+  readonly #bySource = new Map<string, number>();
+  #total = 0;
+
+  get total(): number {
+    return this.#total;
+  }
+
+  take(source: string, limits: Limits): 'total' | 'source' | undefined {
+    const held = this.#bySource.get(source) ?? 0;
+    if (this.#total >= limits.maxConnections) return 'total';
+    if (held >= limits.maxPerSource) return 'source';
+    this.#total++;
+    this.#bySource.set(source, held + 1);
+    return undefined;
+  }
+
+  give(source: string): void {
+    this.#total--;
+    const n = (this.#bySource.get(source) ?? 1) - 1;
+    if (n <= 0) this.#bySource.delete(source); else this.#bySource.set(source, n);
+  }
+}
+
 /**
  * Slots in all and per source (an address, a node, a tunnel peer's identity): one per thing in
  * progress, released exactly once. Over a limit, the refusal says why, and whether to log it now.
  */
 export class SlotLimiter {
   readonly #limits: Limits;
-  readonly #bySource = new Map<string, number>();
-  #total = 0;
+  readonly #counts: SlotCounts;
   readonly #throttle = new LogThrottle();
 
-  constructor(limits: Limits) {
+  constructor(limits: Limits, counts: SlotCounts = new LocalSlotCounts()) {
     this.#limits = limits;
+    this.#counts = counts;
   }
 
   get total(): number {
-    return this.#total;
+    return this.#counts.total;
   }
 
   /**
@@ -79,20 +112,18 @@ export class SlotLimiter {
    * upstream socket of its own), or why there is none. Release exactly once.
    */
   acquire(source: string): { release: () => void } | { refused: string; log: boolean } {
-    const held = this.#bySource.get(source) ?? 0;
-    const reason = this.#total >= this.#limits.maxConnections ? `the agent holds its maximum of ${this.#limits.maxConnections} connections`
-      : held >= this.#limits.maxPerSource ? `${source} holds its maximum of ${this.#limits.maxPerSource} connections` : undefined;
-    if (reason) return { refused: reason, log: this.#throttle.ready(source) };
-    this.#total++;
-    this.#bySource.set(source, held + 1);
+    const full = this.#counts.take(source, this.#limits);
+    if (full) {
+      const refused = full === 'total' ? `the agent holds its maximum of ${this.#limits.maxConnections} connections`
+        : `${source} holds its maximum of ${this.#limits.maxPerSource} connections`;
+      return { refused, log: this.#throttle.ready(source) };
+    }
     let released = false;
     return {
       release: () => {
         if (released) return;
         released = true;
-        this.#total--;
-        const n = (this.#bySource.get(source) ?? 1) - 1;
-        if (n <= 0) this.#bySource.delete(source); else this.#bySource.set(source, n);
+        this.#counts.give(source);
       },
     };
   }

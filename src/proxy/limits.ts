@@ -7,7 +7,7 @@
 import type net from 'node:net';
 import { plainIp } from '../capture/socket.ts';
 import { HandshakeRateError } from '../errors.ts';
-import { LogThrottle, RateLimiter, SlotLimiter, type Limits } from '../rate-limit.ts';
+import { LogThrottle, RateLimiter, type SlotCounts, SlotLimiter, type Limits } from '../rate-limit.ts';
 
 export type { Limits };
 
@@ -42,8 +42,8 @@ export class HandshakeGate {
   readonly #perSecond: number;
   readonly #throttle = new LogThrottle();
 
-  constructor(opts: { maxPending: number; maxPendingPerSource: number; ratePerSecond: number }) {
-    this.#pending = new SlotLimiter({ maxConnections: opts.maxPending, maxPerSource: opts.maxPendingPerSource });
+  constructor(opts: { maxPending: number; maxPendingPerSource: number; ratePerSecond: number; counts?: SlotCounts }) {
+    this.#pending = new SlotLimiter({ maxConnections: opts.maxPending, maxPerSource: opts.maxPendingPerSource }, opts.counts);
     this.#rate = new RateLimiter({ ratePerSecond: opts.ratePerSecond, burst: 2 * opts.ratePerSecond });
     this.#perSecond = opts.ratePerSecond;
   }
