@@ -20,8 +20,10 @@ import { tuneMalloc } from './malloc-tuning.ts';
 import { CertificateManager } from './identity/certs.ts';
 import { identityProvider } from './identity/from-config.ts';
 import type { CertificateProvider } from './identity/provider.ts';
-import { DataPlane } from './proxy/data-plane.ts';
-import type { DataPlaneSettings, DataPlaneSnapshot } from './proxy/snapshot.ts';
+import { createDataPlane } from './agent-data-plane.ts';
+import type { DataPlaneHost } from './proxy/host.ts';
+import type { DataPlaneSnapshot } from './proxy/snapshot.ts';
+import type { DataPlaneGauges } from './proxy/view.ts';
 import { MeshMetrics } from './telemetry/metrics.ts';
 import { workloadSource } from './workloads/from-config.ts';
 import type { MeshSnapshot } from './workloads/model.ts';
@@ -56,8 +58,8 @@ export class Agent {
   readonly registry: WorkloadRegistry;
   readonly certs: CertificateManager;
   readonly metrics: MeshMetrics | undefined;
-  /** The data plane, fed by #publish(); the agent reads its parts only for metrics and the dump. */
-  readonly data: DataPlane;
+  /** The data plane (one, or N workers), fed by #publish(); read only for metrics and the dump. */
+  readonly data: DataPlaneHost;
   readonly capture: CaptureKeeper;
   readonly probeGate: ProbeGate;
   readonly readiness = new Readiness();
@@ -75,6 +77,8 @@ export class Agent {
   /** Snapshots published so far, and the last one's mesh generation. */
   #published = { generation: 0, meshGeneration: 0, scheduled: false };
   #heapHeadroom: ReturnType<typeof keepHeapHeadroom> | undefined;
+  /** The data plane's gauges as of the last scrape's refresh. */
+  #gauges: DataPlaneGauges = { pools: [], openConnections: {}, ejected: [], tunnelQueuedBytes: 0 };
   /** The shutdown under way (close), and when its drain ends (destroy moves that to now). */
   #shutdown: Promise<void> | undefined;
   #drainUntil = Number.POSITIVE_INFINITY;
@@ -97,9 +101,8 @@ export class Agent {
     this.probeGate = new ProbeGate({
       ttlMs: config.probeGateTtlMs, log, vouched: () => this.#vouched(), write: createVouchWriter(this.#tools, config.capture),
     });
-    this.data = new DataPlane(dataPlaneSettings(config), {
-      log,
-      ...(metrics ? { telemetry: metrics } : {}),
+    this.data = createDataPlane(config, {
+      log, metrics,
       // A sidecar shares its pod's fate already: kubelet probes the pod, the gate has nothing to add.
       ...(config.sidecar ? {} : { vouchFor: (podIp: string) => this.probeGate.ensure(podIp) }),
     });
@@ -108,11 +111,12 @@ export class Agent {
     this.certs.on('change', () => this.#schedulePublish());
     metrics?.readFrom({
       certificates: () => this.certs.states().flatMap((c) => (c.state === 'available' ? [{ spiffeId: c.spiffeId, notAfter: c.notAfter }] : [])),
-      pool: () => this.data.pool.dump(),
-      openConnections: () => this.data.connections.openByDirection(),
-      ejectedEndpoints: () => this.data.balancer.ejectedCounts(),
+      refresh: async () => { this.#gauges = await this.data.gauges(); },
+      pool: () => this.#gauges.pools,
+      openConnections: () => this.#gauges.openConnections,
+      ejectedEndpoints: () => this.#gauges.ejected.map((e) => ({ namespace: e.namespace, name: e.name, ejected: e.ips.length })),
       refusedAddresses: () => this.registry.snapshot?.refused ?? [],
-      tunnelQueuedBytes: () => this.data.stalls.queuedBytes,
+      tunnelQueuedBytes: () => this.#gauges.tunnelQueuedBytes,
     });
     this.readiness.add({ name: 'capture', done: () => this.capture.installed });
     this.readiness.add({ name: 'workloads-synced', done: () => this.registry.synced && this.capture.synced });
@@ -146,7 +150,8 @@ export class Agent {
       onSnapshot: (s) => agent.#apply(s),
       onError: (err) => agent.#log.error({ err: err.message }, 'workload source rejected an update; the last good registry stays in force'),
     });
-    agent.#servers.push(...await listenAgentEndpoints({ config, log: deps.log, readiness: agent.readiness, metrics: agent.metrics, configDump: () => agent.configDump() }));
+    agent.#servers.push(...await listenAgentEndpoints({ config, log: deps.log, readiness: agent.readiness, metrics: agent.metrics,
+      configDump: () => agent.configDump(), onLogLevel: (level) => agent.data.setLogLevel(level) }));
     // One look past the wait for certificates (#advance), since nothing else may happen then.
     agent.#after(LISTEN_ANYWAY_MS, () => agent.#advance());
     agent.#advance();
@@ -267,7 +272,7 @@ export class Agent {
     this.#timers.add(t);
   }
 
-  configDump(): unknown {
+  async configDump(): Promise<unknown> {
     return configDump({
       node: this.config.nodeName,
       mode: this.config.sidecar ? { sidecar: `${this.config.sidecar.namespace}/${this.config.sidecar.name}` } : 'node',
@@ -275,11 +280,11 @@ export class Agent {
       readiness: this.readiness,
       registry: this.registry,
       workloadSource: { kind: this.config.workloads.kind, ...this.#source.status?.() },
-      policy: this.data.policy,
       identityProvider: this.#provider.name,
       probeGate: this.probeGate.status(),
       heap: { headroomMiB: this.config.heapHeadroomMiB, growingPercent: this.#heapHeadroom?.percent() },
-      certs: this.certs, balancer: this.data.balancer, pool: this.data.pool, connections: this.data.connections,
+      workers: this.data.workers,
+      certs: this.certs, data: await this.data.dump(),
     });
   }
 
@@ -323,23 +328,4 @@ export class Agent {
     this.#tools.close();
     this.#state = { phase: 'closed' };
   }
-}
-
-/** The data plane's part of the configuration: what does not change over the agent's life. */
-function dataPlaneSettings(config: AgentConfig): DataPlaneSettings {
-  return {
-    nodeName: config.nodeName,
-    ...(config.sidecar ? { sidecar: config.sidecar } : {}),
-    ports: { outbound: config.ports.outbound, inboundPlaintext: config.ports.inboundPlaintext, tunnel: config.ports.tunnel },
-    agentPorts: Object.values(config.ports),
-    connectTimeoutMs: config.connectTimeoutMs, handshakeTimeoutMs: config.handshakeTimeoutMs, drainMs: config.drainMs, idleTimeoutMs: config.idleTimeoutMs,
-    preserveSource: config.preserveSourceIp,
-    accessLog: config.accessLog,
-    limits: {
-      maxConnections: config.maxConnections, maxPerSource: config.maxConnectionsPerSource,
-      maxPendingHandshakes: config.maxPendingHandshakes, maxPendingPerSource: config.maxPendingHandshakesPerSource, handshakeRate: config.handshakeRate,
-    },
-    tunnelStallTimeoutMs: config.tunnelStallTimeoutMs,
-    tunnelQueueBudgetBytes: config.tunnelQueueBudgetMiB * 1024 * 1024,
-  };
 }

@@ -15,7 +15,9 @@ export interface AgentEndpoints {
   log: Logger;
   readiness: Readiness;
   metrics: MeshMetrics | undefined;
-  configDump(): unknown;
+  configDump(): Promise<unknown>;
+  /** Told of a level change through the admin API (the data-plane workers' loggers). */
+  onLogLevel?(level: LogLevel): void;
 }
 
 /** Listens on the admin, readiness and (when on) metrics ports; resolves to the servers. */
@@ -24,7 +26,7 @@ export async function listenAgentEndpoints(e: AgentEndpoints): Promise<http.Serv
   const adminLog = adminLogger(e.log, { node: e.config.nodeName });
   const admin = createAdminServer(
     { '/config_dump': () => e.configDump(), '/logging': () => ({ level: e.log.level }) },
-    { '/logging': (q) => setLevel(e.log, adminLog, q.get('level')) },
+    { '/logging': (q) => { const r = setLevel(e.log, adminLog, q.get('level')); e.onLogLevel?.(r.level); return r; } },
   );
   const ready = createReadinessServer(e.readiness);
   const metrics = e.metrics;
@@ -40,7 +42,7 @@ export async function listenAgentEndpoints(e: AgentEndpoints): Promise<http.Serv
 }
 
 /** POST /logging?level=debug: every logger of the agent, at once, without a restart. */
-function setLevel(root: Logger, adminLog: Logger, level: string | null): { level: string; was: string } {
+function setLevel(root: Logger, adminLog: Logger, level: string | null): { level: LogLevel; was: string } {
   if (!level || !(LOG_LEVELS as readonly string[]).includes(level)) {
     throw new AdminRequestError(`level must be one of ${LOG_LEVELS.join(', ')}`);
   }
@@ -48,5 +50,5 @@ function setLevel(root: Logger, adminLog: Logger, level: string | null): { level
   // Before it applies, on a logger no level silences: a change to `silent` is itself on record.
   adminLog.warn({ to: level, from: was }, 'log level changed through the admin API');
   setLogLevel(root, level as LogLevel);
-  return { level, was };
+  return { level: level as LogLevel, was };
 }

@@ -2,10 +2,7 @@
 // end-to-end tests. Built from the parts the agent hands over, read at request time.
 import type { CertificateManager } from '../identity/certs.ts';
 import { bundleSize } from '../identity/pem.ts';
-import type { PolicyEngine } from '../policy/hook.ts';
-import type { EndpointBalancer } from '../proxy/balancer.ts';
-import type { TunnelPool } from '../proxy/tunnel/pool.ts';
-import type { ConnectionTracker } from '../telemetry/connections.ts';
+import type { DataPlaneDump } from '../proxy/view.ts';
 import type { WorkloadRegistry } from '../workloads/registry.ts';
 import type { Readiness } from './server.ts';
 
@@ -19,14 +16,14 @@ export interface ConfigDumpParts {
   readiness: Readiness;
   registry: WorkloadRegistry;
   workloadSource: Record<string, unknown>;
-  policy: PolicyEngine;
   identityProvider: string;
   probeGate: unknown;
   heap: { headroomMiB: number; growingPercent: number | undefined };
+  /** Data planes serving (worker threads, or 1: the agent's thread). */
+  workers: number;
   certs: CertificateManager;
-  balancer: EndpointBalancer;
-  pool: TunnelPool;
-  connections: ConnectionTracker;
+  /** The data planes' state, merged (proxy/view.ts). */
+  data: DataPlaneDump;
 }
 
 export function configDump(p: ConfigDumpParts): unknown {
@@ -40,7 +37,8 @@ export function configDump(p: ConfigDumpParts): unknown {
     pending: p.readiness.pending(),
     trustDomain: snapshot?.trustDomain,
     workloadSource: p.workloadSource,
-    policy: p.policy.dump?.(),
+    workers: p.workers,
+    policy: p.data.policy,
     identityProvider: p.identityProvider,
     probeGate: p.probeGate,
     heap: p.heap,
@@ -49,12 +47,12 @@ export function configDump(p: ConfigDumpParts): unknown {
     refusedAddresses: snapshot?.refused ?? [],
     services: (snapshot?.services ?? []).map((s) => ({
       name: s.name, namespace: s.namespace, clusterIP: s.clusterIP ?? 'None', ports: s.ports, preferClose: s.preferClose,
-      endpoints: p.balancer.view(s),
+      endpoints: p.data.endpoints[`${s.namespace}/${s.name}`] ?? [],
     })),
     certificates: p.certs.states().map((c) => c.state === 'available'
       ? { spiffeId: c.spiffeId, state: c.state, serial: c.serial, signedBy: c.signedBy, notBefore: new Date(c.notBefore).toISOString(), notAfter: new Date(c.notAfter).toISOString() }
       : c),
-    pools: p.pool.dump(),
-    connections: { totals: p.connections.totals, open: p.connections.list() },
+    pools: p.data.pools,
+    connections: p.data.connections,
   };
 }

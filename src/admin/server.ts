@@ -72,10 +72,12 @@ export function createAdminServer(routes: Record<string, () => unknown>, actions
       json(res, 404, { error: 'not found', get: Object.keys(routes), post: Object.keys(actions) });
       return;
     }
+    const failed = (err: unknown) => json(res, err instanceof AdminRequestError ? 400 : 500, { error: (err as Error).message });
     try {
-      json(res, 200, route ? route() : action!(url.searchParams));
+      // A route may answer later (the data-plane workers are asked across threads).
+      Promise.resolve(route ? route() : action!(url.searchParams)).then((body) => json(res, 200, body), failed);
     } catch (err) {
-      json(res, err instanceof AdminRequestError ? 400 : 500, { error: (err as Error).message });
+      failed(err);
     }
   });
 }

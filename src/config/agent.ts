@@ -1,5 +1,6 @@
 // `meshlet agent`: its flag table and its one validated configuration.
 import type { CaptureSettings } from '../capture/rules.ts';
+import { defaultWorkers } from '../cpu-limit.ts';
 import { PORTS } from '../ports.ts';
 import { CAPTURE_FLAGS, captureSettings } from './capture.ts';
 import { LOG_LEVEL_FLAG, type LogLevel, WORKLOADS_FLAGS, type WorkloadsConfig, workloadsConfig } from './common.ts';
@@ -59,6 +60,7 @@ export const AGENT_FLAGS = [
   { name: 'preserve-source-ip', type: 'on-off', default: 'on', help: 'local pods see their clients\' addresses, not the node\'s' },
   { name: 'non-tcp-to-strict', type: 'one-of', values: ['allow', 'drop'], default: 'allow', help: 'drop UDP, SCTP and other non-TCP forwarded to STRICT pods (ICMP and the node\'s own pass)' },
   { name: 'probe-gate-ttl', type: 'duration', min: 2_000, max: 600_000, default: '4s', help: 'a dead or stalled agent\'s pods fail kubelet\'s probes this long after it stops' },
+  { name: 'workers', type: 'int', arg: 'N', min: 1, max: 64, help: 'data planes, each a thread sharing the data ports; default: the CPU limit, else a quarter of the cores (at least 1); 1: the agent\'s own thread' },
   { name: 'heap-headroom', type: 'int', arg: 'MIB', min: 0, max: 1024, default: '32', help: 'old-generation headroom above the live heap once up (fewer full GCs on bulk traffic); 0: V8\'s own' },
   ...CAPTURE_FLAGS,
 ] as const satisfies readonly Flag[];
@@ -97,6 +99,8 @@ export interface AgentConfig {
   /** Whole seconds: ipset timeouts are. */
   probeGateTtlMs: number;
   heapHeadroomMiB: number;
+  /** Data planes: 1 runs in the agent's thread, more run as worker threads (proxy/workers.ts). */
+  workers: number;
   capture: CaptureSettings;
 }
 
@@ -128,6 +132,8 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     nonTcpToStrict: v['non-tcp-to-strict'],
     probeGateTtlMs: Math.round(v['probe-gate-ttl'] / 1000) * 1000,
     heapHeadroomMiB: v['heap-headroom'],
+    // A sidecar serves one pod: one thread, as the sidecars it stands for.
+    workers: v.workers ?? (sidecar ? 1 : defaultWorkers()),
     capture,
   };
   // A sidecar's own listeners are reached directly: the ones this agent really uses.

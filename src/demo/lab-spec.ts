@@ -21,6 +21,11 @@ export interface LabSpec {
   /** `bridge`: the node's pods share a bridge (topology.ts), as with the bridge CNI. */
   nodes: Array<{ name: string; pods: PodSpec[]; bridge?: boolean }>;
   certTtl?: string;
+  /**
+   * Data-plane workers of each node agent (--workers; default 2: every suite and the demo run the
+   * threads, as a node of 8 cores would by default). Sidecars run one.
+   */
+  workers?: number;
   agentArgs?: string[];
   /**
    * Where agents get certificates: 'local' (default) embeds the CA in each agent (--ca-dir);

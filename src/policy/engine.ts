@@ -20,6 +20,15 @@ export function plaintextRefusal(engine: PolicyEngine, destination: Workload): P
   return { allowed: false, policy: MTLS_STRICT, reason: `plaintext to ${destination.namespace}/${destination.name} is refused in STRICT mode` };
 }
 
+/** The engine as /config_dump shows it. */
+export interface PolicyDump {
+  generation: number;
+  rootNamespace: string;
+  mtls: Readonly<Record<string, MtlsMode>>;
+  policies: Array<Pick<CompiledPolicy, 'id' | 'action' | 'rules'> & { warnings?: string[]; errors?: string[] }>;
+  decisions: DecisionCount[];
+}
+
 export interface DecisionCount {
   action: 'allow' | 'deny' | 'audit';
   policy: string;
@@ -108,7 +117,7 @@ export class MeshPolicyEngine implements PolicyEngine {
     return [...this.#counts.values()];
   }
 
-  dump(): object {
+  dump(): PolicyDump {
     return {
       generation: this.generation,
       rootNamespace: this.#rootNamespace,

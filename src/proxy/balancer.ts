@@ -177,12 +177,12 @@ export class EndpointBalancer {
     }
   }
 
-  /** Endpoints currently ejected, per Service (a gauge). */
-  ejectedCounts(): Array<{ namespace: string; name: string; ejected: number }> {
+  /** Endpoints currently ejected, per Service (a gauge: workers' lists are merged, so addresses). */
+  ejected(): Array<{ namespace: string; name: string; ips: string[] }> {
     const now = this.#opts.now();
     return [...this.#state].map(([key, byIp]) => {
       const [namespace = '', name = ''] = key.split('/');
-      return { namespace, name, ejected: [...byIp.values()].filter((s) => s.ejectedUntil > now).length };
+      return { namespace, name, ips: [...byIp].filter(([, s]) => s.ejectedUntil > now).map(([ip]) => ip) };
     });
   }
 

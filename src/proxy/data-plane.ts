@@ -17,9 +17,11 @@ import { Identities } from './identities.ts';
 import { ConnectionLimiter, HandshakeGate } from './limits.ts';
 import { createDataListeners, type DataListeners, listen } from './listeners.ts';
 import { OpenRedirects } from './redirects.ts';
+import { SharedSlotCounts } from './shared-slots.ts';
 import type { DataPlaneSettings, DataPlaneSnapshot } from './snapshot.ts';
 import { TunnelPool } from './tunnel/pool.ts';
 import { StallWatch } from './tunnel/stall-watch.ts';
+import type { DataPlaneDump, DataPlaneGauges } from './view.ts';
 
 /** How often tunnel send queues are read for stalls (a few FFI calls per session). */
 const STALL_CHECK_MS = 1_000;
@@ -93,7 +95,11 @@ export class DataPlane {
         telemetry?.endpointEjected(service.namespace, service.name);
       },
     });
-    this.#limiter = new ConnectionLimiter({ maxConnections: settings.limits.maxConnections, maxPerSource: settings.limits.maxPerSource });
+    const shared = settings.sharedSlots;
+    this.#limiter = new ConnectionLimiter(
+      { maxConnections: settings.limits.maxConnections, maxPerSource: settings.limits.maxPerSource },
+      shared ? new SharedSlotCounts(shared.connections) : undefined,
+    );
     this.ctx = this.#context(deps);
     this.listeners = createDataListeners(this.ctx, {
       admit: (socket, reporter) => this.#admit(socket, reporter),
@@ -128,6 +134,27 @@ export class DataPlane {
       const retired = this.listeners.tunnel.recheckRoots() + this.pool.recheckRoots((id) => this.identities.rootsOf(id));
       if (retired > 0) this.#log.info({ retired }, 'trust bundle changed: tunnel sessions resting on a removed root retired');
     }
+  }
+
+  /** What the metrics gauges read, now. */
+  gauges(): DataPlaneGauges {
+    return {
+      pools: this.pool.dump(),
+      openConnections: this.connections.openByDirection(),
+      ejected: this.balancer.ejected(),
+      tunnelQueuedBytes: this.stalls.queuedBytes,
+    };
+  }
+
+  /** The data plane's part of /config_dump, now. */
+  dump(): DataPlaneDump {
+    const services = this.registry.snapshot?.services ?? [];
+    return {
+      ...this.gauges(),
+      policy: this.policy.dump(),
+      endpoints: Object.fromEntries(services.map((s) => [`${s.namespace}/${s.name}`, this.balancer.view(s)])),
+      connections: { totals: this.connections.totals, open: this.connections.list() },
+    };
   }
 
   /**
@@ -178,7 +205,10 @@ export class DataPlane {
   #context(deps: DataPlaneDeps): ProxyContext {
     const s = this.settings;
     const limiter = this.#limiter;
-    const handshakes = new HandshakeGate({ maxPending: s.limits.maxPendingHandshakes, maxPendingPerSource: s.limits.maxPendingPerSource, ratePerSecond: s.limits.handshakeRate });
+    const handshakes = new HandshakeGate({
+      maxPending: s.limits.maxPendingHandshakes, maxPendingPerSource: s.limits.maxPendingPerSource, ratePerSecond: s.limits.handshakeRate,
+      ...(s.sharedSlots ? { counts: new SharedSlotCounts(s.sharedSlots.pendingHandshakes) } : {}),
+    });
     return {
       admit: (socket) => this.#admit(socket, 'destination'),
       admitHandshake: (socket) => handshakes.admit(socket, (code, source, reason) => {

@@ -59,4 +59,9 @@ export interface DataPlaneSettings {
   };
   tunnelStallTimeoutMs: number;
   tunnelQueueBudgetBytes: number;
+  /**
+   * With several workers: memory they share (shared-slots.ts), where the connection and pending
+   * handshake slots are counted, so the limits above hold for the node. Shared, not copied, by a post.
+   */
+  sharedSlots?: { connections: SharedArrayBuffer; pendingHandshakes: SharedArrayBuffer };
 }

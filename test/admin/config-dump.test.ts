@@ -6,16 +6,13 @@ import pino from 'pino';
 import { configDump } from '../../src/admin/config-dump.ts';
 import { Readiness } from '../../src/admin/server.ts';
 import { CertificateManager } from '../../src/identity/certs.ts';
-import { MeshPolicyEngine } from '../../src/policy/engine.ts';
-import { EndpointBalancer } from '../../src/proxy/balancer.ts';
-import { TunnelPool } from '../../src/proxy/tunnel/pool.ts';
-import { ConnectionTracker } from '../../src/telemetry/connections.ts';
+import { DataPlane } from '../../src/proxy/data-plane.ts';
 import { parseWorkloadsFile } from '../../src/workloads/file.ts';
 import { WorkloadRegistry } from '../../src/workloads/registry.ts';
-import { inertStallWatch } from '../support/proxy-context.ts';
+import { testSettings } from '../support/proxy-context.ts';
 
 describe('config dump', () => {
-  it('shows readiness, the workloads with where they run, Services with their endpoints, and the parts\' state', () => {
+  it('shows readiness, the workloads with where they run, Services with their endpoints, and the parts\' state', async () => {
     const log = pino({ level: 'silent' });
     const registry = new WorkloadRegistry('node-a');
     const snapshot = parseWorkloadsFile(`trustDomain: td
@@ -25,16 +22,19 @@ workloads:
   - { name: db, namespace: shop, serviceAccount: db, ip: 10.1.0.21, node: node-b, labels: { app: db } }
 services:
   - { name: db, namespace: shop, clusterIP: 10.96.0.5, ports: [{ name: sql, port: 5432, targetPort: 5432 }], selector: { app: db } }
+policies:
+  - { name: no-web, namespace: shop, action: DENY, rules: [{ from: [{ principals: ["spiffe://td/ns/shop/sa/web"] }] }] }
 `);
     registry.replace(snapshot);
     const readiness = new Readiness();
     readiness.add({ name: 'certificates', done: () => false });
     const certs = new CertificateManager({ provider: { name: 'none', issue: () => new Promise(() => undefined) }, log });
-    const pool = new TunnelPool({ tunnelPort: 15008, connectTimeoutMs: 1_000, log, drainMs: 1_000, stalls: inertStallWatch(), secureContextFor: () => { throw new Error('none'); } });
+    const data = new DataPlane(testSettings('node-a', 15008), { log, stallProbe: { probe: () => undefined, reset: (s) => s.destroy() } });
+    data.apply({ generation: 1, meshGeneration: 1, mesh: snapshot, identities: [] });
     const dump = configDump({
-      node: 'node-a', mode: 'node', phase: 'starting', readiness, registry, workloadSource: { kind: 'file' }, policy: new MeshPolicyEngine(),
+      node: 'node-a', mode: 'node', phase: 'starting', readiness, registry, workloadSource: { kind: 'file' },
       identityProvider: 'none', probeGate: { vouched: 1 }, heap: { headroomMiB: 32, growingPercent: undefined },
-      certs, balancer: new EndpointBalancer(), pool, connections: new ConnectionTracker(log),
+      workers: 1, certs, data: data.dump(),
     }) as Record<string, any>;
     try {
       assert.equal(dump.ready, false);
@@ -48,8 +48,10 @@ services:
       assert.deepEqual(dump.pools, []);
       assert.deepEqual(dump.connections.open, []);
       assert.deepEqual(dump.probeGate, { vouched: 1 });
+      assert.equal(dump.workers, 1);
+      assert.deepEqual(dump.policy.policies.map((p: any) => `${p.id}:${p.action}`), ['shop/no-web:DENY'], 'the data plane\'s compiled policies');
     } finally {
-      pool.destroy();
+      await data.close(() => 0);
       certs.close();
     }
   });

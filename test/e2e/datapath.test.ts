@@ -111,17 +111,21 @@ describe('data path in network namespaces', { concurrency: false }, () => {
     }
   });
 
-  it('runs 50 concurrent connections over one pooled tunnel session per (source, destination)', async () => {
+  it('runs 50 concurrent connections over one pooled tunnel session per (source, destination) and worker', async () => {
     const [x, y] = await Promise.all([
       lab.client('a1', { host: lab.pod('b1').ip, port: PORT, bytes: 256 * 1024, connections: 50 }),
       lab.client('a2', { host: lab.pod('b2').ip, port: PORT, bytes: 256 * 1024, connections: 50, mode: 'halfclose' }),
     ]);
     assert.equal(x.results.filter((r) => r.ok).length, 50, JSON.stringify(x.results.filter((r) => !r.ok)));
     assert.equal(y.results.filter((r) => r.ok).length, 50, JSON.stringify(y.results.filter((r) => !r.ok)));
-    const pools = (await lab.configDump(lab.node('node-a'))).pools as Array<{ key: string; peer: string }>;
-    const keys = pools.map((p) => p.key).sort();
-    // One session per (source identity, destination pod) for up to 100 connections at a time.
-    assert.deepEqual(keys, [
+    const dump = await lab.configDump(lab.node('node-a'));
+    const pools = dump.pools as Array<{ key: string; worker?: number }>;
+    // One session per (source identity, destination pod) for up to 100 connections at a time, in
+    // each data-plane worker the kernel handed some of the pair's connections to.
+    const perWorker = pools.map((p) => `${p.key}@${p.worker ?? 0}`);
+    assert.equal(new Set(perWorker).size, perWorker.length, `one session per pair and worker: ${perWorker.join(', ')}`);
+    assert.equal(dump.workers, 2);
+    assert.deepEqual([...new Set(pools.map((p) => p.key))].sort(), [
       `${id('shop', 'cart')}|${lab.pod('b2').ip}`,
       `${id('shop', 'web')}|${lab.pod('b1').ip}`,
       `${id('shop', 'web')}|${lab.pod('b2').ip}`,
@@ -130,10 +134,12 @@ describe('data path in network namespaces', { concurrency: false }, () => {
 
   it('opens another session for a pair once its sessions carry 100 connections each', async () => {
     const pair = `${id('shop', 'web')}|${lab.pod('b1').ip}`;
-    const r = await lab.client('a1', { host: lab.pod('b1').ip, port: PORT, bytes: MB, connections: 150 });
-    assert.equal(r.results.filter((x) => x.ok).length, 150, JSON.stringify(r.results.filter((x) => !x.ok)));
-    const sessions = ((await lab.configDump(lab.node('node-a'))).pools as Array<{ key: string }>).filter((p) => p.key === pair);
-    assert.ok(sessions.length >= 2, `150 concurrent connections on ${sessions.length} session(s)`);
+    // 250 at once over the 2 workers: each worker's share is past one session's 100.
+    const r = await lab.client('a1', { host: lab.pod('b1').ip, port: PORT, bytes: MB, connections: 250 });
+    assert.equal(r.results.filter((x) => x.ok).length, 250, JSON.stringify(r.results.filter((x) => !x.ok)));
+    const sessions = ((await lab.configDump(lab.node('node-a'))).pools as Array<{ key: string; worker?: number }>).filter((p) => p.key === pair);
+    const most = Math.max(...[0, 1].map((w) => sessions.filter((p) => (p.worker ?? 0) === w).length));
+    assert.ok(most >= 2, `250 concurrent connections on ${most} session(s) in one worker at most`);
   });
 
   it('sends only TLS between the nodes: no plaintext payload on the wire, TLS records on port 15008', async () => {

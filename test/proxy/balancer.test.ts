@@ -102,9 +102,9 @@ describe('endpoint balancer', () => {
     assert.equal(b.view(svc)[0]!.open, 0);
     const held = b.lease(svc, svc.endpoints[1]!);
     b.prune([service([ep('10.0.0.3')])]);
-    assert.equal(b.ejectedCounts().length, 1);
+    assert.equal(b.ejected().length, 1);
     b.prune([]);
-    assert.deepEqual(b.ejectedCounts(), []);
+    assert.deepEqual(b.ejected(), []);
     held.release();
   });
 });

@@ -28,7 +28,7 @@ import { eventually } from '../support/wait.ts';
 const SHARED = new Set([
   'src/errors.ts', 'src/validate.ts', 'src/rate-limit.ts', 'src/backoff.ts', 'src/capture/socket.ts',
   'src/identity/spiffe.ts', 'src/identity/pem.ts', 'src/policy/hook.ts', 'src/policy/spec.ts', 'src/policy/compile.ts',
-  'src/policy/engine.ts', 'src/telemetry/connections.ts', 'src/telemetry/log.ts', 'src/workloads/model.ts', 'src/workloads/registry.ts',
+  'src/policy/engine.ts', 'src/telemetry/connections.ts', 'src/telemetry/log.ts', 'src/telemetry/batch.ts', 'src/telemetry/tcp-series.ts', 'src/workloads/model.ts', 'src/workloads/registry.ts',
 ]);
 /** Packages the data plane may load (a worker must not carry the Kubernetes client, forge or prom-client). */
 const PACKAGES = new Set(['pino', 'koffi']);

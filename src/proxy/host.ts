@@ -1,0 +1,51 @@
+// How the control plane holds its data plane: in its own thread (one worker, the default on a
+// small node), or as N worker threads sharing the data ports (workers.ts). Either way it sees the
+// same five operations and plain data back.
+import type { LevelWithSilent } from 'pino';
+import type { DataPlane } from './data-plane.ts';
+import { sharedSlotMemory } from './shared-slots.ts';
+import type { DataPlaneSettings, DataPlaneSnapshot } from './snapshot.ts';
+import type { DataPlaneDump, DataPlaneGauges } from './view.ts';
+
+export interface DataPlaneHost {
+  /** How many data planes serve (1: this thread). */
+  readonly workers: number;
+  apply(snapshot: DataPlaneSnapshot): void;
+  listen(): Promise<void>;
+  /** The gauges, after every count made so far reached the metrics. */
+  gauges(): Promise<DataPlaneGauges>;
+  dump(): Promise<DataPlaneDump>;
+  /** Drains until `drainUntil()` (read again as it waits), then ends. */
+  close(drainUntil: () => number): Promise<void>;
+  /** A runtime log-level change reaching the data planes' loggers (this thread's share the family). */
+  setLogLevel(level: LevelWithSilent): void;
+}
+
+/** The data plane in the control plane's thread. */
+export function inThisThread(data: DataPlane): DataPlaneHost {
+  return {
+    workers: 1,
+    apply: (s) => data.apply(s),
+    listen: () => data.listen(),
+    gauges: async () => data.gauges(),
+    dump: async () => data.dump(),
+    close: (drainUntil) => data.close(drainUntil),
+    setLogLevel: () => undefined,
+  };
+}
+
+/**
+ * What each of N workers is given. Connection and pending-handshake slots are counted in memory
+ * they share (shared-slots.ts): the limits hold for the node. What is about each worker's own
+ * event loop or queues is split: a source's handshake rate (the kernel spreads its connections over
+ * the workers by 4-tuple) and the tunnel send-queue budget, 1/N each, at least 1.
+ */
+export function workerSettings(s: DataPlaneSettings, workers: number): DataPlaneSettings {
+  const share = (n: number) => Math.max(1, Math.floor(n / workers));
+  return {
+    ...s,
+    limits: { ...s.limits, handshakeRate: share(s.limits.handshakeRate) },
+    tunnelQueueBudgetBytes: share(s.tunnelQueueBudgetBytes),
+    sharedSlots: { connections: sharedSlotMemory(), pendingHandshakes: sharedSlotMemory() },
+  };
+}

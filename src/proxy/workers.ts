@@ -1,0 +1,160 @@
+// N data planes, each in a worker thread of this process (worker.ts), sharing the data ports
+// through SO_REUSEPORT. Threads, not processes: one process keeps one PID, one RSS and one set of
+// capabilities for the DaemonSet, each thread loads koffi for its own socket options, and the
+// kernel, not this thread, spreads the connections. The control plane keeps everything fetched
+// once per node (certificates, the mesh, the probe gate) and posts the same snapshot to each.
+import { Worker } from 'node:worker_threads';
+import type { LevelWithSilent, Logger } from 'pino';
+import type { TelemetryBatch } from '../telemetry/batch.ts';
+import type { DataPlaneHost } from './host.ts';
+import { workerSettings } from './host.ts';
+import type { DataPlaneSettings, DataPlaneSnapshot } from './snapshot.ts';
+import { mergeDumps, mergeGauges, type DataPlaneDump, type DataPlaneGauges } from './view.ts';
+import type { FromWorker, ToWorker, WorkerInit } from './worker.ts';
+
+export interface WorkersOptions {
+  workers: number;
+  settings: DataPlaneSettings;
+  log: Logger;
+  logBase: Record<string, unknown>;
+  /** Where each worker's counts go (the control plane's metrics), when there are metrics. */
+  absorb?(batch: TelemetryBatch): void;
+  /** The probe gate (capture/probe-gate.ts ensure), and how long its word holds in a worker; none in a sidecar. */
+  vouch?: { ensure(ip: string): Promise<void> | undefined; freshMs: number };
+  /** The worker's entry (tests inject the original destination through their own). */
+  entry?: URL;
+}
+
+type Pending = { resolve(v: unknown): void; reject(err: Error): void };
+
+class DataPlaneWorker {
+  readonly thread: Worker;
+  readonly #pending = new Map<number, Pending>();
+  #next = 0;
+  #exited: Error | undefined;
+
+  constructor(entry: URL, init: WorkerInit, opts: WorkersOptions, onExit: (code: number) => void) {
+    this.thread = new Worker(entry, { workerData: init });
+    this.thread.on('message', (m: FromWorker) => {
+      if ('telemetry' in m) opts.absorb?.(m.telemetry);
+      else if ('vouch' in m) {
+        Promise.resolve(opts.vouch?.ensure(m.ip)).then(
+          () => this.post({ vouched: m.vouch }),
+          (err: Error) => this.post({ vouched: m.vouch, error: err.message }),
+        );
+      } else {
+        const p = this.#pending.get(m.reply);
+        this.#pending.delete(m.reply);
+        if (m.error !== undefined) p?.reject(new Error(m.error)); else p?.resolve(m.value);
+      }
+    });
+    this.thread.on('error', (err) => opts.log.error({ err: err.message, worker: init.index }, 'data-plane worker failed'));
+    this.thread.on('exit', (code) => {
+      this.#exited = new Error(`data-plane worker ${init.index} exited (code ${code})`);
+      for (const p of this.#pending.values()) p.reject(this.#exited);
+      this.#pending.clear();
+      onExit(code);
+    });
+  }
+
+  post(m: ToWorker): void {
+    if (!this.#exited) this.thread.postMessage(m);
+  }
+
+  ask<T>(what: 'listen' | 'gauges' | 'dump' | 'close'): Promise<T> {
+    if (this.#exited) return Promise.reject(this.#exited);
+    const id = ++this.#next;
+    return new Promise<T>((resolve, reject) => {
+      this.#pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      this.thread.postMessage({ ask: id, what } satisfies ToWorker);
+    });
+  }
+}
+
+export class DataPlaneWorkers implements DataPlaneHost {
+  readonly workers: number;
+  readonly #all: DataPlaneWorker[];
+  readonly #log: Logger;
+  readonly #start: (index: number) => DataPlaneWorker;
+  /** What a replacement worker is given: the last snapshot, and whether to listen. */
+  #snapshot: DataPlaneSnapshot | undefined;
+  #listening = false;
+  #closing = false;
+  /** Workers replaced after they died. */
+  replaced = 0;
+
+  constructor(opts: WorkersOptions) {
+    this.workers = opts.workers;
+    this.#log = opts.log;
+    const settings = workerSettings(opts.settings, opts.workers);
+    const entry = opts.entry ?? new URL('./worker-main.ts', import.meta.url);
+    this.#start = (index) => new DataPlaneWorker(entry, {
+      settings, index, logLevel: opts.log.level as LevelWithSilent, logBase: opts.logBase,
+      metrics: opts.absorb !== undefined, vouchFreshMs: opts.vouch?.freshMs ?? 0,
+    }, opts, (code) => this.#exited(index, code));
+    this.#all = Array.from({ length: opts.workers }, (_, index) => this.#start(index));
+  }
+
+  /**
+   * A worker that died (a bug, not a peer's bytes: those are errors the data plane handles) took
+   * its share of the open connections along; a new one takes its place in the port group, with the
+   * last snapshot, so the node goes on serving at full strength.
+   */
+  #exited(index: number, code: number): void {
+    if (this.#closing) return;
+    this.#log.error({ worker: index, code }, 'data-plane worker died; starting another');
+    const w = this.#start(index);
+    this.#all[index] = w;
+    this.replaced++;
+    if (this.#snapshot) w.post({ snapshot: this.#snapshot });
+    if (this.#listening) {
+      w.ask('listen').catch((err: Error) => this.#log.error({ worker: index, err: err.message }, 'replacement data-plane worker cannot listen'));
+    }
+  }
+
+  /** The threads now serving (a test ends one to see it replaced). */
+  get threads(): readonly Worker[] {
+    return this.#all.map((w) => w.thread);
+  }
+
+  apply(snapshot: DataPlaneSnapshot): void {
+    this.#snapshot = snapshot;
+    for (const w of this.#all) w.post({ snapshot });
+  }
+
+  async listen(): Promise<void> {
+    await Promise.all(this.#all.map((w) => w.ask('listen')));
+    this.#listening = true;
+  }
+
+  async gauges(): Promise<DataPlaneGauges> {
+    return mergeGauges(await Promise.all(this.#all.map((w) => w.ask<DataPlaneGauges>('gauges'))));
+  }
+
+  async dump(): Promise<DataPlaneDump> {
+    return mergeDumps(await Promise.all(this.#all.map((w) => w.ask<DataPlaneDump>('dump'))));
+  }
+
+  setLogLevel(level: LevelWithSilent): void {
+    for (const w of this.#all) w.post({ logLevel: level });
+  }
+
+  async close(drainUntil: () => number): Promise<void> {
+    this.#closing = true;
+    // A destroy during the drain moves its end: each worker is told the new one.
+    let told = drainUntil();
+    for (const w of this.#all) w.post({ drainUntil: told });
+    const watch = setInterval(() => {
+      const now = drainUntil();
+      if (now !== told) { told = now; for (const w of this.#all) w.post({ drainUntil: now }); }
+    }, 50);
+    try {
+      await Promise.all(this.#all.map(async (w) => {
+        await w.ask('close').catch((err: Error) => this.#log.warn({ err: err.message }, 'data-plane worker did not close cleanly'));
+        await w.thread.terminate();
+      }));
+    } finally {
+      clearInterval(watch);
+    }
+  }
+}
