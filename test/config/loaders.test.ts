@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { defaultWorkers } from '../../src/cpu-limit.ts';
 import { loadAgentConfig } from '../../src/config/agent.ts';
 import { loadCaRotateConfig, loadCaServeConfig } from '../../src/config/ca.ts';
 import { loadInitConfig } from '../../src/config/capture.ts';
@@ -131,6 +132,15 @@ describe('config', () => {
     assert.equal(loadAgentConfig(base, {}).heapHeadroomMiB, 32);
     assert.equal(loadAgentConfig([...base, '--heap-headroom', '0'], {}).heapHeadroomMiB, 0);
     assert.throws(() => loadAgentConfig([...base, '--heap-headroom', '32MiB'], {}), /--heap-headroom/);
+  });
+
+  it('takes --workers from 1 to 64, defaults it from the CPUs, and gives a sidecar one', () => {
+    const base = ['--node', 'n1', '--workloads', 'w', '--ca-dir', 'c'];
+    assert.equal(loadAgentConfig([...base, '--workers', '3'], {}).workers, 3);
+    assert.equal(loadAgentConfig(base, {}).workers, defaultWorkers());
+    assert.equal(loadAgentConfig([...base, '--sidecar', 'shop/web'], {}).workers, 1);
+    assert.throws(() => loadAgentConfig([...base, '--workers', '0'], {}), /--workers/);
+    assert.throws(() => loadAgentConfig([...base, '--workers', 'auto'], {}), /--workers/);
   });
 
   it('takes the tunnel port\'s handshake limits and the non-TCP option, with safe defaults', () => {
