@@ -18,11 +18,11 @@ export interface DataPlaneParts {
 export function createDataPlane(config: AgentConfig, parts: DataPlaneParts): DataPlaneHost {
   const settings = dataPlaneSettings(config);
   const { log, metrics, vouchFor } = parts;
-  if (config.workers === 1) {
-    return inThisThread(new DataPlane(settings, { log, ...(metrics ? { telemetry: metrics } : {}), ...(vouchFor ? { vouchFor } : {}) }));
-  }
+  const local = { log, ...(metrics ? { telemetry: metrics } : {}), ...(vouchFor ? { vouchFor } : {}) };
+  if (config.workers === 1) return inThisThread(new DataPlane(settings, local));
+  // Data plane 0 in this thread (a thread's memory saved), the others in worker threads.
   return new DataPlaneWorkers({
-    workers: config.workers, settings, log,
+    workers: config.workers, settings, log, inThisThread: local,
     logBase: { node: config.nodeName, ...(config.sidecar ? { sidecar: `${config.sidecar.namespace}/${config.sidecar.name}` } : {}) },
     ...(metrics ? { absorb: (batch) => metrics.absorb(batch) } : {}),
     // A quarter of the gate's TTL: an entry the gate vouches for lives half a TTL more at least (probe-gate.ts ensure).

@@ -1,11 +1,13 @@
-// N data planes, each in a worker thread of this process (worker.ts), sharing the data ports
-// through SO_REUSEPORT. Threads, not processes: one process keeps one PID, one RSS and one set of
-// capabilities for the DaemonSet, each thread loads koffi for its own socket options, and the
-// kernel, not this thread, spreads the connections. The control plane keeps everything fetched
-// once per node (certificates, the mesh, the probe gate) and posts the same snapshot to each.
+// N data planes sharing the data ports through SO_REUSEPORT: one in the control plane's thread and
+// N-1 in worker threads of this process (worker.ts), or N in threads. Threads, not processes: one
+// process keeps one PID, one RSS and one set of capabilities for the DaemonSet, and the kernel, not
+// this thread, spreads the connections. The control plane keeps everything fetched once per node
+// (certificates, the mesh, the probe gate) and hands the same snapshot to each. The one in this
+// thread saves a thread's memory (bench/README.md, "Agent memory").
 import { Worker } from 'node:worker_threads';
 import type { LevelWithSilent, Logger } from 'pino';
 import type { TelemetryBatch } from '../telemetry/batch.ts';
+import { DataPlane, type DataPlaneDeps } from './data-plane.ts';
 import type { DataPlaneHost } from './host.ts';
 import { workerSettings } from './host.ts';
 import type { DataPlaneSettings, DataPlaneSnapshot } from './snapshot.ts';
@@ -23,11 +25,45 @@ export interface WorkersOptions {
   vouch?: { ensure(ip: string): Promise<void> | undefined; freshMs: number };
   /** The worker's entry (tests inject the original destination through their own). */
   entry?: URL;
+  /** Set: data plane 0 runs in this thread, built with these, and N-1 in threads. */
+  inThisThread?: DataPlaneDeps;
+}
+
+type Question = 'listen' | 'gauges' | 'dump' | 'close';
+
+/** One data plane as the host drives it: told (snapshots, drain deadline, log level) and asked. */
+interface Member {
+  post(m: ToWorker): void;
+  ask<T>(what: Question): Promise<T>;
+}
+
+class ThisThreadMember implements Member {
+  readonly #data: DataPlane;
+  #drainUntil = Number.POSITIVE_INFINITY;
+  #listening: Promise<void> | undefined;
+
+  constructor(settings: DataPlaneSettings, deps: DataPlaneDeps) {
+    this.#data = new DataPlane(settings, deps);
+  }
+
+  post(m: ToWorker): void {
+    if ('snapshot' in m) this.#data.apply(m.snapshot);
+    else if ('drainUntil' in m) this.#drainUntil = m.drainUntil;
+    // A log level reaches this thread's loggers with the agent's own (one family).
+  }
+
+  async ask<T>(what: Question): Promise<T> {
+    if (what === 'gauges') return this.#data.gauges() as T;
+    if (what === 'dump') return this.#data.dump() as T;
+    if (what === 'close') return this.#data.close(() => this.#drainUntil) as Promise<T>;
+    this.#listening ??= this.#data.listen().catch((err: Error) => { this.#listening = undefined; throw err; });
+    return this.#listening as Promise<T>;
+  }
 }
 
 type Pending = { resolve(v: unknown): void; reject(err: Error): void };
 
-class DataPlaneWorker {
+class DataPlaneWorker implements Member {
   readonly thread: Worker;
   readonly #pending = new Map<number, Pending>();
   #next = 0;
@@ -61,7 +97,7 @@ class DataPlaneWorker {
     if (!this.#exited) this.thread.postMessage(m);
   }
 
-  ask<T>(what: 'listen' | 'gauges' | 'dump' | 'close'): Promise<T> {
+  ask<T>(what: Question): Promise<T> {
     if (this.#exited) return Promise.reject(this.#exited);
     const id = ++this.#next;
     return new Promise<T>((resolve, reject) => {
@@ -73,7 +109,7 @@ class DataPlaneWorker {
 
 export class DataPlaneWorkers implements DataPlaneHost {
   readonly workers: number;
-  readonly #all: DataPlaneWorker[];
+  readonly #all: Member[];
   readonly #log: Logger;
   readonly #start: (index: number) => DataPlaneWorker;
   /** What a replacement worker is given: the last snapshot, and whether to listen. */
@@ -87,12 +123,13 @@ export class DataPlaneWorkers implements DataPlaneHost {
     this.workers = opts.workers;
     this.#log = opts.log;
     const settings = workerSettings(opts.settings, opts.workers);
-    const entry = opts.entry ?? new URL('./worker-main.ts', import.meta.url);
+    const entry = opts.entry ?? new URL('./worker-main.js', import.meta.url);
     this.#start = (index) => new DataPlaneWorker(entry, {
       settings, index, logLevel: opts.log.level as LevelWithSilent, logBase: opts.logBase,
       metrics: opts.absorb !== undefined, vouchFreshMs: opts.vouch?.freshMs ?? 0,
     }, opts, (code) => this.#exited(index, code));
-    this.#all = Array.from({ length: opts.workers }, (_, index) => this.#start(index));
+    const local = opts.inThisThread;
+    this.#all = Array.from({ length: opts.workers }, (_, index) => (index === 0 && local ? new ThisThreadMember(settings, local) : this.#start(index)));
   }
 
   /**
@@ -114,7 +151,7 @@ export class DataPlaneWorkers implements DataPlaneHost {
 
   /** The threads now serving (a test ends one to see it replaced). */
   get threads(): readonly Worker[] {
-    return this.#all.map((w) => w.thread);
+    return this.#all.flatMap((w) => (w instanceof DataPlaneWorker ? [w.thread] : []));
   }
 
   apply(snapshot: DataPlaneSnapshot): void {
@@ -151,7 +188,7 @@ export class DataPlaneWorkers implements DataPlaneHost {
     try {
       await Promise.all(this.#all.map(async (w) => {
         await w.ask('close').catch((err: Error) => this.#log.warn({ err: err.message }, 'data-plane worker did not close cleanly'));
-        await w.thread.terminate();
+        if (w instanceof DataPlaneWorker) await w.thread.terminate();
       }));
     } finally {
       clearInterval(watch);
