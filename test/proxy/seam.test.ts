@@ -8,7 +8,6 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
-import { Worker } from 'node:worker_threads';
 import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
 import { createRootCa } from '../../src/identity/ca.ts';
@@ -17,7 +16,7 @@ import { createLocalCaProvider } from '../../src/identity/provider.ts';
 import { Identities } from '../../src/proxy/identities.ts';
 import type { DataPlaneSnapshot } from '../../src/proxy/snapshot.ts';
 import { parseWorkloadsFile } from '../../src/workloads/file.ts';
-import type { FromWorker, ToWorker } from '../support/data-plane-worker.ts';
+import { DataPlaneWorkers } from '../../src/proxy/workers.ts';
 import { testSettings } from '../support/proxy-context.ts';
 import { eventually } from '../support/wait.ts';
 
@@ -71,22 +70,15 @@ workloads:
   - { name: db, namespace: shop, serviceAccount: db, ip: ${IP.db}, node: node-b, labels: { app: db } }
 ${extra}`;
     const silent = pino({ level: 'silent' });
-    let worker: Worker;
+    let worker: DataPlaneWorkers;
     let certsA: CertificateManager;
     let certsB: CertificateManager;
     let app: net.Server;
     let appPort: number;
     let tunnelPort: number;
-    const inbox: FromWorker[] = [];
     let generation = 0;
-    const send = (m: ToWorker) => worker.postMessage(m);
-    const next = <T extends FromWorker>(pick: (m: FromWorker) => m is T) => eventually('the worker\'s answer', () => {
-      const i = inbox.findIndex(pick);
-      return i < 0 ? undefined : inbox.splice(i, 1)[0] as T;
-    }, 20_000);
     /** node-b's snapshot, as its agent would publish it: the mesh and node-b's identities. */
     const snapshot = (text: string): DataPlaneSnapshot => ({ generation: ++generation, meshGeneration: generation, mesh: parseWorkloadsFile(text), identities: certsB.materials() });
-
     before(async () => {
       const ca = await createRootCa({ trustDomain: TD });
       const roots = { signing: ca, trustDomain: TD, trustBundlePem: ca.certPem, signingFingerprint: new X509Certificate(ca.certPem).fingerprint256 };
@@ -98,22 +90,22 @@ ${extra}`;
       await eventually('both certificates', () => certsA.allReady && certsB.allReady && certsA.states().length === 1, 20_000);
       app = net.createServer((s) => { s.on('error', () => undefined); s.pipe(s); });
       appPort = await new Promise<number>((resolve) => app.listen(0, IP.db, () => resolve((app.address() as net.AddressInfo).port)));
-      worker = new Worker(new URL('../support/data-plane-worker.ts', import.meta.url), { workerData: testSettings('node-b', 0) });
-      worker.on('message', (m: FromWorker) => inbox.push(m));
-      send({ listen: IP.db });
-      ({ port: tunnelPort } = await next((m): m is { port: number } => 'port' in m));
+      const free = net.createServer();
+      tunnelPort = await new Promise<number>((resolve) => free.listen(0, () => resolve((free.address() as net.AddressInfo).port)));
+      await new Promise((r) => free.close(r));
+      // One worker thread, started as the agent starts them; only its original destination is injected.
+      worker = new DataPlaneWorkers({
+        workers: 1, log: silent, logBase: {}, entry: new URL('../support/workers-entry.ts', import.meta.url),
+        settings: testSettings('node-b', tunnelPort, { ports: { outbound: 0, inboundPlaintext: 0, tunnel: tunnelPort }, accessLog: false }),
+      });
+      await worker.listen();
     });
     after(async () => {
-      if (worker) {
-        send({ close: true });
-        await next((m): m is { closed: true } => 'closed' in m).catch(() => undefined);
-        await worker.terminate();
-      }
+      await worker?.close(() => 0);
       app?.close();
       certsA?.close();
       certsB?.close();
     });
-
     /** A CONNECT from web (node-a's identity) to db's tunnel port: the HTTP status and the echo. */
     async function connectAsWeb(): Promise<{ status: string; echo?: string }> {
       const identities = new Identities();
@@ -141,27 +133,26 @@ ${extra}`;
     it('serves a tunnel with the key material and mesh the snapshot carried, after a structured clone', async () => {
       const first = snapshot(yaml());
       assert.deepEqual(structuredClone(first), first, 'a snapshot survives structured cloning unchanged');
-      send({ snapshot: first });
-      const applied = await next((m): m is { applied: number; local: string[] } => 'applied' in m);
-      assert.deepEqual(applied.local, [IP.db]);
+      worker.apply(first);
+      await worker.dump(); // answered after the snapshot, which came first on the same port
       const r = await connectAsWeb();
       assert.deepEqual(r, { status: '200', echo: 'across the seam' });
     });
 
     it('enforces the policies of the next snapshot on the next CONNECT', async () => {
-      send({ snapshot: snapshot(yaml(`policies:
+      worker.apply(snapshot(yaml(`policies:
   - { name: no-web, namespace: shop, selector: { matchLabels: { app: db } }, action: DENY, rules: [{ from: [{ principals: ['spiffe://${TD}/ns/shop/sa/web'] }] }] }
-`)) });
-      await next((m): m is { applied: number; local: string[] } => 'applied' in m);
+`)));
+      await worker.dump();
       assert.equal((await connectAsWeb()).status, '403 policy_denied');
-      const line = await next((m): m is { access: Record<string, unknown> } => 'access' in m && m.access.error === 'policy_denied');
-      assert.equal(line.access.policy, 'shop/no-web');
+      const denials = (await worker.dump()).policy.decisions.filter((d) => d.action === 'deny');
+      assert.deepEqual(denials.map((d) => d.policy), ['shop/no-web'], 'the worker counted the denial under the snapshot\'s policy');
     });
 
     it('refuses the tunnel once a snapshot no longer carries the destination\'s certificate', async () => {
       certsB.reconcile([]);
-      send({ snapshot: snapshot(yaml()) });
-      await next((m): m is { applied: number; local: string[] } => 'applied' in m);
+      worker.apply(snapshot(yaml()));
+      await worker.dump();
       assert.equal((await connectAsWeb()).status, 'error', 'no handshake without the destination\'s certificate');
     });
   });
