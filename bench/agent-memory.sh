@@ -1,7 +1,8 @@
 #!/bin/bash
 # `npm run bench:memory` (root): idle RSS and PSS of one agent (10 local workloads, embedded CA) run
 # three ways, three starts each: type stripping at every start, the compile cache warm (src/main.js),
-# and that with the young generation the image uses. Numbers in bench/README.md, "Agent memory".
+# and that with the young generation the image uses; then the image's way with 1, 2 and 4 data-plane
+# workers (what each extra thread costs). Numbers in bench/README.md, "Agent memory".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODE=$PWD/node_modules/.bin/node
@@ -15,7 +16,7 @@ ip netns exec $NS ip link set lo up
 run() {
   local label=$1; shift
   for i in 1 2 3; do
-    ip netns exec $NS "$@" agent --node n1 --workloads $D/w.yaml --ca-dir $D/ca --log-level warn > /dev/null 2>&1 &
+    ip netns exec $NS "$@" agent --node n1 --workloads $D/w.yaml --ca-dir $D/ca --log-level warn ${EXTRA:-} > /dev/null 2>&1 &
     local pid=$!
     sleep 6
     local rss=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
@@ -28,3 +29,6 @@ run "type stripping, no cache (node src/cli.ts)" $NODE src/cli.ts
 NODE_COMPILE_CACHE=$D/cc $NODE src/main.js --help > /dev/null
 run "compile cache warm (node src/main.js)" env NODE_COMPILE_CACHE=$D/cc $NODE src/main.js
 run "compile cache + 2 MiB semi-spaces (bin/meshlet)" env NODE_COMPILE_CACHE=$D/cc $NODE --max-semi-space-size=2 src/main.js
+for w in 2 4; do
+  EXTRA="--workers $w" run "bin/meshlet --workers $w" env NODE_COMPILE_CACHE=$D/cc $NODE --max-semi-space-size=2 src/main.js
+done

@@ -31,6 +31,8 @@ const { values: opts } = parseArgs({ options: {
   'bulk-mb': { type: 'string', default: '512' },
   'bulk-rounds': { type: 'string', default: '3' },
   'conn-seconds': { type: 'string', default: '5' },
+  // One data plane per agent, as the relays and HAProxy have one thread each: CPU per request compares like with like.
+  workers: { type: 'string', default: '1' },
   out: { type: 'string', default: join(HERE, 'results.json') },
 } });
 const SECONDS = Number(opts.seconds);
@@ -45,6 +47,7 @@ const say = (s: string) => process.stderr.write(`${s}\n`);
 
 const lab = await MeshLab.create({
   trustDomain: 'bench.local',
+  workers: Number(opts.workers),
   nodes: [
     { name: 'node-a', pods: [{ name: 'client', namespace: 'bench' }, { name: 'plain-client', namespace: 'bench', captured: false }] },
     { name: 'node-b', pods: [{ name: 'server', namespace: 'bench' }, { name: 'plain-server', namespace: 'bench', captured: false }] },
