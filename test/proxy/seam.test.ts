@@ -2,7 +2,6 @@
 // plane imports nothing of the control plane, and a snapshot is plain data that a data plane in a
 // worker thread serves from, certificates and policies included.
 import assert from 'node:assert/strict';
-import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import http2 from 'node:http2';
 import net from 'node:net';
@@ -10,15 +9,12 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
-import { createRootCa } from '../../src/identity/ca.ts';
-import { CertificateManager } from '../../src/identity/certs.ts';
-import { createLocalCaProvider } from '../../src/identity/provider.ts';
+import type { CertificateManager } from '../../src/identity/certs.ts';
 import { Identities } from '../../src/proxy/identities.ts';
 import type { DataPlaneSnapshot } from '../../src/proxy/snapshot.ts';
 import { parseWorkloadsFile } from '../../src/workloads/file.ts';
 import { DataPlaneWorkers } from '../../src/proxy/workers.ts';
-import { testSettings } from '../support/proxy-context.ts';
-import { eventually } from '../support/wait.ts';
+import { issuedIdentities, testSettings } from '../support/proxy-context.ts';
 
 /**
  * What the data plane may import besides itself: pure libraries (types, parsing, policy matching,
@@ -80,14 +76,7 @@ ${extra}`;
     /** node-b's snapshot, as its agent would publish it: the mesh and node-b's identities. */
     const snapshot = (text: string): DataPlaneSnapshot => ({ generation: ++generation, meshGeneration: generation, mesh: parseWorkloadsFile(text), identities: certsB.materials() });
     before(async () => {
-      const ca = await createRootCa({ trustDomain: TD });
-      const roots = { signing: ca, trustDomain: TD, trustBundlePem: ca.certPem, signingFingerprint: new X509Certificate(ca.certPem).fingerprint256 };
-      const provider = createLocalCaProvider(roots, { trustDomain: () => TD, ttlMs: 3_600_000 });
-      certsA = new CertificateManager({ provider, log: silent });
-      certsB = new CertificateManager({ provider, log: silent });
-      certsA.reconcile([`spiffe://${TD}/ns/shop/sa/web`]);
-      certsB.reconcile([`spiffe://${TD}/ns/shop/sa/db`]);
-      await eventually('both certificates', () => certsA.allReady && certsB.allReady && certsA.states().length === 1, 20_000);
+      [certsA, certsB] = await issuedIdentities(TD, [`spiffe://${TD}/ns/shop/sa/web`], [`spiffe://${TD}/ns/shop/sa/db`]) as [CertificateManager, CertificateManager];
       app = net.createServer((s) => { s.on('error', () => undefined); s.pipe(s); });
       appPort = await new Promise<number>((resolve) => app.listen(0, IP.db, () => resolve((app.address() as net.AddressInfo).port)));
       const free = net.createServer();

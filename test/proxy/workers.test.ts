@@ -2,13 +2,10 @@
 // without root: node-b's data plane is two workers, node-a's an in-process one whose tunnels reach
 // them. The kernel spreads connections over the workers; the control plane sees one data plane.
 import assert from 'node:assert/strict';
-import { X509Certificate } from 'node:crypto';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
-import { createRootCa } from '../../src/identity/ca.ts';
-import { CertificateManager } from '../../src/identity/certs.ts';
-import { createLocalCaProvider } from '../../src/identity/provider.ts';
+import type { CertificateManager } from '../../src/identity/certs.ts';
 import { DataPlane } from '../../src/proxy/data-plane.ts';
 import { workerSettings } from '../../src/proxy/host.ts';
 import type { DataPlaneSnapshot } from '../../src/proxy/snapshot.ts';
@@ -18,7 +15,7 @@ import type { DataPlaneGauges } from '../../src/proxy/view.ts';
 import { MeshMetrics } from '../../src/telemetry/metrics.ts';
 import { parseWorkloadsFile } from '../../src/workloads/file.ts';
 import { parseMetrics, sum } from '../support/prometheus.ts';
-import { testSettings } from '../support/proxy-context.ts';
+import { issuedIdentities, testSettings } from '../support/proxy-context.ts';
 import { eventually } from '../support/wait.ts';
 
 const TD = 'workers.test';
@@ -69,14 +66,7 @@ describe('data planes in worker threads', () => {
   const viaTunnel = () => net.connect({ host: '127.0.0.1', port: (aOutbound.address() as net.AddressInfo).port, localAddress: IP.web });
 
   before(async () => {
-    const ca = await createRootCa({ trustDomain: TD });
-    const roots = { signing: ca, trustDomain: TD, trustBundlePem: ca.certPem, signingFingerprint: new X509Certificate(ca.certPem).fingerprint256 };
-    const provider = createLocalCaProvider(roots, { trustDomain: () => TD, ttlMs: 3_600_000 });
-    certsA = new CertificateManager({ provider, log: silent });
-    certsB = new CertificateManager({ provider, log: silent });
-    certsA.reconcile([`spiffe://${TD}/ns/shop/sa/web`]);
-    certsB.reconcile([`spiffe://${TD}/ns/shop/sa/db`]);
-    await eventually('both certificates', () => certsA.allReady && certsB.allReady && certsA.states().length === 1, 20_000);
+    [certsA, certsB] = await issuedIdentities(TD, [`spiffe://${TD}/ns/shop/sa/web`], [`spiffe://${TD}/ns/shop/sa/db`]) as [CertificateManager, CertificateManager];
     app = net.createServer((s) => { s.on('error', () => undefined); s.pipe(s); });
     const appPort = await new Promise<number>((resolve) => app.listen(0, IP.db, () => resolve((app.address() as net.AddressInfo).port)));
     process.env.MESHLET_TEST_APP_PORT = String(appPort);

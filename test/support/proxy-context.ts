@@ -115,6 +115,23 @@ export function testSettings(nodeName: string, tunnelPort: number, overrides: Pa
 }
 
 /**
+ * A root CA of `trustDomain` and one CertificateManager per node, each given the SPIFFE IDs listed
+ * for it and holding their certificates when this resolves. The caller closes them.
+ */
+export async function issuedIdentities(trustDomain: string, ...nodes: string[][]): Promise<CertificateManager[]> {
+  const ca = await createRootCa({ trustDomain });
+  const roots = { signing: ca, trustDomain, trustBundlePem: ca.certPem, signingFingerprint: new X509Certificate(ca.certPem).fingerprint256 };
+  const provider = createLocalCaProvider(roots, { trustDomain: () => trustDomain, ttlMs: 3_600_000 });
+  const managers = nodes.map((ids) => {
+    const m = new CertificateManager({ provider, log: silent });
+    m.reconcile(ids);
+    return m;
+  });
+  await eventually('every certificate', () => managers.every((m, i) => m.allReady && m.states().length === nodes[i]!.length), 20_000);
+  return managers;
+}
+
+/**
  * Builds every node of `yaml` (a workloads file: its pods must have 127.x addresses) as a DataPlane
  * fed with snapshots, its certificates issued, its tunnel server listening on its pods' addresses,
  * and its 15001 and 15006 stand-ins on 127.0.0.1.
