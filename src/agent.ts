@@ -89,7 +89,7 @@ export class Agent {
     this.#rootLog = log;
     this.#log = log.child({ component: 'agent', node: config.nodeName });
     ({ tools: this.#tools, source: this.#source, registry: this.registry, provider: this.#provider } = parts);
-    this.certs = new CertificateManager({ provider: this.#provider, log });
+    this.certs = new CertificateManager({ provider: this.#provider, log, keyAlgorithm: config.keyAlgorithm });
     this.metrics = config.metrics ? new MeshMetrics() : undefined;
     const metrics = this.metrics;
     this.capture = new CaptureKeeper({

@@ -138,8 +138,8 @@ async function cmdCa(argv: string[]): Promise<number> {
 }
 
 async function cmdCaInit(argv: string[]): Promise<number> {
-  const { out, trustDomain } = loadCaInitConfig(argv);
-  const created = await initRoot(new DirRootStore(out), trustDomain);
+  const { out, trustDomain, keyAlgorithm } = loadCaInitConfig(argv);
+  const created = await initRoot(new DirRootStore(out), trustDomain, keyAlgorithm);
   if (!created) throw new CaError(`${out} already holds a root; refusing to overwrite it (losing a root breaks the mesh)`);
   process.stderr.write(`meshlet ca: root CA written to ${out}/${ROOT_FILES.cert} and ${out}/${ROOT_FILES.key}\n`);
   return 0;
@@ -194,9 +194,9 @@ async function cmdCaServe(argv: string[]): Promise<number> {
 }
 
 async function cmdCaRotate(argv: string[]): Promise<number> {
-  const { step, backend } = loadCaRotateConfig(argv);
+  const { step, backend, keyAlgorithm } = loadCaRotateConfig(argv);
   const { store } = await caBackend(backend, createLogger('warn', { component: 'ca' }));
-  const set = await rotateRoot(store, step as RotationStep);
+  const set = await rotateRoot(store, step as RotationStep, keyAlgorithm);
   process.stderr.write(`meshlet ca rotate ${step}: signing root ${set.signingFingerprint}, ${bundleSize(set.trustBundlePem)} root(s) trusted\n`);
   return 0;
 }

@@ -10,21 +10,19 @@
 //
 // Refusals are cheap and come first (rate, size, token), so a flood of garbage costs the CA little
 // and other clients are still served.
-import { createPublicKey, generateKeyPair } from 'node:crypto';
+import { createPublicKey } from 'node:crypto';
 import https from 'node:https';
 import type http from 'node:http';
-import { promisify } from 'node:util';
 import type { Logger } from 'pino';
 import {
   AuthorizerUnavailableError, BadCaRequestError, BodyTooLargeError, CaError, CaRefusal, RateLimitedError, SlowRequestError, TokenRejectedError,
 } from '../errors.ts';
-import { CaSigner, parseWorkloadCsr } from '../identity/ca.ts';
+import { CaSigner, generateKey, keyAlgorithmOf, parseWorkloadCsr } from '../identity/ca.ts';
 import { bundleSize } from '../identity/pem.ts';
 import { loadRootSet, type RootSet, type RootStore } from '../identity/roots.ts';
 import type { NodeAuthorizer } from './authorizer.ts';
 import { RateLimiter, SlotLimiter } from '../rate-limit.ts';
 
-const generateKeyPairAsync = promisify(generateKeyPair);
 
 export interface CaServiceOptions {
   store: RootStore;
@@ -104,7 +102,8 @@ export class CaService {
 
   static async start(opts: CaServiceOptions): Promise<CaService> {
     const roots = await loadRootSet(opts.store);
-    const { privateKey } = await generateKeyPairAsync('rsa', { modulusLength: 2048, privateKeyEncoding: { type: 'pkcs1', format: 'pem' }, publicKeyEncoding: { type: 'spki', format: 'pem' } });
+    // The serving key is of the root's kind: a client that verifies one verifies the other.
+    const { privateKeyPem: privateKey } = await generateKey(keyAlgorithmOf(roots.signing.keyPem));
     await opts.authorizer.start();
     const service = new CaService(opts, roots, privateKey);
     service.#unpublished = roots;

@@ -3,7 +3,7 @@ import type { CaptureSettings } from '../capture/rules.ts';
 import { defaultWorkers } from '../cpu-limit.ts';
 import { PORTS } from '../ports.ts';
 import { CAPTURE_FLAGS, captureSettings } from './capture.ts';
-import { LOG_LEVEL_FLAG, type LogLevel, WORKLOADS_FLAGS, type WorkloadsConfig, workloadsConfig } from './common.ts';
+import { KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLevel, WORKLOADS_FLAGS, type WorkloadsConfig, workloadsConfig } from './common.ts';
 import { type Flag, type FlagValues, type Problems, readFlags } from './flags.ts';
 
 export interface Ports {
@@ -31,6 +31,7 @@ export const AGENT_FLAGS = [
   ...WORKLOADS_FLAGS,
   { name: 'ca-dir', type: 'text', arg: 'DIR', help: 'embedded local CA: the root from `meshlet ca init`' },
   { name: 'cert-ttl', ...CERT_TTL, help: 'with --ca-dir: workload certificate lifetime, renewed at half life' },
+  { name: 'key-algorithm', type: 'one-of', values: KEY_ALGORITHMS, default: 'ecdsa-p256', help: 'workload keys (the CA signs either kind, under a root of either kind)' },
   { name: 'ca-url', type: 'text', arg: 'URL', help: 'the CA service (https://...); excludes --ca-dir' },
   { name: 'token-file', type: 'text', arg: 'FILE', help: 'this node\'s token for the CA, re-read per request' },
   { name: 'trust-bundle', type: 'text', arg: 'FILE', help: 'roots (PEM) that verify the CA service\'s certificate' },
@@ -99,6 +100,7 @@ export interface AgentConfig {
   /** Whole seconds: ipset timeouts are. */
   probeGateTtlMs: number;
   heapHeadroomMiB: number;
+  keyAlgorithm: KeyAlgorithm;
   /** Data planes: 1 runs in the agent's thread, more run as worker threads (proxy/workers.ts). */
   workers: number;
   capture: CaptureSettings;
@@ -132,6 +134,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     nonTcpToStrict: v['non-tcp-to-strict'],
     probeGateTtlMs: Math.round(v['probe-gate-ttl'] / 1000) * 1000,
     heapHeadroomMiB: v['heap-headroom'],
+    keyAlgorithm: v['key-algorithm'],
     // A sidecar serves one pod: one thread, as the sidecars it stands for.
     workers: v.workers ?? (sidecar ? 1 : defaultWorkers()),
     capture,

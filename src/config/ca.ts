@@ -2,7 +2,7 @@
 import { isIP } from 'node:net';
 import { PORTS } from '../ports.ts';
 import { CERT_TTL } from './agent.ts';
-import { DEFAULT_TRUST_DOMAIN, DNS_NAME, LOG_LEVEL_FLAG, type LogLevel } from './common.ts';
+import { DEFAULT_TRUST_DOMAIN, DNS_NAME, KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLevel } from './common.ts';
 import { type Flag, type FlagValues, type Problems, readFlags } from './flags.ts';
 
 /** Where the CA keeps its root and how it authorizes: files (local) or the Kubernetes API. */
@@ -105,29 +105,37 @@ export function loadCaServeConfig(argv: string[], env: NodeJS.ProcessEnv): CaSer
   return config;
 }
 
-export const CA_ROTATE_FLAGS = BACKEND_FLAGS;
+/** The root's key: ECDSA P-256 by default, RSA-2048 for verifiers that need it. */
+const KEY_ALGORITHM = { name: 'key-algorithm', type: 'one-of', values: KEY_ALGORITHMS } as const;
+
+export const CA_ROTATE_FLAGS = [
+  ...BACKEND_FLAGS,
+  { ...KEY_ALGORITHM, help: 'with prepare: the new root\'s key (default: the current root\'s; a rotation moves a mesh from one to the other)' },
+] as const satisfies readonly Flag[];
 
 /** `meshlet ca rotate STEP`: which store to rotate. */
-export function loadCaRotateConfig(argv: string[]): { step: 'prepare' | 'activate' | 'finish'; backend: CaBackend } {
+export function loadCaRotateConfig(argv: string[]): { step: 'prepare' | 'activate' | 'finish'; backend: CaBackend; keyAlgorithm?: KeyAlgorithm } {
   const { values: v, positionals, problems: p } = readFlags(CA_ROTATE_FLAGS, argv, {}, { positionals: true });
   const step = positionals[0] ?? '';
   if (positionals.length !== 1 || !['prepare', 'activate', 'finish'].includes(step)) {
     p.add('usage: meshlet ca rotate prepare|activate|finish (--ca-dir DIR | --kubernetes)');
   }
   const backend = caBackend(v, p, false);
+  if (v['key-algorithm'] && step !== 'prepare') p.add('--key-algorithm: only `prepare` makes a root');
   p.throwIfAny();
-  return { step: step as 'prepare' | 'activate' | 'finish', backend };
+  return { step: step as 'prepare' | 'activate' | 'finish', backend, ...(v['key-algorithm'] ? { keyAlgorithm: v['key-algorithm'] } : {}) };
 }
 
 export const CA_INIT_FLAGS = [
   { name: 'out', type: 'text', arg: 'DIR', help: 'where the root is written (created; an existing root is never overwritten)' },
   { ...TRUST_DOMAIN, help: 'the root\'s trust domain' },
+  { ...KEY_ALGORITHM, default: 'ecdsa-p256', help: 'the root\'s key' },
 ] as const satisfies readonly Flag[];
 
 /** `meshlet ca init`: where to write a new root, for which trust domain. */
-export function loadCaInitConfig(argv: string[]): { out: string; trustDomain: string } {
+export function loadCaInitConfig(argv: string[]): { out: string; trustDomain: string; keyAlgorithm: KeyAlgorithm } {
   const { values: v, problems: p } = readFlags(CA_INIT_FLAGS, argv);
   const out = p.required('out', v.out);
   p.throwIfAny();
-  return { out, trustDomain: v['trust-domain'] };
+  return { out, trustDomain: v['trust-domain'], keyAlgorithm: v['key-algorithm'] };
 }

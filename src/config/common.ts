@@ -35,3 +35,7 @@ export function workloadsConfig(v: FlagValues<typeof WORKLOADS_FLAGS>, p: Proble
   if (v['trust-domain']) p.add('--trust-domain only applies with --kubernetes (the workloads file names its own)');
   return { kind: 'file', path: p.required('workloads (or --kubernetes)', v.workloads), pollMs: v['workloads-poll'] };
 }
+
+/** Keys for roots and workloads: ECDSA P-256 (the default: cheaper handshakes and keys) or RSA-2048. */
+export const KEY_ALGORITHMS = ['ecdsa-p256', 'rsa-2048'] as const;
+export type KeyAlgorithm = (typeof KEY_ALGORITHMS)[number];

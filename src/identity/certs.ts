@@ -6,7 +6,7 @@ import { X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { NoCertificateError } from '../errors.ts';
-import { createCsr, generateRsaKey } from './ca.ts';
+import { createCsr, generateKey, type KeyAlgorithm } from './ca.ts';
 import { bundleSize, parseBundle } from './pem.ts';
 import type { CertificateProvider, TrustBundle } from './provider.ts';
 import { signingRootOf } from './roots.ts';
@@ -67,6 +67,8 @@ export interface CertificateManagerOptions {
   renewAt?: number;
   /** When the signing root changes, re-issues are spread over this long so the CA is not stormed. */
   rootChangeSpreadMs?: number;
+  /** The workloads' keys (ECDSA P-256 unless told). */
+  keyAlgorithm?: KeyAlgorithm;
 }
 
 let revisions = 0;
@@ -80,6 +82,7 @@ export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
   readonly #retryMax: number;
   readonly #renewAt: number;
   readonly #rootChangeSpread: number;
+  readonly #keyAlgorithm: KeyAlgorithm;
   readonly #unwatch: (() => void) | undefined;
   #bundle: TrustBundle | undefined;
   #closed = false;
@@ -93,6 +96,7 @@ export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
     this.#retryMax = opts.retryMaxMs ?? 30_000;
     this.#renewAt = opts.renewAt ?? 0.5;
     this.#rootChangeSpread = opts.rootChangeSpreadMs ?? 5_000;
+    this.#keyAlgorithm = opts.keyAlgorithm ?? 'ecdsa-p256';
     this.#unwatch = opts.provider.watchBundle?.((b) => this.#onBundle(b));
   }
 
@@ -171,7 +175,7 @@ export class CertificateManager extends EventEmitter<{ change: [CertState] }> {
   async #issue(id: string, entry: Entry): Promise<void> {
     if (this.#closed || this.#entries.get(id) !== entry) return;
     try {
-      const { privateKeyPem } = await generateRsaKey();
+      const { privateKeyPem } = await generateKey(this.#keyAlgorithm);
       const csr = createCsr(privateKeyPem, id);
       const issued = await this.#provider.issue(csr, id);
       if (this.#closed || this.#entries.get(id) !== entry) return;

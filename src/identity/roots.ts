@@ -13,7 +13,7 @@ import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { CaError } from '../errors.ts';
-import { createRootCa, type RootCa, rootTrustDomain } from './ca.ts';
+import { createRootCa, keyAlgorithmOf, type KeyAlgorithm, type RootCa, rootTrustDomain } from './ca.ts';
 import { parseBundle } from './pem.ts';
 
 export const ROOT_FILES = { key: 'ca.key', cert: 'ca.crt', bundle: 'trust-bundle.pem', nextKey: 'next.key', nextCert: 'next.crt' } as const;
@@ -89,8 +89,8 @@ export async function loadRootSet(store: RootStore): Promise<RootSet> {
 }
 
 /** Writes a new root into the store; false (nothing written) when it already holds one. */
-export async function initRoot(store: RootStore, trustDomain: string): Promise<boolean> {
-  const root = await createRootCa({ trustDomain });
+export async function initRoot(store: RootStore, trustDomain: string, keyAlgorithm?: KeyAlgorithm): Promise<boolean> {
+  const root = await createRootCa({ trustDomain, ...(keyAlgorithm ? { keyAlgorithm } : {}) });
   return store.create({ [ROOT_FILES.key]: root.keyPem, [ROOT_FILES.cert]: root.certPem, [ROOT_FILES.bundle]: root.certPem });
 }
 
@@ -105,7 +105,7 @@ export async function ensureRoot(store: RootStore, trustDomain: string): Promise
 export type RotationStep = 'prepare' | 'activate' | 'finish';
 
 /** Applies one rotation step; refuses steps out of order with a message that says what comes next. */
-export async function rotateRoot(store: RootStore, step: RotationStep): Promise<RootSet> {
+export async function rotateRoot(store: RootStore, step: RotationStep, keyAlgorithm?: KeyAlgorithm): Promise<RootSet> {
   const files = await store.read();
   if (!files) throw new CaError(`${store.where} holds no root to rotate`);
   const set = rootSetFromFiles(files, store.where);
@@ -115,7 +115,8 @@ export async function rotateRoot(store: RootStore, step: RotationStep): Promise<
     case 'prepare': {
       if (set.next) throw new CaError(`a rotation is already prepared in ${store.where}; run \`activate\` next`);
       if (bundleSize > 1) throw new CaError(`the trust bundle still holds an old root; run \`finish\` first`);
-      const root = await createRootCa({ trustDomain: set.trustDomain });
+      // The current root's kind of key unless told: a rotation is also how a mesh changes it.
+      const root = await createRootCa({ trustDomain: set.trustDomain, keyAlgorithm: keyAlgorithm ?? keyAlgorithmOf(set.signing.keyPem) });
       next = { ...files, [ROOT_FILES.nextKey]: root.keyPem, [ROOT_FILES.nextCert]: root.certPem, [ROOT_FILES.bundle]: set.signing.certPem + root.certPem };
       break;
     }

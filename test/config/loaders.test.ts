@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { defaultWorkers } from '../../src/cpu-limit.ts';
 import { loadAgentConfig } from '../../src/config/agent.ts';
-import { loadCaRotateConfig, loadCaServeConfig } from '../../src/config/ca.ts';
+import { loadCaInitConfig, loadCaRotateConfig, loadCaServeConfig } from '../../src/config/ca.ts';
 import { loadInitConfig } from '../../src/config/capture.ts';
 import { parseDuration } from '../../src/config/flags.ts';
 import { ConfigError } from '../../src/errors.ts';
@@ -132,6 +132,17 @@ describe('config', () => {
     assert.equal(loadAgentConfig(base, {}).heapHeadroomMiB, 32);
     assert.equal(loadAgentConfig([...base, '--heap-headroom', '0'], {}).heapHeadroomMiB, 0);
     assert.throws(() => loadAgentConfig([...base, '--heap-headroom', '32MiB'], {}), /--heap-headroom/);
+  });
+
+  it('takes the key algorithm for workloads, a new root and a rotation, ECDSA by default', () => {
+    const base = ['--node', 'n1', '--workloads', 'w', '--ca-dir', 'c'];
+    assert.equal(loadAgentConfig(base, {}).keyAlgorithm, 'ecdsa-p256');
+    assert.equal(loadAgentConfig([...base, '--key-algorithm', 'rsa-2048'], {}).keyAlgorithm, 'rsa-2048');
+    assert.throws(() => loadAgentConfig([...base, '--key-algorithm', 'rsa-1024'], {}), /--key-algorithm/);
+    assert.equal(loadCaInitConfig(['--out', 'd']).keyAlgorithm, 'ecdsa-p256');
+    assert.equal(loadCaRotateConfig(['prepare', '--ca-dir', 'd', '--key-algorithm', 'rsa-2048']).keyAlgorithm, 'rsa-2048');
+    assert.equal(loadCaRotateConfig(['prepare', '--ca-dir', 'd']).keyAlgorithm, undefined, 'the current root\'s kind');
+    assert.throws(() => loadCaRotateConfig(['activate', '--ca-dir', 'd', '--key-algorithm', 'rsa-2048']), /only `prepare` makes a root/);
   });
 
   it('takes --workers from 1 to 64, defaults it from the CPUs, and gives a sidecar one', () => {

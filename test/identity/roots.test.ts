@@ -3,7 +3,7 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { createRootCa } from '../../src/identity/ca.ts';
+import { createRootCa, keyAlgorithmOf } from '../../src/identity/ca.ts';
 import { parseBundle } from '../../src/identity/pem.ts';
 import { CaError } from '../../src/errors.ts';
 import { DirRootStore, ensureRoot, loadRootSet, ROOT_FILES, rotateRoot } from '../../src/identity/roots.ts';
@@ -55,6 +55,18 @@ describe('root store and rotation', () => {
     const finished = await rotateRoot(store, 'finish');
     assert.equal(finished.trustBundlePem, activated.signing.certPem);
     await assert.rejects(readFile(join(dir, 'b', ROOT_FILES.nextKey)), /ENOENT/);
+  });
+
+  it('rotates to the current root\'s kind of key unless told, and to the other kind when told', async () => {
+    const store = new DirRootStore(join(dir, 'kinds'));
+    const { set } = await ensureRoot(store, 'td');
+    assert.equal(keyAlgorithmOf(set.signing.keyPem), 'ecdsa-p256', 'a first root is ECDSA');
+    assert.equal(keyAlgorithmOf((await rotateRoot(store, 'prepare')).next!.keyPem), 'ecdsa-p256');
+    await rotateRoot(store, 'activate');
+    await rotateRoot(store, 'finish');
+    const toRsa = await rotateRoot(store, 'prepare', 'rsa-2048');
+    assert.equal(keyAlgorithmOf(toRsa.next!.keyPem), 'rsa-2048', 'a rotation moves the mesh to RSA');
+    assert.equal(keyAlgorithmOf(toRsa.signing.keyPem), 'ecdsa-p256', 'while the old root still signs');
   });
 
   it('refuses a key that does not belong to its certificate, and a bundle without the signing root', async () => {
