@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Agent, request } from 'undici';
-import { createCsr, generateRsaKey } from '../src/identity/ca.ts';
+import { createCsr, generateKey } from '../src/identity/ca.ts';
 
 const { values: o } = parseArgs({ options: {
   url: { type: 'string' }, 'token-file': { type: 'string' }, 'trust-bundle': { type: 'string' },
@@ -14,7 +14,7 @@ const token = readFileSync(String(o['token-file']), 'utf8').trim();
 const dispatcher = new Agent({ connect: { ca: readFileSync(String(o['trust-bundle']), 'utf8') }, connections: Number(o.concurrency) });
 const csrs: string[] = [];
 for (let i = 0; i < 64; i++) {
-  const { privateKeyPem } = await generateRsaKey();
+  const { privateKeyPem } = await generateKey();
   csrs.push(JSON.stringify({ csr: createCsr(privateKeyPem, `spiffe://${o.td}/ns/bench/sa/app-${i % Number(o.workloads)}`) }));
 }
 const post = async (body: string) => {

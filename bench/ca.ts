@@ -1,11 +1,13 @@
 // `npm run bench:ca`: what identity costs.
 //
-//   sign         CSR checks + signing alone, in this process, one core: native signatures (what the
-//                CA does) and node-forge's JavaScript RSA (what it would cost without them)
+//   sign         key generation, CSR checks and signing alone, in this process, one core, for ECDSA
+//                P-256 and RSA-2048 (roots and workload keys of the one kind); with RSA also
+//                node-forge's JavaScript signing (what the CA would cost without native signatures)
 //   ca-service   `meshlet ca serve` pinned to one core (taskset), a load generator on the other:
 //                CSRs per second over HTTPS with token checks, and latency
 //   cold-start   an agent with 100 local workloads, from process start to all 100 certificates
-//                available: with the CA service (in its own namespace) and with the embedded CA
+//                available: with the CA service (in its own namespace) and with the embedded CA,
+//                with ECDSA and with RSA workload keys
 //
 // Prints a table and writes bench/ca-results.json. Numbers are for the report; nothing is asserted.
 import { spawn } from 'node:child_process';
@@ -14,7 +16,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import forge from 'node-forge';
-import { CaSigner, createCsr, createRootCa, generateRsaKey, parseWorkloadCsr } from '../src/identity/ca.ts';
+import { CaSigner, createCsr, createRootCa, generateKey, type KeyAlgorithm, parseWorkloadCsr } from '../src/identity/ca.ts';
 import { MeshLab, PEER } from '../src/demo/lab.ts';
 import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
 
@@ -33,32 +35,43 @@ const TD = 'bench.local';
 const results: Record<string, unknown> = { date: new Date().toISOString(), seconds: SECONDS, concurrency: CONCURRENCY, workloads: WORKLOADS };
 
 // --- sign: in-process, one core -------------------------------------------------------------------
-{
-  const root = await createRootCa({ trustDomain: TD });
+const ALGORITHMS: KeyAlgorithm[] = ['ecdsa-p256', 'rsa-2048'];
+const rate = (fn: () => void, ms = 3_000) => {
+  const start = performance.now();
+  let n = 0;
+  while (performance.now() - start < ms) { fn(); n++; }
+  return n / ((performance.now() - start) / 1000);
+};
+const sign: Record<string, unknown> = {};
+for (const alg of ALGORITHMS) {
+  const root = await createRootCa({ trustDomain: TD, keyAlgorithm: alg });
   const signer = new CaSigner(root);
-  const csr = createCsr((await generateRsaKey()).privateKeyPem, `spiffe://${TD}/ns/bench/sa/app`);
-  const rate = (fn: () => void, ms = 3_000) => {
-    const start = performance.now();
-    let n = 0;
-    while (performance.now() - start < ms) { fn(); n++; }
-    return n / ((performance.now() - start) / 1000);
-  };
+  const csr = createCsr((await generateKey(alg)).privateKeyPem, `spiffe://${TD}/ns/bench/sa/app`);
+  let keys = 0;
+  const keyStart = performance.now();
+  while (performance.now() - keyStart < 3_000) { await generateKey(alg); keys++; }
+  const keysPerSecond = keys / ((performance.now() - keyStart) / 1000);
   const native = rate(() => signer.signWorkload(parseWorkloadCsr(csr, TD), { ttlMs: 3_600_000 }));
   const checkOnly = rate(() => parseWorkloadCsr(csr, TD));
-  const forgeKey = forge.pki.privateKeyFromPem(root.keyPem);
-  const forgeSign = rate(() => {
-    const parsed = parseWorkloadCsr(csr, TD);
-    const cert = forge.pki.createCertificate();
-    cert.publicKey = parsed.publicKey;
-    cert.serialNumber = '01';
-    cert.setSubject([{ name: 'organizationName', value: 'meshlet' }]);
-    cert.setIssuer([{ name: 'organizationName', value: 'meshlet' }]);
-    cert.sign(forgeKey, forge.md.sha256.create());
-    forge.pki.certificateToPem(cert);
-  });
-  results.sign = { nativePerSecond: native, csrChecksPerSecond: checkOnly, forgeJsPerSecond: forgeSign };
-  say(`sign (one core, in process): ${native.toFixed(0)}/s native, ${forgeSign.toFixed(0)}/s with forge's JS RSA; CSR checks alone ${checkOnly.toFixed(0)}/s`);
+  const entry: Record<string, number> = { keysPerSecond, signedPerSecond: native, csrChecksPerSecond: checkOnly };
+  if (alg === 'rsa-2048') {
+    const forgeKey = forge.pki.privateKeyFromPem(root.keyPem);
+    entry.forgeJsSignedPerSecond = rate(() => {
+      const parsed = parseWorkloadCsr(csr, TD);
+      const cert = forge.pki.createCertificate();
+      cert.publicKey = forge.pki.publicKeyFromPem(parsed.publicKey.export({ type: 'spki', format: 'pem' }).toString());
+      cert.serialNumber = '01';
+      cert.setSubject([{ name: 'organizationName', value: 'meshlet' }]);
+      cert.setIssuer([{ name: 'organizationName', value: 'meshlet' }]);
+      cert.sign(forgeKey, forge.md.sha256.create());
+      forge.pki.certificateToPem(cert);
+    });
+  }
+  sign[alg] = entry;
+  say(`${alg} (one core, in process): ${keysPerSecond.toFixed(0)} keys/s, ${native.toFixed(0)} CSRs checked and signed/s, checks alone ${checkOnly.toFixed(0)}/s` +
+    (entry.forgeJsSignedPerSecond ? `, ${entry.forgeJsSignedPerSecond.toFixed(0)}/s with forge's JS RSA` : ''));
 }
+results.sign = sign;
 
 await assertNetnsPrerequisites();
 
@@ -86,9 +99,9 @@ try {
   say(`ca-service (CA on one core): ${service.perSecond.toFixed(0)} CSRs/s, p50 ${service.p50.toFixed(1)} ms, p99 ${service.p99.toFixed(1)} ms, ${service.errors} errors`);
 
   // Cold start: spawn the agent, poll its config_dump until every certificate is available.
-  const coldStart = async (identity: 'service' | 'local'): Promise<{ toListeningMs: number; toAllCertsMs: number }> => {
+  const coldStart = async (identity: 'service' | 'local', alg: KeyAlgorithm): Promise<{ toListeningMs: number; toAllCertsMs: number }> => {
     const started = Date.now();
-    const agent = await lab.startAgent(node, ['--log-level', 'warn'], { identity });
+    const agent = await lab.startAgent(node, ['--log-level', 'warn', '--key-algorithm', alg], { identity });
     let toListeningMs = NaN;
     try {
       for (;;) {
@@ -107,10 +120,14 @@ try {
       await agent.exited;
     }
   };
-  const viaService = await coldStart('service');
-  const viaLocal = await coldStart('local');
-  results.coldStart = { service: viaService, local: viaLocal };
-  say(`cold start, ${WORKLOADS} workloads: ${viaService.toAllCertsMs} ms to all certificates via the CA service (admin up after ${viaService.toListeningMs} ms); ${viaLocal.toAllCertsMs} ms with the embedded CA`);
+  const cold: Record<string, unknown> = {};
+  for (const alg of ALGORITHMS) {
+    const viaService = await coldStart('service', alg);
+    const viaLocal = await coldStart('local', alg);
+    cold[alg] = { service: viaService, local: viaLocal };
+    say(`cold start, ${WORKLOADS} workloads, ${alg} keys: ${viaService.toAllCertsMs} ms to all certificates via the CA service (admin up after ${viaService.toListeningMs} ms); ${viaLocal.toAllCertsMs} ms with the embedded CA`);
+  }
+  results.coldStart = cold;
 } finally {
   await lab.destroy();
 }

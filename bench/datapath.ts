@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { MeshLab } from '../src/demo/lab.ts';
 import { processCpuSeconds as cpuSeconds, processRssMiB as rssMiB } from '../src/demo/process-stats.ts';
-import { createCsr, generateRsaKey, signWorkloadCsr } from '../src/identity/ca.ts';
+import { createCsr, generateKey, keyAlgorithmOf, signWorkloadCsr } from '../src/identity/ca.ts';
 import { DirRootStore, loadRootSet } from '../src/identity/roots.ts';
 import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
 
@@ -33,6 +33,8 @@ const { values: opts } = parseArgs({ options: {
   'conn-seconds': { type: 'string', default: '5' },
   // One data plane per agent, as the relays and HAProxy have one thread each: CPU per request compares like with like.
   workers: { type: 'string', default: '1' },
+  // The root's and every proxy's keys: meshlet's agents, the Node relays and HAProxy alike.
+  'key-algorithm': { type: 'string', default: 'ecdsa-p256' },
   out: { type: 'string', default: join(HERE, 'results.json') },
 } });
 const SECONDS = Number(opts.seconds);
@@ -48,6 +50,7 @@ const say = (s: string) => process.stderr.write(`${s}\n`);
 const lab = await MeshLab.create({
   trustDomain: 'bench.local',
   workers: Number(opts.workers),
+  keyAlgorithm: opts['key-algorithm'] === 'rsa-2048' ? 'rsa-2048' : 'ecdsa-p256',
   nodes: [
     { name: 'node-a', pods: [{ name: 'client', namespace: 'bench' }, { name: 'plain-client', namespace: 'bench', captured: false }] },
     { name: 'node-b', pods: [{ name: 'server', namespace: 'bench' }, { name: 'plain-server', namespace: 'bench', captured: false }] },
@@ -75,7 +78,7 @@ interface PathSpec { name: string; pod: string; host: string; echoPort: number; 
 /** A certificate and key in one PEM file, as HAProxy wants them, from the lab's root. */
 async function haproxyPem(dir: string, name: string): Promise<string> {
   const root = (await loadRootSet(new DirRootStore(lab.caDir))).signing;
-  const { privateKeyPem } = await generateRsaKey();
+  const { privateKeyPem } = await generateKey(keyAlgorithmOf(root.keyPem));
   const { certPem } = signWorkloadCsr(root, createCsr(privateKeyPem, `spiffe://bench.local/ns/bench/sa/${name}`), { trustDomain: 'bench.local', ttlMs: 3_600_000 });
   const file = join(dir, `${name}.pem`);
   writeFileSync(file, `${certPem}${privateKeyPem}`, { mode: 0o600 });
@@ -102,7 +105,7 @@ function haproxyConfig(maps: Array<{ listen: number; to: string }>, pem: string,
 const results: Record<string, any> = {
   when: new Date().toISOString(),
   machine: { node: process.version, cpus: (await import('node:os')).cpus().length },
-  settings: { rate: RATE, seconds: SECONDS, requestBytes: 1024, bulkBytes: BULK, bulkRounds: BULK_ROUNDS, connSeconds: CONN_SECONDS },
+  settings: { rate: RATE, seconds: SECONDS, requestBytes: 1024, bulkBytes: BULK, bulkRounds: BULK_ROUNDS, connSeconds: CONN_SECONDS, workers: Number(opts.workers), keyAlgorithm: opts['key-algorithm'] },
   paths: {},
 };
 

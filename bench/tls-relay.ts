@@ -11,14 +11,15 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { parseArgs } from 'node:util';
-import { createCsr, generateRsaKey, signWorkloadCsr } from '../src/identity/ca.ts';
+import { createCsr, generateKey, keyAlgorithmOf, signWorkloadCsr } from '../src/identity/ca.ts';
 import { DirRootStore, loadRootSet } from '../src/identity/roots.ts';
 
 const TRUST_DOMAIN = 'bench.local';
 
 async function credentials(caDir: string, name: string): Promise<{ key: string; cert: string; ca: string }> {
   const root = (await loadRootSet(new DirRootStore(caDir))).signing;
-  const { privateKeyPem } = await generateRsaKey();
+  // The root's kind of key, as meshlet's agents under it get by default.
+  const { privateKeyPem } = await generateKey(keyAlgorithmOf(root.keyPem));
   const id = `spiffe://${TRUST_DOMAIN}/ns/bench/sa/${name}`;
   const { certPem } = signWorkloadCsr(root, createCsr(privateKeyPem, id), { trustDomain: TRUST_DOMAIN, ttlMs: 3_600_000 });
   return { key: privateKeyPem, cert: certPem, ca: root.certPem };

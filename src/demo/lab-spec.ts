@@ -26,6 +26,8 @@ export interface LabSpec {
    * threads, as a node of 8 cores would by default). Sidecars run one.
    */
   workers?: number;
+  /** The root's and the agents' keys (their defaults: ECDSA P-256). */
+  keyAlgorithm?: 'ecdsa-p256' | 'rsa-2048';
   agentArgs?: string[];
   /**
    * Where agents get certificates: 'local' (default) embeds the CA in each agent (--ca-dir);

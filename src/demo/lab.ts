@@ -86,7 +86,7 @@ export class MeshLab {
         for (const [node, token] of lab.tokens) await writeFile(lab.tokenFile(node), `${token}\n`, { mode: 0o600 });
       }
       await lab.writeWorkloads();
-      await lab.meshlet(['ca', 'init', '--out', lab.caDir, '--trust-domain', lab.trustDomain]);
+      await lab.meshlet(['ca', 'init', '--out', lab.caDir, '--trust-domain', lab.trustDomain, ...(spec.keyAlgorithm ? ['--key-algorithm', spec.keyAlgorithm] : [])]);
       await copyFile(join(lab.caDir, 'trust-bundle.pem'), lab.trustBundleFile);
     } catch (err) {
       await lab.destroy();
@@ -149,7 +149,8 @@ export class MeshLab {
       : ['--ca-dir', this.caDir, '--cert-ttl', this.spec.certTtl ?? '1h'];
     const agent: AgentProcess = { node, ...this.#spawnLogged(node.ns, `agent-${node.name}`, process.execPath, [
       ...AGENT_NODE_FLAGS, CLI, 'agent', '--node', node.name, ...(opts.workloads ?? ['--workloads', this.workloadsFile, '--workloads-poll', '100ms']), ...identity,
-      ...this.captureArgs, '--workers', String(this.spec.workers ?? 2), ...(this.spec.agentArgs ?? []), ...extraArgs,
+      ...this.captureArgs, '--workers', String(this.spec.workers ?? 2), ...(this.spec.keyAlgorithm ? ['--key-algorithm', this.spec.keyAlgorithm] : []),
+      ...(this.spec.agentArgs ?? []), ...extraArgs,
     ]) };
     this.agents.set(node.name, agent);
     return agent;
