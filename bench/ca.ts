@@ -3,6 +3,7 @@
 //   sign         key generation, CSR checks and signing alone, in this process, one core, for ECDSA
 //                P-256 and RSA-2048 (roots and workload keys of the one kind); with RSA also
 //                node-forge's JavaScript signing (what the CA would cost without native signatures)
+//   handshake    mutual TLS 1.3 handshakes in process, both ends on one core, with either kind of key
 //   ca-service   `meshlet ca serve` pinned to one core (taskset), a load generator on the other:
 //                CSRs per second over HTTPS with token checks, and latency
 //   cold-start   an agent with 100 local workloads, from process start to all 100 certificates
@@ -12,11 +13,12 @@
 // Prints a table and writes bench/ca-results.json. Numbers are for the report; nothing is asserted.
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
+import tls from 'node:tls';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import forge from 'node-forge';
-import { CaSigner, createCsr, createRootCa, generateKey, type KeyAlgorithm, parseWorkloadCsr } from '../src/identity/ca.ts';
+import { CaSigner, createCsr, createRootCa, generateKey, type KeyAlgorithm, parseWorkloadCsr, signWorkloadCsr } from '../src/identity/ca.ts';
 import { MeshLab, PEER } from '../src/demo/lab.ts';
 import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
 
@@ -72,6 +74,41 @@ for (const alg of ALGORITHMS) {
     (entry.forgeJsSignedPerSecond ? `, ${entry.forgeJsSignedPerSecond.toFixed(0)}/s with forge's JS RSA` : ''));
 }
 results.sign = sign;
+
+// --- handshake: mutual TLS 1.3 in process, both ends on one core ---------------------------------
+// Each handshake is a new TLS connection on loopback, client and server in this process, with
+// certificates from a root of the one kind: the CPU of both ends per handshake, and how many a
+// second one core completes (the tunnel's session setup, which pooling makes rare but a restart or
+// a burst of new peers makes many of).
+for (const alg of ALGORITHMS) {
+  const root = await createRootCa({ trustDomain: TD, keyAlgorithm: alg });
+  const identity = async (name: string) => {
+    const { privateKeyPem } = await generateKey(alg);
+    const { certPem } = signWorkloadCsr(root, createCsr(privateKeyPem, `spiffe://${TD}/ns/bench/sa/${name}`), { trustDomain: TD, ttlMs: 3_600_000 });
+    return { key: privateKeyPem, cert: certPem, ca: root.certPem, minVersion: 'TLSv1.3' } as const;
+  };
+  const [serverId, clientId] = [await identity('server'), await identity('client')];
+  const clientCtx = tls.createSecureContext(clientId);
+  const server = tls.createServer({ ...serverId, requestCert: true, rejectUnauthorized: true }, (s) => s.end());
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as { port: number }).port;
+  const once = () => new Promise<void>((resolve, reject) => {
+    const c = tls.connect({ host: '127.0.0.1', port, secureContext: clientCtx, rejectUnauthorized: true, checkServerIdentity: () => undefined, minVersion: 'TLSv1.3' }, () => { c.destroy(); resolve(); });
+    c.once('error', reject);
+  });
+  for (let i = 0; i < 50; i++) await once(); // warm
+  const cpu0 = process.cpuUsage();
+  const start = performance.now();
+  let n = 0;
+  while (performance.now() - start < 3_000) { await once(); n++; }
+  const cpu = process.cpuUsage(cpu0);
+  server.close();
+  const perSecond = n / ((performance.now() - start) / 1000);
+  const cpuMs = (cpu.user + cpu.system) / 1000 / n;
+  (results.handshake ??= {} as Record<string, unknown>);
+  (results.handshake as Record<string, unknown>)[alg] = { perSecond, cpuMsPerHandshake: cpuMs };
+  say(`${alg}: ${perSecond.toFixed(0)} mutual TLS 1.3 handshakes/s in one process, ${cpuMs.toFixed(2)} CPU ms each (both ends)`);
+}
 
 await assertNetnsPrerequisites();
 
