@@ -5,6 +5,7 @@
 FROM node:24-slim AS deps
 WORKDIR /app
 COPY package.json package-lock.json ./
+COPY bin/install-note.js ./bin/
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 
 # Stage 2: the runtime. Node 24 runs the TypeScript sources directly (type stripping, its result
@@ -31,7 +32,10 @@ ENV NODE_OPTIONS=--max-semi-space-size=2
 # Node's compile cache, filled here so that no container pays for type stripping or compiling the
 # sources at start (src/main.js turns it on; about 30 MiB less RSS per agent, bench/README.md).
 ENV NODE_COMPILE_CACHE=/app/.compile-cache
-RUN node /app/src/main.js --help > /dev/null && chmod -R a+rwX /app/.compile-cache
+# The data-plane worker threads' own modules too (src/proxy/worker-main.js), which --help never loads.
+RUN node /app/src/main.js --help > /dev/null \
+ && node --input-type=module -e "import('node:module').then((m) => { m.enableCompileCache(); return import('/app/src/proxy/worker.ts'); })" \
+ && chmod -R a+rwX /app/.compile-cache
 # Non-root by default (the CA runs as this user); the DaemonSet runs the init helper and the agent
 # as root with only NET_ADMIN and NET_RAW, which iptables and ipset need.
 USER 65532:65532
