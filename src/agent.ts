@@ -181,6 +181,8 @@ export class Agent {
     } else if (s.phase === 'serving' && this.readiness.ready) {
       this.#state = { phase: 'ready' };
       this.#log.info({ afterMs: Date.now() - this.#startedAt }, 'agent ready');
+      // A node registered with the not-ready taint takes pods from now on.
+      if (!this.config.sidecar) this.#source.nodeReady?.(this.config.nodeName);
     } else if (s.phase === 'ready' && !this.readiness.ready) {
       this.#state = { phase: 'serving' };
       this.#log.warn({ pending: this.readiness.pending() }, 'agent no longer ready');

@@ -186,14 +186,25 @@ describe('manifests', () => {
     assert.ok(ca.spec.replicas > one('PodDisruptionBudget', 'meshlet-ca').spec.minAvailable, 'a drain can evict one CA pod');
   });
 
-  it('grants least privilege: read-only agent, no wildcards, the CA limited to its own Secret and ConfigMap', () => {
+  it('grants least privilege: a read-only agent but its own node\'s taint, no wildcards, the CA limited to its own Secret and ConfigMap', () => {
     for (const role of [...byKind('ClusterRole'), ...byKind('Role')]) {
       for (const rule of role.rules) {
         for (const field of ['apiGroups', 'resources', 'verbs']) assert.ok(!rule[field].includes('*'), `${role.kind}/${role.metadata.name} has a wildcard`);
       }
     }
-    const agentVerbs = new Set(one('ClusterRole', 'meshlet-agent').rules.flatMap((r: any) => r.verbs));
-    assert.deepEqual([...agentVerbs].sort(), ['get', 'list', 'watch']);
+    const agentRules = one('ClusterRole', 'meshlet-agent').rules;
+    const writes = agentRules.filter((r: any) => r.verbs.some((v: string) => !['get', 'list', 'watch'].includes(v)));
+    // The one write: patch on nodes (the taint gate), narrowed by an admission policy bound to it.
+    assert.deepEqual(writes.map((r: any) => [r.apiGroups, r.resources, r.verbs]), [[[''], ['nodes'], ['patch']]]);
+    const policy = one('ValidatingAdmissionPolicy', 'meshlet-agent-own-node-taint');
+    assert.deepEqual(one('ValidatingAdmissionPolicyBinding', 'meshlet-agent-own-node-taint').spec, { policyName: policy.metadata.name, validationActions: ['Deny'] });
+    assert.deepEqual(policy.spec.matchConstraints.resourceRules.map((r: any) => [r.resources, r.operations]), [[['nodes'], ['UPDATE']]]);
+    assert.match(policy.spec.matchConditions[0].expression, /system:serviceaccount:meshlet-system:meshlet-agent/);
+    const checks = policy.spec.validations.map((v: any) => v.expression).join('\n');
+    for (const must of ["authentication.kubernetes.io/node-name'][0] == object.metadata.name", "t.key != 'meshlet.dev/agent-not-ready'", 'object.metadata.labels == oldObject.metadata.labels']) {
+      assert.ok(checks.includes(must), must);
+    }
+    assert.equal(policy.spec.failurePolicy, 'Fail');
     // Every resource the Kubernetes source watches (nodes: for their podCIDRs).
     const agentResources = new Set(one('ClusterRole', 'meshlet-agent').rules.flatMap((r: any) => r.resources));
     for (const r of ['pods', 'namespaces', 'nodes', 'services', 'endpointslices', 'meshpolicies']) assert.ok(agentResources.has(r), r);

@@ -31,6 +31,7 @@ import {
   slimEndpointSlice, slimNamespace, slimNode, slimPod, slimPolicy, slimService,
 } from './kubernetes-objects.ts';
 import { buildServices, buildSnapshot } from './kubernetes-snapshot.ts';
+import { TaintGate } from './taint-gate.ts';
 
 class TrimmingWatch extends Watch {
   readonly #trim: (o: unknown) => unknown;
@@ -206,7 +207,9 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     });
   }
 
+  const gate = new TaintGate({ kubeConfig: kc, log: opts.log });
   return {
+    nodeReady: (node) => gate.nodeReady(node),
     async start(h) {
       handlers = h;
       // start() resolves once the first watch is open, or after a failed list (then it retries).
@@ -215,6 +218,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     },
     async close() {
       stopped = true;
+      gate.close();
       if (debounce) clearTimeout(debounce);
       for (const i of informers) {
         if (i.retryTimer) clearTimeout(i.retryTimer);
@@ -226,7 +230,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
         synced: synced(), pods: pods.lw.list().length, namespaces: namespaces.lw.list().length,
         services: services.lw.list().length, endpointSlices: slices.lw.list().length, nodes: nodes.lw.list().length,
         policies: policies.absent ? 'crd-not-installed' : policies.lw.list().length,
-        meshPods, lists, resourceVersions: Object.fromEntries(informers.map((i) => [i.name, i.lw.latestResourceVersion()])),
+        meshPods, lists, taintGate: gate.phase, resourceVersions: Object.fromEntries(informers.map((i) => [i.name, i.lw.latestResourceVersion()])),
         ...(lastError ? { lastError } : {}),
       };
     },

@@ -10,4 +10,6 @@ export interface WorkloadSource {
   close(): Promise<void>;
   /** What the source knows about its own health (the config dump shows it). */
   status?(): object;
+  /** The agent on `node` became ready (the Kubernetes source lifts the node's taint gate, taint-gate.ts). */
+  nodeReady?(node: string): void;
 }

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { MeshLab, PEER } from '../../src/demo/lab.ts';
-import { endpointSliceObject, namespaceObject, podObject, serviceObject, standInKubeConfig } from '../support/apiserver.ts';
+import { endpointSliceObject, namespaceObject, nodeObject, podObject, serviceObject, standInKubeConfig } from '../support/apiserver.ts';
 import { eventually } from '../support/wait.ts';
 
 const APP_PORT = 8080;
@@ -93,7 +93,7 @@ describe('agents fed by the Kubernetes API in network namespaces', { concurrency
     await lab?.destroy();
   });
 
-  it('stays not ready while the apiserver is unreachable, then syncs and captures the opted-in pods', async () => {
+  it('stays not ready while the apiserver is unreachable, then syncs, captures the opted-in pods and lifts the taint gate', async () => {
     for (const node of lab.meshNodes) {
       await lab.startAgent(node, [], { workloads: ['--kubeconfig', kubeconfig] });
     }
@@ -112,7 +112,15 @@ describe('agents fed by the Kubernetes API in network namespaces', { concurrency
     await call({ op: 'put', resource: 'pods', obj: podOf('db') });
     // The node's own host-network pods (kube-proxy, the agent itself) never enter the mesh.
     await call({ op: 'put', resource: 'pods', obj: podObject({ name: 'kube-proxy-a', namespace: 'kube-system', node: 'node-a', ip: lab.node('node-a').ip, hostNetwork: true }) });
+    // Both nodes registered with the taint gate (a node pool's setting), node-a with a taint of its own too.
+    const other = { key: 'dedicated', value: 'web', effect: 'NoSchedule' };
+    const gate = { key: 'meshlet.dev/agent-not-ready', effect: 'NoSchedule' };
+    await call({ op: 'put', resource: 'nodes', obj: { ...nodeObject('node-a'), spec: { taints: [other, gate] } } });
+    await call({ op: 'put', resource: 'nodes', obj: { ...nodeObject('node-b'), spec: { taints: [gate] } } });
     await Promise.all(lab.meshNodes.map((n) => lab.waitReady(n, 40_000)));
+    // Ready agents lift the gate on their own nodes, and nothing else.
+    const taints = async (name: string) => ((await call({ op: 'get', resource: 'nodes', name })).value as { spec: { taints?: object[] } }).spec.taints ?? [];
+    await eventually('both nodes untainted', async () => JSON.stringify([await taints('node-a'), await taints('node-b')]) === JSON.stringify([[other], []]), 10_000, 100);
     await expectNode('node-a', { ips: [lab.pod('web').ip], ids: [id('web')] });
     await expectNode('node-b', { ips: [lab.pod('db').ip], ids: [id('db')] });
 

@@ -28,6 +28,7 @@ createInterface({ input: process.stdin }).on('line', (line) => {
       case 'down': api.down = Boolean(cmd.value); break;
       case 'installCrd': api.missing.delete(cmd.resource); break;
       case 'watching': reply({ id: cmd.id, ok: true, value: api.watching(cmd.resource) }); return;
+      case 'get': reply({ id: cmd.id, ok: true, value: api.get(cmd.resource, cmd.namespace, cmd.name) }); return;
       default: throw new Error(`unknown op ${JSON.stringify(cmd.op)}`);
     }
     reply({ id: cmd.id, ok: true });

@@ -140,6 +140,9 @@ export class ApiStandIn {
     this.#record({ rv: this.#rv, resource, type: 'DELETED', obj });
   }
 
+  /** Every PATCH received, in order (what a test checks a client asked for). */
+  readonly patches: Array<{ resource: string; name: string; body: unknown }> = [];
+
   get(resource: string, namespace: string | undefined, name: string): Obj | undefined {
     return this.#bucket(resource).get(key(namespace, name));
   }
@@ -250,6 +253,19 @@ export class ApiStandIn {
         return status(res, 409, 'Conflict', `Operation cannot be fulfilled on ${resource} "${name}": the object has been modified; please apply your changes to the latest version and try again`);
       }
       return json(res, 200, { apiVersion: r.apiVersion, kind: r.kind, ...this.put(resource!, { ...body, metadata: { ...body.metadata, namespace: ns, name: name! } }) });
+    }
+    if (method === 'PATCH') {
+      if (!existing) return status(res, 404, 'NotFound', `${resource} "${name}" not found`);
+      this.patches.push({ resource: resource!, name: name!, body });
+      // JSON patch (RFC 6902), as kubectl and the clients send it: all operations or none, on the
+      // object as it is now (a test may change it as the patch arrives).
+      let patched: Obj;
+      try {
+        patched = applyJsonPatch(this.get(resource!, ns, name!) ?? existing, body);
+      } catch (err) {
+        return status(res, 422, 'Invalid', `the patch cannot be applied: ${(err as Error).message}`);
+      }
+      return json(res, 200, { apiVersion: r.apiVersion, kind: r.kind, ...this.put(resource!, { ...patched, metadata: { ...patched.metadata, namespace: ns, name: name! } }) });
     }
     if (method === 'DELETE') {
       if (!existing) return status(res, 404, 'NotFound', `${resource} "${name}" not found`);
@@ -490,4 +506,36 @@ export function endpointSliceObject(opts: {
     })),
     ports: opts.ports.map((p) => ({ name: p.name ?? '', port: p.port, protocol: p.protocol ?? 'TCP' })),
   };
+}
+
+/** RFC 6902 on a copy: test, remove, add, replace; a failed test or a missing path throws. */
+function applyJsonPatch(target: Obj, ops: unknown): Obj {
+  if (!Array.isArray(ops)) throw new Error('a JSON patch is an array of operations');
+  const doc = structuredClone(target);
+  for (const op of ops as Array<{ op: string; path: string; value?: unknown }>) {
+    const parts = op.path.split('/').slice(1).map((t) => t.replace(/~1/g, '/').replace(/~0/g, '~'));
+    const last = parts.pop();
+    let parent: any = doc;
+    for (const p of parts) {
+      parent = parent?.[Array.isArray(parent) ? Number(p) : p];
+      if (parent === undefined) throw new Error(`no ${op.path}`);
+    }
+    if (last === undefined) throw new Error('the whole document cannot be patched');
+    const index = Array.isArray(parent) ? (last === '-' ? parent.length : Number(last)) : undefined;
+    const current = index !== undefined ? parent[index] : parent[last];
+    if (op.op === 'test') {
+      if (JSON.stringify(current) !== JSON.stringify(op.value)) throw new Error(`test failed at ${op.path}`);
+    } else if (op.op === 'remove') {
+      if (current === undefined) throw new Error(`no ${op.path} to remove`);
+      if (index !== undefined) parent.splice(index, 1); else delete parent[last];
+    } else if (op.op === 'add') {
+      if (index !== undefined) parent.splice(index, 0, op.value); else parent[last] = op.value;
+    } else if (op.op === 'replace') {
+      if (current === undefined) throw new Error(`no ${op.path} to replace`);
+      if (index !== undefined) parent[index] = op.value; else parent[last] = op.value;
+    } else {
+      throw new Error(`unsupported operation ${op.op}`);
+    }
+  }
+  return doc;
 }
