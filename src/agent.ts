@@ -28,6 +28,7 @@ import { MeshMetrics } from './telemetry/metrics.ts';
 import { workloadSource } from './workloads/from-config.ts';
 import type { MeshSnapshot } from './workloads/model.ts';
 import { WorkloadRegistry } from './workloads/registry.ts';
+import { ReleaseGrace } from './workloads/release-grace.ts';
 import type { WorkloadSource } from './workloads/source.ts';
 
 export interface AgentDeps {
@@ -77,6 +78,8 @@ export class Agent {
   /** Snapshots published so far, and the last one's mesh generation. */
   #published = { generation: 0, meshGeneration: 0, scheduled: false };
   #heapHeadroom: ReturnType<typeof keepHeapHeadroom> | undefined;
+  readonly #releaseGrace: ReleaseGrace;
+  #graceTimer: NodeJS.Timeout | undefined;
   /** The data plane's gauges as of the last scrape's refresh. */
   #gauges: DataPlaneGauges = { pools: [], openConnections: {}, ejected: [], tunnelQueuedBytes: 0 };
   /** The shutdown under way (close), and when its drain ends (destroy moves that to now). */
@@ -89,6 +92,7 @@ export class Agent {
     this.#rootLog = log;
     this.#log = log.child({ component: 'agent', node: config.nodeName });
     ({ tools: this.#tools, source: this.#source, registry: this.registry, provider: this.#provider } = parts);
+    this.#releaseGrace = new ReleaseGrace({ node: config.nodeName });
     this.certs = new CertificateManager({ provider: this.#provider, log, keyAlgorithm: config.keyAlgorithm });
     this.metrics = config.metrics ? new MeshMetrics() : undefined;
     const metrics = this.metrics;
@@ -229,7 +233,12 @@ export class Agent {
     return this.registry.localCaptured().filter((w) => !pending.has(w.spiffeId)).map((w) => w.ip);
   }
 
-  #apply(snapshot: MeshSnapshot): void {
+  #apply(raw: MeshSnapshot): void {
+    // Pods of this node released a moment ago stay served, leaving, for a grace (release-grace.ts).
+    const snapshot = this.config.sidecar ? raw : this.#releaseGrace.apply(raw);
+    const end = this.#releaseGrace.nextEnd;
+    clearTimeout(this.#graceTimer);
+    if (end !== undefined) this.#graceTimer = setTimeout(() => this.#apply(raw), Math.max(0, end - Date.now())).unref();
     this.registry.replace(snapshot);
     const local = this.registry.localCaptured();
     this.certs.reconcile(new Set(local.map((w) => w.spiffeId)));
@@ -316,6 +325,7 @@ export class Agent {
     this.probeGate.stop();
     this.capture.close();
     for (const t of this.#timers) clearTimeout(t);
+    clearTimeout(this.#graceTimer);
     await this.#source.close();
     const closed = Promise.all(this.#servers.map((s) => new Promise<void>((resolve) => {
       s.close(() => resolve());

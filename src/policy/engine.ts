@@ -16,7 +16,8 @@ export const MTLS_STRICT = 'mtls-strict';
 
 /** Plaintext (no verified identity) towards a workload: refused when its namespace is STRICT. */
 export function plaintextRefusal(engine: PolicyEngine, destination: Workload): PolicyDecision | undefined {
-  if (engine.mtlsMode(destination) !== 'strict') return undefined;
+  // A pod leaving the mesh is reached as without it: its clients already dial it directly.
+  if (destination.leaving || engine.mtlsMode(destination) !== 'strict') return undefined;
   return { allowed: false, policy: MTLS_STRICT, reason: `plaintext to ${destination.namespace}/${destination.name} is refused in STRICT mode` };
 }
 

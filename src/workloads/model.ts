@@ -24,6 +24,12 @@ export interface Workload {
    * name when it has no owner). Metrics are labelled with it: one series per workload, not per pod.
    */
   workload: string;
+  /**
+   * Released from the mesh a moment ago (release-grace.ts): its own agent still takes the tunnels
+   * other agents opened before they saw the release, and lets plaintext through, until the grace
+   * ends. No agent sends it new mesh connections.
+   */
+  leaving?: boolean;
 }
 
 /** Whether plaintext may reach a namespace's captured pods (annotation `meshlet.dev/mtls`). */

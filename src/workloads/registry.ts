@@ -45,7 +45,8 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
     const destinations = new Set<string>();
     for (const w of snapshot.workloads) {
       byIp.set(w.ip, w);
-      if (w.captured) destinations.add(w.ip);
+      // A leaving pod gets no new mesh connections (other agents no longer count it either).
+      if (w.captured && !w.leaving) destinations.add(w.ip);
     }
     const byServiceAddress = new Map<string, { service: MeshService; port: ServicePort }>();
     for (const service of snapshot.services) {
