@@ -73,18 +73,25 @@ describe('peers that stop reading their tunnel sockets', { concurrency: false },
 
   it('resets a session whose peer stopped reading after the stall timeout', async (t) => {
     const before = { stalled: await stalled('stalled'), budget: await stalled('queue_budget') };
-    await attack();
-    // The attack is real: the agent's send queue to the attacker fills and stays full.
-    const [bytes] = await eventually('the agent\'s send queue to the attacker to fill', async () => { const p = await pinned(); return p.length === 1 && p; }, 20_000, 100);
-    pinnedOnce = bytes ?? 0;
-    const pinnedAt = Date.now();
-    await eventually('the stalled session to be reset', async () => {
-      const p = await pinned();
-      pinnedOnce = Math.max(pinnedOnce, ...p);
-      return p.length === 0;
-    }, 60_000, 100);
-    const heldMs = Date.now() - pinnedAt;
-    t.diagnostic(`pinned ${bytes} bytes when seen, ${pinnedOnce} at most; reset ${heldMs} ms after it was seen (--tunnel-stall-timeout ${STALL_S}s)`);
+    let heldMs = 0;
+    // On a busy machine the agent's HTTP/2 memory cap may reset the attacker's stream before its
+    // queue stalls (hostile.ts: "another story"): such an attempt is noted and made again, once.
+    for (let attempt = 1; ; attempt++) {
+      await attack();
+      // The attack is real: the agent's send queue to the attacker fills and stays full.
+      const [bytes] = await eventually('the agent\'s send queue to the attacker to fill', async () => { const p = await pinned(); return p.length === 1 && p; }, 20_000, 100);
+      pinnedOnce = bytes ?? 0;
+      const pinnedAt = Date.now();
+      await eventually('the stalled session to be reset', async () => {
+        const p = await pinned();
+        pinnedOnce = Math.max(pinnedOnce, ...p);
+        return p.length === 0;
+      }, 60_000, 100);
+      heldMs = Date.now() - pinnedAt;
+      t.diagnostic(`attempt ${attempt}: pinned ${bytes} bytes when seen, ${pinnedOnce} at most; gone ${heldMs} ms after it was seen (--tunnel-stall-timeout ${STALL_S}s)`);
+      if (await stalled('stalled') > before.stalled || attempt === 2) break;
+      for (const a of attackers.splice(0)) a.kill('SIGKILL');
+    }
     assert.equal(await stalled('stalled') - before.stalled, 1);
     assert.equal(await stalled('queue_budget') - before.budget, 0, 'one session under the budget was reset by the budget');
     // Stalled from about when it filled; reset after the timeout plus a check or two (generous
