@@ -57,6 +57,7 @@ export class DataPlane {
   readonly #sockets = new Set<net.Socket>();
   readonly #listening: net.Server[] = [];
   #closing = false;
+  #opening: Promise<void> | undefined;
   #meshGeneration = -1;
   #generation = -1;
 
@@ -160,8 +161,15 @@ export class DataPlane {
   /**
    * Opens 15001, 15006 and 15008 on every address (REDIRECT rewrites the destination to the
    * receiving interface's address), with SO_REUSEPORT so an upgraded agent can listen beside this one.
+   * Once: asked again (the agent retries when another data plane could not bind), it answers with
+   * the same opening, or tries again after a failed one.
    */
-  async listen(): Promise<void> {
+  listen(): Promise<void> {
+    this.#opening ??= this.#open().catch((err: unknown) => { this.#opening = undefined; throw err; });
+    return this.#opening;
+  }
+
+  async #open(): Promise<void> {
     const { outbound, inboundPlaintext, tunnel } = this.listeners;
     const servers = [outbound, inboundPlaintext, tunnel.listener];
     const ports = [this.settings.ports.outbound, this.settings.ports.inboundPlaintext, this.settings.ports.tunnel];

@@ -50,8 +50,6 @@ export function serveDataPlane(port: MessagePort, init: WorkerInit, deps: Pick<D
   });
   const timer = telemetry ? setInterval(flush, TELEMETRY_EVERY_MS) : undefined;
   let drainUntil = Number.POSITIVE_INFINITY;
-  // Asked again after a failed start (another worker could not bind): listens once.
-  let listening: Promise<void> | undefined;
 
   const answer = (id: number, work: () => Promise<DataPlaneGauges | DataPlaneDump | undefined>) => {
     work().then(
@@ -64,10 +62,7 @@ export function serveDataPlane(port: MessagePort, init: WorkerInit, deps: Pick<D
     else if ('drainUntil' in m) drainUntil = m.drainUntil;
     else if ('logLevel' in m) setLogLevel(log, m.logLevel);
     else if ('vouched' in m) vouch.settle(m.vouched, m.error);
-    else if (m.what === 'listen') {
-      listening ??= data.listen().catch((err: Error) => { listening = undefined; throw err; });
-      answer(m.ask, async () => { await listening; return undefined; });
-    }
+    else if (m.what === 'listen') answer(m.ask, async () => { await data.listen(); return undefined; });
     // The batch first: a scrape that reads the gauges also sees every connection they count.
     else if (m.what === 'gauges') answer(m.ask, async () => { flush(); return data.gauges(); });
     else if (m.what === 'dump') answer(m.ask, async () => data.dump());

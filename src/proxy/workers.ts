@@ -8,8 +8,7 @@ import { Worker } from 'node:worker_threads';
 import type { LevelWithSilent, Logger } from 'pino';
 import type { TelemetryBatch } from '../telemetry/batch.ts';
 import { DataPlane, type DataPlaneDeps } from './data-plane.ts';
-import type { DataPlaneHost } from './host.ts';
-import { workerSettings } from './host.ts';
+import { type DataPlaneHost, inThisThread, workerSettings } from './host.ts';
 import type { DataPlaneSettings, DataPlaneSnapshot } from './snapshot.ts';
 import { mergeDumps, mergeGauges, type DataPlaneDump, type DataPlaneGauges } from './view.ts';
 import type { FromWorker, ToWorker, WorkerInit } from './worker.ts';
@@ -29,54 +28,26 @@ export interface WorkersOptions {
   inThisThread?: DataPlaneDeps;
 }
 
-type Question = 'listen' | 'gauges' | 'dump' | 'close';
-
-/** One data plane as the host drives it: told (snapshots, drain deadline, log level) and asked. */
-interface Member {
-  post(m: ToWorker): void;
-  ask<T>(what: Question): Promise<T>;
-}
-
-class ThisThreadMember implements Member {
-  readonly #data: DataPlane;
-  #drainUntil = Number.POSITIVE_INFINITY;
-  #listening: Promise<void> | undefined;
-
-  constructor(settings: DataPlaneSettings, deps: DataPlaneDeps) {
-    this.#data = new DataPlane(settings, deps);
-  }
-
-  post(m: ToWorker): void {
-    if ('snapshot' in m) this.#data.apply(m.snapshot);
-    else if ('drainUntil' in m) this.#drainUntil = m.drainUntil;
-    // A log level reaches this thread's loggers with the agent's own (one family).
-  }
-
-  async ask<T>(what: Question): Promise<T> {
-    if (what === 'gauges') return this.#data.gauges() as T;
-    if (what === 'dump') return this.#data.dump() as T;
-    if (what === 'close') return this.#data.close(() => this.#drainUntil) as Promise<T>;
-    this.#listening ??= this.#data.listen().catch((err: Error) => { this.#listening = undefined; throw err; });
-    return this.#listening as Promise<T>;
-  }
-}
-
 type Pending = { resolve(v: unknown): void; reject(err: Error): void };
 
-class DataPlaneWorker implements Member {
+/** One data plane in a worker thread, driven through messages (worker.ts), seen as a host of its own. */
+class DataPlaneWorker implements DataPlaneHost {
+  readonly workers = 1;
   readonly thread: Worker;
+  readonly #log: Logger;
   readonly #pending = new Map<number, Pending>();
   #next = 0;
   #exited: Error | undefined;
 
   constructor(entry: URL, init: WorkerInit, opts: WorkersOptions, onExit: (code: number) => void) {
+    this.#log = opts.log;
     this.thread = new Worker(entry, { workerData: init });
     this.thread.on('message', (m: FromWorker) => {
       if ('telemetry' in m) opts.absorb?.(m.telemetry);
       else if ('vouch' in m) {
         Promise.resolve(opts.vouch?.ensure(m.ip)).then(
-          () => this.post({ vouched: m.vouch }),
-          (err: Error) => this.post({ vouched: m.vouch, error: err.message }),
+          () => this.#post({ vouched: m.vouch }),
+          (err: Error) => this.#post({ vouched: m.vouch, error: err.message }),
         );
       } else {
         const p = this.#pending.get(m.reply);
@@ -93,11 +64,32 @@ class DataPlaneWorker implements Member {
     });
   }
 
-  post(m: ToWorker): void {
+  apply(snapshot: DataPlaneSnapshot): void { this.#post({ snapshot }); }
+  setLogLevel(level: LevelWithSilent): void { this.#post({ logLevel: level }); }
+  async listen(): Promise<void> { await this.#ask('listen'); }
+  gauges(): Promise<DataPlaneGauges> { return this.#ask('gauges'); }
+  dump(): Promise<DataPlaneDump> { return this.#ask('dump'); }
+
+  async close(drainUntil: () => number): Promise<void> {
+    // A destroy during the drain moves its end: the worker is told the new one.
+    let told = drainUntil();
+    this.#post({ drainUntil: told });
+    const watch = setInterval(() => {
+      if (drainUntil() !== told) this.#post({ drainUntil: told = drainUntil() });
+    }, 50);
+    try {
+      await this.#ask('close').catch((err: Error) => this.#log.warn({ err: err.message }, 'data-plane worker did not close cleanly'));
+    } finally {
+      clearInterval(watch);
+    }
+    await this.thread.terminate();
+  }
+
+  #post(m: ToWorker): void {
     if (!this.#exited) this.thread.postMessage(m);
   }
 
-  ask<T>(what: Question): Promise<T> {
+  #ask<T>(what: 'listen' | 'gauges' | 'dump' | 'close'): Promise<T> {
     if (this.#exited) return Promise.reject(this.#exited);
     const id = ++this.#next;
     return new Promise<T>((resolve, reject) => {
@@ -109,7 +101,7 @@ class DataPlaneWorker implements Member {
 
 export class DataPlaneWorkers implements DataPlaneHost {
   readonly workers: number;
-  readonly #all: Member[];
+  readonly #all: DataPlaneHost[];
   readonly #log: Logger;
   readonly #start: (index: number) => DataPlaneWorker;
   /** What a replacement worker is given: the last snapshot, and whether to listen. */
@@ -129,7 +121,7 @@ export class DataPlaneWorkers implements DataPlaneHost {
       metrics: opts.absorb !== undefined, vouchFreshMs: opts.vouch?.freshMs ?? 0,
     }, opts, (code) => this.#exited(index, code));
     const local = opts.inThisThread;
-    this.#all = Array.from({ length: opts.workers }, (_, index) => (index === 0 && local ? new ThisThreadMember(settings, local) : this.#start(index)));
+    this.#all = Array.from({ length: opts.workers }, (_, index) => (index === 0 && local ? inThisThread(new DataPlane(settings, local)) : this.#start(index)));
   }
 
   /**
@@ -143,9 +135,9 @@ export class DataPlaneWorkers implements DataPlaneHost {
     const w = this.#start(index);
     this.#all[index] = w;
     this.replaced++;
-    if (this.#snapshot) w.post({ snapshot: this.#snapshot });
+    if (this.#snapshot) w.apply(this.#snapshot);
     if (this.#listening) {
-      w.ask('listen').catch((err: Error) => this.#log.error({ worker: index, err: err.message }, 'replacement data-plane worker cannot listen'));
+      w.listen().catch((err: Error) => this.#log.error({ worker: index, err: err.message }, 'replacement data-plane worker cannot listen'));
     }
   }
 
@@ -156,42 +148,28 @@ export class DataPlaneWorkers implements DataPlaneHost {
 
   apply(snapshot: DataPlaneSnapshot): void {
     this.#snapshot = snapshot;
-    for (const w of this.#all) w.post({ snapshot });
+    for (const w of this.#all) w.apply(snapshot);
   }
 
   async listen(): Promise<void> {
-    await Promise.all(this.#all.map((w) => w.ask('listen')));
+    await Promise.all(this.#all.map((w) => w.listen()));
     this.#listening = true;
   }
 
   async gauges(): Promise<DataPlaneGauges> {
-    return mergeGauges(await Promise.all(this.#all.map((w) => w.ask<DataPlaneGauges>('gauges'))));
+    return mergeGauges(await Promise.all(this.#all.map((w) => w.gauges())));
   }
 
   async dump(): Promise<DataPlaneDump> {
-    return mergeDumps(await Promise.all(this.#all.map((w) => w.ask<DataPlaneDump>('dump'))));
+    return mergeDumps(await Promise.all(this.#all.map((w) => w.dump())));
   }
 
   setLogLevel(level: LevelWithSilent): void {
-    for (const w of this.#all) w.post({ logLevel: level });
+    for (const w of this.#all) w.setLogLevel(level);
   }
 
   async close(drainUntil: () => number): Promise<void> {
     this.#closing = true;
-    // A destroy during the drain moves its end: each worker is told the new one.
-    let told = drainUntil();
-    for (const w of this.#all) w.post({ drainUntil: told });
-    const watch = setInterval(() => {
-      const now = drainUntil();
-      if (now !== told) { told = now; for (const w of this.#all) w.post({ drainUntil: now }); }
-    }, 50);
-    try {
-      await Promise.all(this.#all.map(async (w) => {
-        await w.ask('close').catch((err: Error) => this.#log.warn({ err: err.message }, 'data-plane worker did not close cleanly'));
-        if (w instanceof DataPlaneWorker) await w.thread.terminate();
-      }));
-    } finally {
-      clearInterval(watch);
-    }
+    await Promise.all(this.#all.map((w) => w.close(drainUntil)));
   }
 }

@@ -26,8 +26,11 @@ export class ReleaseGrace {
   /** The snapshot as this agent serves it: `next`, with its own pods released in the grace put back, leaving. */
   apply(next: MeshSnapshot): MeshSnapshot {
     const now = this.#now();
-    const byIp = new Map(next.workloads.map((w) => [w.ip, w]));
-    for (const w of this.#previous?.workloads ?? []) {
+    const previous = this.#previous;
+    this.#previous = next;
+    // This node's pods only: a released pod and whatever holds its address now live here.
+    const byIp = new Map(next.workloads.filter((w) => w.node === this.#node).map((w) => [w.ip, w]));
+    for (const w of previous?.workloads ?? []) {
       if (w.node !== this.#node || !w.captured || w.leaving || this.#leaving.has(w.ip)) continue;
       // The same pod, still there, no longer captured (a deleted pod has nothing left to reach).
       const after = byIp.get(w.ip);
@@ -40,7 +43,6 @@ export class ReleaseGrace {
       // Over, captured again, deleted, or the address now belongs to another pod: the grace ends.
       if (l.until <= now || !after || after.captured || after.name !== l.workload.name || after.namespace !== l.workload.namespace) this.#leaving.delete(ip);
     }
-    this.#previous = next;
     if (this.#leaving.size === 0) return next;
     const leaving = [...this.#leaving.values()].map((l) => ({ ...l.workload, leaving: true }));
     return { ...next, workloads: [...next.workloads.filter((w) => !this.#leaving.has(w.ip)), ...leaving] };
