@@ -1,6 +1,32 @@
 // What a MeshLab is made of (its spec) and what it hands back (its agents, its clients' reports).
 import type { ChildProcess } from 'node:child_process';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { NodeNs, PodNs } from '../netns/topology.ts';
+
+const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
+export const CLI = join(ROOT, 'src/main.js');
+/**
+ * Node flags agents run with, as the image runs them (Dockerfile, NODE_OPTIONS) and bin/meshlet: a
+ * young generation of 2 MiB semi-spaces instead of 16 keeps tens of MiB of RSS off a loaded agent
+ * for no measurable CPU (bench/README.md, "Agent memory").
+ */
+export const AGENT_NODE_FLAGS = ['--max-semi-space-size=2'];
+
+/** What a lab runs meshlet as: `meshlet init` in a node, a node's agent, the CA service. */
+export type MeshletRole = 'init' | 'agent' | 'ca';
+
+/**
+ * How a lab runs meshlet: as processes of this checkout (processRunner), or from the built image in
+ * containers (test/support/image.ts). The command is spawned inside the role's namespace.
+ */
+export interface MeshletRunner {
+  command(role: MeshletRole, args: string[], labDir: string): { cmd: string; args: string[] };
+}
+
+export const processRunner: MeshletRunner = {
+  command: (role, args) => ({ cmd: process.execPath, args: [...(role === 'agent' ? AGENT_NODE_FLAGS : []), CLI, ...args] }),
+};
 
 export interface PodSpec {
   name: string;
@@ -45,6 +71,8 @@ export interface LabSpec {
   captureBackend?: 'iptables' | 'nftables';
   /** Nodes and pods get IPv6 addresses too; the workloads file lists each pod's (`ipv6`). */
   dualStack?: boolean;
+  /** How init, agents and the CA run (default: processes of this checkout). */
+  runner?: MeshletRunner;
 }
 
 export interface AgentProcess {

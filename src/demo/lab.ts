@@ -18,17 +18,11 @@ import type { TcpSegment } from '../netns/pcap.ts';
 import { capturing, startPacketCapture } from '../netns/packet-capture.ts';
 import { readProcessLog } from './process-logs.ts';
 import { PORTS } from '../ports.ts';
-import { type AgentProcess, type ClientReport, type LabSpec, type PodSpec, workloadsDocument } from './lab-spec.ts';
+import { AGENT_NODE_FLAGS, type AgentProcess, CLI, type ClientReport, type LabSpec, type MeshletRole, type PodSpec, processRunner, workloadsDocument } from './lab-spec.ts';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
-export const CLI = join(ROOT, 'src/main.js');
+export { AGENT_NODE_FLAGS, CLI } from './lab-spec.ts';
 export const PEER = join(ROOT, 'src/demo/peer.ts');
-/**
- * Node flags agents run with, as the image runs them (Dockerfile, NODE_OPTIONS) and bin/meshlet: a
- * young generation of 2 MiB semi-spaces instead of 16 keeps tens of MiB of RSS off a loaded agent
- * for no measurable CPU (bench/README.md, "Agent memory").
- */
-export const AGENT_NODE_FLAGS = ['--max-semi-space-size=2'];
 /** The benchmarks' load generator and HTTP server (bench/load.ts). */
 const LOAD_SCRIPT = join(ROOT, 'bench/load.ts');
 
@@ -135,7 +129,13 @@ export class MeshLab {
   }
 
   async initCapture(node: NodeNs): Promise<void> {
-    await this.meshlet(['init', ...this.captureArgs], node.ns);
+    const { cmd, args } = this.#command('init', ['init', ...this.captureArgs]);
+    const r = await this.topo.exec(node.ns, cmd, args);
+    if (r.code !== 0) throw new Error(`meshlet init on ${node.name} failed (${r.code}): ${r.stderr.trim()}`);
+  }
+
+  #command(role: MeshletRole, args: string[]): { cmd: string; args: string[] } {
+    return (this.spec.runner ?? processRunner).command(role, args, this.dir);
   }
 
   /**
@@ -147,11 +147,11 @@ export class MeshLab {
       ? ['--ca-url', this.caUrl, '--token-file', this.tokenFile(node.name), '--trust-bundle', this.trustBundleFile,
         '--bundle-poll', this.spec.bundlePoll ?? '500ms']
       : ['--ca-dir', this.caDir, '--cert-ttl', this.spec.certTtl ?? '1h'];
-    const agent: AgentProcess = { node, ...this.#spawnLogged(node.ns, `agent-${node.name}`, process.execPath, [
-      ...AGENT_NODE_FLAGS, CLI, 'agent', '--node', node.name, ...(opts.workloads ?? ['--workloads', this.workloadsFile, '--workloads-poll', '100ms']), ...identity,
+    const agent: AgentProcess = { node, ...this.#spawnLogged(node.ns, `agent-${node.name}`, this.#command('agent', [
+      'agent', '--node', node.name, ...(opts.workloads ?? ['--workloads', this.workloadsFile, '--workloads-poll', '100ms']), ...identity,
       ...this.captureArgs, '--workers', String(this.spec.workers ?? 2), ...(this.spec.keyAlgorithm ? ['--key-algorithm', this.spec.keyAlgorithm] : []),
       ...(this.spec.agentArgs ?? []), ...extraArgs,
-    ]) };
+    ])) };
     this.agents.set(node.name, agent);
     return agent;
   }
@@ -164,12 +164,12 @@ export class MeshLab {
   async startSidecar(podName: string, extraArgs: string[] = []): Promise<AgentProcess> {
     const pod = this.pod(podName);
     await this.meshlet(['init', '--sidecar'], pod.ns);
-    const agent: AgentProcess = { node: pod.node, pod, ...this.#spawnLogged(pod.ns, `sidecar-${pod.name}`, 'setpriv', [
+    const agent: AgentProcess = { node: pod.node, pod, ...this.#spawnLogged(pod.ns, `sidecar-${pod.name}`, { cmd: 'setpriv', args: [
       '--regid', String(defaultCaptureSettings.proxyGid), '--clear-groups', '--bounding-set', '-net_admin', '--', process.execPath, ...AGENT_NODE_FLAGS,
       CLI, 'agent', '--node', pod.node.name, '--sidecar', `${pod.spec.namespace ?? 'default'}/${pod.name}`,
       '--workloads', this.workloadsFile, '--workloads-poll', '100ms', '--ca-dir', this.caDir, '--cert-ttl', this.spec.certTtl ?? '1h',
       ...(this.spec.agentArgs ?? []), ...extraArgs,
-    ]) };
+    ] }) };
     this.sidecars.set(pod.name, agent);
     return agent;
   }
@@ -193,7 +193,7 @@ export class MeshLab {
   }
 
   /** A long-running process in a namespace, its stdout and stderr in a log file of the lab's. */
-  #spawnLogged(ns: string, name: string, cmd: string, args: string[]): Pick<AgentProcess, 'child' | 'logFile' | 'exited'> {
+  #spawnLogged(ns: string, name: string, { cmd, args }: { cmd: string; args: string[] }): Pick<AgentProcess, 'child' | 'logFile' | 'exited'> {
     const logFile = join(this.dir, `${name}-${Date.now()}.log`);
     const log = createWriteStream(logFile);
     this.#logs.push(log);
@@ -216,11 +216,11 @@ export class MeshLab {
   async startCa(extraArgs: string[] = []): Promise<void> {
     const caNode = this.caNode;
     if (!caNode) throw new Error('this lab has no CA service (identity: service)');
-    const { child, logFile, exited } = this.#spawnLogged(caNode.ns, 'ca', process.execPath, [
-      CLI, 'ca', 'serve', '--ca-dir', this.caDir, '--tokens', this.tokensFile, '--workloads', this.workloadsFile,
+    const { child, logFile, exited } = this.#spawnLogged(caNode.ns, 'ca', this.#command('ca', [
+      'ca', 'serve', '--ca-dir', this.caDir, '--tokens', this.tokensFile, '--workloads', this.workloadsFile,
       '--port', String(PORTS.ca), '--san', caNode.ip, '--reload', '500ms', '--cert-ttl', this.spec.certTtl ?? '1h',
       '--trust-domain', this.trustDomain, ...(this.spec.caArgs ?? []), ...extraArgs,
-    ]);
+    ]));
     this.ca = { child, logFile, exited };
     const deadline = Date.now() + 15_000;
     while (!(await this.caLog()).some((l) => l.msg === 'CA listening')) {
