@@ -17,7 +17,8 @@ if (typecheck !== 0) {
   process.stderr.write('npm test: type check failed\n');
   process.exit(typecheck);
 }
-const all = globSync('test/**/*.test.ts').sort();
+// test/image runs apart (`npm run test:image`): it builds the image, minutes of its own.
+const all = globSync('test/**/*.test.ts').filter((f) => !f.startsWith('test/image/')).sort();
 const unit = all.filter((f) => !f.startsWith('test/e2e/'));
 if (unitOnly) {
   process.exit(run(process.execPath, ['--test', '--test-concurrency=2', '--experimental-test-coverage', '--test-coverage-include=src/proxy/**', ...unit]));
