@@ -8,6 +8,7 @@ import type { AgentConfig } from './config/agent.ts';
 import { listenAgentEndpoints } from './admin/agent-endpoints.ts';
 import { configDump } from './admin/config-dump.ts';
 import { Readiness } from './admin/server.ts';
+import type { Succession } from './admin/succession.ts';
 import { hasNetAdmin } from './capture/exec.ts';
 import { createVouchWriter } from './capture/ipset.ts';
 import { resolveIptablesMode } from './capture/iptables-mode.ts';
@@ -74,6 +75,7 @@ export class Agent {
   readonly #tools: CaptureTools;
   /** Admin, readiness and metrics. */
   readonly #servers: Array<net.Server | http.Server> = [];
+  #succession: Succession | undefined;
   readonly #timers = new Set<NodeJS.Timeout>();
   /** Snapshots published so far, and the last one's mesh generation. */
   #published = { generation: 0, meshGeneration: 0, scheduled: false };
@@ -149,13 +151,17 @@ export class Agent {
     const registry = new WorkloadRegistry(config.nodeName, config.sidecar);
     const provider = await identityProvider(config, deps.log, () => registry.trustDomain);
     const agent = new Agent(config, deps.log, { tools, source, registry, provider });
+    // Before capture and the workload source (a cluster's first list can take seconds): until this
+    // agent answers readiness, an older one beside it answers for it (admin/succession.ts).
+    const endpoints = await listenAgentEndpoints({ config, log: deps.log, readiness: agent.readiness, metrics: agent.metrics,
+      configDump: () => agent.configDump(), onLogLevel: (level) => agent.data.setLogLevel(level) });
+    agent.#servers.push(...endpoints.servers);
+    agent.#succession = endpoints.succession;
     await agent.capture.start();
     await source.start({
       onSnapshot: (s) => agent.#apply(s),
       onError: (err) => agent.#log.error({ err: err.message }, 'workload source rejected an update; the last good registry stays in force'),
     });
-    agent.#servers.push(...await listenAgentEndpoints({ config, log: deps.log, readiness: agent.readiness, metrics: agent.metrics,
-      configDump: () => agent.configDump(), onLogLevel: (level) => agent.data.setLogLevel(level) }));
     // One look past the wait for certificates (#advance), since nothing else may happen then.
     agent.#after(LISTEN_ANYWAY_MS, () => agent.#advance());
     agent.#advance();
@@ -320,6 +326,8 @@ export class Agent {
   async #close(): Promise<void> {
     this.#state = { phase: 'draining' };
     this.readiness.drain();
+    // A newer agent beside this one (an upgrade) answers readiness from now on.
+    this.#succession?.close();
     // Stop vouching first: without a successor the node's pods fail their probes within the TTL and
     // leave their Services while this agent drains.
     this.probeGate.stop();

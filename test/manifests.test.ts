@@ -152,6 +152,8 @@ describe('manifests', () => {
       assert.equal(c.ports, undefined);
     }
     assert.deepEqual(agent.readinessProbe.httpGet, { path: '/healthz/ready', port: 15021 });
+    // The old agent shares 15021 during an upgrade until the new one takes readiness over (admin/succession.ts).
+    assert.ok(agent.readinessProbe.initialDelaySeconds >= 3, 'the first readiness probe waits for the new agent to start');
     const token = pod.volumes.find((v: any) => v.projected)?.projected.sources[0].serviceAccountToken;
     assert.equal(token.audience, 'meshlet-ca');
     assert.deepEqual(agent.env.find((e: any) => e.name === 'NODE_NAME').valueFrom, { fieldRef: { fieldPath: 'spec.nodeName' } });

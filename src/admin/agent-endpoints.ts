@@ -8,6 +8,7 @@ import { listen } from '../proxy/listeners.ts';
 import { adminLogger, setLogLevel } from '../telemetry/log.ts';
 import type { MeshMetrics } from '../telemetry/metrics.ts';
 import { AdminRequestError, createAdminServer, createMetricsServer, createReadinessServer, type Readiness } from './server.ts';
+import { Succession, successionSocket } from './succession.ts';
 
 export interface AgentEndpoints {
   config: Pick<AgentConfig, 'nodeName' | 'ports' | 'adminAddress' | 'readinessAddress' | 'metricsAddress'>;
@@ -20,8 +21,12 @@ export interface AgentEndpoints {
   onLogLevel?(level: LogLevel): void;
 }
 
-/** Listens on the admin, readiness and (when on) metrics ports; resolves to the servers. */
-export async function listenAgentEndpoints(e: AgentEndpoints): Promise<http.Server[]> {
+/**
+ * Listens on the admin, readiness and (when on) metrics ports, then takes its place in the node's
+ * succession (succession.ts): readiness is answered by the newest agent only. Resolves to the
+ * servers and the succession, which the agent closes first when it stops.
+ */
+export async function listenAgentEndpoints(e: AgentEndpoints): Promise<{ servers: http.Server[]; succession: Succession }> {
   // Admin API changes, logged whatever the level.
   const adminLog = adminLogger(e.log, { node: e.config.nodeName });
   const admin = createAdminServer(
@@ -33,12 +38,19 @@ export async function listenAgentEndpoints(e: AgentEndpoints): Promise<http.Serv
   const metricsServer = metrics ? createMetricsServer(() => metrics.text()) : undefined;
   const { ports } = e.config;
   // reusePort lets an upgraded agent listen beside this one during a rollout.
+  const listenReady = () => listen(ready, { port: ports.readiness, host: e.config.readinessAddress, reusePort: true });
   await Promise.all([
     listen(admin, { port: ports.admin, host: e.config.adminAddress, reusePort: true }),
-    listen(ready, { port: ports.readiness, host: e.config.readinessAddress, reusePort: true }),
+    listenReady(),
     ...(metricsServer ? [listen(metricsServer, { port: ports.metrics, host: e.config.metricsAddress, reusePort: true })] : []),
   ]);
-  return [admin, ready, ...(metricsServer ? [metricsServer] : [])];
+  // Listening first, so that the older agent stops answering only once this one answers.
+  const succession = new Succession(successionSocket(ports.readiness), {
+    succeeded: () => { ready.close(); },
+    resumed: () => { listenReady().catch((err: Error) => e.log.error({ err: err.message }, 'cannot answer readiness again')); },
+  }, e.log);
+  await succession.start();
+  return { servers: [admin, ready, ...(metricsServer ? [metricsServer] : [])], succession };
 }
 
 /** POST /logging?level=debug: every logger of the agent, at once, without a restart. */
