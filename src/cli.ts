@@ -19,10 +19,10 @@ import { CaService } from './ca/server.ts';
 import { createMetricsServer } from './admin/server.ts';
 import { listen } from './proxy/listeners.ts';
 import { bundleSize } from './identity/pem.ts';
+import { apiStatus, loadKubeConfig } from './kube-config.ts';
 import { DirRootStore, ensureRoot, initRoot, ROOT_FILES, type RootSet, type RootStore, rotateRoot, type RotationStep } from './identity/roots.ts';
 import { createLogger } from './telemetry/log.ts';
 import { VERSION } from './version.ts';
-import { loadKubeConfig } from './kube-config.ts';
 
 /** The commands, as the help lists them; each with its flag tables (config/), which --help prints. */
 const COMMANDS: ReadonlyArray<{ name: string; usage: string; what: string; flags?: ReadonlyArray<{ title: string; table: readonly Flag[] }> }> = [
@@ -38,7 +38,7 @@ const COMMANDS: ReadonlyArray<{ name: string; usage: string; what: string; flags
     name: 'policy', usage: 'policy check --from ID|IP --to NS/NAME:PORT (--workloads FILE | --kubernetes [--kubeconfig F]) [--json]',
     what: 'the decision the agents would make, and the policy behind it (exit 0 allowed, 1 denied, 4 could not decide)', flags: [{ title: 'policy check', table: POLICY_CHECK_FLAGS }],
   },
-  { name: 'check', usage: 'check --pre [--json]', what: 'what this node needs before meshlet: a line per check, with what to do (exit 1 when one fails)', flags: [{ title: 'check', table: CHECK_FLAGS }] },
+  { name: 'check', usage: 'check --pre | check [--kubeconfig F] [--json]', what: 'before install, what this node needs; after, the cluster: a line per check, with what to do (exit 1 when one fails)', flags: [{ title: 'check', table: CHECK_FLAGS }] },
   { name: 'status', usage: 'status [--admin URL] [--json]', what: 'a node agent\'s workloads, certificates, policies, connections', flags: [{ title: 'status', table: STATUS_FLAGS }] },
   { name: 'cost', usage: 'cost [--nodes N --pods-per-node P ...] [--json]', what: 'what sidecars and meshlet reserve in a cluster, and cost a month (figures are Kubernetes quantities)', flags: [{ title: 'cost', table: COST_FLAGS }] },
   { name: 'demo', usage: 'demo [--keep-logs]', what: 'run a local demo mesh in network namespaces (root)' },
@@ -222,9 +222,28 @@ async function cmdPolicy(argv: string[]): Promise<number> {
 async function cmdCheck(argv: string[]): Promise<number> {
   const config = loadCheckConfig(argv);
   const { evaluateNode, formatChecks, gatherNodeFacts } = await import('./check/node.ts');
-  const results = evaluateNode(await gatherNodeFacts(CaptureTools.spawned()));
+  const results = config.scope === 'node' ? evaluateNode(await gatherNodeFacts(CaptureTools.spawned())) : await checkCluster(config.kubeconfig);
   process.stdout.write(config.json ? `${JSON.stringify(results, null, 2)}\n` : formatChecks(results));
   return results.some((r) => r.level === 'fail') ? 1 : 0;
+}
+
+/** An error's message with its cause's code (fetch says only "fetch failed"). */
+function withCause(err: Error): string {
+  const cause = err.cause as NodeJS.ErrnoException | undefined;
+  return cause ? `${err.message} (${cause.code ?? cause.message})` : err.message;
+}
+
+/** The cluster checks; an API that cannot be read is itself the one failed check. */
+async function checkCluster(kubeconfig: string | undefined) {
+  const { evaluateCluster, gatherClusterFacts } = await import('./check/cluster.ts');
+  const kc = await loadKubeConfig(kubeconfig);
+  try {
+    return evaluateCluster(await gatherClusterFacts(kc), Date.now());
+  } catch (err) {
+    const status = apiStatus(err);
+    return [{ name: 'API', level: 'fail' as const, detail: `${kc.getCurrentCluster()?.server ?? '?'}: ${status ? `HTTP ${status}` : withCause(err as Error)}`,
+      hint: status === 401 || status === 403 ? 'the kubeconfig\'s user may not read nodes, namespaces, pods, DaemonSets, Deployments, ConfigMaps and CRDs' : 'is the kubeconfig\'s cluster reachable from here?' }];
+  }
 }
 
 async function cmdStatus(argv: string[]): Promise<number> {

@@ -76,14 +76,15 @@ export function loadCostConfig(argv: string[]): { inputs: CostInputs; json: bool
 }
 
 export const CHECK_FLAGS = [
-  { name: 'pre', type: 'boolean', help: 'before install: what this node needs (kernel, iptables mode, kube-proxy, CNI, sysctl)' },
+  { name: 'pre', type: 'boolean', help: 'before install, on a node: what it needs (kernel, iptables mode, kube-proxy, CNI, sysctl)' },
+  { name: 'kubeconfig', type: 'text', arg: 'PATH', help: 'after install (no --pre): the cluster to check [$KUBECONFIG, ~/.kube/config or in-cluster]' },
   { name: 'json', type: 'boolean', help: 'the results as JSON' },
 ] as const satisfies readonly Flag[];
 
-/** `meshlet check --pre`: the node checks; the checks after install are not built yet. */
-export function loadCheckConfig(argv: string[]): { json: boolean } {
+/** `meshlet check --pre` checks this node before install; `meshlet check` the cluster after it. */
+export function loadCheckConfig(argv: string[]): { json: boolean } & ({ scope: 'node' } | { scope: 'cluster'; kubeconfig: string | undefined }) {
   const { values: v, problems: p } = readFlags(CHECK_FLAGS, argv);
-  if (!v.pre) p.add('only `meshlet check --pre` (this node, before install) exists so far; the cluster-wide check after install is to come');
+  if (v.pre && v.kubeconfig) p.add('--kubeconfig is for the cluster check after install; --pre checks this node');
   p.throwIfAny();
-  return { json: v.json };
+  return v.pre ? { json: v.json, scope: 'node' } : { json: v.json, scope: 'cluster', kubeconfig: v.kubeconfig };
 }

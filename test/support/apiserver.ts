@@ -27,6 +27,10 @@ const RESOURCES: Record<string, Resource> = {
   services: { kind: 'Service', list: 'ServiceList', apiVersion: 'v1', namespaced: true, prefix: '/api/v1' },
   endpointslices: { kind: 'EndpointSlice', list: 'EndpointSliceList', apiVersion: 'discovery.k8s.io/v1', namespaced: true, prefix: '/apis/discovery.k8s.io/v1' },
   meshpolicies: { kind: 'MeshPolicy', list: 'MeshPolicyList', apiVersion: 'meshlet.dev/v1alpha1', namespaced: true, prefix: '/apis/meshlet.dev/v1alpha1' },
+  // What `meshlet check` reads of the install.
+  daemonsets: { kind: 'DaemonSet', list: 'DaemonSetList', apiVersion: 'apps/v1', namespaced: true, prefix: '/apis/apps/v1' },
+  deployments: { kind: 'Deployment', list: 'DeploymentList', apiVersion: 'apps/v1', namespaced: true, prefix: '/apis/apps/v1' },
+  customresourcedefinitions: { kind: 'CustomResourceDefinition', list: 'CustomResourceDefinitionList', apiVersion: 'apiextensions.k8s.io/v1', namespaced: false, prefix: '/apis/apiextensions.k8s.io/v1' },
 };
 
 type EventType = 'ADDED' | 'MODIFIED' | 'DELETED';
