@@ -92,11 +92,13 @@ function isEndpointFailure(err: unknown): boolean {
 }
 
 async function connectDestination(source: Workload, dst: Pick<SocketAddress, 'ip' | 'port'>, ctx: ProxyContext, conn: ConnectionHandle): Promise<RelayEnd> {
-  const target = ctx.registry.findWorkload(dst.ip);
-  if (!target || !target.captured) {
+  const found = ctx.registry.findWorkload(dst.ip);
+  // Redirected for a pod released a moment ago (capture's set not yet caught up): still tunnelled.
+  const target = found?.captured ? found : ctx.registry.departed(dst.ip);
+  if (!target) {
     // A node agent's connection would leave as the node (its address, its firewall holes, the cloud
     // metadata service): capture sends it only destinations in the mesh, and any other that gets
-    // here (it left the mesh since) is refused. A sidecar dials from inside its pod: plain TCP, as
+    // here (it left the mesh longer ago than DEPARTED_MS) is refused. A sidecar dials from inside its pod: plain TCP, as
     // the pod itself would, if policy allows leaving the mesh.
     if (ctx.outsideMesh === 'refuse') throw new OutsideMeshError(`${dst.ip}:${dst.port}`);
     conn.set({ route: 'passthrough' });

@@ -13,18 +13,30 @@ interface Indexes {
   destinations: Set<string>;
 }
 
+/**
+ * How long a remote pod that left the mesh stays a tunnel destination here. Capture's destinations
+ * set follows the registry a moment later, so a connection may still be redirected to the agent for
+ * a pod the registry has just released; refused, it was a reset the release caused. Shorter than
+ * RELEASE_GRACE_MS (release-grace.ts): the pod's own agent still takes the tunnel meanwhile.
+ */
+export const DEPARTED_MS = 5_000;
+
 export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
   #idx: Indexes | undefined;
+  /** Pods released from the mesh a moment ago, as they were while captured, by address. */
+  readonly #departed = new Map<string, { workload: Workload; until: number }>();
+  readonly #now: () => number;
 
   /** The node this agent runs on (PreferClose keeps to its endpoints). */
   readonly nodeName: string;
   /** Sidecar mode: the one workload this agent serves (its pod); otherwise every workload of the node. */
   readonly #sidecar: { namespace: string; name: string } | undefined;
 
-  constructor(nodeName: string, sidecar?: { namespace: string; name: string }) {
+  constructor(nodeName: string, sidecar?: { namespace: string; name: string }, now: () => number = Date.now) {
     super();
     this.nodeName = nodeName;
     this.#sidecar = sidecar;
+    this.#now = now;
   }
 
   /** Whether a first complete snapshot has arrived (readiness waits on it). */
@@ -59,6 +71,7 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
       destinations.add(service.clusterIP);
       for (const port of service.ports) byServiceAddress.set(`${service.clusterIP}:${port.port}`, { service: routed, port });
     }
+    this.#noteDepartures(byIp);
     this.#idx = { snapshot, byIp, byServiceAddress, destinations };
     this.emit('change', snapshot);
   }
@@ -73,6 +86,24 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
 
   findWorkload(ip: string | undefined): Workload | undefined {
     return this.#idx?.byIp.get(plainIp(ip));
+  }
+
+  /** The same pod, still there, no longer captured: released (a deleted pod has nothing left to reach). */
+  #noteDepartures(next: ReadonlyMap<string, Workload>): void {
+    const now = this.#now();
+    for (const [ip, d] of this.#departed) if (d.until <= now || next.get(ip)?.captured) this.#departed.delete(ip);
+    for (const w of this.#idx?.byIp.values() ?? []) {
+      const after = next.get(w.ip);
+      if (w.captured && after && !after.captured && after.name === w.name && after.namespace === w.namespace) {
+        this.#departed.set(w.ip, { workload: w, until: now + DEPARTED_MS });
+      }
+    }
+  }
+
+  /** A pod released from the mesh less than DEPARTED_MS ago, as it was while captured. */
+  departed(ip: string): Workload | undefined {
+    const d = this.#departed.get(plainIp(ip));
+    return d && d.until > this.#now() ? d.workload : undefined;
   }
 
   /** The Service whose cluster IP and port these are, if any. */

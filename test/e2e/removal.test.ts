@@ -95,7 +95,11 @@ describe('removing meshlet from a running mesh', () => {
       running = false;
       await Promise.all(traffic);
     }
-    assert.deepEqual(results.filter((r) => !r.ok), [], 'a connection was refused during the removal');
+    const refused = results.filter((r) => !r.ok);
+    // On failure, what the agents refused or reset, and why.
+    const why = refused.length === 0 ? [] : (await Promise.all([...lab.agents.values()].map((a) => lab.processLog(a)))).flat()
+      .filter((l) => l.scope === 'access' && l.outcome !== 'ok').map((l) => `${l.node} ${l.time} ${l.error}: ${l.reason}`);
+    assert.deepEqual(refused, [], `a connection was refused during the removal; the agents said: ${why.join('; ')}`);
     for (const step of ['meshed', 'released', 'agents stopped', 'cleaned up']) {
       assert.ok(results.some((r) => r.step === step), `no connection was made while ${step}`);
     }

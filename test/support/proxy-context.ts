@@ -93,6 +93,8 @@ export interface InProcessMesh {
   tunnelPort: number;
   /** Publishes a new workloads document to every node, as the agent applies a snapshot. */
   apply(yaml: string): void;
+  /** Publishes a mesh snapshot to one node only (agents read a change at different moments). */
+  applyOn(node: string, mesh: MeshSnapshot): void;
   close(): Promise<void>;
 }
 
@@ -158,7 +160,7 @@ export async function inProcessMesh(yaml: string): Promise<InProcessMesh> {
     tunnelPort = await listen(server, w.ip, tunnelPort);
   }
   const closers: Array<() => Promise<void>> = [];
-  const publishers: Array<(mesh: MeshSnapshot) => void> = [];
+  const publishers = new Map<string, (mesh: MeshSnapshot) => void>();
   for (const meshNode of snapshot.nodes) {
     const certs = new CertificateManager({ provider, log: silent, rootChangeSpreadMs: 0 });
     const access: Array<Record<string, any>> = [];
@@ -180,7 +182,7 @@ export async function inProcessMesh(yaml: string): Promise<InProcessMesh> {
       if (mesh) data.apply({ generation: ++generation, meshGeneration, mesh, identities: certs.materials() } satisfies DataPlaneSnapshot);
     };
     certs.on('change', publish);
-    publishers.push((next) => {
+    publishers.set(meshNode.name, (next) => {
       mesh = next;
       meshGeneration++;
       publish();
@@ -210,7 +212,7 @@ export async function inProcessMesh(yaml: string): Promise<InProcessMesh> {
       outboundAddress: { ip: '127.0.0.1', port: outboundPort, family: 4 },
     });
   }
-  const apply = (next: MeshSnapshot) => { for (const p of publishers) p(next); };
+  const apply = (next: MeshSnapshot) => { for (const p of publishers.values()) p(next); };
   const mesh: InProcessMesh = {
     nodes, root, tunnelPort,
     node: (name) => {
@@ -219,6 +221,11 @@ export async function inProcessMesh(yaml: string): Promise<InProcessMesh> {
       return n;
     },
     apply: (text) => apply(parseWorkloadsFile(text)),
+    applyOn: (node, next) => {
+      const p = publishers.get(node);
+      if (!p) throw new Error(`no node ${node}`);
+      p(next);
+    },
     close: async () => {
       await Promise.all(closers.map((c) => c()));
       await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { parseWorkloadsFile } from '../../src/workloads/file.ts';
-import { WorkloadRegistry } from '../../src/workloads/registry.ts';
+import { DEPARTED_MS, WorkloadRegistry } from '../../src/workloads/registry.ts';
 
 describe('workload registry', () => {
   it('is not synced before the first snapshot, and finds workloads by (mapped) IP after', () => {
@@ -65,5 +65,31 @@ services:
     sidecar.replace(parseWorkloadsFile(doc));
     assert.deepEqual(sidecar.findService('10.96.0.1', 80)?.service.endpoints.map((e) => e.ip).sort(), ['10.0.0.1', '10.0.0.2', '10.0.0.3']);
     assert.deepEqual(sidecar.findService('10.96.0.3', 80)?.service.endpoints.map((e) => e.ip), ['192.0.2.7']);
+  });
+
+  it('remembers a pod released from the mesh for a moment, and not a deleted one or an address taken over', () => {
+    let now = 1_000;
+    const r = new WorkloadRegistry('n1', undefined, () => now);
+    const doc = (b: string, c = '  - { name: c, namespace: x, serviceAccount: c, ip: 10.0.0.3, node: n2 }') => parseWorkloadsFile(`trustDomain: td
+nodes: [{ name: n1, ip: 10.1.0.1 }, { name: n2, ip: 10.1.0.2 }]
+workloads:
+${b}
+${c}
+`);
+    r.replace(doc('  - { name: b, namespace: x, serviceAccount: b, ip: 10.0.0.2, node: n2 }'));
+    r.replace(doc('  - { name: b, namespace: x, serviceAccount: b, ip: 10.0.0.2, node: n2, captured: false }', ''));
+    assert.equal(r.departed('10.0.0.2')?.spiffeId, 'spiffe://td/ns/x/sa/b', 'released: remembered as it was');
+    assert.equal(r.departed('10.0.0.2')?.captured, true);
+    assert.equal(r.departed('10.0.0.3'), undefined, 'deleted: nothing left to reach');
+    now += DEPARTED_MS;
+    assert.equal(r.departed('10.0.0.2'), undefined, 'forgotten after DEPARTED_MS');
+
+    r.replace(doc('  - { name: b, namespace: x, serviceAccount: b, ip: 10.0.0.2, node: n2 }'));
+    r.replace(doc('  - { name: other, namespace: x, serviceAccount: o, ip: 10.0.0.2, node: n2, captured: false }'));
+    assert.equal(r.departed('10.0.0.2'), undefined, 'another pod holds the address now');
+    r.replace(doc('  - { name: b, namespace: x, serviceAccount: b, ip: 10.0.0.2, node: n2 }'));
+    r.replace(doc('  - { name: b, namespace: x, serviceAccount: b, ip: 10.0.0.2, node: n2, captured: false }'));
+    r.replace(doc('  - { name: b, namespace: x, serviceAccount: b, ip: 10.0.0.2, node: n2 }'));
+    assert.equal(r.departed('10.0.0.2'), undefined, 'back in the mesh');
   });
 });
