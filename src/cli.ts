@@ -13,6 +13,7 @@ import {
 import { type Flag, flagHelp } from './config/flags.ts';
 import { CaError, ConfigError, MeshletError, PrerequisiteError } from './errors.ts';
 import type { Logger } from 'pino';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { createLocalAuthorizer, type NodeAuthorizer } from './ca/authorizer.ts';
 import { CaMetrics } from './ca/metrics.ts';
 import { CaService } from './ca/server.ts';
@@ -146,7 +147,7 @@ async function cmdCaInit(argv: string[]): Promise<number> {
 }
 
 /** The root store and authorizer a CA backend names. */
-async function caBackend(backend: CaBackend, log: Logger): Promise<{ store: RootStore; authorizer?: NodeAuthorizer; onRoots?: (roots: RootSet) => Promise<void> }> {
+async function caBackend(backend: CaBackend, log: Logger): Promise<{ store: RootStore; authorizer?: NodeAuthorizer; onRoots?: (roots: RootSet) => Promise<void>; kubeConfig?: KubeConfig }> {
   if (backend.kind === 'local') {
     const store = new DirRootStore(backend.caDir);
     if (!backend.tokensFile) return { store };
@@ -155,6 +156,7 @@ async function caBackend(backend: CaBackend, log: Logger): Promise<{ store: Root
   const { bundlePublisher, createKubernetesAuthorizer, SecretRootStore } = await import('./ca/kubernetes.ts');
   const kc = await loadKubeConfig(backend.kubeconfig);
   return {
+    kubeConfig: kc,
     store: new SecretRootStore(kc, backend.namespace, backend.rootSecret),
     authorizer: createKubernetesAuthorizer({ kubeConfig: kc, agentNamespace: backend.namespace, agentServiceAccount: backend.agentServiceAccount, log }),
     onRoots: bundlePublisher(kc, backend.namespace, backend.bundleConfigMap, log),
@@ -164,7 +166,7 @@ async function caBackend(backend: CaBackend, log: Logger): Promise<{ store: Root
 async function cmdCaServe(argv: string[]): Promise<number> {
   const config = loadCaServeConfig(argv, process.env);
   const log = createLogger(config.logLevel, { component: 'ca' });
-  const { store, authorizer, onRoots } = await caBackend(config.backend, log);
+  const { store, authorizer, onRoots, kubeConfig } = await caBackend(config.backend, log);
   if (!authorizer) throw new ConfigError(['ca serve needs an authorizer (--tokens and --workloads, or --kubernetes)']);
   const { created, set } = await ensureRoot(store, config.trustDomain);
   if (set.trustDomain !== config.trustDomain) {
@@ -183,10 +185,14 @@ async function cmdCaServe(argv: string[]): Promise<number> {
   const metricsServer = metrics ? createMetricsServer(() => metrics.text()) : undefined;
   if (metricsServer && config.metrics) await listen(metricsServer, { port: config.metrics.port, host: config.metrics.address });
   log.info({ address: config.listenAddress, port: config.port, trustDomain: set.trustDomain, authorizer: authorizer.name, store: store.where }, 'CA listening');
+  // In a cluster the CA also writes each MeshPolicy's status (ca/policy-status.ts).
+  const policyStatus = kubeConfig && new (await import('./ca/policy-status.ts')).PolicyStatusWriter({ kubeConfig, log });
+  await policyStatus?.start();
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', () => resolve());
     process.once('SIGINT', () => resolve());
   });
+  policyStatus?.close();
   await service.close();
   metricsServer?.close();
   log.info('CA stopped');

@@ -212,6 +212,9 @@ describe('manifests', () => {
     for (const r of ['pods', 'namespaces', 'nodes', 'services', 'endpointslices', 'meshpolicies']) assert.ok(agentResources.has(r), r);
     // The agent watches pods with a field selector the apiserver supports for pods.
     for (const term of POD_FIELD_SELECTOR.split(',')) assert.match(term, /^(spec\.hostNetwork|status\.phase)!?=/);
+    // The CA's cluster-wide writes: TokenReviews, and MeshPolicy status only, never a policy itself.
+    const caWrites = one('ClusterRole', 'meshlet-ca').rules.filter((r: any) => r.verbs.some((v: string) => !['get', 'list', 'watch'].includes(v)));
+    assert.deepEqual(caWrites.map((r: any) => [r.resources, r.verbs]), [[['tokenreviews'], ['create']], [['meshpolicies/status'], ['patch']]]);
     const caRole = one('Role', 'meshlet-ca');
     for (const rule of caRole.rules) {
       if (rule.verbs.includes('update') || rule.verbs.includes('get')) assert.ok(rule.resourceNames?.length, 'get/update limited by name');

@@ -16,7 +16,7 @@ export interface TokenInfo {
 
 export type Obj = { metadata: { name: string; namespace?: string; resourceVersion?: string; uid?: string; [k: string]: unknown }; [k: string]: unknown };
 
-interface Resource { kind: string; list: string; apiVersion: string; namespaced: boolean; prefix: string }
+interface Resource { kind: string; list: string; apiVersion: string; namespaced: boolean; prefix: string; statusSubresource?: boolean }
 
 const RESOURCES: Record<string, Resource> = {
   pods: { kind: 'Pod', list: 'PodList', apiVersion: 'v1', namespaced: true, prefix: '/api/v1' },
@@ -26,7 +26,7 @@ const RESOURCES: Record<string, Resource> = {
   nodes: { kind: 'Node', list: 'NodeList', apiVersion: 'v1', namespaced: false, prefix: '/api/v1' },
   services: { kind: 'Service', list: 'ServiceList', apiVersion: 'v1', namespaced: true, prefix: '/api/v1' },
   endpointslices: { kind: 'EndpointSlice', list: 'EndpointSliceList', apiVersion: 'discovery.k8s.io/v1', namespaced: true, prefix: '/apis/discovery.k8s.io/v1' },
-  meshpolicies: { kind: 'MeshPolicy', list: 'MeshPolicyList', apiVersion: 'meshlet.dev/v1alpha1', namespaced: true, prefix: '/apis/meshlet.dev/v1alpha1' },
+  meshpolicies: { kind: 'MeshPolicy', list: 'MeshPolicyList', apiVersion: 'meshlet.dev/v1alpha1', namespaced: true, prefix: '/apis/meshlet.dev/v1alpha1', statusSubresource: true },
   // What `meshlet check` reads of the install.
   daemonsets: { kind: 'DaemonSet', list: 'DaemonSetList', apiVersion: 'apps/v1', namespaced: true, prefix: '/apis/apps/v1' },
   deployments: { kind: 'Deployment', list: 'DeploymentList', apiVersion: 'apps/v1', namespaced: true, prefix: '/apis/apps/v1' },
@@ -234,9 +234,11 @@ export class ApiStandIn {
     if (p === '/apis/authentication.k8s.io/v1/tokenreviews' && method === 'POST') return this.#tokenReview(body, res);
     const { prefix, ns, resource, name, extra } = parsePath(p) ?? {};
     const r = resource ? RESOURCES[resource] : undefined;
-    if (!r || extra || r.prefix !== prefix || (ns !== undefined && !r.namespaced) || this.missing.has(resource!)) {
+    const statusCall = extra === 'status' && r?.statusSubresource === true && name !== undefined;
+    if (!r || (extra && !statusCall) || r.prefix !== prefix || (ns !== undefined && !r.namespaced) || this.missing.has(resource!)) {
       return status(res, 404, 'NotFound', `the server could not find the requested resource (${p})`);
     }
+    if (statusCall) return this.#status(method, resource!, ns, name!, body, res);
     if (!name && method === 'GET') {
       if (url.searchParams.get('watch') === 'true' || url.searchParams.get('watch') === '1') return this.#watch(resource!, ns, url, res);
       return this.#list(resource!, ns, url, res);
@@ -277,6 +279,23 @@ export class ApiStandIn {
       return json(res, 200, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details: { name, kind: resource } });
     }
     return status(res, 405, 'MethodNotAllowed', `${method} is not supported`);
+  }
+
+  /** The status subresource: a JSON patch of which only `.status` is kept, as the apiserver does. */
+  #status(method: string, resource: string, ns: string | undefined, name: string, body: any, res: http.ServerResponse): void {
+    const r = RESOURCES[resource]!;
+    const existing = this.get(resource, ns, name);
+    if (!existing) return status(res, 404, 'NotFound', `${resource} "${name}" not found`);
+    if (method === 'GET') return json(res, 200, { apiVersion: r.apiVersion, kind: r.kind, ...existing });
+    if (method !== 'PATCH') return status(res, 405, 'MethodNotAllowed', `${method} is not supported on status`);
+    this.patches.push({ resource: `${resource}/status`, name, body });
+    let patched: Obj;
+    try {
+      patched = applyJsonPatch(existing, body);
+    } catch (err) {
+      return status(res, 422, 'Invalid', `the patch cannot be applied: ${(err as Error).message}`);
+    }
+    return json(res, 200, { apiVersion: r.apiVersion, kind: r.kind, ...this.put(resource, { ...existing, status: patched.status }) });
   }
 
   #selected(resource: string, ns: string | undefined, selectors: FieldTerm[]): Obj[] {
@@ -377,14 +396,15 @@ function key(namespace: string | undefined, name: string): string {
   return `${namespace ?? ''}/${name}`;
 }
 
-function parsePath(p: string): { prefix: string; ns?: string; resource: string; name?: string; extra: boolean } | undefined {
+/** A path's parts; `extra` is what follows the name (a subresource such as `status`), if anything. */
+function parsePath(p: string): { prefix: string; ns?: string; resource: string; name?: string; extra?: string } | undefined {
   const m = /^(\/api\/v1|\/apis\/[^/]+\/[^/]+)\/(.+)$/.exec(p);
   if (!m) return undefined;
   const parts = m[2]!.split('/');
   if (parts[0] === 'namespaces' && parts.length >= 3) {
-    return { prefix: m[1]!, ns: parts[1]!, resource: parts[2]!, ...(parts[3] ? { name: parts[3] } : {}), extra: parts.length > 4 };
+    return { prefix: m[1]!, ns: parts[1]!, resource: parts[2]!, ...(parts[3] ? { name: parts[3] } : {}), ...(parts.length > 4 ? { extra: parts.slice(4).join('/') } : {}) };
   }
-  return { prefix: m[1]!, resource: parts[0]!, ...(parts[1] ? { name: parts[1] } : {}), extra: parts.length > 2 };
+  return { prefix: m[1]!, resource: parts[0]!, ...(parts[1] ? { name: parts[1] } : {}), ...(parts.length > 2 ? { extra: parts.slice(2).join('/') } : {}) };
 }
 
 interface FieldTerm { path: string; op: '=' | '!='; value: string }
