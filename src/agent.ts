@@ -116,6 +116,7 @@ export class Agent {
     // a burst: a new bundle changes every identity in one turn).
     this.certs.on('change', () => this.#schedulePublish());
     metrics?.readFrom({
+      pendingTasks: () => this.readiness.pending(),
       certificates: () => this.certs.states().flatMap((c) => (c.state === 'available' ? [{ spiffeId: c.spiffeId, notAfter: c.notAfter }] : [])),
       refresh: async () => { this.#gauges = await this.data.gauges(); },
       pool: () => this.#gauges.pools,

@@ -15,6 +15,8 @@ import { TCP_LABELS, TcpSeriesBook, type TcpField } from './tcp-series.ts';
 import { VERSION } from '../version.ts';
 
 export interface MetricsSources {
+  /** The readiness tasks still pending (none: ready), for the ready gauge. */
+  pendingTasks?(): string[];
   /** Certificates held: the expiry gauge reads them at scrape time. */
   certificates?(): Array<{ spiffeId: string; notAfter?: number }>;
   /** Asked before each scrape: data planes in workers send what they counted since the last. */
@@ -123,6 +125,16 @@ export class MeshMetrics {
       name: 'meshlet_tunnel_queued_bytes', registers,
       help: 'Bytes waiting in the kernel send queues of all tunnel sockets (at the last stall check)',
       collect() { this.set(sources.tunnelQueuedBytes?.() ?? 0); },
+    });
+    // An agent up but not ready refuses its node's captured pods: the alert needs to see it.
+    new Gauge({
+      name: 'meshlet_agent_ready', help: 'Whether this agent is ready (1), or 0 with each readiness task still pending', labelNames: ['pending'], registers,
+      collect() {
+        this.reset();
+        const pending = sources.pendingTasks?.() ?? [];
+        if (pending.length === 0) this.set({ pending: '' }, 1);
+        for (const task of pending) this.set({ pending: task }, 0);
+      },
     });
     new Gauge({
       name: 'meshlet_connections_open', help: 'Connections open right now, per direction', labelNames: ['direction'], registers,

@@ -46,6 +46,8 @@ describe('telemetry in network namespaces', { concurrency: false }, () => {
   });
 
   it('counts a cross-node connection exactly, at both agents, with the Istio TCP labels', async () => {
+    // A ready agent says so (the alert MeshletAgentNotReady reads it).
+    for (const node of ['node-a', 'node-b']) assert.equal(sum(await scrape(node), 'meshlet_agent_ready', { pending: '' }), 1);
     const r = await lab.client('web-7f9c', { host: lab.pod('db').ip, port: PORT, bytes: N });
     assert.ok(r.ok, JSON.stringify(r));
     await eventually('connections closed', async () => (await noOpenConnections('node-a')) && (await noOpenConnections('node-b')));

@@ -43,4 +43,17 @@ describe('TCP metrics', () => {
     const m = parseMetrics((await new MeshMetrics().text()).body);
     assert.equal(sum(m, 'meshlet_build_info', { version, node_version: process.version }), 1);
   });
+
+  it('say whether the agent is ready, and what it still waits for (meshlet_agent_ready)', async () => {
+    const metrics = new MeshMetrics();
+    let pending = ['certificates', 'listening'];
+    metrics.readFrom({ pendingTasks: () => pending });
+    let m = parseMetrics((await metrics.text()).body);
+    assert.equal(sum(m, 'meshlet_agent_ready', { pending: 'certificates' }), 0);
+    assert.equal(sum(m, 'meshlet_agent_ready', { pending: 'listening' }), 0);
+    assert.equal(m.filter((x) => x.name === 'meshlet_agent_ready').length, 2);
+    pending = [];
+    m = parseMetrics((await metrics.text()).body);
+    assert.deepEqual(m.filter((x) => x.name === 'meshlet_agent_ready').map((x) => [x.labels.pending, x.value]), [['', 1]]);
+  });
 });
