@@ -22,6 +22,28 @@ export const INSTALL = {
   bundleKey: 'trust-bundle.pem',
 } as const;
 
+/** One permission a component uses: `verb` on `resource` (with its subresource) in `group`, maybe one object's. */
+export interface Permission { verb: string; group: string; resource: string; subresource?: string; namespace?: string; name?: string }
+
+const watch = (group: string, resource: string): Permission[] => ['list', 'watch'].map((verb) => ({ verb, group, resource }));
+/**
+ * What each component calls the API for, kept in step with its code: the agent's informers
+ * (workloads/kubernetes.ts) and taint gate (taint-gate.ts); the CA's authorizer, root Secret,
+ * bundle ConfigMap (ca/kubernetes.ts) and MeshPolicy status (ca/policy-status.ts).
+ */
+export const PERMISSIONS: Record<'agent' | 'ca', Permission[]> = {
+  agent: [...watch('', 'pods'), ...watch('', 'namespaces'), ...watch('', 'nodes'), ...watch('', 'services'),
+    ...watch('discovery.k8s.io', 'endpointslices'), ...watch('meshlet.dev', 'meshpolicies'), { verb: 'patch', group: '', resource: 'nodes' }],
+  ca: [{ verb: 'create', group: 'authentication.k8s.io', resource: 'tokenreviews' }, { verb: 'get', group: '', resource: 'pods' }, { verb: 'list', group: '', resource: 'pods' },
+    ...watch('meshlet.dev', 'meshpolicies'), { verb: 'patch', group: 'meshlet.dev', resource: 'meshpolicies', subresource: 'status' },
+    ...(['get', 'update'] as const).flatMap((verb) => [
+      { verb, group: '', resource: 'secrets', namespace: 'meshlet-system', name: 'meshlet-ca-root' },
+      { verb, group: '', resource: 'configmaps', namespace: 'meshlet-system', name: 'meshlet-trust-bundle' },
+    ]), ...['secrets', 'configmaps'].map((resource) => ({ verb: 'create', group: '', resource, namespace: 'meshlet-system' }))],
+};
+
+const permissionText = (p: Permission) => `${p.verb} ${p.resource}${p.subresource ? `/${p.subresource}` : ''}${p.group ? `.${p.group}` : ''}${p.name ? ` ${p.name}` : ''}`;
+
 /** A root whose end is nearer than this is a warning: rotation (README) takes a rollout or two. */
 const ROOT_WARN_MS = 30 * 24 * 3600_000;
 
@@ -34,6 +56,8 @@ export interface ClusterFacts {
   roots: { notAfter: string[] } | { error: string };
   nodes: Array<{ name: string; agent: { pod: string; ready: boolean; reason?: string } | undefined; meshedPods: number }>;
   capturedNamespaces: string[];
+  /** Permissions the agent's and the CA's service accounts lack (SubjectAccessReview), or why that could not be asked. */
+  rbac: { missing: Array<{ who: 'agent' | 'ca'; permission: string }>; checked: number } | { error: string };
 }
 
 const optional = async <T>(read: () => Promise<T>): Promise<T | undefined> => {
@@ -54,7 +78,7 @@ function podReady(pod: V1Pod): { ready: boolean; reason?: string } {
 
 /** Reads what the checks judge. Throws on an API that cannot be reached or refuses the caller. */
 export async function gatherClusterFacts(kc: KubeConfig): Promise<ClusterFacts> {
-  const { AppsV1Api, ApiextensionsV1Api, CoreV1Api } = await import('@kubernetes/client-node');
+  const { AppsV1Api, ApiextensionsV1Api, AuthorizationV1Api, CoreV1Api } = await import('@kubernetes/client-node');
   const core = kc.makeApiClient(CoreV1Api);
   const apps = kc.makeApiClient(AppsV1Api);
   const ext = kc.makeApiClient(ApiextensionsV1Api);
@@ -80,6 +104,7 @@ export async function gatherClusterFacts(kc: KubeConfig): Promise<ClusterFacts> 
     if (!had || (!podReady(had).ready && podReady(p).ready)) agents.set(p.spec.nodeName, p);
   }
   return {
+    rbac: await reviewPermissions(kc.makeApiClient(AuthorizationV1Api)),
     server: kc.getCurrentCluster()?.server ?? '?',
     crd: crd !== undefined,
     daemonSet: ds && { desired: ds.status?.desiredNumberScheduled ?? 0, ready: ds.status?.numberReady ?? 0, updated: ds.status?.updatedNumberScheduled ?? 0 },
@@ -92,6 +117,27 @@ export async function gatherClusterFacts(kc: KubeConfig): Promise<ClusterFacts> 
     }),
     capturedNamespaces: captured.map((n) => n.metadata!.name!).sort(),
   };
+}
+
+/** Asks the API, as the components' service accounts, for each permission they use. */
+async function reviewPermissions(authz: import('@kubernetes/client-node').AuthorizationV1Api): Promise<ClusterFacts['rbac']> {
+  const missing: Array<{ who: 'agent' | 'ca'; permission: string }> = [];
+  let checked = 0;
+  try {
+    for (const who of ['agent', 'ca'] as const) {
+      const user = `system:serviceaccount:${INSTALL.namespace}:meshlet-${who}`;
+      for (const p of PERMISSIONS[who]) {
+        const review = await authz.createSubjectAccessReview({ body: {
+          spec: { user, groups: ['system:serviceaccounts', `system:serviceaccounts:${INSTALL.namespace}`, 'system:authenticated'], resourceAttributes: p },
+        } });
+        checked++;
+        if (!review.status?.allowed) missing.push({ who, permission: permissionText(p) });
+      }
+    }
+  } catch (err) {
+    return { error: apiStatus(err) ? `the API answered ${apiStatus(err)} to a SubjectAccessReview` : (err as Error).message };
+  }
+  return { missing, checked };
 }
 
 function readRoots(pem: string | undefined): ClusterFacts['roots'] {
@@ -108,6 +154,11 @@ const APPLY = 'kubectl apply -k manifests/';
 
 export function evaluateCluster(f: ClusterFacts, now: number): CheckResult[] {
   const r: CheckResult[] = [{ name: 'API', level: 'ok', detail: `reachable at ${f.server}` }];
+  r.push('error' in f.rbac
+    ? { name: 'RBAC', level: 'warn', detail: `not checked: ${f.rbac.error}`, hint: 'checking needs create on subjectaccessreviews (cluster-admin has it)' }
+    : f.rbac.missing.length > 0
+      ? { name: 'RBAC', level: 'fail', detail: `missing: ${f.rbac.missing.map((m) => `${m.who} cannot ${m.permission}`).join('; ')}`, hint: `${APPLY} (agent-rbac.yaml, ca-rbac.yaml)` }
+      : { name: 'RBAC', level: 'ok', detail: `the agent and the CA hold the ${f.rbac.checked} permissions they use` });
   r.push(f.crd
     ? { name: 'CRD', level: 'ok', detail: `${INSTALL.crd} installed` }
     : { name: 'CRD', level: 'fail', detail: `${INSTALL.crd} is not installed: agents cannot watch MeshPolicies`, hint: APPLY });

@@ -1,7 +1,7 @@
 // `meshlet check` after install: the cluster-wide view, judged from facts (pure) and read through the
 // real CLI from the API stand-in, whose objects are those manifests/ installs.
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,6 +10,7 @@ import { type ClusterFacts, evaluateCluster, INSTALL } from '../../src/check/clu
 import { runCommand } from '../../src/capture/exec.ts';
 import { CLI } from '../../src/demo/lab-spec.ts';
 import { createRootCa } from '../../src/identity/ca.ts';
+import { parseAllDocuments } from 'yaml';
 import { ApiStandIn, namespaceObject, nodeObject, podObject, standInKubeConfig } from '../support/apiserver.ts';
 
 const NOW = Date.parse('2026-12-04T00:00:00Z');
@@ -25,6 +26,7 @@ const healthy: ClusterFacts = {
     { name: 'node-b', agent: { pod: 'meshlet-agent-bbbbb', ready: true }, meshedPods: 0 },
   ],
   capturedNamespaces: ['shop'],
+  rbac: { missing: [], checked: 23 },
 };
 const check = (facts: Partial<ClusterFacts>, name: string) => evaluateCluster({ ...healthy, ...facts }, NOW).find((c) => c.name === name)!;
 
@@ -32,13 +34,14 @@ describe('meshlet check (the cluster)', () => {
   it('passes a healthy install, a line per node', () => {
     const results = evaluateCluster(healthy, NOW);
     assert.deepEqual(results.filter((c) => c.level !== 'ok'), []);
-    assert.deepEqual(results.map((c) => c.name), ['API', 'CRD', 'CA', 'root', 'agents', 'node node-a', 'node node-b', 'captured namespaces']);
+    assert.deepEqual(results.map((c) => c.name), ['API', 'RBAC', 'CRD', 'CA', 'root', 'agents', 'node node-a', 'node node-b', 'captured namespaces']);
     assert.match(check({}, 'node node-a').detail, /ready \(capture, sets, certificates\); 3 meshed pods/);
   });
 
   it('fails what leaves pods refused or certificates unrenewed, saying what to do', () => {
     for (const [facts, name, detail, hint] of [
       [{ crd: false }, 'CRD', /not installed/, /kubectl apply -k manifests/],
+      [{ rbac: { missing: [{ who: 'ca', permission: 'patch meshpolicies/status.meshlet.dev' }], checked: 23 } }, 'RBAC', /ca cannot patch meshpolicies\/status\.meshlet\.dev/, /ca-rbac\.yaml/],
       [{ ca: { replicas: 2, ready: 0 } }, 'CA', /0 of 2 replicas ready: no agent can renew/, /describe deploy meshlet-ca/],
       [{ ca: undefined }, 'CA', /no Deployment meshlet-system\/meshlet-ca/, /kubectl apply/],
       [{ roots: { notAfter: [new Date(NOW - DAY).toISOString()] } }, 'root', /expired/, /rotate the root/],
@@ -63,6 +66,7 @@ describe('meshlet check (the cluster)', () => {
     // A node with no agent and no meshed pod refuses nothing yet; the next pod there would be.
     assert.equal(check({ nodes: [{ name: 'node-c', agent: undefined, meshedPods: 0 }] }, 'node node-c').level, 'warn');
     assert.equal(check({ capturedNamespaces: [] }, 'captured namespaces').level, 'warn');
+    assert.equal(check({ rbac: { error: 'the API answered 403 to a SubjectAccessReview' } }, 'RBAC').level, 'warn');
   });
 });
 
@@ -93,6 +97,17 @@ describe('meshlet check against the API', () => {
     api.put('pods', podObject({ name: 'batch', namespace: 'legacy', node: 'node-c', ip: '10.1.2.11' }));
     api.put('pods', agentPod('node-a', true));
     api.put('pods', agentPod('node-b', false));
+    // The RBAC the manifests install, which the stand-in's SubjectAccessReviews decide by.
+    const kinds: Record<string, string> = { ClusterRole: 'clusterroles', ClusterRoleBinding: 'clusterrolebindings', Role: 'roles', RoleBinding: 'rolebindings' };
+    for (const file of ['agent-rbac.yaml', 'ca-rbac.yaml']) {
+      for (const doc of parseAllDocuments(await readFile(join(import.meta.dirname, '../../manifests', file), 'utf8'))) {
+        const o = doc.toJS();
+        const resource = kinds[o?.kind];
+        if (!resource) continue;
+        if (resource.startsWith('role')) o.metadata.namespace = INSTALL.namespace;
+        api.put(resource, o);
+      }
+    }
     api.put('customresourcedefinitions', { metadata: { name: INSTALL.crd }, spec: {} });
     api.put('daemonsets', { metadata: { name: INSTALL.daemonSet, namespace: INSTALL.namespace }, status: { desiredNumberScheduled: 3, numberReady: 1, updatedNumberScheduled: 3 } });
     api.put('deployments', { metadata: { name: INSTALL.ca, namespace: INSTALL.namespace }, spec: { replicas: 2 }, status: { readyReplicas: 2 } });
@@ -108,6 +123,7 @@ describe('meshlet check against the API', () => {
     assert.equal(r.code, 1, r.stderr);
     const line = (name: string) => r.stdout.split('\n').find((l) => new RegExp(`^\\S+\\s+${name}\\s`).test(l)) ?? '';
     assert.match(line('API'), /^ok\s+API\s+reachable at http:\/\/127\.0\.0\.1:\d+/);
+    assert.match(line('RBAC'), /^ok\s+RBAC\s+the agent and the CA hold the \d+ permissions they use/);
     assert.match(line('CRD'), /^ok/);
     assert.match(line('CA'), /^ok\s+CA\s+2 of 2 replicas ready/);
     assert.match(line('root'), /^ok\s+root\s+1 in the trust bundle, the first ends 20\d\d-/);
@@ -130,6 +146,17 @@ describe('meshlet check against the API', () => {
     const r = await meshlet(['--json']);
     assert.equal(r.code, 0, r.stdout);
     assert.deepEqual((JSON.parse(r.stdout) as Array<{ level: string }>).filter((c) => c.level !== 'ok'), []);
+  });
+
+  it('names a permission the installed RBAC lacks', async () => {
+    api.update('clusterroles', undefined, 'meshlet-ca', (o: any) => { o.rules = o.rules.filter((r: any) => !r.resources.includes('meshpolicies/status')); });
+    try {
+      const r = await meshlet([]);
+      assert.equal(r.code, 1);
+      assert.match(r.stdout, /^fail\s+RBAC\s+missing: ca cannot patch meshpolicies\/status\.meshlet\.dev$/m);
+    } finally {
+      api.update('clusterroles', undefined, 'meshlet-ca', (o: any) => { o.rules.push({ apiGroups: ['meshlet.dev'], resources: ['meshpolicies/status'], verbs: ['patch'] }); });
+    }
   });
 
   it('reports an API it cannot reach as a failed check, not a stack trace', async () => {

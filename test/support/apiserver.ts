@@ -27,6 +27,11 @@ const RESOURCES: Record<string, Resource> = {
   services: { kind: 'Service', list: 'ServiceList', apiVersion: 'v1', namespaced: true, prefix: '/api/v1' },
   endpointslices: { kind: 'EndpointSlice', list: 'EndpointSliceList', apiVersion: 'discovery.k8s.io/v1', namespaced: true, prefix: '/apis/discovery.k8s.io/v1' },
   meshpolicies: { kind: 'MeshPolicy', list: 'MeshPolicyList', apiVersion: 'meshlet.dev/v1alpha1', namespaced: true, prefix: '/apis/meshlet.dev/v1alpha1', statusSubresource: true },
+  // What `meshlet check` reads of the install; RBAC objects also decide SubjectAccessReviews.
+  clusterroles: { kind: 'ClusterRole', list: 'ClusterRoleList', apiVersion: 'rbac.authorization.k8s.io/v1', namespaced: false, prefix: '/apis/rbac.authorization.k8s.io/v1' },
+  clusterrolebindings: { kind: 'ClusterRoleBinding', list: 'ClusterRoleBindingList', apiVersion: 'rbac.authorization.k8s.io/v1', namespaced: false, prefix: '/apis/rbac.authorization.k8s.io/v1' },
+  roles: { kind: 'Role', list: 'RoleList', apiVersion: 'rbac.authorization.k8s.io/v1', namespaced: true, prefix: '/apis/rbac.authorization.k8s.io/v1' },
+  rolebindings: { kind: 'RoleBinding', list: 'RoleBindingList', apiVersion: 'rbac.authorization.k8s.io/v1', namespaced: true, prefix: '/apis/rbac.authorization.k8s.io/v1' },
   // What `meshlet check` reads of the install.
   daemonsets: { kind: 'DaemonSet', list: 'DaemonSetList', apiVersion: 'apps/v1', namespaced: true, prefix: '/apis/apps/v1' },
   deployments: { kind: 'Deployment', list: 'DeploymentList', apiVersion: 'apps/v1', namespaced: true, prefix: '/apis/apps/v1' },
@@ -232,6 +237,7 @@ export class ApiStandIn {
   #route(method: string, url: URL, body: any, res: http.ServerResponse): void {
     const p = url.pathname;
     if (p === '/apis/authentication.k8s.io/v1/tokenreviews' && method === 'POST') return this.#tokenReview(body, res);
+    if (p === '/apis/authorization.k8s.io/v1/subjectaccessreviews' && method === 'POST') return this.#accessReview(body, res);
     const { prefix, ns, resource, name, extra } = parsePath(p) ?? {};
     const r = resource ? RESOURCES[resource] : undefined;
     const statusCall = extra === 'status' && r?.statusSubresource === true && name !== undefined;
@@ -357,6 +363,29 @@ export class ApiStandIn {
     if (timeout > 0) w.timer = setTimeout(() => this.#endWatch(w), timeout * 1000);
     res.once('close', () => { if (w.timer) clearTimeout(w.timer); this.#watchers.delete(w); });
   }
+  /**
+   * SubjectAccessReview decided by the RBAC objects stored here, as the RBAC authorizer does: a
+   * binding of the subject (a service account by its username) to a role whose rule matches the
+   * verb, group, resource (with its subresource) and, where the rule names them, the object's name.
+   */
+  #accessReview(body: any, res: http.ServerResponse): void {
+    const spec = body?.spec ?? {};
+    const a = spec.resourceAttributes ?? {};
+    const m = /^system:serviceaccount:([^:]+):([^:]+)$/.exec(spec.user ?? '');
+    const resource = a.subresource ? `${a.resource}/${a.subresource}` : a.resource;
+    const subjectMatches = (b: Obj) => ((b as any).subjects ?? []).some((s: any) => m && s.kind === 'ServiceAccount' && s.namespace === m[1] && s.name === m[2]);
+    const roleOf = (b: Obj): Obj | undefined => {
+      const ref = (b as any).roleRef;
+      return ref?.kind === 'ClusterRole' ? this.get('clusterroles', undefined, ref.name) : this.get('roles', b.metadata.namespace, ref?.name);
+    };
+    const ruleMatches = (r: any) => (r.apiGroups ?? []).includes(a.group ?? '') && (r.resources ?? []).includes(resource) && (r.verbs ?? []).includes(a.verb)
+      && (!r.resourceNames || (a.name !== undefined && r.resourceNames.includes(a.name)));
+    const bindings = [...this.#selected('clusterrolebindings', undefined, []), ...this.#selected('rolebindings', undefined, [])
+      .filter((b) => a.namespace !== undefined && b.metadata.namespace === a.namespace)];
+    const allowed = bindings.some((b) => subjectMatches(b) && ((roleOf(b) as any)?.rules ?? []).some(ruleMatches));
+    json(res, 201, { apiVersion: 'authorization.k8s.io/v1', kind: 'SubjectAccessReview', metadata: {}, spec, status: { allowed, ...(allowed ? { reason: 'RBAC: allowed by a binding' } : {}) } });
+  }
+
   #tokenReview(body: any, res: http.ServerResponse): void {
     const token = body?.spec?.token;
     const wanted: string[] = body?.spec?.audiences ?? [];
