@@ -25,6 +25,31 @@ export interface NodeFacts {
   kubeProxy: 'iptables' | 'nftables' | 'none';
   /** Bridge interfaces (a bridge CNI such as cni0). */
   bridges: string[];
+  /**
+   * What capture needs of the kernel, tried in the chosen iptables (a scratch chain and set, removed
+   * at once): the socket and rpfilter matches, REDIRECT, ipset's hash:ip. Absent when not tried.
+   */
+  kernel?: Record<KernelFeature, boolean>;
+}
+
+export type KernelFeature = 'socket match' | 'rpfilter match' | 'REDIRECT' | 'ipset hash:ip';
+/** The module each feature lives in, for the hint. */
+const MODULES: Record<KernelFeature, string> = { 'socket match': 'xt_socket', 'rpfilter match': 'xt_rpfilter', REDIRECT: 'xt_REDIRECT', 'ipset hash:ip': 'ip_set_hash_ip' };
+
+/** Tries each feature in a scratch chain of its table with the iptables of `mode`; prints "feature NAME 0|1". */
+function kernelScript(mode: 'legacy' | 'nft'): string {
+  const ipt = `iptables-${mode} -w`;
+  const probe = (table: string, rule: string, name: KernelFeature) =>
+    `if ${ipt} -t ${table} -N $c 2>/dev/null; then if ${ipt} -t ${table} -A $c ${rule} 2>/dev/null; then echo "feature ${name} 1"; else echo "feature ${name} 0"; fi; ` +
+    `${ipt} -t ${table} -F $c; ${ipt} -t ${table} -X $c; else echo "feature ${name} 0"; fi`;
+  return [
+    'c=MESHLET_CHECK_$$',
+    probe('mangle', '-p tcp -m socket --transparent -j RETURN', 'socket match'),
+    probe('raw', '-m rpfilter --invert -j RETURN', 'rpfilter match'),
+    probe('nat', '-p tcp -j REDIRECT --to-ports 15001', 'REDIRECT'),
+    'if ipset create meshlet-check-$$ hash:ip 2>/dev/null; then ipset destroy meshlet-check-$$; echo "feature ipset hash:ip 1"; else echo "feature ipset hash:ip 0"; fi',
+    'exit 0',
+  ].join('\n');
 }
 
 const FACTS_SCRIPT = [
@@ -46,7 +71,14 @@ export async function gatherNodeFacts(tools: CaptureTools): Promise<NodeFacts> {
   const migrate = lines.find(([k]) => k === 'migrate');
   const iptables = parseReport(out);
   const nftProxy = lines.some(([k]) => k === 'kubeproxy');
+  const mode = chooseIptablesMode(iptables).mode;
+  let kernel: NodeFacts['kernel'];
+  if (hasNetAdmin() && mode !== 'auto') {
+    const probed = (await tools.run('sh', ['-c', kernelScript(mode)])).stdout;
+    kernel = Object.fromEntries(Object.keys(MODULES).map((f) => [f, probed.includes(`feature ${f} 1`)])) as Record<KernelFeature, boolean>;
+  }
   return {
+    ...(kernel ? { kernel } : {}),
     netAdmin: hasNetAdmin(),
     tools: { iptables: tool('iptables'), ipset: tool('ipset'), nft: tool('nft'), ip: tool('ip') },
     iptables,
@@ -70,6 +102,12 @@ export function evaluateNode(f: NodeFacts): CheckResult[] {
   r.push(mode.mode === 'auto'
     ? { name: 'iptables mode', level: 'fail', detail: mode.reason, hint: 'install iptables (legacy and nft), and run with CAP_NET_ADMIN' }
     : { name: 'iptables mode', level: 'ok', detail: `${mode.mode}: ${mode.reason}` });
+  if (f.kernel) {
+    const lacking = (Object.keys(MODULES) as KernelFeature[]).filter((k) => !f.kernel![k]);
+    r.push(lacking.length === 0
+      ? { name: 'kernel', level: 'ok', detail: `${Object.keys(MODULES).join(', ')}: each tried in a scratch chain` }
+      : { name: 'kernel', level: 'fail', detail: `cannot use: ${lacking.join(', ')}`, hint: `load ${lacking.map((k) => MODULES[k]).join(', ')} (modprobe), or use a kernel that has them` });
+  }
   if (f.kubeProxy === 'nftables') {
     r.push(f.tools.nft
       ? { name: 'kube-proxy', level: 'warn', detail: 'nftables mode', hint: 'run `meshlet init` and the agents with --capture-backend nftables' }

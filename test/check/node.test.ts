@@ -21,6 +21,16 @@ describe('meshlet check --pre', () => {
     assert.match(results.find((c) => c.name === 'iptables mode')!.detail, /^nft: the kubelet's hint chain/);
   });
 
+  it('fails a kernel without what capture uses, naming the modules', () => {
+    const kernel = { 'socket match': true, 'rpfilter match': false, REDIRECT: true, 'ipset hash:ip': false };
+    const c = level({ kernel }, 'kernel')!;
+    assert.equal(c.level, 'fail');
+    assert.equal(c.detail, 'cannot use: rpfilter match, ipset hash:ip');
+    assert.match(c.hint!, /xt_rpfilter, ip_set_hash_ip/);
+    assert.equal(level({ kernel: { ...kernel, 'rpfilter match': true, 'ipset hash:ip': true } }, 'kernel')!.level, 'ok');
+    assert.equal(level({}, 'kernel'), undefined, 'not tried (no privilege or no iptables): no line');
+  });
+
   it('fails what would stop init or the agent, saying what to do', () => {
     for (const [facts, name, hint] of [
       [{ netAdmin: false }, 'privilege', /NET_ADMIN/],
