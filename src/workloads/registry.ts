@@ -25,6 +25,8 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
   #idx: Indexes | undefined;
   /** Pods released from the mesh a moment ago, as they were while captured, by address. */
   readonly #departed = new Map<string, { workload: Workload; until: number }>();
+  /** The same for Services this agent no longer resolves (every endpoint released), by `clusterIP:port`. */
+  readonly #departedServices = new Map<string, { entry: { service: MeshService; port: ServicePort }; until: number }>();
   readonly #now: () => number;
 
   /** The node this agent runs on (PreferClose keeps to its endpoints). */
@@ -71,7 +73,7 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
       destinations.add(service.clusterIP);
       for (const port of service.ports) byServiceAddress.set(`${service.clusterIP}:${port.port}`, { service: routed, port });
     }
-    this.#noteDepartures(byIp);
+    this.#noteDepartures(byIp, byServiceAddress);
     this.#idx = { snapshot, byIp, byServiceAddress, destinations };
     this.emit('change', snapshot);
   }
@@ -89,13 +91,20 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
   }
 
   /** The same pod, still there, no longer captured: released (a deleted pod has nothing left to reach). */
-  #noteDepartures(next: ReadonlyMap<string, Workload>): void {
+  #noteDepartures(next: ReadonlyMap<string, Workload>, nextServices: ReadonlyMap<string, { service: MeshService; port: ServicePort }>): void {
     const now = this.#now();
     for (const [ip, d] of this.#departed) if (d.until <= now || next.get(ip)?.captured) this.#departed.delete(ip);
     for (const w of this.#idx?.byIp.values() ?? []) {
       const after = next.get(w.ip);
       if (w.captured && after && !after.captured && after.name === w.name && after.namespace === w.namespace) {
         this.#departed.set(w.ip, { workload: w, until: now + DEPARTED_MS });
+      }
+    }
+    // A Service goes with its last endpoint's release; its endpoints are in #departed just above.
+    for (const [k, d] of this.#departedServices) if (d.until <= now || nextServices.has(k)) this.#departedServices.delete(k);
+    for (const [k, entry] of this.#idx?.byServiceAddress ?? []) {
+      if (!nextServices.has(k) && entry.service.endpoints.every((e) => this.#departed.has(e.ip))) {
+        this.#departedServices.set(k, { entry, until: now + DEPARTED_MS });
       }
     }
   }
@@ -108,7 +117,11 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
 
   /** The Service whose cluster IP and port these are, if any. */
   findService(ip: string, port: number): { service: MeshService; port: ServicePort } | undefined {
-    return this.#idx?.byServiceAddress.get(`${plainIp(ip)}:${port}`);
+    const k = `${plainIp(ip)}:${port}`;
+    const found = this.#idx?.byServiceAddress.get(k);
+    if (found) return found;
+    const d = this.#departedServices.get(k);
+    return d && d.until > this.#now() ? d.entry : undefined;
   }
 
   /** Captured workloads this agent serves (its node's, or its one pod's): the ones it holds identities for. */

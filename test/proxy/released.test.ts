@@ -12,13 +12,25 @@ import { inProcessMesh, type InProcessMesh } from '../support/proxy-context.ts';
 import { eventually } from '../support/wait.ts';
 
 const TD = 'released.test';
-const IP = { web: '127.0.4.11', db: '127.0.5.11' };
+const IP = { web: '127.0.4.11', db: '127.0.5.11', svc: '127.0.6.1' };
 const doc = (port: number, dbCaptured: boolean) => `trustDomain: ${TD}
 nodes: [{ name: node-a, ip: 127.0.4.1 }, { name: node-b, ip: 127.0.5.1 }]
 workloads:
   - { name: web, namespace: shop, serviceAccount: web, ip: ${IP.web}, node: node-a }
-  - { name: db, namespace: shop, serviceAccount: db, ip: ${IP.db}, node: node-b, captured: ${dbCaptured} }
+  - { name: db, namespace: shop, serviceAccount: db, ip: ${IP.db}, node: node-b, captured: ${dbCaptured}, labels: { app: db } }
+services:
+  - { name: db, namespace: shop, clusterIP: ${IP.svc}, ports: [{ name: sql, port: 80, targetPort: ${port} }], selector: { app: db } }
 `;
+
+function echo(s: net.Socket): Promise<{ data: string; error?: string }> {
+  return new Promise((resolve) => {
+    let data = '';
+    s.on('data', (d: Buffer) => { data += d; });
+    s.on('error', (err: NodeJS.ErrnoException) => resolve({ data, error: err.code }));
+    s.on('end', () => resolve({ data }));
+    s.end('still here');
+  });
+}
 
 describe('a destination released a moment ago', () => {
   let mesh: InProcessMesh;
@@ -47,15 +59,10 @@ describe('a destination released a moment ago', () => {
     await eventually('node-a has db released', () => a.data.registry.findWorkload(IP.db)?.captured === false);
     assert.ok(!a.data.registry.destinations.has(IP.db), 'capture would no longer redirect it');
 
-    const s = await a.connect(IP.web, { ip: IP.db, port });
-    const echoed = await new Promise<{ data: string; error?: string }>((resolve) => {
-      let data = '';
-      s.on('data', (d: Buffer) => { data += d; });
-      s.on('error', (err: NodeJS.ErrnoException) => resolve({ data, error: err.code }));
-      s.on('end', () => resolve({ data }));
-      s.end('still here');
-    });
-    assert.deepEqual(echoed, { data: 'still here' }, 'the connection redirected in the window went through');
+    assert.deepEqual(await echo(await a.connect(IP.web, { ip: IP.db, port })), { data: 'still here' }, 'the connection redirected in the window went through');
+    // Its Service went with it (db was its only endpoint): a connection to the cluster IP too.
+    assert.equal(a.data.registry.destinations.has(IP.svc), false);
+    assert.deepEqual(await echo(await a.connect(IP.web, { ip: IP.svc, port: 80 })), { data: 'still here' }, 'the Service\'s connection went through');
     const out = await eventually('node-a\'s access line', () => a.access.find((l) => l.dst?.addr === `${IP.db}:${port}`));
     assert.equal(out.route, 'tunnel');
     assert.equal(out.outcome, 'ok', JSON.stringify(out));
