@@ -112,8 +112,7 @@ export class Agent {
       // A sidecar shares its pod's fate already: kubelet probes the pod, the gate has nothing to add.
       ...(config.sidecar ? {} : { vouchFor: (podIp: string) => this.probeGate.ensure(podIp) }),
     });
-    // New certificates, renewals and trust bundles reach the data plane in the next snapshot (one for
-    // a burst: a new bundle changes every identity in one turn).
+    // Certificates and bundles reach the data plane in the next snapshot (one per burst).
     this.certs.on('change', () => this.#schedulePublish());
     metrics?.readFrom({
       pendingTasks: () => this.readiness.pending(),
@@ -152,8 +151,8 @@ export class Agent {
     const registry = new WorkloadRegistry(config.nodeName, config.sidecar);
     const provider = await identityProvider(config, deps.log, () => registry.trustDomain);
     const agent = new Agent(config, deps.log, { tools, source, registry, provider });
-    // Before capture and the workload source (a cluster's first list can take seconds): until this
-    // agent answers readiness, an older one beside it answers for it (admin/succession.ts).
+    // Before capture and source (a first list takes seconds): until then an older agent answers
+    // readiness for this one (admin/succession.ts).
     const endpoints = await listenAgentEndpoints({ config, log: deps.log, readiness: agent.readiness, metrics: agent.metrics,
       configDump: () => agent.configDump(), onLogLevel: (level) => agent.data.setLogLevel(level) });
     agent.#servers.push(...endpoints.servers);
@@ -327,8 +326,7 @@ export class Agent {
   async #close(): Promise<void> {
     this.#state = { phase: 'draining' };
     this.readiness.drain();
-    // A newer agent beside this one (an upgrade) answers readiness from now on.
-    this.#succession?.close();
+    this.#succession?.close(); // a newer agent beside this one answers readiness from now on
     // Stop vouching first: without a successor the node's pods fail their probes within the TTL and
     // leave their Services while this agent drains.
     this.probeGate.stop();
