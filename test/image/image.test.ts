@@ -19,6 +19,7 @@ import { eventually } from '../support/wait.ts';
 const TD = 'image.test';
 const PORT = 8080;
 const BASE = 'localhost/meshlet-base:test';
+const NODE_BASE = 'localhost/meshlet-node24-base:test';
 const IMAGE = 'localhost/meshlet:test';
 const VERSION = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')).version as string;
 const id = (ns: string, sa: string) => `spiffe://${TD}/ns/${ns}/sa/${sa}`;
@@ -35,7 +36,7 @@ describe('the container image', { concurrency: false }, () => {
       assert.equal(r.code, 0, `${tool} is not installed (apt-get install debootstrap buildah podman runc; .ci/run does)`);
     }
     host = await ContainerHost.create(`mlt-${process.pid.toString(36)}-${randomBytes(2).toString('hex')}`);
-    await host.makeBase(BASE);
+    await host.makeBase(BASE, NODE_BASE);
     await host.build(IMAGE, BASE);
   });
 
@@ -60,6 +61,17 @@ describe('the container image', { concurrency: false }, () => {
     const who = await host.run(IMAGE, ['-c', 'id -u; ls /app/node_modules | grep ^node-linux'], 'sh');
     assert.deepEqual(who.stdout.trim().split('\n'), [String(CA_USER), pkg], 'non-root by default, one Node binary');
     t.diagnostic(`image size ${((await host.imageSize(IMAGE)) / 2 ** 20).toFixed(0)} MiB`);
+  });
+
+  it('builds on a base that brings Node 24 (as node:24-slim does) and runs on that Node', async () => {
+    const image = 'localhost/meshlet-on-node24:test';
+    await host.build(image, NODE_BASE);
+    const r = await host.run(image, ['-c', 'command -v node; ls /app/node_modules | grep -c ^node-linux; [ -e /app/node_modules/.bin/node ] && echo linked || echo unlinked; meshlet version'], 'sh');
+    const [node, packages, link, version] = r.stdout.trim().split('\n');
+    assert.equal(node, '/usr/local/bin/node', 'the base\'s Node');
+    assert.equal(packages, '0', 'no second Node in node_modules');
+    assert.equal(link, 'unlinked');
+    assert.match(version ?? '', new RegExp(`^meshlet ${VERSION.replaceAll('.', '\\.')} \\(node v24\\.`));
   });
 
   it('installs Node and koffi for arm64 from the same lockfile (not run here: no arm64 machine)', async () => {

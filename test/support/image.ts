@@ -75,15 +75,31 @@ export class ContainerHost {
     return ['--runtime', 'runc', '--ulimit', `nofile=${files}:${files}`, '--ulimit', 'nproc=4096:4096'];
   }
 
-  /** A minimal Debian root made with debootstrap from the machine's mirror, imported as `tag`. */
-  async makeBase(tag: string): Promise<void> {
+  /**
+   * A minimal Debian root made with debootstrap from the machine's mirror, imported as `tag`; with
+   * `node24Tag`, the same root with Node 24 in /usr/local/bin and npm beside it, imported as that:
+   * the layout of node:24-slim, for the Dockerfile's other branch. Node is this checkout's
+   * node-linux-<arch> binary, npm the npm registry's own package.
+   */
+  async makeBase(tag: string, node24Tag?: string): Promise<void> {
     const { suite, mirror } = debianSource();
     const root = join(this.dir, 'rootfs');
     await must('debootstrap', ['--variant=minbase', suite, root, mirror], `debootstrap ${suite} from ${mirror}`);
     // What a registry's debian:slim leaves out too: downloaded packages and the package lists.
     await rm(join(root, 'var/cache/apt'), { recursive: true, force: true });
     await rm(join(root, 'var/lib/apt/lists'), { recursive: true, force: true });
-    await must('sh', ['-c', `mkdir -p "$1/var/cache/apt/archives/partial" "$1/var/lib/apt/lists/partial" && tar -C "$1" -c . | podman ${this.podman.join(' ')} import - "$2"`, 'sh', root, tag], 'podman import');
+    const importAs = (t: string) => must('sh', ['-c', `tar -C "$1" -c . | podman ${this.podman.join(' ')} import - "$2"`, 'sh', root, t], 'podman import');
+    await must('mkdir', ['-p', join(root, 'var/cache/apt/archives/partial'), join(root, 'var/lib/apt/lists/partial')], 'mkdir');
+    await importAs(tag);
+    if (node24Tag) {
+      await must('cp', [join(REPO, `node_modules/node-linux-${process.arch}/bin/node`), join(root, 'usr/local/bin/node')], 'copy Node');
+      const tgz = (await must('npm', ['pack', 'npm@11', '--silent', '--pack-destination', this.dir], 'npm pack npm')).trim().split('\n').at(-1)!;
+      const npmDir = join(root, 'usr/local/lib/node_modules/npm');
+      await must('mkdir', ['-p', npmDir], 'mkdir');
+      await must('tar', ['-xzf', join(this.dir, tgz), '-C', npmDir, '--strip-components=1'], 'unpack npm');
+      await must('ln', ['-s', '../lib/node_modules/npm/bin/npm-cli.js', join(root, 'usr/local/bin/npm')], 'link npm');
+      await importAs(node24Tag);
+    }
     await rm(root, { recursive: true, force: true });
   }
 
