@@ -57,8 +57,14 @@ interface PoolEntry {
   freshUntil?: number;
 }
 
-/** Retries of a connection the peer never saw (connect). */
-const MAX_RETRIES = 2;
+/**
+ * Retries of a connection the peer never saw (connect). Four: during an upgrade the old agent's
+ * listeners close one thread at a time, and on a busy node a fresh session can still land on one
+ * that is draining and refuse the stream again (seen with every core busy, issue 22 part 5).
+ */
+const MAX_RETRIES = 4;
+/** The first pause before a stream refused by a draining peer is tried again; doubled each time. */
+const NEVER_SEEN_RETRY_MS = 25;
 /** The pause before a connection refused at TCP connect is tried again. */
 const REFUSED_RETRY_MS = 100;
 
@@ -96,7 +102,7 @@ export class TunnelPool {
 
   /**
    * Opens a CONNECT stream to `target` as `sourceId`; resolves once the peer answered 200. What the
-   * peer never saw is retried, twice at most, so an agent upgrade on either side loses no
+   * peer never saw is retried, four times at most, so an agent upgrade on either side loses no
    * connection: a stream refused by a session going away (GOAWAY, REFUSED_STREAM) on a fresh
    * session, and a new session refused at TCP connect (the peer's listeners handing over between
    * the old agent and the new one) after REFUSED_RETRY_MS.
@@ -111,6 +117,8 @@ export class TunnelPool {
         if (neverSeen) {
           this.#log.debug({ podIp: target.podIp, reason: err.message }, 'stream refused by a session going away; retrying on a new session');
           this.#forget(`${sourceId}|${target.podIp}`, err.session);
+          // The first retry at once (a fresh session usually reaches the new agent), then paced.
+          if (attempt > 1) await new Promise((r) => setTimeout(r, NEVER_SEEN_RETRY_MS * 2 ** (attempt - 2)));
         } else {
           this.#log.debug({ podIp: target.podIp, reason: (err as Error).message }, 'tunnel connection refused; retrying');
           await new Promise((r) => setTimeout(r, REFUSED_RETRY_MS));
