@@ -3,12 +3,12 @@
 // for every node whether its agent is ready (ready means capture, sync into every set and every
 // local pod's certificate: admin/server.ts) and how many meshed pods depend on it. Reading is one
 // function, judging another (pure: the unit tests feed it facts), as for the node checks.
-import type { KubeConfig, V1Namespace, V1Pod } from '@kubernetes/client-node';
+import type { KubeConfig, V1Pod } from '@kubernetes/client-node';
 import { X509Certificate } from 'node:crypto';
 import { apiStatus } from '../kube-config.ts';
 import { PEM_CERTIFICATE } from '../identity/pem.ts';
 import { meshMembership } from '../workloads/kubernetes-snapshot.ts';
-import type { SlimNamespace, SlimPod } from '../workloads/kubernetes-objects.ts';
+import { CAPTURE_ANNOTATION, type SlimNamespace, type SlimPod } from '../workloads/kubernetes-objects.ts';
 import type { CheckResult } from './node.ts';
 
 /** The names manifests/ installs. */
@@ -19,6 +19,7 @@ export const INSTALL = {
   agentLabel: 'meshlet-agent',
   ca: 'meshlet-ca',
   bundle: 'meshlet-trust-bundle',
+  rootSecret: 'meshlet-ca-root',
   bundleKey: 'trust-bundle.pem',
 } as const;
 
@@ -37,9 +38,9 @@ export const PERMISSIONS: Record<'agent' | 'ca', Permission[]> = {
   ca: [{ verb: 'create', group: 'authentication.k8s.io', resource: 'tokenreviews' }, { verb: 'get', group: '', resource: 'pods' }, { verb: 'list', group: '', resource: 'pods' },
     ...watch('meshlet.dev', 'meshpolicies'), { verb: 'patch', group: 'meshlet.dev', resource: 'meshpolicies', subresource: 'status' },
     ...(['get', 'update'] as const).flatMap((verb) => [
-      { verb, group: '', resource: 'secrets', namespace: 'meshlet-system', name: 'meshlet-ca-root' },
-      { verb, group: '', resource: 'configmaps', namespace: 'meshlet-system', name: 'meshlet-trust-bundle' },
-    ]), ...['secrets', 'configmaps'].map((resource) => ({ verb: 'create', group: '', resource, namespace: 'meshlet-system' }))],
+      { verb, group: '', resource: 'secrets', namespace: INSTALL.namespace, name: INSTALL.rootSecret },
+      { verb, group: '', resource: 'configmaps', namespace: INSTALL.namespace, name: INSTALL.bundle },
+    ]), ...['secrets', 'configmaps'].map((resource) => ({ verb: 'create', group: '', resource, namespace: INSTALL.namespace }))],
 };
 
 const permissionText = (p: Permission) => `${p.verb} ${p.resource}${p.subresource ? `/${p.subresource}` : ''}${p.group ? `.${p.group}` : ''}${p.name ? ` ${p.name}` : ''}`;
@@ -88,11 +89,11 @@ export async function gatherClusterFacts(kc: KubeConfig): Promise<ClusterFacts> 
   const ds = await optional(() => apps.readNamespacedDaemonSet({ name: INSTALL.daemonSet, namespace: ns }));
   const ca = await optional(() => apps.readNamespacedDeployment({ name: INSTALL.ca, namespace: ns }));
   const bundle = await optional(() => core.readNamespacedConfigMap({ name: INSTALL.bundle, namespace: ns }));
-  const captured = namespaces.items.filter((n) => n.metadata?.annotations?.['meshlet.dev/capture'] === 'enabled');
+  const captured = namespaces.items.filter((n) => n.metadata?.annotations?.[CAPTURE_ANNOTATION] === 'enabled');
   const meshed = new Map<string, number>();
   for (const n of captured) {
     for (const pod of (await core.listNamespacedPod({ namespace: n.metadata!.name! })).items) {
-      const m = meshMembership(pod as unknown as SlimPod, n as V1Namespace as unknown as SlimNamespace);
+      const m = meshMembership(pod as unknown as SlimPod, n as unknown as SlimNamespace);
       if (m.meshed) meshed.set(pod.spec!.nodeName!, (meshed.get(pod.spec!.nodeName!) ?? 0) + 1);
     }
   }

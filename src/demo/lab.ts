@@ -335,7 +335,7 @@ export class MeshLab {
     const agent = this.agents.get(nodeName);
     if (!agent) return null;
     if (agent.child.exitCode === null && agent.child.signalCode === null) {
-      // `ip netns exec` execs the command, so the child PID is the agent itself.
+      // The agent itself (`ip netns exec` execs it), or podman, which passes the signal on.
       agent.child.kill(signal);
     }
     return agent.exited;
