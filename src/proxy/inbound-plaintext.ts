@@ -20,7 +20,17 @@ export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext):
     unregister = ctx.redirects.add(sourceIp, socket.remotePort ?? 0, dst.ip, dst.port);
     conn.set({ destination: `${dst.ip}:${dst.port}`, route: 'inbound' });
     const target = ctx.registry.findWorkload(dst.ip);
-    if (!target || !target.captured || !ctx.registry.isLocal(target)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
+    if (!target?.captured) {
+      // Capture stops redirecting a released pod's traffic a moment after the registry lets it go
+      // (its grace over): such a connection reaches the pod as it would without the mesh, which it
+      // has left. Only this node's pods, and only for DEPARTED_MS (workloads/registry.ts).
+      const released = ctx.registry.departed(dst.ip);
+      if (!released || !ctx.registry.isLocal(released)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
+      conn.set({ dst: released, route: 'released' });
+      await relayConnection(conn, client, socketEnd(await connectLocalPod(ctx, released.ip, dst.port, { ip: sourceIp })), ctx.idleTimeoutMs);
+      return;
+    }
+    if (!ctx.registry.isLocal(target)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
     conn.set({ dst: target });
     enforceAndGuard(conn, () => {
       const t = current(ctx.registry, target);

@@ -36,7 +36,7 @@ export interface DataPlaneTelemetry {
 }
 
 export type Direction = 'outbound' | 'inbound' | 'inbound_plaintext';
-export type Route = 'tunnel' | 'local' | 'passthrough' | 'inbound' | 'refused';
+export type Route = 'tunnel' | 'local' | 'passthrough' | 'inbound' | 'released' | 'refused';
 
 export interface ConnectionInfo extends MeteredConnection {
   id: number;

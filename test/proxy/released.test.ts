@@ -69,4 +69,23 @@ describe('a destination released a moment ago', () => {
     const inbound = await eventually('node-b served it', () => mesh.node('node-b').access.find((l) => l.direction === 'inbound' && l.outcome === 'ok'));
     assert.equal(inbound.src.principal, `spiffe://${TD}/ns/shop/sa/web`);
   });
+
+  it('is delivered as plaintext by its own agent just after the grace, while capture still redirects it', async () => {
+    // The grace is over on node-b: its registry drops db a moment before capture stops redirecting
+    // db's inbound traffic, and node-a, whose own window ended first, sends plain TCP (the reset
+    // of the removal test's CI run).
+    const b = mesh.node('node-b');
+    mesh.applyOn('node-b', parseWorkloadsFile(doc(port, true)));
+    mesh.applyOn('node-b', parseWorkloadsFile(doc(port, false)));
+    await eventually('node-b has db released', () => b.data.registry.findWorkload(IP.db)?.captured === false);
+    const before = b.access.length;
+    assert.deepEqual(await echo(await b.connectPlaintext(IP.web, { ip: IP.db, port })), { data: 'still here' });
+    const line = await eventually('node-b\'s access line', () => b.access.slice(before).find((l) => l.dst?.addr === `${IP.db}:${port}`));
+    assert.equal(line.outcome, 'ok', JSON.stringify(line));
+    assert.equal(line.route, 'released');
+
+    // Only its own node's pods, and only a moment: another node's released pod is not its to deliver.
+    const a = mesh.node('node-a');
+    assert.notEqual((await echo(await a.connectPlaintext(IP.web, { ip: IP.db, port }))).data, 'still here', 'node-a delivered a pod of node-b');
+  });
 });
