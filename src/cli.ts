@@ -20,7 +20,7 @@ import { CaService } from './ca/server.ts';
 import { createMetricsServer } from './admin/server.ts';
 import { listen } from './proxy/listeners.ts';
 import { bundleSize } from './identity/pem.ts';
-import { apiStatus, loadKubeConfig } from './kube-config.ts';
+import { apiStatus, loadKubeConfig } from './kube/config.ts';
 import { DirRootStore, ensureRoot, initRoot, ROOT_FILES, type RootSet, type RootStore, rotateRoot, type RotationStep } from './identity/roots.ts';
 import { createLogger } from './telemetry/log.ts';
 import { VERSION } from './version.ts';

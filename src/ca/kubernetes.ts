@@ -12,7 +12,7 @@ import { AuthorizerUnavailableError, CaError, IdentityNotAllowedError, TokenReje
 import { parseWorkloadId } from '../identity/spiffe.ts';
 import type { RootFiles, RootSet, RootStore } from '../identity/roots.ts';
 import type { NodeAuthorizer, NodeIdentity } from './authorizer.ts';
-import { apiStatus, MIRROR_ANNOTATION } from '../kube-config.ts';
+import { apiStatus, MIRROR_ANNOTATION } from '../kube/config.ts';
 
 export const CA_AUDIENCE = 'meshlet-ca';
 const NODE_NAME_CLAIM = 'authentication.kubernetes.io/node-name';

@@ -5,7 +5,7 @@
 // function, judging another (pure: the unit tests feed it facts), as for the node checks.
 import type { KubeConfig, V1Pod } from '@kubernetes/client-node';
 import { X509Certificate } from 'node:crypto';
-import { apiStatus } from '../kube-config.ts';
+import { apiStatus } from '../kube/config.ts';
 import { PEM_CERTIFICATE } from '../identity/pem.ts';
 import { meshMembership } from '../workloads/kubernetes-snapshot.ts';
 import { CAPTURE_ANNOTATION, type SlimNamespace, type SlimPod } from '../workloads/kubernetes-objects.ts';

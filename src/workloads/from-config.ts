@@ -3,16 +3,18 @@ import { access, constants } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import type { WorkloadsConfig } from '../config/common.ts';
 import { WorkloadSourceError } from '../errors.ts';
-import { loadKubeConfig } from '../kube-config.ts';
+import { loadKubeConfig } from '../kube/config.ts';
 import { createFileSource } from './file.ts';
 import type { MeshSnapshot } from './model.ts';
 import type { WorkloadSource } from './source.ts';
 
 export async function workloadSource(config: WorkloadsConfig, log: Logger): Promise<WorkloadSource> {
   if (config.kind === 'file') return createFileSource({ path: config.path, pollIntervalMs: config.pollMs });
-  // Loaded on demand: local mode never pays for @kubernetes/client-node (bench/README.md).
+  // Loaded on demand, after the configuration (which makes client-node load less: kube/load-less.ts):
+  // local mode never pays for @kubernetes/client-node (bench/README.md).
+  const kubeConfig = await loadKubeConfig(config.kubeconfig);
   const { createKubernetesSource } = await import('./kubernetes.ts');
-  return createKubernetesSource({ kubeConfig: await loadKubeConfig(config.kubeconfig), trustDomain: config.trustDomain, log });
+  return createKubernetesSource({ kubeConfig, trustDomain: config.trustDomain, log });
 }
 
 /** The first complete snapshot the source delivers; a rejected file or a timeout is an error. */

@@ -1,7 +1,7 @@
 // Kubernetes objects as the workload source keeps them: trimmed to the fields meshlet reads before
 // the informers cache them (what keeps memory per pod low), and the annotations that opt in.
 import { isIPv4 } from 'node:net';
-import { MIRROR_ANNOTATION } from '../kube-config.ts';
+import { MIRROR_ANNOTATION } from '../kube/config.ts';
 import { schemaProblems } from '../policy/schema.ts';
 
 export const CAPTURE_ANNOTATION = 'meshlet.dev/capture';

@@ -19,11 +19,14 @@
 //   MeshPolicy is optional: while its CRD is not installed (404) it counts as synced with no policies,
 //   and the source keeps checking for it.
 import { backoffMs } from '../backoff.ts';
-import {
-  ADD, CoreV1Api, CustomObjectsApi, DELETE, DiscoveryV1Api, ERROR, type KubeConfig, type KubernetesObject, ListWatch, UPDATE, Watch,
-} from '@kubernetes/client-node';
+import type { KubeConfig, KubernetesObject } from '@kubernetes/client-node';
+// Its informer parts only, not the package's index (kube/load-less.ts).
+import { ListWatch } from '@kubernetes/client-node/dist/cache.js';
+import { ADD, DELETE, ERROR, UPDATE } from '@kubernetes/client-node/dist/informer.js';
+import { Watch } from '@kubernetes/client-node/dist/watch.js';
 import type { Logger } from 'pino';
-import { apiStatus } from '../kube-config.ts';
+import { kubeApi } from '../kube/api.ts';
+import { apiStatus } from '../kube/config.ts';
 import type { AddressRefusal, MeshSnapshot } from './model.ts';
 import type { WorkloadSource } from './source.ts';
 import {
@@ -94,8 +97,8 @@ interface Informer {
 export function createKubernetesSource(opts: KubernetesSourceOptions): KubernetesSource {
   const log = opts.log.child({ component: 'kubernetes-source' });
   const kc = opts.kubeConfig;
-  const core = kc.makeApiClient(CoreV1Api);
-  // Small pages keep the peak low: each page is parsed and deserialized whole before it is trimmed,
+  const api = kubeApi(kc);
+  // Small pages keep the peak low: each page is parsed whole before it is trimmed,
   // and V8 keeps the heap it grew for the largest one (bench/README.md, "What knowing the cluster
   // costs": page size against RSS).
   const pageSize = opts.pageSize ?? 100;
@@ -107,19 +110,18 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   let lists = 0;
   let meshPods = 0;
   let handlers: Parameters<WorkloadSource['start']>[0] | undefined;
-  type Page = (cont: string | undefined) => Promise<{ metadata?: { resourceVersion?: string; _continue?: string; continue?: string }; items: unknown[] }>;
+  type Page = { metadata?: { resourceVersion?: string; continue?: string }; items: unknown[] };
 
   /** Pages through a list; every page is served from the first page's snapshot (one resourceVersion). */
-  async function pagedList(name: string, page: Page, trim: (o: unknown) => unknown) {
+  async function pagedList(name: string, path: string, trim: (o: unknown) => unknown, fieldSelector: string | undefined) {
     const items: unknown[] = [];
     let cont: string | undefined;
     let resourceVersion: string | undefined;
     do {
-      const r = await page(cont);
+      const r = await api.get<Page>(path, { fieldSelector, limit: pageSize, continue: cont });
       resourceVersion ??= r.metadata?.resourceVersion;
-      for (const o of r.items) items.push(trim(o));
-      // Typed lists deserialize `continue` as `_continue`; custom-object lists are raw JSON.
-      cont = r.metadata?._continue || r.metadata?.continue || undefined;
+      for (const o of r.items ?? []) items.push(trim(o));
+      cont = r.metadata?.continue || undefined;
     } while (cont);
     lists += 1;
     log.info({ resource: name, items: items.length, resourceVersion }, 'listed');
@@ -127,11 +129,11 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   }
 
   /** One informer: paged, trimmed lists; trimmed watches; a list opens its part of the first-sync gate. */
-  const informer = (name: string, path: string, trim: (o: unknown) => unknown, page: Page, extra: { fieldSelector?: string; optional?: boolean } = {}): Informer => {
+  const informer = (name: string, path: string, trim: (o: unknown) => unknown, extra: { fieldSelector?: string; optional?: boolean } = {}): Informer => {
     const inf: Informer = {
       name, listed: false, failures: 0, ...(extra.optional ? { optional: true } : {}),
       lw: new ListWatch<KubernetesObject>(path, new TrimmingWatch(kc, trim), async () => {
-        const list = await pagedList(name, page, trim);
+        const list = await pagedList(name, path, trim, extra.fieldSelector);
         if (inf.absent) log.info({ resource: name }, 'the API is installed now: watching it');
         inf.listed = true;
         inf.absent = false;
@@ -142,18 +144,13 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     };
     return inf;
   };
-  const custom = kc.makeApiClient(CustomObjectsApi);
-  const pods = informer('pods', '/api/v1/pods', slimPod,
-    (cont) => core.listPodForAllNamespaces({ fieldSelector: POD_FIELD_SELECTOR, limit: pageSize, _continue: cont }), { fieldSelector: POD_FIELD_SELECTOR });
-  const namespaces = informer('namespaces', '/api/v1/namespaces', slimNamespace, (cont) => core.listNamespace({ limit: pageSize, _continue: cont }));
-  const policies = informer('meshpolicies', `/apis/${MESH_POLICY.group}/${MESH_POLICY.version}/${MESH_POLICY.plural}`, slimPolicy,
-    (cont) => custom.listClusterCustomObject({ ...MESH_POLICY, limit: pageSize, _continue: cont }), { optional: true });
-  const discovery = kc.makeApiClient(DiscoveryV1Api);
-  const services = informer('services', '/api/v1/services', slimService, (cont) => core.listServiceForAllNamespaces({ limit: pageSize, _continue: cont }));
-  const slices = informer('endpointslices', '/apis/discovery.k8s.io/v1/endpointslices', slimEndpointSlice,
-    (cont) => discovery.listEndpointSliceForAllNamespaces({ limit: pageSize, _continue: cont }));
+  const pods = informer('pods', '/api/v1/pods', slimPod, { fieldSelector: POD_FIELD_SELECTOR });
+  const namespaces = informer('namespaces', '/api/v1/namespaces', slimNamespace);
+  const policies = informer('meshpolicies', `/apis/${MESH_POLICY.group}/${MESH_POLICY.version}/${MESH_POLICY.plural}`, slimPolicy, { optional: true });
+  const services = informer('services', '/api/v1/services', slimService);
+  const slices = informer('endpointslices', '/apis/discovery.k8s.io/v1/endpointslices', slimEndpointSlice);
   // Nodes for their podCIDRs: an address outside its node's ranges is not the pod's.
-  const nodes = informer('nodes', '/api/v1/nodes', slimNode, (cont) => core.listNode({ limit: pageSize, _continue: cont }));
+  const nodes = informer('nodes', '/api/v1/nodes', slimNode);
   const informers = [pods, namespaces, policies, services, slices, nodes];
   /** Each address's pod in the last snapshot (a live holder keeps it), and the refusals logged so far. */
   let holders = new Map<string, string>();

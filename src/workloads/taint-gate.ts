@@ -3,9 +3,10 @@
 // them, because the agent removes the taint from its own node once it is ready. Without the taint
 // nothing is written. The patch is a JSON patch that tests the taint's place first, so a taint list
 // changed since it was read is never clobbered (the patch fails and is tried again on a fresh read).
-import { CoreV1Api, type KubeConfig, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
+import type { KubeConfig, V1Node } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { backoffMs } from '../backoff.ts';
+import { CONTENT, type KubeApi, kubeApi } from '../kube/api.ts';
 
 export const NOT_READY_TAINT = 'meshlet.dev/agent-not-ready';
 
@@ -17,13 +18,13 @@ export interface TaintGateOptions {
 }
 
 export class TaintGate {
-  readonly #core: CoreV1Api;
+  readonly #api: KubeApi;
   readonly #log: Logger;
   readonly #retry: { min: number; max: number };
   #state: { phase: 'idle' } | { phase: 'removing'; node: string; attempt: number; timer?: NodeJS.Timeout } | { phase: 'done' | 'closed' } = { phase: 'idle' };
 
   constructor(opts: TaintGateOptions) {
-    this.#core = opts.kubeConfig.makeApiClient(CoreV1Api);
+    this.#api = kubeApi(opts.kubeConfig);
     this.#log = opts.log.child({ component: 'taint-gate' });
     this.#retry = { min: opts.retryMinMs ?? 1000, max: opts.retryMaxMs ?? 30_000 };
   }
@@ -64,14 +65,13 @@ export class TaintGate {
 
   /** True when the taint was there and is now removed; false when the node never had it. */
   async #remove(name: string): Promise<boolean> {
-    const node = await this.#core.readNode({ name });
+    const path = `/api/v1/nodes/${encodeURIComponent(name)}`;
+    const node = await this.#api.get<V1Node>(path);
     const taints = node.spec?.taints ?? [];
     const i = taints.findIndex((t) => t.key === NOT_READY_TAINT);
     if (i < 0) return false;
-    await this.#core.patchNode(
-      { name, body: [{ op: 'test', path: `/spec/taints/${i}/key`, value: NOT_READY_TAINT }, { op: 'remove', path: `/spec/taints/${i}` }] },
-      setHeaderOptions('Content-Type', PatchStrategy.JsonPatch),
-    );
+    await this.#api.send('PATCH', path,
+      [{ op: 'test', path: `/spec/taints/${i}/key`, value: NOT_READY_TAINT }, { op: 'remove', path: `/spec/taints/${i}` }], CONTENT.jsonPatch);
     return true;
   }
 }

@@ -5,7 +5,8 @@ import { existsSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { KubeConfig } from '@kubernetes/client-node';
-import { ConfigError } from './errors.ts';
+import { ConfigError } from '../errors.ts';
+import { loadLessOfClientNode } from './load-less.ts';
 
 /**
  * Set by the kubelet on the API's copy of a static pod. Such a pod is whatever its kubelet says (any
@@ -20,8 +21,10 @@ export function apiStatus(err: unknown): number | undefined {
 }
 
 export async function loadKubeConfig(path: string | undefined): Promise<KubeConfig> {
-  // Loaded on demand: local mode and `meshlet init` never pay for the client's import.
-  const { KubeConfig } = await import('@kubernetes/client-node');
+  // Loaded on demand: local mode and `meshlet init` never pay for the client's import; and only
+  // the parts meshlet uses, for every client-node module this process loads from now on.
+  loadLessOfClientNode();
+  const { KubeConfig } = await import('@kubernetes/client-node/dist/config.js');
   const kc = new KubeConfig();
   try {
     // In a pod, the pod's own configuration; elsewhere $KUBECONFIG, then ~/.kube/config, as kubectl.

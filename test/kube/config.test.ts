@@ -3,9 +3,9 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { ConfigError } from '../src/errors.ts';
-import { loadKubeConfig } from '../src/kube-config.ts';
-import { standInKubeConfig } from './support/apiserver.ts';
+import { ConfigError } from '../../src/errors.ts';
+import { loadKubeConfig } from '../../src/kube/config.ts';
+import { standInKubeConfig } from '../support/apiserver.ts';
 
 describe('loadKubeConfig', () => {
   it('reads a kubeconfig file', async () => {

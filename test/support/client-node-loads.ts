@@ -1,0 +1,20 @@
+// Run as a child by test/kube/load-less.test.ts: follows a cluster as the agent does (kubeconfig
+// file, Kubernetes workload source, first snapshot) and prints which of client-node's files this
+// process loaded. `whole` imports the package's index first, as a process that does not load less.
+import { registerHooks } from 'node:module';
+import pino from 'pino';
+
+const loaded: string[] = [];
+registerHooks({ load(url, context, nextLoad) { if (url.includes('/@kubernetes/client-node/')) loaded.push(url.replace(/^.*\/client-node\//, '')); return nextLoad(url, context); } });
+
+const [mode, kubeconfig] = process.argv.slice(2);
+if (mode === 'whole') await import('@kubernetes/client-node');
+const { workloadSource } = await import('../../src/workloads/from-config.ts');
+const source = await workloadSource({ kind: 'kubernetes', kubeconfig, trustDomain: 'cluster.local' }, pino({ level: 'silent' }));
+const snapshot = await new Promise<{ workloads: readonly unknown[] }>((resolve, reject) => {
+  void source.start({ onSnapshot: resolve, onError: reject }).catch(reject);
+});
+source.nodeReady?.('node-a');
+await new Promise((r) => setTimeout(r, 50));
+await source.close();
+console.log(JSON.stringify({ workloads: snapshot.workloads.length, loaded }));
