@@ -1,4 +1,4 @@
-// The CA in a cluster (@kubernetes/client-node):
+// The CA in a cluster (@kubernetes/client-node's configuration, plain REST: kube/api.ts):
 //
 // - Authorization: the agent's projected ServiceAccount token is checked with a TokenReview for the
 //   audience `meshlet-ca`; it must belong to the meshlet agent's ServiceAccount; the node comes from
@@ -6,12 +6,13 @@
 //   than 1.30 that do not embed it); each requested identity must match a live pod on that node.
 // - The root lives in a Secret the CA creates on first start when absent and never overwrites.
 // - The trust bundle is published in a ConfigMap that agents mount as their --trust-bundle.
-import { AuthenticationV1Api, CoreV1Api, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
+import type { KubeConfig, V1ConfigMap, V1Pod, V1PodList, V1Secret, V1TokenReview } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { AuthorizerUnavailableError, CaError, IdentityNotAllowedError, TokenRejectedError } from '../errors.ts';
 import { parseWorkloadId } from '../identity/spiffe.ts';
 import type { RootFiles, RootSet, RootStore } from '../identity/roots.ts';
 import type { NodeAuthorizer, NodeIdentity } from './authorizer.ts';
+import { type KubeApi, kubeApi } from '../kube/api.ts';
 import { apiStatus, MIRROR_ANNOTATION } from '../kube/config.ts';
 
 export const CA_AUDIENCE = 'meshlet-ca';
@@ -34,8 +35,8 @@ function unavailable(what: string, err: unknown): AuthorizerUnavailableError {
 }
 
 export function createKubernetesAuthorizer(opts: KubernetesAuthorizerOptions): NodeAuthorizer {
-  const auth = opts.kubeConfig.makeApiClient(AuthenticationV1Api);
-  const core = opts.kubeConfig.makeApiClient(CoreV1Api);
+  const api = kubeApi(opts.kubeConfig);
+  const pods = (namespace: string) => `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods`;
   const audience = opts.audience ?? CA_AUDIENCE;
   const agentUser = `system:serviceaccount:${opts.agentNamespace}:${opts.agentServiceAccount}`;
   const log = opts.log.child({ component: 'authorizer' });
@@ -44,7 +45,7 @@ export function createKubernetesAuthorizer(opts: KubernetesAuthorizerOptions): N
   const nodeOfBoundPod = async (podName: string, podUid: string | undefined): Promise<string> => {
     let pod: V1Pod;
     try {
-      pod = await core.readNamespacedPod({ name: podName, namespace: opts.agentNamespace });
+      pod = await api.get<V1Pod>(`${pods(opts.agentNamespace)}/${encodeURIComponent(podName)}`);
     } catch (err) {
       if (apiStatus(err) === 404) throw new TokenRejectedError(`the token's pod ${opts.agentNamespace}/${podName} no longer exists`);
       throw unavailable('cannot read the token\'s pod', err);
@@ -60,16 +61,16 @@ export function createKubernetesAuthorizer(opts: KubernetesAuthorizerOptions): N
     async start() {
       // Not fatal: the CA starts while the API is unreachable and says "not ready" until it answers.
       try {
-        await core.listNamespacedPod({ namespace: opts.agentNamespace, limit: 1 });
+        await api.get(pods(opts.agentNamespace), { limit: 1 });
         apiOk = true;
       } catch (err) {
         log.warn({ err: (err as Error).message }, 'Kubernetes API not reachable yet');
       }
     },
     async authenticate(token): Promise<NodeIdentity> {
-      let review;
+      let review: V1TokenReview;
       try {
-        review = await auth.createTokenReview({ body: { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: [audience] } } });
+        review = await api.send('POST', '/apis/authentication.k8s.io/v1/tokenreviews', { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: [audience] } });
         apiOk = true;
       } catch (err) {
         apiOk = apiStatus(err) !== undefined;
@@ -89,10 +90,10 @@ export function createKubernetesAuthorizer(opts: KubernetesAuthorizerOptions): N
     },
     async authorize(who, spiffeId) {
       const id = parseWorkloadId(spiffeId);
-      let pods: V1Pod[];
+      let onNode: V1Pod[];
       try {
         // Only this namespace's pods on this node: the field selector keeps the answer small.
-        pods = (await core.listNamespacedPod({ namespace: id.namespace, fieldSelector: `spec.nodeName=${who.node}` })).items;
+        onNode = (await api.get<V1PodList>(pods(id.namespace), { fieldSelector: `spec.nodeName=${who.node}` })).items ?? [];
         apiOk = true;
       } catch (err) {
         apiOk = apiStatus(err) !== undefined;
@@ -100,7 +101,7 @@ export function createKubernetesAuthorizer(opts: KubernetesAuthorizerOptions): N
       }
       // A mirror pod is whatever its kubelet wrote (in any namespace, with no service account): a
       // compromised node must not mint identities with one. A pod without a service account has none.
-      const runs = pods.some((p) => p.spec?.serviceAccountName === id.serviceAccount
+      const runs = onNode.some((p) => p.spec?.serviceAccountName === id.serviceAccount
         && p.metadata?.annotations?.[MIRROR_ANNOTATION] === undefined
         && p.spec?.nodeName === who.node
         && !p.spec?.hostNetwork
@@ -119,21 +120,25 @@ export function createKubernetesAuthorizer(opts: KubernetesAuthorizerOptions): N
  */
 export class SecretRootStore implements RootStore {
   readonly where: string;
-  readonly #core: CoreV1Api;
+  readonly #api: KubeApi;
   readonly #namespace: string;
   readonly #name: string;
   #resourceVersion: string | undefined;
 
   constructor(kubeConfig: KubeConfig, namespace: string, name: string) {
-    this.#core = kubeConfig.makeApiClient(CoreV1Api);
+    this.#api = kubeApi(kubeConfig);
     this.#namespace = namespace;
     this.#name = name;
     this.where = `secret ${namespace}/${name}`;
   }
 
+  get #secrets(): string {
+    return `/api/v1/namespaces/${encodeURIComponent(this.#namespace)}/secrets`;
+  }
+
   async read(): Promise<RootFiles | undefined> {
     try {
-      const secret = await this.#core.readNamespacedSecret({ name: this.#name, namespace: this.#namespace });
+      const secret = await this.#api.get<V1Secret>(`${this.#secrets}/${encodeURIComponent(this.#name)}`);
       this.#resourceVersion = secret.metadata?.resourceVersion;
       const files: RootFiles = {};
       for (const [k, v] of Object.entries(secret.data ?? {})) files[k] = Buffer.from(v, 'base64').toString('utf8');
@@ -146,7 +151,7 @@ export class SecretRootStore implements RootStore {
 
   async create(files: RootFiles): Promise<boolean> {
     try {
-      await this.#core.createNamespacedSecret({ namespace: this.#namespace, body: { apiVersion: 'v1', kind: 'Secret', type: 'Opaque', metadata: { name: this.#name, namespace: this.#namespace, labels: { 'app.kubernetes.io/part-of': 'meshlet' } }, data: encode(files) } });
+      await this.#api.send('POST', this.#secrets, { apiVersion: 'v1', kind: 'Secret', type: 'Opaque', metadata: { name: this.#name, namespace: this.#namespace, labels: { 'app.kubernetes.io/part-of': 'meshlet' } }, data: encode(files) });
       return true;
     } catch (err) {
       if (apiStatus(err) === 409) return false;
@@ -157,10 +162,8 @@ export class SecretRootStore implements RootStore {
   async replace(files: RootFiles): Promise<void> {
     if (this.#resourceVersion === undefined) await this.read();
     try {
-      await this.#core.replaceNamespacedSecret({
-        name: this.#name, namespace: this.#namespace,
-        body: { apiVersion: 'v1', kind: 'Secret', type: 'Opaque', metadata: { name: this.#name, namespace: this.#namespace, resourceVersion: this.#resourceVersion, labels: { 'app.kubernetes.io/part-of': 'meshlet' } }, data: encode(files) },
-      });
+      await this.#api.send('PUT', `${this.#secrets}/${encodeURIComponent(this.#name)}`,
+        { apiVersion: 'v1', kind: 'Secret', type: 'Opaque', metadata: { name: this.#name, namespace: this.#namespace, resourceVersion: this.#resourceVersion, labels: { 'app.kubernetes.io/part-of': 'meshlet' } }, data: encode(files) });
     } catch (err) {
       if (apiStatus(err) === 409) throw new CaError(`${this.where} changed while it was being rotated; read it again and retry`);
       throw new CaError(`cannot write ${this.where}: ${(err as Error).message}`);
@@ -178,7 +181,8 @@ export const BUNDLE_KEY = 'trust-bundle.pem';
 
 /** Publishes the trust bundle (never a key) in a ConfigMap agents mount; creates or updates it. */
 export function bundlePublisher(kubeConfig: KubeConfig, namespace: string, name: string, log: Logger): (roots: RootSet) => Promise<void> {
-  const core = kubeConfig.makeApiClient(CoreV1Api);
+  const api = kubeApi(kubeConfig);
+  const configMaps = `/api/v1/namespaces/${encodeURIComponent(namespace)}/configmaps`;
   return async (roots) => {
     const body = {
       apiVersion: 'v1', kind: 'ConfigMap',
@@ -186,13 +190,13 @@ export function bundlePublisher(kubeConfig: KubeConfig, namespace: string, name:
       data: { [BUNDLE_KEY]: roots.trustBundlePem },
     };
     try {
-      const existing = await core.readNamespacedConfigMap({ name, namespace }).catch((err: unknown) => {
+      const existing = await api.get<V1ConfigMap>(`${configMaps}/${encodeURIComponent(name)}`).catch((err: unknown) => {
         if (apiStatus(err) === 404) return undefined;
         throw err;
       });
-      if (!existing) await core.createNamespacedConfigMap({ namespace, body });
+      if (!existing) await api.send('POST', configMaps, body);
       else if (existing.data?.[BUNDLE_KEY] !== roots.trustBundlePem) {
-        await core.replaceNamespacedConfigMap({ name, namespace, body: { ...body, metadata: { ...body.metadata, resourceVersion: existing.metadata?.resourceVersion } } });
+        await api.send('PUT', `${configMaps}/${encodeURIComponent(name)}`, { ...body, metadata: { ...body.metadata, resourceVersion: existing.metadata?.resourceVersion } });
       } else return;
       log.info({ configMap: `${namespace}/${name}`, signingRoot: roots.signingFingerprint }, 'trust bundle published');
     } catch (err) {

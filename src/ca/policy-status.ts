@@ -3,9 +3,12 @@
 // the same way (policy/compile.ts); one writer per cluster keeps the API's write load independent of
 // the node count, so the CA's replicas write it: each compares before it patches, and two replicas
 // computing the same condition write it once.
-import { CustomObjectsApi, type KubeConfig, type KubernetesObject, makeInformer, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
+import type { KubeConfig, KubernetesObject, KubernetesListObject } from '@kubernetes/client-node';
+// The informer alone, not the package's index (kube/load-less.ts).
+import { makeInformer } from '@kubernetes/client-node/dist/informer.js';
 import type { Logger } from 'pino';
 import { backoffMs } from '../backoff.ts';
+import { CONTENT, type KubeApi, kubeApi } from '../kube/api.ts';
 import { compilePolicy } from '../policy/compile.ts';
 import { MESH_POLICY, slimPolicy } from '../workloads/kubernetes-objects.ts';
 
@@ -47,7 +50,7 @@ export function conditionHolds(o: PolicyObject, c: PolicyCondition): boolean {
 }
 
 export class PolicyStatusWriter {
-  readonly #custom: CustomObjectsApi;
+  readonly #api: KubeApi;
   readonly #log: Logger;
   readonly #now: () => Date;
   readonly #informer;
@@ -58,11 +61,11 @@ export class PolicyStatusWriter {
   readonly counts = { written: 0, failed: 0 };
 
   constructor(opts: { kubeConfig: KubeConfig; log: Logger; now?: () => Date; retryMinMs?: number }) {
-    this.#custom = opts.kubeConfig.makeApiClient(CustomObjectsApi);
+    this.#api = kubeApi(opts.kubeConfig);
     this.#log = opts.log.child({ component: 'policy-status' });
     this.#now = opts.now ?? (() => new Date());
     const path = `/apis/${MESH_POLICY.group}/${MESH_POLICY.version}/${MESH_POLICY.plural}`;
-    this.#informer = makeInformer<PolicyObject>(opts.kubeConfig, path, () => this.#custom.listClusterCustomObject({ ...MESH_POLICY }) as never);
+    this.#informer = makeInformer<PolicyObject>(opts.kubeConfig, path, () => this.#api.get<KubernetesListObject<PolicyObject>>(path) as never);
     const write = (o: PolicyObject) => { this.#write(o).catch(() => undefined); };
     this.#informer.on('add', write);
     this.#informer.on('update', write);
@@ -86,10 +89,8 @@ export class PolicyStatusWriter {
     const others = (o.status?.conditions ?? []).filter((x) => x.type !== ACCEPTED);
     const where = { namespace: o.metadata!.namespace!, name: o.metadata!.name! };
     try {
-      await this.#custom.patchNamespacedCustomObjectStatus(
-        { ...MESH_POLICY, ...where, body: [{ op: 'add', path: '/status', value: { conditions: [...others, c] } }] },
-        setHeaderOptions('Content-Type', PatchStrategy.JsonPatch),
-      );
+      await this.#api.send('PATCH', `/apis/${MESH_POLICY.group}/${MESH_POLICY.version}/namespaces/${encodeURIComponent(where.namespace)}/${MESH_POLICY.plural}/${encodeURIComponent(where.name)}/status`,
+        [{ op: 'add', path: '/status', value: { conditions: [...others, c] } }], CONTENT.jsonPatch);
       this.counts.written++;
       this.#log.info({ policy: `${where.namespace}/${where.name}`, accepted: c.status, reason: c.reason }, 'MeshPolicy status written');
     } catch (err) {

@@ -47,7 +47,15 @@ export function kubeApi(kc: KubeConfig, timeoutMs = REQUEST_TIMEOUT_MS): KubeApi
     const ctx = new RequestContext(url.toString(), method as never);
     await kc.applySecurityAuthentication(ctx);
     const headers = { ...ctx.getHeaders(), accept: CONTENT.json, ...(body ? { 'content-type': body.type } : {}) };
-    const res = await fetch(url, { method, headers, dispatcher: ctx.getDispatcher(), body: body?.text, signal: AbortSignal.timeout(timeoutMs) });
+    let res: Awaited<ReturnType<typeof fetch>>;
+    try {
+      res = await fetch(url, { method, headers, dispatcher: ctx.getDispatcher(), body: body?.text, signal: AbortSignal.timeout(timeoutMs) });
+    } catch (err) {
+      // undici says only "fetch failed"; the reason is its cause (ECONNREFUSED, a certificate...).
+      const e = err as Error & { cause?: { code?: string; message?: string } };
+      const why = e.name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : `${e.message}${e.cause ? ` (${e.cause.code ?? e.cause.message})` : ''}`;
+      throw new Error(`${method} ${path}: ${why}`, { cause: err });
+    }
     const text = await res.text();
     if (res.status < 200 || res.status > 299) throw new KubeApiError(method, path, res.status, text);
     return (text ? JSON.parse(text) : undefined) as T;

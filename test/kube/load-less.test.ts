@@ -1,4 +1,4 @@
-// The agent's Kubernetes path loads only the parts of @kubernetes/client-node it uses
+// The agent's and the CA's Kubernetes paths load only the parts of @kubernetes/client-node it uses
 // (src/kube/load-less.ts): KubeConfig, Watch and ListWatch, not the generated API groups and models
 // that are most of the package's memory. Run in a child process, as the agent runs: the test
 // process itself has long loaded the whole package.
@@ -21,7 +21,7 @@ describe('loading less of client-node', () => {
   const follow = async (mode: 'lean' | 'whole') => {
     const r = await runCommand(process.execPath, [CHILD, mode, join(dir, 'kubeconfig')]);
     assert.equal(r.code, 0, r.stderr);
-    return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { workloads: number; loaded: string[] };
+    return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { workloads: number; caApi: boolean; rootSecret: unknown; loaded: string[] };
   };
 
   before(async () => {
@@ -37,11 +37,14 @@ describe('loading less of client-node', () => {
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
-  it('follows the cluster and removes its node\'s taint without the generated API and models', async () => {
+  it('follows the cluster, removes its node\'s taint and runs the CA\'s parts without the generated API and models', async () => {
     const node = nodeObject('node-a');
     api.put('nodes', { ...node, spec: { ...(node.spec as object), taints: [{ key: NOT_READY_TAINT, effect: 'NoSchedule' }] } });
     const lean = await follow('lean');
     assert.equal(lean.workloads, 1, 'the pod arrived');
+    assert.equal(lean.caApi, true, 'the CA\'s authorizer reached the API');
+    assert.equal(lean.rootSecret, null, 'no root Secret yet: read as absent');
+    assert.ok(api.requests.some((r) => r.path.startsWith('/apis/meshlet.dev/v1alpha1/meshpolicies')), 'the CA listed MeshPolicies');
     await eventually('the taint removed', () => ((api.get('nodes', undefined, 'node-a') as any).spec.taints ?? []).length === 0);
     assert.ok(lean.loaded.includes('dist/config.js') && lean.loaded.includes('dist/cache.js'), `KubeConfig and ListWatch came from client-node: ${lean.loaded.join(' ')}`);
     assert.deepEqual(generated(lean.loaded), [], 'generated modules loaded');

@@ -1,6 +1,6 @@
 // Run as a child by test/kube/load-less.test.ts: follows a cluster as the agent does (kubeconfig
-// file, Kubernetes workload source, first snapshot) and prints which of client-node's files this
-// process loaded. `whole` imports the package's index first, as a process that does not load less.
+// file, Kubernetes workload source, first snapshot), starts the CA's Kubernetes parts (authorizer,
+// root Secret, MeshPolicy status), and prints which of client-node's files this process loaded. `whole` imports the package's index first, as a process that does not load less.
 import { registerHooks } from 'node:module';
 import pino from 'pino';
 
@@ -17,4 +17,16 @@ const snapshot = await new Promise<{ workloads: readonly unknown[] }>((resolve, 
 source.nodeReady?.('node-a');
 await new Promise((r) => setTimeout(r, 50));
 await source.close();
-console.log(JSON.stringify({ workloads: snapshot.workloads.length, loaded }));
+
+const { loadKubeConfig } = await import('../../src/kube/config.ts');
+const kubeConfig = await loadKubeConfig(kubeconfig);
+const { createKubernetesAuthorizer, SecretRootStore } = await import('../../src/ca/kubernetes.ts');
+const { PolicyStatusWriter } = await import('../../src/ca/policy-status.ts');
+const log = pino({ level: 'silent' });
+const authorizer = createKubernetesAuthorizer({ kubeConfig, agentNamespace: 'meshlet-system', agentServiceAccount: 'meshlet-agent', log });
+await authorizer.start();
+const root = await new SecretRootStore(kubeConfig, 'meshlet-system', 'meshlet-root').read();
+const status = new PolicyStatusWriter({ kubeConfig, log });
+await status.start();
+status.close();
+console.log(JSON.stringify({ workloads: snapshot.workloads.length, caApi: authorizer.ready(), rootSecret: root ?? null, loaded }));
