@@ -52,14 +52,14 @@ ENV NODE_ENV=production
 # A young generation of 2 MiB semi-spaces instead of 16: about 45 MiB less RSS for a loaded agent,
 # no measurable CPU (bench/README.md, "Agent memory"). V8 reads it at start only, hence the env.
 ENV NODE_OPTIONS=--max-semi-space-size=2
-# Node's compile cache, filled here so that no container pays for type stripping or compiling the
-# sources at start (src/main.js turns it on; about 30 MiB less RSS per agent, bench/README.md).
+# Node's compile cache, filled here with every module meshlet runs (src/compile-cache-fill.js) so
+# that no container pays for type stripping or compiling at start: the root is read-only then, and
+# a module missing here is stripped at every start (src/main.js turns the cache on; bench/README.md).
+# Node keeps one cache per user ID: root's for the init helper and the agent, 65532's for the CA.
 ENV NODE_COMPILE_CACHE=/app/.compile-cache
-# The data-plane worker threads' own modules too (src/proxy/worker-main.js), which --help never loads.
-RUN node /app/src/main.js --help > /dev/null \
- && node --input-type=module -e "import('node:module').then((m) => { m.enableCompileCache(); return import('/app/src/proxy/worker.ts'); })" \
- && chmod -R a+rwX /app/.compile-cache
+RUN node /app/src/compile-cache-fill.js && chmod -R a+rwX /app/.compile-cache
 # Non-root by default (the CA runs as this user); the DaemonSet runs the init helper and the agent
 # as root with only NET_ADMIN and NET_RAW, which iptables and ipset need.
 USER 65532:65532
+RUN node /app/src/compile-cache-fill.js
 ENTRYPOINT ["node", "/app/src/main.js"]

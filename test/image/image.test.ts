@@ -14,6 +14,7 @@ import { after, before, describe, it } from 'node:test';
 import { runCommand } from '../../src/capture/exec.ts';
 import { MeshLab } from '../../src/demo/lab.ts';
 import { CA_USER, ContainerHost, REPO, TOOLS } from '../support/image.ts';
+import { compileCacheProbe } from '../support/compile-cache-probe.ts';
 import { eventually } from '../support/wait.ts';
 
 const TD = 'image.test';
@@ -61,6 +62,14 @@ describe('the container image', { concurrency: false }, () => {
     const who = await host.run(IMAGE, ['-c', 'id -u; ls /app/node_modules | grep ^node-linux'], 'sh');
     assert.deepEqual(who.stdout.trim().split('\n'), [String(CA_USER), pkg], 'non-root by default, one Node binary');
     t.diagnostic(`image size ${((await host.imageSize(IMAGE)) / 2 ** 20).toFixed(0)} MiB`);
+    // Every module a process loads after start comes compiled from the image's cache (the root is
+    // read-only at run time: a module missing there would be type-stripped at every start), for
+    // the agent's user and the CA's: Node keeps a cache per user ID.
+    for (const user of [0, CA_USER]) {
+      const probe = await host.run(IMAGE, ['--input-type=module', '-e', compileCacheProbe('/app/src')], 'node', user);
+      assert.equal(probe.code, 0, probe.stderr);
+      assert.equal(probe.stdout.trim(), 'cached', `a module was type-stripped at start as user ${user}: the image's compile cache missed it`);
+    }
   });
 
   it('builds on a base that brings Node 24 (as node:24-slim does) and runs on that Node', async () => {

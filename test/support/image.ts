@@ -119,8 +119,9 @@ export class ContainerHost {
   }
 
   /** `podman run` of the image with a one-off command, outside any lab. */
-  run(image: string, args: string[], entrypoint?: string): ReturnType<typeof runCommand> {
-    return runCommand('podman', [...this.podman, 'run', '--rm', ...this.#limits, ...(entrypoint ? ['--entrypoint', entrypoint] : []), image, ...args]);
+  run(image: string, args: string[], entrypoint?: string, user?: number): ReturnType<typeof runCommand> {
+    return runCommand('podman', [...this.podman, 'run', '--rm', ...this.#limits, ...(entrypoint ? ['--entrypoint', entrypoint] : []),
+      ...(user === undefined ? [] : ['--user', `${user}:${user}`]), image, ...args]);
   }
 
   /**
