@@ -1,8 +1,11 @@
-// `npm run bench:memory-modes` (root): an idle agent's RSS fed by a workloads file and by the
-// Kubernetes API (the stand-in, test/support/apiserver.ts, in the agent's namespace), both with the
-// same 1,000 pods (100 on the agent's node) and 20 Services, one data-plane worker, embedded CA. Each
-// agent runs until ready and 10 s more; RSS and PSS are read then. Three starts each. Numbers in
-// bench/README.md, "Agent memory in Kubernetes mode". Issue 25 is about the gap between the two.
+// `npm run bench:memory-modes` (root): the RSS of an idle agent and of the CA service, as a cluster
+// runs them (the agent gets its certificates from the CA service), with the mesh read two ways:
+// from a workloads file (the CA: a tokens file and the same workloads file) and from the Kubernetes
+// API (the stand-in, test/support/apiserver.ts; the CA: TokenReview, pods, its root in a Secret).
+// The same 1,000 pods (100 on the agent's node, so 100 certificates) and 20 Services; one
+// data-plane worker, or WORKERS. Each run starts the CA, then the agent; once the agent is ready
+// and 10 s more, both are read (RSS and PSS). Three runs each; the first of a mode fills the compile
+// cache for that mode's modules. Numbers in bench/README.md, "Agent memory in Kubernetes mode".
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -19,11 +22,14 @@ const PODS = 1000;
 const NODES = 10;
 const SERVICES = 20;
 const RUNS = 3;
+const WORKERS = process.env.WORKERS ?? '1';
 const ns = `meshlet-mem-${process.pid}`;
 const dir = await mkdtemp(join(tmpdir(), 'meshlet-mem-'));
 const node = (i: number) => `n${i}`;
 const podIp = (i: number) => `10.${20 + (i % NODES)}.${Math.floor(i / 250)}.${(i % 250) + 1}`;
 const app = (i: number) => `app${i % SERVICES}`;
+const TOKEN = 'bench-node-token';
+const SYSTEM_NS = 'meshlet-system';
 
 const sh = async (cmd: string, args: string[]) => {
   const r = await runCommand(cmd, args);
@@ -38,44 +44,61 @@ function memory(pid: number): { rss: number; pss: number } {
   return { rss, pss };
 }
 
-async function ready(): Promise<void> {
+async function ready(what: string, url: string): Promise<void> {
   const deadline = Date.now() + 60_000;
   while (Date.now() < deadline) {
-    const r = await runCommand('ip', ['netns', 'exec', ns, process.execPath, join(import.meta.dirname, '../src/demo/peer.ts'), 'get', '--url', `http://127.0.0.1:${PORTS.readiness}/healthz/ready`]);
-    if (r.code === 0) return;
+    if ((await runCommand('ip', ['netns', 'exec', ns, 'curl', '-skf', '-o', '/dev/null', url])).code === 0) return;
     await new Promise((r) => setTimeout(r, 250));
   }
-  throw new Error('agent not ready after 60 s');
+  throw new Error(`${what} not ready after 60 s`);
 }
 
-async function measure(label: string, args: string[]): Promise<void> {
-  const out: Array<{ rss: number; pss: number }> = [];
+/** A meshlet process in the namespace, its output kept for the error message. */
+function meshlet(args: string[]): { child: ChildProcess; log: () => string } {
+  const child = inNs(process.execPath, [...AGENT_NODE_FLAGS, CLI, ...args, '--log-level', 'warn'], { NODE_COMPILE_CACHE: join(dir, 'cc') });
+  let log = '';
+  child.stderr!.on('data', (d) => { log += d; });
+  child.stdout!.on('data', (d) => { log += d; });
+  return { child, log: () => log };
+}
+
+async function stop(p: { child: ChildProcess }): Promise<void> {
+  if (p.child.exitCode !== null) return;
+  p.child.kill('SIGTERM');
+  await new Promise((r) => p.child.once('exit', r));
+}
+
+async function measure(label: string, caArgs: string[], agentArgs: string[], beforeAgent: () => Promise<void> = async () => undefined): Promise<void> {
+  const out = { agent: [] as Array<{ rss: number; pss: number }>, ca: [] as Array<{ rss: number; pss: number }> };
   for (let i = 0; i < RUNS; i++) {
-    const agent = inNs(process.execPath, [...AGENT_NODE_FLAGS, CLI, 'agent', '--node', node(0), '--ca-dir', join(dir, 'ca'), '--workers', '1', '--log-level', 'warn', ...args],
-      { NODE_COMPILE_CACHE: join(dir, 'cc') });
-    let log = '';
-    agent.stderr!.on('data', (d) => { log += d; });
-    agent.stdout!.on('data', (d) => { log += d; });
+    const ca = meshlet(['ca', 'serve', '--listen-address', '127.0.0.1', '--metrics', 'off', ...caArgs]);
+    let agent: ReturnType<typeof meshlet> | undefined;
     try {
-      await ready();
+      await ready('CA', `https://127.0.0.1:${PORTS.ca}/healthz/ready`);
+      await beforeAgent();
+      agent = meshlet(['agent', '--node', node(0), '--workers', WORKERS, '--ca-url', `https://127.0.0.1:${PORTS.ca}`,
+        '--token-file', join(dir, 'token'), '--trust-bundle', join(dir, 'bundle.pem'), ...agentArgs]);
+      await ready('agent', `http://127.0.0.1:${PORTS.readiness}/healthz/ready`);
       await new Promise((r) => setTimeout(r, 10_000));
-      // `ip netns exec` execs the command: the child's PID is the agent's.
-      out.push(memory(agent.pid!));
+      // `ip netns exec` execs the command: the child's PID is meshlet's.
+      out.agent.push(memory(agent.child.pid!));
+      out.ca.push(memory(ca.child.pid!));
     } catch (err) {
-      throw new Error(`${label}: ${(err as Error).message}\n${log}`);
+      throw new Error(`${label}: ${(err as Error).message}\nCA: ${ca.log()}\nagent: ${agent?.log() ?? ''}`);
     } finally {
-      agent.kill('SIGTERM');
-      await new Promise((r) => agent.once('exit', r));
+      if (agent) await stop(agent);
+      await stop(ca);
     }
   }
-  console.log(`${label}: RSS ${out.map((m) => m.rss.toFixed(0)).join(', ')} MiB; PSS ${out.map((m) => m.pss.toFixed(0)).join(', ')} MiB`);
+  const row = (ms: Array<{ rss: number; pss: number }>) => `RSS ${ms.map((m) => m.rss.toFixed(0)).join(', ')} MiB; PSS ${ms.map((m) => m.pss.toFixed(0)).join(', ')} MiB`;
+  console.log(`${label}, agent (${WORKERS} worker${WORKERS === '1' ? '' : 's'}): ${row(out.agent)}`);
+  console.log(`${label}, CA service: ${row(out.ca)}`);
 }
 
 let api: ChildProcess | undefined;
 try {
   await sh('ip', ['netns', 'add', ns]);
   await sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-  await sh(process.execPath, [CLI, 'ca', 'init', '--out', join(dir, 'ca'), '--trust-domain', 'cluster.local']);
   await sh('ip', ['netns', 'exec', ns, process.execPath, CLI, 'init']);
   await sh('env', [`NODE_COMPILE_CACHE=${join(dir, 'cc')}`, process.execPath, CLI, '--help']);
 
@@ -88,23 +111,39 @@ try {
     workloads: pods.map((p) => ({ name: p.name, namespace: 'shop', serviceAccount: p.app, ip: p.ip, node: p.node, labels: { app: p.app } })),
     services: services.map((s) => ({ name: s.name, namespace: 'shop', clusterIP: s.clusterIP, ports: [{ name: 'http', port: 80, targetPort: 8080 }], selector: { app: s.app } })),
   }));
+  await writeFile(join(dir, 'token'), TOKEN);
+  await writeFile(join(dir, 'tokens.yaml'), stringify({ tokens: [{ node: node(0), token: TOKEN }] }));
   api = inNs(process.execPath, [join(import.meta.dirname, '../test/support/apiserver-main.ts'), '--host', '127.0.0.1', '--port', '6443']);
   const lines = createInterface({ input: api.stdout! })[Symbol.asyncIterator]();
   const hello = JSON.parse((await lines.next()).value as string) as { listening: string; token: string };
   let id = 0;
-  const put = async (resource: string, obj: object) => {
-    api!.stdin!.write(`${JSON.stringify({ id: ++id, op: 'put', resource, obj })}\n`);
+  const call = async (op: object) => {
+    api!.stdin!.write(`${JSON.stringify({ id: ++id, ...op })}\n`);
     const reply = JSON.parse((await lines.next()).value as string);
     if (!reply.ok) throw new Error(reply.error);
+    return reply.value;
   };
+  const put = (resource: string, obj: object) => call({ op: 'put', resource, obj });
   for (let i = 0; i < NODES; i++) await put('nodes', nodeObject(node(i)));
   await put('namespaces', namespaceObject('shop', 'enabled'));
   for (const p of pods) await put('pods', podObject({ name: p.name, namespace: 'shop', node: p.node, ip: p.ip, serviceAccount: p.app, labels: { app: p.app } }));
   for (const s of services) await put('services', serviceObject({ name: s.name, namespace: 'shop', clusterIP: s.clusterIP, ports: [{ name: 'http', port: 80, targetPort: 8080 }], selector: { app: s.app } }));
+  // The agent's projected token, as TokenReview answers for it (bound to its node).
+  await call({ op: 'token', token: TOKEN, info: { username: `system:serviceaccount:${SYSTEM_NS}:meshlet-agent`, audiences: ['meshlet-ca'], extra: { 'authentication.kubernetes.io/node-name': [node(0)] } } });
   await writeFile(join(dir, 'kubeconfig'), standInKubeConfig(hello.listening, hello.token));
 
-  await measure('workloads file', ['--workloads', join(dir, 'w.yaml')]);
-  await measure('Kubernetes API', ['--kubeconfig', join(dir, 'kubeconfig')]);
+  await sh(process.execPath, [CLI, 'ca', 'init', '--out', join(dir, 'ca'), '--trust-domain', 'cluster.local']);
+  await writeFile(join(dir, 'bundle.pem'), readFileSync(join(dir, 'ca', 'trust-bundle.pem')));
+  await measure('workloads file', ['--ca-dir', join(dir, 'ca'), '--tokens', join(dir, 'tokens.yaml'), '--workloads', join(dir, 'w.yaml')],
+    ['--workloads', join(dir, 'w.yaml')]);
+  await measure('Kubernetes API', ['--kubernetes', '--kubeconfig', join(dir, 'kubeconfig'), '--namespace', SYSTEM_NS],
+    ['--kubeconfig', join(dir, 'kubeconfig')],
+    // The root the CA made in its Secret on first start, as the agents mount it from the ConfigMap.
+    async () => {
+      const cm = await call({ op: 'get', resource: 'configmaps', namespace: SYSTEM_NS, name: 'meshlet-trust-bundle' }) as { data: Record<string, string> } | undefined;
+      if (!cm) throw new Error('the CA published no trust bundle');
+      await writeFile(join(dir, 'bundle.pem'), cm.data['trust-bundle.pem']!);
+    });
 } finally {
   api?.kill('SIGTERM');
   await runCommand('ip', ['netns', 'del', ns]);

@@ -6,6 +6,7 @@
 //   > {"listening":"http://10.240.0.12:6443","token":"..."}
 //   < {"id":1,"op":"put","resource":"pods","obj":{...}}
 //   > {"id":1,"ok":true}
+// Other ops: remove, breakWatches, expireWatches, bookmark, down, installCrd, token (a TokenReview answer), watching, get.
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { ApiStandIn } from './apiserver.ts';
@@ -27,6 +28,7 @@ createInterface({ input: process.stdin }).on('line', (line) => {
       case 'bookmark': api.bookmark(); break;
       case 'down': api.down = Boolean(cmd.value); break;
       case 'installCrd': api.missing.delete(cmd.resource); break;
+      case 'token': api.tokens.set(cmd.token, cmd.info); break;
       case 'watching': reply({ id: cmd.id, ok: true, value: api.watching(cmd.resource) }); return;
       case 'get': reply({ id: cmd.id, ok: true, value: api.get(cmd.resource, cmd.namespace, cmd.name) }); return;
       default: throw new Error(`unknown op ${JSON.stringify(cmd.op)}`);
