@@ -4,8 +4,9 @@
 // API (the stand-in, test/support/apiserver.ts; the CA: TokenReview, pods, its root in a Secret).
 // The same 1,000 pods (100 on the agent's node, so 100 certificates) and 20 Services; one
 // data-plane worker, or WORKERS. Each run starts the CA, then the agent; once the agent is ready
-// and 10 s more, both are read (RSS and PSS). Three runs each; the first of a mode fills the compile
-// cache for that mode's modules. Numbers in bench/README.md, "Agent memory in Kubernetes mode".
+// and 10 s more, both are read: RSS, PSS, and the peak RSS since start. Three runs each; the first
+// of a mode fills the compile cache for that mode's modules. Numbers in bench/README.md, "Agent
+// memory in Kubernetes mode".
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -38,10 +39,14 @@ const sh = async (cmd: string, args: string[]) => {
 };
 const inNs = (cmd: string, args: string[], env: NodeJS.ProcessEnv = {}) => spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
 
-function memory(pid: number): { rss: number; pss: number } {
-  const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
+type Memory = { rss: number; pss: number; peak: number };
+
+/** RSS and PSS now, and the peak RSS since start (VmHWM: the agent's start, the CA's signing). */
+function memory(pid: number): Memory {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)![1]) / 1024;
   const pss = Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))![1]) / 1024;
-  return { rss, pss };
+  return { rss: kib('VmRSS'), pss, peak: kib('VmHWM') };
 }
 
 async function ready(what: string, url: string): Promise<void> {
@@ -69,7 +74,7 @@ async function stop(p: { child: ChildProcess }): Promise<void> {
 }
 
 async function measure(label: string, caArgs: string[], agentArgs: string[], beforeAgent: () => Promise<void> = async () => undefined): Promise<void> {
-  const out = { agent: [] as Array<{ rss: number; pss: number }>, ca: [] as Array<{ rss: number; pss: number }> };
+  const out = { agent: [] as Memory[], ca: [] as Memory[] };
   for (let i = 0; i < RUNS; i++) {
     const ca = meshlet(['ca', 'serve', '--listen-address', '127.0.0.1', '--metrics', 'off', ...caArgs]);
     let agent: ReturnType<typeof meshlet> | undefined;
@@ -90,7 +95,7 @@ async function measure(label: string, caArgs: string[], agentArgs: string[], bef
       await stop(ca);
     }
   }
-  const row = (ms: Array<{ rss: number; pss: number }>) => `RSS ${ms.map((m) => m.rss.toFixed(0)).join(', ')} MiB; PSS ${ms.map((m) => m.pss.toFixed(0)).join(', ')} MiB`;
+  const row = (ms: Memory[]) => (['rss', 'pss', 'peak'] as const).map((k) => `${k === 'peak' ? 'peak RSS' : k.toUpperCase()} ${ms.map((m) => m[k].toFixed(0)).join(', ')} MiB`).join('; ');
   console.log(`${label}, agent (${WORKERS} worker${WORKERS === '1' ? '' : 's'}): ${row(out.agent)}`);
   console.log(`${label}, CA service: ${row(out.ca)}`);
 }

@@ -134,22 +134,26 @@ try {
       steps.push({ connections: c, ...w, agentCpuPerSecond: cpu / SECONDS, agentCpuMsPerRequest: (cpu / (w.rps * SECONDS)) * 1000, threads });
       say(`  ${Math.round(w.rps)} req/s, p50 ${w.p50.toFixed(2)} ms, p99 ${w.p99.toFixed(2)} ms, agent ${(cpu / SECONDS).toFixed(2)} CPU`);
     }
+    // The loaded figure for the memory requests and limits (bench/README.md): each agent's peak RSS.
+    const peakRssMiB = agents.map((pid) => Math.round(Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024));
+    say(`  agents' peak RSS ${peakRssMiB.join(', ')} MiB`);
     const within = steps.filter((s) => s.p99 <= BOUND_MS && s.errors === 0);
     const best = within.reduce<(typeof steps)[number] | undefined>((b, s) => (!b || s.rps > b.rps ? s : b), undefined);
-    (results.configurations as Record<string, unknown>)[name] = { path: from === 'client' ? 'tunnel' : 'inbound', agents: agents.length, workers, pinned, sustainedRps: best ? Math.round(best.rps) : 0, at: best, steps };
+    (results.configurations as Record<string, unknown>)[name] = { path: from === 'client' ? 'tunnel' : 'inbound', agents: agents.length, workers, pinned, sustainedRps: best ? Math.round(best.rps) : 0, at: best, peakRssMiB, steps };
   }
   nginx.kill();
 } finally {
   await lab.destroy();
 }
 
-const c = results.configurations as Record<string, { sustainedRps: number; at?: { connections: number; p99: number; agentCpuMsPerRequest: number; threads: Record<string, number> } }>;
+const c = results.configurations as Record<string, { sustainedRps: number; peakRssMiB: number[]; at?: { connections: number; p99: number; agentCpuMsPerRequest: number; threads: Record<string, number> } }>;
 say(`\nhighest rate with p99 <= ${BOUND_MS} ms (agent CPU: the agents in the path together):`);
 for (const [name, r] of Object.entries(c)) {
   const t = r.at?.threads ?? {};
   const busy = (t.MainThread ?? 0) + (t.WorkerThread ?? 0);
   say(`  ${name.padEnd(17)} ${String(r.sustainedRps).padStart(6)} req/s at ${r.at?.connections ?? '-'} connections, p99 ${r.at?.p99.toFixed(2) ?? '-'} ms, ` +
-    `${r.at?.agentCpuMsPerRequest.toFixed(3) ?? '-'} agent CPU ms per request, main/worker threads ${busy ? `${Math.round((100 * (t.MainThread ?? 0)) / busy)}/${Math.round((100 * (t.WorkerThread ?? 0)) / busy)}%` : '-'}`);
+    `${r.at?.agentCpuMsPerRequest.toFixed(3) ?? '-'} agent CPU ms per request, main/worker threads ${busy ? `${Math.round((100 * (t.MainThread ?? 0)) / busy)}/${Math.round((100 * (t.WorkerThread ?? 0)) / busy)}%` : '-'}, ` +
+    `peak RSS ${r.peakRssMiB.join(', ')} MiB`);
 }
 const ratio = (p: string) => (c[`${p}-2`]!.sustainedRps / c[`${p}-1`]!.sustainedRps).toFixed(2);
 say(`  2 workers / 1: inbound pinned ${ratio('inbound-pinned')}, inbound shared ${ratio('inbound-shared')}, tunnel shared ${ratio('tunnel-shared')}`);

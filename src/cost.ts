@@ -29,7 +29,7 @@ export interface CostInputs {
   podsPerNode: number;
   /** One sidecar's requests (Istio's injected default: 100m, 128Mi). */
   sidecar: Reservation;
-  /** One meshlet agent's requests (the DaemonSet's: 100m, 128Mi). */
+  /** One meshlet agent's requests (the DaemonSet's: 100m, 160Mi). */
   agent: Reservation;
   /** Price of one vCPU and of one GiB of memory for an hour. */
   vcpuHour: number;
@@ -94,8 +94,12 @@ export function formatCost(p: CostProjection, i: CostInputs): string {
       row('sidecar per pod', i.sidecar, p.sidecars),
       row('meshlet per node', i.agent, p.meshlet),
     ]),
-    `meshlet reserves ${num(p.saved.vcpu)} vCPU and ${num(p.saved.gib)} GiB less than the sidecars: it saves ` +
-      `${money(p.saved.monthly)} a month, ${(p.saved.fraction * 100).toFixed(1)}% of what they cost.`,
+    p.saved.monthly >= 0
+      ? `meshlet reserves ${num(p.saved.vcpu)} vCPU and ${num(p.saved.gib)} GiB less than the sidecars: it saves ` +
+        `${money(p.saved.monthly)} a month, ${(p.saved.fraction * 100).toFixed(1)}% of what they cost.`
+      // A node with fewer pods than one agent's requests are worth in sidecars: say it plainly.
+      : `meshlet reserves ${num(-p.saved.vcpu)} vCPU and ${num(-p.saved.gib)} GiB more than the sidecars: it costs ` +
+        `${money(-p.saved.monthly)} a month more, with so few pods per node.`,
     'Requests, not use, take node capacity: to project from measured use instead, pass it as --sidecar-* and --agent-*.',
     '',
   ].join('\n');
