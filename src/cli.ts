@@ -14,7 +14,7 @@ import { type Flag, flagHelp } from './config/flags.ts';
 import { CaError, ConfigError, MeshletError, PrerequisiteError } from './errors.ts';
 import type { Logger } from 'pino';
 import type { KubeConfig } from '@kubernetes/client-node';
-import { createLocalAuthorizer, type NodeAuthorizer } from './ca/authorizer.ts';
+import type { NodeAuthorizer } from './ca/authorizer.ts';
 import { CaMetrics } from './ca/metrics.ts';
 import { CaService } from './ca/server.ts';
 import { createMetricsServer } from './admin/server.ts';
@@ -151,10 +151,13 @@ async function caBackend(backend: CaBackend, log: Logger): Promise<{ store: Root
   if (backend.kind === 'local') {
     const store = new DirRootStore(backend.caDir);
     if (!backend.tokensFile) return { store };
+    // Loaded when used, like the Kubernetes backend: it brings the workloads file's YAML parser.
+    const { createLocalAuthorizer } = await import('./ca/authorizer.ts');
     return { store, authorizer: createLocalAuthorizer({ tokensFile: backend.tokensFile, workloadsFile: backend.workloadsFile, log }) };
   }
-  const { bundlePublisher, createKubernetesAuthorizer, SecretRootStore } = await import('./ca/kubernetes.ts');
+  // The configuration first: it makes client-node load less (kube/load-less.ts) before the backend's modules resolve.
   const kc = await loadKubeConfig(backend.kubeconfig);
+  const { bundlePublisher, createKubernetesAuthorizer, SecretRootStore } = await import('./ca/kubernetes.ts');
   return {
     kubeConfig: kc,
     store: new SecretRootStore(kc, backend.namespace, backend.rootSecret),

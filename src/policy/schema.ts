@@ -5,7 +5,6 @@
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { ErrorObject, ValidateFunction } from 'ajv';
-import { parse } from 'yaml';
 
 export const CRD_FILE = new URL('../../manifests/crd-meshpolicy.yaml', import.meta.url);
 
@@ -20,6 +19,8 @@ let validator: ValidateFunction | undefined;
 
 /** The CRD's schema of `spec`, made strict: no description or Kubernetes extension, no unknown field. */
 export function specSchema(): Record<string, unknown> {
+  // Loaded here, at the first policy, like ajv: a process without policies never pays for either.
+  const { parse } = createRequire(import.meta.url)('yaml') as typeof import('yaml');
   const crd = parse(readFileSync(CRD_FILE, 'utf8')) as { spec: { versions: Array<{ schema: { openAPIV3Schema: { properties: { spec: unknown } } } }> } };
   return strict(crd.spec.versions[0]!.schema.openAPIV3Schema.properties.spec) as Record<string, unknown>;
 }

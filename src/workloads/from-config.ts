@@ -4,12 +4,12 @@ import type { Logger } from 'pino';
 import type { WorkloadsConfig } from '../config/common.ts';
 import { WorkloadSourceError } from '../errors.ts';
 import { loadKubeConfig } from '../kube/config.ts';
-import { createFileSource } from './file.ts';
 import type { MeshSnapshot } from './model.ts';
 import type { WorkloadSource } from './source.ts';
 
 export async function workloadSource(config: WorkloadsConfig, log: Logger): Promise<WorkloadSource> {
-  if (config.kind === 'file') return createFileSource({ path: config.path, pollIntervalMs: config.pollMs });
+  // Each source loaded when used: the file's YAML parser is not the Kubernetes mode's to pay for.
+  if (config.kind === 'file') return (await import('./file.ts')).createFileSource({ path: config.path, pollIntervalMs: config.pollMs });
   // Loaded on demand, after the configuration (which makes client-node load less: kube/load-less.ts):
   // local mode never pays for @kubernetes/client-node (bench/README.md).
   const kubeConfig = await loadKubeConfig(config.kubeconfig);

@@ -21,7 +21,7 @@ describe('loading less of client-node', () => {
   const follow = async (mode: 'lean' | 'whole') => {
     const r = await runCommand(process.execPath, [CHILD, mode, join(dir, 'kubeconfig')]);
     assert.equal(r.code, 0, r.stderr);
-    return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { workloads: number; caApi: boolean; rootSecret: unknown; loaded: string[] };
+    return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { workloads: number; caApi: boolean; rootSecret: unknown; yaml: boolean; loaded: string[] };
   };
 
   before(async () => {
@@ -50,6 +50,7 @@ describe('loading less of client-node', () => {
     assert.deepEqual(generated(lean.loaded), [], 'generated modules loaded');
     assert.ok(!lean.loaded.includes('dist/serializer.js'), 'the model serializer loaded');
     assert.ok(lean.loaded.length < 40, `${lean.loaded.length} client-node files loaded`);
+    assert.equal(lean.yaml, false, 'the YAML parser loaded though no file and no policy was read');
   });
 
   it('would notice the whole package loading (the check above can fail)', async () => {

@@ -1,11 +1,19 @@
 // Run as a child by test/kube/load-less.test.ts: follows a cluster as the agent does (kubeconfig
 // file, Kubernetes workload source, first snapshot), starts the CA's Kubernetes parts (authorizer,
-// root Secret, MeshPolicy status), and prints which of client-node's files this process loaded. `whole` imports the package's index first, as a process that does not load less.
+// root Secret, MeshPolicy status), and prints which of client-node's files this process loaded,
+// and whether the YAML parser (the workloads file's, the CRD schema's) was loaded. `whole` imports the package's index first, as a process that does not load less.
 import { registerHooks } from 'node:module';
 import pino from 'pino';
 
 const loaded: string[] = [];
-registerHooks({ load(url, context, nextLoad) { if (url.includes('/@kubernetes/client-node/')) loaded.push(url.replace(/^.*\/client-node\//, '')); return nextLoad(url, context); } });
+let yaml = false;
+registerHooks({
+  load(url, context, nextLoad) {
+    if (url.includes('/@kubernetes/client-node/')) loaded.push(url.replace(/^.*\/client-node\//, ''));
+    if (url.includes('/node_modules/yaml/')) yaml = true;
+    return nextLoad(url, context);
+  },
+});
 
 const [mode, kubeconfig] = process.argv.slice(2);
 if (mode === 'whole') await import('@kubernetes/client-node');
@@ -29,4 +37,4 @@ const root = await new SecretRootStore(kubeConfig, 'meshlet-system', 'meshlet-ro
 const status = new PolicyStatusWriter({ kubeConfig, log });
 await status.start();
 status.close();
-console.log(JSON.stringify({ workloads: snapshot.workloads.length, caApi: authorizer.ready(), rootSecret: root ?? null, loaded }));
+console.log(JSON.stringify({ workloads: snapshot.workloads.length, caApi: authorizer.ready(), rootSecret: root ?? null, yaml, loaded }));
