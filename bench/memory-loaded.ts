@@ -1,0 +1,117 @@
+// `npm run bench:memory-loaded` (root): the agents' memory under the data-path benchmark's load
+// (`npm run bench`: 1,000 requests/s over 16 keep-alive connections, then new connections, then one
+// bulk transfer), in Kubernetes mode with a mesh of 1,000 pods: the API stand-in holds the lab's
+// client (node-a) and server (node-b), 98 more pods on each of those nodes (100 certificates per
+// agent) and 800 on eight other nodes. For each worker count: both agents started, ready, 10 s
+// idle, RSS read; then RSS after each part of the load, and the peak RSS since start (VmHWM). Numbers in
+// bench/README.md, "Agent memory in Kubernetes mode".
+import type { ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { MeshLab } from '../src/demo/lab.ts';
+import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
+import { namespaceObject, nodeObject, podObject, standInKubeConfig } from '../test/support/apiserver.ts';
+
+const HERE = resolve(fileURLToPath(import.meta.url), '..');
+const LOAD = join(HERE, 'load.ts');
+const ECHO_PORT = 8080;
+const HTTP_PORT = 8081;
+const API_PORT = 6443;
+const PODS = 1000;
+const NS = 'bench';
+
+const { values: opts } = parseArgs({ options: {
+  workers: { type: 'string', default: '1,2' },
+  seconds: { type: 'string', default: '20' },
+  'bulk-mb': { type: 'string', default: '256' },
+  // More agent flags, space-separated (e.g. "--heap-headroom 0": what V8's own heap sizing keeps).
+  'agent-args': { type: 'string', default: '' },
+} });
+await assertNetnsPrerequisites();
+const say = (s: string) => process.stderr.write(`${s}\n`);
+
+const lab = await MeshLab.create({
+  apiNode: true,
+  nodes: [
+    { name: 'node-a', pods: [{ name: 'client', namespace: NS }] },
+    { name: 'node-b', pods: [{ name: 'server', namespace: NS }] },
+  ],
+});
+
+function memory(pid: number): { rss: number; peak: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const mib = (field: string) => Math.round(Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)![1]) / 1024);
+  return { rss: mib('VmRSS'), peak: mib('VmHWM') };
+}
+
+async function run(pod: string, args: string[]): Promise<any> {
+  const r = await lab.topo.exec(lab.pod(pod).ns, process.execPath, [LOAD, ...args]);
+  if (r.code !== 0) throw new Error(`load ${args.join(' ')} in ${pod} failed: ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+}
+
+let api: ChildProcess | undefined;
+const rows: string[] = [];
+try {
+  // The API stand-in in its namespace on the underlay, as in test/e2e/kubernetes.test.ts.
+  api = lab.topo.spawn(lab.apiNode!.ns, process.execPath, [join(HERE, '../test/support/apiserver-main.ts'), '--host', lab.apiNode!.ip, '--port', String(API_PORT)],
+    { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: api.stdout! })[Symbol.asyncIterator]();
+  const hello = JSON.parse((await lines.next()).value as string) as { listening: string };
+  let id = 0;
+  const put = async (resource: string, obj: object) => {
+    api!.stdin!.write(`${JSON.stringify({ id: ++id, op: 'put', resource, obj })}\n`);
+    const reply = JSON.parse((await lines.next()).value as string);
+    if (!reply.ok) throw new Error(reply.error);
+  };
+  const others = Array.from({ length: 8 }, (_, i) => `n${i + 2}`);
+  for (const n of [...lab.meshNodes.map((m) => m.name), ...others]) await put('nodes', nodeObject(n));
+  await put('namespaces', namespaceObject(NS, 'enabled'));
+  for (const name of ['client', 'server']) {
+    const p = lab.pod(name);
+    await put('pods', podObject({ name, namespace: NS, node: p.node.name, serviceAccount: name, ip: p.ip, hostIP: p.node.ip }));
+  }
+  // The rest of the mesh: addresses no interface holds, 98 on each lab node, 100 on each other node.
+  for (let i = 0; i < PODS - 2; i++) {
+    const node = i < 98 ? 'node-a' : i < 196 ? 'node-b' : others[(i - 196) % others.length]!;
+    await put('pods', podObject({ name: `p${i}`, namespace: NS, node, serviceAccount: `sa${i % 20}`, ip: `10.200.${Math.floor(i / 250)}.${(i % 250) + 1}` }));
+  }
+  const kubeconfig = join(lab.dir, 'kubeconfig');
+  await writeFile(kubeconfig, standInKubeConfig(hello.listening));
+  for (const node of lab.meshNodes) await lab.initCapture(node);
+  await lab.startServer('server', ECHO_PORT);
+  const http = lab.topo.spawn(lab.pod('server').ns, process.execPath, [LOAD, 'http-server', '--port', String(HTTP_PORT)]);
+  await new Promise((r) => http.stdout!.once('data', r));
+  const server = lab.pod('server').ip;
+
+  for (const workers of opts.workers.split(',')) {
+    for (const node of lab.meshNodes) await lab.startAgent(node, ['--workers', workers, ...opts['agent-args'].split(' ').filter(Boolean)], { workloads: ['--kubeconfig', kubeconfig, '--trust-domain', lab.trustDomain] });
+    await Promise.all(lab.meshNodes.map((n) => lab.waitReady(n, 60_000)));
+    const pids = lab.meshNodes.map((n) => lab.agents.get(n.name)!.child.pid!);
+    await new Promise((r) => setTimeout(r, 10_000));
+    const idle = pids.map(memory);
+    say(`${workers} worker(s): idle ${idle.map((m) => m.rss).join(', ')} MiB; load ...`);
+    const url = `http://${server}:${HTTP_PORT}/`;
+    await run('client', ['latency', '--url', url, '--rate', '1000', '--seconds', '2', '--connections', '16']);
+    const latency = await run('client', ['latency', '--url', url, '--rate', '1000', '--seconds', opts.seconds, '--connections', '16']);
+    const afterLatency = pids.map(memory);
+    await run('client', ['connrate', '--host', server, '--port', String(ECHO_PORT), '--seconds', '5', '--concurrency', '32']);
+    const afterConnections = pids.map(memory);
+    await run('client', ['bulk', '--host', server, '--port', String(ECHO_PORT), '--bytes', String(Number(opts['bulk-mb']) * 1048576)]);
+    const loaded = pids.map(memory);
+    const rss = (ms: Array<{ rss: number }>) => ms.map((m) => m.rss).join(', ');
+    rows.push(`| ${workers} | ${rss(idle)} | ${rss(afterLatency)} | ${rss(afterConnections)} | ${rss(loaded)} | ${loaded.map((m) => m.peak).join(', ')} | ${latency.requests} |`);
+    for (const node of lab.meshNodes) await lab.stopAgent(node.name);
+  }
+  http.kill();
+} finally {
+  api?.stdin?.end();
+  await lab.destroy();
+}
+say('agents node-a (client side), node-b (server side), MiB:');
+console.log('| workers | idle RSS | after 1,000 req/s | after new connections | after bulk | peak RSS | requests in the latency run |\n| --- | --- | --- | --- | --- | --- | --- |');
+console.log(rows.join('\n'));
