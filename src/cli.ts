@@ -8,7 +8,8 @@ import { AGENT_FLAGS, loadAgentConfig } from './config/agent.ts';
 import { CA_INIT_FLAGS, CA_ROTATE_FLAGS, CA_SERVE_FLAGS, type CaBackend, loadCaInitConfig, loadCaRotateConfig, loadCaServeConfig } from './config/ca.ts';
 import { INIT_FLAGS, loadInitConfig } from './config/capture.ts';
 import {
-  CHECK_FLAGS, COST_FLAGS, loadCheckConfig, loadCostConfig, loadPolicyCheckConfig, loadStatusConfig, POLICY_CHECK_FLAGS, STATUS_FLAGS,
+  CHECK_FLAGS, COST_FLAGS, loadCheckConfig, loadCostConfig, loadPolicyCheckConfig, loadPolicySuggestConfig, loadStatusConfig, POLICY_CHECK_FLAGS,
+  POLICY_SUGGEST_FLAGS, STATUS_FLAGS,
 } from './config/commands.ts';
 import { type Flag, flagHelp } from './config/flags.ts';
 import { CaError, ConfigError, MeshletError, PrerequisiteError } from './errors.ts';
@@ -38,6 +39,10 @@ const COMMANDS: ReadonlyArray<{ name: string; usage: string; what: string; flags
   {
     name: 'policy', usage: 'policy check --from ID|IP --to NS/NAME:PORT (--workloads FILE | --kubernetes [--kubeconfig F]) [--json]',
     what: 'the decision the agents would make, and the policy behind it (exit 0 allowed, 1 denied, 4 could not decide)', flags: [{ title: 'policy check', table: POLICY_CHECK_FLAGS }],
+  },
+  {
+    name: 'policy', usage: 'policy suggest --access-log FILE (--workloads FILE | --kubernetes) [--audit] [--output crd|workloads]',
+    what: 'least-privilege policies admitting exactly the traffic the agents logged, per destination identity', flags: [{ title: 'policy suggest', table: POLICY_SUGGEST_FLAGS }],
   },
   { name: 'check', usage: 'check --pre | check [--kubeconfig F] [--json]', what: 'before install, what this node needs; after, the cluster: a line per check, with what to do (exit 1 when one fails)', flags: [{ title: 'check', table: CHECK_FLAGS }] },
   { name: 'status', usage: 'status [--admin URL] [--json]', what: 'a node agent\'s workloads, certificates, policies, connections', flags: [{ title: 'status', table: STATUS_FLAGS }] },
@@ -212,7 +217,8 @@ async function cmdCaRotate(argv: string[]): Promise<number> {
 
 async function cmdPolicy(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
-  if (sub !== 'check') throw new ConfigError([`unknown policy command ${JSON.stringify(sub ?? '')} (expected: policy check)`]);
+  if (sub === 'suggest') return cmdPolicySuggest(rest);
+  if (sub !== 'check') throw new ConfigError([`unknown policy command ${JSON.stringify(sub ?? '')} (expected: policy check, policy suggest)`]);
   const config = loadPolicyCheckConfig(rest);
   const { readSnapshotOnce } = await import('./workloads/from-config.ts');
   const { checkConnection, formatCheck } = await import('./policy/check.ts');
@@ -226,6 +232,23 @@ async function cmdPolicy(argv: string[]): Promise<number> {
   const result = checkConnection(snapshot, config.from, config.to);
   process.stdout.write(config.json ? `${JSON.stringify(result, null, 2)}\n` : formatCheck(result));
   return result.decision.allowed ? 0 : 1;
+}
+
+async function cmdPolicySuggest(argv: string[]): Promise<number> {
+  const config = loadPolicySuggestConfig(argv);
+  const { readSnapshotOnce } = await import('./workloads/from-config.ts');
+  const { formatSuggestions, observedConnections, suggestPolicies } = await import('./policy/suggest.ts');
+  const { readFile } = await import('node:fs/promises');
+  const texts = await Promise.all(config.accessLogs.map((f) => readFile(f === '-' ? '/dev/stdin' : f, 'utf8')
+    .catch((err: Error) => { throw new ConfigError([`--access-log: cannot read ${f}: ${err.message}`]); })));
+  const { seen, skipped } = observedConnections(texts.join('\n'));
+  const snapshot = await readSnapshotOnce(config.workloads, createLogger('silent'), 10_000);
+  const { policies, notes } = suggestPolicies(seen, snapshot, { audit: config.audit });
+  const { stringify } = await import('yaml');
+  process.stdout.write(formatSuggestions(policies, config.output, stringify));
+  process.stderr.write(`meshlet policy suggest: ${seen.length} connection(s) seen, ${policies.length} polic${policies.length === 1 ? 'y' : 'ies'} proposed` +
+    `${skipped ? `, ${skipped} line(s) not understood` : ''}\n${notes.map((n) => `  ${n}\n`).join('')}`);
+  return 0;
 }
 
 async function cmdCheck(argv: string[]): Promise<number> {

@@ -38,6 +38,6 @@ describe('meshlet command line', () => {
     const none = meshlet();
     assert.equal(none.status, 2);
     assert.match(none.stdout, /meshlet <command> --help for its flags/);
-    for (const c of ['init', 'agent', 'ca serve', 'policy check', 'status', 'cost', 'demo']) assert.match(none.stdout, new RegExp(`^  ${c}`, 'm'));
+    for (const c of ['init', 'agent', 'ca serve', 'policy check', 'policy suggest', 'status', 'cost', 'demo']) assert.match(none.stdout, new RegExp(`^  ${c}`, 'm'));
   });
 });

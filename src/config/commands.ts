@@ -1,4 +1,4 @@
-// The flag tables of the smaller commands: `policy check`, `status` and `cost`.
+// The flag tables of the smaller commands: `policy check`, `policy suggest`, `status` and `cost`.
 import { type CostInputs, parseCpu, parseMemory } from '../cost.ts';
 import { PORTS } from '../ports.ts';
 import { WORKLOADS_FLAGS, type WorkloadsConfig, workloadsConfig } from './common.ts';
@@ -19,6 +19,22 @@ export function loadPolicyCheckConfig(argv: string[]): { from: string; to: strin
   const workloads = workloadsConfig(v, p);
   p.throwIfAny();
   return { from, to, json: v.json, workloads };
+}
+
+export const POLICY_SUGGEST_FLAGS = [
+  { name: 'access-log', type: 'list', arg: 'FILE', help: 'the agents\' logs (their access lines, JSON), the flag once per file; - for standard input' },
+  { name: 'audit', type: 'boolean', help: 'propose AUDIT policies (counted, not enforced) to try before ALLOW' },
+  { name: 'output', type: 'one-of', values: ['crd', 'workloads'], default: 'crd', help: 'MeshPolicy objects, or a workloads file\'s policies' },
+  ...WORKLOADS_FLAGS,
+] as const satisfies readonly Flag[];
+
+/** `meshlet policy suggest`: where the observed traffic and the workloads come from. */
+export function loadPolicySuggestConfig(argv: string[]): { accessLogs: string[]; audit: boolean; output: 'crd' | 'workloads'; workloads: WorkloadsConfig } {
+  const { values: v, problems: p } = readFlags(POLICY_SUGGEST_FLAGS, argv);
+  if (v['access-log'].length === 0) p.add('--access-log FILE is required (the agents\' logs; - for standard input)');
+  const workloads = workloadsConfig(v, p);
+  p.throwIfAny();
+  return { accessLogs: v['access-log'], audit: v.audit, output: v.output as 'crd' | 'workloads', workloads };
 }
 
 export const STATUS_FLAGS = [
