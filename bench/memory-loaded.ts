@@ -3,7 +3,8 @@
 // bulk transfer), in Kubernetes mode with a mesh of 1,000 pods: the API stand-in holds the lab's
 // client (node-a) and server (node-b), 98 more pods on each of those nodes (100 certificates per
 // agent) and 800 on eight other nodes. For each worker count: both agents started, ready, 10 s
-// idle, RSS read; then RSS after each part of the load, and the peak RSS since start (VmHWM). Numbers in
+// idle, RSS read; then RSS after each part of the load, the peak RSS since start (VmHWM), and
+// the agents' CPU seconds per GB of the bulk transfer. Numbers in
 // bench/README.md, "Agent memory in Kubernetes mode".
 import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -13,6 +14,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { MeshLab } from '../src/demo/lab.ts';
+import { processCpuSeconds } from '../src/demo/process-stats.ts';
 import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
 import { namespaceObject, nodeObject, podObject, standInKubeConfig } from '../test/support/apiserver.ts';
 
@@ -101,10 +103,13 @@ try {
     const afterLatency = pids.map(memory);
     await run('client', ['connrate', '--host', server, '--port', String(ECHO_PORT), '--seconds', '5', '--concurrency', '32']);
     const afterConnections = pids.map(memory);
+    // The agents' CPU on the bulk transfer: what the heap headroom and the malloc tuning trade memory for.
+    const cpu0 = pids.map(processCpuSeconds);
     await run('client', ['bulk', '--host', server, '--port', String(ECHO_PORT), '--bytes', String(Number(opts['bulk-mb']) * 1048576)]);
+    const bulkCpuPerGb = pids.map((pid, i) => ((processCpuSeconds(pid) - cpu0[i]!) / (Number(opts['bulk-mb']) / 1024)).toFixed(2));
     const loaded = pids.map(memory);
     const rss = (ms: Array<{ rss: number }>) => ms.map((m) => m.rss).join(', ');
-    rows.push(`| ${workers} | ${rss(idle)} | ${rss(afterLatency)} | ${rss(afterConnections)} | ${rss(loaded)} | ${loaded.map((m) => m.peak).join(', ')} | ${latency.requests} |`);
+    rows.push(`| ${workers} | ${rss(idle)} | ${rss(afterLatency)} | ${rss(afterConnections)} | ${rss(loaded)} | ${loaded.map((m) => m.peak).join(', ')} | ${bulkCpuPerGb.join(', ')} | ${latency.requests} |`);
     for (const node of lab.meshNodes) await lab.stopAgent(node.name);
   }
   http.kill();
@@ -113,5 +118,5 @@ try {
   await lab.destroy();
 }
 say('agents node-a (client side), node-b (server side), MiB:');
-console.log('| workers | idle RSS | after 1,000 req/s | after new connections | after bulk | peak RSS | requests in the latency run |\n| --- | --- | --- | --- | --- | --- | --- |');
+console.log('| workers | idle RSS | after 1,000 req/s | after new connections | after bulk | peak RSS | bulk CPU s per GB | requests in the latency run |\n| --- | --- | --- | --- | --- | --- | --- | --- |');
 console.log(rows.join('\n'));
