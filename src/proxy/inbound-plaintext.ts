@@ -19,23 +19,20 @@ export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext):
     assertNotSelf(dst, socket);
     unregister = ctx.redirects.add(sourceIp, socket.remotePort ?? 0, dst.ip, dst.port);
     conn.set({ destination: `${dst.ip}:${dst.port}`, route: 'inbound' });
-    const target = ctx.registry.findWorkload(dst.ip);
-    if (!target?.captured) {
-      // Capture stops redirecting a released pod's traffic a moment after the registry lets it go
-      // (its grace over): such a connection reaches the pod as it would without the mesh, which it
-      // has left. Only this node's pods, and only for DEPARTED_MS (workloads/registry.ts).
-      const released = ctx.registry.departed(dst.ip);
-      if (!released || !ctx.registry.isLocal(released)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
-      conn.set({ dst: released, route: 'released' });
-      await relayConnection(conn, client, socketEnd(await connectLocalPod(ctx, released.ip, dst.port, { ip: sourceIp })), ctx.idleTimeoutMs);
-      return;
+    const found = ctx.registry.findWorkload(dst.ip);
+    // Capture stops redirecting a released pod's traffic a moment after the registry lets it go
+    // (its grace over): such a connection reaches the pod as it would without the mesh, which it
+    // has left. Only this node's pods, and only for DEPARTED_MS (workloads/registry.ts).
+    const released = found?.captured ? undefined : ctx.registry.departed(dst.ip);
+    const target = released ?? found;
+    if (!target?.captured || !ctx.registry.isLocal(target)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
+    conn.set({ dst: target, ...(released ? { route: 'released' as const } : {}) });
+    if (!released) {
+      enforceAndGuard(conn, () => {
+        const t = current(ctx.registry, target);
+        return plaintextRefusal(ctx.policy, t) ?? ctx.policy.authorize({ sourceIp, destination: t, destinationPort: dst.port });
+      });
     }
-    if (!ctx.registry.isLocal(target)) throw new UnknownDestinationError(`${dst.ip}:${dst.port}`);
-    conn.set({ dst: target });
-    enforceAndGuard(conn, () => {
-      const t = current(ctx.registry, target);
-      return plaintextRefusal(ctx.policy, t) ?? ctx.policy.authorize({ sourceIp, destination: t, destinationPort: dst.port });
-    });
     await relayConnection(conn, client, socketEnd(await connectLocalPod(ctx, target.ip, dst.port, { ip: sourceIp })), ctx.idleTimeoutMs);
   } catch (err) {
     client.reset();
