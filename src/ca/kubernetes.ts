@@ -12,7 +12,7 @@ import { AuthorizerUnavailableError, CaError, IdentityNotAllowedError, TokenReje
 import { parseWorkloadId } from '../identity/spiffe.ts';
 import type { RootFiles, RootSet, RootStore } from '../identity/roots.ts';
 import type { NodeAuthorizer, NodeIdentity } from './authorizer.ts';
-import { type KubeApi, kubeApi } from '../kube/api.ts';
+import { apiPath, CORE, type KubeApi, kubeApi } from '../kube/api.ts';
 import { apiStatus, MIRROR_ANNOTATION } from '../kube/config.ts';
 
 export const CA_AUDIENCE = 'meshlet-ca';
@@ -36,7 +36,6 @@ function unavailable(what: string, err: unknown): AuthorizerUnavailableError {
 
 export function createKubernetesAuthorizer(opts: KubernetesAuthorizerOptions): NodeAuthorizer {
   const api = kubeApi(opts.kubeConfig);
-  const pods = (namespace: string) => `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods`;
   const audience = opts.audience ?? CA_AUDIENCE;
   const agentUser = `system:serviceaccount:${opts.agentNamespace}:${opts.agentServiceAccount}`;
   const log = opts.log.child({ component: 'authorizer' });
@@ -45,7 +44,7 @@ export function createKubernetesAuthorizer(opts: KubernetesAuthorizerOptions): N
   const nodeOfBoundPod = async (podName: string, podUid: string | undefined): Promise<string> => {
     let pod: V1Pod;
     try {
-      pod = await api.get<V1Pod>(`${pods(opts.agentNamespace)}/${encodeURIComponent(podName)}`);
+      pod = await api.get<V1Pod>(apiPath(CORE.pods, { namespace: opts.agentNamespace, name: podName }));
     } catch (err) {
       if (apiStatus(err) === 404) throw new TokenRejectedError(`the token's pod ${opts.agentNamespace}/${podName} no longer exists`);
       throw unavailable('cannot read the token\'s pod', err);
@@ -61,7 +60,7 @@ export function createKubernetesAuthorizer(opts: KubernetesAuthorizerOptions): N
     async start() {
       // Not fatal: the CA starts while the API is unreachable and says "not ready" until it answers.
       try {
-        await api.get(pods(opts.agentNamespace), { limit: 1 });
+        await api.get(apiPath(CORE.pods, { namespace: opts.agentNamespace }), { limit: 1 });
         apiOk = true;
       } catch (err) {
         log.warn({ err: (err as Error).message }, 'Kubernetes API not reachable yet');
@@ -93,7 +92,7 @@ export function createKubernetesAuthorizer(opts: KubernetesAuthorizerOptions): N
       let onNode: V1Pod[];
       try {
         // Only this namespace's pods on this node: the field selector keeps the answer small.
-        onNode = (await api.get<V1PodList>(pods(id.namespace), { fieldSelector: `spec.nodeName=${who.node}` })).items ?? [];
+        onNode = (await api.get<V1PodList>(apiPath(CORE.pods, { namespace: id.namespace }), { fieldSelector: `spec.nodeName=${who.node}` })).items ?? [];
         apiOk = true;
       } catch (err) {
         apiOk = apiStatus(err) !== undefined;
@@ -132,13 +131,9 @@ export class SecretRootStore implements RootStore {
     this.where = `secret ${namespace}/${name}`;
   }
 
-  get #secrets(): string {
-    return `/api/v1/namespaces/${encodeURIComponent(this.#namespace)}/secrets`;
-  }
-
   async read(): Promise<RootFiles | undefined> {
     try {
-      const secret = await this.#api.get<V1Secret>(`${this.#secrets}/${encodeURIComponent(this.#name)}`);
+      const secret = await this.#api.get<V1Secret>(apiPath(CORE.secrets, { namespace: this.#namespace, name: this.#name }));
       this.#resourceVersion = secret.metadata?.resourceVersion;
       const files: RootFiles = {};
       for (const [k, v] of Object.entries(secret.data ?? {})) files[k] = Buffer.from(v, 'base64').toString('utf8');
@@ -151,7 +146,7 @@ export class SecretRootStore implements RootStore {
 
   async create(files: RootFiles): Promise<boolean> {
     try {
-      await this.#api.send('POST', this.#secrets, { apiVersion: 'v1', kind: 'Secret', type: 'Opaque', metadata: { name: this.#name, namespace: this.#namespace, labels: { 'app.kubernetes.io/part-of': 'meshlet' } }, data: encode(files) });
+      await this.#api.send('POST', apiPath(CORE.secrets, { namespace: this.#namespace }), { apiVersion: 'v1', kind: 'Secret', type: 'Opaque', metadata: { name: this.#name, namespace: this.#namespace, labels: { 'app.kubernetes.io/part-of': 'meshlet' } }, data: encode(files) });
       return true;
     } catch (err) {
       if (apiStatus(err) === 409) return false;
@@ -162,7 +157,7 @@ export class SecretRootStore implements RootStore {
   async replace(files: RootFiles): Promise<void> {
     if (this.#resourceVersion === undefined) await this.read();
     try {
-      await this.#api.send('PUT', `${this.#secrets}/${encodeURIComponent(this.#name)}`,
+      await this.#api.send('PUT', apiPath(CORE.secrets, { namespace: this.#namespace, name: this.#name }),
         { apiVersion: 'v1', kind: 'Secret', type: 'Opaque', metadata: { name: this.#name, namespace: this.#namespace, resourceVersion: this.#resourceVersion, labels: { 'app.kubernetes.io/part-of': 'meshlet' } }, data: encode(files) });
     } catch (err) {
       if (apiStatus(err) === 409) throw new CaError(`${this.where} changed while it was being rotated; read it again and retry`);
@@ -182,7 +177,6 @@ export const BUNDLE_KEY = 'trust-bundle.pem';
 /** Publishes the trust bundle (never a key) in a ConfigMap agents mount; creates or updates it. */
 export function bundlePublisher(kubeConfig: KubeConfig, namespace: string, name: string, log: Logger): (roots: RootSet) => Promise<void> {
   const api = kubeApi(kubeConfig);
-  const configMaps = `/api/v1/namespaces/${encodeURIComponent(namespace)}/configmaps`;
   return async (roots) => {
     const body = {
       apiVersion: 'v1', kind: 'ConfigMap',
@@ -190,13 +184,13 @@ export function bundlePublisher(kubeConfig: KubeConfig, namespace: string, name:
       data: { [BUNDLE_KEY]: roots.trustBundlePem },
     };
     try {
-      const existing = await api.get<V1ConfigMap>(`${configMaps}/${encodeURIComponent(name)}`).catch((err: unknown) => {
+      const existing = await api.get<V1ConfigMap>(apiPath(CORE.configMaps, { namespace, name })).catch((err: unknown) => {
         if (apiStatus(err) === 404) return undefined;
         throw err;
       });
-      if (!existing) await api.send('POST', configMaps, body);
+      if (!existing) await api.send('POST', apiPath(CORE.configMaps, { namespace }), body);
       else if (existing.data?.[BUNDLE_KEY] !== roots.trustBundlePem) {
-        await api.send('PUT', `${configMaps}/${encodeURIComponent(name)}`, { ...body, metadata: { ...body.metadata, resourceVersion: existing.metadata?.resourceVersion } });
+        await api.send('PUT', apiPath(CORE.configMaps, { namespace, name }), { ...body, metadata: { ...body.metadata, resourceVersion: existing.metadata?.resourceVersion } });
       } else return;
       log.info({ configMap: `${namespace}/${name}`, signingRoot: roots.signingFingerprint }, 'trust bundle published');
     } catch (err) {

@@ -8,7 +8,7 @@ import type { KubeConfig, KubernetesObject, KubernetesListObject } from '@kubern
 import { makeInformer } from '@kubernetes/client-node/dist/informer.js';
 import type { Logger } from 'pino';
 import { backoffMs } from '../backoff.ts';
-import { CONTENT, type KubeApi, kubeApi } from '../kube/api.ts';
+import { apiPath, CONTENT, type KubeApi, kubeApi } from '../kube/api.ts';
 import { compilePolicy } from '../policy/compile.ts';
 import { MESH_POLICY, slimPolicy } from '../workloads/kubernetes-objects.ts';
 
@@ -64,7 +64,7 @@ export class PolicyStatusWriter {
     this.#api = kubeApi(opts.kubeConfig);
     this.#log = opts.log.child({ component: 'policy-status' });
     this.#now = opts.now ?? (() => new Date());
-    const path = `/apis/${MESH_POLICY.group}/${MESH_POLICY.version}/${MESH_POLICY.plural}`;
+    const path = apiPath(MESH_POLICY);
     this.#informer = makeInformer<PolicyObject>(opts.kubeConfig, path, () => this.#api.get<KubernetesListObject<PolicyObject>>(path) as never);
     const write = (o: PolicyObject) => { this.#write(o).catch(() => undefined); };
     this.#informer.on('add', write);
@@ -89,7 +89,7 @@ export class PolicyStatusWriter {
     const others = (o.status?.conditions ?? []).filter((x) => x.type !== ACCEPTED);
     const where = { namespace: o.metadata!.namespace!, name: o.metadata!.name! };
     try {
-      await this.#api.send('PATCH', `/apis/${MESH_POLICY.group}/${MESH_POLICY.version}/namespaces/${encodeURIComponent(where.namespace)}/${MESH_POLICY.plural}/${encodeURIComponent(where.name)}/status`,
+      await this.#api.send('PATCH', apiPath(MESH_POLICY, { ...where, subresource: 'status' }),
         [{ op: 'add', path: '/status', value: { conditions: [...others, c] } }], CONTENT.jsonPatch);
       this.counts.written++;
       this.#log.info({ policy: `${where.namespace}/${where.name}`, accepted: c.status, reason: c.reason }, 'MeshPolicy status written');

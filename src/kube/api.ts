@@ -26,8 +26,26 @@ export type Query = Record<string, string | number | boolean | undefined>;
 export const CONTENT = {
   json: 'application/json',
   jsonPatch: 'application/json-patch+json',
-  mergePatch: 'application/merge-patch+json',
 } as const;
+
+/** A resource kind: group '' is the core API (/api/v1). */
+export interface ApiResource { group: string; version: string; plural: string }
+
+/** The path of a collection, or of one object (and its subresource), names escaped. */
+export function apiPath(r: ApiResource, at: { namespace?: string; name?: string; subresource?: string } = {}): string {
+  const base = r.group ? `/apis/${r.group}/${r.version}` : `/api/${r.version}`;
+  const ns = at.namespace ? `/namespaces/${encodeURIComponent(at.namespace)}` : '';
+  const one = at.name ? `/${encodeURIComponent(at.name)}${at.subresource ? `/${at.subresource}` : ''}` : '';
+  return `${base}${ns}/${r.plural}${one}`;
+}
+
+/** The core kinds meshlet reads and writes. */
+export const CORE = {
+  pods: { group: '', version: 'v1', plural: 'pods' },
+  nodes: { group: '', version: 'v1', plural: 'nodes' },
+  secrets: { group: '', version: 'v1', plural: 'secrets' },
+  configMaps: { group: '', version: 'v1', plural: 'configmaps' },
+} as const satisfies Record<string, ApiResource>;
 
 export interface KubeApi {
   get<T>(path: string, query?: Query): Promise<T>;

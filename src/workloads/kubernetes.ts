@@ -25,7 +25,7 @@ import { ListWatch } from '@kubernetes/client-node/dist/cache.js';
 import { ADD, DELETE, ERROR, UPDATE } from '@kubernetes/client-node/dist/informer.js';
 import { Watch } from '@kubernetes/client-node/dist/watch.js';
 import type { Logger } from 'pino';
-import { kubeApi } from '../kube/api.ts';
+import { apiPath, kubeApi } from '../kube/api.ts';
 import { apiStatus } from '../kube/config.ts';
 import type { AddressRefusal, MeshSnapshot } from './model.ts';
 import type { WorkloadSource } from './source.ts';
@@ -146,7 +146,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   };
   const pods = informer('pods', '/api/v1/pods', slimPod, { fieldSelector: POD_FIELD_SELECTOR });
   const namespaces = informer('namespaces', '/api/v1/namespaces', slimNamespace);
-  const policies = informer('meshpolicies', `/apis/${MESH_POLICY.group}/${MESH_POLICY.version}/${MESH_POLICY.plural}`, slimPolicy, { optional: true });
+  const policies = informer('meshpolicies', apiPath(MESH_POLICY), slimPolicy, { optional: true });
   const services = informer('services', '/api/v1/services', slimService);
   const slices = informer('endpointslices', '/apis/discovery.k8s.io/v1/endpointslices', slimEndpointSlice);
   // Nodes for their podCIDRs: an address outside its node's ranges is not the pod's.

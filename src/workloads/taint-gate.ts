@@ -6,7 +6,7 @@
 import type { KubeConfig, V1Node } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { backoffMs } from '../backoff.ts';
-import { CONTENT, type KubeApi, kubeApi } from '../kube/api.ts';
+import { apiPath, CONTENT, CORE, type KubeApi, kubeApi } from '../kube/api.ts';
 
 export const NOT_READY_TAINT = 'meshlet.dev/agent-not-ready';
 
@@ -65,7 +65,7 @@ export class TaintGate {
 
   /** True when the taint was there and is now removed; false when the node never had it. */
   async #remove(name: string): Promise<boolean> {
-    const path = `/api/v1/nodes/${encodeURIComponent(name)}`;
+    const path = apiPath(CORE.nodes, { name });
     const node = await this.#api.get<V1Node>(path);
     const taints = node.spec?.taints ?? [];
     const i = taints.findIndex((t) => t.key === NOT_READY_TAINT);

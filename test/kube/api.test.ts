@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { KubeConfig } from '@kubernetes/client-node';
-import { CONTENT, KubeApiError, kubeApi } from '../../src/kube/api.ts';
+import { apiPath, CONTENT, CORE, KubeApiError, kubeApi } from '../../src/kube/api.ts';
 import { apiStatus } from '../../src/kube/config.ts';
 import { ApiStandIn, namespaceObject, nodeObject, podObject, standInKubeConfig } from '../support/apiserver.ts';
 
@@ -56,5 +56,12 @@ describe('REST on client-node\'s configuration', () => {
       silent.close();
       (silent as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
     }
+  });
+
+  it('builds paths for core and group kinds, names escaped', () => {
+    assert.equal(apiPath(CORE.nodes), '/api/v1/nodes');
+    assert.equal(apiPath(CORE.pods, { namespace: 'shop', name: 'web 1' }), '/api/v1/namespaces/shop/pods/web%201');
+    assert.equal(apiPath({ group: 'meshlet.dev', version: 'v1alpha1', plural: 'meshpolicies' }, { namespace: 'shop', name: 'p', subresource: 'status' }),
+      '/apis/meshlet.dev/v1alpha1/namespaces/shop/meshpolicies/p/status');
   });
 });
