@@ -14,6 +14,5 @@ loadLessOfClientNode();
 for (const file of globSync('**/*.ts', { cwd: import.meta.dirname }).sort()) {
   if (!file.startsWith('demo/')) await import(join(import.meta.dirname, file));
 }
-// The parts of client-node the agent and the CA load (kube/), and their HTTP client.
-for (const m of ['dist/config.js', 'dist/cache.js', 'dist/informer.js', 'dist/watch.js']) await import(`@kubernetes/client-node/${m}`);
-await import('undici');
+// The one part of client-node loaded only when used (kube/config.ts); the sources above import the rest.
+await import('@kubernetes/client-node/dist/config.js');
