@@ -7,15 +7,14 @@
 // the agents' CPU seconds per GB of the bulk transfer. Numbers in
 // bench/README.md, "Agent memory in Kubernetes mode".
 import type { ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { MeshLab } from '../src/demo/lab.ts';
-import { processCpuSeconds } from '../src/demo/process-stats.ts';
+import { processCpuSeconds, processPeakRssMiB, processRssMiB } from '../src/demo/process-stats.ts';
 import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
+import { driveStandIn } from '../test/support/apiserver-client.ts';
 import { namespaceObject, nodeObject, podObject, standInKubeConfig } from '../test/support/apiserver.ts';
 
 const HERE = resolve(fileURLToPath(import.meta.url), '..');
@@ -44,11 +43,7 @@ const lab = await MeshLab.create({
   ],
 });
 
-function memory(pid: number): { rss: number; peak: number } {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const mib = (field: string) => Math.round(Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)![1]) / 1024);
-  return { rss: mib('VmRSS'), peak: mib('VmHWM') };
-}
+const memory = (pid: number) => ({ rss: Math.round(processRssMiB(pid)), peak: Math.round(processPeakRssMiB(pid)) });
 
 async function run(pod: string, args: string[]): Promise<any> {
   const r = await lab.topo.exec(lab.pod(pod).ns, process.execPath, [LOAD, ...args]);
@@ -62,14 +57,7 @@ try {
   // The API stand-in in its namespace on the underlay, as in test/e2e/kubernetes.test.ts.
   api = lab.topo.spawn(lab.apiNode!.ns, process.execPath, [join(HERE, '../test/support/apiserver-main.ts'), '--host', lab.apiNode!.ip, '--port', String(API_PORT)],
     { stdio: ['pipe', 'pipe', 'inherit'] });
-  const lines = createInterface({ input: api.stdout! })[Symbol.asyncIterator]();
-  const hello = JSON.parse((await lines.next()).value as string) as { listening: string };
-  let id = 0;
-  const put = async (resource: string, obj: object) => {
-    api!.stdin!.write(`${JSON.stringify({ id: ++id, op: 'put', resource, obj })}\n`);
-    const reply = JSON.parse((await lines.next()).value as string);
-    if (!reply.ok) throw new Error(reply.error);
-  };
+  const { listening, put } = await driveStandIn(api);
   const others = Array.from({ length: 8 }, (_, i) => `n${i + 2}`);
   for (const n of [...lab.meshNodes.map((m) => m.name), ...others]) await put('nodes', nodeObject(n));
   await put('namespaces', namespaceObject(NS, 'enabled'));
@@ -83,7 +71,7 @@ try {
     await put('pods', podObject({ name: `p${i}`, namespace: NS, node, serviceAccount: `sa${i % 20}`, ip: `10.200.${Math.floor(i / 250)}.${(i % 250) + 1}` }));
   }
   const kubeconfig = join(lab.dir, 'kubeconfig');
-  await writeFile(kubeconfig, standInKubeConfig(hello.listening));
+  await writeFile(kubeconfig, standInKubeConfig(listening));
   for (const node of lab.meshNodes) await lab.initCapture(node);
   await lab.startServer('server', ECHO_PORT);
   const http = lab.topo.spawn(lab.pod('server').ns, process.execPath, [LOAD, 'http-server', '--port', String(HTTP_PORT)]);

@@ -12,11 +12,12 @@ import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { stringify } from 'yaml';
 import { runCommand } from '../src/capture/exec.ts';
 import { AGENT_NODE_FLAGS, CLI } from '../src/demo/lab-spec.ts';
+import { processPeakRssMiB, processPssMiB, processRssMiB } from '../src/demo/process-stats.ts';
 import { PORTS } from '../src/ports.ts';
+import { driveStandIn } from '../test/support/apiserver-client.ts';
 import { namespaceObject, nodeObject, podObject, serviceObject, standInKubeConfig } from '../test/support/apiserver.ts';
 
 const PODS = 1000;
@@ -41,13 +42,8 @@ const inNs = (cmd: string, args: string[], env: NodeJS.ProcessEnv = {}) => spawn
 
 type Memory = { rss: number; pss: number; peak: number };
 
-/** RSS and PSS now, and the peak RSS since start (VmHWM: the agent's start, the CA's signing). */
-function memory(pid: number): Memory {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)![1]) / 1024;
-  const pss = Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))![1]) / 1024;
-  return { rss: kib('VmRSS'), pss, peak: kib('VmHWM') };
-}
+/** RSS and PSS now, and the peak RSS since start (the agent's start, the CA's signing). */
+const memory = (pid: number): Memory => ({ rss: processRssMiB(pid), pss: processPssMiB(pid), peak: processPeakRssMiB(pid) });
 
 async function ready(what: string, url: string): Promise<void> {
   const deadline = Date.now() + 60_000;
@@ -119,23 +115,14 @@ try {
   await writeFile(join(dir, 'token'), TOKEN);
   await writeFile(join(dir, 'tokens.yaml'), stringify({ tokens: [{ node: node(0), token: TOKEN }] }));
   api = inNs(process.execPath, [join(import.meta.dirname, '../test/support/apiserver-main.ts'), '--host', '127.0.0.1', '--port', '6443']);
-  const lines = createInterface({ input: api.stdout! })[Symbol.asyncIterator]();
-  const hello = JSON.parse((await lines.next()).value as string) as { listening: string; token: string };
-  let id = 0;
-  const call = async (op: object) => {
-    api!.stdin!.write(`${JSON.stringify({ id: ++id, ...op })}\n`);
-    const reply = JSON.parse((await lines.next()).value as string);
-    if (!reply.ok) throw new Error(reply.error);
-    return reply.value;
-  };
-  const put = (resource: string, obj: object) => call({ op: 'put', resource, obj });
+  const { listening, token, call, put } = await driveStandIn(api);
   for (let i = 0; i < NODES; i++) await put('nodes', nodeObject(node(i)));
   await put('namespaces', namespaceObject('shop', 'enabled'));
   for (const p of pods) await put('pods', podObject({ name: p.name, namespace: 'shop', node: p.node, ip: p.ip, serviceAccount: p.app, labels: { app: p.app } }));
   for (const s of services) await put('services', serviceObject({ name: s.name, namespace: 'shop', clusterIP: s.clusterIP, ports: [{ name: 'http', port: 80, targetPort: 8080 }], selector: { app: s.app } }));
   // The agent's projected token, as TokenReview answers for it (bound to its node).
   await call({ op: 'token', token: TOKEN, info: { username: `system:serviceaccount:${SYSTEM_NS}:meshlet-agent`, audiences: ['meshlet-ca'], extra: { 'authentication.kubernetes.io/node-name': [node(0)] } } });
-  await writeFile(join(dir, 'kubeconfig'), standInKubeConfig(hello.listening, hello.token));
+  await writeFile(join(dir, 'kubeconfig'), standInKubeConfig(listening, token));
 
   await sh(process.execPath, [CLI, 'ca', 'init', '--out', join(dir, 'ca'), '--trust-domain', 'cluster.local']);
   await writeFile(join(dir, 'bundle.pem'), readFileSync(join(dir, 'ca', 'trust-bundle.pem')));

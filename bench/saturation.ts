@@ -18,7 +18,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { MeshLab } from '../src/demo/lab.ts';
-import { processCpuSeconds } from '../src/demo/process-stats.ts';
+import { processCpuSeconds, processPeakRssMiB } from '../src/demo/process-stats.ts';
 import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
 
 const HERE = resolve(fileURLToPath(import.meta.url), '..');
@@ -135,7 +135,7 @@ try {
       say(`  ${Math.round(w.rps)} req/s, p50 ${w.p50.toFixed(2)} ms, p99 ${w.p99.toFixed(2)} ms, agent ${(cpu / SECONDS).toFixed(2)} CPU`);
     }
     // The loaded figure for the memory requests and limits (bench/README.md): each agent's peak RSS.
-    const peakRssMiB = agents.map((pid) => Math.round(Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024));
+    const peakRssMiB = agents.map((pid) => Math.round(processPeakRssMiB(pid)));
     say(`  agents' peak RSS ${peakRssMiB.join(', ')} MiB`);
     const within = steps.filter((s) => s.p99 <= BOUND_MS && s.errors === 0);
     const best = within.reduce<(typeof steps)[number] | undefined>((b, s) => (!b || s.rps > b.rps ? s : b), undefined);
