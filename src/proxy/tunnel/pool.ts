@@ -57,11 +57,8 @@ interface PoolEntry {
   freshUntil?: number;
 }
 
-/**
- * Retries of a connection the peer never saw (connect). Four: during an upgrade the old agent's
- * listeners close one thread at a time, and on a busy node a fresh session can still land on one
- * that is draining and refuse the stream again (seen with every core busy, issue 22 part 5).
- */
+/** Retries of a connection the peer never saw. Four: the old agent's listeners close one thread at
+ * a time, and on a busy node a fresh session can land on a draining one again (issue 22 part 5). */
 const MAX_RETRIES = 4;
 /** The first pause before a stream refused by a draining peer is tried again; doubled each time. */
 const NEVER_SEEN_RETRY_MS = 25;
@@ -128,9 +125,7 @@ export class TunnelPool {
   }
 
   /** Drops the pool's entry that holds this session, if it still has one. */
-  #forget(key: string, session: http2.ClientHttp2Session): void {
-    this.#drop(key, (e) => e.resolved === session);
-  }
+  #forget(key: string, session: http2.ClientHttp2Session): void { this.#drop(key, (e) => e.resolved === session); }
 
   #drop(key: string, which: (e: PoolEntry) => boolean): void {
     const list = this.#entries.get(key);
@@ -183,13 +178,16 @@ export class TunnelPool {
       };
       const timer = setTimeout(() => settle(new TunnelRejectedError(undefined, `no answer within ${this.#opts.connectTimeoutMs} ms`)),
         this.#opts.connectTimeoutMs);
-      stream.once('error', (err) => settle(new TunnelRejectedError(undefined, err.message)));
+      // REFUSED_STREAM is the peer saying it never processed the stream (RFC 9113 §8.7): safe to
+      // retry. Node reports it as an 'error' (ERR_HTTP2_STREAM_ERROR) before 'close', so both look.
+      const unanswered = (reason: string) => {
+        const refused = new TunnelRejectedError(undefined, reason);
+        settle(stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM ? new NeverSeenError(session, refused) : refused);
+      };
+      stream.once('error', (err) => unanswered(err.message));
       stream.once('close', () => {
         // Every stream closes in the end: build the error only for one that closed unanswered.
-        if (answered) return;
-        const refused = new TunnelRejectedError(undefined, `stream closed before an answer (code ${stream.rstCode})`);
-        // REFUSED_STREAM is the peer saying it never processed the stream (RFC 9113 §8.7): safe to retry.
-        settle(stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM ? new NeverSeenError(session, refused) : refused);
+        if (!answered) unanswered(`stream closed before an answer (code ${stream.rstCode})`);
       });
       stream.once('response', (headers) => {
         const status = Number(headers[':status']);

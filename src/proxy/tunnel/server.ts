@@ -155,7 +155,12 @@ export class TunnelServer {
     server.on('stream', (stream, headers) => {
       const session = stream.session as http2.Http2Session;
       const peerId = this.#peers.get(session);
-      if (!peerId) { stream.close(http2.constants.NGHTTP2_REFUSED_STREAM); return; }
+      if (!peerId) {
+        // Node reports our own reset as the stream's 'error'; unheard, it would end the process.
+        stream.on('error', () => {});
+        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+        return;
+      }
       this.#countStream(session, stream, log);
       void handleConnect(stream, headers, { peerId, target: entry.target }, this.#ctx);
     });

@@ -47,14 +47,22 @@ describe('tunnel pool: the peer must be the destination workload', () => {
   });
 
   /** A tunnel server on loopback presenting `id`, answering every CONNECT with 200; counts the streams it saw. */
-  async function peer(id: string, ttlMs?: number): Promise<{ port: number; streams: () => number; sessions: () => number; expiresAt: number }> {
+  async function peer(id: string, ttlMs?: number, refuseFirst = 0): Promise<{ port: number; streams: () => number; sessions: () => number; expiresAt: number }> {
     const me = await identity(root, id, ttlMs);
     const server = http2.createSecureServer({ ...me, ca: root.certPem, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3', ALPNProtocols: [ALPN] });
     servers.push(server);
     let mine = 0;
     server.on('session', (s) => { sessions.push(s); mine++; });
     let streams = 0;
-    server.on('stream', (stream) => { streams++; stream.respond({ ':status': 200 }); });
+    server.on('stream', (stream) => {
+      streams++;
+      // An agent on its way out refuses what it will not process (RST_STREAM REFUSED_STREAM).
+      if (streams <= refuseFirst) {
+        stream.on('error', () => {}); // Node reports the server's own reset as the stream's error
+        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+      }
+      else stream.respond({ ':status': 200 });
+    });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     return { port: (server.address() as net.AddressInfo).port, streams: () => streams, sessions: () => mine, expiresAt: Date.parse(new X509Certificate(me.cert).validTo) };
   }
@@ -105,6 +113,15 @@ describe('tunnel pool: the peer must be the destination workload', () => {
     const closedAt = await firstClosed;
     assert.ok(closedAt >= db.expiresAt - 1_000, `the open stream ended ${db.expiresAt - closedAt} ms before the certificate expired`);
     assert.ok(closedAt - db.expiresAt < 1_000 + 2_000, `the open stream ended ${closedAt - db.expiresAt} ms after expiry`);
+  });
+
+  it('retries a stream the peer refused unprocessed (REFUSED_STREAM) on a new session', async () => {
+    const db = await peer(DB, undefined, 1);
+    const p = pool(db.port);
+    const stream = await p.connect(WEB, { podIp: '127.0.0.1', port: 8080, expectedPeerId: DB });
+    assert.equal(db.streams(), 2, 'the refused stream was tried again');
+    assert.equal(db.sessions(), 2, 'the retry went on a new session');
+    stream.close();
   });
 
   it('retries a new session refused at TCP connect (a peer agent handing over), and gives up on a dead one', async () => {
