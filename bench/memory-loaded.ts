@@ -3,16 +3,16 @@
 // bulk transfer), in Kubernetes mode with a mesh of 1,000 pods: the API stand-in holds the lab's
 // client (node-a) and server (node-b), 98 more pods on each of those nodes (100 certificates per
 // agent) and 800 on eight other nodes. For each worker count: both agents started, ready, 10 s
-// idle, RSS read; then RSS after each part of the load, the peak RSS since start (VmHWM), and
-// the agents' CPU seconds per GB of the bulk transfer. Numbers in
-// bench/README.md, "Agent memory in Kubernetes mode".
+// idle, RSS read; then RSS after each part of the load and 15 s after it, the peak RSS since start
+// (VmHWM), and the agents' CPU seconds per GB of the bulk transfer. Numbers in bench/README.md,
+// "Agent memory in Kubernetes mode".
 import type { ChildProcess } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { MeshLab } from '../src/demo/lab.ts';
-import { processCpuSeconds, processPeakRssMiB, processRssMiB } from '../src/demo/process-stats.ts';
+import { processCpuSeconds, processMinorFaults, processPeakRssMiB, processRssMiB } from '../src/demo/process-stats.ts';
 import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
 import { driveStandIn } from '../test/support/apiserver-client.ts';
 import { namespaceObject, nodeObject, podObject, standInKubeConfig } from '../test/support/apiserver.ts';
@@ -93,11 +93,16 @@ try {
     const afterConnections = pids.map(memory);
     // The agents' CPU on the bulk transfer: what the heap headroom and the malloc tuning trade memory for.
     const cpu0 = pids.map(processCpuSeconds);
+    const faults0 = pids.map(processMinorFaults);
     await run('client', ['bulk', '--host', server, '--port', String(ECHO_PORT), '--bytes', String(Number(opts['bulk-mb']) * 1048576)]);
     const bulkCpuPerGb = pids.map((pid, i) => ((processCpuSeconds(pid) - cpu0[i]!) / (Number(opts['bulk-mb']) / 1024)).toFixed(2));
+    const bulkFaults = pids.map((pid, i) => processMinorFaults(pid) - faults0[i]!);
     const loaded = pids.map(memory);
+    // What stays once the load is over (the periodic malloc trim runs every 10 s by default).
+    await new Promise((r) => setTimeout(r, 15_000));
+    const settled = pids.map(memory);
     const rss = (ms: Array<{ rss: number }>) => ms.map((m) => m.rss).join(', ');
-    rows.push(`| ${workers} | ${rss(idle)} | ${rss(afterLatency)} | ${rss(afterConnections)} | ${rss(loaded)} | ${loaded.map((m) => m.peak).join(', ')} | ${bulkCpuPerGb.join(', ')} | ${latency.requests} |`);
+    rows.push(`| ${workers} | ${rss(idle)} | ${rss(afterLatency)} | ${rss(afterConnections)} | ${rss(loaded)} | ${rss(settled)} | ${loaded.map((m) => m.peak).join(', ')} | ${bulkCpuPerGb.join(', ')} | ${bulkFaults.join(', ')} | ${latency.requests} |`);
     for (const node of lab.meshNodes) await lab.stopAgent(node.name);
   }
   http.kill();
@@ -106,5 +111,5 @@ try {
   await lab.destroy();
 }
 say('agents node-a (client side), node-b (server side), MiB:');
-console.log('| workers | idle RSS | after 1,000 req/s | after new connections | after bulk | peak RSS | bulk CPU s per GB | requests in the latency run |\n| --- | --- | --- | --- | --- | --- | --- | --- |');
+console.log('| workers | idle RSS | after 1,000 req/s | after new connections | after bulk | 15 s later | peak RSS | bulk CPU s per GB | bulk minor faults | requests in the latency run |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
 console.log(rows.join('\n'));

@@ -3,10 +3,11 @@
 // from a workloads file (the CA: a tokens file and the same workloads file) and from the Kubernetes
 // API (the stand-in, test/support/apiserver.ts; the CA: TokenReview, pods, its root in a Secret).
 // The same 1,000 pods (100 on the agent's node, so 100 certificates) and 20 Services; one
-// data-plane worker, or WORKERS. Each run starts the CA, then the agent; once the agent is ready
-// and 10 s more, both are read: RSS, PSS, and the peak RSS since start. Three runs each; the first
-// of a mode fills the compile cache for that mode's modules. Numbers in bench/README.md, "Agent
-// memory in Kubernetes mode".
+// data-plane worker, or WORKERS; MESHLET_ARGS go to both processes (`--malloc-trim=0s`); RUNS and
+// MODES (file,kubernetes) narrow it. Each run starts the CA, then the agent; once the agent is
+// ready and 10 s more, both are read: RSS, PSS, and the peak RSS since start; RSS again 20 s later.
+// Three runs each; the first of a mode fills the compile cache for that mode's modules. Numbers in
+// bench/README.md, "Agent memory in Kubernetes mode".
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -23,8 +24,10 @@ import { namespaceObject, nodeObject, podObject, serviceObject, standInKubeConfi
 const PODS = 1000;
 const NODES = 10;
 const SERVICES = 20;
-const RUNS = 3;
+const RUNS = Number(process.env.RUNS ?? 3);
+const MODES = (process.env.MODES ?? 'file,kubernetes').split(',');
 const WORKERS = process.env.WORKERS ?? '1';
+const EXTRA = (process.env.MESHLET_ARGS ?? '').split(' ').filter(Boolean);
 const ns = `meshlet-mem-${process.pid}`;
 const dir = await mkdtemp(join(tmpdir(), 'meshlet-mem-'));
 const node = (i: number) => `n${i}`;
@@ -56,7 +59,7 @@ async function ready(what: string, url: string): Promise<void> {
 
 /** A meshlet process in the namespace, its output kept for the error message. */
 function meshlet(args: string[]): { child: ChildProcess; log: () => string } {
-  const child = inNs(process.execPath, [...AGENT_NODE_FLAGS, CLI, ...args, '--log-level', 'warn'], { NODE_COMPILE_CACHE: join(dir, 'cc') });
+  const child = inNs(process.execPath, [...AGENT_NODE_FLAGS, CLI, ...args, ...EXTRA, '--log-level', 'warn'], { NODE_COMPILE_CACHE: join(dir, 'cc') });
   let log = '';
   child.stderr!.on('data', (d) => { log += d; });
   child.stdout!.on('data', (d) => { log += d; });
@@ -70,7 +73,7 @@ async function stop(p: { child: ChildProcess }): Promise<void> {
 }
 
 async function measure(label: string, caArgs: string[], agentArgs: string[], beforeAgent: () => Promise<void> = async () => undefined): Promise<void> {
-  const out = { agent: [] as Memory[], ca: [] as Memory[] };
+  const out = { agent: [] as Memory[], ca: [] as Memory[], agentLater: [] as number[], caLater: [] as number[] };
   for (let i = 0; i < RUNS; i++) {
     const ca = meshlet(['ca', 'serve', '--listen-address', '127.0.0.1', '--metrics', 'off', ...caArgs]);
     let agent: ReturnType<typeof meshlet> | undefined;
@@ -84,6 +87,10 @@ async function measure(label: string, caArgs: string[], agentArgs: string[], bef
       // `ip netns exec` execs the command: the child's PID is meshlet's.
       out.agent.push(memory(agent.child.pid!));
       out.ca.push(memory(ca.child.pid!));
+      // Idle longer: past a periodic malloc trim whatever the moment start-up ended.
+      await new Promise((r) => setTimeout(r, 20_000));
+      out.agentLater.push(processRssMiB(agent.child.pid!));
+      out.caLater.push(processRssMiB(ca.child.pid!));
     } catch (err) {
       throw new Error(`${label}: ${(err as Error).message}\nCA: ${ca.log()}\nagent: ${agent?.log() ?? ''}`);
     } finally {
@@ -91,9 +98,10 @@ async function measure(label: string, caArgs: string[], agentArgs: string[], bef
       await stop(ca);
     }
   }
-  const row = (ms: Memory[]) => (['rss', 'pss', 'peak'] as const).map((k) => `${k === 'peak' ? 'peak RSS' : k.toUpperCase()} ${ms.map((m) => m[k].toFixed(0)).join(', ')} MiB`).join('; ');
-  console.log(`${label}, agent (${WORKERS} worker${WORKERS === '1' ? '' : 's'}): ${row(out.agent)}`);
-  console.log(`${label}, CA service: ${row(out.ca)}`);
+  const row = (ms: Memory[], later: number[]) => [...(['rss', 'pss', 'peak'] as const).map((k) => `${k === 'peak' ? 'peak RSS' : k.toUpperCase()} ${ms.map((m) => m[k].toFixed(0)).join(', ')} MiB`),
+    `RSS 30 s idle ${later.map((m) => m.toFixed(0)).join(', ')} MiB`].join('; ');
+  console.log(`${label}, agent (${WORKERS} worker${WORKERS === '1' ? '' : 's'}${EXTRA.length ? `, ${EXTRA.join(' ')}` : ''}): ${row(out.agent, out.agentLater)}`);
+  console.log(`${label}, CA service: ${row(out.ca, out.caLater)}`);
 }
 
 let api: ChildProcess | undefined;
@@ -126,9 +134,9 @@ try {
 
   await sh(process.execPath, [CLI, 'ca', 'init', '--out', join(dir, 'ca'), '--trust-domain', 'cluster.local']);
   await writeFile(join(dir, 'bundle.pem'), readFileSync(join(dir, 'ca', 'trust-bundle.pem')));
-  await measure('workloads file', ['--ca-dir', join(dir, 'ca'), '--tokens', join(dir, 'tokens.yaml'), '--workloads', join(dir, 'w.yaml')],
+  if (MODES.includes('file')) await measure('workloads file', ['--ca-dir', join(dir, 'ca'), '--tokens', join(dir, 'tokens.yaml'), '--workloads', join(dir, 'w.yaml')],
     ['--workloads', join(dir, 'w.yaml')]);
-  await measure('Kubernetes API', ['--kubernetes', '--kubeconfig', join(dir, 'kubeconfig'), '--namespace', SYSTEM_NS],
+  if (MODES.includes('kubernetes')) await measure('Kubernetes API', ['--kubernetes', '--kubeconfig', join(dir, 'kubeconfig'), '--namespace', SYSTEM_NS],
     ['--kubeconfig', join(dir, 'kubeconfig')],
     // The root the CA made in its Secret on first start, as the agents mount it from the ConfigMap.
     async () => {

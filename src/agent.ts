@@ -17,7 +17,7 @@ import { ProbeGate } from './capture/probe-gate.ts';
 import { CaptureTools } from './capture/tools.ts';
 import { PrerequisiteError } from './errors.ts';
 import { keepHeapHeadroom } from './heap-headroom.ts';
-import { tuneMalloc } from './malloc-tuning.ts';
+import { trimMallocEvery, tuneMalloc } from './malloc-tuning.ts';
 import { CertificateManager } from './identity/certs.ts';
 import { identityProvider } from './identity/from-config.ts';
 import type { CertificateProvider } from './identity/provider.ts';
@@ -96,8 +96,7 @@ export class Agent {
     ({ tools: this.#tools, source: this.#source, registry: this.registry, provider: this.#provider } = parts);
     this.#releaseGrace = new ReleaseGrace({ node: config.nodeName });
     this.certs = new CertificateManager({ provider: this.#provider, log, keyAlgorithm: config.keyAlgorithm });
-    this.metrics = config.metrics ? new MeshMetrics() : undefined;
-    const metrics = this.metrics;
+    const metrics = this.metrics = config.metrics ? new MeshMetrics() : undefined;
     this.capture = new CaptureKeeper({
       config, tools: this.#tools, log: this.#log,
       localAddresses: () => new Set(this.registry.localCaptured().map((w) => w.ip)),
@@ -140,7 +139,8 @@ export class Agent {
     }
     // Before the first buffer is allocated (malloc-tuning.ts).
     const malloc = tuneMalloc();
-    deps.log.info(malloc, malloc.applied ? 'malloc tuned' : 'malloc not tuned');
+    deps.log.info({ ...malloc, trimEveryMs: config.mallocTrimMs }, malloc.applied ? 'malloc tuned' : 'malloc not tuned');
+    trimMallocEvery(config.mallocTrimMs);
     // First, while this process is small: the shell that runs every capture tool from now on.
     const tools = CaptureTools.throughShells();
     // Into the iptables kube-proxy and the CNI use, as init does (capture/iptables-mode.ts).

@@ -23,6 +23,7 @@ import { listen } from './proxy/listeners.ts';
 import { bundleSize } from './identity/pem.ts';
 import { apiStatus, loadKubeConfig } from './kube/config.ts';
 import { DirRootStore, ensureRoot, initRoot, ROOT_FILES, type RootSet, type RootStore, rotateRoot, type RotationStep } from './identity/roots.ts';
+import { trimMallocEvery } from './malloc-tuning.ts';
 import { createLogger } from './telemetry/log.ts';
 import { VERSION } from './version.ts';
 
@@ -174,6 +175,7 @@ async function caBackend(backend: CaBackend, log: Logger): Promise<{ store: Root
 async function cmdCaServe(argv: string[]): Promise<number> {
   const config = loadCaServeConfig(argv, process.env);
   const log = createLogger(config.logLevel, { component: 'ca' });
+  trimMallocEvery(config.mallocTrimMs); // signing bursts leave free memory behind (malloc-tuning.ts)
   const { store, authorizer, onRoots, kubeConfig } = await caBackend(config.backend, log);
   if (!authorizer) throw new ConfigError(['ca serve needs an authorizer (--tokens and --workloads, or --kubernetes)']);
   const { created, set } = await ensureRoot(store, config.trustDomain);

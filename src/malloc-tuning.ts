@@ -14,6 +14,12 @@
 // agents' RSS after the bulk runs was the same (bench/README.md). Setting either makes
 // glibc keep its mmap threshold fixed at 128 KiB instead of adapting it, as the MALLOC_*_ environment
 // variables do. Not glibc (musl, another libc): nothing to tune, nothing done.
+//
+// The price of the threshold is free memory kept resident for good: up to 32 MiB per arena of what
+// start-up (certificates, the first snapshot) and each burst freed. So every few seconds
+// malloc_trim(0) hands back what is free, at the top and inside every arena (the worker threads'
+// too): the heap then regrows at most once per interval instead of once per TLS record, and an
+// idle agent holds what it uses (bench/README.md, "Agent memory in Kubernetes mode").
 import koffi from 'koffi';
 
 // From glibc's malloc.h.
@@ -36,4 +42,26 @@ export function tuneMalloc(): { applied: boolean; detail: string } {
   return ok
     ? { applied: true, detail: `trim threshold ${TRIM_THRESHOLD_BYTES >> 20} MiB, top pad ${TOP_PAD_BYTES >> 20} MiB` }
     : { applied: false, detail: 'mallopt refused the settings' };
+}
+
+let mallocTrim: ((pad: number) => number) | null | undefined;
+
+/** malloc_trim(0): whether glibc handed memory back; false without glibc. */
+export function trimMalloc(): boolean {
+  if (mallocTrim === undefined) {
+    try {
+      mallocTrim = koffi.load('libc.so.6').func('int malloc_trim(size_t)') as (pad: number) => number;
+    } catch {
+      mallocTrim = null;
+    }
+  }
+  return mallocTrim ? mallocTrim(0) === 1 : false;
+}
+
+/** Trims every `intervalMs` (0: never) on a timer that never keeps the process up; returns stop. */
+export function trimMallocEvery(intervalMs: number): () => void {
+  if (intervalMs <= 0) return () => undefined;
+  const timer = setInterval(trimMalloc, intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
 }

@@ -3,7 +3,7 @@ import type { CaptureSettings } from '../capture/rules.ts';
 import { defaultWorkers } from '../cpu-limit.ts';
 import { PORTS } from '../ports.ts';
 import { CAPTURE_FLAGS, captureSettings } from './capture.ts';
-import { KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLevel, WORKLOADS_FLAGS, type WorkloadsConfig, workloadsConfig } from './common.ts';
+import { KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLevel, MALLOC_TRIM_FLAG, WORKLOADS_FLAGS, type WorkloadsConfig, workloadsConfig } from './common.ts';
 import { type Flag, type FlagValues, type Problems, readFlags } from './flags.ts';
 
 export interface Ports {
@@ -63,6 +63,7 @@ export const AGENT_FLAGS = [
   { name: 'probe-gate-ttl', type: 'duration', min: 2_000, max: 600_000, default: '4s', help: 'a dead or stalled agent\'s pods fail kubelet\'s probes this long after it stops' },
   { name: 'workers', type: 'int', arg: 'N', min: 1, max: 64, help: 'data planes, each a thread sharing the data ports; default: the CPU limit, else a quarter of the cores (at least 1); 1: the agent\'s own thread' },
   { name: 'heap-headroom', type: 'int', arg: 'MIB', min: 0, max: 1024, default: '32', help: 'old-generation headroom above the live heap once up (fewer full GCs on bulk traffic); 0: V8\'s own' },
+  MALLOC_TRIM_FLAG,
   ...CAPTURE_FLAGS,
 ] as const satisfies readonly Flag[];
 
@@ -100,6 +101,7 @@ export interface AgentConfig {
   /** Whole seconds: ipset timeouts are. */
   probeGateTtlMs: number;
   heapHeadroomMiB: number;
+  mallocTrimMs: number;
   keyAlgorithm: KeyAlgorithm;
   /** Data planes: 1 runs in the agent's thread, more run as worker threads (proxy/workers.ts). */
   workers: number;
@@ -134,6 +136,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     nonTcpToStrict: v['non-tcp-to-strict'],
     probeGateTtlMs: Math.round(v['probe-gate-ttl'] / 1000) * 1000,
     heapHeadroomMiB: v['heap-headroom'],
+    mallocTrimMs: v['malloc-trim'],
     keyAlgorithm: v['key-algorithm'],
     // A sidecar serves one pod: one thread, as the sidecars it stands for.
     workers: v.workers ?? (sidecar ? 1 : defaultWorkers()),

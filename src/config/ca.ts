@@ -2,7 +2,7 @@
 import { isIP } from 'node:net';
 import { PORTS } from '../ports.ts';
 import { CERT_TTL } from './agent.ts';
-import { DEFAULT_TRUST_DOMAIN, DNS_NAME, KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLevel } from './common.ts';
+import { DEFAULT_TRUST_DOMAIN, DNS_NAME, KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLevel, MALLOC_TRIM_FLAG } from './common.ts';
 import { type Flag, type FlagValues, type Problems, readFlags } from './flags.ts';
 
 /** Where the CA keeps its root and how it authorizes: files (local) or the Kubernetes API. */
@@ -21,6 +21,7 @@ export interface CaServeConfig {
   burst: number;
   servingNames: string[];
   reloadMs: number;
+  mallocTrimMs: number;
   logLevel: LogLevel;
   /** Prometheus /metrics on their own port (off: no registry, no listener). */
   metrics: { port: number; address: string } | undefined;
@@ -57,6 +58,7 @@ export const CA_SERVE_FLAGS = [
   { name: 'metrics', type: 'on-off', default: 'on', help: 'Prometheus metrics: requests by outcome and duration, the roots\' expiry' },
   { name: 'metrics-port', type: 'port', default: String(PORTS.caMetrics), help: '/metrics' },
   { name: 'metrics-address', type: 'ip', default: '0.0.0.0', help: 'where /metrics listens' },
+  MALLOC_TRIM_FLAG,
   LOG_LEVEL_FLAG,
 ] as const satisfies readonly Flag[];
 
@@ -97,6 +99,7 @@ export function loadCaServeConfig(argv: string[], env: NodeJS.ProcessEnv): CaSer
     burst: v.burst,
     servingNames,
     reloadMs: v.reload,
+    mallocTrimMs: v['malloc-trim'],
     logLevel: v['log-level'],
     metrics: v.metrics ? { port: v['metrics-port'], address: v['metrics-address'] } : undefined,
   };

@@ -1,4 +1,4 @@
-// What several commands share: log levels, and where the workloads come from (file or API).
+// What several commands share: log levels, malloc trimming, and where the workloads come from (file or API).
 import type { Flag, FlagValues, Problems } from './flags.ts';
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
@@ -12,6 +12,11 @@ export const DNS_NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 
 export const LOG_LEVEL_FLAG = {
   name: 'log-level', type: 'one-of', values: LOG_LEVELS, default: 'info', env: ['MESHLET_LOG_LEVEL'], help: 'log level (changed at run time through the admin API)',
+} as const satisfies Flag;
+
+/** How often free malloc memory goes back to the kernel (malloc-tuning.ts); 0: never. */
+export const MALLOC_TRIM_FLAG = {
+  name: 'malloc-trim', type: 'duration', min: 0, max: 3_600_000, default: '10s', help: 'how often free malloc memory is handed back to the kernel; 0s: never',
 } as const satisfies Flag;
 
 /** Where the registry comes from: the workloads file (local mode) or the Kubernetes API. */

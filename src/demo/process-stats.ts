@@ -8,6 +8,11 @@ export function processCpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
+/** Minor page faults of a process so far (field 10 of /proc/PID/stat): memory handed back and taken again. */
+export function processMinorFaults(pid: number): number {
+  return Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ')[7]);
+}
+
 /**
  * Proportional set size in MiB: pages shared with other processes (the node binary's, for N sidecars
  * of the same image) counted as a share. Beside RSS, which counts them whole in every process.

@@ -2,11 +2,12 @@
 // and frees them, once and then 30 times more, and prints the page faults per round of those 30 as
 // JSON. First, with `default`, it puts glibc's trim threshold at its documented default (128 KiB):
 // glibc raises it on its own after freeing large mmapped blocks, so what a process starts with
-// depends on what it did before. With `tune` it calls tuneMalloc(). Run in a process of its own:
+// depends on what it did before. With `tune` it calls tuneMalloc(); with `tune trim` it prints how
+// much of the freed round trimMallocEvery hands back instead. Run in a process of its own:
 // malloc's settings are process-wide.
 import { readFileSync } from 'node:fs';
 import koffi from 'koffi';
-import { tuneMalloc } from '../../src/malloc-tuning.ts';
+import { trimMallocEvery, tuneMalloc } from '../../src/malloc-tuning.ts';
 
 const lib = koffi.load('libc.so.6');
 const malloc = lib.func('void *malloc(size_t)') as (n: number) => unknown;
@@ -30,6 +31,16 @@ function round(): void {
   for (const p of blocks) free(p);
 }
 round(); // the first growth of the heap faults its pages in whatever the settings
+if (process.argv[3] === 'trim') {
+  // What the tuned heap keeps after the round, then what the periodic trim leaves of it.
+  const rssBytes = () => Number(readFileSync('/proc/self/statm', 'utf8').split(' ')[1]) * 4096;
+  const kept = rssBytes();
+  trimMallocEvery(20);
+  const deadline = Date.now() + 10_000;
+  while (rssBytes() > kept - 8e6 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  process.stdout.write(`${JSON.stringify({ tuned, releasedBytes: kept - rssBytes() })}\n`);
+  process.exit(0);
+}
 const before = minorFaults();
 for (let i = 0; i < ROUNDS; i++) round();
 process.stdout.write(`${JSON.stringify({ tuned, faultsPerRound: (minorFaults() - before) / ROUNDS })}\n`);
