@@ -27,6 +27,9 @@ const RESOURCES: Record<string, Resource> = {
   services: { kind: 'Service', list: 'ServiceList', apiVersion: 'v1', namespaced: true, prefix: '/api/v1' },
   endpointslices: { kind: 'EndpointSlice', list: 'EndpointSliceList', apiVersion: 'discovery.k8s.io/v1', namespaced: true, prefix: '/apis/discovery.k8s.io/v1' },
   meshpolicies: { kind: 'MeshPolicy', list: 'MeshPolicyList', apiVersion: 'meshlet.dev/v1alpha1', namespaced: true, prefix: '/apis/meshlet.dev/v1alpha1', statusSubresource: true },
+  // The address table's slices (addresses/slices.ts) and the Lease its controllers elect a leader with.
+  meshaddressslices: { kind: 'MeshAddressSlice', list: 'MeshAddressSliceList', apiVersion: 'meshlet.dev/v1alpha1', namespaced: true, prefix: '/apis/meshlet.dev/v1alpha1' },
+  leases: { kind: 'Lease', list: 'LeaseList', apiVersion: 'coordination.k8s.io/v1', namespaced: true, prefix: '/apis/coordination.k8s.io/v1' },
   // What `meshlet check` reads of the install; RBAC objects also decide SubjectAccessReviews.
   clusterroles: { kind: 'ClusterRole', list: 'ClusterRoleList', apiVersion: 'rbac.authorization.k8s.io/v1', namespaced: false, prefix: '/apis/rbac.authorization.k8s.io/v1' },
   clusterrolebindings: { kind: 'ClusterRoleBinding', list: 'ClusterRoleBindingList', apiVersion: 'rbac.authorization.k8s.io/v1', namespaced: false, prefix: '/apis/rbac.authorization.k8s.io/v1' },
@@ -151,6 +154,11 @@ export class ApiStandIn {
 
   /** Every PATCH received, in order (what a test checks a client asked for). */
   readonly patches: Array<{ resource: string; name: string; body: unknown }> = [];
+
+  /** Every stored object of a resource (what a test checks a writer produced). */
+  all(resource: string): Obj[] {
+    return [...this.#bucket(resource).values()];
+  }
 
   get(resource: string, namespace: string | undefined, name: string): Obj | undefined {
     return this.#bucket(resource).get(key(namespace, name));
