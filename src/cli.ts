@@ -195,14 +195,13 @@ async function cmdCaServe(argv: string[]): Promise<number> {
   const metricsServer = metrics ? createMetricsServer(() => metrics.text()) : undefined;
   if (metricsServer && config.metrics) await listen(metricsServer, { port: config.metrics.port, host: config.metrics.address });
   log.info({ address: config.listenAddress, port: config.port, trustDomain: set.trustDomain, authorizer: authorizer.name, store: store.where }, 'CA listening');
-  // In a cluster the CA also writes each MeshPolicy's status (ca/policy-status.ts).
-  const policyStatus = kubeConfig && new (await import('./ca/policy-status.ts')).PolicyStatusWriter({ kubeConfig, log });
-  await policyStatus?.start();
+  // In a cluster: MeshPolicy status, and the address slices when asked (ca/cluster-parts.ts).
+  const parts = kubeConfig ? await (await import('./ca/cluster-parts.ts')).startClusterParts(kubeConfig, config, log) : [];
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', () => resolve());
     process.once('SIGINT', () => resolve());
   });
-  policyStatus?.close();
+  for (const part of parts) await part.close();
   await service.close();
   metricsServer?.close();
   log.info('CA stopped');

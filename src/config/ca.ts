@@ -22,6 +22,8 @@ export interface CaServeConfig {
   servingNames: string[];
   reloadMs: number;
   mallocTrimMs: number;
+  /** With the Kubernetes backend: publish the address table as MeshAddressSlices (addresses/). */
+  addressSlices: boolean;
   logLevel: LogLevel;
   /** Prometheus /metrics on their own port (off: no registry, no listener). */
   metrics: { port: number; address: string } | undefined;
@@ -58,6 +60,7 @@ export const CA_SERVE_FLAGS = [
   { name: 'metrics', type: 'on-off', default: 'on', help: 'Prometheus metrics: requests by outcome and duration, the roots\' expiry' },
   { name: 'metrics-port', type: 'port', default: String(PORTS.caMetrics), help: '/metrics' },
   { name: 'metrics-address', type: 'ip', default: '0.0.0.0', help: 'where /metrics listens' },
+  { name: 'address-slices', type: 'on-off', default: 'off', help: 'with --kubernetes: publish the mesh\'s pods as MeshAddressSlices (one writer among the replicas, by Lease)' },
   MALLOC_TRIM_FLAG,
   LOG_LEVEL_FLAG,
 ] as const satisfies readonly Flag[];
@@ -100,10 +103,12 @@ export function loadCaServeConfig(argv: string[], env: NodeJS.ProcessEnv): CaSer
     servingNames,
     reloadMs: v.reload,
     mallocTrimMs: v['malloc-trim'],
+    addressSlices: v['address-slices'],
     logLevel: v['log-level'],
     metrics: v.metrics ? { port: v['metrics-port'], address: v['metrics-address'] } : undefined,
   };
   if (config.metrics && config.metrics.port === config.port) p.add(`--metrics-port ${config.port} is already --port's`);
+  if (config.addressSlices && config.backend.kind !== 'kubernetes') p.add('--address-slices only applies with --kubernetes');
   p.throwIfAny();
   return config;
 }

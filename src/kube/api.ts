@@ -51,6 +51,8 @@ export interface KubeApi {
   get<T>(path: string, query?: Query): Promise<T>;
   /** `method` with a JSON body (POST, PUT, PATCH with the patch kind's content type). */
   send<T>(method: 'POST' | 'PUT' | 'PATCH', path: string, body: unknown, contentType?: string): Promise<T>;
+  /** DELETE, only if the object is still at `resourceVersion` when given (a precondition). */
+  remove(path: string, resourceVersion?: string): Promise<void>;
 }
 
 /** Without an answer by then a call fails (the typed clients had no limit at all; callers retry). */
@@ -81,5 +83,9 @@ export function kubeApi(kc: KubeConfig, timeoutMs = REQUEST_TIMEOUT_MS): KubeApi
   return {
     get: (path, query) => call('GET', path, query),
     send: (method, path, body, contentType = CONTENT.json) => call(method, path, undefined, { text: JSON.stringify(body), type: contentType }),
+    remove: async (path, resourceVersion) => {
+      const options = { apiVersion: 'v1', kind: 'DeleteOptions', ...(resourceVersion ? { preconditions: { resourceVersion } } : {}) };
+      await call('DELETE', path, undefined, { text: JSON.stringify(options), type: CONTENT.json });
+    },
   };
 }

@@ -60,6 +60,8 @@ export interface KubernetesSourceOptions {
   /** Backoff after a failed list or a watch error: doubles from base to max. */
   retryBaseMs?: number;
   retryMaxMs?: number;
+  /** Pods, namespaces and nodes only: what the address controller publishes (addresses/controller.ts). */
+  addressesOnly?: boolean;
 }
 
 export interface KubernetesSourceStatus {
@@ -151,7 +153,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   const slices = informer('endpointslices', '/apis/discovery.k8s.io/v1/endpointslices', slimEndpointSlice);
   // Nodes for their podCIDRs: an address outside its node's ranges is not the pod's.
   const nodes = informer('nodes', '/api/v1/nodes', slimNode);
-  const informers = [pods, namespaces, policies, services, slices, nodes];
+  const informers = opts.addressesOnly ? [pods, namespaces, nodes] : [pods, namespaces, policies, services, slices, nodes];
   /** Each address's pod in the last snapshot (a live holder keeps it), and the refusals logged so far. */
   let holders = new Map<string, string>();
   let logged = new Set<string>();
@@ -165,8 +167,10 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     const nodeMap = new Map<string, SlimNode>();
     for (const n of nodes.lw.list() as unknown as SlimNode[]) nodeMap.set(n.metadata.name, n);
     const snapshot = buildSnapshot(opts.trustDomain, pods.lw.list() as unknown as SlimPod[], nsMap, {
-      policies: policies.absent ? [] : policies.lw.list() as unknown as SlimPolicy[],
-      services: buildServices(services.lw.list() as unknown as SlimService[], slices.lw.list() as unknown as SlimEndpointSlice[]),
+      ...(opts.addressesOnly ? {} : {
+        policies: policies.absent ? [] : policies.lw.list() as unknown as SlimPolicy[],
+        services: buildServices(services.lw.list() as unknown as SlimService[], slices.lw.list() as unknown as SlimEndpointSlice[]),
+      }),
       nodes: nodeMap, holders,
     });
     holders = new Map(snapshot.workloads.map((w) => [w.ip, `${w.namespace}/${w.name}`]));
@@ -188,7 +192,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
       if (stopped) return;
       if (inf.optional && apiStatus(err) === 404) {
         // Not an error: the CRD is simply not installed. Look again at the slowest retry pace.
-        if (!inf.absent) log.info({ resource: inf.name }, 'MeshPolicy CRD is not installed: no policies until it is');
+        if (!inf.absent) log.info({ resource: inf.name }, `the ${inf.name} CRD is not installed: none until it is`);
         inf.absent = true;
         inf.listed = false;
         changed();
