@@ -3,7 +3,7 @@ import type { CaptureSettings } from '../capture/rules.ts';
 import { defaultWorkers } from '../cpu-limit.ts';
 import { PORTS } from '../ports.ts';
 import { CAPTURE_FLAGS, captureSettings } from './capture.ts';
-import { KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLevel, MALLOC_TRIM_FLAG, WORKLOADS_FLAGS, type WorkloadsConfig, workloadsConfig } from './common.ts';
+import { DNS_NAME, KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLevel, MALLOC_TRIM_FLAG, WORKLOADS_FLAGS, type WorkloadsConfig, workloadsConfig } from './common.ts';
 import { type Flag, type FlagValues, type Problems, readFlags } from './flags.ts';
 
 export interface Ports {
@@ -64,6 +64,8 @@ export const AGENT_FLAGS = [
   { name: 'workers', type: 'int', arg: 'N', min: 1, max: 64, help: 'data planes, each a thread sharing the data ports; default: the CPU limit, else a quarter of the cores (at least 1); 1: the agent\'s own thread' },
   { name: 'heap-headroom', type: 'int', arg: 'MIB', min: 0, max: 1024, default: '32', help: 'old-generation headroom above the live heap once up (fewer full GCs on bulk traffic); 0: V8\'s own' },
   MALLOC_TRIM_FLAG,
+  { name: 'remote-workloads', type: 'one-of', values: ['pods', 'slices'], default: 'pods', help: 'with --kubernetes: other nodes\' pods from watching every Pod, or from the CA\'s MeshAddressSlices (--address-slices on)' },
+  { name: 'slices-namespace', type: 'text', arg: 'NS', pattern: DNS_NAME, patternHelp: 'a namespace name', default: 'meshlet-system', help: 'where the MeshAddressSlices are' },
   ...CAPTURE_FLAGS,
 ] as const satisfies readonly Flag[];
 
@@ -108,6 +110,16 @@ export interface AgentConfig {
   capture: CaptureSettings;
 }
 
+/** --remote-workloads slices: this node's Pods watched, the others' from the address slices. */
+function remoteWorkloads(w: WorkloadsConfig, v: { node?: string | undefined; 'remote-workloads': string; 'slices-namespace': string }, p: Problems): WorkloadsConfig {
+  if (v['remote-workloads'] !== 'slices') return w;
+  if (w.kind !== 'kubernetes') {
+    p.add('--remote-workloads slices only applies with --kubernetes');
+    return w;
+  }
+  return { ...w, remoteFromSlices: { node: v.node ?? '', namespace: v['slices-namespace'] } };
+}
+
 export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentConfig {
   const { values: v, problems: p } = readFlags(AGENT_FLAGS, argv, env);
   const [namespace, name] = v.sidecar?.split('/') ?? [];
@@ -116,7 +128,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     [['--admin-port', v['admin-port']], ['--readiness-port', v['readiness-port']], ['--metrics-port', v['metrics-port']]]);
   const config: AgentConfig = {
     nodeName: p.required('node (or MESHLET_NODE_NAME)', v.node),
-    workloads: workloadsConfig(v, p),
+    workloads: remoteWorkloads(workloadsConfig(v, p), v, p),
     identity: identityConfig(v, p),
     ...(sidecar ? { sidecar } : {}),
     ports: {

@@ -22,7 +22,7 @@ export const MALLOC_TRIM_FLAG = {
 /** Where the registry comes from: the workloads file (local mode) or the Kubernetes API. */
 export type WorkloadsConfig =
   | { kind: 'file'; path: string; pollMs: number }
-  | { kind: 'kubernetes'; kubeconfig: string | undefined; trustDomain: string };
+  | { kind: 'kubernetes'; kubeconfig: string | undefined; trustDomain: string; remoteFromSlices?: { node: string; namespace: string } };
 
 export const WORKLOADS_FLAGS = [
   { name: 'workloads', type: 'text', arg: 'FILE', help: 'workloads YAML (trustDomain, nodes, workloads, services, policies), reloaded on change' },

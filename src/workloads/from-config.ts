@@ -14,7 +14,7 @@ export async function workloadSource(config: WorkloadsConfig, log: Logger): Prom
   // local mode never pays for @kubernetes/client-node (bench/README.md).
   const kubeConfig = await loadKubeConfig(config.kubeconfig);
   const { createKubernetesSource } = await import('./kubernetes.ts');
-  return createKubernetesSource({ kubeConfig, trustDomain: config.trustDomain, log });
+  return createKubernetesSource({ kubeConfig, trustDomain: config.trustDomain, log, ...(config.remoteFromSlices ? { remoteFromSlices: config.remoteFromSlices } : {}) });
 }
 
 /** The first complete snapshot the source delivers; a rejected file or a timeout is an error. */

@@ -35,6 +35,7 @@ import {
 } from './kubernetes-objects.ts';
 import { buildServices, buildSnapshot } from './kubernetes-snapshot.ts';
 import { TaintGate } from './taint-gate.ts';
+import { ADDRESS_SLICE, type SlimAddressSlice, slimAddressSlice, workloadsFromSlices } from '../addresses/slices.ts';
 
 class TrimmingWatch extends Watch {
   readonly #trim: (o: unknown) => unknown;
@@ -62,6 +63,11 @@ export interface KubernetesSourceOptions {
   retryMaxMs?: number;
   /** Pods, namespaces and nodes only: what the address controller publishes (addresses/controller.ts). */
   addressesOnly?: boolean;
+  /**
+   * Other nodes' pods from the address slices in `namespace` (addresses/slices.ts); Pods are
+   * watched for `node` only, in full (policy is decided at the destination, from its own pods).
+   */
+  remoteFromSlices?: { node: string; namespace: string };
 }
 
 export interface KubernetesSourceStatus {
@@ -74,6 +80,8 @@ export interface KubernetesSourceStatus {
   nodes: number;
   lastError?: string;
   policies: number | 'crd-not-installed';
+  /** With remote pods from address slices: the slices held. */
+  addressSlices?: number | 'crd-not-installed';
   /** Completed lists (the first sync and every re-list after 410 Gone). */
   lists: number;
   /** Where each informer would resume its watch (advanced by events and bookmarks). */
@@ -146,17 +154,20 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     };
     return inf;
   };
-  const pods = informer('pods', '/api/v1/pods', slimPod, { fieldSelector: POD_FIELD_SELECTOR });
+  const remote = opts.remoteFromSlices;
+  const pods = informer('pods', '/api/v1/pods', slimPod, { fieldSelector: remote ? `${POD_FIELD_SELECTOR},spec.nodeName=${remote.node}` : POD_FIELD_SELECTOR });
+  const addressSlices = remote && informer('meshaddressslices', apiPath(ADDRESS_SLICE, { namespace: remote.namespace }), slimAddressSlice, { optional: true });
   const namespaces = informer('namespaces', '/api/v1/namespaces', slimNamespace);
   const policies = informer('meshpolicies', apiPath(MESH_POLICY), slimPolicy, { optional: true });
   const services = informer('services', '/api/v1/services', slimService);
   const slices = informer('endpointslices', '/apis/discovery.k8s.io/v1/endpointslices', slimEndpointSlice);
   // Nodes for their podCIDRs: an address outside its node's ranges is not the pod's.
   const nodes = informer('nodes', '/api/v1/nodes', slimNode);
-  const informers = opts.addressesOnly ? [pods, namespaces, nodes] : [pods, namespaces, policies, services, slices, nodes];
+  const informers = opts.addressesOnly ? [pods, namespaces, nodes] : [pods, namespaces, policies, services, slices, nodes, ...(addressSlices ? [addressSlices] : [])];
   /** Each address's pod in the last snapshot (a live holder keeps it), and the refusals logged so far. */
   let holders = new Map<string, string>();
   let logged = new Set<string>();
+  const badSlices = new Set<string>();
   const synced = () => informers.every((i) => i.listed || i.absent);
 
   const publish = () => {
@@ -173,6 +184,16 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
       }),
       nodes: nodeMap, holders,
     });
+    if (remote && addressSlices) {
+      const local = new Set(snapshot.workloads.map((w) => w.ip));
+      const fromSlices = addressSlices.absent ? [] : addressSlices.lw.list() as unknown as SlimAddressSlice[];
+      for (const sl of fromSlices) {
+        const key = `${sl.metadata.name}@${sl.metadata.resourceVersion ?? ''}`;
+        if (sl.problems && !badSlices.has(key)) log.warn({ slice: sl.metadata.name, problems: sl.problems }, 'an address slice holds malformed entries: left out');
+        if (sl.problems) badSlices.add(key);
+      }
+      snapshot.workloads = [...snapshot.workloads, ...workloadsFromSlices(opts.trustDomain, fromSlices, remote.node, local)];
+    }
     holders = new Map(snapshot.workloads.map((w) => [w.ip, `${w.namespace}/${w.name}`]));
     logged = logRefusals(log, snapshot.refused ?? [], logged);
     meshPods = snapshot.workloads.length;
@@ -231,6 +252,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
         synced: synced(), pods: pods.lw.list().length, namespaces: namespaces.lw.list().length,
         services: services.lw.list().length, endpointSlices: slices.lw.list().length, nodes: nodes.lw.list().length,
         policies: policies.absent ? 'crd-not-installed' : policies.lw.list().length,
+        ...(addressSlices ? { addressSlices: addressSlices.absent ? 'crd-not-installed' as const : addressSlices.lw.list().length } : {}),
         meshPods, lists, taintGate: gate.phase, resourceVersions: Object.fromEntries(informers.map((i) => [i.name, i.lw.latestResourceVersion()])),
         ...(lastError ? { lastError } : {}),
       };

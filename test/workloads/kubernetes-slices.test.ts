@@ -1,0 +1,77 @@
+// The Kubernetes source with other nodes' pods from the address slices (--remote-workloads slices):
+// its own node's Pods watched in full, everyone else's from the slices the address controller
+// writes, and nothing in a slice can speak for this node's pods.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import pino from 'pino';
+import { AddressController } from '../../src/addresses/controller.ts';
+import { sliceObject } from '../../src/addresses/slices.ts';
+import { createKubernetesSource, type KubernetesSource } from '../../src/workloads/kubernetes.ts';
+import type { MeshSnapshot, Workload } from '../../src/workloads/model.ts';
+import { ApiStandIn, namespaceObject, nodeObject, podObject } from '../support/apiserver.ts';
+import { eventually } from '../support/wait.ts';
+
+const NS = 'meshlet-system';
+const log = pino({ level: 'silent' });
+
+describe('Kubernetes source with remote pods from address slices', () => {
+  let api: ApiStandIn;
+  let controller: AddressController;
+  let source: KubernetesSource;
+  let last: MeshSnapshot | undefined;
+  const byIp = (ip: string): Workload | undefined => last?.workloads.find((w) => w.ip === ip);
+
+  before(async () => {
+    api = await ApiStandIn.start();
+    api.put('namespaces', namespaceObject('shop', 'enabled'));
+    api.put('nodes', nodeObject('n1', ['10.1.1.0/24']));
+    api.put('nodes', nodeObject('n2', ['10.1.2.0/24']));
+    for (let i = 0; i < 20; i++) {
+      const node = i % 2 === 0 ? 'n1' : 'n2';
+      api.put('pods', podObject({ name: `web-${i}`, namespace: 'shop', node, serviceAccount: 'web', ip: `10.1.${node.slice(1)}.${10 + i}`, labels: { app: 'web', i: String(i) } }));
+    }
+    controller = new AddressController({ kubeConfig: api.kubeConfig(), namespace: NS, identity: 'ca-0', trustDomain: 'cluster.local', log, batchMs: 10 });
+    await controller.start();
+    source = createKubernetesSource({ kubeConfig: api.kubeConfig(), trustDomain: 'cluster.local', log, debounceMs: 5, remoteFromSlices: { node: 'n1', namespace: NS } });
+    await source.start({ onSnapshot: (s) => { last = s; }, onError: (e) => { throw e; } });
+  });
+  after(async () => {
+    await source?.close();
+    await controller?.close();
+    await api?.close();
+  });
+
+  it('watches only its own node\'s Pods, and knows every other pod from the slices', async () => {
+    await eventually('20 workloads', () => last?.workloads.length === 20);
+    assert.equal(source.status().pods, 10, 'the agent cached other nodes\' Pods');
+    assert.ok(api.requests.some((r) => r.path.startsWith('/api/v1/pods') && decodeURIComponent(r.path).includes('spec.nodeName=n1')));
+    // Its own pods in full (labels: policy selects them), the others as the slices carry them.
+    assert.deepEqual(byIp('10.1.1.10')?.labels, { app: 'web', i: '0' });
+    assert.deepEqual(byIp('10.1.2.11'), {
+      name: 'web-1', namespace: 'shop', serviceAccount: 'web', ip: '10.1.2.11', node: 'n2', captured: true,
+      spiffeId: 'spiffe://cluster.local/ns/shop/sa/web', labels: {}, workload: 'web-1',
+    });
+  });
+
+  it('follows pods created and deleted on other nodes through the slices', async () => {
+    api.put('pods', podObject({ name: 'db-0', namespace: 'shop', node: 'n2', serviceAccount: 'db', ip: '10.1.2.99' }));
+    await eventually('db-0', () => byIp('10.1.2.99')?.serviceAccount === 'db');
+    api.remove('pods', 'shop', 'web-3');
+    await eventually('web-3 gone', () => !byIp('10.1.2.13'));
+  });
+
+  it('takes nothing from a slice about its own node, nor an address one of its pods holds', async () => {
+    // A slice the controller did not write (stopped, so that it does not put it right at once): it
+    // claims an address on n1 that no pod of n1 has, and gives an address of one of n1's pods to
+    // another identity.
+    await controller.close();
+    api.put('meshaddressslices', sliceObject(NS, 'forged', [
+      { ip: '10.1.1.77', namespace: 'kube-system', serviceAccount: 'admin', node: 'n1', captured: true, workload: 'x' },
+      { ip: '10.1.1.12', namespace: 'kube-system', serviceAccount: 'admin', node: 'n2', captured: true, workload: 'x' },
+      { ip: '10.1.2.200', namespace: 'shop', serviceAccount: 'other', node: 'n2', captured: true, workload: 'other' },
+    ]) as never);
+    await eventually('the forged slice read', () => byIp('10.1.2.200')?.serviceAccount === 'other');
+    assert.equal(byIp('10.1.1.77'), undefined);
+    assert.equal(byIp('10.1.1.12')?.serviceAccount, 'web');
+  });
+});
