@@ -13,6 +13,7 @@ import { loadCaServeConfig } from '../src/config/ca.ts';
 import { CaMetrics } from '../src/ca/metrics.ts';
 import { loadInitConfig } from '../src/config/capture.ts';
 import { POD_FIELD_SELECTOR } from '../src/workloads/kubernetes-objects.ts';
+import { SLICE_CAPACITY, sliceObject } from '../src/addresses/slices.ts';
 import { MeshMetrics } from '../src/telemetry/metrics.ts';
 
 const ROOT = join(import.meta.dirname, '..', 'manifests');
@@ -120,6 +121,17 @@ describe('manifests', () => {
     }
   });
 
+  it('defines MeshAddressSlice with a structural schema that takes what the address controller writes', () => {
+    const schema = one('CustomResourceDefinition', 'meshaddressslices.meshlet.dev').spec.versions[0].schema.openAPIV3Schema;
+    assertStructural(schema);
+    const valid = ajv.compile(schema);
+    const entries = Array.from({ length: SLICE_CAPACITY }, (_, i) => ({ ip: `10.1.0.${i + 1}`, ipv6: `fd00::${i + 1}`, namespace: 'shop', serviceAccount: 'web', node: 'n1', captured: true, workload: 'web' }));
+    const written = sliceObject('meshlet-system', 'addresses-0a1b2c3d', entries);
+    assert.ok(valid(written), JSON.stringify(valid.errors));
+    assert.equal(valid({ ...written, entries: [{ ...entries[0], captured: 'yes' }] }), false);
+    assert.equal(valid({ ...written, entries: [{ ip: '10.1.0.1' }] }), false);
+  });
+
   it('describes every field of MeshPolicy\'s spec, for `kubectl explain meshpolicy.spec`', () => {
     const missing: string[] = [];
     const walk = (node: any, path: string) => {
@@ -217,8 +229,12 @@ describe('manifests', () => {
     assert.deepEqual(caWrites.map((r: any) => [r.resources, r.verbs]), [[['tokenreviews'], ['create']], [['meshpolicies/status'], ['patch']]]);
     const caRole = one('Role', 'meshlet-ca');
     for (const rule of caRole.rules) {
-      if (rule.verbs.includes('update') || rule.verbs.includes('get')) assert.ok(rule.resourceNames?.length, 'get/update limited by name');
+      // The address slices are named as the controller creates them: the one kind written unnamed.
+      if (rule.resources.includes('meshaddressslices')) assert.deepEqual(rule.resources, ['meshaddressslices']);
+      else if (rule.verbs.includes('update') || rule.verbs.includes('get')) assert.ok(rule.resourceNames?.length, 'get/update limited by name');
     }
+    // The agent's one namespaced grant: reading the address slices.
+    assert.deepEqual(one('Role', 'meshlet-agent').rules.map((r: any) => [r.resources, r.verbs]), [[['meshaddressslices'], ['list', 'watch']]]);
     const bindings = [...byKind('ClusterRoleBinding'), ...byKind('RoleBinding')];
     for (const b of bindings) assert.deepEqual(b.subjects.map((s: any) => `${s.namespace}/${s.name}`), [`meshlet-system/${b.metadata.name}`]);
   });
