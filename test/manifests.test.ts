@@ -126,10 +126,12 @@ describe('manifests', () => {
     assertStructural(schema);
     const valid = ajv.compile(schema);
     const entries = Array.from({ length: SLICE_CAPACITY }, (_, i) => ({ ip: `10.1.0.${i + 1}`, ipv6: `fd00::${i + 1}`, namespace: 'shop', serviceAccount: 'web', node: 'n1', captured: true, workload: 'web' }));
-    const written = sliceObject('meshlet-system', 'addresses-0a1b2c3d', entries);
+    const written = sliceObject('meshlet-system', 'n1-0a1b2c3d', 'n1', entries);
     assert.ok(valid(written), JSON.stringify(valid.errors));
-    assert.equal(valid({ ...written, entries: [{ ...entries[0], captured: 'yes' }] }), false);
+    const [first] = written.entries as object[];
+    assert.equal(valid({ ...written, entries: [{ ...first, captured: 'yes' }] }), false);
     assert.equal(valid({ ...written, entries: [{ ip: '10.1.0.1' }] }), false);
+    assert.equal(valid({ ...written, node: undefined }), false);
   });
 
   it('describes every field of MeshPolicy\'s spec, for `kubectl explain meshpolicy.spec`', () => {

@@ -16,7 +16,7 @@ import { backoffMs } from '../backoff.ts';
 import { apiPath, kubeApi } from '../kube/api.ts';
 import { createKubernetesSource, type KubernetesSource } from '../workloads/kubernetes.ts';
 import { LeaderElection } from './lease.ts';
-import { ADDRESS_SLICE, type AddressEntry, entryOf, planSlices, readSlice, type SliceState, type SliceWrite, sliceObject } from './slices.ts';
+import { ADDRESS_SLICE, type AddressEntry, entryOf, planSlices, readSlice, type SliceState, type SliceWrite, sliceName, sliceObject } from './slices.ts';
 
 export interface AddressControllerOptions {
   kubeConfig: KubeConfig;
@@ -29,7 +29,7 @@ export interface AddressControllerOptions {
   /** Pod changes within this window become one round of writes. */
   batchMs?: number;
   lease?: { durationMs: number; renewDeadlineMs: number; retryMs: number };
-  newName?: () => string;
+  newName?: (node: string) => string;
 }
 
 export const LEASE_NAME = 'meshlet-address-controller';
@@ -148,7 +148,7 @@ export class AddressController {
 
   async #reconcile(): Promise<void> {
     if (!this.#election.leading || !this.#desired || !this.#slicesListed || this.#closed) return;
-    const writes = planSlices([...this.#slices.values()], this.#desired, this.#o.newName ?? (() => `addresses-${randomBytes(4).toString('hex')}`));
+    const writes = planSlices([...this.#slices.values()], this.#desired, this.#o.newName ?? ((node) => sliceName(node, randomBytes(4).toString('hex'))));
     if (writes.length === 0) return;
     const ns = this.#o.namespace;
     try {
@@ -159,7 +159,7 @@ export class AddressController {
           await this.#api.remove(path, w.resourceVersion);
           this.#slices.delete(w.name);
         } else {
-          const body = sliceObject(ns, w.name, w.entries, w.op === 'update' ? w.resourceVersion : undefined);
+          const body = sliceObject(ns, w.name, w.node, w.entries, w.op === 'update' ? w.resourceVersion : undefined);
           this.#see(await this.#api.send(w.op === 'create' ? 'POST' : 'PUT', path, body));
         }
         this.#writes[w.op]++;

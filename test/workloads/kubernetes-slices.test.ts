@@ -65,8 +65,10 @@ describe('Kubernetes source with remote pods from address slices', () => {
     // claims an address on n1 that no pod of n1 has, and gives an address of one of n1's pods to
     // another identity.
     await controller.close();
-    api.put('meshaddressslices', sliceObject(NS, 'forged', [
+    api.put('meshaddressslices', sliceObject(NS, 'forged-n1', 'n1', [
       { ip: '10.1.1.77', namespace: 'kube-system', serviceAccount: 'admin', node: 'n1', captured: true, workload: 'x' },
+    ]) as never);
+    api.put('meshaddressslices', sliceObject(NS, 'forged-n2', 'n2', [
       { ip: '10.1.1.12', namespace: 'kube-system', serviceAccount: 'admin', node: 'n2', captured: true, workload: 'x' },
       { ip: '10.1.2.200', namespace: 'shop', serviceAccount: 'other', node: 'n2', captured: true, workload: 'other' },
     ]) as never);
