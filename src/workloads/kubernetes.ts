@@ -177,16 +177,20 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     for (const ns of namespaces.lw.list() as unknown as SlimNamespace[]) nsMap.set(ns.metadata.name, ns);
     const nodeMap = new Map<string, SlimNode>();
     for (const n of nodes.lw.list() as unknown as SlimNode[]) nodeMap.set(n.metadata.name, n);
-    const snapshot = buildSnapshot(opts.trustDomain, pods.lw.list() as unknown as SlimPod[], nsMap, {
+    // Namespaced objects one namespace at a time, never ListWatch.list(): it spreads each
+    // namespace's objects into push()'s arguments, which overflows the stack past about 120,000 in
+    // one namespace (bench/scale.ts, 150,000 pods). An object of a namespace not seen yet waits for it.
+    const cached = <T>(inf: Informer) => [...nsMap.keys()].flatMap((ns) => inf.lw.list(ns)) as unknown as T[];
+    const snapshot = buildSnapshot(opts.trustDomain, cached<SlimPod>(pods), nsMap, {
       ...(opts.addressesOnly ? {} : {
-        policies: policies.absent ? [] : policies.lw.list() as unknown as SlimPolicy[],
-        services: buildServices(services.lw.list() as unknown as SlimService[], slices.lw.list() as unknown as SlimEndpointSlice[]),
+        policies: policies.absent ? [] : cached<SlimPolicy>(policies),
+        services: buildServices(cached<SlimService>(services), cached<SlimEndpointSlice>(slices)),
       }),
       nodes: nodeMap, holders,
     });
     if (remote && addressSlices) {
       const local = new Set(snapshot.workloads.map((w) => w.ip));
-      const fromSlices = addressSlices.absent ? [] : addressSlices.lw.list() as unknown as SlimAddressSlice[];
+      const fromSlices = addressSlices.absent ? [] : addressSlices.lw.list(remote.namespace) as unknown as SlimAddressSlice[];
       for (const sl of fromSlices) {
         const key = `${sl.metadata.name}@${sl.metadata.resourceVersion ?? ''}`;
         if (sl.problems && !badSlices.has(key)) log.warn({ slice: sl.metadata.name, problems: sl.problems }, 'an address slice holds malformed entries: left out');
@@ -229,6 +233,8 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     });
   }
 
+  /** How many objects an informer holds, without ListWatch.list() (see publish). */
+  const count = (inf: Informer) => (namespaces.lw.list() as unknown as SlimNamespace[]).reduce((n, ns) => n + inf.lw.list(ns.metadata.name).length, 0);
   const gate = new TaintGate({ kubeConfig: kc, log: opts.log });
   return {
     nodeReady: (node) => gate.nodeReady(node),
@@ -249,10 +255,10 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     },
     status() {
       return {
-        synced: synced(), pods: pods.lw.list().length, namespaces: namespaces.lw.list().length,
-        services: services.lw.list().length, endpointSlices: slices.lw.list().length, nodes: nodes.lw.list().length,
-        policies: policies.absent ? 'crd-not-installed' : policies.lw.list().length,
-        ...(addressSlices ? { addressSlices: addressSlices.absent ? 'crd-not-installed' as const : addressSlices.lw.list().length } : {}),
+        synced: synced(), pods: count(pods), namespaces: namespaces.lw.list().length,
+        services: count(services), endpointSlices: count(slices), nodes: nodes.lw.list().length,
+        policies: policies.absent ? 'crd-not-installed' : count(policies),
+        ...(addressSlices ? { addressSlices: addressSlices.absent ? 'crd-not-installed' as const : count(addressSlices) } : {}),
         meshPods, lists, taintGate: gate.phase, resourceVersions: Object.fromEntries(informers.map((i) => [i.name, i.lw.latestResourceVersion()])),
         ...(lastError ? { lastError } : {}),
       };

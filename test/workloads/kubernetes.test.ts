@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
 import pino from 'pino';
 import { createKubernetesSource, type KubernetesSource } from '../../src/workloads/kubernetes.ts';
 import { POD_FIELD_SELECTOR, slimEndpointSlice, slimNamespace, slimNode, slimPod, slimService } from '../../src/workloads/kubernetes-objects.ts';
@@ -369,5 +371,14 @@ describe('Kubernetes source against the API stand-in', () => {
     api.remove('pods', 'shop', 'thief');
     api.remove('pods', 'shop', 'static-b');
     await until('refusals gone', () => (registry.snapshot?.refused ?? []).length === 0);
+  });
+});
+
+describe('Kubernetes source with a crowded namespace', () => {
+  it('reads more objects in one namespace than fit as call arguments (client-node\'s list() spreads them)', () => {
+    // 40,000 pods against a 200 KiB stack: ListWatch.list() overflowed it from about 32,000, as the
+    // default stack overflows from about 120,000 (150,000 pods in one namespace: bench/scale.ts).
+    const out = execFileSync(process.execPath, ['--stack-size=200', join(import.meta.dirname, '..', 'support', 'large-namespace.ts'), '40000'], { encoding: 'utf8', timeout: 120_000 });
+    assert.deepEqual(JSON.parse(out), { meshPods: 40_000, cached: 40_000 });
   });
 });
