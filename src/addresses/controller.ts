@@ -16,7 +16,8 @@ import { backoffMs } from '../backoff.ts';
 import { apiPath, kubeApi } from '../kube/api.ts';
 import { createKubernetesSource, type KubernetesSource } from '../workloads/kubernetes.ts';
 import { LeaderElection } from './lease.ts';
-import { ADDRESS_SLICE, type AddressEntry, entryOf, planSlices, readSlice, type SliceState, type SliceWrite, sliceName, sliceObject } from './slices.ts';
+import { ADDRESS_SLICE, type AddressEntry, entryOf, planSlices, readSlice, sameEntry, type SliceState, type SliceWrite, sliceName, sliceObject } from './slices.ts';
+import type { Workload } from '../workloads/model.ts';
 
 export interface AddressControllerOptions {
   kubeConfig: KubeConfig;
@@ -57,6 +58,13 @@ export class AddressController {
   readonly #slices = new Map<string, SliceState>();
   #slicesListed = false;
   #desired: Map<string, AddressEntry> | undefined;
+  readonly #desiredByNode = new Map<string, Map<string, AddressEntry>>();
+  /**
+   * Nodes whose slices may not match the table, planned in the next round: a pod's change replans
+   * its node's slices, not the cluster's (150,000 pods: bench/README.md). 'all' at start, on a
+   * new leadership, a re-list and after a failed round.
+   */
+  #dirty: Set<string> | 'all' = 'all';
   #round: Promise<void> | undefined;
   #again = false;
   #retry: NodeJS.Timeout | undefined;
@@ -76,11 +84,18 @@ export class AddressController {
       this.#slices.clear();
       for (const item of list.items ?? []) this.#see(item);
       this.#slicesListed = true;
+      this.#dirty = 'all';
       this.#schedule();
       return list as never;
     }, false);
     for (const verb of [ADD, UPDATE] as const) this.#slicesLw.on(verb, (o: unknown) => { this.#see(o); this.#schedule(); });
-    this.#slicesLw.on(DELETE, (o: unknown) => { this.#slices.delete((o as KubernetesObject).metadata?.name ?? ''); this.#schedule(); });
+    this.#slicesLw.on(DELETE, (o: unknown) => {
+      const name = (o as KubernetesObject).metadata?.name ?? '';
+      const held = this.#slices.get(name);
+      if (held) this.#mark(held.node);
+      this.#slices.delete(name);
+      this.#schedule();
+    });
     this.#slicesLw.on(ERROR, (err: unknown) => {
       if (this.#closed) return;
       this.#lastError = `slices: ${(err as Error).message}`;
@@ -89,17 +104,14 @@ export class AddressController {
     });
     this.#election = new LeaderElection({
       api: this.#api, namespace: o.namespace, name: LEASE_NAME, identity: o.identity, log: this.#log, ...(o.lease ?? LEASE_TIMING),
-      onStartedLeading: () => this.#schedule(),
+      onStartedLeading: () => { this.#dirty = 'all'; this.#schedule(); },
       onStoppedLeading: () => undefined,
     });
   }
 
   async start(): Promise<void> {
     await this.#source.start({
-      onSnapshot: (s) => {
-        this.#desired = new Map(s.workloads.map((w) => [w.ip, entryOf(w)]));
-        this.#schedule();
-      },
+      onSnapshot: (s) => { this.#take(s.workloads); this.#schedule(); },
       onError: (err) => this.#log.error({ err: err.message }, 'workload source rejected an update'),
     });
     await this.#slicesLw.start();
@@ -126,6 +138,33 @@ export class AddressController {
     };
   }
 
+  /** The table from a snapshot, and the nodes whose pods changed since the last one. */
+  #take(workloads: readonly Workload[]): void {
+    const next = new Map<string, AddressEntry>();
+    for (const w of workloads) next.set(w.ip, entryOf(w));
+    const prev = this.#desired;
+    const move = (ip: string, from: AddressEntry | undefined, to: AddressEntry | undefined) => {
+      if (from) { this.#mark(from.node); this.#desiredByNode.get(from.node)?.delete(ip); }
+      if (to) {
+        this.#mark(to.node);
+        let m = this.#desiredByNode.get(to.node);
+        if (!m) this.#desiredByNode.set(to.node, m = new Map());
+        m.set(ip, to);
+      }
+    };
+    for (const [ip, e] of next) {
+      const p = prev?.get(ip);
+      if (!p || (p !== e && !sameEntry(p, e))) move(ip, p, e);
+      else if (p !== e) this.#desiredByNode.get(e.node)?.set(ip, e);
+    }
+    if (prev) for (const [ip, p] of prev) if (!next.has(ip)) move(ip, p, undefined);
+    this.#desired = next;
+  }
+
+  #mark(node: string): void {
+    if (this.#dirty !== 'all') this.#dirty.add(node);
+  }
+
   /** Keeps a slice as the API has it, unless what we hold is newer (our own write's answer). */
   #see(o: unknown): void {
     const { slice, problems } = readSlice(o);
@@ -135,6 +174,8 @@ export class AddressController {
     if (held && Number(held.resourceVersion) > Number(slice.resourceVersion)) return;
     // A malformed entry counts as absent, so the next plan rewrites the slice.
     this.#slices.set(slice.name, problems.length > 0 ? { ...slice, entries: [] } : slice);
+    this.#mark(slice.node);
+    if (held && held.node !== slice.node) this.#mark(held.node);
   }
 
   #schedule(): void {
@@ -148,7 +189,11 @@ export class AddressController {
 
   async #reconcile(): Promise<void> {
     if (!this.#election.leading || !this.#desired || !this.#slicesListed || this.#closed) return;
-    const writes = planSlices([...this.#slices.values()], this.#desired, this.#o.newName ?? ((node) => sliceName(node, randomBytes(4).toString('hex'))));
+    const dirty = this.#dirty;
+    this.#dirty = new Set();
+    const slices = [...this.#slices.values()].filter((sl) => dirty === 'all' || dirty.has(sl.node));
+    const desired = dirty === 'all' ? this.#desired : new Map([...dirty].flatMap((node) => [...(this.#desiredByNode.get(node) ?? [])]));
+    const writes = planSlices(slices, desired, this.#o.newName ?? ((node) => sliceName(node, randomBytes(4).toString('hex'))));
     if (writes.length === 0) return;
     const ns = this.#o.namespace;
     try {
@@ -168,6 +213,7 @@ export class AddressController {
       this.#log.info({ writes: writes.length, created: writes.filter((w) => w.op === 'create').length }, 'address slices written');
     } catch (err) {
       // A conflict or a missing object: the watch brings the API's state, and the retry plans again.
+      this.#dirty = 'all';
       this.#lastError = (err as Error).message;
       const retryInMs = backoffMs(++this.#failures, 500, 10_000);
       this.#log.warn({ err: this.#lastError, retryInMs }, 'writing address slices failed; planning again');

@@ -47,11 +47,16 @@ export type SliceWrite =
   | { op: 'update'; name: string; node: string; resourceVersion?: string; entries: AddressEntry[] }
   | { op: 'delete'; name: string; resourceVersion?: string };
 
+/** Entries per workload object: the source keeps a pod's workload while the pod is unchanged. */
+const entries = new WeakMap<Workload, AddressEntry>();
+
 export function entryOf(w: Workload): AddressEntry {
-  return {
-    ip: w.ip, ...(w.ipv6 ? { ipv6: w.ipv6 } : {}), namespace: w.namespace, serviceAccount: w.serviceAccount,
-    node: w.node, captured: w.captured, workload: w.workload,
-  };
+  let e = entries.get(w);
+  if (!e) {
+    e = { ip: w.ip, ...(w.ipv6 ? { ipv6: w.ipv6 } : {}), namespace: w.namespace, serviceAccount: w.serviceAccount, node: w.node, captured: w.captured, workload: w.workload };
+    entries.set(w, e);
+  }
+  return e;
 }
 
 /** A new slice's name: the node's (a DNS subdomain already), or its hash when too long, and a random suffix. */
@@ -60,7 +65,7 @@ export function sliceName(node: string, suffix: string): string {
   return `${base}-${suffix}`;
 }
 
-const sameEntry = (a: AddressEntry, b: AddressEntry) => a.ip === b.ip && a.ipv6 === b.ipv6 && a.namespace === b.namespace &&
+export const sameEntry = (a: AddressEntry, b: AddressEntry): boolean => a.ip === b.ip && a.ipv6 === b.ipv6 && a.namespace === b.namespace &&
   a.serviceAccount === b.serviceAccount && a.node === b.node && a.captured === b.captured && a.workload === b.workload;
 
 /**
