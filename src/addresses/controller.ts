@@ -140,9 +140,8 @@ export class AddressController {
 
   /** The table from a snapshot, and the nodes whose pods changed since the last one. */
   #take(workloads: readonly Workload[]): void {
-    const next = new Map<string, AddressEntry>();
-    for (const w of workloads) next.set(w.ip, entryOf(w));
-    const prev = this.#desired;
+    // Updated in place: a round with a few changes allocates for those, not for every pod.
+    const table = this.#desired ?? new Map<string, AddressEntry>();
     const move = (ip: string, from: AddressEntry | undefined, to: AddressEntry | undefined) => {
       if (from) { this.#mark(from.node); this.#desiredByNode.get(from.node)?.delete(ip); }
       if (to) {
@@ -152,13 +151,20 @@ export class AddressController {
         m.set(ip, to);
       }
     };
-    for (const [ip, e] of next) {
-      const p = prev?.get(ip);
-      if (!p || (p !== e && !sameEntry(p, e))) move(ip, p, e);
-      else if (p !== e) this.#desiredByNode.get(e.node)?.set(ip, e);
+    for (const w of workloads) {
+      const e = entryOf(w);
+      const p = table.get(w.ip);
+      if (p === e) continue;
+      table.set(w.ip, e);
+      if (!p || !sameEntry(p, e)) move(w.ip, p, e);
+      else this.#desiredByNode.get(e.node)?.set(w.ip, e);
     }
-    if (prev) for (const [ip, p] of prev) if (!next.has(ip)) move(ip, p, undefined);
-    this.#desired = next;
+    // More entries than workloads: some pods left the table (an address is a workload's at most once).
+    if (table.size > workloads.length) {
+      const now = new Set(workloads.map((w) => w.ip));
+      for (const [ip, p] of table) if (!now.has(ip)) { table.delete(ip); move(ip, p, undefined); }
+    }
+    this.#desired = table;
   }
 
   #mark(node: string): void {

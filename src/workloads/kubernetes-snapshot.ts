@@ -90,6 +90,25 @@ function podRanges(node: SlimNode): BlockList {
   return list;
 }
 
+/** Membership and address checks per pod object, kept while its namespace and node objects are the same. */
+const checks = new WeakMap<SlimPod, { ns: SlimNamespace | undefined; node: SlimNode | undefined; m: ReturnType<typeof meshMembership>; why: AddressRefusal['reason'] | undefined }>();
+function checked(pod: SlimPod, ns: SlimNamespace | undefined, node: SlimNode | undefined): { m: ReturnType<typeof meshMembership>; why: AddressRefusal['reason'] | undefined } {
+  const held = checks.get(pod);
+  if (held && held.ns === ns && held.node === node) return held;
+  const m = meshMembership(pod, ns);
+  const c = { ns, node, m, why: m.meshed ? addressRefusal(pod, m.ip, node) : undefined };
+  checks.set(pod, c);
+  return c;
+}
+
+/** `namespace/name` of a workload, made once per workload object (the holders map is rebuilt per snapshot). */
+const keys = new WeakMap<Workload, string>();
+export function holderKey(w: Workload): string {
+  let k = keys.get(w);
+  if (k === undefined) keys.set(w, k = `${w.namespace}/${w.name}`);
+  return k;
+}
+
 /** What buildSnapshot may know besides pods and namespaces. */
 export interface SnapshotContext {
   policies?: Iterable<SlimPolicy>;
@@ -110,14 +129,15 @@ const live = (p: SlimPod) => !p.metadata.deletionTimestamp;
  * conflict, and every refused address, is in `refused`.
  */
 export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, namespaces: ReadonlyMap<string, SlimNamespace>, ctx: SnapshotContext = {}): MeshSnapshot {
-  const byIp = new Map<string, { pod: SlimPod; w: Workload }>();
+  // Each address's pod; its workload is workloadOf's. No object per pod per build: at 150,000 pods
+  // a build is most of what a change costs (bench/README.md, "What knowing the cluster costs").
+  const byIp = new Map<string, SlimPod>();
   const nodes = new Map<string, MeshNode>();
   const refused: AddressRefusal[] = [];
   for (const pod of pods) {
-    const m = meshMembership(pod, namespaces.get(pod.metadata.namespace));
-    if (!m.meshed) continue;
     const node = pod.spec.nodeName as string;
-    const why = addressRefusal(pod, m.ip, ctx.nodes?.get(node));
+    const { m, why } = checked(pod, namespaces.get(pod.metadata.namespace), ctx.nodes?.get(node));
+    if (!m.meshed) continue;
     if (why) {
       refused.push({ pod: podKey(pod), node, ip: m.ip, reason: why });
       continue;
@@ -135,22 +155,22 @@ export function buildSnapshot(trustDomain: string, pods: Iterable<SlimPod>, name
       workloadOf.set(pod, w);
     }
     const held = byIp.get(m.ip);
-    if (!held) byIp.set(m.ip, { pod, w });
-    else if (held.w.node === node || !live(held.pod) || !live(pod)) {
-      if (prefer(pod, held.pod)) byIp.set(m.ip, { pod, w });
+    if (!held) byIp.set(m.ip, pod);
+    else if (held.spec.nodeName === node || !live(held) || !live(pod)) {
+      if (prefer(pod, held)) byIp.set(m.ip, pod);
     } else {
       // Two live pods on two nodes: one of them lies about its address. It stays with its holder.
-      const keep = keeps(held.pod, pod, ctx.holders?.get(m.ip)) ? held : { pod, w };
-      const lose = keep === held ? pod : held.pod;
+      const keep = keeps(held, pod, ctx.holders?.get(m.ip)) ? held : pod;
+      const lose = keep === held ? pod : held;
       byIp.set(m.ip, keep);
-      refused.push({ pod: podKey(lose), node: lose.spec.nodeName as string, ip: m.ip, reason: 'address_held_elsewhere', holder: podKey(keep.pod) });
+      refused.push({ pod: podKey(lose), node: lose.spec.nodeName as string, ip: m.ip, reason: 'address_held_elsewhere', holder: podKey(keep) });
     }
     if (pod.status.hostIP && !nodes.has(w.node)) nodes.set(w.node, { name: w.node, ip: pod.status.hostIP });
   }
   const policyObjects: MeshPolicyObject[] = [];
   for (const p of ctx.policies ?? []) policyObjects.push({ namespace: p.metadata.namespace, name: p.metadata.name, spec: p.spec, ...(p.problems ? { problems: p.problems } : {}) });
   return {
-    trustDomain, nodes: [...nodes.values()], workloads: [...byIp.values()].map((e) => e.w), policies: policyObjects,
+    trustDomain, nodes: [...nodes.values()], workloads: [...byIp.values()].map((p) => workloadOf.get(p)!), policies: policyObjects,
     mtls: mtlsModes(namespaces), services: ctx.services ?? [], ...(refused.length > 0 ? { refused } : {}),
   };
 }

@@ -33,7 +33,7 @@ import {
   MESH_POLICY, POD_FIELD_SELECTOR, type SlimEndpointSlice, type SlimNamespace, type SlimNode, type SlimPod, type SlimPolicy, type SlimService,
   slimEndpointSlice, slimNamespace, slimNode, slimPod, slimPolicy, slimService,
 } from './kubernetes-objects.ts';
-import { buildServices, buildSnapshot } from './kubernetes-snapshot.ts';
+import { buildServices, buildSnapshot, holderKey } from './kubernetes-snapshot.ts';
 import { TaintGate } from './taint-gate.ts';
 import { ADDRESS_SLICE, type SlimAddressSlice, slimAddressSlice, workloadsFromSlices } from '../addresses/slices.ts';
 
@@ -198,7 +198,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
       }
       snapshot.workloads = [...snapshot.workloads, ...workloadsFromSlices(opts.trustDomain, fromSlices, remote.node, local)];
     }
-    holders = new Map(snapshot.workloads.map((w) => [w.ip, `${w.namespace}/${w.name}`]));
+    holders = new Map(snapshot.workloads.map((w) => [w.ip, holderKey(w)]));
     logged = logRefusals(log, snapshot.refused ?? [], logged);
     meshPods = snapshot.workloads.length;
     handlers?.onSnapshot(snapshot);
