@@ -18,6 +18,7 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { deploymentPod } from '../test/support/apiserver.ts';
 
 const HERE = resolve(fileURLToPath(import.meta.url), '..');
 const STAND_IN = join(HERE, '..', 'test', 'support', 'apiserver-main.ts');
@@ -32,56 +33,6 @@ const { values: opts } = parseArgs({ options: {
 } });
 const PODS = Number(opts.pods);
 const say = (s: string) => process.stderr.write(`${s}\n`);
-
-/** A pod as a Deployment creates it: the size of what the apiserver really sends. */
-function deploymentPod(i: number, ns: string, node: string, ip: string): object {
-  const app = `app-${i % 50}`;
-  return {
-    apiVersion: 'v1', kind: 'Pod',
-    metadata: {
-      name: `${app}-7d9f8c6b5-${i.toString(36).padStart(5, '0')}`, namespace: ns, generateName: `${app}-7d9f8c6b5-`,
-      labels: { app, 'pod-template-hash': '7d9f8c6b5', version: 'v1' },
-      annotations: { 'kubectl.kubernetes.io/restartedAt': '2026-11-20T08:00:00Z', 'prometheus.io/scrape': 'true', 'prometheus.io/port': '9090' },
-      ownerReferences: [{ apiVersion: 'apps/v1', kind: 'ReplicaSet', name: `${app}-7d9f8c6b5`, uid: `rs-${app}-${ns}`, controller: true, blockOwnerDeletion: true }],
-      creationTimestamp: '2026-11-24T10:00:00Z',
-      managedFields: [
-        { manager: 'kube-controller-manager', operation: 'Update', apiVersion: 'v1', time: '2026-11-24T10:00:00Z', fieldsType: 'FieldsV1',
-          fieldsV1: { 'f:metadata': { 'f:generateName': {}, 'f:labels': { '.': {}, 'f:app': {}, 'f:pod-template-hash': {} }, 'f:ownerReferences': {} }, 'f:spec': { 'f:containers': {}, 'f:volumes': {} } } },
-        { manager: 'kubelet', operation: 'Update', apiVersion: 'v1', time: '2026-11-24T10:00:05Z', fieldsType: 'FieldsV1', subresource: 'status',
-          fieldsV1: { 'f:status': { 'f:conditions': {}, 'f:containerStatuses': {}, 'f:hostIP': {}, 'f:phase': {}, 'f:podIP': {}, 'f:podIPs': {}, 'f:startTime': {} } } },
-      ],
-    },
-    spec: {
-      nodeName: node, serviceAccountName: app, hostNetwork: false, restartPolicy: 'Always', dnsPolicy: 'ClusterFirst',
-      schedulerName: 'default-scheduler', terminationGracePeriodSeconds: 30, enableServiceLinks: true, priority: 0,
-      securityContext: { runAsNonRoot: true, runAsUser: 1000, fsGroup: 2000 },
-      containers: [{
-        name: 'app', image: `registry.example.com/team/${app}:1.4.2`, imagePullPolicy: 'IfNotPresent',
-        ports: [{ name: 'http', containerPort: 8080, protocol: 'TCP' }, { name: 'metrics', containerPort: 9090, protocol: 'TCP' }],
-        env: Array.from({ length: 8 }, (_, k) => ({ name: `SETTING_${k}`, value: `value-${k}-${app}` })),
-        resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '256Mi' } },
-        readinessProbe: { httpGet: { path: '/ready', port: 8080, scheme: 'HTTP' }, periodSeconds: 5, timeoutSeconds: 1, successThreshold: 1, failureThreshold: 3 },
-        livenessProbe: { httpGet: { path: '/live', port: 8080, scheme: 'HTTP' }, periodSeconds: 10, timeoutSeconds: 1, successThreshold: 1, failureThreshold: 3 },
-        volumeMounts: [{ name: 'config', mountPath: '/etc/app' }, { name: 'kube-api-access', mountPath: '/var/run/secrets/kubernetes.io/serviceaccount', readOnly: true }],
-        terminationMessagePath: '/dev/termination-log', terminationMessagePolicy: 'File',
-      }],
-      volumes: [
-        { name: 'config', configMap: { name: `${app}-config`, defaultMode: 420 } },
-        { name: 'kube-api-access', projected: { defaultMode: 420, sources: [{ serviceAccountToken: { expirationSeconds: 3607, path: 'token' } }, { configMap: { name: 'kube-root-ca.crt', items: [{ key: 'ca.crt', path: 'ca.crt' }] } }] } },
-      ],
-      tolerations: [
-        { key: 'node.kubernetes.io/not-ready', operator: 'Exists', effect: 'NoExecute', tolerationSeconds: 300 },
-        { key: 'node.kubernetes.io/unreachable', operator: 'Exists', effect: 'NoExecute', tolerationSeconds: 300 },
-      ],
-    },
-    status: {
-      phase: 'Running', podIP: ip, podIPs: [{ ip }], hostIP: `192.0.${Math.floor(i / 250) % 250}.${i % 250}`, startTime: '2026-11-24T10:00:01Z', qosClass: 'Burstable',
-      conditions: ['PodReadyToStartContainers', 'Initialized', 'Ready', 'ContainersReady', 'PodScheduled'].map((type) => ({ type, status: 'True', lastProbeTime: null, lastTransitionTime: '2026-11-24T10:00:05Z' })),
-      containerStatuses: [{ name: 'app', ready: true, started: true, restartCount: 0, image: `registry.example.com/team/${app}:1.4.2`,
-        imageID: `registry.example.com/team/${app}@sha256:${'0'.repeat(64)}`, containerID: `containerd://${'1'.repeat(64)}`, state: { running: { startedAt: '2026-11-24T10:00:04Z' } } }],
-    },
-  };
-}
 
 function gcMeasure(): { heapMiB: number; heapTotalMiB: number; externalMiB: number; rssMiB: number } {
   const gc = (globalThis as { gc?: () => void }).gc!;

@@ -69,7 +69,7 @@ export class ApiStandIn {
   #compactedRv = 100;
   readonly #history: StoredEvent[] = [];
   readonly #watchers = new Set<Watcher>();
-  readonly #pages = new Map<string, { rv: number; items: Obj[] }>();
+  readonly #pages = new Map<string, { rv: number; items: Obj[]; offset: number }>();
   readonly #store = new Map<string, Map<string, Obj>>();
 
   private constructor() {
@@ -324,7 +324,7 @@ export class ApiStandIn {
     const r = RESOURCES[resource]!;
     const limit = Number(url.searchParams.get('limit') ?? 0);
     const token = url.searchParams.get('continue');
-    let page: { rv: number; items: Obj[] };
+    let page: { rv: number; items: Obj[]; offset: number };
     if (token) {
       // A continued list is served from the snapshot its first page was taken at, like etcd's.
       const snap = this.#pages.get(token);
@@ -332,16 +332,18 @@ export class ApiStandIn {
       this.#pages.delete(token);
       page = snap;
     } else {
-      page = { rv: this.#rv, items: this.#selected(resource, ns, parseFieldSelector(url.searchParams.get('fieldSelector') ?? '')) };
+      page = { rv: this.#rv, items: this.#selected(resource, ns, parseFieldSelector(url.searchParams.get('fieldSelector') ?? '')), offset: 0 };
     }
-    const items = limit > 0 ? page.items.slice(0, limit) : page.items;
-    const rest = limit > 0 ? page.items.slice(limit) : [];
+    // The snapshot is kept whole with an offset, not copied per page (150,000 pods in pages of 100).
+    const end = limit > 0 ? page.offset + limit : page.items.length;
+    const items = page.items.slice(page.offset, end);
+    const remaining = page.items.length - Math.min(end, page.items.length);
     const metadata: Record<string, unknown> = { resourceVersion: String(page.rv) };
-    if (rest.length > 0) {
+    if (remaining > 0) {
       const next = Buffer.from(`${page.rv}:${this.#pages.size}:${Math.random()}`).toString('base64url');
-      this.#pages.set(next, { rv: page.rv, items: rest });
+      this.#pages.set(next, { rv: page.rv, items: page.items, offset: end });
       metadata.continue = next;
-      metadata.remainingItemCount = rest.length;
+      metadata.remainingItemCount = remaining;
     }
     json(res, 200, { apiVersion: r.apiVersion, kind: r.list, metadata, items });
   }
@@ -505,6 +507,56 @@ export function podObject(opts: {
       phase: opts.phase ?? 'Running', podIP: ips[0], podIPs: ips.map((ip) => ({ ip })), hostIP: opts.hostIP ?? '192.0.2.1',
       conditions: [{ type: 'Ready', status: 'True', lastTransitionTime: '2026-11-24T10:00:05Z' }],
       containerStatuses: [{ name: 'app', ready: true, restartCount: 0, image: 'example/app:1', imageID: 'example/app@sha256:0', containerID: 'containerd://0', state: { running: { startedAt: '2026-11-24T10:00:04Z' } } }],
+    },
+  };
+}
+
+/** A pod as a Deployment creates it: the size of what the apiserver really sends. */
+export function deploymentPod(i: number, ns: string, node: string, ip: string): object {
+  const app = `app-${i % 50}`;
+  return {
+    apiVersion: 'v1', kind: 'Pod',
+    metadata: {
+      name: `${app}-7d9f8c6b5-${i.toString(36).padStart(5, '0')}`, namespace: ns, generateName: `${app}-7d9f8c6b5-`,
+      labels: { app, 'pod-template-hash': '7d9f8c6b5', version: 'v1' },
+      annotations: { 'kubectl.kubernetes.io/restartedAt': '2026-11-20T08:00:00Z', 'prometheus.io/scrape': 'true', 'prometheus.io/port': '9090' },
+      ownerReferences: [{ apiVersion: 'apps/v1', kind: 'ReplicaSet', name: `${app}-7d9f8c6b5`, uid: `rs-${app}-${ns}`, controller: true, blockOwnerDeletion: true }],
+      creationTimestamp: '2026-11-24T10:00:00Z',
+      managedFields: [
+        { manager: 'kube-controller-manager', operation: 'Update', apiVersion: 'v1', time: '2026-11-24T10:00:00Z', fieldsType: 'FieldsV1',
+          fieldsV1: { 'f:metadata': { 'f:generateName': {}, 'f:labels': { '.': {}, 'f:app': {}, 'f:pod-template-hash': {} }, 'f:ownerReferences': {} }, 'f:spec': { 'f:containers': {}, 'f:volumes': {} } } },
+        { manager: 'kubelet', operation: 'Update', apiVersion: 'v1', time: '2026-11-24T10:00:05Z', fieldsType: 'FieldsV1', subresource: 'status',
+          fieldsV1: { 'f:status': { 'f:conditions': {}, 'f:containerStatuses': {}, 'f:hostIP': {}, 'f:phase': {}, 'f:podIP': {}, 'f:podIPs': {}, 'f:startTime': {} } } },
+      ],
+    },
+    spec: {
+      nodeName: node, serviceAccountName: app, hostNetwork: false, restartPolicy: 'Always', dnsPolicy: 'ClusterFirst',
+      schedulerName: 'default-scheduler', terminationGracePeriodSeconds: 30, enableServiceLinks: true, priority: 0,
+      securityContext: { runAsNonRoot: true, runAsUser: 1000, fsGroup: 2000 },
+      containers: [{
+        name: 'app', image: `registry.example.com/team/${app}:1.4.2`, imagePullPolicy: 'IfNotPresent',
+        ports: [{ name: 'http', containerPort: 8080, protocol: 'TCP' }, { name: 'metrics', containerPort: 9090, protocol: 'TCP' }],
+        env: Array.from({ length: 8 }, (_, k) => ({ name: `SETTING_${k}`, value: `value-${k}-${app}` })),
+        resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '256Mi' } },
+        readinessProbe: { httpGet: { path: '/ready', port: 8080, scheme: 'HTTP' }, periodSeconds: 5, timeoutSeconds: 1, successThreshold: 1, failureThreshold: 3 },
+        livenessProbe: { httpGet: { path: '/live', port: 8080, scheme: 'HTTP' }, periodSeconds: 10, timeoutSeconds: 1, successThreshold: 1, failureThreshold: 3 },
+        volumeMounts: [{ name: 'config', mountPath: '/etc/app' }, { name: 'kube-api-access', mountPath: '/var/run/secrets/kubernetes.io/serviceaccount', readOnly: true }],
+        terminationMessagePath: '/dev/termination-log', terminationMessagePolicy: 'File',
+      }],
+      volumes: [
+        { name: 'config', configMap: { name: `${app}-config`, defaultMode: 420 } },
+        { name: 'kube-api-access', projected: { defaultMode: 420, sources: [{ serviceAccountToken: { expirationSeconds: 3607, path: 'token' } }, { configMap: { name: 'kube-root-ca.crt', items: [{ key: 'ca.crt', path: 'ca.crt' }] } }] } },
+      ],
+      tolerations: [
+        { key: 'node.kubernetes.io/not-ready', operator: 'Exists', effect: 'NoExecute', tolerationSeconds: 300 },
+        { key: 'node.kubernetes.io/unreachable', operator: 'Exists', effect: 'NoExecute', tolerationSeconds: 300 },
+      ],
+    },
+    status: {
+      phase: 'Running', podIP: ip, podIPs: [{ ip }], hostIP: `192.0.${Math.floor(i / 250) % 250}.${i % 250}`, startTime: '2026-11-24T10:00:01Z', qosClass: 'Burstable',
+      conditions: ['PodReadyToStartContainers', 'Initialized', 'Ready', 'ContainersReady', 'PodScheduled'].map((type) => ({ type, status: 'True', lastProbeTime: null, lastTransitionTime: '2026-11-24T10:00:05Z' })),
+      containerStatuses: [{ name: 'app', ready: true, started: true, restartCount: 0, image: `registry.example.com/team/${app}:1.4.2`,
+        imageID: `registry.example.com/team/${app}@sha256:${'0'.repeat(64)}`, containerID: `containerd://${'1'.repeat(64)}`, state: { running: { startedAt: '2026-11-24T10:00:04Z' } } }],
     },
   };
 }
