@@ -258,7 +258,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
         synced: synced(), pods: count(pods), namespaces: namespaces.lw.list().length,
         services: count(services), endpointSlices: count(slices), nodes: nodes.lw.list().length,
         policies: policies.absent ? 'crd-not-installed' : count(policies),
-        ...(addressSlices ? { addressSlices: addressSlices.absent ? 'crd-not-installed' as const : count(addressSlices) } : {}),
+        ...(addressSlices && remote ? { addressSlices: addressSlices.absent ? 'crd-not-installed' as const : addressSlices.lw.list(remote.namespace).length } : {}),
         meshPods, lists, taintGate: gate.phase, resourceVersions: Object.fromEntries(informers.map((i) => [i.name, i.lw.latestResourceVersion()])),
         ...(lastError ? { lastError } : {}),
       };
