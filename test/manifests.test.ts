@@ -235,8 +235,9 @@ describe('manifests', () => {
       if (rule.resources.includes('meshaddressslices')) assert.deepEqual(rule.resources, ['meshaddressslices']);
       else if (rule.verbs.includes('update') || rule.verbs.includes('get')) assert.ok(rule.resourceNames?.length, 'get/update limited by name');
     }
-    // The agent's one namespaced grant: reading the address slices.
-    assert.deepEqual(one('Role', 'meshlet-agent').rules.map((r: any) => [r.resources, r.verbs]), [[['meshaddressslices'], ['list', 'watch']]]);
+    // The agent's namespaced grants: reading the address slices and their writer's Lease.
+    assert.deepEqual(one('Role', 'meshlet-agent').rules.map((r: any) => [r.resources, r.verbs, r.resourceNames]),
+      [[['meshaddressslices'], ['list', 'watch'], undefined], [['leases'], ['get'], ['meshlet-address-controller']]]);
     const bindings = [...byKind('ClusterRoleBinding'), ...byKind('RoleBinding')];
     for (const b of bindings) assert.deepEqual(b.subjects.map((s: any) => `${s.namespace}/${s.name}`), [`meshlet-system/${b.metadata.name}`]);
   });

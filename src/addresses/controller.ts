@@ -15,7 +15,7 @@ import type { Logger } from 'pino';
 import { backoffMs } from '../backoff.ts';
 import { apiPath, kubeApi } from '../kube/api.ts';
 import { createKubernetesSource, type KubernetesSource } from '../workloads/kubernetes.ts';
-import { LeaderElection } from './lease.ts';
+import { LEASE_NAME, LeaderElection } from './lease.ts';
 import { ADDRESS_SLICE, type AddressEntry, entryOf, planSlices, readSlice, sameEntry, type SliceState, type SliceWrite, sliceName, sliceObject } from './slices.ts';
 import type { Workload } from '../workloads/model.ts';
 
@@ -33,7 +33,6 @@ export interface AddressControllerOptions {
   newName?: (node: string) => string;
 }
 
-export const LEASE_NAME = 'meshlet-address-controller';
 /** A dead leader's slices stop following pods for at most the lease (6 s) and two tries (1 s each). */
 const LEASE_TIMING = { durationMs: 6_000, renewDeadlineMs: 4_000, retryMs: 1_000 };
 

@@ -10,6 +10,8 @@ import { apiPath, type KubeApi } from '../kube/api.ts';
 import { apiStatus } from '../kube/config.ts';
 
 export const LEASE = { group: 'coordination.k8s.io', version: 'v1', plural: 'leases' } as const;
+/** The address controllers' Lease, in their namespace. */
+export const LEASE_NAME = 'meshlet-address-controller';
 
 export interface LeaseOptions {
   api: KubeApi;
@@ -152,5 +154,81 @@ export class LeaderElection {
       if (apiStatus(err) === 409) return false;
       throw err;
     }
+  }
+}
+
+export interface LeaseSighting {
+  /** Who holds the lease ('' released, undefined never seen). */
+  holder?: string;
+  /** How long (this process's clock) the lease has gone without a renewal seen; undefined before the first read. */
+  unseenMs?: number;
+  /** No renewal seen for `staleMs`, or no holder: the table the leader writes is not being kept. */
+  stale: boolean;
+}
+
+/**
+ * What an agent on the address slices knows of their writer: it reads the Lease every `everyMs` and
+ * notes when its record last changed on its own clock (a holder renews every second, so two reads
+ * that agree mean no renewal in between). One GET a node per interval, not a watch: a watch would
+ * send every renewal to every node.
+ */
+export class LeaseObserver {
+  readonly #api: KubeApi;
+  readonly #path: string;
+  readonly #everyMs: number;
+  readonly #staleMs: number;
+  readonly #now: () => number;
+  #seen: { key: string; holder: string; at: number } | undefined;
+  #started: number | undefined;
+  #timer: NodeJS.Timeout | undefined;
+
+  readonly #onChange: ((s: LeaseSighting) => void) | undefined;
+  #wasStale: boolean | undefined;
+
+  /** `onChange` hears each read that flips `stale`. */
+  constructor(o: { api: KubeApi; namespace: string; name: string; everyMs: number; staleMs: number; now?: () => number; onChange?(s: LeaseSighting): void }) {
+    this.#onChange = o.onChange;
+    this.#api = o.api;
+    this.#path = apiPath(LEASE, { namespace: o.namespace, name: o.name });
+    this.#everyMs = o.everyMs;
+    this.#staleMs = o.staleMs;
+    this.#now = o.now ?? Date.now;
+  }
+
+  start(): void {
+    this.#started ??= this.#now();
+    const tick = () => {
+      void this.#read().finally(() => {
+        if (this.#started !== undefined) this.#timer = setTimeout(tick, this.#everyMs);
+      });
+    };
+    tick();
+  }
+
+  stop(): void {
+    this.#started = undefined;
+    clearTimeout(this.#timer);
+  }
+
+  sighting(): LeaseSighting {
+    const now = this.#now();
+    const since = this.#seen?.at ?? this.#started;
+    const unseenMs = since === undefined ? undefined : now - since;
+    const holder = this.#seen?.holder;
+    return { ...(holder !== undefined ? { holder } : {}), ...(unseenMs !== undefined ? { unseenMs } : {}), stale: !holder || (unseenMs ?? 0) >= this.#staleMs };
+  }
+
+  async #read(): Promise<void> {
+    try {
+      const lease = await this.#api.get<LeaseObject>(this.#path);
+      const holder = lease.spec?.holderIdentity ?? '';
+      const key = `${holder}|${lease.spec?.renewTime ?? ''}`;
+      if (this.#seen?.key !== key) this.#seen = { key, holder, at: this.#now() };
+    } catch {
+      // Unreadable (absent, forbidden, the API away): nothing new seen, so it ages.
+    }
+    const now = this.sighting();
+    if (now.stale !== this.#wasStale) this.#onChange?.(now);
+    this.#wasStale = now.stale;
   }
 }

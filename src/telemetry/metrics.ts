@@ -31,6 +31,8 @@ export interface MetricsSources {
   refusedAddresses?(): ReadonlyArray<{ reason: string }>;
   /** Bytes waiting in the kernel send queues of all tunnel sockets, at the last stall check. */
   tunnelQueuedBytes?(): number;
+  /** With address slices: whether their writer keeps them. */
+  addressController?(): { stale: boolean } | undefined;
 }
 
 export class MeshMetrics {
@@ -101,6 +103,15 @@ export class MeshMetrics {
       collect() {
         this.reset();
         for (const s of sources.ejectedEndpoints?.() ?? []) this.set({ service_name: s.name, service_namespace: s.namespace }, s.ejected);
+      },
+    });
+    new Gauge({
+      name: 'meshlet_address_table_stale', registers,
+      help: 'With --remote-workloads slices: 1 while no address controller has been seen renewing its Lease (the agent serves the last slices; pods started elsewhere since are unknown), else 0',
+      collect() {
+        const s = sources.addressController?.();
+        this.reset();
+        if (s) this.set(s.stale ? 1 : 0);
       },
     });
     new Gauge({

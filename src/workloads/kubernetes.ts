@@ -36,6 +36,7 @@ import {
 import { buildServices, buildSnapshot, holderKey } from './kubernetes-snapshot.ts';
 import { TaintGate } from './taint-gate.ts';
 import { ADDRESS_SLICE, type SlimAddressSlice, slimAddressSlice, workloadsFromSlices } from '../addresses/slices.ts';
+import { LEASE_NAME, LeaseObserver, type LeaseSighting } from '../addresses/lease.ts';
 
 class TrimmingWatch extends Watch {
   readonly #trim: (o: unknown) => unknown;
@@ -67,7 +68,7 @@ export interface KubernetesSourceOptions {
    * Other nodes' pods from the address slices in `namespace` (addresses/slices.ts); Pods are
    * watched for `node` only, in full (policy is decided at the destination, from its own pods).
    */
-  remoteFromSlices?: { node: string; namespace: string };
+  remoteFromSlices?: { node: string; namespace: string; lease?: { everyMs: number; staleMs: number } };
 }
 
 export interface KubernetesSourceStatus {
@@ -80,8 +81,9 @@ export interface KubernetesSourceStatus {
   nodes: number;
   lastError?: string;
   policies: number | 'crd-not-installed';
-  /** With remote pods from address slices: the slices held. */
+  /** With remote pods from address slices: the slices held, and whether their writer keeps them. */
   addressSlices?: number | 'crd-not-installed';
+  addressController?: LeaseSighting;
   /** Completed lists (the first sync and every re-list after 410 Gone). */
   lists: number;
   /** Where each informer would resume its watch (advanced by events and bookmarks). */
@@ -157,6 +159,13 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   const remote = opts.remoteFromSlices;
   const pods = informer('pods', '/api/v1/pods', slimPod, { fieldSelector: remote ? `${POD_FIELD_SELECTOR},spec.nodeName=${remote.node}` : POD_FIELD_SELECTOR });
   const addressSlices = remote && informer('meshaddressslices', apiPath(ADDRESS_SLICE, { namespace: remote.namespace }), slimAddressSlice, { optional: true });
+  // Whether the slices' writer is keeping them: the agent keeps the last table either way, ready.
+  const writer = remote && new LeaseObserver({
+    api, namespace: remote.namespace, name: LEASE_NAME, ...(remote.lease ?? { everyMs: 30_000, staleMs: 90_000 }),
+    onChange: (s) => (s.stale
+      ? log.warn({ addressController: s }, 'the address controller is not keeping the slices: serving the last table, new pods elsewhere unknown')
+      : log.info({ addressController: s }, 'the address controller keeps the slices')),
+  });
   const namespaces = informer('namespaces', '/api/v1/namespaces', slimNamespace);
   const policies = informer('meshpolicies', apiPath(MESH_POLICY), slimPolicy, { optional: true });
   const services = informer('services', '/api/v1/services', slimService);
@@ -238,15 +247,18 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   const gate = new TaintGate({ kubeConfig: kc, log: opts.log });
   return {
     nodeReady: (node) => gate.nodeReady(node),
+    addressController: () => writer?.sighting(),
     async start(h) {
       handlers = h;
       // start() resolves once the first watch is open, or after a failed list (then it retries).
+      writer?.start();
       await Promise.all(informers.map((i) => i.lw.start()));
       changed();
     },
     async close() {
       stopped = true;
       gate.close();
+      writer?.stop();
       if (debounce) clearTimeout(debounce);
       for (const i of informers) {
         if (i.retryTimer) clearTimeout(i.retryTimer);
@@ -259,6 +271,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
         services: count(services), endpointSlices: count(slices), nodes: nodes.lw.list().length,
         policies: policies.absent ? 'crd-not-installed' : count(policies),
         ...(addressSlices && remote ? { addressSlices: addressSlices.absent ? 'crd-not-installed' as const : addressSlices.lw.list(remote.namespace).length } : {}),
+        ...(writer ? { addressController: writer.sighting() } : {}),
         meshPods, lists, taintGate: gate.phase, resourceVersions: Object.fromEntries(informers.map((i) => [i.name, i.lw.latestResourceVersion()])),
         ...(lastError ? { lastError } : {}),
       };

@@ -10,6 +10,8 @@ export interface WorkloadSource {
   close(): Promise<void>;
   /** What the source knows about its own health (the config dump shows it). */
   status?(): object;
+  /** With address slices: whether their writer keeps them (addresses/lease.ts), for the metric. */
+  addressController?(): { stale: boolean; unseenMs?: number } | undefined;
   /** The agent on `node` became ready (the Kubernetes source lifts the node's taint gate, taint-gate.ts). */
   nodeReady?(node: string): void;
 }

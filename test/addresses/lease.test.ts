@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
-import { LeaderElection } from '../../src/addresses/lease.ts';
+import { LeaderElection, LeaseObserver } from '../../src/addresses/lease.ts';
 import { type KubeApi, kubeApi } from '../../src/kube/api.ts';
 import { ApiStandIn } from '../support/apiserver.ts';
 import { eventually } from '../support/wait.ts';
@@ -60,6 +60,25 @@ describe('leader election on a Lease', () => {
     assert.ok(b.spans[0]![0] - stoppedAt < TIMING.durationMs, `b took ${b.spans[0]![0] - stoppedAt} ms`);
     assert.deepEqual(holder('released'), { ...holder('released'), holderIdentity: 'b', leaseTransitions: 1 });
     await b.e.stop();
+  });
+
+  it('lets an agent tell whether the lease is kept: stale with no holder, a released lease or no renewal', async () => {
+    const observer = new LeaseObserver({ api: kubeApi(api.kubeConfig()), namespace: 'meshlet-system', name: 'observed', everyMs: 50, staleMs: 400 });
+    observer.start();
+    try {
+      await eventually('a first read', () => observer.sighting().unseenMs !== undefined);
+      assert.equal(observer.sighting().stale, true, 'no lease at all counts as not kept');
+      const a = candidate('a', 'observed');
+      a.e.start();
+      await eventually('kept', () => !observer.sighting().stale && observer.sighting().holder === 'a');
+      // Kept for longer than staleMs while a renews.
+      await new Promise((r) => setTimeout(r, 3 * 400));
+      assert.equal(observer.sighting().stale, false);
+      await a.e.stop(); // released: nobody keeps the table
+      await eventually('stale once released', () => observer.sighting().stale && observer.sighting().holder === '');
+    } finally {
+      observer.stop();
+    }
   });
 
   it('replaces a leader that went silent only after it stopped leading itself', async () => {

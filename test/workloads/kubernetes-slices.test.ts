@@ -32,7 +32,8 @@ describe('Kubernetes source with remote pods from address slices', () => {
     }
     controller = new AddressController({ kubeConfig: api.kubeConfig(), namespace: NS, identity: 'ca-0', trustDomain: 'cluster.local', log, batchMs: 10 });
     await controller.start();
-    source = createKubernetesSource({ kubeConfig: api.kubeConfig(), trustDomain: 'cluster.local', log, debounceMs: 5, remoteFromSlices: { node: 'n1', namespace: NS } });
+    source = createKubernetesSource({ kubeConfig: api.kubeConfig(), trustDomain: 'cluster.local', log, debounceMs: 5,
+      remoteFromSlices: { node: 'n1', namespace: NS, lease: { everyMs: 50, staleMs: 3_000 } } });
     await source.start({ onSnapshot: (s) => { last = s; }, onError: (e) => { throw e; } });
   });
   after(async () => {
@@ -60,11 +61,15 @@ describe('Kubernetes source with remote pods from address slices', () => {
     await eventually('web-3 gone', () => !byIp('10.1.2.13'));
   });
 
-  it('takes nothing from a slice about its own node, nor an address one of its pods holds', async () => {
+  it('says when nobody keeps the slices, keeps the last table, and takes nothing from a slice about its own node', async () => {
     // A slice the controller did not write (stopped, so that it does not put it right at once): it
     // claims an address on n1 that no pod of n1 has, and gives an address of one of n1's pods to
     // another identity.
+    await eventually('the controller seen keeping the slices', () => source.addressController?.()?.stale === false);
     await controller.close();
+    // Released: the agent says so, and keeps every remote pod it knew.
+    await eventually('the table reported stale', () => source.status().addressController?.stale === true);
+    assert.equal(byIp('10.1.2.11')?.serviceAccount, 'web');
     api.put('meshaddressslices', sliceObject(NS, 'forged-n1', 'n1', [
       { ip: '10.1.1.77', namespace: 'kube-system', serviceAccount: 'admin', node: 'n1', captured: true, workload: 'x' },
     ]) as never);
