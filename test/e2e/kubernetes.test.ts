@@ -231,24 +231,33 @@ describe('agents fed by the Kubernetes API in network namespaces', { concurrency
     assert.ok(await podLists() > listsBefore, 'the agent re-listed pods after the 410');
   });
 
-  it('with --remote-workloads slices: agents learn other nodes\' pods from the address controller\'s slices', async () => {
+  it('with --remote-workloads slices, rolled out one node at a time: agents learn other nodes\' pods from the slices', async () => {
     // The address controller as a CA replica runs it, beside the API; the agents restarted on slices.
     controller = lab.topo.spawn(lab.apiNode!.ns, process.execPath, [join(import.meta.dirname, '../support/address-controller-main.ts'), '--kubeconfig', kubeconfig, '--identity', 'ca-0'],
       { stdio: ['ignore', 'ignore', 'inherit'] });
-    for (const node of lab.meshNodes) await lab.stopAgent(node.name);
-    for (const node of lab.meshNodes) await lab.startAgent(node, ['--remote-workloads', 'slices'], { workloads: ['--kubeconfig', kubeconfig] });
-    await Promise.all(lab.meshNodes.map((n) => lab.waitReady(n, 40_000)));
+    const source = async (node: string) => (await lab.configDump(lab.node(node))).workloadSource;
+    const webToDb = async () => {
+      const before = (await lab.accessLog('node-b')).length;
+      const r = await lab.client('web', { host: lab.pod('db').ip, port: APP_PORT, bytes: 100_000 });
+      assert.ok(r.ok, JSON.stringify(r));
+      await eventually('node-b\'s inbound line for web', async () => (await lab.accessLog('node-b')).slice(before)
+        .some((l) => l.route === 'inbound' && l.outcome === 'ok' && l.src?.principal === id('web')), 5_000, 100);
+    };
+    // A rollout: node-b's agent moves to the slices first, node-a's still watches every Pod.
+    await lab.stopAgent('node-b');
+    await lab.startAgent(lab.node('node-b'), ['--remote-workloads', 'slices'], { workloads: ['--kubeconfig', kubeconfig] });
+    await lab.waitReady(lab.node('node-b'), 40_000);
+    assert.equal((await source('node-a')).addressSlices, undefined, 'node-a is still on Pods');
+    await webToDb();
+    await lab.stopAgent('node-a');
+    await lab.startAgent(lab.node('node-a'), ['--remote-workloads', 'slices'], { workloads: ['--kubeconfig', kubeconfig] });
+    await lab.waitReady(lab.node('node-a'), 40_000);
     await expectNode('node-a', { ips: [lab.pod('web').ip], ids: [id('web')] });
     await expectNode('node-b', { ips: [lab.pod('db').ip], ids: [id('db')] });
-    const source = async (node: string) => (await lab.configDump(lab.node(node))).workloadSource;
     // node-a caches its own node's Pods only; db (node-b) reaches it through a slice.
     await eventually('node-a holding slices', async () => (await source('node-a')).addressSlices >= 1, 10_000, 100);
     assert.equal((await source('node-a')).pods, 1, 'node-a cached Pods of another node');
-    const before = (await lab.accessLog('node-b')).length;
-    const r = await lab.client('web', { host: lab.pod('db').ip, port: APP_PORT, bytes: 100_000 });
-    assert.ok(r.ok, JSON.stringify(r));
-    await eventually('node-b\'s inbound line for web', async () => (await lab.accessLog('node-b')).slice(before)
-      .some((l) => l.route === 'inbound' && l.outcome === 'ok' && l.src?.principal === id('web')), 5_000, 100);
+    await webToDb();
     // A pod that starts on node-a reaches node-b through the slices, and node-a captures it itself.
     await call({ op: 'put', resource: 'pods', obj: podOf('worker') });
     await eventually('worker in node-b\'s view, from a slice', async () => (await lab.configDump(lab.node('node-b'))).workloads
