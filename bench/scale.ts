@@ -26,6 +26,7 @@ import { processCpuSeconds, processRssMiB } from '../src/demo/process-stats.ts';
 import { POD_FIELD_SELECTOR } from '../src/workloads/kubernetes-objects.ts';
 import { driveStandIn, type StandInProcess } from '../test/support/apiserver-client.ts';
 import { deploymentPod, namespaceObject, standInKubeConfig } from '../test/support/apiserver.ts';
+import { eventually } from '../test/support/wait.ts';
 
 const HERE = resolve(fileURLToPath(import.meta.url), '..');
 const STAND_IN = join(HERE, '..', 'test', 'support', 'apiserver-main.ts');
@@ -108,13 +109,8 @@ async function sliceIps(api: StandInProcess): Promise<Set<string>> {
   return new Set(list.items.flatMap((o) => readSlice(o).slice.entries.map((e) => e.ip)));
 }
 
-async function until(what: string, probe: () => Promise<boolean>, timeoutMs = 600_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await probe())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** The test suite's poll, with the long default a first sync of 150,000 pods needs. */
+const until = (what: string, probe: () => Promise<boolean>, timeoutMs = 600_000) => eventually(what, probe, timeoutMs, 100);
 
 async function cluster(pods: number, nodes: number, heapMiB = 2048): Promise<{ api: StandInProcess; child: ChildProcess; controller: ChildProcess; dir: string }> {
   const child = spawn(...pinned(0, process.execPath, [`--max-old-space-size=${heapMiB}`, STAND_IN]), { stdio: ['pipe', 'pipe', 'inherit'] });

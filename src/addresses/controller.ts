@@ -67,7 +67,9 @@ export class AddressController {
   #round: Promise<void> | undefined;
   #again = false;
   #retry: NodeJS.Timeout | undefined;
+  /** Failed rounds and failed slice watches in a row: each paces its own retry. */
   #failures = 0;
+  #watchFailures = 0;
   #closed = false;
   readonly #writes: Record<SliceWrite['op'], number> = { create: 0, update: 0, delete: 0 };
   #lastError: string | undefined;
@@ -80,6 +82,7 @@ export class AddressController {
     const path = apiPath(ADDRESS_SLICE, { namespace: o.namespace });
     this.#slicesLw = new ListWatch<KubernetesObject>(path, new Watch(o.kubeConfig), async () => {
       const list = await this.#api.get<{ metadata?: { resourceVersion?: string }; items?: unknown[] }>(path);
+      this.#watchFailures = 0;
       this.#slices.clear();
       for (const item of list.items ?? []) this.#see(item);
       this.#slicesListed = true;
@@ -87,7 +90,8 @@ export class AddressController {
       this.#schedule();
       return list as never;
     }, false);
-    for (const verb of [ADD, UPDATE] as const) this.#slicesLw.on(verb, (o: unknown) => { this.#see(o); this.#schedule(); });
+    // The echo of our own write changes nothing: no round for it.
+    for (const verb of [ADD, UPDATE] as const) this.#slicesLw.on(verb, (o: unknown) => { if (this.#see(o)) this.#schedule(); });
     this.#slicesLw.on(DELETE, (o: unknown) => {
       const name = (o as KubernetesObject).metadata?.name ?? '';
       const held = this.#slices.get(name);
@@ -99,7 +103,7 @@ export class AddressController {
       if (this.#closed) return;
       this.#lastError = `slices: ${(err as Error).message}`;
       this.#log.warn({ err: this.#lastError }, 'slice watch failed; retrying');
-      setTimeout(() => { if (!this.#closed) void this.#slicesLw.start(); }, backoffMs(++this.#failures, 1000, 30_000)).unref();
+      setTimeout(() => { if (!this.#closed) void this.#slicesLw.start(); }, backoffMs(++this.#watchFailures, 1000, 30_000)).unref();
     });
     this.#election = new LeaderElection({
       api: this.#api, namespace: o.namespace, name: LEASE_NAME, identity: o.identity, log: this.#log, ...(o.lease ?? LEASE_TIMING),
@@ -170,17 +174,21 @@ export class AddressController {
     if (this.#dirty !== 'all') this.#dirty.add(node);
   }
 
-  /** Keeps a slice as the API has it, unless what we hold is newer (our own write's answer). */
-  #see(o: unknown): void {
+  /**
+   * Keeps a slice as the API has it, unless what we hold is as new (our own write's answer, then its
+   * echo from the watch); says whether anything changed.
+   */
+  #see(o: unknown): boolean {
     const { slice, problems } = readSlice(o);
-    if (!slice.name) return;
+    if (!slice.name) return false;
     if (problems.length > 0) this.#log.warn({ problems }, 'a slice holds malformed entries: rewritten without them');
     const held = this.#slices.get(slice.name);
-    if (held && Number(held.resourceVersion) > Number(slice.resourceVersion)) return;
+    if (held && Number(held.resourceVersion) >= Number(slice.resourceVersion)) return false;
     // A malformed entry counts as absent, so the next plan rewrites the slice.
     this.#slices.set(slice.name, problems.length > 0 ? { ...slice, entries: [] } : slice);
     this.#mark(slice.node);
     if (held && held.node !== slice.node) this.#mark(held.node);
+    return true;
   }
 
   #schedule(): void {

@@ -158,7 +158,13 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   };
   const remote = opts.remoteFromSlices;
   const pods = informer('pods', '/api/v1/pods', slimPod, { fieldSelector: remote ? `${POD_FIELD_SELECTOR},spec.nodeName=${remote.node}` : POD_FIELD_SELECTOR });
-  const addressSlices = remote && informer('meshaddressslices', apiPath(ADDRESS_SLICE, { namespace: remote.namespace }), slimAddressSlice, { optional: true });
+  // A malformed slice is logged as it arrives, once per version of the object (list or watch).
+  const trimSlice = (o: unknown) => {
+    const sl = slimAddressSlice(o);
+    if (sl.problems) log.warn({ slice: sl.metadata.name, problems: sl.problems }, 'an address slice holds malformed entries: left out');
+    return sl;
+  };
+  const addressSlices = remote && informer('meshaddressslices', apiPath(ADDRESS_SLICE, { namespace: remote.namespace }), trimSlice, { optional: true });
   // Whether the slices' writer is keeping them: the agent keeps the last table either way, ready.
   const writer = remote && new LeaseObserver({
     api, namespace: remote.namespace, name: LEASE_NAME, ...(remote.lease ?? { everyMs: 30_000, staleMs: 90_000 }),
@@ -176,7 +182,6 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
   /** Each address's pod in the last snapshot (a live holder keeps it), and the refusals logged so far. */
   let holders = new Map<string, string>();
   let logged = new Set<string>();
-  const badSlices = new Set<string>();
   const synced = () => informers.every((i) => i.listed || i.absent);
 
   const publish = () => {
@@ -200,11 +205,6 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     if (remote && addressSlices) {
       const local = new Set(snapshot.workloads.map((w) => w.ip));
       const fromSlices = addressSlices.absent ? [] : addressSlices.lw.list(remote.namespace) as unknown as SlimAddressSlice[];
-      for (const sl of fromSlices) {
-        const key = `${sl.metadata.name}@${sl.metadata.resourceVersion ?? ''}`;
-        if (sl.problems && !badSlices.has(key)) log.warn({ slice: sl.metadata.name, problems: sl.problems }, 'an address slice holds malformed entries: left out');
-        if (sl.problems) badSlices.add(key);
-      }
       snapshot.workloads = [...snapshot.workloads, ...workloadsFromSlices(opts.trustDomain, fromSlices, remote.node, local)];
     }
     holders = new Map(snapshot.workloads.map((w) => [w.ip, holderKey(w)]));
