@@ -49,6 +49,8 @@ export interface PodNs {
   /** Dual-stack topologies: the pod's IPv6 address. */
   ip6?: string;
   node: NodeNs;
+  /** The node's end of the pod's veth (`p<k>`): where a CNI enforces the pod's NetworkPolicy. */
+  hostIf: string;
 }
 
 async function must(cmd: string, args: string[], input?: string): Promise<string> {
@@ -223,9 +225,9 @@ export class Topology {
     const k = node.pods.length + 1;
     const ns = `${this.prefix}-${node.name}-${name}`;
     const gateway = `${POD_NET}.${node.index}.1`;
-    const pod: PodNs = { name, ns, ip: `${POD_NET}.${node.index}.${10 + k}`, node };
-    await this.#addNamespace(ns);
     const hostIf = `p${k}`;
+    const pod: PodNs = { name, ns, ip: `${POD_NET}.${node.index}.${10 + k}`, node, hostIf };
+    await this.#addNamespace(ns);
     await must('ip', ['-n', node.ns, 'link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
     if (node.bridge) {
       // A port of the node's bridge: one L2 segment for all of the node's pods.
