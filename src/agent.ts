@@ -18,6 +18,7 @@ import { CaptureTools } from './capture/tools.ts';
 import { PrerequisiteError } from './errors.ts';
 import { keepHeapHeadroom } from './heap-headroom.ts';
 import { trimMallocEvery, tuneMalloc } from './malloc-tuning.ts';
+import { releaseStartupPagesOnce } from './startup-pages.ts';
 import { CertificateManager } from './identity/certs.ts';
 import { identityProvider } from './identity/from-config.ts';
 import type { CertificateProvider } from './identity/provider.ts';
@@ -191,6 +192,7 @@ export class Agent {
     } else if (s.phase === 'serving' && this.readiness.ready) {
       this.#state = { phase: 'ready' };
       this.#log.info({ afterMs: Date.now() - this.#startedAt }, 'agent ready');
+      releaseStartupPagesOnce(this.config.releaseStartupPages, this.#log); // start-up is over (startup-pages.ts)
       // A node registered with the not-ready taint takes pods from now on.
       if (!this.config.sidecar) this.#source.nodeReady?.(this.config.nodeName);
     } else if (s.phase === 'ready' && !this.readiness.ready) {
@@ -266,10 +268,7 @@ export class Agent {
     const mesh = this.registry.snapshot;
     if (!mesh) return; // nothing to serve before the first mesh (identities come with it)
     const snapshot: DataPlaneSnapshot = {
-      generation: ++this.#published.generation,
-      meshGeneration: this.#published.meshGeneration,
-      mesh,
-      identities: this.certs.materials(),
+      generation: ++this.#published.generation, meshGeneration: this.#published.meshGeneration, mesh, identities: this.certs.materials(),
     };
     this.data.apply(snapshot);
   }

@@ -24,6 +24,7 @@ import { bundleSize } from './identity/pem.ts';
 import { apiStatus, loadKubeConfig } from './kube/config.ts';
 import { DirRootStore, ensureRoot, initRoot, ROOT_FILES, type RootSet, type RootStore, rotateRoot, type RotationStep } from './identity/roots.ts';
 import { trimMallocEvery } from './malloc-tuning.ts';
+import { releaseStartupPagesOnce } from './startup-pages.ts';
 import { createLogger } from './telemetry/log.ts';
 import { VERSION } from './version.ts';
 
@@ -197,6 +198,7 @@ async function cmdCaServe(argv: string[]): Promise<number> {
   log.info({ address: config.listenAddress, port: config.port, trustDomain: set.trustDomain, authorizer: authorizer.name, store: store.where }, 'CA listening');
   // In a cluster: MeshPolicy status, and the address slices when asked (ca/cluster-parts.ts).
   const parts = kubeConfig ? await (await import('./ca/cluster-parts.ts')).startClusterParts(kubeConfig, config, log) : [];
+  releaseStartupPagesOnce(config.releaseStartupPages, log); // start-up is over (startup-pages.ts)
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', () => resolve());
     process.once('SIGINT', () => resolve());

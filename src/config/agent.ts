@@ -3,7 +3,7 @@ import type { CaptureSettings } from '../capture/rules.ts';
 import { defaultWorkers } from '../cpu-limit.ts';
 import { PORTS } from '../ports.ts';
 import { CAPTURE_FLAGS, captureSettings } from './capture.ts';
-import { DNS_NAME, KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLevel, MALLOC_TRIM_FLAG, WORKLOADS_FLAGS, type WorkloadsConfig, workloadsConfig } from './common.ts';
+import { DNS_NAME, KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLevel, MALLOC_TRIM_FLAG, RELEASE_STARTUP_PAGES_FLAG, WORKLOADS_FLAGS, type WorkloadsConfig, workloadsConfig } from './common.ts';
 import { type Flag, type FlagValues, type Problems, readFlags } from './flags.ts';
 
 export interface Ports {
@@ -64,6 +64,7 @@ export const AGENT_FLAGS = [
   { name: 'workers', type: 'int', arg: 'N', min: 1, max: 64, help: 'data planes, each a thread sharing the data ports; default: the CPU limit, else a quarter of the cores (at least 1); 1: the agent\'s own thread' },
   { name: 'heap-headroom', type: 'int', arg: 'MIB', min: 0, max: 1024, default: '32', help: 'old-generation headroom above the live heap once up (fewer full GCs on bulk traffic); 0: V8\'s own' },
   MALLOC_TRIM_FLAG,
+  RELEASE_STARTUP_PAGES_FLAG,
   { name: 'remote-workloads', type: 'one-of', values: ['pods', 'slices'], default: 'pods', help: 'with --kubernetes: other nodes\' pods from watching every Pod, or from the CA\'s MeshAddressSlices (--address-slices on)' },
   { name: 'slices-namespace', type: 'text', arg: 'NS', pattern: DNS_NAME, patternHelp: 'a namespace name', default: 'meshlet-system', help: 'where the MeshAddressSlices are' },
   ...CAPTURE_FLAGS,
@@ -104,6 +105,7 @@ export interface AgentConfig {
   probeGateTtlMs: number;
   heapHeadroomMiB: number;
   mallocTrimMs: number;
+  releaseStartupPages: boolean;
   keyAlgorithm: KeyAlgorithm;
   /** Data planes: 1 runs in the agent's thread, more run as worker threads (proxy/workers.ts). */
   workers: number;
@@ -149,6 +151,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     probeGateTtlMs: Math.round(v['probe-gate-ttl'] / 1000) * 1000,
     heapHeadroomMiB: v['heap-headroom'],
     mallocTrimMs: v['malloc-trim'],
+    releaseStartupPages: v['release-startup-pages'],
     keyAlgorithm: v['key-algorithm'],
     // A sidecar serves one pod: one thread, as the sidecars it stands for.
     workers: v.workers ?? (sidecar ? 1 : defaultWorkers()),

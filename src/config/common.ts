@@ -1,4 +1,4 @@
-// What several commands share: log levels, malloc trimming, and where the workloads come from (file or API).
+// What several commands share: log levels, malloc trimming, start-up pages, and where the workloads come from (file or API).
 import type { Flag, FlagValues, Problems } from './flags.ts';
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
@@ -17,6 +17,11 @@ export const LOG_LEVEL_FLAG = {
 /** How often free malloc memory goes back to the kernel (malloc-tuning.ts); 0: never. */
 export const MALLOC_TRIM_FLAG = {
   name: 'malloc-trim', type: 'duration', min: 0, max: 3_600_000, default: '10s', help: 'how often free malloc memory is handed back to the kernel; 0s: never',
+} as const satisfies Flag;
+
+/** Whether the Node binary's start-up pages go back to the kernel once the process is up (startup-pages.ts). */
+export const RELEASE_STARTUP_PAGES_FLAG = {
+  name: 'release-startup-pages', type: 'on-off', default: 'on', help: 'once up, hand back the pages of the Node binary start-up touched (those still used fault back in)',
 } as const satisfies Flag;
 
 /** Where the registry comes from: the workloads file (local mode) or the Kubernetes API. */
