@@ -4,15 +4,19 @@
 // client (node-a) and server (node-b), 98 more pods on each of those nodes (100 certificates per
 // agent) and 800 on eight other nodes. For each worker count: both agents started, ready, 10 s
 // idle, RSS read; then RSS after each part of the load and 15 s after it, the peak RSS since start
-// (VmHWM), and the agents' CPU seconds per GB of the bulk transfer. Numbers in bench/README.md,
-// "Agent memory in Kubernetes mode".
+// (VmHWM), the agents' CPU seconds per GB of the bulk transfer, and the major page faults the load
+// took (code read back from the Node binary). Each agent runs a copy of the Node binary of its own,
+// as each node's agent maps its image's alone (`--shared-binary`: all on this one, whose pages the
+// kernel then keeps for every process that maps them). Numbers in bench/README.md, "Agent memory
+// in Kubernetes mode".
 import type { ChildProcess } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { copyFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { MeshLab } from '../src/demo/lab.ts';
-import { processCpuSeconds, processMinorFaults, processPeakRssMiB, processRssMiB } from '../src/demo/process-stats.ts';
+import { processRunner } from '../src/demo/lab-spec.ts';
+import { processCpuSeconds, processMajorFaults, processMinorFaults, processPeakRssMiB, processRssMiB } from '../src/demo/process-stats.ts';
 import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
 import { driveStandIn } from '../test/support/apiserver-client.ts';
 import { namespaceObject, nodeObject, podObject, standInKubeConfig } from '../test/support/apiserver.ts';
@@ -31,18 +35,27 @@ const { values: opts } = parseArgs({ options: {
   'bulk-mb': { type: 'string', default: '256' },
   // More agent flags, space-separated (e.g. "--heap-headroom 0": what V8's own heap sizing keeps).
   'agent-args': { type: 'string', default: '' },
+  'shared-binary': { type: 'boolean', default: false },
 } });
 await assertNetnsPrerequisites();
 const say = (s: string) => process.stderr.write(`${s}\n`);
 
 const lab = await MeshLab.create({
   apiNode: true,
+  // `agent --node NAME ...`: that node's copy of the binary (copied below, before any agent starts).
+  runner: {
+    command: (role, args, labDir) => {
+      const own = processRunner.command(role, args, labDir);
+      return role === 'agent' && !opts['shared-binary'] ? { ...own, cmd: join(labDir, `node-${args[2]}`) } : own;
+    },
+  },
   nodes: [
     { name: 'node-a', pods: [{ name: 'client', namespace: NS }] },
     { name: 'node-b', pods: [{ name: 'server', namespace: NS }] },
   ],
 });
 
+const ms = (v: number) => v.toFixed(2);
 const memory = (pid: number) => ({ rss: Math.round(processRssMiB(pid)), peak: Math.round(processPeakRssMiB(pid)) });
 
 async function run(pod: string, args: string[]): Promise<any> {
@@ -73,6 +86,7 @@ try {
   const kubeconfig = join(lab.dir, 'kubeconfig');
   await writeFile(kubeconfig, standInKubeConfig(listening));
   for (const node of lab.meshNodes) await lab.initCapture(node);
+  for (const node of lab.meshNodes) await copyFile(process.execPath, join(lab.dir, `node-${node.name}`));
   await lab.startServer('server', ECHO_PORT);
   const http = lab.topo.spawn(lab.pod('server').ns, process.execPath, [LOAD, 'http-server', '--port', String(HTTP_PORT)]);
   await new Promise((r) => http.stdout!.once('data', r));
@@ -84,9 +98,10 @@ try {
     const pids = lab.meshNodes.map((n) => lab.agents.get(n.name)!.child.pid!);
     await new Promise((r) => setTimeout(r, 10_000));
     const idle = pids.map(memory);
+    const major0 = pids.map(processMajorFaults);
     say(`${workers} worker(s): idle ${idle.map((m) => m.rss).join(', ')} MiB; load ...`);
     const url = `http://${server}:${HTTP_PORT}/`;
-    await run('client', ['latency', '--url', url, '--rate', '1000', '--seconds', '2', '--connections', '16']);
+    const warm = await run('client', ['latency', '--url', url, '--rate', '1000', '--seconds', '2', '--connections', '16']);
     const latency = await run('client', ['latency', '--url', url, '--rate', '1000', '--seconds', opts.seconds, '--connections', '16']);
     const afterLatency = pids.map(memory);
     await run('client', ['connrate', '--host', server, '--port', String(ECHO_PORT), '--seconds', '5', '--concurrency', '32']);
@@ -98,11 +113,12 @@ try {
     const bulkCpuPerGb = pids.map((pid, i) => ((processCpuSeconds(pid) - cpu0[i]!) / (Number(opts['bulk-mb']) / 1024)).toFixed(2));
     const bulkFaults = pids.map((pid, i) => processMinorFaults(pid) - faults0[i]!);
     const loaded = pids.map(memory);
+    const loadMajorFaults = pids.map((pid, i) => processMajorFaults(pid) - major0[i]!);
     // What stays once the load is over (the periodic malloc trim runs every 10 s by default).
     await new Promise((r) => setTimeout(r, 15_000));
     const settled = pids.map(memory);
     const rss = (ms: Array<{ rss: number }>) => ms.map((m) => m.rss).join(', ');
-    rows.push(`| ${workers} | ${rss(idle)} | ${rss(afterLatency)} | ${rss(afterConnections)} | ${rss(loaded)} | ${rss(settled)} | ${loaded.map((m) => m.peak).join(', ')} | ${bulkCpuPerGb.join(', ')} | ${bulkFaults.join(', ')} | ${latency.requests} |`);
+    rows.push(`| ${workers} | ${rss(idle)} | ${rss(afterLatency)} | ${rss(afterConnections)} | ${rss(loaded)} | ${rss(settled)} | ${loaded.map((m) => m.peak).join(', ')} | ${bulkCpuPerGb.join(', ')} | ${bulkFaults.join(', ')} | ${loadMajorFaults.join(', ')} | ${latency.requests} | ${ms(warm.p99)}, ${ms(warm.max)} | ${ms(latency.p99)} |`);
     for (const node of lab.meshNodes) await lab.stopAgent(node.name);
   }
   http.kill();
@@ -111,5 +127,5 @@ try {
   await lab.destroy();
 }
 say('agents node-a (client side), node-b (server side), MiB:');
-console.log('| workers | idle RSS | after 1,000 req/s | after new connections | after bulk | 15 s later | peak RSS | bulk CPU s per GB | bulk minor faults | requests in the latency run |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+console.log('| workers | idle RSS | after 1,000 req/s | after new connections | after bulk | 15 s later | peak RSS | bulk CPU s per GB | bulk minor faults | major faults, whole load | requests in the latency run | first 2 s p99, max ms | latency run p99 ms |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
 console.log(rows.join('\n'));

@@ -5,12 +5,15 @@
 // The same 1,000 pods (100 on the agent's node, so 100 certificates) and 20 Services; one
 // data-plane worker, or WORKERS; MESHLET_ARGS go to both processes (`--malloc-trim=0s`); RUNS and
 // MODES (file,kubernetes) narrow it. Each run starts the CA, then the agent; once the agent is
-// ready and 10 s more, both are read: RSS, PSS, and the peak RSS since start; RSS again 20 s later.
-// Three runs each; the first of a mode fills the compile cache for that mode's modules. Numbers in
+// ready and 10 s more, both are read: RSS, PSS, and the peak RSS since start; RSS again LATER seconds later (20).
+// Three runs each; the first of a mode fills the compile cache for that mode's modules. The agent and
+// the CA each run a copy of the Node binary of their own, as on a node where the agent's image is
+// its own (the kernel shares a binary's pages among the processes that map it, so the bench's own
+// processes would keep them in; SHARED_BINARY=1 runs them all on this one). Numbers in
 // bench/README.md, "Agent memory in Kubernetes mode".
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -28,6 +31,8 @@ const RUNS = Number(process.env.RUNS ?? 3);
 const MODES = (process.env.MODES ?? 'file,kubernetes').split(',');
 const WORKERS = process.env.WORKERS ?? '1';
 const EXTRA = (process.env.MESHLET_ARGS ?? '').split(' ').filter(Boolean);
+const SHARED_BINARY = process.env.SHARED_BINARY === '1';
+const LATER_S = Number(process.env.LATER ?? 20);
 const ns = `meshlet-mem-${process.pid}`;
 const dir = await mkdtemp(join(tmpdir(), 'meshlet-mem-'));
 const node = (i: number) => `n${i}`;
@@ -59,7 +64,8 @@ async function ready(what: string, url: string): Promise<void> {
 
 /** A meshlet process in the namespace, its output kept for the error message. */
 function meshlet(args: string[]): { child: ChildProcess; log: () => string } {
-  const child = inNs(process.execPath, [...AGENT_NODE_FLAGS, CLI, ...args, ...EXTRA, '--log-level', 'warn'], { NODE_COMPILE_CACHE: join(dir, 'cc') });
+  const exe = SHARED_BINARY ? process.execPath : join(dir, `node-${args[0]}`);
+  const child = inNs(exe, [...AGENT_NODE_FLAGS, CLI, ...args, ...EXTRA, '--log-level', 'warn'], { NODE_COMPILE_CACHE: join(dir, 'cc') });
   let log = '';
   child.stderr!.on('data', (d) => { log += d; });
   child.stdout!.on('data', (d) => { log += d; });
@@ -83,14 +89,20 @@ async function measure(label: string, caArgs: string[], agentArgs: string[], bef
       agent = meshlet(['agent', '--node', node(0), '--workers', WORKERS, '--ca-url', `https://127.0.0.1:${PORTS.ca}`,
         '--token-file', join(dir, 'token'), '--trust-bundle', join(dir, 'bundle.pem'), ...agentArgs]);
       await ready('agent', `http://127.0.0.1:${PORTS.readiness}/healthz/ready`);
+      // As in a cluster while idle: kubelet's readiness probes and a Prometheus scrape every 10 s.
+      const get = (url: string) => runCommand('ip', ['netns', 'exec', ns, 'curl', '-sk', '-o', '/dev/null', url]);
+      const probes = setInterval(() => {
+        for (const url of [`http://127.0.0.1:${PORTS.readiness}/healthz/ready`, `http://127.0.0.1:${PORTS.metrics}/metrics`, `https://127.0.0.1:${PORTS.ca}/healthz/ready`]) void get(url);
+      }, 10_000).unref();
       await new Promise((r) => setTimeout(r, 10_000));
       // `ip netns exec` execs the command: the child's PID is meshlet's.
       out.agent.push(memory(agent.child.pid!));
       out.ca.push(memory(ca.child.pid!));
       // Idle longer: past a periodic malloc trim whatever the moment start-up ended.
-      await new Promise((r) => setTimeout(r, 20_000));
+      await new Promise((r) => setTimeout(r, LATER_S * 1000));
       out.agentLater.push(processRssMiB(agent.child.pid!));
       out.caLater.push(processRssMiB(ca.child.pid!));
+      clearInterval(probes);
     } catch (err) {
       throw new Error(`${label}: ${(err as Error).message}\nCA: ${ca.log()}\nagent: ${agent?.log() ?? ''}`);
     } finally {
@@ -99,8 +111,8 @@ async function measure(label: string, caArgs: string[], agentArgs: string[], bef
     }
   }
   const row = (ms: Memory[], later: number[]) => [...(['rss', 'pss', 'peak'] as const).map((k) => `${k === 'peak' ? 'peak RSS' : k.toUpperCase()} ${ms.map((m) => m[k].toFixed(0)).join(', ')} MiB`),
-    `RSS 30 s idle ${later.map((m) => m.toFixed(0)).join(', ')} MiB`].join('; ');
-  console.log(`${label}, agent (${WORKERS} worker${WORKERS === '1' ? '' : 's'}${EXTRA.length ? `, ${EXTRA.join(' ')}` : ''}): ${row(out.agent, out.agentLater)}`);
+    `RSS ${10 + LATER_S} s idle ${later.map((m) => m.toFixed(0)).join(', ')} MiB`].join('; ');
+  console.log(`${label}, agent (${WORKERS} worker${WORKERS === '1' ? '' : 's'}${EXTRA.length ? `, ${EXTRA.join(' ')}` : ''}${SHARED_BINARY ? ', shared binary' : ''}): ${row(out.agent, out.agentLater)}`);
   console.log(`${label}, CA service: ${row(out.ca, out.caLater)}`);
 }
 
@@ -109,6 +121,7 @@ try {
   await sh('ip', ['netns', 'add', ns]);
   await sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
   await sh('ip', ['netns', 'exec', ns, process.execPath, CLI, 'init']);
+  for (const role of ['agent', 'ca']) await copyFile(process.execPath, join(dir, `node-${role}`));
   await sh('env', [`NODE_COMPILE_CACHE=${join(dir, 'cc')}`, process.execPath, CLI, '--help']);
 
   // The same mesh twice: as a workloads file, and as objects in the API stand-in.

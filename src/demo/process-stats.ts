@@ -13,6 +13,11 @@ export function processMinorFaults(pid: number): number {
   return Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ')[7]);
 }
 
+/** Major page faults so far (field 12): pages read back from a file, e.g. the Node binary's once given back. */
+export function processMajorFaults(pid: number): number {
+  return Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ')[9]);
+}
+
 /**
  * Proportional set size in MiB: pages shared with other processes (the node binary's, for N sidecars
  * of the same image) counted as a share. Beside RSS, which counts them whole in every process.
