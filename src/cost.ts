@@ -29,7 +29,7 @@ export interface CostInputs {
   podsPerNode: number;
   /** One sidecar's requests (Istio's injected default: 100m, 128Mi). */
   sidecar: Reservation;
-  /** One meshlet agent's requests (the DaemonSet's: 100m, 160Mi). */
+  /** One meshlet agent's requests (the DaemonSet's: 100m, 128Mi). */
   agent: Reservation;
   /** Price of one vCPU and of one GiB of memory for an hour. */
   vcpuHour: number;

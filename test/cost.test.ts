@@ -53,10 +53,11 @@ describe('meshlet cost', () => {
     const p = projectCost({ ...inputs, agent: inputs.sidecar, nodes: 3, podsPerNode: 1 });
     assert.equal(p.saved.monthly, 0);
     assert.equal(p.saved.fraction, 0);
-    // The DaemonSet requests more memory than one sidecar: with one pod per node the agents cost more.
-    const more = projectCost({ ...inputs, nodes: 3, podsPerNode: 1 });
+    // An agent that requests more memory than one sidecar: with one pod per node the agents cost more.
+    const bigger = { ...inputs, agent: { cpuMillis: 100, memoryMiB: 160 } };
+    const more = projectCost({ ...bigger, nodes: 3, podsPerNode: 1 });
     assert.ok(more.saved.monthly < 0);
-    assert.match(formatCost(more, { ...inputs, nodes: 3, podsPerNode: 1 }), /meshlet reserves 0 vCPU and 0\.09\d* GiB more than the sidecars: it costs [\d.]+ a month more/);
+    assert.match(formatCost(more, { ...bigger, nodes: 3, podsPerNode: 1 }), /meshlet reserves 0 vCPU and 0\.09\d* GiB more than the sidecars: it costs [\d.]+ a month more/);
   });
 
   it('lists every bad flag at once', () => {

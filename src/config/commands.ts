@@ -61,7 +61,7 @@ export const COST_FLAGS = [
   { name: 'sidecar-cpu', ...QUANTITY, default: '100m', help: 'one sidecar\'s CPU request (Istio\'s default)' },
   { name: 'sidecar-memory', ...QUANTITY, default: '128Mi', help: 'one sidecar\'s memory request (Istio\'s default)' },
   { name: 'agent-cpu', ...QUANTITY, default: '100m', help: 'one meshlet agent\'s CPU request (the DaemonSet\'s)' },
-  { name: 'agent-memory', ...QUANTITY, default: '160Mi', help: 'one meshlet agent\'s memory request (the DaemonSet\'s)' },
+  { name: 'agent-memory', ...QUANTITY, default: '128Mi', help: 'one meshlet agent\'s memory request (the DaemonSet\'s)' },
   // Illustrative on-demand list prices (USD); pass your own.
   { name: 'vcpu-hour', ...PRICE, default: '0.033', help: 'price of a vCPU for an hour (illustrative)' },
   { name: 'gib-hour', ...PRICE, default: '0.0045', help: 'price of a GiB of memory for an hour (illustrative)' },
