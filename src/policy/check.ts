@@ -81,6 +81,7 @@ export function formatCheck(r: CheckResult): string {
   if (r.decision.allowed) lines.push(`  decided by: ${r.decision.policy ?? 'no policy selects the destination (default allow)'}`);
   else lines.push(`  decided by: ${r.decision.policy}`, `  reason:     ${r.decision.reason}`);
   if (r.decision.audit) lines.push(`  audited by: ${r.decision.audit.join(', ')}`);
+  if (r.decision.auditUnmatched) lines.push(`  AUDIT not matched (would deny as ALLOW): ${r.decision.auditUnmatched.join(', ')}`);
   for (const n of r.notes) lines.push(`  note:       ${n}`);
   return lines.join('\n') + '\n';
 }

@@ -1,6 +1,7 @@
 // The MeshPolicy engine: the PolicyEngine the data path calls, fed by every registry snapshot.
 //
-// Order of evaluation (Istio's, at L4): AUDIT policies that match are recorded; any matching DENY
+// Order of evaluation (Istio's, at L4): AUDIT policies that match are recorded (and those that
+// select the destination but do not match, as what they would deny as ALLOW); any matching DENY
 // denies; if any ALLOW policy selects the destination, the connection must match one of them; with
 // no ALLOW policy selecting it, it is allowed. mTLS mode comes from the destination's namespace
 // (`meshlet.dev/mtls`, default permissive).
@@ -30,8 +31,11 @@ export interface PolicyDump {
   decisions: DecisionCount[];
 }
 
+/** audit_unmatched: an AUDIT policy selected the destination and did not match (it would deny as ALLOW). */
+export type DecisionAction = 'allow' | 'deny' | 'audit' | 'audit_unmatched';
+
 export interface DecisionCount {
-  action: 'allow' | 'deny' | 'audit';
+  action: DecisionAction;
   policy: string;
   count: number;
 }
@@ -71,13 +75,17 @@ export class MeshPolicyEngine implements PolicyEngine {
   authorize(c: ConnectionAttributes): PolicyDecision {
     const a = this.#compiled.applicable(c.destination);
     let audit: string[] | undefined;
+    let auditUnmatched: string[] | undefined;
     for (const p of a.audit) {
       if (p.matches(c)) {
         (audit ??= []).push(p.id);
         this.#count('audit', p.id);
+      } else {
+        (auditUnmatched ??= []).push(p.id);
+        this.#count('audit_unmatched', p.id);
       }
     }
-    const withAudit = audit ? { audit } : {};
+    const withAudit = { ...(audit ? { audit } : {}), ...(auditUnmatched ? { auditUnmatched } : {}) };
     for (const p of a.deny) {
       if (p.matches(c)) {
         this.#count('deny', p.id);

@@ -13,10 +13,14 @@ export interface ConnectionAttributes {
   destinationPort: number;
 }
 
-/** `policy` names the policy that decided (namespace/name); `audit` the AUDIT policies that matched. */
+/**
+ * `policy` names the policy that decided (namespace/name); `audit` the AUDIT policies that matched;
+ * `auditUnmatched` the AUDIT policies that select the destination and did not match: what each would
+ * have denied as an ALLOW (`meshlet policy suggest --audit` proposes them to be watched so).
+ */
 export type PolicyDecision =
-  | { allowed: true; policy?: string; audit?: string[] }
-  | { allowed: false; policy: string; reason: string; audit?: string[] };
+  | { allowed: true; policy?: string; audit?: string[]; auditUnmatched?: string[] }
+  | { allowed: false; policy: string; reason: string; audit?: string[]; auditUnmatched?: string[] };
 
 export interface PolicyEngine {
   authorize(conn: ConnectionAttributes): PolicyDecision;

@@ -46,7 +46,7 @@ export class BatchedTelemetry implements DataPlaneTelemetry {
   }
   closed(c: MeteredConnection): void { this.#tcp.closed(c); }
   refused(reporter: string, error: string): void { this.#refused.inc(reporter, error); }
-  decision(action: 'allow' | 'deny' | 'audit', policy: string): void { this.#decisions.inc(action, policy); }
+  decision(action: 'allow' | 'deny' | 'audit' | 'audit_unmatched', policy: string): void { this.#decisions.inc(action, policy); }
   tunnelStalled(reason: string): void { this.#stalled.set(reason, (this.#stalled.get(reason) ?? 0) + 1); }
   endpointEjected(namespace: string, name: string): void { this.#ejected.inc(namespace, name); }
   handshake(seconds: number, ok: boolean): void { this.#handshakes.push([seconds, ok]); }

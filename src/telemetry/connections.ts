@@ -29,7 +29,7 @@ export interface DataPlaneTelemetry {
   opened(c: MeteredConnection, setupSeconds: number, route: string): void;
   closed(c: MeteredConnection): void;
   refused(reporter: string, error: string): void;
-  decision(action: 'allow' | 'deny' | 'audit', policy: string): void;
+  decision(action: 'allow' | 'deny' | 'audit' | 'audit_unmatched', policy: string): void;
   tunnelStalled(reason: string): void;
   endpointEjected(namespace: string, name: string): void;
   handshake(seconds: number, ok: boolean): void;
@@ -52,6 +52,8 @@ export interface ConnectionInfo extends MeteredConnection {
   policy?: string;
   /** AUDIT policies that matched. */
   audit?: string[];
+  /** AUDIT policies that select the destination and did not match: what each would deny as an ALLOW. */
+  auditUnmatched?: string[];
   /** W3C trace id, shared by the source and destination agents' log lines (tunnel `traceparent`). */
   traceId: string;
   startedAt: number;
@@ -166,6 +168,7 @@ export class ConnectionTracker {
           outcome: error ? 'error' : reset ? 'reset' : 'ok',
           ...(info.policy ? { policy: info.policy } : {}),
           ...(info.audit ? { audit: info.audit } : {}),
+          ...(info.auditUnmatched ? { audit_unmatched: info.auditUnmatched } : {}),
           ...(error ? { error: errorCode(error), reason: (error as Error).message } : {}),
           ...(error instanceof PolicyDeniedError ? { policy: error.policy } : {}),
         };

@@ -70,7 +70,7 @@ export class MeshMetrics {
     tcp('meshlet_tcp_sent_bytes_total', 'Bytes from source to destination', 'sent');
     tcp('meshlet_tcp_received_bytes_total', 'Bytes from destination back to source', 'received');
     this.#refused = new Counter({ name: 'meshlet_connections_refused_total', help: 'Connections refused or failed before any byte flowed, by error code (docs/errors.md)', labelNames: ['reporter', 'error'], registers });
-    this.#decisions = new Counter({ name: 'meshlet_policy_decisions_total', help: 'Policy decisions by action and deciding policy', labelNames: ['action', 'policy'], registers });
+    this.#decisions = new Counter({ name: 'meshlet_policy_decisions_total', help: 'Policy decisions by action and policy (audit_unmatched: an AUDIT policy selecting the destination did not match, what it would deny as ALLOW)', labelNames: ['action', 'policy'], registers });
     this.#setup = new Histogram({
       name: 'meshlet_connection_setup_seconds', help: 'From accepting a connection to relaying its first byte, per route', labelNames: ['route'], registers,
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],

@@ -54,4 +54,29 @@ describe('policy suggest from the agents\' logs', () => {
       assert.equal(await reach(from, to, port), false, `${from} -> ${to}:${port} was never observed: denied`);
     }
   });
+
+  it('with --audit proposes the same to watch first: what they would deny is counted and logged, nothing refused', async () => {
+    const logs = [...lab.agents.values()].flatMap((a) => ['--access-log', a.logFile]);
+    const r = await runCommand(process.execPath, [CLI, 'policy', 'suggest', ...logs, '--workloads', lab.workloadsFile, '--output', 'workloads', '--audit']);
+    assert.equal(r.code, 0, r.stderr);
+    const { policies } = parse(r.stdout) as { policies: Array<{ name: string; namespace: string; action: string }> };
+    assert.deepEqual(policies.map((p) => `${p.namespace}/${p.name}:${p.action}`).sort(), ['shop/audit-cache-observed:AUDIT', 'shop/audit-db-observed:AUDIT'], r.stderr);
+    await lab.writeWorkloads({ ...lab.workloadsDocument(), policies });
+    await eventually('both agents compiled them', async () => (await Promise.all(lab.meshNodes.map((n) => lab.configDump(n))))
+      .every((d) => d.policy.policies.length === 2 && d.policy.policies.every((p: { action: string }) => p.action === 'AUDIT')));
+
+    const unmatched = async () => Number(/meshlet_policy_decisions_total\{action="audit_unmatched",policy="shop\/audit-db-observed"\} (\d+)/.exec(await lab.metrics(lab.node('node-b')))?.[1] ?? 0);
+    const before = await unmatched();
+    assert.equal(await reach('web', 'db', 8080), true, 'observed: allowed');
+    for (const [from, port] of [['cache', 8080], ['web', 9090]] as const) assert.equal(await reach(from, 'db', port), true, `${from} -> db:${port}: AUDIT does not refuse`);
+    await eventually('the two never observed counted as what the policy would deny', async () => (await unmatched()) - before === 2);
+    const toDb = async () => (await lab.accessLog('node-b')).filter((l) => l.reporter === 'destination' && l.dst?.addr?.startsWith(`${lab.pod('db').ip}:`));
+    await eventually('the last one logged', async () => (await toDb()).at(-1)?.dst.addr.endsWith(':9090'));
+    const tail = (await toDb()).slice(-3);
+    assert.deepEqual(tail.map((l) => [l.src?.principal?.split('/').pop(), l.dst.addr.split(':')[1], l.audit ?? null, l.audit_unmatched ?? null]), [
+      ['web', '8080', ['shop/audit-db-observed'], null],
+      ['cache', '8080', null, ['shop/audit-db-observed']],
+      ['web', '9090', null, ['shop/audit-db-observed']],
+    ]);
+  });
 });

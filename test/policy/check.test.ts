@@ -26,6 +26,7 @@ policies:
       - from: [{ principals: ["spiffe://cluster.local/ns/shop/sa/web"] }]
         to: [{ ports: [5432] }]
   - { name: watch-db, namespace: shop, action: AUDIT, selector: { matchLabels: { app: db } }, rules: [{}] }
+  - { name: suggested-db, namespace: shop, action: AUDIT, selector: { matchLabels: { app: db } }, rules: [{ to: [{ ports: [5432] }] }] }
 `;
 
 describe('policy check', () => {
@@ -33,7 +34,7 @@ describe('policy check', () => {
 
   it('explains an allowed connection: the policy, the audit and what cannot be enforced', () => {
     const r = checkConnection(snapshot, 'spiffe://cluster.local/ns/shop/sa/web', 'shop/db:5432');
-    assert.deepEqual(r.decision, { allowed: true, policy: 'shop/db-clients', audit: ['shop/watch-db'] });
+    assert.deepEqual(r.decision, { allowed: true, policy: 'shop/db-clients', audit: ['shop/watch-db', 'shop/suggested-db'] });
     assert.deepEqual(r.from, { principal: 'spiffe://cluster.local/ns/shop/sa/web', ip: '10.1.0.10', workload: 'shop/web', plaintext: false });
     const text = formatCheck(r);
     assert.match(text, /^ALLOW  spiffe:\/\/cluster.local\/ns\/shop\/sa\/web -> shop\/db:5432 \(10.1.0.20, mTLS strict\)/);
@@ -46,6 +47,9 @@ describe('policy check', () => {
     assert.equal(r.decision.allowed, false);
     assert.equal(r.decision.policy, 'no-allow-matched');
     assert.match(formatCheck(r), /^DENY .*\n {2}decided by: no-allow-matched\n {2}reason: {5}ALLOW policies select shop\/db \(shop\/db-clients\) and none matched/);
+    // The AUDIT policy for 5432 only would have denied it too, before anyone enforced it.
+    assert.deepEqual(r.decision.auditUnmatched, ['shop/suggested-db']);
+    assert.match(formatCheck(r), /AUDIT not matched \(would deny as ALLOW\): shop\/suggested-db/);
   });
 
   it('treats an IP outside the mesh as plaintext, which STRICT refuses', () => {

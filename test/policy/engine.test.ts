@@ -32,7 +32,7 @@ interface Case {
   to: keyof typeof W;
   port?: number;
   /** true, or the deciding policy of an allow ('allowed-by:ns/name'), or the denying policy. */
-  want: { allowed: boolean; policy?: string; audit?: string[] };
+  want: { allowed: boolean; policy?: string; audit?: string[]; auditUnmatched?: string[] };
 }
 
 const allowFrom = (ns: string, name: string, from: Record<string, unknown>, extra: Record<string, unknown> = {}) =>
@@ -65,6 +65,8 @@ const CASES: Case[] = [
   { name: 'DENY wins over a matching ALLOW', policies: [allowFrom('shop', 'a', { principals: [principal('web')] }), policy('shop', 'd', { action: 'DENY', rules: [{ from: [{ principals: [principal('web')] }] }] })], from: 'web', to: 'db', want: { allowed: false, policy: 'shop/d' } },
   { name: 'DENY that does not match falls through to ALLOW', policies: [allowFrom('shop', 'a', { principals: [principal('web')] }), policy('shop', 'd', { action: 'DENY', rules: [{ from: [{ namespaces: ['blog'] }] }] })], from: 'web', to: 'db', want: { allowed: true, policy: 'shop/a' } },
   { name: 'AUDIT only records', policies: [policy('shop', 'au', { action: 'AUDIT', rules: [{ from: [{ namespaces: ['shop'] }] }] })], from: 'web', to: 'db', want: { allowed: true, audit: ['shop/au'] } },
+  { name: 'an AUDIT policy that selects and does not match: what it would deny as ALLOW', policies: [policy('shop', 'au', { action: 'AUDIT', rules: [{ from: [{ namespaces: ['shop'] }] }] })], from: 'api', to: 'db', want: { allowed: true, auditUnmatched: ['shop/au'] } },
+  { name: 'matched and unmatched AUDIT policies side by side', policies: [policy('shop', 'au', { action: 'AUDIT', rules: [{ from: [{ namespaces: ['shop'] }] }] }), policy('shop', 'all', { action: 'AUDIT', rules: [{}] })], from: 'api', to: 'db', want: { allowed: true, audit: ['shop/all'], auditUnmatched: ['shop/au'] } },
   { name: 'AUDIT is recorded on a denial too', policies: [policy('shop', 'au', { action: 'AUDIT', rules: [{}] }), policy('shop', 'd', { action: 'DENY', rules: [{}] })], from: 'web', to: 'db', want: { allowed: false, policy: 'shop/d', audit: ['shop/au'] } },
   { name: 'no selector: the whole namespace', policies: [allowFrom('shop', 'p', { principals: [principal('api')] })], from: 'web', to: 'cache', want: { allowed: false, policy: NO_ALLOW_MATCHED } },
   { name: 'a namespace policy stays in its namespace', policies: [allowFrom('shop', 'p', { principals: [principal('api')] })], from: 'web', to: 'api', want: { allowed: true } },
@@ -104,6 +106,7 @@ describe('MeshPolicy evaluation', () => {
       assert.equal(decision.allowed, c.want.allowed, JSON.stringify(decision));
       assert.equal(decision.policy, c.want.policy, JSON.stringify(decision));
       assert.deepEqual(decision.audit, c.want.audit);
+      assert.deepEqual(decision.auditUnmatched, c.want.auditUnmatched);
     });
   }
 });
@@ -126,13 +129,16 @@ describe('MeshPolicy engine', () => {
 
   it('counts decisions by action and policy', () => {
     const engine = new MeshPolicyEngine();
-    engine.update({ policies: [policy('shop', 'd', { action: 'DENY', rules: [{ from: [{ namespaces: ['blog'] }] }] }), policy('shop', 'au', { action: 'AUDIT', rules: [{}] })], mtls: {} });
+    engine.update({ policies: [policy('shop', 'd', { action: 'DENY', rules: [{ from: [{ namespaces: ['blog'] }] }] }), policy('shop', 'au', { action: 'AUDIT', rules: [{}] }),
+      policy('shop', 'web-only', { action: 'AUDIT', rules: [{ from: [{ principals: [principal('web')] }] }] })], mtls: {} });
     const conn = (from: Workload) => ({ sourcePrincipal: from.spiffeId, sourceNamespace: from.namespace, sourceIp: from.ip, destination: W.db, destinationPort: 80 });
     for (let i = 0; i < 3; i++) engine.authorize(conn(W.api));
     engine.authorize(conn(W.web));
-    assert.deepEqual(engine.decisions().sort((a, b) => a.policy.localeCompare(b.policy)), [
+    assert.deepEqual(engine.decisions().sort((a, b) => a.policy.localeCompare(b.policy) || a.action.localeCompare(b.action)), [
       { action: 'audit', policy: 'shop/au', count: 4 },
       { action: 'deny', policy: 'shop/d', count: 3 },
+      { action: 'audit', policy: 'shop/web-only', count: 1 },
+      { action: 'audit_unmatched', policy: 'shop/web-only', count: 3 },
     ]);
   });
 
