@@ -4,7 +4,8 @@ import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { readOnlyMappings, type Release } from '../src/startup-pages.ts';
+import type { Logger } from 'pino';
+import { readOnlyMappings, type Release, releaseStartupPagesOnce } from '../src/startup-pages.ts';
 
 const MODULE = join(import.meta.dirname, '..', 'src', 'startup-pages.ts');
 
@@ -22,6 +23,19 @@ describe('start-up pages', () => {
       { start: 0x400000, end: 0x74a000, perms: 'r--p' },
       { start: 0x74a000, end: 0x3044000, perms: 'r-xp' },
     ]);
+  });
+
+  it('is scheduled once per process, and not at all when turned off', async () => {
+    const said: string[] = [];
+    const log = { info: (_o: unknown, msg: string) => { said.push(msg); } } as unknown as Logger;
+    releaseStartupPagesOnce(false, log, 0);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(said, [], 'turned off, yet scheduled');
+    releaseStartupPagesOnce(true, log, 0);
+    releaseStartupPagesOnce(true, log, 0);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(said.length, 1, said.join('; '));
+    assert.match(said[0]!, /start-up pages/);
   });
 
   it('gives back what start-up touched of a binary no other process maps', () => {

@@ -2,20 +2,26 @@
 // tests and the benchmarks read their agents' with these.
 import { readFileSync } from 'node:fs';
 
+/** /proc/PID/stat as numbers by field (1-based, as proc(5) numbers them); field 2, the name, may hold spaces. */
+function statFields(pid: number): (n: number) => number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  return (n) => Number(fields[n - 3]);
+}
+
 /** utime + stime of a process in seconds (fields 14 and 15 of /proc/PID/stat, 100 ticks a second). */
 export function processCpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-  return (Number(fields[11]) + Number(fields[12])) / 100;
+  const field = statFields(pid);
+  return (field(14) + field(15)) / 100;
 }
 
 /** Minor page faults of a process so far (field 10 of /proc/PID/stat): memory handed back and taken again. */
 export function processMinorFaults(pid: number): number {
-  return Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ')[7]);
+  return statFields(pid)(10);
 }
 
 /** Major page faults so far (field 12): pages read back from a file, e.g. the Node binary's once given back. */
 export function processMajorFaults(pid: number): number {
-  return Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ')[9]);
+  return statFields(pid)(12);
 }
 
 /**

@@ -40,6 +40,8 @@ export interface DecisionCount {
   count: number;
 }
 
+const NO_AUDIT = {};
+
 export class MeshPolicyEngine implements PolicyEngine {
   #compiled = new CompiledPolicies([]);
   #objects: readonly MeshPolicyObject[] = [];
@@ -85,7 +87,7 @@ export class MeshPolicyEngine implements PolicyEngine {
         this.#count('audit_unmatched', p.id);
       }
     }
-    const withAudit = { ...(audit ? { audit } : {}), ...(auditUnmatched ? { auditUnmatched } : {}) };
+    const withAudit = a.audit.length === 0 ? NO_AUDIT : { ...(audit ? { audit } : {}), ...(auditUnmatched ? { auditUnmatched } : {}) };
     for (const p of a.deny) {
       if (p.matches(c)) {
         this.#count('deny', p.id);

@@ -8,7 +8,9 @@ import type { Workload } from '../workloads/model.ts';
 import type { WorkloadRegistry } from '../workloads/registry.ts';
 
 export function enforce(conn: ConnectionHandle, decision: PolicyDecision): void {
-  if (decision.audit || decision.auditUnmatched) conn.set({ ...(decision.audit ? { audit: decision.audit } : {}), ...(decision.auditUnmatched ? { auditUnmatched: decision.auditUnmatched } : {}) });
+  const { audit, auditUnmatched } = decision;
+  if (audit) conn.set({ audit });
+  if (auditUnmatched) conn.set({ auditUnmatched });
   if (!decision.allowed) throw new PolicyDeniedError(decision.policy, decision.reason);
   if (decision.policy) conn.set({ policy: decision.policy });
 }

@@ -1,7 +1,7 @@
 // DataPlaneTelemetry for a data plane in a worker thread: it counts into plain numbers and hands
 // them over as one structured-clone-safe batch (MeshMetrics.absorb in the control plane), at each
 // scrape and once a second, so a worker never holds more than a second of observations.
-import type { DataPlaneTelemetry, MeteredConnection } from './connections.ts';
+import type { DataPlaneTelemetry, DecisionAction, MeteredConnection } from './connections.ts';
 import { TcpSeriesBook, type TcpAmounts } from './tcp-series.ts';
 
 export interface TelemetryBatch {
@@ -46,7 +46,7 @@ export class BatchedTelemetry implements DataPlaneTelemetry {
   }
   closed(c: MeteredConnection): void { this.#tcp.closed(c); }
   refused(reporter: string, error: string): void { this.#refused.inc(reporter, error); }
-  decision(action: 'allow' | 'deny' | 'audit' | 'audit_unmatched', policy: string): void { this.#decisions.inc(action, policy); }
+  decision(action: DecisionAction, policy: string): void { this.#decisions.inc(action, policy); }
   tunnelStalled(reason: string): void { this.#stalled.set(reason, (this.#stalled.get(reason) ?? 0) + 1); }
   endpointEjected(namespace: string, name: string): void { this.#ejected.inc(namespace, name); }
   handshake(seconds: number, ok: boolean): void { this.#handshakes.push([seconds, ok]); }

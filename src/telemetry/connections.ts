@@ -25,11 +25,14 @@ export interface MeteredConnection {
  * The data plane's counters, as they flow back to the control plane (MeshMetrics in the agent).
  * Each call is one event with plain values, so that a data plane in a worker can batch them.
  */
+/** A policy decision as counted (policy/engine.ts); audit_unmatched: an AUDIT policy selected and did not match. */
+export type DecisionAction = 'allow' | 'deny' | 'audit' | 'audit_unmatched';
+
 export interface DataPlaneTelemetry {
   opened(c: MeteredConnection, setupSeconds: number, route: string): void;
   closed(c: MeteredConnection): void;
   refused(reporter: string, error: string): void;
-  decision(action: 'allow' | 'deny' | 'audit' | 'audit_unmatched', policy: string): void;
+  decision(action: DecisionAction, policy: string): void;
   tunnelStalled(reason: string): void;
   endpointEjected(namespace: string, name: string): void;
   handshake(seconds: number, ok: boolean): void;

@@ -134,6 +134,15 @@ describe('config', () => {
     assert.throws(() => loadAgentConfig([...base, '--heap-headroom', '32MiB'], {}), /--heap-headroom/);
   });
 
+  it('hands the start-up pages back unless told not to, agent and CA', () => {
+    const base = ['--node', 'n1', '--workloads', 'w', '--ca-dir', 'c'];
+    assert.equal(loadAgentConfig(base, {}).releaseStartupPages, true);
+    assert.equal(loadAgentConfig([...base, '--release-startup-pages', 'off'], {}).releaseStartupPages, false);
+    const ca = ['--ca-dir', 'd', '--tokens', 't', '--workloads', 'w'];
+    assert.equal(loadCaServeConfig(ca, {}).releaseStartupPages, true);
+    assert.equal(loadCaServeConfig([...ca, '--release-startup-pages=off'], {}).releaseStartupPages, false);
+  });
+
   it('takes the key algorithm for workloads, a new root and a rotation, ECDSA by default', () => {
     const base = ['--node', 'n1', '--workloads', 'w', '--ca-dir', 'c'];
     assert.equal(loadAgentConfig(base, {}).keyAlgorithm, 'ecdsa-p256');
