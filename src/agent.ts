@@ -257,7 +257,7 @@ export class Agent {
     this.capture.sync({
       local: new Set(local.map((w) => w.ip)),
       local6: new Set(local.flatMap((w) => (w.ipv6 ? [w.ipv6] : []))),
-      destinations: this.registry.destinations,
+      destinations: this.registry.destinations, podRanges: this.registry.podRanges,
       strict: new Set(strict.map((w) => w.ip)),
     });
     this.#advance();

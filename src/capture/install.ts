@@ -110,7 +110,7 @@ const GATE_SET_TIMEOUT_SECONDS = 5;
 
 /**
  * The `ipset` commands that create the sets (idempotent: -exist): the captured pods, the
- * destinations in the mesh, the STRICT pods, the vouched pods, and the captured pods' IPv6
+ * destinations in the mesh, the pod ranges, the STRICT pods, the vouched pods, and the captured pods' IPv6
  * addresses. Not used with nftables (its tables hold their sets).
  */
 export function ipsetCreateArgs(s: CaptureSettings, families: readonly IpFamily[] = captureFamilies(s)): string[][] {
@@ -119,6 +119,7 @@ export function ipsetCreateArgs(s: CaptureSettings, families: readonly IpFamily[
     ['create', s.ipset, 'hash:ip', 'family', 'inet', '-exist'],
     ['create', s.destinationsIpset, 'hash:ip', 'family', 'inet', '-exist'],
     ['create', s.strictIpset, 'hash:ip', 'family', 'inet', '-exist'],
+    ['create', s.podRangesIpset, 'hash:net', 'family', 'inet', '-exist'],
     ['create', s.gateIpset, 'hash:ip', 'family', 'inet', 'timeout', String(GATE_SET_TIMEOUT_SECONDS), '-exist'],
     ...(families.includes(6) ? [['create', s.ipset6, 'hash:ip', 'family', 'inet6', '-exist']] : []),
   ];
@@ -208,7 +209,7 @@ export async function cleanupCapture(tools: CaptureTools, s: CaptureSettings, op
   if (s.mode === 'sidecar') return text;
   await cleanupSourceRoute(tools);
   const sets = (await tools.tool('ipset', ['list', '-n'])).split('\n');
-  for (const name of [s.ipset, s.destinationsIpset, s.strictIpset, s.gateIpset, s.ipset6]) if (sets.includes(name)) await tools.tool('ipset', ['destroy', name]);
+  for (const name of [s.ipset, s.destinationsIpset, s.podRangesIpset, s.strictIpset, s.gateIpset, s.ipset6]) if (sets.includes(name)) await tools.tool('ipset', ['destroy', name]);
   return text;
 }
 

@@ -1,7 +1,7 @@
 // The sets the agent writes, for either capture backend (ipsets, or sets in meshlet's nftables
 // tables): the captured pods, kept equal to this node's captured workloads (the rule count never grows
 // with pods: membership is the only thing that changes as pods come and go), the destinations in the
-// mesh (the only ones a captured pod's connections are redirected for), the captured pods' IPv6
+// mesh (the only ones a captured pod's connections are redirected for, with the pod ranges), the captured pods' IPv6
 // addresses (the IPv6 guard), and the pods the agent vouches for (the probe gate).
 import type { CaptureTools } from './tools.ts';
 import { NFT_TABLE, NFT_TABLE6, nftMembersScript, nftVouchScript, parseNftSetJson } from './nftables.ts';
@@ -15,12 +15,12 @@ export interface IpsetSync {
 
 type Change = { added: number; removed: number };
 
-/** Which of the member sets: this node's captured pods, the destinations in the mesh, its STRICT pods (non-TCP dropped), or the captured pods' IPv6 addresses (the IPv6 guard). */
-export type MemberSet = 'captured' | 'destinations' | 'strict' | 'captured6';
+/** Which of the member sets: this node's captured pods, the destinations in the mesh, the pod ranges (address slices only), its STRICT pods (non-TCP dropped), or the captured pods' IPv6 addresses (the IPv6 guard). */
+export type MemberSet = 'captured' | 'destinations' | 'podRanges' | 'strict' | 'captured6';
 
 /** A member set of either backend. */
 export function createMemberSync(tools: CaptureTools, s: CaptureSettings, which: MemberSet = 'captured'): IpsetSync {
-  const setName = { captured: s.ipset, destinations: s.destinationsIpset, strict: s.strictIpset, captured6: s.ipset6 }[which];
+  const setName = { captured: s.ipset, destinations: s.destinationsIpset, podRanges: s.podRangesIpset, strict: s.strictIpset, captured6: s.ipset6 }[which];
   if (s.backend === 'nftables') {
     const table = which === 'captured6' ? NFT_TABLE6 : NFT_TABLE;
     const members = async () => parseNftSetJson(await tools.tool('nft', ['-j', 'list', 'set', ...table, setName]));

@@ -21,6 +21,8 @@ export interface CaptureMembers {
   local6: ReadonlySet<string>;
   /** Every captured pod of the mesh and the cluster IPs the agent resolves. */
   destinations: ReadonlySet<string>;
+  /** The cluster's pod ranges (address slices only: the controller-away rule), else empty. */
+  podRanges: ReadonlySet<string>;
   /** This node's STRICT pods (filled only with --non-tcp-to-strict drop). */
   strict: ReadonlySet<string>;
 }
@@ -47,6 +49,7 @@ export class CaptureKeeper {
   readonly #log: Logger;
   readonly #members: IpsetSync | undefined;
   readonly #destinations: IpsetSync | undefined;
+  readonly #podRanges: IpsetSync | undefined;
   readonly #strict: IpsetSync | undefined;
   readonly #members6: IpsetSync | undefined;
   /** Captured addresses bound to their bridge ports, on bridge CNIs (node mode). */
@@ -67,6 +70,7 @@ export class CaptureKeeper {
     if (!sidecar) {
       this.#members = createMemberSync(opts.tools, capture);
       this.#destinations = createMemberSync(opts.tools, capture, 'destinations');
+      this.#podRanges = createMemberSync(opts.tools, capture, 'podRanges');
       this.#strict = createMemberSync(opts.tools, capture, 'strict');
       this.#bridge = new BridgeGuard((cmd, args, input) => opts.tools.tool(cmd, args, input), addressesInNetns);
       if (captureFamilies(capture).includes(6)) this.#members6 = createMemberSync(opts.tools, capture, 'captured6');
@@ -91,6 +95,7 @@ export class CaptureKeeper {
       // sending with a new pod's address is taken for it.
       this.#syncBridge(m.local).then(() => this.#members?.sync(m.local)).then((r) => r && logged('captured-pods ipset updated')(r)),
       this.#destinations?.sync(m.destinations).then(logged('mesh destinations set updated')),
+      this.#podRanges?.sync(m.podRanges).then(logged('pod ranges set updated')),
       this.#strict?.sync(m.strict).then(logged('STRICT pods set updated (non-TCP to them dropped)')),
       this.#members6?.sync(m.local6).then(logged('captured-pods IPv6 set updated (the IPv6 guard)')),
     ];

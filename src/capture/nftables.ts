@@ -4,8 +4,8 @@
 // registered first. meshlet's table hooks prerouting at dstnat - 10, so its REDIRECT always comes
 // first (and, being NAT, ends NAT for the connection: kube-proxy's DNAT never sees it).
 //
-// IPv4 lives in one table (`ip meshlet`): the sets (captured pods, destinations in the mesh, STRICT
-// pods, pods the agent vouches for, with timeouts) and the chains, the same rules as the iptables
+// IPv4 lives in one table (`ip meshlet`): the sets (captured pods, destinations in the mesh, pod
+// ranges, STRICT pods, pods the agent vouches for, with timeouts) and the chains, the same rules as the iptables
 // backend's (anti-spoofing, capture, probe gate, non-TCP to STRICT pods, source marks). The IPv6
 // guard has a table of its own (`ip6 meshlet`: the captured pods' IPv6 addresses and a forward chain; see
 // rules.ts, ipv6GuardRules). Pure text here; the commands run in install.ts, ipset.ts and
@@ -33,6 +33,7 @@ export function nftChains(s: CaptureSettings): Record<'antispoof' | 'prerouting'
     prerouting: [
       'type nat hook prerouting priority dstnat - 10; policy accept;',
       `meta l4proto tcp ip saddr ${captured} ip daddr @${s.destinationsIpset} redirect to :${s.outboundPort} comment "meshlet: captured pod to the mesh"`,
+      `meta l4proto tcp ip saddr ${captured} ip daddr @${s.podRangesIpset} redirect to :${s.outboundPort} comment "meshlet: captured pod to an unknown pod"`,
       `ip daddr ${captured} tcp dport ${s.tunnelPort} redirect to :${s.tunnelPort} comment "meshlet: tunnel to captured pod"`,
       `meta l4proto tcp ip daddr ${captured} redirect to :${s.inboundPlaintextPort} comment "meshlet: plaintext to captured pod"`,
     ],
@@ -72,6 +73,7 @@ export function nftInstallScript(s: CaptureSettings, families: readonly IpFamily
     `add set ${T} ${s.ipset} { type ipv4_addr; }`,
     `add set ${T} ${s.destinationsIpset} { type ipv4_addr; }`,
     `add set ${T} ${s.strictIpset} { type ipv4_addr; }`,
+    `add set ${T} ${s.podRangesIpset} { type ipv4_addr; flags interval; }`,
     `add set ${T} ${s.gateIpset} { type ipv4_addr; flags timeout; }`,
     ...chainLines(T, nftChains(s)),
   ];
@@ -146,14 +148,18 @@ export function nftVouchScript(setName: string, ips: readonly string[], ttlSecon
   return `flush set ${T} ${setName}\nadd element ${T} ${setName} { ${ips.map((ip) => `${ip} timeout ${ttlSeconds}s`).join(', ')} }\n`;
 }
 
-/** Members of a set from `nft -j list set` output (plain values, or elements with timeouts). */
+/** Members of a set from `nft -j list set` output (plain values, prefixes, or elements with timeouts). */
 export function parseNftSetJson(json: string): Set<string> {
   const out = new Set<string>();
   const doc = JSON.parse(json) as { nftables?: Array<{ set?: { elem?: unknown[] } }> };
   for (const item of doc.nftables ?? []) {
     for (const e of item.set?.elem ?? []) {
       if (typeof e === 'string') out.add(e);
-      else if (e && typeof e === 'object' && 'elem' in e) {
+      else if (e && typeof e === 'object' && 'prefix' in e) {
+        // An interval set's element (the pod ranges): printed as a prefix.
+        const { addr, len } = (e as { prefix: { addr?: unknown; len?: unknown } }).prefix;
+        if (typeof addr === 'string' && typeof len === 'number') out.add(len === 32 ? addr : `${addr}/${len}`);
+      } else if (e && typeof e === 'object' && 'elem' in e) {
         const val = (e as { elem: { val?: unknown } }).elem.val;
         if (typeof val === 'string') out.add(val);
       }

@@ -45,6 +45,14 @@ export interface CaptureSettings {
    */
   destinationsIpset: string;
   /**
+   * ipset (hash:net) of the cluster's pod ranges, filled only when other nodes' pods come from the
+   * address slices (the table a controller keeps, which may be away or behind): a captured pod's
+   * connection to a pod address the table does not know goes to the agent too, which tunnels it to
+   * whatever captures that address or, when nothing does, dials it as the pod (outbound.ts). Empty
+   * otherwise: the table is the cluster's own (every Pod watched, or the workloads file).
+   */
+  podRangesIpset: string;
+  /**
    * ipset (hash:ip, family inet6) of the same pods' IPv6 addresses, for the IPv6 guard (node mode).
    * The mesh carries IPv4: new IPv6 TCP connections to these addresses are refused, so a dual-stack
    * pod's traffic can never go around the mesh in plaintext over IPv6 (an nftables set of that name
@@ -86,6 +94,7 @@ export const defaultCaptureSettings: CaptureSettings = {
   iptablesMode: 'auto',
   ipset: 'meshlet-captured',
   destinationsIpset: 'meshlet-destinations',
+  podRangesIpset: 'meshlet-pod-ranges',
   strictIpset: 'meshlet-strict',
   forwardChain: 'MESHLET_FORWARD',
   ipset6: 'meshlet-captured6',
@@ -111,6 +120,9 @@ export function chainRules(s: CaptureSettings): string[] {
     // connection the agent dialled would leave as the node: cloud metadata, ports open to the node
     // only). The agent's own connections leave through OUTPUT, never PREROUTING: never captured again.
     `-A ${s.chain} -p tcp ${set} src -m set --match-set ${s.destinationsIpset} dst -m comment --comment "meshlet: captured pod to the mesh" -j REDIRECT --to-ports ${s.outboundPort}`,
+    // An address in the pod ranges the table does not know (a pod started while the address
+    // controller was away): the agent, never plaintext to a pod that may be captured.
+    `-A ${s.chain} -p tcp ${set} src -m set --match-set ${s.podRangesIpset} dst -m comment --comment "meshlet: captured pod to an unknown pod" -j REDIRECT --to-ports ${s.outboundPort}`,
     // Tunnel traffic addressed to a captured pod's tunnel port lands on the agent's tunnel listener.
     `-A ${s.chain} -p tcp ${set} dst -m tcp --dport ${s.tunnelPort} -m comment --comment "meshlet: tunnel to captured pod" -j REDIRECT --to-ports ${s.tunnelPort}`,
     // Any other TCP to a captured pod is plaintext from outside the mesh: the inbound plaintext port

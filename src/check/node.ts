@@ -27,14 +27,14 @@ export interface NodeFacts {
   bridges: string[];
   /**
    * What capture needs of the kernel, tried in the chosen iptables (a scratch chain and set, removed
-   * at once): the socket and rpfilter matches, REDIRECT, ipset's hash:ip. Absent when not tried.
+   * at once): the socket and rpfilter matches, REDIRECT, ipset's hash:ip and hash:net. Absent when not tried.
    */
   kernel?: Record<KernelFeature, boolean>;
 }
 
-export type KernelFeature = 'socket match' | 'rpfilter match' | 'REDIRECT' | 'ipset hash:ip';
+export type KernelFeature = 'socket match' | 'rpfilter match' | 'REDIRECT' | 'ipset hash:ip' | 'ipset hash:net';
 /** The module each feature lives in, for the hint. */
-const MODULES: Record<KernelFeature, string> = { 'socket match': 'xt_socket', 'rpfilter match': 'xt_rpfilter', REDIRECT: 'xt_REDIRECT', 'ipset hash:ip': 'ip_set_hash_ip' };
+const MODULES: Record<KernelFeature, string> = { 'socket match': 'xt_socket', 'rpfilter match': 'xt_rpfilter', REDIRECT: 'xt_REDIRECT', 'ipset hash:ip': 'ip_set_hash_ip', 'ipset hash:net': 'ip_set_hash_net' };
 
 /** Tries each feature in a scratch chain of its table with the iptables of `mode`; prints "feature NAME 0|1". */
 function kernelScript(mode: 'legacy' | 'nft'): string {
@@ -47,7 +47,7 @@ function kernelScript(mode: 'legacy' | 'nft'): string {
     probe('mangle', '-p tcp -m socket --transparent -j RETURN', 'socket match'),
     probe('raw', '-m rpfilter --invert -j RETURN', 'rpfilter match'),
     probe('nat', '-p tcp -j REDIRECT --to-ports 15001', 'REDIRECT'),
-    'if ipset create meshlet-check-$$ hash:ip 2>/dev/null; then ipset destroy meshlet-check-$$; echo "feature ipset hash:ip 1"; else echo "feature ipset hash:ip 0"; fi',
+    ...['hash:ip', 'hash:net'].map((t) => `if ipset create meshlet-check-$$ ${t} 2>/dev/null; then ipset destroy meshlet-check-$$; echo "feature ipset ${t} 1"; else echo "feature ipset ${t} 0"; fi`),
     'exit 0',
   ].join('\n');
 }

@@ -37,6 +37,7 @@ export function captureSettings(
   const sets = [['--ipset', v.ipset], ['--destinations-ipset', v['destinations-ipset']], ['--gate-ipset', v['gate-ipset']], ['--ipset6', v.ipset6]] as const;
   for (const [i, [flag, value]] of sets.entries()) {
     if (value === d.strictIpset) p.add(`${flag}: ${value} is meshlet's STRICT pods set`);
+    if (value === d.podRangesIpset) p.add(`${flag}: ${value} is meshlet's pod ranges set`);
     for (const [other, otherValue] of sets.slice(i + 1)) if (value === otherValue) p.add(`${flag} and ${other} must differ (both ${value})`);
   }
   if (mode === 'sidecar' && v['capture-backend'] === 'nftables') p.add('--sidecar captures with iptables only (--capture-backend nftables is for the node agent)');

@@ -44,6 +44,11 @@ export function connectTcp(host: string, port: number, timeoutMs: number, fd?: n
 export async function connectLocalPod(ctx: ProxyContext, podIp: string, port: number, source?: DeliverySource): Promise<net.Socket> {
   const vouching = ctx.vouchFor(podIp);
   if (vouching) await vouching;
+  return connectFromSource(ctx, podIp, port, source);
+}
+
+/** A connection to `podIp` from `source`'s address when the agent preserves sources and one is known. */
+export async function connectFromSource(ctx: ProxyContext, podIp: string, port: number, source?: DeliverySource): Promise<net.Socket> {
   if (!ctx.preserveSource || !source?.ip || source.ip === podIp) return connectTcp(podIp, port, ctx.connectTimeoutMs);
   const taken = (p: number) => ctx.redirects.has(source.ip, p, podIp, port);
   // The port openTransparentSocket picked may already carry this very 4-tuple (an open connection,

@@ -8,7 +8,8 @@ import type { ConnectionHandle } from '../telemetry/connections.ts';
 import type { MeshService, ServicePort, Workload } from '../workloads/model.ts';
 import type { EndpointLease } from './balancer.ts';
 import type { ProxyContext } from './context.ts';
-import { assertNotSelf, connectLocalPod, connectTcp } from './deliver.ts';
+import { assertNotSelf, connectFromSource, connectLocalPod, connectTcp } from './deliver.ts';
+import { refusedAtConnect } from './tunnel/pool.ts';
 import { h2StreamEnd, relayConnection, socketEnd, type RelayEnd } from './relay.ts';
 import { current, enforce, enforceAndGuard } from './decision.ts';
 
@@ -100,7 +101,10 @@ async function connectDestination(source: Workload, dst: Pick<SocketAddress, 'ip
     // metadata service): capture sends it only destinations in the mesh, and any other that gets
     // here (it left the mesh longer ago than DEPARTED_MS) is refused. A sidecar dials from inside its pod: plain TCP, as
     // the pod itself would, if policy allows leaving the mesh.
-    if (ctx.outsideMesh === 'refuse') throw new OutsideMeshError(`${dst.ip}:${dst.port}`);
+    if (ctx.outsideMesh === 'refuse') {
+      if (ctx.registry.inPodRanges(dst.ip)) return connectUnknownPod(source, dst, ctx, conn);
+      throw new OutsideMeshError(`${dst.ip}:${dst.port}`);
+    }
     conn.set({ route: 'passthrough' });
     enforce(conn, ctx.policy.allowPassthrough(source, dst.ip, dst.port));
     return socketEnd(await connectTcp(dst.ip, dst.port, ctx.connectTimeoutMs));
@@ -128,4 +132,34 @@ async function connectDestination(source: Workload, dst: Pick<SocketAddress, 'ip
     podIp: target.ip, port: dst.port, expectedPeerId: target.spiffeId, sourceIp: source.ip, traceId: conn.info.traceId,
   });
   return h2StreamEnd(stream);
+}
+
+/**
+ * The controller-away rule (docs/scale.md): with other nodes' pods from the address slices, capture
+ * also sends the agent what a captured pod sends into the pod ranges, and an address there that the
+ * table does not know is a pod it has not heard of yet. It goes through a tunnel to that address,
+ * whose node's agent answers for it if it captures it: the identity it presents (one of the trust
+ * domain) is taken, and that agent decides policy, as for any tunnel. A refusal at the tunnel port
+ * means nothing captures the address: it is dialled from the source pod's own address, as the pod
+ * would have; without source preservation that dial would leave as the node, so it is refused. Any
+ * other failure (a handshake, an identity of another trust domain) refuses the connection: never
+ * plaintext to a pod that may be captured.
+ */
+async function connectUnknownPod(source: Workload, dst: Pick<SocketAddress, 'ip' | 'port'>, ctx: ProxyContext, conn: ConnectionHandle): Promise<RelayEnd> {
+  ctx.certs.assertAvailable(source.spiffeId);
+  conn.set({ route: 'tunnel', mutualTls: true });
+  try {
+    const stream = await ctx.pool.connect(source.spiffeId, {
+      podIp: dst.ip, port: dst.port, expectedPeerId: undefined, sourceIp: source.ip, traceId: conn.info.traceId,
+    });
+    const peer = ctx.pool.peerIdOf(stream);
+    if (peer) conn.set({ destinationPrincipal: peer });
+    return h2StreamEnd(stream);
+  } catch (err) {
+    if (!refusedAtConnect(err)) throw err;
+  }
+  conn.set({ route: 'passthrough', mutualTls: false });
+  if (!ctx.preserveSource) throw new OutsideMeshError(`${dst.ip}:${dst.port}`);
+  enforce(conn, ctx.policy.allowPassthrough(source, dst.ip, dst.port));
+  return socketEnd(await connectFromSource(ctx, dst.ip, dst.port, { ip: source.ip }));
 }

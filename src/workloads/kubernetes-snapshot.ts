@@ -76,6 +76,26 @@ export function addressRefusal(pod: SlimPod, ip: string, node: SlimNode | undefi
   return undefined;
 }
 
+/** `a.b.c.d/n` with the host bits cleared (as ipset and nft print it), or undefined when it is not IPv4 CIDR. */
+export function canonicalRange(cidr: string): string | undefined {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(cidr.trim());
+  if (!m) return undefined;
+  const octets = m.slice(1, 5).map(Number);
+  const bits = Number(m[5]);
+  if (octets.some((o) => o > 255) || bits > 32) return undefined;
+  const value = octets.reduce((v, o) => v * 256 + o, 0);
+  const size = 2 ** (32 - bits);
+  const base = value - (value % size);
+  return `${[24, 16, 8, 0].map((sh) => Math.floor(base / 2 ** sh) % 256).join('.')}/${bits}`;
+}
+
+/** Every node's IPv4 pod ranges, canonical, sorted, each once. */
+export function clusterPodRanges(nodes: Iterable<SlimNode>): string[] {
+  const out = new Set<string>();
+  for (const n of nodes) for (const c of n.spec.podCIDRs ?? []) { const r = canonicalRange(c); if (r) out.add(r); }
+  return [...out].sort();
+}
+
 const rangesOf = new WeakMap<SlimNode, BlockList>();
 function podRanges(node: SlimNode): BlockList {
   let list = rangesOf.get(node);

@@ -33,7 +33,7 @@ import {
   MESH_POLICY, POD_FIELD_SELECTOR, type SlimEndpointSlice, type SlimNamespace, type SlimNode, type SlimPod, type SlimPolicy, type SlimService,
   slimEndpointSlice, slimNamespace, slimNode, slimPod, slimPolicy, slimService,
 } from './kubernetes-objects.ts';
-import { buildServices, buildSnapshot, holderKey } from './kubernetes-snapshot.ts';
+import { buildServices, buildSnapshot, clusterPodRanges, holderKey } from './kubernetes-snapshot.ts';
 import { TaintGate } from './taint-gate.ts';
 import { ADDRESS_SLICE, type SlimAddressSlice, slimAddressSlice, workloadsFromSlices } from '../addresses/slices.ts';
 import { LEASE_NAME, LeaseObserver, type LeaseSighting } from '../addresses/lease.ts';
@@ -206,6 +206,9 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
       const local = new Set(snapshot.workloads.map((w) => w.ip));
       const fromSlices = addressSlices.absent ? [] : addressSlices.lw.list(remote.namespace) as unknown as SlimAddressSlice[];
       snapshot.workloads = [...snapshot.workloads, ...workloadsFromSlices(opts.trustDomain, fromSlices, remote.node, local)];
+      // The slices may be behind (or their writer away): an unknown address in these is a pod the
+      // table has not heard of yet, which capture still sends to the agent (outbound.ts).
+      snapshot.podRanges = clusterPodRanges(nodeMap.values());
     }
     holders = new Map(snapshot.workloads.map((w) => [w.ip, holderKey(w)]));
     logged = logRefusals(log, snapshot.refused ?? [], logged);

@@ -112,6 +112,12 @@ export interface MeshSnapshot {
   services: readonly MeshService[];
   /** Addresses refused to the pods that claimed them (absent: none). */
   refused?: readonly AddressRefusal[];
+  /**
+   * The cluster's pod ranges (IPv4 CIDRs, canonical), set only when other nodes' pods come from
+   * the address slices: an address there that the table lacks is a pod it has not heard of yet
+   * (outbound.ts, the controller-away rule). Absent: the table is the whole cluster's.
+   */
+  podRanges?: readonly string[];
 }
 
 export function workloadSpiffeId(trustDomain: string, namespace: string, serviceAccount: string): string {

@@ -1,6 +1,7 @@
 // ip -> workload. The data path reads it on every connection, so lookups are one Map access and a
 // new snapshot replaces the indexes in one assignment.
 import { EventEmitter } from 'node:events';
+import { BlockList } from 'node:net';
 import { plainIp } from '../capture/socket.ts';
 import type { MeshService, MeshSnapshot, ServicePort, Workload } from './model.ts';
 
@@ -11,6 +12,8 @@ interface Indexes {
   byServiceAddress: Map<string, { service: MeshService; port: ServicePort }>;
   /** Every captured pod's address and the cluster IPs the agent resolves: what capture redirects to it. */
   destinations: Set<string>;
+  /** The snapshot's pod ranges, for lookups (undefined: none given). */
+  podRanges: BlockList | undefined;
 }
 
 /**
@@ -74,7 +77,7 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
       for (const port of service.ports) byServiceAddress.set(`${service.clusterIP}:${port.port}`, { service: routed, port });
     }
     this.#noteDepartures(byIp, byServiceAddress);
-    this.#idx = { snapshot, byIp, byServiceAddress, destinations };
+    this.#idx = { snapshot, byIp, byServiceAddress, destinations, podRanges: podRangeList(snapshot.podRanges) };
     this.emit('change', snapshot);
   }
 
@@ -84,6 +87,16 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
    */
   get destinations(): ReadonlySet<string> {
     return this.#idx?.destinations ?? new Set();
+  }
+
+  /** The pod ranges capture also redirects (address slices only; empty otherwise). */
+  get podRanges(): ReadonlySet<string> {
+    return new Set(this.#idx?.snapshot.podRanges ?? []);
+  }
+
+  /** Whether `ip` is in the cluster's pod ranges as the snapshot gives them (none given: false). */
+  inPodRanges(ip: string): boolean {
+    return this.#idx?.podRanges?.check(plainIp(ip), 'ipv4') ?? false;
   }
 
   findWorkload(ip: string | undefined): Workload | undefined {
@@ -133,6 +146,16 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
     const one = this.#sidecar;
     return one ? w.namespace === one.namespace && w.name === one.name : w.node === this.nodeName;
   }
+}
+
+function podRangeList(ranges: readonly string[] | undefined): BlockList | undefined {
+  if (!ranges?.length) return undefined;
+  const list = new BlockList();
+  for (const r of ranges) {
+    const [net, len] = r.split('/');
+    list.addSubnet(net as string, Number(len ?? 32), 'ipv4');
+  }
+  return list;
 }
 
 /** The Service with only its endpoints that are captured pods; the same object when all are; undefined when none is. */

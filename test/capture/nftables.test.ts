@@ -17,6 +17,12 @@ const listed = `table ip meshlet {
 		elements = { 10.241.1.11 }
 	}
 
+	set meshlet-pod-ranges {
+		type ipv4_addr
+		flags interval
+		elements = { 10.244.1.0/24, 10.244.2.0/24 }
+	}
+
 	set meshlet-vouched {
 		type ipv4_addr
 		flags timeout
@@ -30,6 +36,7 @@ const listed = `table ip meshlet {
 	chain prerouting {
 		type nat hook prerouting priority dstnat - 10; policy accept;
 		meta l4proto tcp ip saddr @meshlet-captured ip daddr @meshlet-destinations redirect to :15001 comment "meshlet: captured pod to the mesh"
+		meta l4proto tcp ip saddr @meshlet-captured ip daddr @meshlet-pod-ranges redirect to :15001 comment "meshlet: captured pod to an unknown pod"
 		ip daddr @meshlet-captured tcp dport 15008 redirect to :15008 comment "meshlet: tunnel to captured pod"
 		meta l4proto tcp ip daddr @meshlet-captured redirect to :15006 comment "meshlet: plaintext to captured pod"
 	}
@@ -70,7 +77,7 @@ describe('nftables capture', () => {
     const chains = nftChains(s);
     assert.match(chains.prerouting[0] ?? '', /priority dstnat - 10;/);
     assert.match(chains.output[0] ?? '', /type filter hook output priority filter - 10;/);
-    assert.equal(chains.prerouting.length, 4);
+    assert.equal(chains.prerouting.length, 5);
   });
 
   it('installs in one transaction that keeps the sets and refills the chains', () => {
@@ -127,11 +134,14 @@ describe('nftables capture', () => {
       'flush set ip meshlet meshlet-vouched\nadd element ip meshlet meshlet-vouched { 10.0.0.1 timeout 4s, 10.0.0.2 timeout 4s }\n');
   });
 
-  it('reads set members from nft -j, with and without timeouts', () => {
+  it('reads set members from nft -j, with and without timeouts, and an interval set\'s prefixes', () => {
     const plain = '{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"set": {"family": "ip", "name": "c", "table": "meshlet", "type": "ipv4_addr", "elem": ["10.1.0.1", "10.1.0.2"]}}]}';
     const timed = '{"nftables": [{"set": {"name": "v", "elem": [{"elem": {"val": "10.1.0.1", "timeout": 4, "expires": 3}}]}}]}';
     assert.deepEqual([...parseNftSetJson(plain)], ['10.1.0.1', '10.1.0.2']);
     assert.deepEqual([...parseNftSetJson(timed)], ['10.1.0.1']);
     assert.deepEqual([...parseNftSetJson('{"nftables": [{"set": {"name": "e"}}]}')], []);
+    // What nft 1.0.6 printed here for the pod ranges set after adding two /24s.
+    const ranges = '{"nftables": [{"set": {"family": "ip", "name": "meshlet-pod-ranges", "table": "meshlet", "type": "ipv4_addr", "handle": 4, "flags": ["interval"], "elem": [{"prefix": {"addr": "10.244.1.0", "len": 24}}, {"prefix": {"addr": "10.244.2.0", "len": 24}}]}}]}';
+    assert.deepEqual([...parseNftSetJson(ranges)], ['10.244.1.0/24', '10.244.2.0/24']);
   });
 });

@@ -31,6 +31,7 @@ COMMIT
 :MESHLET_PREROUTING - [0:0]
 -A PREROUTING -j MESHLET_PREROUTING
 -A MESHLET_PREROUTING -p tcp -m set --match-set meshlet-captured src -m set --match-set meshlet-destinations dst -m comment --comment "meshlet: captured pod to the mesh" -j REDIRECT --to-ports 15001
+-A MESHLET_PREROUTING -p tcp -m set --match-set meshlet-captured src -m set --match-set meshlet-pod-ranges dst -m comment --comment "meshlet: captured pod to an unknown pod" -j REDIRECT --to-ports 15001
 -A MESHLET_PREROUTING -p tcp -m set --match-set meshlet-captured dst -m tcp --dport 15008 -m comment --comment "meshlet: tunnel to captured pod" -j REDIRECT --to-ports 15008
 -A MESHLET_PREROUTING -p tcp -m set --match-set meshlet-captured dst -m comment --comment "meshlet: plaintext to captured pod" -j REDIRECT --to-ports 15006
 COMMIT
@@ -67,12 +68,13 @@ COMMIT
 `;
 
 describe('capture rules', () => {
-  it('redirects captured sources to outbound, tunnel port to tunnel, other traffic to captured pods to inbound, in that order', () => {
+  it('redirects captured sources to outbound (the mesh, then the pod ranges), tunnel port to tunnel, other traffic to captured pods to inbound, in that order', () => {
     const rules = chainRules(s);
-    assert.equal(rules.length, 3);
-    assert.match(rules[0] ?? '', /--match-set meshlet-captured src .*--to-ports 15001$/);
-    assert.match(rules[1] ?? '', /--match-set meshlet-captured dst -m tcp --dport 15008 .*--to-ports 15008$/);
-    assert.match(rules[2] ?? '', /--match-set meshlet-captured dst .*--to-ports 15006$/);
+    assert.equal(rules.length, 4);
+    assert.match(rules[0] ?? '', /--match-set meshlet-captured src -m set --match-set meshlet-destinations dst .*--to-ports 15001$/);
+    assert.match(rules[1] ?? '', /--match-set meshlet-captured src -m set --match-set meshlet-pod-ranges dst .*--to-ports 15001$/);
+    assert.match(rules[2] ?? '', /--match-set meshlet-captured dst -m tcp --dport 15008 .*--to-ports 15008$/);
+    assert.match(rules[3] ?? '', /--match-set meshlet-captured dst .*--to-ports 15006$/);
     for (const r of rules) assert.ok(r.startsWith('-A MESHLET_PREROUTING -p tcp '), r);
   });
 
@@ -187,7 +189,7 @@ describe('capture rules', () => {
       // What the agent runs (grep -E in the shell that ran iptables-save), and the same in JavaScript.
       const grepped = execFileSync('grep', ['-E', '-e', pattern], { input: big, encoding: 'utf8', maxBuffer: 64 << 20 });
       assert.equal(grepped, big.split('\n').filter((l) => new RegExp(pattern).test(l)).map((l) => `${l}\n`).join(''));
-      assert.ok(grepped.split('\n').length < 30, `${grepped.split('\n').length} lines kept of ${big.split('\n').length}`);
+      assert.ok(grepped.split('\n').length < 40, `${grepped.split('\n').length} lines kept of ${big.split('\n').length}`);
       assert.ok(!grepped.includes('KUBE-SVC') && !grepped.includes('MESHLET_PREROUTING_OLD'), grepped);
       const full = parseCaptureState(big);
       const kept = parseCaptureState(grepped);

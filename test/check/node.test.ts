@@ -22,7 +22,7 @@ describe('meshlet check --pre', () => {
   });
 
   it('fails a kernel without what capture uses, naming the modules', () => {
-    const kernel = { 'socket match': true, 'rpfilter match': false, REDIRECT: true, 'ipset hash:ip': false };
+    const kernel = { 'socket match': true, 'rpfilter match': false, REDIRECT: true, 'ipset hash:ip': false, 'ipset hash:net': true };
     const c = level({ kernel }, 'kernel')!;
     assert.equal(c.level, 'fail');
     assert.equal(c.detail, 'cannot use: rpfilter match, ipset hash:ip');

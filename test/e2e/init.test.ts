@@ -78,6 +78,7 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     assert.match(r.stdout, /COMMIT\n$/);
     assert.match(r.stderr, /ipset create meshlet-captured hash:ip/);
     assert.match(r.stderr, /ipset create meshlet-destinations hash:ip/);
+    assert.match(r.stderr, /ipset create meshlet-pod-ranges hash:net/);
     assert.match(r.stderr, /ipset create meshlet-vouched hash:ip family inet timeout/);
     assert.match(r.stderr, /ipset create meshlet-captured6 hash:ip family inet6/);
     // Then the IPv6 guard's ip6tables-restore input, after its comment line, which names the tool of
@@ -90,7 +91,7 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     assert.deepEqual(await sets(), pristineSets);
     // iptables-restore and ip6tables-restore accept their parts as they are (--test parses and
     // checks without committing) once the sets they reference exist.
-    const made = [['meshlet-captured', 'hash:ip'], ['meshlet-destinations', 'hash:ip'], ['meshlet-strict', 'hash:ip'], ['meshlet-vouched', 'hash:ip', 'timeout', '5'], ['meshlet-captured6', 'hash:ip', 'family', 'inet6']];
+    const made = [['meshlet-captured', 'hash:ip'], ['meshlet-destinations', 'hash:ip'], ['meshlet-pod-ranges', 'hash:net'], ['meshlet-strict', 'hash:ip'], ['meshlet-vouched', 'hash:ip', 'timeout', '5'], ['meshlet-captured6', 'hash:ip', 'family', 'inet6']];
     for (const args of made) await sh('ipset', ['create', ...args, '-exist']);
     await sh('iptables-restore', ['--test', '--noflush'], v4);
     await sh('ip6tables-restore', ['--test', '--noflush'], v6);
@@ -110,7 +111,7 @@ describe('meshlet init on a node', { concurrency: false }, () => {
     assert.match(installed, /^:MESHLET_OUTPUT /m);
     // The gate comes first in OUTPUT, before the user's own rules could accept a packet.
     assert.equal(installed.split('\n').find((l) => l.startsWith('-A OUTPUT ')), '-A OUTPUT -j MESHLET_OUTPUT');
-    assert.deepEqual(await sets(), [...pristineSets, 'meshlet-captured', 'meshlet-captured6', 'meshlet-destinations', 'meshlet-strict', 'meshlet-vouched'].sort());
+    assert.deepEqual(await sets(), [...pristineSets, 'meshlet-captured', 'meshlet-captured6', 'meshlet-destinations', 'meshlet-pod-ranges', 'meshlet-strict', 'meshlet-vouched'].sort());
     // The IPv6 guard comes first in FORWARD, before the user's ACCEPT.
     const ip6 = installed.slice(installed.indexOf('-- ip6tables --'));
     assert.deepEqual(ip6.split('\n').filter((l) => l.startsWith('-A FORWARD ')), ['-A FORWARD -j MESHLET_IPV6', '-A FORWARD -p tcp -m tcp --dport 443 -j ACCEPT']);

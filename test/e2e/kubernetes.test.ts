@@ -13,6 +13,8 @@ import { endpointSliceObject, namespaceObject, nodeObject, podObject, serviceObj
 import { eventually } from '../support/wait.ts';
 
 const APP_PORT = 8080;
+/** Bytes that must never cross the node link in the clear. */
+const MARKER = 'away-rule-marker-3c1f';
 const API_PORT = 6443;
 
 describe('agents fed by the Kubernetes API in network namespaces', { concurrency: false }, () => {
@@ -76,7 +78,7 @@ describe('agents fed by the Kubernetes API in network namespaces', { concurrency
       apiNode: true,
       nodes: [
         { name: 'node-a', pods: [{ name: 'web' }, { name: 'worker' }] },
-        { name: 'node-b', pods: [{ name: 'db' }] },
+        { name: 'node-b', pods: [{ name: 'db' }, { name: 'late' }, { name: 'plain' }] },
       ],
     });
     try {
@@ -263,5 +265,43 @@ describe('agents fed by the Kubernetes API in network namespaces', { concurrency
     await eventually('worker in node-b\'s view, from a slice', async () => (await lab.configDump(lab.node('node-b'))).workloads
       .some((w: { ip: string; local: boolean }) => w.ip === lab.pod('worker').ip && !w.local), 10_000, 100);
     await expectNode('node-a', { ips: [lab.pod('web').ip, lab.pod('worker').ip], ids: [id('web'), id('worker')] });
+    await call({ op: 'remove', resource: 'pods', namespace: 'shop', name: 'worker' });
+  });
+
+  it('while the address controller is away, a pod started on another node is reached through the tunnel, never in plaintext; one outside the mesh as the client pod', async () => {
+    // The nodes' pod ranges, as the cluster's IPAM gives them: the agents learn them from the Nodes.
+    for (const n of lab.meshNodes) await call({ op: 'put', resource: 'nodes', obj: nodeObject(n.name, [n.podCidr]) });
+    await eventually('node-a holding the pod ranges', async () => (await lab.ipsetMembers(lab.node('node-a'), 'meshlet-pod-ranges')).size === 2, 10_000, 100);
+    controller!.kill('SIGKILL');
+    controller = undefined;
+    const [late, plain, web] = [lab.pod('late'), lab.pod('plain'), lab.pod('web')];
+    await lab.startServer('late', APP_PORT);
+    await lab.startServer('plain', APP_PORT);
+    // Meanwhile a pod of the mesh starts on node-b (its own agent captures it), and one outside it.
+    await call({ op: 'put', resource: 'namespaces', obj: namespaceObject('legacy') });
+    await call({ op: 'put', resource: 'pods', obj: podObject({ name: 'plain', namespace: 'legacy', node: 'node-b', serviceAccount: 'plain', ip: plain.ip, hostIP: lab.node('node-b').ip }) });
+    await call({ op: 'put', resource: 'pods', obj: podOf('late') });
+    await expectNode('node-b', { ips: [lab.pod('db').ip, late.ip], ids: [id('db'), id('late')] });
+    assert.ok(!(await lab.configDump(lab.node('node-a'))).workloads.some((w: { ip: string }) => w.ip === late.ip), 'node-a heard of late: nobody keeps the slices');
+
+    const before = (await lab.accessLog('node-b')).length;
+    const { result: r, segments } = await lab.capturing(lab.node('node-a'), () =>
+      lab.client('web', { host: late.ip, port: APP_PORT, bytes: 4096, pattern: MARKER, timeoutMs: 10_000 }));
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.equal(segments.filter((seg) => seg.payload.includes(MARKER)).length, 0, 'the payload crossed the node link in the clear');
+    assert.ok(segments.some((seg) => seg.dstPort === 15008 && seg.payload.length > 0), 'no tunnel to late');
+    const inbound = await eventually('node-b\'s inbound line for web to late', async () => (await lab.accessLog('node-b')).slice(before)
+      .find((l) => l.route === 'inbound' && l.outcome === 'ok' && l.src?.principal === id('web') && l.dst?.workload === 'shop/late'), 5_000, 100);
+    assert.equal(inbound.dst.principal, id('late'));
+    const out = (await lab.accessLog('node-a')).find((l) => l.dst?.addr === `${late.ip}:${APP_PORT}`);
+    assert.equal(out?.route, 'tunnel');
+    assert.equal(out?.dst.principal, id('late'), 'the identity node-b vouched for');
+
+    // A pod outside the mesh: nothing answers at its tunnel port; dialled as web, which it sees.
+    const who = await lab.client('web', { host: plain.ip, port: APP_PORT, mode: 'whoami', timeoutMs: 10_000 });
+    assert.ok(who.ok, JSON.stringify(who));
+    assert.equal(who.results[0]?.reply, web.ip, 'the pod outside the mesh saw another address than its client\'s');
+    const passed = await eventually('node-a\'s line for plain', async () => (await lab.accessLog('node-a')).find((l) => l.dst?.addr === `${plain.ip}:${APP_PORT}`), 5_000, 100);
+    assert.equal(passed.route, 'passthrough');
   });
 });

@@ -45,6 +45,8 @@ describe('Kubernetes source with remote pods from address slices', () => {
   it('watches only its own node\'s Pods, and knows every other pod from the slices', async () => {
     await eventually('20 workloads', () => last?.workloads.length === 20);
     assert.equal(source.status().pods, 10, 'the agent cached other nodes\' Pods');
+    // The table may be behind its writer: the cluster's pod ranges come with it (the controller-away rule).
+    assert.deepEqual(last?.podRanges, ['10.1.1.0/24', '10.1.2.0/24']);
     assert.ok(api.requests.some((r) => r.path.startsWith('/api/v1/pods') && decodeURIComponent(r.path).includes('spec.nodeName=n1')));
     // Its own pods in full (labels: policy selects them), the others as the slices carry them.
     assert.deepEqual(byIp('10.1.1.10')?.labels, { app: 'web', i: '0' });

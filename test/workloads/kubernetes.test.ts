@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { createKubernetesSource, type KubernetesSource } from '../../src/workloads/kubernetes.ts';
 import { POD_FIELD_SELECTOR, slimEndpointSlice, slimNamespace, slimNode, slimPod, slimService } from '../../src/workloads/kubernetes-objects.ts';
-import { buildServices, buildSnapshot, meshMembership, mtlsModes } from '../../src/workloads/kubernetes-snapshot.ts';
+import { buildServices, buildSnapshot, canonicalRange, clusterPodRanges, meshMembership, mtlsModes } from '../../src/workloads/kubernetes-snapshot.ts';
 import type { MeshPolicyObject, MeshSnapshot } from '../../src/workloads/model.ts';
 import { MeshPolicyEngine } from '../../src/policy/engine.ts';
 import { WorkloadRegistry } from '../../src/workloads/registry.ts';
@@ -113,6 +113,17 @@ describe('addresses a pod may not have (a compromised kubelet writes its pods\' 
     assert.deepEqual(s.workloads.map((w) => w.name), ['db']);
     assert.deepEqual(s.refused, [{ pod: 'shop/liar', node: 'node-b', ip: '10.1.0.10', reason: 'outside_pod_cidrs' }]);
     assert.deepEqual(buildSnapshot('example.org', [pod({ node: 'node-c', ip: '172.16.0.9' })], nsMap, { nodes }).workloads.map((w) => w.ip), ['172.16.0.9']);
+  });
+
+  it('gives the cluster\'s pod ranges as ipset and nft print them: host bits cleared, each once, IPv4 only', () => {
+    assert.equal(canonicalRange('10.244.1.7/24'), '10.244.1.0/24');
+    assert.equal(canonicalRange('10.244.0.0/16'), '10.244.0.0/16');
+    assert.equal(canonicalRange('192.168.3.129/25'), '192.168.3.128/25');
+    assert.equal(canonicalRange('10.1.2.3/32'), '10.1.2.3/32');
+    for (const bad of ['10.0.0.0/33', '300.0.0.0/8', 'fd00::/64', '10.0.0.0', '10.0.0.0/8 x']) assert.equal(canonicalRange(bad), undefined, bad);
+    const nodeOf = (name: string, cidrs: string[]) => slimNode({ metadata: { name }, spec: { podCIDRs: cidrs } });
+    assert.deepEqual(clusterPodRanges([nodeOf('b', ['10.1.1.0/24', 'fd00:1::/64']), nodeOf('a', ['10.1.0.5/24']), nodeOf('c', ['10.1.1.0/24']), nodeOf('d', [])]),
+      ['10.1.0.0/24', '10.1.1.0/24']);
   });
 
   it('never gives a live pod\'s address to a pod on another node, newer or not; same node reuse still goes to the new pod', () => {

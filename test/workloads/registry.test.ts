@@ -22,6 +22,19 @@ workloads:
     assert.equal(r.trustDomain, 'td');
   });
 
+  it('answers whether an address is in the pod ranges the snapshot gives (none given: never)', () => {
+    const r = new WorkloadRegistry('n1');
+    const doc = parseWorkloadsFile('trustDomain: td\nnodes: [{ name: n1, ip: 10.1.0.1 }]\nworkloads: []\n');
+    r.replace(doc);
+    assert.equal(r.inPodRanges('10.244.1.9'), false);
+    assert.deepEqual([...r.podRanges], []);
+    r.replace({ ...doc, podRanges: ['10.244.1.0/24', '10.244.2.0/24'] });
+    assert.equal(r.inPodRanges('10.244.1.9'), true);
+    assert.equal(r.inPodRanges('::ffff:10.244.2.200'), true);
+    assert.equal(r.inPodRanges('10.244.3.1'), false);
+    assert.deepEqual([...r.podRanges], ['10.244.1.0/24', '10.244.2.0/24']);
+  });
+
   it('in sidecar mode serves its one workload and treats every other, on its node too, as remote', () => {
     const r = new WorkloadRegistry('n1', { namespace: 'x', name: 'b' });
     r.replace(parseWorkloadsFile(`trustDomain: td

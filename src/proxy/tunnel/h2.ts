@@ -1,7 +1,8 @@
 // Settings shared by both ends of the HBONE-style tunnel (HTTP/2 CONNECT over mutual TLS 1.3).
 import { randomUUID, X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
-import { isIP, isIPv4, isIPv6 } from 'node:net';
+import { connect, isIP, isIPv4, isIPv6, type Socket } from 'node:net';
+import { setSendBuffer } from '../../capture/socket.ts';
 
 export const ALPN = 'h2';
 
@@ -40,9 +41,33 @@ export function uriSans(cert: X509Certificate): string[] {
 /** The verified peer's SPIFFE ID, or undefined when the peer presented none (or several). */
 export function peerSpiffeId(socket: TLSSocket): string | undefined {
   const cert = socket.getPeerX509Certificate();
-  if (!cert) return undefined;
+  return cert && spiffeIdOf(cert);
+}
+
+/** A certificate's one SPIFFE ID, or undefined when it has none (or several). */
+export function spiffeIdOf(cert: X509Certificate): string | undefined {
   const uris = uriSans(cert).filter((u) => u.startsWith('spiffe://'));
   return uris.length === 1 ? uris[0] : undefined;
+}
+
+/**
+ * Why a tunnel peer's certificate (its subjectaltname) does not prove what the client needs, or
+ * undefined when it does: exactly `expected`; for an address the table does not know (expected
+ * undefined), one SPIFFE ID of the source's own trust domain, as the peer's agent vouches.
+ */
+export function tunnelPeerProblem(subjectAltName: string | undefined, expected: string | undefined, sourceId: string): string | undefined {
+  const ids = subjectAltName?.split(', ').filter((s) => s.startsWith('URI:')).map((s) => s.slice(4)) ?? [];
+  const domain = `spiffe://${sourceId.slice('spiffe://'.length).split('/')[0]}/`;
+  if (ids.length === 1 && (expected === undefined ? ids[0]!.startsWith(domain) : ids[0] === expected)) return undefined;
+  return `presented ${ids.join(',') || 'no SPIFFE ID'}, expected ${expected ?? `one of ${domain}`}`;
+}
+
+/** TCP to a tunnel peer, with a send buffer above the peer's window (see TUNNEL_SEND_BUFFER_BYTES). */
+export function tunnelSocket(host: string, port: number): Socket {
+  const socket = connect({ host, port, noDelay: true });
+  // The descriptor exists once connected; the TLS handshake only starts after that.
+  socket.once('connect', () => setSendBuffer(socket, TUNNEL_SEND_BUFFER_BYTES));
+  return socket;
 }
 
 /** Splits a CONNECT authority `ip:port` / `[v6]:port` strictly. */

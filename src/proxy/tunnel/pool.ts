@@ -3,21 +3,20 @@
 // A session carries at most STREAMS_PER_SESSION connections (what the peer advertises); past that
 // the pool opens another session for the pair rather than queue connections behind a full one.
 import http2 from 'node:http2';
-import net from 'node:net';
 import tls from 'node:tls';
 import type { X509Certificate } from 'node:crypto';
 import type { Logger } from 'pino';
-import { setSendBuffer } from '../../capture/socket.ts';
 import { PeerIdentityError, TunnelRejectedError, UpstreamConnectError } from '../../errors.ts';
 import type { StallWatch } from './stall-watch.ts';
 import { issuedByOneOf, retire, retireAt, sessionDeadline } from './session-life.ts';
-import { ALPN, formatAuthority, formatForwardedFor, formatTraceparent, h2Settings, SESSION_MEMORY_MB, TUNNEL_SEND_BUFFER_BYTES, WINDOW_BYTES, uriSans } from './h2.ts';
+import { ALPN, formatAuthority, formatForwardedFor, formatTraceparent, h2Settings, SESSION_MEMORY_MB, spiffeIdOf, tunnelPeerProblem, tunnelSocket, WINDOW_BYTES, uriSans } from './h2.ts';
 
 export interface TunnelTarget {
   /** IP of the destination pod: the tunnel goes to its port 15008, where its node's agent answers. */
   podIp: string;
   port: number;
-  expectedPeerId: string;
+  /** The identity the destination must prove; undefined: an address the table lacks (outbound.ts), any of the trust domain. */
+  expectedPeerId: string | undefined;
   /** The source pod's IP, sent as `forwarded: for=` so the destination's policy sees the pod, not the node. */
   sourceIp?: string;
   /** The connection's trace id, sent as `traceparent` so both agents' access logs share it. */
@@ -47,6 +46,7 @@ interface PoolEntry {
   /** Streams open or being opened on it (a slot is taken before the session is even up). */
   streams: number;
   createdAt: number;
+  /** What the session was opened to prove: an identity, or `*` (any of the trust domain). */
   peerId: string;
   /** The session, once established (lets a going-away session be forgotten synchronously). */
   resolved?: http2.ClientHttp2Session;
@@ -65,8 +65,13 @@ const NEVER_SEEN_RETRY_MS = 25;
 /** The pause before a connection refused at TCP connect is tried again. */
 const REFUSED_RETRY_MS = 100;
 
+/** Sessions are pooled per source identity, destination address, and what the peer had to prove. */
+function poolKey(sourceId: string, target: TunnelTarget): string {
+  return target.expectedPeerId === undefined ? `${sourceId}|${target.podIp}|*` : `${sourceId}|${target.podIp}`;
+}
+
 /** A new session's TCP connect was refused (RST to the SYN): nothing was sent, so a retry is safe. */
-function refusedAtConnect(err: unknown): boolean {
+export function refusedAtConnect(err: unknown): boolean {
   return err instanceof UpstreamConnectError && (err.cause as NodeJS.ErrnoException | undefined)?.code === 'ECONNREFUSED';
 }
 
@@ -74,11 +79,7 @@ function refusedAtConnect(err: unknown): boolean {
 class NeverSeenError extends Error {
   readonly session: http2.ClientHttp2Session;
   override readonly cause: Error;
-  constructor(session: http2.ClientHttp2Session, cause: Error) {
-    super(cause.message);
-    this.session = session;
-    this.cause = cause;
-  }
+  constructor(session: http2.ClientHttp2Session, cause: Error) { super(cause.message); this.session = session; this.cause = cause; }
 }
 
 export class TunnelPool {
@@ -110,10 +111,12 @@ export class TunnelPool {
         return await this.#connectOnce(sourceId, target);
       } catch (err) {
         const neverSeen = err instanceof NeverSeenError;
-        if (attempt > MAX_RETRIES || !(neverSeen || refusedAtConnect(err))) throw neverSeen ? err.cause : err;
+        // Refused at connect where no agent is known to answer: nothing captures it (outbound.ts).
+        const retry = neverSeen || (refusedAtConnect(err) && target.expectedPeerId !== undefined);
+        if (attempt > MAX_RETRIES || !retry) throw neverSeen ? err.cause : err;
         if (neverSeen) {
           this.#log.debug({ podIp: target.podIp, reason: err.message }, 'stream refused by a session going away; retrying on a new session');
-          this.#forget(`${sourceId}|${target.podIp}`, err.session);
+          this.#forget(poolKey(sourceId, target), err.session);
           // The first retry at once (a fresh session usually reaches the new agent), then paced.
           if (attempt > 1) await new Promise((r) => setTimeout(r, NEVER_SEEN_RETRY_MS * 2 ** (attempt - 2)));
         } else {
@@ -200,7 +203,7 @@ export class TunnelPool {
 
   /** A session of the pair with a free slot, or a new one; the slot is taken here (release it). */
   #entry(sourceId: string, target: TunnelTarget): PoolEntry {
-    const key = `${sourceId}|${target.podIp}`;
+    const key = poolKey(sourceId, target);
     const now = Date.now();
     // A session in the second half of its life goes: GOAWAY, its streams finish on it.
     for (const stale of (this.#entries.get(key) ?? []).filter((e) => e.freshUntil !== undefined && now >= e.freshUntil)) {
@@ -211,7 +214,7 @@ export class TunnelPool {
     let entry = list.find((e) => e.streams < STREAMS_PER_SESSION);
     if (!entry) {
       const created: PoolEntry = {
-        key, streams: 0, createdAt: Date.now(), peerId: target.expectedPeerId,
+        key, streams: 0, createdAt: Date.now(), peerId: target.expectedPeerId ?? '*',
         session: this.#open(sourceId, target, key),
       };
       // A failed session attempt is forgotten at once so the next connection tries again.
@@ -246,10 +249,8 @@ export class TunnelPool {
           minVersion: 'TLSv1.3',
           // The peer proves the destination workload's identity, not a host name.
           checkServerIdentity: (_host, cert) => {
-            const ids = cert.subjectaltname?.split(', ').filter((s) => s.startsWith('URI:')).map((s) => s.slice(4)) ?? [];
-            if (ids.length === 1 && ids[0] === target.expectedPeerId) return undefined;
-            identityError = new PeerIdentityError(`tunnel peer ${target.podIp} presented ${ids.join(',') || 'no SPIFFE ID'}, expected ${target.expectedPeerId}`);
-            return identityError;
+            const problem = tunnelPeerProblem(cert.subjectaltname, target.expectedPeerId, sourceId);
+            return problem ? (identityError = new PeerIdentityError(`tunnel peer ${target.podIp} ${problem}`)) : undefined;
           },
         }),
       });
@@ -269,7 +270,7 @@ export class TunnelPool {
         // a new session, with the renewed certificates.
         const deadline = sessionDeadline(socket, peer);
         this.#deadlines.set(session, deadline);
-        this.#opts.stalls.watch(raw, session, target.expectedPeerId);
+        this.#opts.stalls.watch(raw, session, target.expectedPeerId ?? (peer ? spiffeIdOf(peer) : undefined) ?? '');
         retireAt(session, deadline, this.#opts.drainMs, () => {
           this.#log.info({ key }, 'tunnel session retired: a certificate of its handshake expired');
           this.#forget(key, session);
@@ -310,6 +311,12 @@ export class TunnelPool {
     return retired;
   }
 
+  /** The SPIFFE ID the peer of `stream`'s session proved (Node hands a client its peer's certificate once). */
+  peerIdOf(stream: http2.ClientHttp2Stream): string | undefined {
+    const peer = stream.session && this.#peerCerts.get(stream.session as http2.ClientHttp2Session);
+    return peer && spiffeIdOf(peer.cert);
+  }
+
   /** Pool state for /config_dump. */
   dump(): Array<{ key: string; streams: number; ageMs: number; peer: string }> {
     return this.#all().map((e) => ({ key: e.key, streams: e.streams, ageMs: Date.now() - e.createdAt, peer: e.peerId }));
@@ -339,12 +346,4 @@ export class TunnelPool {
     for (const e of this.#all()) void e.session.then((s) => s.destroy(), () => undefined);
     this.#entries.clear();
   }
-}
-
-/** TCP to a tunnel peer, with a send buffer above the peer's window (see TUNNEL_SEND_BUFFER_BYTES). */
-function tunnelSocket(host: string, port: number): net.Socket {
-  const socket = net.connect({ host, port, noDelay: true });
-  // The descriptor exists once connected; the TLS handshake only starts after that.
-  socket.once('connect', () => setSendBuffer(socket, TUNNEL_SEND_BUFFER_BYTES));
-  return socket;
 }
