@@ -1,4 +1,5 @@
 // `meshlet agent`: its flag table and its one validated configuration.
+import { isIPv4 } from 'node:net';
 import type { CaptureSettings } from '../capture/rules.ts';
 import { defaultWorkers } from '../cpu-limit.ts';
 import { PORTS } from '../ports.ts';
@@ -66,6 +67,7 @@ export const AGENT_FLAGS = [
   MALLOC_TRIM_FLAG,
   RELEASE_STARTUP_PAGES_FLAG,
   { name: 'remote-workloads', type: 'one-of', values: ['pods', 'slices'], default: 'pods', help: 'with --kubernetes: other nodes\' pods from watching every Pod, or from the CA\'s MeshAddressSlices (--address-slices on)' },
+  { name: 'pod-range', type: 'list', arg: 'CIDR', help: 'with slices: the cluster\'s pod ranges, for CNIs that leave Nodes\' podCIDRs empty (repeat; default: the Nodes\' podCIDRs)' },
   { name: 'slices-namespace', type: 'text', arg: 'NS', pattern: DNS_NAME, patternHelp: 'a namespace name', default: 'meshlet-system', help: 'where the MeshAddressSlices are' },
   ...CAPTURE_FLAGS,
 ] as const satisfies readonly Flag[];
@@ -113,13 +115,21 @@ export interface AgentConfig {
 }
 
 /** --remote-workloads slices: this node's Pods watched, the others' from the address slices. */
-function remoteWorkloads(w: WorkloadsConfig, v: { node?: string | undefined; 'remote-workloads': string; 'slices-namespace': string }, p: Problems): WorkloadsConfig {
-  if (v['remote-workloads'] !== 'slices') return w;
+function remoteWorkloads(w: WorkloadsConfig, v: { node?: string | undefined; 'remote-workloads': string; 'slices-namespace': string; 'pod-range': string[] }, p: Problems): WorkloadsConfig {
+  for (const r of v['pod-range']) {
+    const [ip, len, extra] = r.split('/');
+    if (!isIPv4(ip ?? '') || !/^\d{1,2}$/.test(len ?? '') || Number(len) > 32 || extra !== undefined) p.add(`--pod-range: ${r} is not an IPv4 CIDR (a.b.c.d/n)`);
+  }
+  if (v['remote-workloads'] !== 'slices') {
+    if (v['pod-range'].length > 0) p.add('--pod-range only applies with --remote-workloads slices');
+    return w;
+  }
   if (w.kind !== 'kubernetes') {
     p.add('--remote-workloads slices only applies with --kubernetes');
     return w;
   }
-  return { ...w, remoteFromSlices: { node: v.node ?? '', namespace: v['slices-namespace'] } };
+  const podRanges = v['pod-range'].length > 0 ? { podRanges: v['pod-range'] } : {};
+  return { ...w, remoteFromSlices: { node: v.node ?? '', namespace: v['slices-namespace'], ...podRanges } };
 }
 
 export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentConfig {

@@ -27,7 +27,7 @@ export const RELEASE_STARTUP_PAGES_FLAG = {
 /** Where the registry comes from: the workloads file (local mode) or the Kubernetes API. */
 export type WorkloadsConfig =
   | { kind: 'file'; path: string; pollMs: number }
-  | { kind: 'kubernetes'; kubeconfig: string | undefined; trustDomain: string; remoteFromSlices?: { node: string; namespace: string } };
+  | { kind: 'kubernetes'; kubeconfig: string | undefined; trustDomain: string; remoteFromSlices?: { node: string; namespace: string; podRanges?: string[] } };
 
 export const WORKLOADS_FLAGS = [
   { name: 'workloads', type: 'text', arg: 'FILE', help: 'workloads YAML (trustDomain, nodes, workloads, services, policies), reloaded on change' },

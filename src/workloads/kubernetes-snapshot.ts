@@ -91,8 +91,13 @@ export function canonicalRange(cidr: string): string | undefined {
 
 /** Every node's IPv4 pod ranges, canonical, sorted, each once. */
 export function clusterPodRanges(nodes: Iterable<SlimNode>): string[] {
+  return canonicalRanges([...nodes].flatMap((n) => n.spec.podCIDRs ?? []));
+}
+
+/** IPv4 CIDRs canonical, sorted, each once; anything else left out. */
+export function canonicalRanges(cidrs: Iterable<string>): string[] {
   const out = new Set<string>();
-  for (const n of nodes) for (const c of n.spec.podCIDRs ?? []) { const r = canonicalRange(c); if (r) out.add(r); }
+  for (const c of cidrs) { const r = canonicalRange(c); if (r) out.add(r); }
   return [...out].sort();
 }
 

@@ -33,7 +33,7 @@ import {
   MESH_POLICY, POD_FIELD_SELECTOR, type SlimEndpointSlice, type SlimNamespace, type SlimNode, type SlimPod, type SlimPolicy, type SlimService,
   slimEndpointSlice, slimNamespace, slimNode, slimPod, slimPolicy, slimService,
 } from './kubernetes-objects.ts';
-import { buildServices, buildSnapshot, clusterPodRanges, holderKey } from './kubernetes-snapshot.ts';
+import { buildServices, buildSnapshot, canonicalRanges, clusterPodRanges, holderKey } from './kubernetes-snapshot.ts';
 import { TaintGate } from './taint-gate.ts';
 import { ADDRESS_SLICE, type SlimAddressSlice, slimAddressSlice, workloadsFromSlices } from '../addresses/slices.ts';
 import { LEASE_NAME, LeaseObserver, type LeaseSighting } from '../addresses/lease.ts';
@@ -68,7 +68,7 @@ export interface KubernetesSourceOptions {
    * Other nodes' pods from the address slices in `namespace` (addresses/slices.ts); Pods are
    * watched for `node` only, in full (policy is decided at the destination, from its own pods).
    */
-  remoteFromSlices?: { node: string; namespace: string; lease?: { everyMs: number; staleMs: number } };
+  remoteFromSlices?: { node: string; namespace: string; lease?: { everyMs: number; staleMs: number }; podRanges?: string[] };
 }
 
 export interface KubernetesSourceStatus {
@@ -208,7 +208,8 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
       snapshot.workloads = [...snapshot.workloads, ...workloadsFromSlices(opts.trustDomain, fromSlices, remote.node, local)];
       // The slices may be behind (or their writer away): an unknown address in these is a pod the
       // table has not heard of yet, which capture still sends to the agent (outbound.ts).
-      snapshot.podRanges = clusterPodRanges(nodeMap.values());
+      // The operator's (--pod-range: a CNI with its own IPAM), else the Nodes' podCIDRs.
+      snapshot.podRanges = remote.podRanges ? canonicalRanges(remote.podRanges) : clusterPodRanges(nodeMap.values());
     }
     holders = new Map(snapshot.workloads.map((w) => [w.ip, holderKey(w)]));
     logged = logRefusals(log, snapshot.refused ?? [], logged);

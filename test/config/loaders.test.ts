@@ -46,6 +46,15 @@ describe('config', () => {
       { ...loadAgentConfig(['--kubeconfig', 'kc', '--trust-domain', 'example.org', '--ca-dir', 'ca', '--node', 'from-downward-api'], {}) });
     assert.equal(loadAgentConfig(['--kubernetes', '--ca-dir', 'ca'], { NODE_NAME: 'node-7' }).nodeName, 'node-7');
     assert.throws(() => loadAgentConfig(['--node', 'n', '--workloads', 'w', '--kubernetes', '--ca-dir', 'c'], {}), /exclude each other/);
+    // Slices, with the pod ranges given where the CNI leaves Nodes' podCIDRs empty.
+    const slices = ['--node', 'n1', '--kubernetes', '--ca-dir', 'ca', '--remote-workloads', 'slices'];
+    assert.deepEqual(loadAgentConfig([...slices, '--pod-range', '10.244.0.0/16', '--pod-range', '10.45.0.0/16'], {}).workloads,
+      { kind: 'kubernetes', kubeconfig: undefined, trustDomain: 'cluster.local', remoteFromSlices: { node: 'n1', namespace: 'meshlet-system', podRanges: ['10.244.0.0/16', '10.45.0.0/16'] } });
+    assert.deepEqual(loadAgentConfig(slices, {}).workloads, { kind: 'kubernetes', kubeconfig: undefined, trustDomain: 'cluster.local', remoteFromSlices: { node: 'n1', namespace: 'meshlet-system' } });
+    for (const bad of ['10.244.0.0', '10.244.0.0/33', '300.1.0.0/16', 'fd00::/64', '10.0.0.0/8/1']) {
+      assert.throws(() => loadAgentConfig([...slices, '--pod-range', bad], {}), new RegExp(`--pod-range: ${bad.replaceAll('.', '\\.')} is not an IPv4 CIDR`));
+    }
+    assert.throws(() => loadAgentConfig(['--node', 'n1', '--kubernetes', '--ca-dir', 'ca', '--pod-range', '10.0.0.0/8'], {}), /--pod-range only applies with --remote-workloads slices/);
     assert.throws(() => loadAgentConfig(['--node', 'n', '--workloads', 'w', '--trust-domain', 'x.org', '--ca-dir', 'c'], {}), /only applies with --kubernetes/);
     assert.throws(() => loadAgentConfig(['--node', 'n', '--kubernetes', '--trust-domain', 'Not_A_Domain', '--ca-dir', 'c'], {}), /is not a trust domain/);
   });

@@ -56,6 +56,19 @@ describe('Kubernetes source with remote pods from address slices', () => {
     });
   });
 
+  it('takes the pod ranges the operator gives over the Nodes\' (a CNI with its own IPAM)', async () => {
+    let got: MeshSnapshot | undefined;
+    const given = createKubernetesSource({ kubeConfig: api.kubeConfig(), trustDomain: 'cluster.local', log, debounceMs: 5,
+      remoteFromSlices: { node: 'n1', namespace: NS, podRanges: ['10.9.3.7/16', 'bad'] } });
+    try {
+      await given.start({ onSnapshot: (snap) => { got = snap; }, onError: (e) => { throw e; } });
+      await eventually('a snapshot', () => got !== undefined);
+      assert.deepEqual(got?.podRanges, ['10.9.0.0/16']);
+    } finally {
+      await given.close();
+    }
+  });
+
   it('follows pods created and deleted on other nodes through the slices', async () => {
     api.put('pods', podObject({ name: 'db-0', namespace: 'shop', node: 'n2', serviceAccount: 'db', ip: '10.1.2.99' }));
     await eventually('db-0', () => byIp('10.1.2.99')?.serviceAccount === 'db');
