@@ -17,12 +17,13 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
+import { createInterface } from 'node:readline';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ADDRESS_SLICE, readSlice, sliceObject } from '../src/addresses/slices.ts';
 import { apiPath } from '../src/kube/api.ts';
-import { processCpuSeconds, processRssMiB } from '../src/demo/process-stats.ts';
+import { processCpuSeconds, processRssMiB, processRssParts } from '../src/demo/process-stats.ts';
 import { POD_FIELD_SELECTOR } from '../src/workloads/kubernetes-objects.ts';
 import { driveStandIn, type StandInProcess } from '../test/support/apiserver-client.ts';
 import { deploymentPod, namespaceObject, standInKubeConfig } from '../test/support/apiserver.ts';
@@ -121,8 +122,23 @@ async function cluster(pods: number, nodes: number, heapMiB = 2048): Promise<{ a
   writeFileSync(join(dir, 'kubeconfig'), standInKubeConfig(api.listening, api.token));
   // CONTROLLER_NODE_ARGS: e.g. --cpu-prof, to see where a round of the controller goes.
   const nodeArgs = (process.env.CONTROLLER_NODE_ARGS ?? '').split(' ').filter(Boolean);
-  const controller = spawn(...pinned(1, process.execPath, [...nodeArgs, CONTROLLER, '--kubeconfig', join(dir, 'kubeconfig'), '--identity', 'ca-0']), { stdio: ['ignore', 'pipe', 'inherit'] });
+  const controller = spawn(...pinned(1, process.execPath, ['--expose-gc', ...nodeArgs, CONTROLLER, '--kubeconfig', join(dir, 'kubeconfig'), '--identity', 'ca-0']), { stdio: ['ignore', 'pipe', 'inherit'] });
   return { api, child, controller, dir };
+}
+
+/** The controller's memory after a full GC (SIGUSR2: address-controller-main.ts), in MiB. */
+async function controllerMemory(controller: ChildProcess): Promise<{ heapUsedMiB: number; heapTotalMiB: number; externalMiB: number; rssMiB: number; anonMiB: number; fileMiB: number }> {
+  const line = new Promise<NodeJS.MemoryUsage>((resolve) => {
+    const lines = createInterface({ input: controller.stdout! });
+    lines.on('line', (l) => {
+      const m = (JSON.parse(l) as { memory?: NodeJS.MemoryUsage }).memory;
+      if (m) { lines.close(); resolve(m); }
+    });
+  });
+  controller.kill('SIGUSR2');
+  const m = await line;
+  const mib = (b: number) => b / 1048576;
+  return { heapUsedMiB: mib(m.heapUsed), heapTotalMiB: mib(m.heapTotal), externalMiB: mib(m.external), rssMiB: mib(m.rss), ...processRssParts(controller.pid!) };
 }
 
 async function stop(c: { child: ChildProcess; controller: ChildProcess; dir: string }): Promise<void> {
@@ -201,6 +217,9 @@ if (parts.includes('controller')) {
     await until('the first slices', async () => (await sliceIps(api)).size === PODS);
     const sync = { seconds: (Date.now() - t1) / 1000, rssMiB: processRssMiB(c.controller.pid!), cpuSeconds: processCpuSeconds(c.controller.pid!) };
     say(`controller: first sync of ${PODS} pods in ${sync.seconds.toFixed(1)} s, RSS ${sync.rssMiB.toFixed(0)} MiB, CPU ${sync.cpuSeconds.toFixed(1)} s`);
+    const heap = await controllerMemory(c.controller);
+    say(`controller after a full GC: heap used ${heap.heapUsedMiB.toFixed(0)} of ${heap.heapTotalMiB.toFixed(0)} MiB, external ${heap.externalMiB.toFixed(0)} MiB, RSS ${heap.rssMiB.toFixed(0)} MiB (anonymous ${heap.anonMiB.toFixed(0)}, files ${heap.fileMiB.toFixed(0)})`);
+    Object.assign(sync, { afterGc: heap });
 
     // 1,000 pods change address at once (a node's pods rescheduled, a rollout).
     const cpu0 = processCpuSeconds(c.controller.pid!);
@@ -238,7 +257,9 @@ if (parts.includes('controller')) {
     const propagation = { agents: AGENTS, newPods: NEW, p50Ms: q(0.5), p99Ms: q(0.99), maxMs: delays.at(-1) };
     say(`propagation to ${AGENTS} agents: p50 ${propagation.p50Ms} ms, p99 ${propagation.p99Ms} ms, max ${propagation.maxMs} ms`);
     for (const a of agents) a.close();
-    results.controller = { pods: PODS, nodes: NODES, sync, churn, propagation };
+    const settled = await controllerMemory(c.controller);
+    say(`controller at the end, after a full GC: heap used ${settled.heapUsedMiB.toFixed(0)} of ${settled.heapTotalMiB.toFixed(0)} MiB, RSS ${settled.rssMiB.toFixed(0)} MiB (anonymous ${settled.anonMiB.toFixed(0)}, files ${settled.fileMiB.toFixed(0)})`);
+    results.controller = { pods: PODS, nodes: NODES, sync, churn, propagation, settled };
   } finally {
     await stop(c);
   }

@@ -43,7 +43,12 @@ export function processPeakRssMiB(pid: number): number {
   return statusMiB(pid, 'VmHWM');
 }
 
-function statusMiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
+/** RSS split: anonymous memory (heaps, V8's and malloc's) and file pages (the Node binary), in MiB. */
+export function processRssParts(pid: number): { anonMiB: number; fileMiB: number } {
+  return { anonMiB: statusMiB(pid, 'RssAnon'), fileMiB: statusMiB(pid, 'RssFile') };
+}
+
+function statusMiB(pid: number, field: 'VmRSS' | 'VmHWM' | 'RssAnon' | 'RssFile'): number {
   const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) / 1024 : NaN;
 }
