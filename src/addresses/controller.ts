@@ -10,11 +10,10 @@ import { randomBytes } from 'node:crypto';
 import type { KubeConfig, KubernetesObject } from '@kubernetes/client-node';
 import { ListWatch } from '@kubernetes/client-node/dist/cache.js';
 import { ADD, DELETE, ERROR, UPDATE } from '@kubernetes/client-node/dist/informer.js';
-import { Watch } from '@kubernetes/client-node/dist/watch.js';
 import type { Logger } from 'pino';
 import { backoffMs } from '../backoff.ts';
 import { apiPath, kubeApi } from '../kube/api.ts';
-import { createKubernetesSource, type KubernetesSource } from '../workloads/kubernetes.ts';
+import { createKubernetesSource, type KubernetesSource, TrimmingWatch } from '../workloads/kubernetes.ts';
 import { LEASE_NAME, LeaderElection } from './lease.ts';
 import { ADDRESS_SLICE, type AddressEntry, entryOf, planSlices, readSlice, sameEntry, type SliceState, type SliceWrite, sliceName, sliceObject } from './slices.ts';
 import type { Workload } from '../workloads/model.ts';
@@ -80,11 +79,14 @@ export class AddressController {
     this.#api = kubeApi(o.kubeConfig);
     this.#source = createKubernetesSource({ kubeConfig: o.kubeConfig, trustDomain: o.trustDomain, log: o.log, addressesOnly: true, debounceMs: o.batchMs ?? 250 });
     const path = apiPath(ADDRESS_SLICE, { namespace: o.namespace });
-    this.#slicesLw = new ListWatch<KubernetesObject>(path, new Watch(o.kubeConfig), async () => {
+    // The watch's cache holds each slice as read (heldSlice), not the object: 150,000 entries twice
+    // over were most of the controller's heap (bench/README.md, "Address slices at scale").
+    this.#slicesLw = new ListWatch<KubernetesObject>(path, new TrimmingWatch(o.kubeConfig, heldSlice), async () => {
       const list = await this.#api.get<{ metadata?: { resourceVersion?: string }; items?: unknown[] }>(path);
       this.#watchFailures = 0;
       this.#slices.clear();
-      for (const item of list.items ?? []) this.#see(item);
+      list.items = (list.items ?? []).map(heldSlice);
+      for (const item of list.items) this.#see(item);
       this.#slicesListed = true;
       this.#dirty = 'all';
       this.#schedule();
@@ -179,8 +181,11 @@ export class AddressController {
    * echo from the watch); says whether anything changed.
    */
   #see(o: unknown): boolean {
-    const { slice, problems } = readSlice(o);
+    const { slice, problems } = (o as Partial<HeldSlice>).read ?? readSlice(o);
     if (!slice.name) return false;
+    // An entry as the table has it is kept once: the table's object stands for it in the slice.
+    const table = this.#desired;
+    if (table) slice.entries = slice.entries.map((e) => { const d = table.get(e.ip); return d && sameEntry(d, e) ? d : e; });
     if (problems.length > 0) this.#log.warn({ problems }, 'a slice holds malformed entries: rewritten without them');
     const held = this.#slices.get(slice.name);
     if (held && Number(held.resourceVersion) >= Number(slice.resourceVersion)) return false;
@@ -234,4 +239,15 @@ export class AddressController {
       this.#retry = setTimeout(() => this.#schedule(), retryInMs);
     }
   }
+}
+
+/** A slice as the controller's watch caches it: what readSlice made of it, and the metadata a ListWatch keys on. */
+interface HeldSlice extends KubernetesObject {
+  read: ReturnType<typeof readSlice>;
+}
+
+function heldSlice(o: unknown): HeldSlice {
+  const read = readSlice(o);
+  const m = (o as KubernetesObject | undefined)?.metadata;
+  return { metadata: { name: read.slice.name, ...(m?.namespace ? { namespace: m.namespace } : {}), ...(read.slice.resourceVersion ? { resourceVersion: read.slice.resourceVersion } : {}) }, read };
 }

@@ -83,6 +83,18 @@ export function slimPod(o: any): SlimPod {
   };
 }
 
+/**
+ * A Pod as the address controller keeps it: a remote agent's entry needs no labels (policy is
+ * decided at the destination, from its own node's Pods), so only the one that names the workload
+ * stays (bench/README.md, "Address slices at scale").
+ */
+export function addressPod(o: any): SlimPod {
+  const pod = slimPod(o);
+  const hash = pod.metadata.labels?.['pod-template-hash'];
+  pod.metadata.labels = hash !== undefined ? { 'pod-template-hash': hash } : undefined;
+  return pod;
+}
+
 function controller(refs: unknown): { kind: string; name: string } | undefined {
   if (!Array.isArray(refs)) return undefined;
   const c = refs.find((r) => r?.controller === true);

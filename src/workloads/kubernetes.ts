@@ -31,14 +31,15 @@ import type { AddressRefusal, MeshSnapshot } from './model.ts';
 import type { WorkloadSource } from './source.ts';
 import {
   MESH_POLICY, POD_FIELD_SELECTOR, type SlimEndpointSlice, type SlimNamespace, type SlimNode, type SlimPod, type SlimPolicy, type SlimService,
-  slimEndpointSlice, slimNamespace, slimNode, slimPod, slimPolicy, slimService,
+  addressPod, slimEndpointSlice, slimNamespace, slimNode, slimPod, slimPolicy, slimService,
 } from './kubernetes-objects.ts';
 import { buildServices, buildSnapshot, canonicalRanges, clusterPodRanges, holderKey } from './kubernetes-snapshot.ts';
 import { TaintGate } from './taint-gate.ts';
 import { ADDRESS_SLICE, type SlimAddressSlice, slimAddressSlice, workloadsFromSlices } from '../addresses/slices.ts';
 import { LEASE_NAME, LeaseObserver, type LeaseSighting } from '../addresses/lease.ts';
 
-class TrimmingWatch extends Watch {
+/** A Watch whose objects are trimmed before the informer caches them (client-go's SetTransform). */
+export class TrimmingWatch extends Watch {
   readonly #trim: (o: unknown) => unknown;
   constructor(kc: KubeConfig, trim: (o: unknown) => unknown) {
     super(kc);
@@ -157,7 +158,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): Kubernete
     return inf;
   };
   const remote = opts.remoteFromSlices;
-  const pods = informer('pods', '/api/v1/pods', slimPod, { fieldSelector: remote ? `${POD_FIELD_SELECTOR},spec.nodeName=${remote.node}` : POD_FIELD_SELECTOR });
+  const pods = informer('pods', '/api/v1/pods', opts.addressesOnly ? addressPod : slimPod, { fieldSelector: remote ? `${POD_FIELD_SELECTOR},spec.nodeName=${remote.node}` : POD_FIELD_SELECTOR });
   // A malformed slice is logged as it arrives, once per version of the object (list or watch).
   const trimSlice = (o: unknown) => {
     const sl = slimAddressSlice(o);

@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import pino from 'pino';
 import { createKubernetesSource, type KubernetesSource } from '../../src/workloads/kubernetes.ts';
-import { POD_FIELD_SELECTOR, slimEndpointSlice, slimNamespace, slimNode, slimPod, slimService } from '../../src/workloads/kubernetes-objects.ts';
+import { addressPod, POD_FIELD_SELECTOR, slimEndpointSlice, slimNamespace, slimNode, slimPod, slimService } from '../../src/workloads/kubernetes-objects.ts';
 import { buildServices, buildSnapshot, canonicalRange, clusterPodRanges, meshMembership, mtlsModes } from '../../src/workloads/kubernetes-snapshot.ts';
 import type { MeshPolicyObject, MeshSnapshot } from '../../src/workloads/model.ts';
 import { MeshPolicyEngine } from '../../src/policy/engine.ts';
@@ -113,6 +113,18 @@ describe('addresses a pod may not have (a compromised kubelet writes its pods\' 
     assert.deepEqual(s.workloads.map((w) => w.name), ['db']);
     assert.deepEqual(s.refused, [{ pod: 'shop/liar', node: 'node-b', ip: '10.1.0.10', reason: 'outside_pod_cidrs' }]);
     assert.deepEqual(buildSnapshot('example.org', [pod({ node: 'node-c', ip: '172.16.0.9' })], nsMap, { nodes }).workloads.map((w) => w.ip), ['172.16.0.9']);
+  });
+
+  it('keeps for the address controller only the label that names the workload, and the same workload and entry', () => {
+    const o = podObject({ name: 'web-7d9f-x2', namespace: 'shop', node: 'node-a', serviceAccount: 'web', ip: '10.1.0.10', labels: { app: 'web', tier: 'front', 'pod-template-hash': '7d9f' } });
+    (o.metadata as any).ownerReferences = [{ kind: 'ReplicaSet', name: 'web-7d9f', controller: true }];
+    const slim = addressPod(o);
+    assert.deepEqual(slim.metadata.labels, { 'pod-template-hash': '7d9f' });
+    assert.equal(addressPod(podObject({ name: 'bare', namespace: 'shop', node: 'node-a', ip: '10.1.0.11' })).metadata.labels, undefined);
+    const full = buildSnapshot('example.org', [slimPod(o)], nsMap, { nodes }).workloads[0]!;
+    const trimmed = buildSnapshot('example.org', [slim], nsMap, { nodes }).workloads[0]!;
+    assert.equal(trimmed.workload, 'web');
+    assert.deepEqual({ ...trimmed, labels: {} }, { ...full, labels: {} });
   });
 
   it('gives the cluster\'s pod ranges as ipset and nft print them: host bits cleared, each once, IPv4 only', () => {
