@@ -123,6 +123,7 @@ export class Agent {
       ejectedEndpoints: () => this.#gauges.ejected.map((e) => ({ namespace: e.namespace, name: e.name, ejected: e.ips.length })),
       refusedAddresses: () => this.registry.snapshot?.refused ?? [],
       tunnelQueuedBytes: () => this.#gauges.tunnelQueuedBytes,
+      localWorkloads: () => this.registry.localCaptured().map((w) => `${w.namespace}/${w.workload}`),
     });
     this.readiness.add({ name: 'capture', done: () => this.capture.installed });
     this.readiness.add({ name: 'workloads-synced', done: () => this.registry.synced && this.capture.synced });

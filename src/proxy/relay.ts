@@ -44,6 +44,7 @@ export async function relayConnection(conn: ConnectionHandle, client: RelayEnd, 
   const result = await relay(client, upstream, (sent, received) => {
     conn.info.bytesSent += sent;
     conn.info.bytesReceived += received;
+    conn.info.reads++;
   }, { idleMs });
   conn.close(outcomeOf(result));
 }

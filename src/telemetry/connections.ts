@@ -19,6 +19,8 @@ export interface MeteredConnection {
   alsoDestination?: boolean;
   bytesSent: number;
   bytesReceived: number;
+  /** Chunks relayed either way: each a read, a wake-up of the agent (overhead.ts prices them). */
+  reads: number;
 }
 
 /**
@@ -114,7 +116,7 @@ export class ConnectionTracker {
 
   open(direction: Direction, sourceIp: string, traceId: string = newTraceId()): ConnectionHandle {
     const info: ConnectionInfo = {
-      id: this.#nextId++, direction, sourceIp, traceId, startedAt: Date.now(), bytesSent: 0, bytesReceived: 0,
+      id: this.#nextId++, direction, sourceIp, traceId, startedAt: Date.now(), bytesSent: 0, bytesReceived: 0, reads: 0,
       reporter: direction === 'outbound' ? 'source' : 'destination', mutualTls: direction === 'inbound',
     };
     this.#open.set(info.id, info);

@@ -12,6 +12,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import type { MeteredConnection } from './connections.ts';
 import type { TelemetryBatch } from './batch.ts';
 import { TCP_LABELS, TcpSeriesBook, type TcpField } from './tcp-series.ts';
+import { OverheadAccountant } from './overhead.ts';
 import { VERSION } from '../version.ts';
 
 export interface MetricsSources {
@@ -33,6 +34,8 @@ export interface MetricsSources {
   tunnelQueuedBytes?(): number;
   /** With address slices: whether their writer keeps them. */
   addressController?(): { stale: boolean } | undefined;
+  /** The workload of each pod this agent serves (its node's captured pods), as `namespace/workload`. */
+  localWorkloads?(): readonly string[];
 }
 
 export class MeshMetrics {
@@ -69,6 +72,39 @@ export class MeshMetrics {
     tcp('meshlet_tcp_connections_closed_total', 'TCP connections through the mesh that ended', 'closed');
     tcp('meshlet_tcp_sent_bytes_total', 'Bytes from source to destination', 'sent');
     tcp('meshlet_tcp_received_bytes_total', 'Bytes from destination back to source', 'received');
+    // The agent's own CPU and memory, apportioned to the workloads it serves (overhead.ts).
+    const overhead = new OverheadAccountant({
+      cpuSeconds: () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; },
+      rssBytes: () => process.memoryUsage.rss(),
+      localWorkloads: () => sources.localWorkloads?.() ?? [],
+    });
+    const byWorkload = (key: string) => { const i = key.indexOf('/'); return { namespace: key.slice(0, i), workload: key.slice(i + 1) }; };
+    new Counter({
+      name: 'meshlet_workload_overhead_cpu_seconds_total', registers, labelNames: ['workload', 'namespace'],
+      help: 'The agent\'s CPU seconds apportioned to the workloads it serves, by the connections, bytes and reads each caused (the rest evenly); summed, the agent\'s',
+      collect() {
+        overhead.account(book.takeUnits());
+        this.reset();
+        for (const [key, seconds] of overhead.cpu) this.inc(byWorkload(key), seconds);
+      },
+    });
+    new Gauge({
+      name: 'meshlet_workload_pods', help: 'Captured pods this agent serves, per workload', labelNames: ['workload', 'namespace'], registers,
+      collect() {
+        this.reset();
+        const pods = new Map<string, number>();
+        for (const key of sources.localWorkloads?.() ?? []) pods.set(key, (pods.get(key) ?? 0) + 1);
+        for (const [key, n] of pods) this.set(byWorkload(key), n);
+      },
+    });
+    new Gauge({
+      name: 'meshlet_workload_overhead_memory_bytes', registers, labelNames: ['workload', 'namespace'],
+      help: 'The agent\'s resident memory apportioned to the workloads it serves: its idle part evenly, the rest by open connections; summed, the agent\'s RSS',
+      collect() {
+        this.reset();
+        for (const [key, bytes] of overhead.memory(book.openByWorkload())) this.set(byWorkload(key), bytes);
+      },
+    });
     this.#refused = new Counter({ name: 'meshlet_connections_refused_total', help: 'Connections refused or failed before any byte flowed, by error code (docs/errors.md)', labelNames: ['reporter', 'error'], registers });
     this.#decisions = new Counter({ name: 'meshlet_policy_decisions_total', help: 'Policy decisions by action and policy (audit_unmatched: an AUDIT policy selecting the destination did not match, what it would deny as ALLOW)', labelNames: ['action', 'policy'], registers });
     this.#setup = new Histogram({

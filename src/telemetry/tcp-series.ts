@@ -15,8 +15,19 @@ export const TCP_LABELS = [
 type TcpLabel = (typeof TCP_LABELS)[number];
 export type TcpLabels = Record<TcpLabel, string>;
 
-export type TcpField = 'opened' | 'closed' | 'sent' | 'received';
-export const TCP_FIELDS: readonly TcpField[] = ['opened', 'closed', 'sent', 'received'];
+/** What a local workload caused since the last accounting (overhead.ts prices it). */
+export interface WorkloadUnits {
+  opened: number;
+  bytes: number;
+  reads: number;
+}
+
+/** `namespace/workload` keys for the workload a series' reporter serves. */
+export const workloadKey = (namespace: string, workload: string): string => `${namespace}/${workload}`;
+
+/** `reads`: chunks relayed (each a wake-up of the agent), for the overhead accounting only. */
+export type TcpField = 'opened' | 'closed' | 'sent' | 'received' | 'reads';
+export const TCP_FIELDS: readonly TcpField[] = ['opened', 'closed', 'sent', 'received', 'reads'];
 
 /** One label set and what it accumulated since it was last taken. */
 export type TcpAmounts = { labels: TcpLabels } & Record<TcpField, number>;
@@ -42,25 +53,28 @@ export function tcpLabels(c: MeteredConnection): TcpLabels {
 
 export class TcpSeriesBook {
   /** Open (established, not yet closed) connections: bytes already added, and their label sets. */
-  readonly #open = new Map<MeteredConnection, { sent: number; received: number; series: TcpAmounts[] }>();
+  readonly #open = new Map<MeteredConnection, { sent: number; received: number; reads: number; series: TcpAmounts[] }>();
   /** Every label set seen, by its values: bounded by the label cardinality itself. */
   readonly #all = new Map<string, TcpAmounts>();
   /** The same, reached through the pair of Workload objects (stable while the registry does not change them). */
   readonly #byPair = new WeakMap<object, WeakMap<object, Map<string, TcpAmounts>>>();
+  /** What each local workload (the reporter's side) caused since takeUnits(), and its open connections (overhead.ts). */
+  #units = new Map<string, WorkloadUnits>();
+  readonly #openBy = new Map<string, number>();
 
   /** The connection is established: counted as opened, under its reporter (and as destination too, same-node). */
   opened(c: MeteredConnection): void {
     const series = [this.#seriesOf(c, c.reporter)];
     if (c.alsoDestination) series.push(this.#seriesOf(c, 'destination'));
-    for (const s of series) s.opened++;
-    this.#open.set(c, { sent: 0, received: 0, series });
+    for (const s of series) this.#charge(s, 1, 0, 0, 0, 0);
+    this.#open.set(c, { sent: 0, received: 0, reads: 0, series });
   }
 
   closed(c: MeteredConnection): void {
     const r = this.#open.get(c);
     if (!r) return;
     this.#flush(c);
-    for (const s of r.series) s.closed++;
+    for (const s of r.series) this.#charge(s, 0, 1, 0, 0, 0);
     this.#open.delete(c);
   }
 
@@ -71,8 +85,40 @@ export class TcpSeriesBook {
 
   /** Amounts counted elsewhere (a worker's batch), added under their labels. */
   add(amounts: TcpAmounts): void {
-    const s = this.#byLabels(amounts.labels);
-    for (const f of TCP_FIELDS) s[f] += amounts[f];
+    this.#charge(this.#byLabels(amounts.labels), amounts.opened, amounts.closed, amounts.sent, amounts.received, amounts.reads);
+  }
+
+  /** What each local workload caused since the last call (open connections' bytes included), reset. */
+  takeUnits(): Map<string, WorkloadUnits> {
+    this.flushOpen();
+    const out = this.#units;
+    this.#units = new Map();
+    return out;
+  }
+
+  /** Connections open now, by local workload. */
+  openByWorkload(): ReadonlyMap<string, number> {
+    return this.#openBy;
+  }
+
+  /** Adds to a series and to its local workload's units. */
+  #charge(s: TcpAmounts, opened: number, closed: number, sent: number, received: number, reads: number): void {
+    s.opened += opened;
+    s.closed += closed;
+    s.sent += sent;
+    s.received += received;
+    s.reads += reads;
+    const l = s.labels;
+    const key = l.reporter === 'source' ? workloadKey(l.source_workload_namespace, l.source_workload) : workloadKey(l.destination_workload_namespace, l.destination_workload);
+    let u = this.#units.get(key);
+    if (!u) this.#units.set(key, u = { opened: 0, bytes: 0, reads: 0 });
+    u.opened += opened;
+    u.bytes += sent + received;
+    u.reads += reads;
+    if (opened !== closed) {
+      const n = (this.#openBy.get(key) ?? 0) + opened - closed;
+      if (n > 0) this.#openBy.set(key, n); else this.#openBy.delete(key);
+    }
   }
 
   /** Each label set's amount of `field` since it was last taken (non-zero only), reset to 0. */
@@ -107,7 +153,7 @@ export class TcpSeriesBook {
   #byLabels(labels: TcpLabels): TcpAmounts {
     const id = TCP_LABELS.map((l) => labels[l]).join('\u0000');
     let series = this.#all.get(id);
-    if (!series) this.#all.set(id, series = { labels, opened: 0, closed: 0, sent: 0, received: 0 });
+    if (!series) this.#all.set(id, series = { labels, opened: 0, closed: 0, sent: 0, received: 0, reads: 0 });
     return series;
   }
 
@@ -116,11 +162,11 @@ export class TcpSeriesBook {
     if (!r) return;
     const sent = c.bytesSent - r.sent;
     const received = c.bytesReceived - r.received;
-    for (const s of r.series) {
-      s.sent += sent;
-      s.received += received;
-    }
+    const reads = c.reads - r.reads;
+    if (sent === 0 && received === 0 && reads === 0) return;
+    for (const s of r.series) this.#charge(s, 0, 0, sent, received, reads);
     r.sent = c.bytesSent;
     r.received = c.bytesReceived;
+    r.reads = c.reads;
   }
 }
