@@ -48,7 +48,7 @@ const COMMANDS: ReadonlyArray<{ name: string; usage: string; what: string; flags
   },
   { name: 'check', usage: 'check --pre | check [--kubeconfig F] [--json]', what: 'before install, what this node needs; after, the cluster: a line per check, with what to do (exit 1 when one fails)', flags: [{ title: 'check', table: CHECK_FLAGS }] },
   { name: 'status', usage: 'status [--admin URL] [--json]', what: 'a node agent\'s workloads, certificates, policies, connections', flags: [{ title: 'status', table: STATUS_FLAGS }] },
-  { name: 'cost', usage: 'cost [--nodes N --pods-per-node P ...] [--json]', what: 'what sidecars and meshlet reserve in a cluster, and cost a month (figures are Kubernetes quantities)', flags: [{ title: 'cost', table: COST_FLAGS }] },
+  { name: 'cost', usage: 'cost [--nodes N --pods-per-node P ... | --agents URL ... --window 60s] [--json]', what: 'what sidecars and meshlet reserve in a cluster, and cost a month (figures are Kubernetes quantities)', flags: [{ title: 'cost', table: COST_FLAGS }] },
   { name: 'demo', usage: 'demo [--keep-logs]', what: 'run a local demo mesh in network namespaces (root)' },
   { name: 'version', usage: 'version', what: 'meshlet\'s version, and Node\'s (also --version, -V)' },
 ];
@@ -290,7 +290,8 @@ async function cmdStatus(argv: string[]): Promise<number> {
 }
 
 async function cmdCost(argv: string[]): Promise<number> {
-  const { inputs, json } = loadCostConfig(argv);
+  const { inputs, json, measure } = loadCostConfig(argv);
+  if (measure) return (await import('./cost-measured.ts')).runMeasured(measure, inputs, json);
   const { formatCost, projectCost } = await import('./cost.ts');
   const projection = projectCost(inputs);
   process.stdout.write(json ? `${JSON.stringify({ inputs, ...projection }, null, 2)}\n` : formatCost(projection, inputs));

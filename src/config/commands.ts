@@ -66,11 +66,13 @@ export const COST_FLAGS = [
   { name: 'vcpu-hour', ...PRICE, default: '0.033', help: 'price of a vCPU for an hour (illustrative)' },
   { name: 'gib-hour', ...PRICE, default: '0.0045', help: 'price of a GiB of memory for an hour (illustrative)' },
   { name: 'hours-per-month', type: 'int', min: 1, max: 744, default: '730', help: 'hours billed a month' },
+  { name: 'agents', type: 'list', arg: 'URL', help: 'measured instead of projected: the agents\' /metrics (e.g. http://NODE:15020/metrics), once each; per namespace, what they used over --window against sidecars for the same pods' },
+  { name: 'window', type: 'duration', min: 1_000, max: 86_400_000, default: '60s', help: 'with --agents: how long to measure' },
   { name: 'json', type: 'boolean', help: 'inputs and projection as JSON' },
 ] as const satisfies readonly Flag[];
 
-/** `meshlet cost`: the cluster's shape, the two meshes' requests (Kubernetes quantities), and prices. */
-export function loadCostConfig(argv: string[]): { inputs: CostInputs; json: boolean } {
+/** `meshlet cost`: the cluster's shape, the two meshes' requests (Kubernetes quantities), and prices; or the agents to measure. */
+export function loadCostConfig(argv: string[]): { inputs: CostInputs; json: boolean; measure?: { agents: string[]; windowMs: number } } {
   const { values: v, problems: p } = readFlags(COST_FLAGS, argv);
   // A request of 0 reserves nothing: not a mesh to compare.
   const quantity = (flag: 'sidecar-cpu' | 'sidecar-memory' | 'agent-cpu' | 'agent-memory', parse: (t: string) => number | undefined, example: string) => {
@@ -87,8 +89,9 @@ export function loadCostConfig(argv: string[]): { inputs: CostInputs; json: bool
     gibHour: Number(v['gib-hour']),
     hoursPerMonth: v['hours-per-month'],
   };
+  for (const url of v.agents) if (!/^https?:\/\/[^\s/]+\/\S*$/.test(url)) p.add(`--agents: ${JSON.stringify(url)} is not an http(s) URL of an agent's /metrics`);
   p.throwIfAny();
-  return { inputs, json: v.json };
+  return { inputs, json: v.json, ...(v.agents.length > 0 ? { measure: { agents: v.agents, windowMs: v.window } } : {}) };
 }
 
 export const CHECK_FLAGS = [

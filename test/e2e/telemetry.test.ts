@@ -177,4 +177,34 @@ describe('telemetry in network namespaces', { concurrency: false }, () => {
     assert.equal(JSON.parse(json.stdout).node, 'node-a');
     assert.ok(JSON.parse((await chat).stdout).ok);
   });
+
+  it('apportions each agent\'s CPU and memory to the pods it serves; `meshlet cost --agents` reads them per namespace', async () => {
+    // The policy of the test before lifted: web may send again.
+    await lab.writeWorkloads({ ...lab.workloadsDocument(), workloads: (lab.workloadsDocument() as any).workloads.map((w: any) => (w.name === 'web-7f9c' ? { ...w, workload: 'web' } : w)) });
+    await eventually('no policy in force', async () => (await lab.configDump(lab.node('node-b'))).policy.policies.length === 0);
+    const before = await scrape('node-a');
+    assert.equal(sum(before, 'meshlet_workload_pods', { workload: 'web', namespace: 'shop' }), 1);
+    assert.equal(sum(before, 'meshlet_workload_pods', { namespace: 'legacy' }), 0, 'a pod outside the mesh is not served');
+    // web sends through node-a while the command measures node-a's agent for 3 s.
+    const [out, sent] = await Promise.all([
+      lab.meshlet(['cost', '--agents', `http://127.0.0.1:15020/metrics`, '--window', '3s', '--json'], lab.node('node-a').ns),
+      lab.client('web-7f9c', { host: lab.pod('db').ip, port: PORT, bytes: 20_000_000, connections: 4 }),
+    ]);
+    assert.ok(sent.ok, JSON.stringify(sent));
+    const shop = (JSON.parse(out) as { namespaces: Array<{ namespace: string; pods: number; mesh: { cores: number; gib: number }; sidecars: { cores: number } }> })
+      .namespaces.find((n) => n.namespace === 'shop');
+    assert.equal(shop?.pods, 2, 'web and cache on node-a');
+    assert.equal(shop?.sidecars.cores, 0.2);
+    assert.ok(shop.mesh.cores > 0 && shop.mesh.gib > 0, JSON.stringify(shop));
+    // Summed over the workloads: the agent's own CPU seconds over the same scrapes, and its RSS.
+    const after = await scrape('node-a');
+    const agent = sum(after, 'process_cpu_seconds_total') - sum(before, 'process_cpu_seconds_total');
+    const apportioned = sum(after, 'meshlet_workload_overhead_cpu_seconds_total') - sum(before, 'meshlet_workload_overhead_cpu_seconds_total');
+    assert.ok(Math.abs(apportioned - agent) <= 0.05 * agent + 0.02, `apportioned ${apportioned} s of the agent's ${agent} s`);
+    const web = sum(after, 'meshlet_workload_overhead_cpu_seconds_total', { workload: 'web' });
+    const cache = sum(after, 'meshlet_workload_overhead_cpu_seconds_total', { workload: 'cache' });
+    assert.ok(web > cache, `web, which sent, was charged ${web} s; cache, idle, ${cache} s`);
+    const rss = sum(after, 'process_resident_memory_bytes');
+    assert.ok(Math.abs(sum(after, 'meshlet_workload_overhead_memory_bytes') - rss) <= 0.05 * rss);
+  });
 });
