@@ -41,10 +41,14 @@ export async function relayConnection(conn: ConnectionHandle, client: RelayEnd, 
   conn.established();
   // A re-check that now refuses the connection ends it like an abort on both sides.
   conn.onTerminate(() => { client.reset(); upstream.reset(); });
+  let last = 0;
   const result = await relay(client, upstream, (sent, received) => {
     conn.info.bytesSent += sent;
     conn.info.bytesReceived += received;
-    conn.info.reads++;
+    // A chunk after a pause woke the agent for this connection (telemetry/overhead.ts prices it).
+    const now = Date.now();
+    if (now - last >= 1) conn.info.wakeups++;
+    last = now;
   }, { idleMs });
   conn.close(outcomeOf(result));
 }

@@ -19,8 +19,11 @@ export interface MeteredConnection {
   alsoDestination?: boolean;
   bytesSent: number;
   bytesReceived: number;
-  /** Chunks relayed either way: each a read, a wake-up of the agent (overhead.ts prices them). */
-  reads: number;
+  /**
+   * Chunks relayed either way after a pause of a millisecond or more: each woke the agent for this
+   * connection alone (a keep-alive request), where a bulk transfer's reads come back to back.
+   */
+  wakeups: number;
 }
 
 /**
@@ -116,7 +119,7 @@ export class ConnectionTracker {
 
   open(direction: Direction, sourceIp: string, traceId: string = newTraceId()): ConnectionHandle {
     const info: ConnectionInfo = {
-      id: this.#nextId++, direction, sourceIp, traceId, startedAt: Date.now(), bytesSent: 0, bytesReceived: 0, reads: 0,
+      id: this.#nextId++, direction, sourceIp, traceId, startedAt: Date.now(), bytesSent: 0, bytesReceived: 0, wakeups: 0,
       reporter: direction === 'outbound' ? 'source' : 'destination', mutualTls: direction === 'inbound',
     };
     this.#open.set(info.id, info);

@@ -2,9 +2,9 @@
 // local workloads by what each caused, so that summed over the node they are the agent's totals.
 //
 // CPU: at each accounting (a scrape), the process's CPU seconds since the last one are split. Each
-// local workload's traffic since then (connections opened, bytes relayed, reads: each read is a
-// wake-up of the agent, which is what a keep-alive request costs) is priced with per-unit
-// coefficients measured by the data-path benchmark. When the priced traffic is more than the CPU
+// local workload's traffic since then (connections opened, bytes relayed, wake-ups: data after a
+// pause, which is what a keep-alive request costs, while a bulk transfer's reads come back to back)
+// is priced per unit, as `npm run bench:overhead` measured each alone. When the priced traffic is more than the CPU
 // used, every workload gets its priced share of what was used; when less, each gets its priced
 // traffic and the rest (the control plane, timers, GC of an idle heap: what serving a pod costs
 // with no traffic) is split evenly over the local pods. A node with no local pod charges it to
@@ -17,9 +17,11 @@ import { type WorkloadUnits, workloadKey } from './tcp-series.ts';
 
 export type { WorkloadUnits } from './tcp-series.ts';
 
-/** Per-unit CPU seconds on one agent (bench/README.md, "The table again": CPU ms per connection,
- * CPU s per GB and vCPU per 1000 req/s of the meshlet pair, halved; two reads per request). */
-export const CPU_SECONDS_PER = { connection: 0.45e-3, byte: 2e-9, read: 0.08e-3 } as const;
+/**
+ * Per-unit CPU seconds on one agent (bench/README.md, "What the mesh costs each workload": a
+ * workload sending alone; a connection from "The table again", halved for one agent).
+ */
+export const CPU_SECONDS_PER = { connection: 0.45e-3, byte: 0.95e-9, wakeup: 0.11e-3 } as const;
 
 export const UNATTRIBUTED = { workload: 'unattributed', namespace: 'unattributed' } as const;
 
@@ -29,12 +31,12 @@ export interface OverheadOptions {
   rssBytes(): number;
   /** The workload of each local pod now, by key (`namespace/workload`): a base cost is spread per pod. */
   localWorkloads(): readonly string[];
-  prices?: { connection: number; byte: number; read: number };
+  prices?: { connection: number; byte: number; wakeup: number };
 }
 
 export class OverheadAccountant {
   readonly #o: OverheadOptions;
-  readonly #prices: { connection: number; byte: number; read: number };
+  readonly #prices: { connection: number; byte: number; wakeup: number };
   #lastCpu: number;
   #idleRss: number | undefined;
   /** CPU seconds charged so far, by workload key. */
@@ -55,7 +57,7 @@ export class OverheadAccountant {
     const priced = new Map<string, number>();
     let total = 0;
     for (const [key, u] of units) {
-      const cost = u.opened * p.connection + u.bytes * p.byte + u.reads * p.read;
+      const cost = u.opened * p.connection + u.bytes * p.byte + u.wakeups * p.wakeup;
       if (cost <= 0) continue;
       priced.set(key, cost);
       total += cost;

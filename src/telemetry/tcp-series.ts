@@ -19,15 +19,15 @@ export type TcpLabels = Record<TcpLabel, string>;
 export interface WorkloadUnits {
   opened: number;
   bytes: number;
-  reads: number;
+  wakeups: number;
 }
 
 /** `namespace/workload` keys for the workload a series' reporter serves. */
 export const workloadKey = (namespace: string, workload: string): string => `${namespace}/${workload}`;
 
-/** `reads`: chunks relayed (each a wake-up of the agent), for the overhead accounting only. */
-export type TcpField = 'opened' | 'closed' | 'sent' | 'received' | 'reads';
-export const TCP_FIELDS: readonly TcpField[] = ['opened', 'closed', 'sent', 'received', 'reads'];
+/** `wakeups`: data relayed after a pause (connections.ts), for the overhead accounting only. */
+export type TcpField = 'opened' | 'closed' | 'sent' | 'received' | 'wakeups';
+export const TCP_FIELDS: readonly TcpField[] = ['opened', 'closed', 'sent', 'received', 'wakeups'];
 
 /** One label set and what it accumulated since it was last taken. */
 export type TcpAmounts = { labels: TcpLabels } & Record<TcpField, number>;
@@ -53,7 +53,7 @@ export function tcpLabels(c: MeteredConnection): TcpLabels {
 
 export class TcpSeriesBook {
   /** Open (established, not yet closed) connections: bytes already added, and their label sets. */
-  readonly #open = new Map<MeteredConnection, { sent: number; received: number; reads: number; series: TcpAmounts[] }>();
+  readonly #open = new Map<MeteredConnection, { sent: number; received: number; wakeups: number; series: TcpAmounts[] }>();
   /** Every label set seen, by its values: bounded by the label cardinality itself. */
   readonly #all = new Map<string, TcpAmounts>();
   /** The same, reached through the pair of Workload objects (stable while the registry does not change them). */
@@ -67,7 +67,7 @@ export class TcpSeriesBook {
     const series = [this.#seriesOf(c, c.reporter)];
     if (c.alsoDestination) series.push(this.#seriesOf(c, 'destination'));
     for (const s of series) this.#charge(s, 1, 0, 0, 0, 0);
-    this.#open.set(c, { sent: 0, received: 0, reads: 0, series });
+    this.#open.set(c, { sent: 0, received: 0, wakeups: 0, series });
   }
 
   closed(c: MeteredConnection): void {
@@ -85,7 +85,7 @@ export class TcpSeriesBook {
 
   /** Amounts counted elsewhere (a worker's batch), added under their labels. */
   add(amounts: TcpAmounts): void {
-    this.#charge(this.#byLabels(amounts.labels), amounts.opened, amounts.closed, amounts.sent, amounts.received, amounts.reads);
+    this.#charge(this.#byLabels(amounts.labels), amounts.opened, amounts.closed, amounts.sent, amounts.received, amounts.wakeups);
   }
 
   /** What each local workload caused since the last call (open connections' bytes included), reset. */
@@ -102,19 +102,19 @@ export class TcpSeriesBook {
   }
 
   /** Adds to a series and to its local workload's units. */
-  #charge(s: TcpAmounts, opened: number, closed: number, sent: number, received: number, reads: number): void {
+  #charge(s: TcpAmounts, opened: number, closed: number, sent: number, received: number, wakeups: number): void {
     s.opened += opened;
     s.closed += closed;
     s.sent += sent;
     s.received += received;
-    s.reads += reads;
+    s.wakeups += wakeups;
     const l = s.labels;
     const key = l.reporter === 'source' ? workloadKey(l.source_workload_namespace, l.source_workload) : workloadKey(l.destination_workload_namespace, l.destination_workload);
     let u = this.#units.get(key);
-    if (!u) this.#units.set(key, u = { opened: 0, bytes: 0, reads: 0 });
+    if (!u) this.#units.set(key, u = { opened: 0, bytes: 0, wakeups: 0 });
     u.opened += opened;
     u.bytes += sent + received;
-    u.reads += reads;
+    u.wakeups += wakeups;
     if (opened !== closed) {
       const n = (this.#openBy.get(key) ?? 0) + opened - closed;
       if (n > 0) this.#openBy.set(key, n); else this.#openBy.delete(key);
@@ -153,7 +153,7 @@ export class TcpSeriesBook {
   #byLabels(labels: TcpLabels): TcpAmounts {
     const id = TCP_LABELS.map((l) => labels[l]).join('\u0000');
     let series = this.#all.get(id);
-    if (!series) this.#all.set(id, series = { labels, opened: 0, closed: 0, sent: 0, received: 0, reads: 0 });
+    if (!series) this.#all.set(id, series = { labels, opened: 0, closed: 0, sent: 0, received: 0, wakeups: 0 });
     return series;
   }
 
@@ -162,11 +162,11 @@ export class TcpSeriesBook {
     if (!r) return;
     const sent = c.bytesSent - r.sent;
     const received = c.bytesReceived - r.received;
-    const reads = c.reads - r.reads;
-    if (sent === 0 && received === 0 && reads === 0) return;
-    for (const s of r.series) this.#charge(s, 0, 0, sent, received, reads);
+    const wakeups = c.wakeups - r.wakeups;
+    if (sent === 0 && received === 0 && wakeups === 0) return;
+    for (const s of r.series) this.#charge(s, 0, 0, sent, received, wakeups);
     r.sent = c.bytesSent;
     r.received = c.bytesReceived;
-    r.reads = c.reads;
+    r.wakeups = c.wakeups;
   }
 }

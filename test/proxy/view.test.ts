@@ -10,7 +10,7 @@ const dump = (worker: number, over: Partial<DataPlaneDump> = {}): DataPlaneDump 
   tunnelQueuedBytes: 100,
   policy: { generation: 1, rootNamespace: 'meshlet-system', mtls: {}, policies: [], decisions: [{ action: 'allow', policy: 'shop/p', count: worker + 1 }] },
   endpoints: { 'shop/api': [{ ip: '10.0.0.3', ready: true, ports: {}, open: worker, consecutiveFailures: worker, ejections: 1, ...(worker === 1 ? { ejectedUntil: 'later', lastError: 'refused' } : {}) }] },
-  connections: { totals: { opened: 5, closed: 4, failed: worker, open: 1 }, open: [{ id: 1, direction: 'outbound', sourceIp: '10.0.0.1', traceId: 't', startedAt: 0, reporter: 'source', mutualTls: true, bytesSent: 0, bytesReceived: 0, reads: 0 }] },
+  connections: { totals: { opened: 5, closed: 4, failed: worker, open: 1 }, open: [{ id: 1, direction: 'outbound', sourceIp: '10.0.0.1', traceId: 't', startedAt: 0, reporter: 'source', mutualTls: true, bytesSent: 0, bytesReceived: 0, wakeups: 0 }] },
   ...over,
 });
 

@@ -9,8 +9,8 @@ import { OverheadAccountant, type WorkloadUnits } from '../../src/telemetry/over
 import type { Workload } from '../../src/workloads/model.ts';
 import { parseMetrics, sum } from '../support/prometheus.ts';
 
-const prices = { connection: 1e-3, byte: 1e-9, read: 1e-4 };
-const units = (o: Partial<WorkloadUnits>): WorkloadUnits => ({ opened: 0, bytes: 0, reads: 0, ...o });
+const prices = { connection: 1e-3, byte: 1e-9, wakeup: 1e-4 };
+const units = (o: Partial<WorkloadUnits>): WorkloadUnits => ({ opened: 0, bytes: 0, wakeups: 0, ...o });
 const total = (m: ReadonlyMap<string, number>) => [...m.values()].reduce((a, b) => a + b, 0);
 
 describe('overhead per workload', () => {
@@ -18,7 +18,7 @@ describe('overhead per workload', () => {
     let cpu = 10;
     const a = new OverheadAccountant({ cpuSeconds: () => cpu, rssBytes: () => 0, localWorkloads: () => ['shop/web', 'shop/db'], prices });
     cpu += 1; // 1 s used; web caused 0.2 s of priced work, db 0.1 s
-    a.account(new Map([['shop/web', units({ opened: 100, reads: 1000 })], ['shop/db', units({ bytes: 1e8 })]]));
+    a.account(new Map([['shop/web', units({ opened: 100, wakeups: 1000 })], ['shop/db', units({ bytes: 1e8 })]]));
     assert.ok(Math.abs(a.cpu.get('shop/web')! - (0.2 + 0.35)) < 1e-9, String(a.cpu.get('shop/web')));
     assert.ok(Math.abs(a.cpu.get('shop/db')! - (0.1 + 0.35)) < 1e-9, String(a.cpu.get('shop/db')));
     assert.ok(Math.abs(total(a.cpu) - 1) < 1e-9);
@@ -64,20 +64,20 @@ describe('overhead metrics', () => {
     const scrape = async () => parseMetrics((await metrics.text()).body);
     const overheadCpu = (m: ReturnType<typeof parseMetrics>, labels = {}) => sum(m, 'meshlet_workload_overhead_cpu_seconds_total', labels);
     const before = await scrape();
-    // web opens 200 connections of many small reads; batch one bulk connection; db only answers.
+    // web opens 200 connections of many small wakeups; batch one bulk connection; db only answers.
     for (let i = 0; i < 200; i++) {
       const c = tracker.open('outbound', '10.0.0.1');
       c.set({ src: w('web'), dst: w('db'), route: 'tunnel', mutualTls: true });
       c.established();
       c.info.bytesSent += 4000;
-      c.info.reads += 40;
+      c.info.wakeups += 40;
       c.close({});
     }
     const bulk = tracker.open('outbound', '10.0.0.3');
     bulk.set({ src: w('batch', 'ops'), dst: w('db'), route: 'tunnel', mutualTls: true });
     bulk.established();
     bulk.info.bytesSent += 50e6;
-    bulk.info.reads += 800;
+    bulk.info.wakeups += 800;
     // The agent's CPU meanwhile: 300 ms of work the scrape must account for.
     const until = Date.now() + 300;
     while (Date.now() < until) Math.sqrt(Math.random());
