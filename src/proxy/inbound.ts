@@ -27,14 +27,14 @@ export function claimedSource(forwarded: string | string[] | undefined, peerId: 
 export async function handleConnect(
   stream: http2.ServerHttp2Stream,
   headers: http2.IncomingHttpHeaders,
-  tunnel: { peerId: string; target: Workload },
+  tunnel: { peerId: string; target: Workload; handshake?: boolean },
   ctx: ProxyContext,
 ): Promise<void> {
   const source = claimedSource(headers.forwarded, tunnel.peerId, ctx.registry);
   // Without a believable claim: the address the tunnel came from (the source node).
   const sourceIp = source?.ip ?? plainIp(stream.session?.socket?.remoteAddress);
   const conn = ctx.connections.open('inbound', sourceIp, parseTraceparent(headers.traceparent));
-  conn.set({ route: 'inbound', sourcePrincipal: tunnel.peerId, ...(source ? { src: source } : {}), dst: tunnel.target });
+  conn.set({ route: 'inbound', sourcePrincipal: tunnel.peerId, ...(source ? { src: source } : {}), dst: tunnel.target, handshakes: tunnel.handshake ? 1 : 0 });
   const peer = h2StreamEnd(stream);
   let status = 500;
   let upstream: RelayEnd | undefined;

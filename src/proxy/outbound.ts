@@ -9,7 +9,7 @@ import type { MeshService, ServicePort, Workload } from '../workloads/model.ts';
 import type { EndpointLease } from './balancer.ts';
 import type { ProxyContext } from './context.ts';
 import { assertNotSelf, connectFromSource, connectLocalPod, connectTcp } from './deliver.ts';
-import { refusedAtConnect } from './tunnel/pool.ts';
+import { refusedAtConnect } from './tunnel/h2.ts';
 import { h2StreamEnd, relayConnection, socketEnd, type RelayEnd } from './relay.ts';
 import { current, enforce, enforceAndGuard } from './decision.ts';
 
@@ -131,6 +131,8 @@ async function connectDestination(source: Workload, dst: Pick<SocketAddress, 'ip
   const stream = await ctx.pool.connect(source.spiffeId, {
     podIp: target.ip, port: dst.port, expectedPeerId: target.spiffeId, sourceIp: source.ip, traceId: conn.info.traceId,
   });
+  // The connection that opened a session caused its handshake (telemetry/overhead.ts).
+  if (ctx.pool.streamInfo(stream).openedSession) conn.set({ handshakes: 1 });
   return h2StreamEnd(stream);
 }
 
@@ -152,8 +154,8 @@ async function connectUnknownPod(source: Workload, dst: Pick<SocketAddress, 'ip'
     const stream = await ctx.pool.connect(source.spiffeId, {
       podIp: dst.ip, port: dst.port, expectedPeerId: undefined, sourceIp: source.ip, traceId: conn.info.traceId,
     });
-    const peer = ctx.pool.peerIdOf(stream);
-    if (peer) conn.set({ destinationPrincipal: peer });
+    const { peerId, openedSession } = ctx.pool.streamInfo(stream);
+    conn.set({ ...(peerId ? { destinationPrincipal: peerId } : {}), handshakes: openedSession ? 1 : 0 });
     return h2StreamEnd(stream);
   } catch (err) {
     if (!refusedAtConnect(err)) throw err;

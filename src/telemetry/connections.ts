@@ -24,6 +24,8 @@ export interface MeteredConnection {
    * connection alone (a keep-alive request), where a bulk transfer's reads come back to back.
    */
   wakeups: number;
+  /** 1 for the connection whose tunnel session's TLS handshake it caused (the first on a session). */
+  handshakes?: number;
 }
 
 /**

@@ -81,7 +81,7 @@ export class MeshMetrics {
     const byWorkload = (key: string) => { const i = key.indexOf('/'); return { namespace: key.slice(0, i), workload: key.slice(i + 1) }; };
     new Counter({
       name: 'meshlet_workload_overhead_cpu_seconds_total', registers, labelNames: ['workload', 'namespace'],
-      help: 'The agent\'s CPU seconds apportioned to the workloads it serves, by the connections, bytes and wake-ups each caused (the rest per pod); summed, the agent\'s',
+      help: 'The agent\'s CPU seconds apportioned to the workloads it serves, by the connections, handshakes, bytes and wake-ups each caused (the rest per pod); summed, the agent\'s',
       collect() {
         overhead.account(book.takeUnits());
         this.reset();

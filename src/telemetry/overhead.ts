@@ -2,13 +2,13 @@
 // local workloads by what each caused, so that summed over the node they are the agent's totals.
 //
 // CPU: at each accounting (a scrape), the process's CPU seconds since the last one are split. Each
-// local workload's traffic since then (connections opened, bytes relayed, wake-ups: data after a
-// pause, which is what a keep-alive request costs, while a bulk transfer's reads come back to back)
-// is priced per unit, as `npm run bench:overhead` measured each alone. When the priced traffic is more than the CPU
-// used, every workload gets its priced share of what was used; when less, each gets its priced
-// traffic and the rest (the control plane, timers, GC of an idle heap: what serving a pod costs
-// with no traffic) is split evenly over the local pods. A node with no local pod charges it to
-// `unattributed`.
+// local workload's traffic since then (connections opened, the tunnel handshakes they caused, bytes
+// relayed, wake-ups: data after a pause, which is what a keep-alive request costs, while a bulk
+// transfer's reads come back to back) is priced per unit, as `npm run bench:overhead` measured each
+// alone. When the priced traffic is more than the CPU used, every workload gets its priced share of
+// what was used; when less, each gets its priced traffic and the rest (the control plane, timers,
+// GC of an idle heap: what serving a pod costs with no traffic) is split evenly over the local
+// pods. A node with no local pod charges it to `unattributed`.
 //
 // Memory: the agent's RSS now, its idle part (RSS when it first accounted, as a floor) split evenly
 // over the local pods, the rest by open connections (each holds buffers and windows).
@@ -19,9 +19,10 @@ export type { WorkloadUnits } from './tcp-series.ts';
 
 /**
  * Per-unit CPU seconds on one agent (bench/README.md, "What the mesh costs each workload": a
- * workload sending alone; a connection from "The table again", halved for one agent).
+ * workload sending alone; a connection from "The table again", a handshake from "What identity
+ * costs", each halved for one agent).
  */
-export const CPU_SECONDS_PER = { connection: 0.45e-3, byte: 0.95e-9, wakeup: 0.11e-3 } as const;
+export const CPU_SECONDS_PER = { connection: 0.45e-3, handshake: 0.8e-3, byte: 0.95e-9, wakeup: 0.11e-3 } as const;
 
 export const UNATTRIBUTED = { workload: 'unattributed', namespace: 'unattributed' } as const;
 
@@ -31,12 +32,12 @@ export interface OverheadOptions {
   rssBytes(): number;
   /** The workload of each local pod now, by key (`namespace/workload`): a base cost is spread per pod. */
   localWorkloads(): readonly string[];
-  prices?: { connection: number; byte: number; wakeup: number };
+  prices?: { connection: number; handshake: number; byte: number; wakeup: number };
 }
 
 export class OverheadAccountant {
   readonly #o: OverheadOptions;
-  readonly #prices: { connection: number; byte: number; wakeup: number };
+  readonly #prices: { connection: number; handshake: number; byte: number; wakeup: number };
   #lastCpu: number;
   #idleRss: number | undefined;
   /** CPU seconds charged so far, by workload key. */
@@ -57,7 +58,7 @@ export class OverheadAccountant {
     const priced = new Map<string, number>();
     let total = 0;
     for (const [key, u] of units) {
-      const cost = u.opened * p.connection + u.bytes * p.byte + u.wakeups * p.wakeup;
+      const cost = u.opened * p.connection + u.handshakes * p.handshake + u.bytes * p.byte + u.wakeups * p.wakeup;
       if (cost <= 0) continue;
       priced.set(key, cost);
       total += cost;

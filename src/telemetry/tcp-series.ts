@@ -18,6 +18,7 @@ export type TcpLabels = Record<TcpLabel, string>;
 /** What a local workload caused since the last accounting (overhead.ts prices it). */
 export interface WorkloadUnits {
   opened: number;
+  handshakes: number;
   bytes: number;
   wakeups: number;
 }
@@ -25,9 +26,9 @@ export interface WorkloadUnits {
 /** `namespace/workload` keys for the workload a series' reporter serves. */
 export const workloadKey = (namespace: string, workload: string): string => `${namespace}/${workload}`;
 
-/** `wakeups`: data relayed after a pause (connections.ts), for the overhead accounting only. */
-export type TcpField = 'opened' | 'closed' | 'sent' | 'received' | 'wakeups';
-export const TCP_FIELDS: readonly TcpField[] = ['opened', 'closed', 'sent', 'received', 'wakeups'];
+/** `wakeups` (data relayed after a pause) and `handshakes` (connections.ts): for the overhead accounting only. */
+export type TcpField = 'opened' | 'closed' | 'sent' | 'received' | 'wakeups' | 'handshakes';
+export const TCP_FIELDS: readonly TcpField[] = ['opened', 'closed', 'sent', 'received', 'wakeups', 'handshakes'];
 
 /** One label set and what it accumulated since it was last taken. */
 export type TcpAmounts = { labels: TcpLabels } & Record<TcpField, number>;
@@ -66,7 +67,7 @@ export class TcpSeriesBook {
   opened(c: MeteredConnection): void {
     const series = [this.#seriesOf(c, c.reporter)];
     if (c.alsoDestination) series.push(this.#seriesOf(c, 'destination'));
-    for (const s of series) this.#charge(s, 1, 0, 0, 0, 0);
+    for (const s of series) this.#charge(s, { opened: 1, handshakes: c.handshakes ?? 0 });
     this.#open.set(c, { sent: 0, received: 0, wakeups: 0, series });
   }
 
@@ -74,7 +75,7 @@ export class TcpSeriesBook {
     const r = this.#open.get(c);
     if (!r) return;
     this.#flush(c);
-    for (const s of r.series) this.#charge(s, 0, 1, 0, 0, 0);
+    for (const s of r.series) this.#charge(s, { closed: 1 });
     this.#open.delete(c);
   }
 
@@ -85,7 +86,7 @@ export class TcpSeriesBook {
 
   /** Amounts counted elsewhere (a worker's batch), added under their labels. */
   add(amounts: TcpAmounts): void {
-    this.#charge(this.#byLabels(amounts.labels), amounts.opened, amounts.closed, amounts.sent, amounts.received, amounts.wakeups);
+    this.#charge(this.#byLabels(amounts.labels), amounts);
   }
 
   /** What each local workload caused since the last call (open connections' bytes included), reset. */
@@ -102,21 +103,19 @@ export class TcpSeriesBook {
   }
 
   /** Adds to a series and to its local workload's units. */
-  #charge(s: TcpAmounts, opened: number, closed: number, sent: number, received: number, wakeups: number): void {
-    s.opened += opened;
-    s.closed += closed;
-    s.sent += sent;
-    s.received += received;
-    s.wakeups += wakeups;
+  #charge(s: TcpAmounts, d: Partial<Record<TcpField, number>>): void {
+    for (const f of TCP_FIELDS) s[f] += d[f] ?? 0;
     const l = s.labels;
     const key = l.reporter === 'source' ? workloadKey(l.source_workload_namespace, l.source_workload) : workloadKey(l.destination_workload_namespace, l.destination_workload);
     let u = this.#units.get(key);
-    if (!u) this.#units.set(key, u = { opened: 0, bytes: 0, wakeups: 0 });
-    u.opened += opened;
-    u.bytes += sent + received;
-    u.wakeups += wakeups;
-    if (opened !== closed) {
-      const n = (this.#openBy.get(key) ?? 0) + opened - closed;
+    if (!u) this.#units.set(key, u = { opened: 0, handshakes: 0, bytes: 0, wakeups: 0 });
+    u.opened += d.opened ?? 0;
+    u.handshakes += d.handshakes ?? 0;
+    u.bytes += (d.sent ?? 0) + (d.received ?? 0);
+    u.wakeups += d.wakeups ?? 0;
+    const change = (d.opened ?? 0) - (d.closed ?? 0);
+    if (change !== 0) {
+      const n = (this.#openBy.get(key) ?? 0) + change;
       if (n > 0) this.#openBy.set(key, n); else this.#openBy.delete(key);
     }
   }
@@ -153,7 +152,7 @@ export class TcpSeriesBook {
   #byLabels(labels: TcpLabels): TcpAmounts {
     const id = TCP_LABELS.map((l) => labels[l]).join('\u0000');
     let series = this.#all.get(id);
-    if (!series) this.#all.set(id, series = { labels, opened: 0, closed: 0, sent: 0, received: 0, wakeups: 0 });
+    if (!series) this.#all.set(id, series = { labels, opened: 0, closed: 0, sent: 0, received: 0, wakeups: 0, handshakes: 0 });
     return series;
   }
 
@@ -164,7 +163,7 @@ export class TcpSeriesBook {
     const received = c.bytesReceived - r.received;
     const wakeups = c.wakeups - r.wakeups;
     if (sent === 0 && received === 0 && wakeups === 0) return;
-    for (const s of r.series) this.#charge(s, 0, 0, sent, received, wakeups);
+    for (const s of r.series) this.#charge(s, { sent, received, wakeups });
     r.sent = c.bytesSent;
     r.received = c.bytesReceived;
     r.wakeups = c.wakeups;

@@ -9,8 +9,8 @@ import { OverheadAccountant, type WorkloadUnits } from '../../src/telemetry/over
 import type { Workload } from '../../src/workloads/model.ts';
 import { parseMetrics, sum } from '../support/prometheus.ts';
 
-const prices = { connection: 1e-3, byte: 1e-9, wakeup: 1e-4 };
-const units = (o: Partial<WorkloadUnits>): WorkloadUnits => ({ opened: 0, bytes: 0, wakeups: 0, ...o });
+const prices = { connection: 1e-3, handshake: 2e-3, byte: 1e-9, wakeup: 1e-4 };
+const units = (o: Partial<WorkloadUnits>): WorkloadUnits => ({ opened: 0, handshakes: 0, bytes: 0, wakeups: 0, ...o });
 const total = (m: ReadonlyMap<string, number>) => [...m.values()].reduce((a, b) => a + b, 0);
 
 describe('overhead per workload', () => {
@@ -18,7 +18,7 @@ describe('overhead per workload', () => {
     let cpu = 10;
     const a = new OverheadAccountant({ cpuSeconds: () => cpu, rssBytes: () => 0, localWorkloads: () => ['shop/web', 'shop/db'], prices });
     cpu += 1; // 1 s used; web caused 0.2 s of priced work, db 0.1 s
-    a.account(new Map([['shop/web', units({ opened: 100, wakeups: 1000 })], ['shop/db', units({ bytes: 1e8 })]]));
+    a.account(new Map([['shop/web', units({ opened: 50, handshakes: 25, wakeups: 1000 })], ['shop/db', units({ bytes: 1e8 })]]));
     assert.ok(Math.abs(a.cpu.get('shop/web')! - (0.2 + 0.35)) < 1e-9, String(a.cpu.get('shop/web')));
     assert.ok(Math.abs(a.cpu.get('shop/db')! - (0.1 + 0.35)) < 1e-9, String(a.cpu.get('shop/db')));
     assert.ok(Math.abs(total(a.cpu) - 1) < 1e-9);

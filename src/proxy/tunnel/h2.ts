@@ -3,6 +3,7 @@ import { randomUUID, X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import { connect, isIP, isIPv4, isIPv6, type Socket } from 'node:net';
 import { setSendBuffer } from '../../capture/socket.ts';
+import { UpstreamConnectError } from '../../errors.ts';
 
 export const ALPN = 'h2';
 
@@ -60,6 +61,11 @@ export function tunnelPeerProblem(subjectAltName: string | undefined, expected: 
   const domain = `spiffe://${sourceId.slice('spiffe://'.length).split('/')[0]}/`;
   if (ids.length === 1 && (expected === undefined ? ids[0]!.startsWith(domain) : ids[0] === expected)) return undefined;
   return `presented ${ids.join(',') || 'no SPIFFE ID'}, expected ${expected ?? `one of ${domain}`}`;
+}
+
+/** A new session's TCP connect was refused (RST to the SYN): nothing was sent, so a retry is safe. */
+export function refusedAtConnect(err: unknown): boolean {
+  return err instanceof UpstreamConnectError && (err.cause as NodeJS.ErrnoException | undefined)?.code === 'ECONNREFUSED';
 }
 
 /** TCP to a tunnel peer, with a send buffer above the peer's window (see TUNNEL_SEND_BUFFER_BYTES). */

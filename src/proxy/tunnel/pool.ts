@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { PeerIdentityError, TunnelRejectedError, UpstreamConnectError } from '../../errors.ts';
 import type { StallWatch } from './stall-watch.ts';
 import { issuedByOneOf, retire, retireAt, sessionDeadline } from './session-life.ts';
-import { ALPN, formatAuthority, formatForwardedFor, formatTraceparent, h2Settings, SESSION_MEMORY_MB, spiffeIdOf, tunnelPeerProblem, tunnelSocket, WINDOW_BYTES, uriSans } from './h2.ts';
+import { ALPN, formatAuthority, formatForwardedFor, formatTraceparent, h2Settings, refusedAtConnect, SESSION_MEMORY_MB, spiffeIdOf, tunnelPeerProblem, tunnelSocket, WINDOW_BYTES, uriSans } from './h2.ts';
 
 export interface TunnelTarget {
   /** IP of the destination pod: the tunnel goes to its port 15008, where its node's agent answers. */
@@ -55,6 +55,8 @@ interface PoolEntry {
    * takes no new connection: each connection gets at least that long before the session ends.
    */
   freshUntil?: number;
+  /** Set until a connection on it is answered: that one caused its handshake (telemetry/overhead.ts). */
+  unclaimed?: boolean;
 }
 
 /** Retries of a connection the peer never saw. Four: the old agent's listeners close one thread at
@@ -68,11 +70,6 @@ const REFUSED_RETRY_MS = 100;
 /** Sessions are pooled per source identity, destination address, and what the peer had to prove. */
 function poolKey(sourceId: string, target: TunnelTarget): string {
   return target.expectedPeerId === undefined ? `${sourceId}|${target.podIp}|*` : `${sourceId}|${target.podIp}`;
-}
-
-/** A new session's TCP connect was refused (RST to the SYN): nothing was sent, so a retry is safe. */
-export function refusedAtConnect(err: unknown): boolean {
-  return err instanceof UpstreamConnectError && (err.cause as NodeJS.ErrnoException | undefined)?.code === 'ECONNREFUSED';
 }
 
 /** A stream the peer never processed, on a session that is going away: retried on a fresh session. */
@@ -89,6 +86,7 @@ export class TunnelPool {
   readonly #log: Logger;
   /** Each session's peer certificate and the pair it serves, checked again when the trust bundle changes. */
   readonly #peerCerts = new WeakMap<http2.ClientHttp2Session, { key: string; sourceId: string; cert: X509Certificate }>();
+  readonly #opened = new WeakSet<http2.ClientHttp2Stream>();
   /** When each session's certificates end (session-life.ts). */
   readonly #deadlines = new WeakMap<http2.ClientHttp2Session, number>();
   #closed = false;
@@ -198,6 +196,7 @@ export class TunnelPool {
           : new TunnelRejectedError(status, String(headers['x-meshlet-error'] ?? 'refused by peer agent')));
       });
     });
+    if (entry.unclaimed) { entry.unclaimed = false; this.#opened.add(stream); }
     return stream;
   }
 
@@ -214,7 +213,7 @@ export class TunnelPool {
     let entry = list.find((e) => e.streams < STREAMS_PER_SESSION);
     if (!entry) {
       const created: PoolEntry = {
-        key, streams: 0, createdAt: Date.now(), peerId: target.expectedPeerId ?? '*',
+        key, streams: 0, createdAt: Date.now(), peerId: target.expectedPeerId ?? '*', unclaimed: true,
         session: this.#open(sourceId, target, key),
       };
       // A failed session attempt is forgotten at once so the next connection tries again.
@@ -311,10 +310,10 @@ export class TunnelPool {
     return retired;
   }
 
-  /** The SPIFFE ID the peer of `stream`'s session proved (Node hands a client its peer's certificate once). */
-  peerIdOf(stream: http2.ClientHttp2Stream): string | undefined {
+  /** Who `stream`'s peer proved to be (Node hands a client its peer's certificate once), and whether it opened its session. */
+  streamInfo(stream: http2.ClientHttp2Stream): { peerId?: string | undefined; openedSession: boolean } {
     const peer = stream.session && this.#peerCerts.get(stream.session as http2.ClientHttp2Session);
-    return peer && spiffeIdOf(peer.cert);
+    return { peerId: peer && spiffeIdOf(peer.cert), openedSession: this.#opened.has(stream) };
   }
 
   /** Pool state for /config_dump. */

@@ -161,8 +161,10 @@ export class TunnelServer {
         stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
         return;
       }
+      // The session's first CONNECT caused its handshake (telemetry/overhead.ts).
+      const first = !this.#streams.has(session);
       this.#countStream(session, stream, log);
-      void handleConnect(stream, headers, { peerId, target: entry.target }, this.#ctx);
+      void handleConnect(stream, headers, { peerId, target: entry.target, handshake: first }, this.#ctx);
     });
     this.#byPod.set(target.ip, entry);
     return entry;

@@ -81,7 +81,25 @@ describe('tunnel pool: the peer must be the destination workload', () => {
     const p = pool(db.port);
     const stream = await p.connect(WEB, { podIp: '127.0.0.1', port: 8080, expectedPeerId: DB });
     assert.equal(db.streams(), 1);
+    // The connection that opened the session is the one that caused its handshake; the next shares it.
+    assert.deepEqual(p.streamInfo(stream), { peerId: DB, openedSession: true });
+    const again = await p.connect(WEB, { podIp: '127.0.0.1', port: 8080, expectedPeerId: DB });
+    assert.deepEqual(p.streamInfo(again), { peerId: DB, openedSession: false });
+    assert.equal(db.sessions(), 1);
     stream.close();
+    again.close();
+  });
+
+  it('for an address the table lacks, takes one identity of the trust domain, pooled apart from the vouched', async () => {
+    const db = await peer(DB);
+    const p = pool(db.port);
+    const unvouched = await p.connect(WEB, { podIp: '127.0.0.1', port: 8080, expectedPeerId: undefined });
+    assert.deepEqual(p.streamInfo(unvouched), { peerId: DB, openedSession: true });
+    const vouched = await p.connect(WEB, { podIp: '127.0.0.1', port: 8080, expectedPeerId: DB });
+    assert.equal(p.streamInfo(vouched).openedSession, true, 'a session opened unvouched served a vouched connection');
+    assert.equal(db.sessions(), 2);
+    unvouched.close();
+    vouched.close();
   });
 
   it('refuses a peer with another valid identity of the mesh, and sends it no CONNECT', async () => {
