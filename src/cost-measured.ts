@@ -32,20 +32,23 @@ export function addOverhead(text: string, into: OverheadSample): OverheadSample 
   return into;
 }
 
-/** Reads every agent's /metrics now; an agent that does not answer fails the reading, named. */
+/**
+ * Reads every agent's /metrics now, all at once (so the window is the same for each); an agent that
+ * does not answer fails the reading, named.
+ */
 export async function sampleAgents(urls: readonly string[], timeoutMs = 10_000): Promise<OverheadSample> {
-  const sample: OverheadSample = new Map();
-  for (const url of urls) {
-    let text: string;
+  const texts = await Promise.all(urls.map(async (url) => {
     try {
       const r = await request(url, { headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
-      text = await r.body.text();
+      const text = await r.body.text();
       if (r.statusCode !== 200) throw new Error(`HTTP ${r.statusCode}`);
+      return text;
     } catch (err) {
       throw new Error(`cannot read ${url}: ${(err as Error).message}`);
     }
-    addOverhead(text, sample);
-  }
+  }));
+  const sample: OverheadSample = new Map();
+  for (const text of texts) addOverhead(text, sample);
   return sample;
 }
 

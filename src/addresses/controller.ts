@@ -183,12 +183,12 @@ export class AddressController {
   #see(o: unknown): boolean {
     const { slice, problems } = (o as Partial<HeldSlice>).read ?? readSlice(o);
     if (!slice.name) return false;
-    // An entry as the table has it is kept once: the table's object stands for it in the slice.
-    const table = this.#desired;
-    if (table) slice.entries = slice.entries.map((e) => { const d = table.get(e.ip); return d && sameEntry(d, e) ? d : e; });
     if (problems.length > 0) this.#log.warn({ problems }, 'a slice holds malformed entries: rewritten without them');
     const held = this.#slices.get(slice.name);
     if (held && Number(held.resourceVersion) >= Number(slice.resourceVersion)) return false;
+    // An entry as the table has it is kept once: the table's object stands for it in the slice.
+    const table = this.#desired;
+    if (table) slice.entries = slice.entries.map((e) => { const d = table.get(e.ip); return d && sameEntry(d, e) ? d : e; });
     // A malformed entry counts as absent, so the next plan rewrites the slice.
     this.#slices.set(slice.name, problems.length > 0 ? { ...slice, entries: [] } : slice);
     this.#mark(slice.node);

@@ -41,14 +41,11 @@ export async function relayConnection(conn: ConnectionHandle, client: RelayEnd, 
   conn.established();
   // A re-check that now refuses the connection ends it like an abort on both sides.
   conn.onTerminate(() => { client.reset(); upstream.reset(); });
-  let last = 0;
-  const result = await relay(client, upstream, (sent, received) => {
+  const result = await relay(client, upstream, (sent, received, woke) => {
     conn.info.bytesSent += sent;
     conn.info.bytesReceived += received;
     // A chunk after a pause woke the agent for this connection (telemetry/overhead.ts prices it).
-    const now = Date.now();
-    if (now - last >= 1) conn.info.wakeups++;
-    last = now;
+    if (woke) conn.info.wakeups++;
   }, { idleMs });
   conn.close(outcomeOf(result));
 }
@@ -110,7 +107,8 @@ function forward(from: RelayEnd, to: RelayEnd, count: (bytes: number) => void): 
   if (!waiting) from.stream.resume();
 }
 
-export function relay(a: RelayEnd, b: RelayEnd, onBytes?: (aToB: number, bToA: number) => void, opts: { idleMs?: number } = {}): Promise<RelayResult> {
+/** `onBytes` is told each chunk's bytes and whether it came after a pause of a millisecond or more (a wake-up). */
+export function relay(a: RelayEnd, b: RelayEnd, onBytes?: (aToB: number, bToA: number, woke: boolean) => void, opts: { idleMs?: number } = {}): Promise<RelayResult> {
   return new Promise((resolve) => {
     const result: RelayResult = { aToB: 0, bToA: 0 };
     let closedA = false;
@@ -130,8 +128,18 @@ export function relay(a: RelayEnd, b: RelayEnd, onBytes?: (aToB: number, bToA: n
       }, Math.max(250, Math.floor(idleMs / 4))).unref();
     }
 
-    forward(a, b, (n) => { lastActivity = Date.now(); result.aToB += n; onBytes?.(n, 0); });
-    forward(b, a, (n) => { lastActivity = Date.now(); result.bToA += n; onBytes?.(0, n); });
+    // One clock read per chunk serves the idle timer and the wake-up count.
+    let lastChunk = 0;
+    const chunk = (aToB: number, bToA: number) => {
+      const now = Date.now();
+      const woke = now - lastChunk >= 1;
+      lastChunk = lastActivity = now;
+      result.aToB += aToB;
+      result.bToA += bToA;
+      onBytes?.(aToB, bToA, woke);
+    };
+    forward(a, b, (n) => chunk(n, 0));
+    forward(b, a, (n) => chunk(0, n));
     a.stream.once('end', () => { if (!a.failed() && !b.stream.writableEnded) b.stream.end(); });
     b.stream.once('end', () => { if (!b.failed() && !a.stream.writableEnded) a.stream.end(); });
 

@@ -62,6 +62,8 @@ export class TcpSeriesBook {
   /** What each local workload (the reporter's side) caused since takeUnits(), and its open connections (overhead.ts). */
   #units = new Map<string, WorkloadUnits>();
   readonly #openBy = new Map<string, number>();
+  /** Each series' local workload key, made once with the series. */
+  readonly #localOf = new WeakMap<TcpAmounts, string>();
 
   /** The connection is established: counted as opened, under its reporter (and as destination too, same-node). */
   opened(c: MeteredConnection): void {
@@ -105,8 +107,7 @@ export class TcpSeriesBook {
   /** Adds to a series and to its local workload's units. */
   #charge(s: TcpAmounts, d: Partial<Record<TcpField, number>>): void {
     for (const f of TCP_FIELDS) s[f] += d[f] ?? 0;
-    const l = s.labels;
-    const key = l.reporter === 'source' ? workloadKey(l.source_workload_namespace, l.source_workload) : workloadKey(l.destination_workload_namespace, l.destination_workload);
+    const key = this.#localOf.get(s) as string;
     let u = this.#units.get(key);
     if (!u) this.#units.set(key, u = { opened: 0, handshakes: 0, bytes: 0, wakeups: 0 });
     u.opened += d.opened ?? 0;
@@ -152,7 +153,11 @@ export class TcpSeriesBook {
   #byLabels(labels: TcpLabels): TcpAmounts {
     const id = TCP_LABELS.map((l) => labels[l]).join('\u0000');
     let series = this.#all.get(id);
-    if (!series) this.#all.set(id, series = { labels, opened: 0, closed: 0, sent: 0, received: 0, wakeups: 0, handshakes: 0 });
+    if (!series) {
+      this.#all.set(id, series = { labels, opened: 0, closed: 0, sent: 0, received: 0, wakeups: 0, handshakes: 0 });
+      const l = labels;
+      this.#localOf.set(series, l.reporter === 'source' ? workloadKey(l.source_workload_namespace, l.source_workload) : workloadKey(l.destination_workload_namespace, l.destination_workload));
+    }
     return series;
   }
 

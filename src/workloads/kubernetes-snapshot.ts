@@ -3,6 +3,7 @@
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import type { AddressRefusal, MeshNode, MeshPolicyObject, MeshService, MeshSnapshot, MtlsMode, ServiceEndpoint, Workload } from './model.ts';
 import { workloadSpiffeId } from './model.ts';
+import { ipv4Ranges } from './registry.ts';
 import {
   CAPTURE_ANNOTATION, MTLS_ANNOTATION, type SlimEndpointSlice, type SlimNamespace, type SlimNode, type SlimPod, type SlimPolicy, type SlimService, workloadName,
 } from './kubernetes-objects.ts';
@@ -104,14 +105,7 @@ export function canonicalRanges(cidrs: Iterable<string>): string[] {
 const rangesOf = new WeakMap<SlimNode, BlockList>();
 function podRanges(node: SlimNode): BlockList {
   let list = rangesOf.get(node);
-  if (!list) {
-    list = new BlockList();
-    for (const cidr of node.spec.podCIDRs ?? []) {
-      const [net, bits] = cidr.split('/');
-      if (net && bits !== undefined) list.addSubnet(net, Number(bits), 'ipv4');
-    }
-    rangesOf.set(node, list);
-  }
+  if (!list) rangesOf.set(node, list = ipv4Ranges(node.spec.podCIDRs ?? []));
   return list;
 }
 

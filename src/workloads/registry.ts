@@ -77,7 +77,7 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
       for (const port of service.ports) byServiceAddress.set(`${service.clusterIP}:${port.port}`, { service: routed, port });
     }
     this.#noteDepartures(byIp, byServiceAddress);
-    this.#idx = { snapshot, byIp, byServiceAddress, destinations, podRanges: podRangeList(snapshot.podRanges) };
+    this.#idx = { snapshot, byIp, byServiceAddress, destinations, podRanges: snapshot.podRanges?.length ? ipv4Ranges(snapshot.podRanges) : undefined };
     this.emit('change', snapshot);
   }
 
@@ -148,12 +148,12 @@ export class WorkloadRegistry extends EventEmitter<{ change: [MeshSnapshot] }> {
   }
 }
 
-function podRangeList(ranges: readonly string[] | undefined): BlockList | undefined {
-  if (!ranges?.length) return undefined;
+/** IPv4 CIDRs as a BlockList for lookups (a malformed one left out; the sources check theirs). */
+export function ipv4Ranges(cidrs: Iterable<string>): BlockList {
   const list = new BlockList();
-  for (const r of ranges) {
-    const [net, len] = r.split('/');
-    list.addSubnet(net as string, Number(len ?? 32), 'ipv4');
+  for (const cidr of cidrs) {
+    const [net, bits] = cidr.split('/');
+    if (net && bits !== undefined) list.addSubnet(net, Number(bits), 'ipv4');
   }
   return list;
 }

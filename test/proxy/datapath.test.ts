@@ -7,7 +7,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
-import { inProcessMesh, type InProcessMesh } from '../support/proxy-context.ts';
+import { exchange, inProcessMesh, type InProcessMesh } from '../support/proxy-context.ts';
 import { eventually } from '../support/wait.ts';
 
 const TD = 'datapath.test';
@@ -37,20 +37,6 @@ function app(ip: string, port: number): Promise<net.Server> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, ip, () => resolve(server));
-  });
-}
-
-/** Writes `text`, ends, and collects everything until the other side ends (or the socket closes). */
-function exchange(s: net.Socket, text: string): Promise<{ data: string; ended: boolean; error?: string }> {
-  return new Promise((resolve) => {
-    let data = '';
-    let ended = false;
-    let error: string | undefined;
-    s.on('data', (d: Buffer) => { data += d.toString(); });
-    s.on('end', () => { ended = true; });
-    s.on('error', (err: NodeJS.ErrnoException) => { error = err.code ?? err.message; });
-    s.on('close', () => resolve({ data, ended, ...(error ? { error } : {}) }));
-    s.end(text);
   });
 }
 

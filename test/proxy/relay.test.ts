@@ -11,7 +11,7 @@ import { outcomeOf, relay, type RelayResult, socketEnd } from '../../src/proxy/r
  * app server <- relay <- client, all on loopback. `pooled`: both of the relay's sockets read into
  * reused buffers, as the agent's pod-facing sockets do; otherwise they are plain stream reads.
  */
-async function setup(onServerConn: (s: net.Socket) => void, opts: { idleMs?: number; pooled: boolean }) {
+async function setup(onServerConn: (s: net.Socket) => void, opts: { idleMs?: number; pooled: boolean; onBytes?: (aToB: number, bToA: number, woke: boolean) => void }) {
   const appSockets: net.Socket[] = [];
   const app = net.createServer({ allowHalfOpen: true }, (s) => { appSockets.push(s); onServerConn(s); });
   await new Promise<void>((r) => app.listen(0, '127.0.0.1', r));
@@ -22,7 +22,7 @@ async function setup(onServerConn: (s: net.Socket) => void, opts: { idleMs?: num
     const client = opts.pooled ? adoptForPooledReads(accepted) : accepted;
     const up = opts.pooled ? pooledConnect('127.0.0.1', appPort) : net.connect({ port: appPort, host: '127.0.0.1', allowHalfOpen: true });
     upstreams.push(up);
-    results.push(relay(socketEnd(client), socketEnd(up), undefined, opts));
+    results.push(relay(socketEnd(client), socketEnd(up), opts.onBytes, opts));
   });
   await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
   const connect = () => net.connect({ port: (proxy.address() as net.AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
@@ -37,6 +37,31 @@ async function setup(onServerConn: (s: net.Socket) => void, opts: { idleMs?: num
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 for (const pooled of [false, true]) describe(`relay, ${pooled ? 'pooled reads' : 'stream reads'}`, () => {
+  it('tells a chunk after a pause (a wake-up) from chunks that come back to back', async () => {
+    const chunks: boolean[] = [];
+    const env = await setup((srv) => { srv.resume(); srv.once('end', () => srv.end()); }, { pooled, onBytes: (_a, _b, woke) => chunks.push(woke) });
+    try {
+      const c = env.connect();
+      await new Promise<void>((r) => c.once('connect', () => r()));
+      // Three requests 20 ms apart: three wake-ups.
+      for (let i = 0; i < 3; i++) {
+        const before = chunks.length;
+        c.write('request');
+        await new Promise<void>((r) => { const t = setInterval(() => { if (chunks.length > before) { clearInterval(t); r(); } }, 1); });
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.deepEqual(chunks, [true, true, true]);
+      // 8 MiB at once: many chunks, read back to back, far fewer wake-ups than chunks.
+      chunks.length = 0;
+      c.end(randomBytes(8 * 1024 * 1024));
+      await env.results[0];
+      assert.ok(chunks.length >= 16, `${chunks.length} chunks`);
+      assert.ok(chunks.filter(Boolean).length < chunks.length / 2, JSON.stringify(chunks.map(Number).join('')));
+    } finally {
+      env.close();
+    }
+  });
+
   it('carries bytes exactly both ways and propagates half-close', async () => {
     const payload = randomBytes(5 * 1024 * 1024);
     const env = await setup((s) => {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { parseWorkloadsFile } from '../../src/workloads/file.ts';
-import { inProcessMesh, type InProcessMesh } from '../support/proxy-context.ts';
+import { exchange as exchangeAll, inProcessMesh, type InProcessMesh } from '../support/proxy-context.ts';
 import { eventually } from '../support/wait.ts';
 
 const TD = 'unknown-pod.test';
@@ -36,15 +36,8 @@ function app(ip: string, port: number): Promise<net.Server & { accepted: number 
   });
 }
 
-function exchange(s: net.Socket, text: string): Promise<string> {
-  return new Promise((resolve) => {
-    let data = '';
-    s.on('data', (d: Buffer) => { data += d.toString(); });
-    s.on('error', () => undefined);
-    s.on('close', () => resolve(data));
-    s.end(text);
-  });
-}
+/** The data that came back. */
+const exchange = async (s: net.Socket, text: string): Promise<string> => (await exchangeAll(s, text)).data;
 
 describe('a pod the table does not know, in the pod ranges', () => {
   let mesh: InProcessMesh;

@@ -239,3 +239,17 @@ export async function inProcessMesh(yaml: string): Promise<InProcessMesh> {
   }
   return mesh;
 }
+
+/** Writes `text`, ends, and collects everything until the other side ends (or the socket closes). */
+export function exchange(s: net.Socket, text: string): Promise<{ data: string; ended: boolean; error?: string }> {
+  return new Promise((resolve) => {
+    let data = '';
+    let ended = false;
+    let error: string | undefined;
+    s.on('data', (d: Buffer) => { data += d.toString(); });
+    s.on('end', () => { ended = true; });
+    s.on('error', (err: NodeJS.ErrnoException) => { error = err.code ?? err.message; });
+    s.on('close', () => resolve({ data, ended, ...(error ? { error } : {}) }));
+    s.end(text);
+  });
+}

@@ -6,6 +6,7 @@ import pino from 'pino';
 import { ConnectionTracker } from '../../src/telemetry/connections.ts';
 import { MeshMetrics } from '../../src/telemetry/metrics.ts';
 import { OverheadAccountant, type WorkloadUnits } from '../../src/telemetry/overhead.ts';
+import { TcpSeriesBook } from '../../src/telemetry/tcp-series.ts';
 import type { Workload } from '../../src/workloads/model.ts';
 import { parseMetrics, sum } from '../support/prometheus.ts';
 
@@ -55,6 +56,28 @@ describe('overhead per workload', () => {
 });
 
 describe('overhead metrics', () => {
+  it('charge each connection to the workload on the reporter\'s side: handshakes, bytes, wake-ups, open connections, a worker\'s batch too', () => {
+    const book = new TcpSeriesBook();
+    const c = { reporter: 'source' as const, src: w('web'), dst: w('db'), mutualTls: true, bytesSent: 0, bytesReceived: 0, wakeups: 0, handshakes: 1 };
+    book.opened(c);
+    c.bytesSent += 300;
+    c.bytesReceived += 700;
+    c.wakeups += 4;
+    assert.deepEqual([...book.openByWorkload()], [['shop/web', 1]]);
+    assert.deepEqual([...book.takeUnits()], [['shop/web', { opened: 1, handshakes: 1, bytes: 1000, wakeups: 4 }]]);
+    // The destination's side of a worker's batch: charged to db, the pod it serves.
+    const worker = new TcpSeriesBook();
+    const d = { ...c, reporter: 'destination' as const, bytesSent: 0, bytesReceived: 0, wakeups: 0 };
+    worker.opened(d);
+    d.bytesSent = 50;
+    d.wakeups = 2;
+    worker.closed(d);
+    for (const amounts of worker.takeAll()) book.add(amounts);
+    book.closed(c);
+    assert.deepEqual([...book.takeUnits()], [['shop/db', { opened: 1, handshakes: 1, bytes: 50, wakeups: 2 }], ['shop/web', { opened: 0, handshakes: 0, bytes: 0, wakeups: 0 }]]);
+    assert.deepEqual([...book.openByWorkload()], [], 'every connection closed');
+  });
+
   const w = (name: string, ns = 'shop'): Workload => ({ name: `${name}-1`, namespace: ns, serviceAccount: name, ip: '10.0.0.1', node: 'n', captured: true, spiffeId: `spiffe://td/ns/${ns}/sa/${name}`, labels: {}, workload: name });
 
   it('sum, over the workloads, to the agent\'s own CPU seconds (within 5%), the busier workload charged more', async () => {

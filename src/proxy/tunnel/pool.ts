@@ -85,7 +85,7 @@ export class TunnelPool {
   readonly #opts: TunnelPoolOptions;
   readonly #log: Logger;
   /** Each session's peer certificate and the pair it serves, checked again when the trust bundle changes. */
-  readonly #peerCerts = new WeakMap<http2.ClientHttp2Session, { key: string; sourceId: string; cert: X509Certificate }>();
+  readonly #peerCerts = new WeakMap<http2.ClientHttp2Session, { key: string; sourceId: string; cert: X509Certificate; id: string | undefined }>();
   readonly #opened = new WeakSet<http2.ClientHttp2Stream>();
   /** When each session's certificates end (session-life.ts). */
   readonly #deadlines = new WeakMap<http2.ClientHttp2Session, number>();
@@ -264,12 +264,13 @@ export class TunnelPool {
         const socket = session.socket as tls.TLSSocket;
         const peer = socket.getPeerX509Certificate();
         this.#log.debug({ key, peer: peer ? uriSans(peer) : [] }, 'tunnel session established');
-        if (peer) this.#peerCerts.set(session, { key, sourceId, cert: peer });
+        const peerId = peer && spiffeIdOf(peer);
+        if (peer) this.#peerCerts.set(session, { key, sourceId, cert: peer, id: peerId });
         // Not past either certificate of its handshake (session-life.ts): new connections then open
         // a new session, with the renewed certificates.
         const deadline = sessionDeadline(socket, peer);
         this.#deadlines.set(session, deadline);
-        this.#opts.stalls.watch(raw, session, target.expectedPeerId ?? (peer ? spiffeIdOf(peer) : undefined) ?? '');
+        this.#opts.stalls.watch(raw, session, target.expectedPeerId ?? peerId ?? '');
         retireAt(session, deadline, this.#opts.drainMs, () => {
           this.#log.info({ key }, 'tunnel session retired: a certificate of its handshake expired');
           this.#forget(key, session);
@@ -313,7 +314,7 @@ export class TunnelPool {
   /** Who `stream`'s peer proved to be (Node hands a client its peer's certificate once), and whether it opened its session. */
   streamInfo(stream: http2.ClientHttp2Stream): { peerId?: string | undefined; openedSession: boolean } {
     const peer = stream.session && this.#peerCerts.get(stream.session as http2.ClientHttp2Session);
-    return { peerId: peer && spiffeIdOf(peer.cert), openedSession: this.#opened.has(stream) };
+    return { peerId: peer?.id, openedSession: this.#opened.has(stream) };
   }
 
   /** Pool state for /config_dump. */
