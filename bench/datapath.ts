@@ -215,6 +215,8 @@ try {
     }
   }
 } finally {
+  // Profiled agents (AGENT_NODE_ARGS=--cpu-prof, src/demo/lab-spec.ts) write their profile on a clean exit.
+  if (process.env.AGENT_NODE_ARGS) await Promise.all([...lab.agents.keys()].map((n) => lab.stopAgent(n)));
   await lab.destroy();
 }
 
