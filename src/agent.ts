@@ -16,7 +16,7 @@ import { CaptureKeeper } from './capture/keeper.ts';
 import { ProbeGate } from './capture/probe-gate.ts';
 import { CaptureTools } from './capture/tools.ts';
 import { PrerequisiteError } from './errors.ts';
-import { keepHeapHeadroom } from './heap-headroom.ts';
+import { type KeptMemory, keepMemory } from './memory-target.ts';
 import { trimMallocEvery, tuneMalloc } from './malloc-tuning.ts';
 import { releaseStartupPagesOnce } from './startup-pages.ts';
 import { CertificateManager } from './identity/certs.ts';
@@ -80,7 +80,7 @@ export class Agent {
   readonly #timers = new Set<NodeJS.Timeout>();
   /** Snapshots published so far, and the last one's mesh generation. */
   #published = { generation: 0, meshGeneration: 0, scheduled: false };
-  #heapHeadroom: ReturnType<typeof keepHeapHeadroom> | undefined;
+  #memory: KeptMemory | undefined;
   readonly #releaseGrace: ReleaseGrace;
   #graceTimer: NodeJS.Timeout | undefined;
   /** The data plane's gauges as of the last scrape's refresh. */
@@ -118,7 +118,7 @@ export class Agent {
       pendingTasks: () => this.readiness.pending(),
       certificates: () => this.certs.states().flatMap((c) => (c.state === 'available' ? [{ spiffeId: c.spiffeId, notAfter: c.notAfter }] : [])),
       refresh: async () => { this.#gauges = await this.data.gauges(); },
-      pool: () => this.#gauges.pools, openConnections: () => this.#gauges.openConnections,
+      pool: () => this.#gauges.pools, openConnections: () => this.#gauges.openConnections, memory: () => this.#memory?.target.state(),
       addressController: () => this.#source.addressController?.(),
       ejectedEndpoints: () => this.#gauges.ejected.map((e) => ({ namespace: e.namespace, name: e.name, ejected: e.ips.length })),
       refusedAddresses: () => this.registry.snapshot?.refused ?? [],
@@ -216,8 +216,8 @@ export class Agent {
         if (this.#state.phase !== 'starting') return;
         this.#state = { phase: 'serving' };
         this.#log.info({ ports: this.config.ports }, 'agent listening');
-        // From now on, not during start-up: see heap-headroom.ts.
-        this.#heapHeadroom ??= keepHeapHeadroom(this.config.heapHeadroomMiB);
+        // From now on, not during start-up: see heap-headroom.ts and memory-target.ts.
+        this.#memory ??= keepMemory({ headroomMiB: this.config.heapHeadroomMiB, targetMiB: this.config.memoryTargetMiB, log: this.#log });
         this.#advance();
       },
       (err: Error) => {
@@ -299,7 +299,7 @@ export class Agent {
       workloadSource: { kind: this.config.workloads.kind, ...this.#source.status?.() },
       identityProvider: this.#provider.name,
       probeGate: this.probeGate.status(),
-      heap: { headroomMiB: this.config.heapHeadroomMiB, growingPercent: this.#heapHeadroom?.percent() },
+      heap: { headroomMiB: this.config.heapHeadroomMiB, growingPercent: this.#memory?.heap.percent(), target: this.#memory?.target.state() },
       workers: this.data.workers,
       certs: this.certs, data: await this.data.dump(),
     });
@@ -343,7 +343,7 @@ export class Agent {
     this.certs.close();
     await this.#provider.close?.();
     await closed;
-    this.#heapHeadroom?.stop();
+    this.#memory?.stop();
     this.#tools.close();
     this.#state = { phase: 'closed' };
   }

@@ -19,6 +19,7 @@
 // young generation; the transient buffers above never take it up.
 import { constants, type PerformanceEntry, PerformanceObserver } from 'node:perf_hooks';
 import v8 from 'node:v8';
+import { runInNewContext } from 'node:vm';
 
 const MIB = 1024 * 1024;
 /** V8's own factor never exceeds 4 (for the largest heaps); neither does this. */
@@ -29,32 +30,76 @@ const MAX_PERCENT = 300;
  */
 const MIN_PERCENT = 50;
 
-/** The `--heap-growing-percent` that puts the next limit `headroomBytes` above `liveBytes`; 0: V8's own. */
-export function growingPercent(liveBytes: number, headroomBytes: number): number {
+/**
+ * The `--heap-growing-percent` that puts the next limit `headroomBytes` above `liveBytes`; 0: V8's
+ * own. `floorPercent` (memory-target.ts, near its target): never less, and never V8's own, which
+ * could be far more.
+ */
+export function growingPercent(liveBytes: number, headroomBytes: number, floorPercent?: number): number {
   if (headroomBytes <= 0) return 0;
   const percent = Math.round((100 * headroomBytes) / Math.max(liveBytes, 1));
+  if (floorPercent !== undefined) return Math.min(Math.max(percent, floorPercent), MAX_PERCENT);
   return percent < MIN_PERCENT ? 0 : Math.min(percent, MAX_PERCENT);
 }
 
-/**
- * Keeps `headroomMiB` of old-generation headroom from now on (see above); 0 leaves V8 alone.
- * Returns the percent set now and a function that stops following the live heap.
- */
-export function keepHeapHeadroom(headroomMiB: number): { percent: () => number; stop: () => void } {
+/** A factor of 1.1, V8's smallest, for a process short of memory (memory-target.ts). */
+export const PRESSED_MIN_PERCENT = 10;
+
+export interface HeapHeadroom {
+  /** The percent set now. */
+  percent(): number;
+  /** Another headroom from now on (applied now, and after every full collection); see growingPercent. */
+  set(headroomMiB: number, floorPercent?: number): void;
+  /** Stops following the live heap. */
+  stop(): void;
+}
+
+/** Keeps `headroomMiB` of old-generation headroom from now on (see above); 0 leaves V8 alone. */
+export function keepHeapHeadroom(headroomMiB: number): HeapHeadroom {
   let current = -1;
+  let headroom = headroomMiB;
+  let floor: number | undefined;
   const apply = () => {
-    const percent = growingPercent(v8.getHeapStatistics().used_heap_size, headroomMiB * MIB);
+    const percent = growingPercent(v8.getHeapStatistics().used_heap_size, headroom * MIB, floor);
     if (percent === current) return;
     v8.setFlagsFromString(`--heap-growing-percent=${percent}`);
     current = percent;
   };
   apply();
-  if (headroomMiB <= 0) return { percent: () => current, stop: () => undefined };
-  // Right after a full collection the used heap is about what is live.
-  const observer = new PerformanceObserver((list) => {
-    const entries = list.getEntries() as Array<PerformanceEntry & { detail?: { kind?: number } }>;
-    if (entries.some((e) => e.detail?.kind === constants.NODE_PERFORMANCE_GC_MAJOR)) apply();
-  });
-  observer.observe({ entryTypes: ['gc'] });
-  return { percent: () => current, stop: () => observer.disconnect() };
+  let observer: PerformanceObserver | undefined;
+  const follow = () => {
+    if (observer || headroom <= 0) return;
+    // Right after a full collection the used heap is about what is live.
+    observer = new PerformanceObserver((list) => {
+      const entries = list.getEntries() as Array<PerformanceEntry & { detail?: { kind?: number } }>;
+      if (entries.some((e) => e.detail?.kind === constants.NODE_PERFORMANCE_GC_MAJOR)) apply();
+    });
+    observer.observe({ entryTypes: ['gc'] });
+  };
+  follow();
+  return {
+    percent: () => current,
+    set: (mib, floorPercent) => {
+      headroom = mib;
+      floor = floorPercent;
+      apply();
+      follow();
+    },
+    stop: () => { observer?.disconnect(); observer = undefined; },
+  };
+}
+
+let gc: ((opts: { type: 'major' | 'minor' }) => void) | undefined;
+
+/**
+ * A collection now (full, or of the young generation alone), without `--expose-gc` on the command
+ * line, which would hand every module a global `gc`: the flag set at run time gives new contexts
+ * the function, and only this one.
+ */
+export function collectGarbage(type: 'major' | 'minor' = 'major'): void {
+  if (!gc) {
+    v8.setFlagsFromString('--expose-gc');
+    gc = runInNewContext('gc') as typeof gc;
+  }
+  gc!({ type });
 }

@@ -5,6 +5,7 @@ import { bundleSize } from '../identity/pem.ts';
 import type { DataPlaneDump } from '../proxy/view.ts';
 import type { WorkloadRegistry } from '../workloads/registry.ts';
 import type { Readiness } from './server.ts';
+import type { MemoryPressure } from '../memory-target.ts';
 
 /** What the dump reads: the agent's parts, each asked at request time. */
 export interface ConfigDumpParts {
@@ -18,7 +19,7 @@ export interface ConfigDumpParts {
   workloadSource: Record<string, unknown>;
   identityProvider: string;
   probeGate: unknown;
-  heap: { headroomMiB: number; growingPercent: number | undefined };
+  heap: { headroomMiB: number; growingPercent: number | undefined; target: MemoryPressure | undefined };
   /** Data planes serving (worker threads, or 1: the agent's thread). */
   workers: number;
   certs: CertificateManager;

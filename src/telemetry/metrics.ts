@@ -36,6 +36,8 @@ export interface MetricsSources {
   addressController?(): { stale: boolean } | undefined;
   /** The workload of each pod this agent serves (its node's captured pods), as `namespace/workload`. */
   localWorkloads?(): readonly string[];
+  /** With a memory target (memory-target.ts): whether the agent is pressed now, and how often it was. */
+  memory?(): { kind: 'off' } | { kind: 'relaxed' | 'pressed'; episodes: number } | undefined;
 }
 
 export class MeshMetrics {
@@ -172,6 +174,24 @@ export class MeshMetrics {
       name: 'meshlet_tunnel_queued_bytes', registers,
       help: 'Bytes waiting in the kernel send queues of all tunnel sockets (at the last stall check)',
       collect() { this.set(sources.tunnelQueuedBytes?.() ?? 0); },
+    });
+    new Gauge({
+      name: 'meshlet_memory_pressed', registers,
+      help: '1 while the agent is near its --memory-target and trades CPU for memory (smaller heap headroom, malloc trimmed), else 0 (always without a target)',
+      collect() {
+        const m = sources.memory?.();
+        this.reset();
+        if (m && m.kind !== 'off') this.set(m.kind === 'pressed' ? 1 : 0);
+      },
+    });
+    new Counter({
+      name: 'meshlet_memory_pressed_total', registers,
+      help: 'Times the agent came near its --memory-target',
+      collect() {
+        const m = sources.memory?.();
+        this.reset();
+        if (m && m.kind !== 'off') this.inc(m.episodes);
+      },
     });
     // An agent up but not ready refuses its node's captured pods: the alert needs to see it.
     new Gauge({

@@ -207,4 +207,23 @@ describe('telemetry in network namespaces', { concurrency: false }, () => {
     const rss = sum(after, 'process_resident_memory_bytes');
     assert.ok(Math.abs(sum(after, 'meshlet_workload_overhead_memory_bytes') - rss) <= 0.05 * rss);
   });
+
+  it('says when an agent is near its memory target, and keeps carrying traffic', async () => {
+    const plain = await scrape('node-b');
+    assert.equal(sum(plain, 'meshlet_memory_pressed'), 0, 'no target: never pressed');
+    assert.equal((await lab.configDump(lab.node('node-b'))).heap.target.kind, 'off');
+    // A target below what any agent uses: pressed from its first check once up.
+    assert.equal(await lab.stopAgent('node-b'), 0);
+    await lab.startAgent(lab.node('node-b'), ['--memory-target', '40']);
+    await lab.waitReady(lab.node('node-b'));
+    await eventually('node-b pressed', async () => (await lab.configDump(lab.node('node-b'))).heap.target.kind === 'pressed');
+    const m = await scrape('node-b');
+    assert.equal(sum(m, 'meshlet_memory_pressed'), 1);
+    assert.ok(sum(m, 'meshlet_memory_pressed_total') >= 1);
+    const dump = await lab.configDump(lab.node('node-b'));
+    assert.equal(dump.heap.target.targetMiB, 40);
+    assert.ok(dump.heap.growingPercent > 0 && dump.heap.growingPercent <= 100, `a pressed heap's growing percent: ${dump.heap.growingPercent}`);
+    const sent = await lab.client('web-7f9c', { host: lab.pod('db').ip, port: PORT, bytes: 5_000_000 });
+    assert.ok(sent.ok, JSON.stringify(sent));
+  });
 });
