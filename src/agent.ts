@@ -217,7 +217,7 @@ export class Agent {
         this.#state = { phase: 'serving' };
         this.#log.info({ ports: this.config.ports }, 'agent listening');
         // From now on, not during start-up: see heap-headroom.ts and memory-target.ts.
-        this.#memory ??= keepMemory({ headroomMiB: this.config.heapHeadroomMiB, targetMiB: this.config.memoryTargetMiB, log: this.#log });
+        this.#memory ??= keepMemory({ headroomMiB: this.config.heapHeadroomMiB, targetMiB: this.config.memoryTargetMiB, log: this.#log, workers: this.data });
         this.#advance();
       },
       (err: Error) => {

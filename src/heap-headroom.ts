@@ -19,7 +19,6 @@
 // young generation; the transient buffers above never take it up.
 import { constants, type PerformanceEntry, PerformanceObserver } from 'node:perf_hooks';
 import v8 from 'node:v8';
-import { runInNewContext } from 'node:vm';
 
 const MIB = 1024 * 1024;
 /** V8's own factor never exceeds 4 (for the largest heaps); neither does this. */
@@ -87,19 +86,4 @@ export function keepHeapHeadroom(headroomMiB: number): HeapHeadroom {
     },
     stop: () => { observer?.disconnect(); observer = undefined; },
   };
-}
-
-let gc: ((opts: { type: 'major' | 'minor' }) => void) | undefined;
-
-/**
- * A collection now (full, or of the young generation alone), without `--expose-gc` on the command
- * line, which would hand every module a global `gc`: the flag set at run time gives new contexts
- * the function, and only this one.
- */
-export function collectGarbage(type: 'major' | 'minor' = 'major'): void {
-  if (!gc) {
-    v8.setFlagsFromString('--expose-gc');
-    gc = runInNewContext('gc') as typeof gc;
-  }
-  gc!({ type });
 }

@@ -17,7 +17,8 @@
 // ones are freed only by the next young collection, which a few hundred bytes of objects per chunk
 // make rare. Below `RELAX_AT` the trades come back. The gap between the two keeps one burst from
 // flapping them. The price of each: bench/README.md, "A memory target".
-import { collectGarbage, type HeapHeadroom, keepHeapHeadroom, PRESSED_MIN_PERCENT } from './heap-headroom.ts';
+import { type Collection, collectGarbage } from './collect-garbage.ts';
+import { type HeapHeadroom, keepHeapHeadroom, PRESSED_MIN_PERCENT } from './heap-headroom.ts';
 import { trimMalloc } from './malloc-tuning.ts';
 
 export const PRESS_AT = 0.85;
@@ -85,7 +86,9 @@ export function pressedHeadroomMiB(rssMiB: number, targetMiB: number, headroomMi
 }
 
 /** The process's own dials: the heap's headroom (heap-headroom.ts) and what glibc holds free (malloc-tuning.ts). */
-export function processDials(heap: HeapHeadroom, headroomMiB: number, targetMiB: number): MemoryDials {
+export function processDials(heap: HeapHeadroom, headroomMiB: number, targetMiB: number, workers?: { collectGarbage(type: Collection): void }): MemoryDials {
+  // Each isolate collects its own heap: this thread's here, the data-plane workers' by message.
+  const collect = (type: Collection) => { collectGarbage(type); workers?.collectGarbage(type); };
   let pressed: number | undefined;
   const shrink = (rssMiB: number) => {
     pressed = pressedHeadroomMiB(rssMiB, targetMiB, headroomMiB);
@@ -96,7 +99,7 @@ export function processDials(heap: HeapHeadroom, headroomMiB: number, targetMiB:
       // The collection sets the next limit with the factor set before it; after it, the factor for
       // what is live (the GC observer would too, a little later).
       shrink(rssMiB);
-      collectGarbage();
+      collect('major');
       shrink(rssMiB);
       trimMalloc();
     },
@@ -104,7 +107,7 @@ export function processDials(heap: HeapHeadroom, headroomMiB: number, targetMiB:
       // Unchanged, the factor stays as the last full collection left it: the heap holds garbage now.
       if (pressedHeadroomMiB(rssMiB, targetMiB, headroomMiB) !== pressed) shrink(rssMiB);
       if (rssMiB < targetMiB) return;
-      collectGarbage('minor');
+      collect('minor');
       trimMalloc();
     },
     relax: () => {
@@ -117,10 +120,12 @@ export function processDials(heap: HeapHeadroom, headroomMiB: number, targetMiB:
 export interface KeptMemory { heap: HeapHeadroom; target: MemoryTargetWatch; stop(): void }
 
 /** From the end of start-up on (heap-headroom.ts): the heap's headroom, and the target's watch over both trades. */
-export function keepMemory(opts: { headroomMiB: number; targetMiB: number; log: { info(obj: object, msg: string): void } }): KeptMemory {
+export function keepMemory(opts: {
+  headroomMiB: number; targetMiB: number; log: { info(obj: object, msg: string): void }; workers?: { collectGarbage(type: Collection): void };
+}): KeptMemory {
   const heap = keepHeapHeadroom(opts.headroomMiB);
   const target = watchMemoryTarget({
-    targetMiB: opts.targetMiB, dials: processDials(heap, opts.headroomMiB, opts.targetMiB),
+    targetMiB: opts.targetMiB, dials: processDials(heap, opts.headroomMiB, opts.targetMiB, opts.workers),
     onChange: (m) => opts.log.info({ memory: m }, m.kind === 'pressed' ? 'near the memory target: trading CPU for memory' : 'memory well below its target'),
   });
   return { heap, target, stop: () => { target.stop(); heap.stop(); } };

@@ -1,7 +1,8 @@
 // How the control plane holds its data plane: in its own thread (one worker, the default on a
 // small node), or as N worker threads sharing the data ports (workers.ts). Either way it sees the
-// same five operations and plain data back.
+// same operations and plain data back.
 import type { LevelWithSilent } from 'pino';
+import type { Collection } from '../collect-garbage.ts';
 import type { DataPlane } from './data-plane.ts';
 import { sharedSlotMemory } from './shared-slots.ts';
 import type { DataPlaneSettings, DataPlaneSnapshot } from './snapshot.ts';
@@ -19,6 +20,8 @@ export interface DataPlaneHost {
   close(drainUntil: () => number): Promise<void>;
   /** A runtime log-level change reaching the data planes' loggers (this thread's share the family). */
   setLogLevel(level: LevelWithSilent): void;
+  /** A collection in each worker thread's isolate (memory-target.ts; this thread's is the caller's). */
+  collectGarbage(type: Collection): void;
 }
 
 /** The data plane in the control plane's thread. */
@@ -31,6 +34,7 @@ export function inThisThread(data: DataPlane): DataPlaneHost {
     dump: async () => data.dump(),
     close: (drainUntil) => data.close(drainUntil),
     setLogLevel: () => undefined,
+    collectGarbage: () => undefined,
   };
 }
 

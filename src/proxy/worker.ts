@@ -5,6 +5,7 @@
 // before it delivers to a pod it has not heard about lately.
 import type { MessagePort } from 'node:worker_threads';
 import type { LevelWithSilent } from 'pino';
+import { type Collection, collectGarbage } from '../collect-garbage.ts';
 import { BatchedTelemetry, type TelemetryBatch } from '../telemetry/batch.ts';
 import { createLogger, setLogLevel } from '../telemetry/log.ts';
 import { DataPlane, type DataPlaneDeps } from './data-plane.ts';
@@ -27,6 +28,7 @@ export type ToWorker =
   | { ask: number; what: 'listen' | 'gauges' | 'dump' | 'close' }
   | { drainUntil: number }
   | { logLevel: LevelWithSilent }
+  | { collect: Collection }
   | { vouched: number; error?: string };
 
 export type FromWorker =
@@ -61,6 +63,7 @@ export function serveDataPlane(port: MessagePort, init: WorkerInit, deps: Pick<D
     if ('snapshot' in m) data.apply(m.snapshot);
     else if ('drainUntil' in m) drainUntil = m.drainUntil;
     else if ('logLevel' in m) setLogLevel(log, m.logLevel);
+    else if ('collect' in m) collectGarbage(m.collect);
     else if ('vouched' in m) vouch.settle(m.vouched, m.error);
     else if (m.what === 'listen') answer(m.ask, async () => { await data.listen(); return undefined; });
     // The batch first: a scrape that reads the gauges also sees every connection they count.

@@ -8,6 +8,7 @@ import { Worker } from 'node:worker_threads';
 import type { LevelWithSilent, Logger } from 'pino';
 import type { TelemetryBatch } from '../telemetry/batch.ts';
 import { DataPlane, type DataPlaneDeps } from './data-plane.ts';
+import type { Collection } from '../collect-garbage.ts';
 import { type DataPlaneHost, inThisThread, workerSettings } from './host.ts';
 import type { DataPlaneSettings, DataPlaneSnapshot } from './snapshot.ts';
 import { mergeDumps, mergeGauges, type DataPlaneDump, type DataPlaneGauges } from './view.ts';
@@ -66,6 +67,7 @@ class DataPlaneWorker implements DataPlaneHost {
 
   apply(snapshot: DataPlaneSnapshot): void { this.#post({ snapshot }); }
   setLogLevel(level: LevelWithSilent): void { this.#post({ logLevel: level }); }
+  collectGarbage(type: Collection): void { this.#post({ collect: type }); }
   async listen(): Promise<void> { await this.#ask('listen'); }
   gauges(): Promise<DataPlaneGauges> { return this.#ask('gauges'); }
   dump(): Promise<DataPlaneDump> { return this.#ask('dump'); }
@@ -166,6 +168,10 @@ export class DataPlaneWorkers implements DataPlaneHost {
 
   setLogLevel(level: LevelWithSilent): void {
     for (const w of this.#all) w.setLogLevel(level);
+  }
+
+  collectGarbage(type: Collection): void {
+    for (const w of this.#all) w.collectGarbage(type);
   }
 
   async close(drainUntil: () => number): Promise<void> {

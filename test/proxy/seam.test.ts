@@ -21,7 +21,7 @@ import { issuedIdentities, testSettings } from '../support/proxy-context.ts';
  * the mesh index) and socket calls. Everything else of src/ is the control plane.
  */
 const SHARED = new Set([
-  'src/errors.ts', 'src/validate.ts', 'src/rate-limit.ts', 'src/backoff.ts', 'src/capture/socket.ts',
+  'src/errors.ts', 'src/validate.ts', 'src/rate-limit.ts', 'src/backoff.ts', 'src/collect-garbage.ts', 'src/capture/socket.ts',
   'src/identity/spiffe.ts', 'src/identity/pem.ts', 'src/policy/hook.ts', 'src/policy/spec.ts', 'src/policy/compile.ts',
   'src/policy/engine.ts', 'src/telemetry/connections.ts', 'src/telemetry/log.ts', 'src/telemetry/batch.ts', 'src/telemetry/tcp-series.ts', 'src/workloads/model.ts', 'src/workloads/registry.ts',
 ]);

@@ -178,6 +178,21 @@ describe('data planes in worker threads', () => {
     assert.equal(sum(m, 'meshlet_connections_open'), 0);
   });
 
+  it('collects garbage in each worker thread on request (a memory target), and goes on serving', async () => {
+    // Connections leave garbage behind in both workers' heaps.
+    for (const s of await Promise.all(Array.from({ length: 16 }, (_, i) => echoed(plaintext, `garbage ${i}`)))) s.destroy();
+    const [thread] = b.threads;
+    const before = (await thread!.getHeapStatistics()).used_heap_size;
+    b.collectGarbage('major');
+    const after = await eventually('a smaller heap in the worker', async () => {
+      const used = (await thread!.getHeapStatistics()).used_heap_size;
+      return used < before ? used : undefined;
+    });
+    assert.ok(after < before);
+    const s = await echoed(plaintext, 'after the collection');
+    s.destroy();
+  });
+
   it('replaces a worker that died, with the last snapshot and its share of the ports', async () => {
     const [dead] = b.threads;
     await dead!.terminate();
