@@ -49,9 +49,10 @@ COPY manifests/crd-meshpolicy.yaml ./manifests/
 ENV PATH=/app/node_modules/.bin:$PATH
 RUN ln -s /app/bin/meshlet /usr/local/bin/meshlet
 ENV NODE_ENV=production
-# A young generation of 2 MiB semi-spaces instead of 16: about 45 MiB less RSS for a loaded agent,
-# no measurable CPU (bench/README.md, "Agent memory"). V8 reads it at start only, hence the env.
-ENV NODE_OPTIONS=--max-semi-space-size=2
+# A young generation of 1 MiB semi-spaces instead of 16: tens of MiB less RSS for a loaded agent, no
+# measurable CPU (bench/README.md, "Agent memory", "A memory target"). V8 reads it at start only,
+# hence the env.
+ENV NODE_OPTIONS=--max-semi-space-size=1
 # Node's compile cache, filled here with every module meshlet runs (src/compile-cache-fill.js) so
 # that no container pays for type stripping or compiling at start: the root is read-only then, and
 # a module missing here is stripped at every start (src/main.js turns the cache on; bench/README.md).

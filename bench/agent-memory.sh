@@ -28,7 +28,7 @@ run() {
 run "type stripping, no cache (node src/cli.ts)" $NODE src/cli.ts
 NODE_COMPILE_CACHE=$D/cc $NODE src/main.js --help > /dev/null
 run "compile cache warm (node src/main.js)" env NODE_COMPILE_CACHE=$D/cc $NODE src/main.js
-run "compile cache + 2 MiB semi-spaces (bin/meshlet)" env NODE_COMPILE_CACHE=$D/cc $NODE --max-semi-space-size=2 src/main.js
+run "compile cache + 1 MiB semi-spaces (bin/meshlet)" env NODE_COMPILE_CACHE=$D/cc $NODE --max-semi-space-size=1 src/main.js
 for w in 2 4; do
-  EXTRA="--workers $w" run "bin/meshlet --workers $w" env NODE_COMPILE_CACHE=$D/cc $NODE --max-semi-space-size=2 src/main.js
+  EXTRA="--workers $w" run "bin/meshlet --workers $w" env NODE_COMPILE_CACHE=$D/cc $NODE --max-semi-space-size=1 src/main.js
 done

@@ -8,11 +8,12 @@ const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 export const CLI = join(ROOT, 'src/main.js');
 /**
  * Node flags agents run with, as the image runs them (Dockerfile, NODE_OPTIONS) and bin/meshlet: a
- * young generation of 2 MiB semi-spaces instead of 16 keeps tens of MiB of RSS off a loaded agent
- * for no measurable CPU (bench/README.md, "Agent memory"). AGENT_NODE_ARGS adds more to a bench's
+ * young generation of 1 MiB semi-spaces instead of 16 keeps tens of MiB of RSS off a loaded agent
+ * for no measurable CPU; the tunnel's per-chunk buffers die with the young objects that hold them,
+ * so the smaller it is, the sooner they are freed (bench/README.md, "Agent memory", "A memory target"). AGENT_NODE_ARGS adds more to a bench's
  * agents (e.g. `--cpu-prof --cpu-prof-dir=DIR`, to see where their CPU goes).
  */
-export const AGENT_NODE_FLAGS = ['--max-semi-space-size=2', ...(process.env.AGENT_NODE_ARGS ?? '').split(' ').filter(Boolean)];
+export const AGENT_NODE_FLAGS = ['--max-semi-space-size=1', ...(process.env.AGENT_NODE_ARGS ?? '').split(' ').filter(Boolean)];
 
 /** What a lab runs meshlet as: `meshlet init` in a node, a node's agent, the CA service. */
 export type MeshletRole = 'init' | 'agent' | 'ca';
