@@ -1,10 +1,9 @@
-// A soft memory target (`--memory-target`, the DaemonSet's memory request): near it, the process
-// gives up the two trades of memory for CPU it makes, until it is well below again.
+// A soft memory target (`--memory-target`, best the container's memory request): near it, the
+// process gives up the reserves of memory it keeps to save CPU, until it is well below again.
 //
-// Why: the old generation's headroom (heap-headroom.ts) and glibc's 32 MiB trim threshold
-// (malloc-tuning.ts) each let a burst leave up to 32 MiB resident: thousands of new connections
-// fill the heap's headroom with garbage, a bulk transfer's TLS buffers the top of glibc's heap. Both
-// save CPU, and both can take an agent past what its pod requests, which makes it the first evicted
+// Why: the old generation's headroom (heap-headroom.ts) lets thousands of new connections leave up
+// to 32 MiB of garbage resident, and what glibc keeps free (malloc-tuning.ts) stays until the
+// timed trim. Both save CPU, and both can take an agent past what its pod requests, which makes it the first evicted
 // when the node runs short (bench/README.md, "A memory target"). Go's GOMEMLIMIT makes the same
 // trade: collect more often near a limit, never fail at it.
 //
@@ -42,7 +41,7 @@ export function nextPressure(state: MemoryPressure, rssMiB: number, now: number)
   return state;
 }
 
-/** What pressure turns: the agent's are the heap headroom and glibc (agentDials). */
+/** What pressure turns: the process's are the heap headroom and glibc (processDials). */
 export interface MemoryDials {
   press(rssMiB: number): void;
   /** Each later check that finds the process pressed. */

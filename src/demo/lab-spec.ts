@@ -10,8 +10,8 @@ export const CLI = join(ROOT, 'src/main.js');
  * Node flags agents run with, as the image runs them (Dockerfile, NODE_OPTIONS) and bin/meshlet: a
  * young generation of 1 MiB semi-spaces instead of 16 keeps tens of MiB of RSS off a loaded agent
  * for no measurable CPU; the tunnel's per-chunk buffers die with the young objects that hold them,
- * so the smaller it is, the sooner they are freed (bench/README.md, "Agent memory", "A memory target"). AGENT_NODE_ARGS adds more to a bench's
- * agents (e.g. `--cpu-prof --cpu-prof-dir=DIR`, to see where their CPU goes).
+ * so the smaller it is, the sooner they are freed (bench/README.md, "Agent memory", "A memory
+ * target"). AGENT_NODE_ARGS adds more to a bench's agents (e.g. `--cpu-prof --cpu-prof-dir=DIR`).
  */
 export const AGENT_NODE_FLAGS = ['--max-semi-space-size=1', ...(process.env.AGENT_NODE_ARGS ?? '').split(' ').filter(Boolean)];
 

@@ -88,30 +88,25 @@ export function h2StreamEnd(stream: http2.Http2Stream): RelayEnd {
  * its peer finished cleanly.
  */
 function forward(from: RelayEnd, to: RelayEnd, count: (bytes: number) => void): void {
-  const reads = from.reads;
-  if (!reads) {
-    // One 'data' listener instead of pipe's and a counter's: a chunk's turn is most of a request's
-    // CPU at keep-alive rates (bench/README.md, "CPU per request").
-    const resume = () => from.stream.resume();
-    from.stream.on('data', (chunk: Buffer) => {
-      count(chunk.length);
-      if (!to.stream.write(chunk)) {
-        from.stream.pause();
-        to.stream.once('drain', resume);
-      }
-    });
-    return;
-  }
-  // A pooled socket hands over each chunk with the buffer's release, which the write's callback
-  // calls once the bytes have left (or the write failed). A full `to` stops reading until 'drain'.
+  // A full `to` stops reading until 'drain'.
   let waiting = false;
   const resume = () => { waiting = false; from.stream.resume(); };
-  reads.attach((chunk, release) => {
+  const write = (chunk: Buffer, release?: () => void): boolean => {
     count(chunk.length);
     if (to.stream.write(chunk, release)) return true;
     if (!waiting) { waiting = true; to.stream.once('drain', resume); }
     return false;
-  });
+  };
+  const reads = from.reads;
+  if (!reads) {
+    // One 'data' listener, not pipe's and a counter's: a chunk's turn is most of a request's CPU at
+    // keep-alive rates (bench/README.md, "CPU per request").
+    from.stream.on('data', (chunk: Buffer) => { if (!write(chunk)) from.stream.pause(); });
+    return;
+  }
+  // A pooled socket hands over each chunk with the buffer's release, which the write's callback
+  // calls once the bytes have left (or the write failed).
+  reads.attach(write);
   if (!waiting) from.stream.resume();
 }
 

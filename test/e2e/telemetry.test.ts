@@ -222,7 +222,8 @@ describe('telemetry in network namespaces', { concurrency: false }, () => {
     assert.ok(sum(m, 'meshlet_memory_pressed_total') >= 1);
     const dump = await lab.configDump(lab.node('node-b'));
     assert.equal(dump.heap.target.targetMiB, 40);
-    assert.ok(dump.heap.growingPercent > 0 && dump.heap.growingPercent <= 100, `a pressed heap's growing percent: ${dump.heap.growingPercent}`);
+    // 4 MiB over the live heap (floored at 10%), not the usual 32: with 32 it would be 100% and more.
+    assert.ok(dump.heap.growingPercent >= 10 && dump.heap.growingPercent <= 50, `a pressed heap's growing percent: ${dump.heap.growingPercent}`);
     const sent = await lab.client('web-7f9c', { host: lab.pod('db').ip, port: PORT, bytes: 5_000_000 });
     assert.ok(sent.ok, JSON.stringify(sent));
   });
