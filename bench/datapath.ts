@@ -4,6 +4,8 @@
 //   tcp-relay      the same pods through two Node.js relays with a plain TCP hop: what any Node.js
 //                  data plane with two proxies costs before TLS and tunnelling
 //   tls-relay      our reference relay: one mutual-TLS connection per app connection, Node.js
+//   h2-relay       the same relays with meshlet's tunnel alone: CONNECT streams on one pooled
+//                  HTTP/2 session over mutual TLS (node:http2), nothing of the mesh around it
 //   haproxy-relay  the same shape in C: two HAProxy 2.6 processes, mutual TLS between them
 //   meshlet        captured pods through both agents: iptables redirect, HTTP/2 CONNECT over mTLS
 // The CPU of each path's two proxies is measured the same way. Prints a table and writes
@@ -122,6 +124,10 @@ try {
     await spawnReady(nodeA.ns, RELAY, ['entry', '--map', `16080:${ECHO_PORT},16081:${HTTP_PORT}`, '--exit', `${nodeB.ip}:16443`, '--ca-dir', lab.caDir]),
     await spawnReady(nodeB.ns, RELAY, ['exit', '--port', '16443', '--target', plainServer, '--ca-dir', lab.caDir]),
   ];
+  const h2Relay = [
+    await spawnReady(nodeA.ns, RELAY, ['entry', '--map', `16380:${ECHO_PORT},16381:${HTTP_PORT}`, '--exit', `${nodeB.ip}:16743`, '--ca-dir', lab.caDir, '--h2']),
+    await spawnReady(nodeB.ns, RELAY, ['exit', '--port', '16743', '--target', plainServer, '--ca-dir', lab.caDir, '--h2']),
+  ];
   const tcpRelay = [
     await spawnReady(nodeA.ns, RELAY, ['entry', '--map', `16180:${ECHO_PORT},16181:${HTTP_PORT}`, '--exit', `${nodeB.ip}:16543`, '--plain']),
     await spawnReady(nodeB.ns, RELAY, ['exit', '--port', '16543', '--target', plainServer, '--plain']),
@@ -154,6 +160,7 @@ try {
     { name: 'direct', pod: 'plain-client', host: plainServer, echoPort: ECHO_PORT, httpPort: HTTP_PORT, proxies: [] },
     { name: 'tls-relay', pod: 'plain-client', host: nodeA.ip, echoPort: 16080, httpPort: 16081, proxies: pids(tlsRelay) },
     { name: 'haproxy-relay', pod: 'plain-client', host: nodeA.ip, echoPort: 16280, httpPort: 16281, proxies: pids(haproxy) },
+    { name: 'h2-relay', pod: 'plain-client', host: nodeA.ip, echoPort: 16380, httpPort: 16381, proxies: pids(h2Relay) },
     { name: 'meshlet', pod: 'client', host: lab.pod('server').ip, echoPort: ECHO_PORT, httpPort: HTTP_PORT, proxies: agentPids },
     { name: 'tcp-relay', pod: 'plain-client', host: nodeA.ip, echoPort: 16180, httpPort: 16181, proxies: pids(tcpRelay) },
   ];
@@ -225,6 +232,7 @@ const r = results.paths['tls-relay'];
 const m = results.paths.meshlet;
 const tcp = results.paths['tcp-relay'];
 const hap = results.paths['haproxy-relay'];
+const h2 = results.paths['h2-relay'];
 const f = (x: number, digits = 2) => (Number.isFinite(x) ? x.toFixed(digits) : 'n/a');
 results.summary = {
   addedP50Ms: m.latency.p50 - d.latency.p50,
@@ -235,6 +243,7 @@ results.summary = {
   agentsVcpuPer1000Rps: m.proxies.vcpuPer1000Rps,
   tcpRelayVcpuPer1000Rps: tcp.proxies.vcpuPer1000Rps,
   tlsRelayVcpuPer1000Rps: r.proxies.vcpuPer1000Rps,
+  h2RelayVcpuPer1000Rps: h2.proxies.vcpuPer1000Rps,
   haproxyRelayVcpuPer1000Rps: hap.proxies.vcpuPer1000Rps,
 };
 writeFileSync(String(opts.out), `${JSON.stringify(results, null, 2)}\n`);
@@ -250,7 +259,7 @@ process.stdout.write(`${rows.map((row) => row.map((c, i) => c.padEnd(widths[i]!)
 process.stdout.write(`meshlet added latency: p50 ${f(results.summary.addedP50Ms, 3)} ms, p99 ${f(results.summary.addedP99Ms, 3)} ms\n`);
 process.stdout.write(`meshlet bulk: ${f(results.summary.bulkVsDirect * 100, 0)}% of direct, ${f(results.summary.bulkVsTlsRelay * 100, 0)}% of the TLS relay\n`);
 const sides = (e: any) => e.proxies.cpuSecondsPerGBSendReceive.map((x: number) => f(x, 2)).join(' / ');
-process.stdout.write(`bulk CPU s per GB, sending / receiving proxy: meshlet ${sides(m)}, TLS relay ${sides(r)}, HAProxy ${sides(hap)}, TCP relay ${sides(tcp)}\n`);
+process.stdout.write(`bulk CPU s per GB, sending / receiving proxy: meshlet ${sides(m)}, TLS relay ${sides(r)}, HTTP/2 relay ${sides(h2)}, HAProxy ${sides(hap)}, TCP relay ${sides(tcp)}\n`);
 process.stdout.write(`agents (both): ${f(m.proxies.cpuSecondsPer1000Requests, 3)} CPU s per 1000 requests = ${f(m.proxies.vcpuPer1000Rps, 3)} vCPU per 1000 req/s; RSS ${m.proxies.rssMiB.map((x: number) => `${f(x, 0)} MiB`).join(', ')}\n`);
-process.stdout.write(`the same for the references' two proxies: Node.js TCP relays ${f(tcp.proxies.vcpuPer1000Rps, 3)}, Node.js TLS relays ${f(r.proxies.vcpuPer1000Rps, 3)}, HAProxy TLS relays ${f(hap.proxies.vcpuPer1000Rps, 3)}\n`);
+process.stdout.write(`the same for the references' two proxies: Node.js TCP relays ${f(tcp.proxies.vcpuPer1000Rps, 3)}, Node.js TLS relays ${f(r.proxies.vcpuPer1000Rps, 3)}, Node.js HTTP/2 relays ${f(h2.proxies.vcpuPer1000Rps, 3)}, HAProxy TLS relays ${f(hap.proxies.vcpuPer1000Rps, 3)}\n`);
 process.stdout.write(`written to ${opts.out}\n`);
