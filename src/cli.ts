@@ -7,10 +7,7 @@ import { CaptureTools } from './capture/tools.ts';
 import { AGENT_FLAGS, loadAgentConfig } from './config/agent.ts';
 import { CA_INIT_FLAGS, CA_ROTATE_FLAGS, CA_SERVE_FLAGS, type CaBackend, loadCaInitConfig, loadCaRotateConfig, loadCaServeConfig } from './config/ca.ts';
 import { INIT_FLAGS, loadInitConfig } from './config/capture.ts';
-import {
-  CHECK_FLAGS, COST_FLAGS, loadCheckConfig, loadCostConfig, loadPolicyCheckConfig, loadPolicySuggestConfig, loadStatusConfig, POLICY_CHECK_FLAGS,
-  POLICY_SUGGEST_FLAGS, STATUS_FLAGS,
-} from './config/commands.ts';
+import { CHECK_FLAGS, COST_FLAGS, loadCheckConfig, loadCostConfig, loadPolicyCheckConfig, loadPolicySuggestConfig, loadStatusConfig, POLICY_CHECK_FLAGS, POLICY_SUGGEST_FLAGS, STATUS_FLAGS } from './config/commands.ts';
 import { type Flag, flagHelp } from './config/flags.ts';
 import { CaError, ConfigError, MeshletError, PrerequisiteError } from './errors.ts';
 import type { Logger } from 'pino';
@@ -24,6 +21,7 @@ import { bundleSize } from './identity/pem.ts';
 import { apiStatus, loadKubeConfig } from './kube/config.ts';
 import { DirRootStore, ensureRoot, initRoot, ROOT_FILES, type RootSet, type RootStore, rotateRoot, type RotationStep } from './identity/roots.ts';
 import { trimMallocEvery } from './malloc-tuning.ts';
+import { type KeptMemory, keepMemory } from './memory-target.ts';
 import { releaseStartupPagesOnce } from './startup-pages.ts';
 import { createLogger } from './telemetry/log.ts';
 import { VERSION } from './version.ts';
@@ -184,9 +182,9 @@ async function cmdCaServe(argv: string[]): Promise<number> {
     throw new CaError(`the root in ${store.where} is for trust domain ${set.trustDomain}, not --trust-domain ${config.trustDomain}`);
   }
   if (created) log.info({ store: store.where, signingRoot: set.signingFingerprint }, 'no root found: created one');
-  // The roots are read at scrape time, once the service exists (no scrape comes before it listens).
-  let service: CaService | undefined;
-  const metrics = config.metrics ? new CaMetrics(() => service!.roots) : undefined;
+  // The roots (and the memory target) are read at scrape time, once they exist (no scrape comes before the service listens).
+  let service: CaService | undefined, memory: KeptMemory | undefined;
+  const metrics = config.metrics ? new CaMetrics(() => service!.roots, () => memory?.target.state()) : undefined;
   service = await CaService.start({
     store, authorizer, log, certTtlMs: config.certTtlMs, servingNames: config.servingNames, maxBodyBytes: config.maxBodyBytes,
     ratePerSecond: config.ratePerSecond, burst: config.burst, reloadMs: config.reloadMs, ...(onRoots ? { onRoots } : {}),
@@ -199,10 +197,12 @@ async function cmdCaServe(argv: string[]): Promise<number> {
   // In a cluster: MeshPolicy status, and the address slices when asked (ca/cluster-parts.ts).
   const parts = kubeConfig ? await (await import('./ca/cluster-parts.ts')).startClusterParts(kubeConfig, config, log) : [];
   releaseStartupPagesOnce(config.releaseStartupPages, log); // start-up is over (startup-pages.ts)
+  memory = keepMemory({ headroomMiB: 0, targetMiB: config.memoryTargetMiB, log }); // V8's own headroom until pressed (memory-target.ts)
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', () => resolve());
     process.once('SIGINT', () => resolve());
   });
+  memory.stop();
   for (const part of parts) await part.close();
   await service.close();
   metricsServer?.close();

@@ -1,5 +1,6 @@
-// A soft memory target (`--memory-target`, best the container's memory request): near it, the
-// process gives up the reserves of memory it keeps to save CPU, until it is well below again.
+// A soft memory target (`--memory-target`; the manifests pass the container's memory limit): near
+// it, the process (agent or CA) gives up the reserves of memory it keeps to save CPU, until it is
+// well below again.
 //
 // Why: the old generation's headroom (heap-headroom.ts) lets thousands of new connections leave up
 // to 32 MiB of garbage resident, and what glibc keeps free (malloc-tuning.ts) stays until the

@@ -5,6 +5,8 @@ import { X509Certificate } from 'node:crypto';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { VERSION } from '../version.ts';
 import { PEM_CERTIFICATE } from '../identity/pem.ts';
+import { registerMemoryMetrics } from '../memory-metrics.ts';
+import type { MemoryPressure } from '../memory-target.ts';
 
 /** `issued`, `trust_bundle`, `healthz`, or the refusal's code (docs/errors.md). */
 export type CaOutcome = string;
@@ -14,12 +16,16 @@ export class CaMetrics {
   readonly #requests: Counter<'outcome'>;
   readonly #duration: Histogram<'outcome'>;
 
-  /** `roots`: the trust bundle (PEM) and the signing root's fingerprint, read at scrape time. */
-  constructor(roots: () => { trustBundlePem: string; signingFingerprint: string }) {
+  /**
+   * `roots`: the trust bundle (PEM) and the signing root's fingerprint, read at scrape time;
+   * `memory`: the memory target's state, once the service is up.
+   */
+  constructor(roots: () => { trustBundlePem: string; signingFingerprint: string }, memory: () => MemoryPressure | undefined = () => undefined) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
     new Gauge({ name: 'meshlet_build_info', help: 'The meshlet version and the Node.js version this process runs', labelNames: ['version', 'node_version'], registers })
       .set({ version: VERSION, node_version: process.version }, 1);
+    registerMemoryMetrics(registers, memory);
     this.#requests = new Counter({ name: 'meshlet_ca_requests_total', help: 'CA requests by outcome: issued, trust_bundle, healthz, or the refusal code (bad_token, identity_not_allowed, rate_limited, ...)', labelNames: ['outcome'], registers });
     this.#duration = new Histogram({
       name: 'meshlet_ca_request_duration_seconds', help: 'Time from a CA request to its answer, by outcome (issued or refused)', labelNames: ['outcome'], registers,

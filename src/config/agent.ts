@@ -4,7 +4,7 @@ import type { CaptureSettings } from '../capture/rules.ts';
 import { defaultWorkers } from '../cpu-limit.ts';
 import { PORTS } from '../ports.ts';
 import { CAPTURE_FLAGS, captureSettings } from './capture.ts';
-import { DNS_NAME, KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLevel, MALLOC_TRIM_FLAG, RELEASE_STARTUP_PAGES_FLAG, WORKLOADS_FLAGS, type WorkloadsConfig, workloadsConfig } from './common.ts';
+import { DNS_NAME, KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLevel, MALLOC_TRIM_FLAG, MEMORY_TARGET_FLAG, RELEASE_STARTUP_PAGES_FLAG, WORKLOADS_FLAGS, type WorkloadsConfig, workloadsConfig } from './common.ts';
 import { type Flag, type FlagValues, type Problems, readFlags } from './flags.ts';
 
 export interface Ports {
@@ -64,7 +64,7 @@ export const AGENT_FLAGS = [
   { name: 'probe-gate-ttl', type: 'duration', min: 2_000, max: 600_000, default: '4s', help: 'a dead or stalled agent\'s pods fail kubelet\'s probes this long after it stops' },
   { name: 'workers', type: 'int', arg: 'N', min: 1, max: 64, help: 'data planes, each a thread sharing the data ports; default: the CPU limit, else a quarter of the cores (at least 1); 1: the agent\'s own thread' },
   { name: 'heap-headroom', type: 'int', arg: 'MIB', min: 0, max: 1024, default: '32', help: 'old-generation headroom above the live heap once up (fewer full GCs on bulk traffic); 0: V8\'s own' },
-  { name: 'memory-target', type: 'int', arg: 'MIB', min: 0, max: 1_048_576, default: '0', env: ['MESHLET_MEMORY_TARGET'], help: 'resident memory to stay under: near it, fewer CPU-saving reserves (heap headroom, malloc\'s free memory); 0: none (best: the container\'s memory request, README)' },
+  MEMORY_TARGET_FLAG,
   MALLOC_TRIM_FLAG,
   RELEASE_STARTUP_PAGES_FLAG,
   { name: 'remote-workloads', type: 'one-of', values: ['pods', 'slices'], default: 'pods', help: 'with --kubernetes: other nodes\' pods from watching every Pod, or from the CA\'s MeshAddressSlices (--address-slices on)' },

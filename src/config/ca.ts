@@ -2,7 +2,7 @@
 import { isIP } from 'node:net';
 import { PORTS } from '../ports.ts';
 import { CERT_TTL } from './agent.ts';
-import { DEFAULT_TRUST_DOMAIN, DNS_NAME, KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLevel, MALLOC_TRIM_FLAG, RELEASE_STARTUP_PAGES_FLAG } from './common.ts';
+import { DEFAULT_TRUST_DOMAIN, DNS_NAME, KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLevel, MALLOC_TRIM_FLAG, MEMORY_TARGET_FLAG, RELEASE_STARTUP_PAGES_FLAG } from './common.ts';
 import { type Flag, type FlagValues, type Problems, readFlags } from './flags.ts';
 
 /** Where the CA keeps its root and how it authorizes: files (local) or the Kubernetes API. */
@@ -22,6 +22,8 @@ export interface CaServeConfig {
   servingNames: string[];
   reloadMs: number;
   mallocTrimMs: number;
+  /** Resident memory to stay under (memory-target.ts); 0: none. */
+  memoryTargetMiB: number;
   releaseStartupPages: boolean;
   /** With the Kubernetes backend: publish the address table as MeshAddressSlices (addresses/). */
   addressSlices: boolean;
@@ -63,6 +65,7 @@ export const CA_SERVE_FLAGS = [
   { name: 'metrics-address', type: 'ip', default: '0.0.0.0', help: 'where /metrics listens' },
   { name: 'address-slices', type: 'on-off', default: 'off', help: 'with --kubernetes: publish the mesh\'s pods as MeshAddressSlices (one writer among the replicas, by Lease)' },
   MALLOC_TRIM_FLAG,
+  MEMORY_TARGET_FLAG,
   RELEASE_STARTUP_PAGES_FLAG,
   LOG_LEVEL_FLAG,
 ] as const satisfies readonly Flag[];
@@ -105,6 +108,7 @@ export function loadCaServeConfig(argv: string[], env: NodeJS.ProcessEnv): CaSer
     servingNames,
     reloadMs: v.reload,
     mallocTrimMs: v['malloc-trim'],
+    memoryTargetMiB: v['memory-target'],
     releaseStartupPages: v['release-startup-pages'],
     addressSlices: v['address-slices'],
     logLevel: v['log-level'],

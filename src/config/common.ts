@@ -19,6 +19,12 @@ export const MALLOC_TRIM_FLAG = {
   name: 'malloc-trim', type: 'duration', min: 0, max: 3_600_000, default: '10s', help: 'how often free malloc memory is handed back to the kernel; 0s: never',
 } as const satisfies Flag;
 
+/** Resident memory to stay under (memory-target.ts); 0: none. The manifests pass the container's limit. */
+export const MEMORY_TARGET_FLAG = {
+  name: 'memory-target', type: 'int', arg: 'MIB', min: 0, max: 1_048_576, default: '0', env: ['MESHLET_MEMORY_TARGET'],
+  help: 'resident memory to stay under: near it, fewer CPU-saving reserves (heap headroom, malloc\'s free memory); 0: none (the manifests pass the container\'s limit, README)',
+} as const satisfies Flag;
+
 /** Whether the Node binary's start-up pages go back to the kernel once the process is up (startup-pages.ts). */
 export const RELEASE_STARTUP_PAGES_FLAG = {
   name: 'release-startup-pages', type: 'on-off', default: 'on', help: 'once up, hand back the pages of the Node binary start-up touched (those still used fault back in)',

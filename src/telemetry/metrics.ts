@@ -14,6 +14,8 @@ import type { TelemetryBatch } from './batch.ts';
 import { TCP_LABELS, TcpSeriesBook, type TcpField } from './tcp-series.ts';
 import { OverheadAccountant } from './overhead.ts';
 import { VERSION } from '../version.ts';
+import { registerMemoryMetrics } from '../memory-metrics.ts';
+import type { MemoryPressure } from '../memory-target.ts';
 
 export interface MetricsSources {
   /** The readiness tasks still pending (none: ready), for the ready gauge. */
@@ -37,7 +39,7 @@ export interface MetricsSources {
   /** The workload of each pod this agent serves (its node's captured pods), as `namespace/workload`. */
   localWorkloads?(): readonly string[];
   /** With a memory target (memory-target.ts): whether the agent is pressed now, and how often it was. */
-  memory?(): { kind: 'off' } | { kind: 'relaxed' | 'pressed'; episodes: number } | undefined;
+  memory?(): MemoryPressure | undefined;
 }
 
 export class MeshMetrics {
@@ -175,24 +177,7 @@ export class MeshMetrics {
       help: 'Bytes waiting in the kernel send queues of all tunnel sockets (at the last stall check)',
       collect() { this.set(sources.tunnelQueuedBytes?.() ?? 0); },
     });
-    new Gauge({
-      name: 'meshlet_memory_pressed', registers,
-      help: '1 while the agent is near its --memory-target and trades CPU for memory (smaller heap headroom, malloc trimmed), else 0 (always without a target)',
-      collect() {
-        const m = sources.memory?.();
-        this.reset();
-        if (m && m.kind !== 'off') this.set(m.kind === 'pressed' ? 1 : 0);
-      },
-    });
-    new Counter({
-      name: 'meshlet_memory_pressed_total', registers,
-      help: 'Times the agent came near its --memory-target',
-      collect() {
-        const m = sources.memory?.();
-        this.reset();
-        if (m && m.kind !== 'off') this.inc(m.episodes);
-      },
-    });
+    registerMemoryMetrics(registers, () => sources.memory?.());
     // An agent up but not ready refuses its node's captured pods: the alert needs to see it.
     new Gauge({
       name: 'meshlet_agent_ready', help: 'Whether this agent is ready (1), or 0 with each readiness task still pending', labelNames: ['pending'], registers,

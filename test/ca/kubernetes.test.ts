@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import https from 'node:https';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -209,6 +210,36 @@ describe('Kubernetes authorization', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it('keeps to --memory-target: says so in its metrics and serves on', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'meshlet-kc-'));
+    const kubeconfig = join(dir, 'kubeconfig');
+    await writeFile(kubeconfig, api.kubeConfig().exportConfig());
+    const [port, metricsPort] = [await freePort(), await freePort()];
+    const cli = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
+    // 40 MiB: below what any CA process holds, so it is pressed as soon as it is up.
+    const child = spawn(process.execPath, [cli, 'ca', 'serve', '--kubernetes', '--kubeconfig', kubeconfig, '--namespace', 'mem-test',
+      '--listen-address', '127.0.0.1', '--port', String(port), '--metrics-address', '127.0.0.1', '--metrics-port', String(metricsPort),
+      '--memory-target', '40'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { out += d; });
+    const exited = new Promise((r) => child.once('exit', r));
+    try {
+      await until(() => out.includes('near the memory target'), () => out);
+      const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      assert.match(metrics, /^meshlet_memory_pressed 1$/m);
+      assert.match(metrics, /^meshlet_memory_pressed_total [1-9]/m);
+      // Pressed, it still answers: the trust bundle over its TLS port.
+      const bundle = await httpsGet(`https://127.0.0.1:${port}/v1/trust-bundle`);
+      assert.equal(bundle.status, 200);
+      assert.equal(parseBundleCount((JSON.parse(bundle.body) as { trustBundle: string }).trustBundle), 1);
+    } finally {
+      child.kill('SIGTERM');
+      await exited;
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 async function until(cond: () => boolean, explain: () => string, timeoutMs = 15_000): Promise<void> {
@@ -221,6 +252,17 @@ function freePort(): Promise<number> {
       const { port } = s.address() as net.AddressInfo;
       s.close(() => resolve(port));
     });
+  });
+}
+
+/** A GET over TLS to the CA's own certificate (its root is not what this test checks). */
+function httpsGet(url: string): Promise<{ status: number | undefined; body: string }> {
+  return new Promise((resolve, reject) => {
+    https.get(url, { rejectUnauthorized: false }, (res) => {
+      let body = '';
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+    }).on('error', reject);
   });
 }
 
