@@ -172,8 +172,9 @@ describe('manifests', () => {
     assert.equal(token.audience, 'meshlet-ca');
     assert.deepEqual(agent.env.find((e: any) => e.name === 'NODE_NAME').valueFrom, { fieldRef: { fieldPath: 'spec.nodeName' } });
     // The arguments are ones meshlet accepts, and name the files the volumes mount.
-    const config = loadAgentConfig(agent.args.slice(1), { NODE_NAME: 'node-1' });
+    const config = loadAgentConfig(agent.args.slice(1), { NODE_NAME: 'node-1', MESHLET_MEMORY_TARGET: limitMiB(agent) });
     assert.equal(config.nodeName, 'node-1');
+    assert.equal(config.memoryTargetMiB, 512, 'the memory target is the container\'s limit');
     assert.deepEqual(config.workloads, { kind: 'kubernetes', kubeconfig: undefined, trustDomain: 'cluster.local' });
     assert.equal(config.identity.mode, 'ca-service');
     if (config.identity.mode === 'ca-service') {
@@ -192,8 +193,9 @@ describe('manifests', () => {
     const [c] = pod.containers;
     assert.equal(pod.securityContext.runAsNonRoot, true);
     assert.deepEqual(c.securityContext.capabilities, { drop: ['ALL'] });
-    const config = loadCaServeConfig(c.args.slice(2), {});
+    const config = loadCaServeConfig(c.args.slice(2), { MESHLET_MEMORY_TARGET: limitMiB(c) });
     assert.equal(config.backend.kind, 'kubernetes');
+    assert.equal(config.memoryTargetMiB, 256, 'the memory target is the container\'s limit');
     assert.equal(config.port, c.ports[0].containerPort);
     const labels = pod.metadata?.labels ?? ca.spec.template.metadata.labels;
     for (const selector of [one('Service', 'meshlet-ca').spec.selector, one('PodDisruptionBudget', 'meshlet-ca').spec.selector.matchLabels]) {
@@ -305,3 +307,12 @@ describe('manifests', () => {
     assert.ok(examples.some((o) => o.kind === 'Pod' && o.metadata.annotations?.['meshlet.dev/capture'] === 'disabled'));
   });
 });
+
+/** What the downward API gives a container as MESHLET_MEMORY_TARGET: its memory limit in MiB. */
+function limitMiB(container: any): string {
+  const ref = container.env.find((e: any) => e.name === 'MESHLET_MEMORY_TARGET')?.valueFrom?.resourceFieldRef;
+  assert.deepEqual(ref, { resource: 'limits.memory', divisor: '1Mi' });
+  const limit = String(container.resources.limits.memory);
+  assert.match(limit, /^[0-9]+Mi$/);
+  return limit.slice(0, -2);
+}
