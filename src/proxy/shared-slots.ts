@@ -5,7 +5,10 @@
 // source's count is the smaller of its two counters: never below the truth, above it only when
 // both counters are shared with other busy sources, which refuses early and never lets through
 // more than the limit. Atomics throughout: a slot is taken first and given back if over the limit,
-// so two workers racing for the last slot may both refuse, never both succeed.
+// so two workers racing for the last slot may both refuse, never both succeed. A take decides on
+// both counters read after both its own increments, not on what each increment returned: the
+// two increments are not one step, and a take that ran whole between them (another worker's)
+// would see the first counter without it and the second with it, and each would let itself in.
 import type { Limits, SlotCounts } from '../rate-limit.ts';
 
 const ROW = 1 << 15;
@@ -24,9 +27,12 @@ function hash(s: string, seed: number): number {
 
 export class SharedSlotCounts implements SlotCounts {
   readonly #a: Int32Array;
+  readonly #between: () => void;
 
-  constructor(memory: SharedArrayBuffer) {
+  /** `between`, for tests: runs between a take's two increments, where another worker's take may. */
+  constructor(memory: SharedArrayBuffer, between: () => void = () => undefined) {
     this.#a = new Int32Array(memory);
+    this.#between = between;
   }
 
   get total(): number {
@@ -44,7 +50,11 @@ export class SharedSlotCounts implements SlotCounts {
       return 'total';
     }
     const [i, j] = this.#cells(source);
-    const held = Math.min(Atomics.add(a, i, 1), Atomics.add(a, j, 1));
+    Atomics.add(a, i, 1);
+    this.#between();
+    Atomics.add(a, j, 1);
+    // What the source holds besides this take, as both counters say now (see above).
+    const held = Math.min(Atomics.load(a, i), Atomics.load(a, j)) - 1;
     if (held >= limits.maxPerSource) {
       this.give(source);
       return 'source';

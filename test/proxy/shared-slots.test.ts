@@ -18,6 +18,23 @@ describe('shared slot counts', () => {
     assert.equal(one.total, 5);
   });
 
+  it('let in one of two takes for a source\'s last slot when one runs whole between the other\'s increments', () => {
+    const memory = sharedSlotMemory();
+    const limits = { maxConnections: 100, maxPerSource: 3 };
+    const other = new SharedSlotCounts(memory);
+    let otherGot: string | undefined = 'not run';
+    let once = true;
+    const racing = new SharedSlotCounts(memory, () => {
+      if (once) { once = false; otherGot = other.take('10.0.0.1', limits); }
+    });
+    for (let k = 0; k < 2; k++) assert.equal(other.take('10.0.0.1', limits), undefined);
+    // One slot left: the other worker's take runs between this one's two increments.
+    const got = racing.take('10.0.0.1', limits);
+    assert.deepEqual([otherGot, got], [undefined, 'source'], 'the take that finished first has the slot, the other is refused');
+    assert.equal(other.take('10.0.0.1', limits), 'source', 'the source holds its limit and no more');
+    assert.equal(other.total, 3);
+  });
+
   it('never let threads racing for the last slots hold more than the limits', async () => {
     const memory = sharedSlotMemory();
     const limits = { maxConnections: 1000, maxPerSource: 600 };
