@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { MeshLab, PEER } from '../../src/demo/lab.ts';
 import type { AgentProcess } from '../../src/demo/lab-spec.ts';
+import { parseMetrics, sum } from '../support/prometheus.ts';
 import { eventually } from '../support/wait.ts';
 
 const PORT = 8080;
@@ -74,6 +75,10 @@ describe('agent lifecycle in network namespaces', { concurrency: false }, () => 
     return a;
   };
 
+  /** Until `node`'s agent relays a connection: one started a moment ago may not have reached it yet. */
+  const relaying = (node: string) => eventually(`a connection open through ${node}`,
+    async () => sum(parseMetrics(await lab.metrics(lab.node(node))), 'meshlet_connections_open') >= 1, 10_000);
+
   it('refuses captured pods\' connections, never plaintext, while no agent listens, and serves them once one is ready', async () => {
     // A node whose agent ran (its pods are in the captured set, which lives in the kernel) and is
     // gone: between agents, or while a new one starts.
@@ -89,7 +94,7 @@ describe('agent lifecycle in network namespaces', { concurrency: false }, () => 
   it('drains on SIGTERM: open connections finish, peers get GOAWAY, new ones are refused, exit 0', async () => {
     const old = lab.agents.get('node-b')!;
     const chat = peer('web', ['chat', '--host', lab.pod('db').ip, '--port', String(PORT), '--duration', '3000', '--interval', '100']);
-    await new Promise((r) => setTimeout(r, 800));
+    await relaying('node-b');
     const termAt = Date.now();
     old.child.kill('SIGTERM');
     await eventually('node-a told to go away', async () => (await lab.agentLog('node-a')).some((l) => l.msg === 'tunnel peer sent GOAWAY: new connections open a new session'), 5_000);
@@ -106,7 +111,7 @@ describe('agent lifecycle in network namespaces', { concurrency: false }, () => 
     const old = lab.agents.get('node-b')!;
     // A connection that would keep the 30 s drain busy for 20 s.
     const chat = peer('web', ['chat', '--host', lab.pod('db').ip, '--port', String(PORT), '--duration', '20000', '--interval', '100']);
-    await new Promise((r) => setTimeout(r, 800));
+    await relaying('node-b'); // an agent with nothing open would end its drain at once
     old.child.kill('SIGTERM');
     await eventually('node-b draining', async () => (await lab.processLog(old)).some((l) => l.msg === 'draining'), 5_000);
     assert.equal(old.child.exitCode, null, 'the first SIGTERM drains: the agent is still there');
