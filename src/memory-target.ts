@@ -4,9 +4,9 @@
 //
 // Why: the old generation's headroom (heap-headroom.ts) lets thousands of new connections leave up
 // to 32 MiB of garbage resident, and what glibc keeps free (malloc-tuning.ts) stays until the
-// timed trim. Both save CPU, and both can take an agent past what its pod requests, which makes it the first evicted
-// when the node runs short (bench/README.md, "A memory target"). Go's GOMEMLIMIT makes the same
-// trade: collect more often near a limit, never fail at it.
+// timed trim. Both save CPU, and both can take a process past what its pod requests (the first
+// evicted when the node runs short) or up to its limit (bench/README.md, "A memory target").
+// Go's GOMEMLIMIT makes the same trade: collect more often near a limit, never fail at it.
 //
 // How: the resident set is read every `everyMs` (a read of /proc/self/stat). From `PRESS_AT` of
 // the target the process is pressed: the heap's headroom shrinks to what is left below the target
