@@ -38,7 +38,7 @@ function dataPlaneSettings(config: AgentConfig): DataPlaneSettings {
     ports: { outbound: config.ports.outbound, inboundPlaintext: config.ports.inboundPlaintext, tunnel: config.ports.tunnel },
     agentPorts: Object.values(config.ports),
     connectTimeoutMs: config.connectTimeoutMs, handshakeTimeoutMs: config.handshakeTimeoutMs, drainMs: config.drainMs, idleTimeoutMs: config.idleTimeoutMs,
-    preserveSource: config.preserveSourceIp,
+    preserveSource: config.preserveSourceIp ? { sourcePorts: config.sourcePorts } : false,
     accessLog: config.accessLog,
     limits: {
       maxConnections: config.maxConnections, maxPerSource: config.maxConnectionsPerSource,

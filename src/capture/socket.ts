@@ -1,6 +1,5 @@
 // The one home for OS-specific socket calls (FFI). Nothing else in meshlet touches file descriptors.
 import type { Socket } from 'node:net';
-import { readFileSync } from 'node:fs';
 import koffi from 'koffi';
 import { OriginalDestinationError, SourceAddressError } from '../errors.ts';
 
@@ -78,39 +77,33 @@ export function encodeSockaddrIn(ip: string, port: number): Buffer {
   return buf;
 }
 
-/**
- * The node's ephemeral port range (its network namespace's), read once: where the agent picks the
- * source ports of its transparent sockets, as the kernel would for its own connections.
- */
-let localPortRange: [number, number] | undefined;
-export function ephemeralPortRange(): [number, number] {
-  if (!localPortRange) {
-    let text = '';
-    try { text = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8'); } catch { /* Linux's default below */ }
-    const [lo, hi] = text.trim().split(/\s+/).map(Number);
-    localPortRange = lo && hi && lo <= hi ? [lo, hi] : [32768, 60999];
-  }
-  return localPortRange;
-}
+/** Source ports a delivery may take on another address: lowest and highest, both included. */
+export type PortRange = readonly [number, number];
 
 /**
  * A TCP socket bound to `sourceIp`, an address this node does not own (the source pod's), ready to
  * be connected by Node (`new net.Socket({ fd })` then connect). IP_TRANSPARENT lets the kernel bind
  * it and send from it; it needs CAP_NET_ADMIN, which the node agent holds.
  *
- * The agent picks the port, at random in the ephemeral range, and never one that is `taken`: a
- * connection redirected to the agent from that very source address and port to the same
- * destination holds a NAT entry, and a second connection with that 4-tuple would be taken for the
- * first and redirected back. Letting the kernel pick (bind to port 0) made it search every port of
- * the address for one no socket holds, whatever the destination: under sustained churn, with
- * thousands of TIME_WAITs, that search was 62% of the destination agent's CPU (perf). SO_REUSEADDR
- * lets sockets to different destinations share a port, as the kernel's own connect() does; the one
- * 4-tuple that may not be shared makes connect() fail with EADDRNOTAVAIL, and connectLocalPod tries
- * another port.
+ * The agent picks the port, at random in `ports`, and never one that is `taken`. The address is
+ * shared with the pod, whose kernel knows nothing of the agent's sockets: a connection the pod
+ * opened with the same 4-tuple (redirected to the agent, a NAT entry on this node) would take the
+ * delivery's SYN for one of its own packets and send it back to the agent (the delivery hangs
+ * until its connect timeout), and a connection the pod opens later with a delivery's 4-tuple
+ * would be taken for the delivery's. So `ports` lies outside the range the pods' kernels pick
+ * from (--source-ports, 1024-32767 by default: below Linux's default ephemeral range, 32768-60999,
+ * which every pod's network namespace starts with); `taken` (the redirected connections the agent
+ * holds) catches clients whose ports fall inside it anyway.
+ *
+ * Letting the kernel pick (bind to port 0) made it search every port of the address for one no
+ * socket holds, whatever the destination: under sustained churn, with thousands of TIME_WAITs,
+ * that search was 62% of the destination agent's CPU (perf). SO_REUSEADDR lets sockets to
+ * different destinations share a port, as the kernel's own connect() does; the one 4-tuple that
+ * may not be shared makes connect() fail with EADDRNOTAVAIL, and connectLocalPod tries another.
  */
-export function openTransparentSocket(sourceIp: string, taken: (port: number) => boolean = () => false): number {
+export function openTransparentSocket(sourceIp: string, ports: PortRange, taken: (port: number) => boolean = () => false): number {
   const libc = sys();
-  const [lo, hi] = ephemeralPortRange();
+  const [lo, hi] = ports;
   const addr = encodeSockaddrIn(sourceIp, 0);
   const tries = 8;
   for (let attempt = 0; attempt < tries; attempt++) {

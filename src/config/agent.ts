@@ -1,6 +1,7 @@
 // `meshlet agent`: its flag table and its one validated configuration.
 import { isIPv4 } from 'node:net';
 import type { CaptureSettings } from '../capture/rules.ts';
+import type { PortRange } from '../capture/socket.ts';
 import { defaultWorkers } from '../cpu-limit.ts';
 import { PORTS } from '../ports.ts';
 import { CAPTURE_FLAGS, captureSettings } from './capture.ts';
@@ -60,6 +61,7 @@ export const AGENT_FLAGS = [
   { name: 'tunnel-queue-budget', type: 'int', arg: 'MIB', min: 1, max: 1_048_576, default: '256', help: 'tunnel send queues of the node together; past it stalled sessions are reset' },
   { name: 'idle-timeout', type: 'duration', min: 1000, max: 7 * 86_400_000, default: '1h', help: 'reset relayed connections silent both ways this long' },
   { name: 'preserve-source-ip', type: 'on-off', default: 'on', help: 'local pods see their clients\' addresses, not the node\'s' },
+  { name: 'source-ports', type: 'text', arg: 'LO-HI', pattern: /^\d{1,5}-\d{1,5}$/, patternHelp: 'a port range LO-HI', default: '1024-32767', help: 'ports a delivery takes on a client\'s address: outside the pods\' ip_local_port_range' },
   { name: 'non-tcp-to-strict', type: 'one-of', values: ['allow', 'drop'], default: 'allow', help: 'drop UDP, SCTP and other non-TCP forwarded to STRICT pods (ICMP and the node\'s own pass)' },
   { name: 'probe-gate-ttl', type: 'duration', min: 2_000, max: 600_000, default: '4s', help: 'a dead or stalled agent\'s pods fail kubelet\'s probes this long after it stops' },
   { name: 'workers', type: 'int', arg: 'N', min: 1, max: 64, help: 'data planes, each a thread sharing the data ports; default: the CPU limit, else a quarter of the cores (at least 1); 1: the agent\'s own thread' },
@@ -103,6 +105,8 @@ export interface AgentConfig {
   idleTimeoutMs: number;
   /** Off in sidecar mode, which delivers inside the pod. */
   preserveSourceIp: boolean;
+  /** Where a source-preserving delivery picks its port (capture/socket.ts openTransparentSocket). */
+  sourcePorts: PortRange;
   nonTcpToStrict: 'allow' | 'drop';
   /** Whole seconds: ipset timeouts are. */
   probeGateTtlMs: number;
@@ -159,6 +163,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     tunnelStallTimeoutMs: v['tunnel-stall-timeout'], tunnelQueueBudgetMiB: v['tunnel-queue-budget'],
     idleTimeoutMs: v['idle-timeout'],
     preserveSourceIp: v['preserve-source-ip'] && !sidecar,
+    sourcePorts: portRange('--source-ports', v['source-ports'], p),
     nonTcpToStrict: v['non-tcp-to-strict'],
     probeGateTtlMs: Math.round(v['probe-gate-ttl'] / 1000) * 1000,
     heapHeadroomMiB: v['heap-headroom'],
@@ -174,6 +179,13 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
   if (sidecar) config.capture.passPorts = [config.ports.tunnel, config.ports.metrics, config.ports.readiness];
   p.throwIfAny();
   return config;
+}
+
+/** LO-HI, unprivileged, and wide enough that eight random picks rarely all meet a listener. */
+function portRange(flag: string, text: string, p: Problems): PortRange {
+  const [lo, hi] = text.split('-').map(Number) as [number, number];
+  if (!(lo >= 1024 && hi <= 65535 && hi - lo + 1 >= 1024)) p.add(`${flag}: ${text} is not a range of at least 1024 ports within 1024-65535`);
+  return [lo, hi];
 }
 
 function identityConfig(v: FlagValues<typeof AGENT_FLAGS>, p: Problems): IdentityConfig {

@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type { PolicyEngine } from '../policy/hook.ts';
 import type { ConnectionTracker } from '../telemetry/connections.ts';
 import type { WorkloadRegistry } from '../workloads/registry.ts';
-import type { SocketAddress } from '../capture/socket.ts';
+import type { PortRange, SocketAddress } from '../capture/socket.ts';
 import type { IdentityView } from './identities.ts';
 import type { TunnelPool } from './tunnel/pool.ts';
 import type { StallWatch } from './tunnel/stall-watch.ts';
@@ -63,9 +63,10 @@ export interface ProxyContext {
   /**
    * Deliveries to local pods come from the source's own address (a transparent socket), so the
    * application sees its real client and not the node. Needs `meshlet init`'s mangle rule and
-   * policy route, which bring the pod's replies back to the agent.
+   * policy route, which bring the pod's replies back to the agent. `sourcePorts`: where the
+   * delivery's port is picked, outside the pods' own (capture/socket.ts openTransparentSocket).
    */
-  preserveSource: boolean;
+  preserveSource: { sourcePorts: PortRange } | false;
   /** The redirected connections open on this agent, whose 4-tuples a delivery must not reuse. */
   redirects: OpenRedirects;
   /**

@@ -49,12 +49,13 @@ export async function connectLocalPod(ctx: ProxyContext, podIp: string, port: nu
 
 /** A connection to `podIp` from `source`'s address when the agent preserves sources and one is known. */
 export async function connectFromSource(ctx: ProxyContext, podIp: string, port: number, source?: DeliverySource): Promise<net.Socket> {
-  if (!ctx.preserveSource || !source?.ip || source.ip === podIp) return connectTcp(podIp, port, ctx.connectTimeoutMs);
+  const preserve = ctx.preserveSource;
+  if (!preserve || !source?.ip || source.ip === podIp) return connectTcp(podIp, port, ctx.connectTimeoutMs);
   const taken = (p: number) => ctx.redirects.has(source.ip, p, podIp, port);
   // The port openTransparentSocket picked may already carry this very 4-tuple (an open connection,
   // or one in TIME_WAIT): connect() then fails at once with EADDRNOTAVAIL, and another port will do.
   for (let attempt = 1; ; attempt++) {
-    const fd = openTransparentSocket(source.ip, taken);
+    const fd = openTransparentSocket(source.ip, preserve.sourcePorts, taken);
     try {
       return await connectTcp(podIp, port, ctx.connectTimeoutMs, fd);
     } catch (err) {

@@ -2,7 +2,10 @@
 // 4-tuple. Each has a NAT entry in the kernel. A source-preserving delivery must not reuse one of
 // those 4-tuples: its SYN would be taken for a packet of the redirected connection and redirected
 // back to the agent (see openTransparentSocket). Entries of closed connections need no tracking: a
-// SYN that meets a closed or TIME_WAIT conntrack entry starts a new connection.
+// SYN that meets a closed or TIME_WAIT conntrack entry starts a new connection. Each data plane
+// knows its own only, and not the connections still in the kernel's accept queue: deliveries'
+// ports lie outside the pods' ephemeral range (--source-ports), and this is the check for
+// clients whose ports fall inside it anyway.
 
 export class OpenRedirects {
   readonly #open = new Map<string, number>();

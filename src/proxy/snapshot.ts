@@ -4,6 +4,7 @@
 // reports back through DataPlaneTelemetry (telemetry/connections.ts). Everything here is plain data
 // (structured-clone safe: no functions, no sockets, no class instances), so the same snapshot can be
 // posted to a worker thread that runs a data plane of its own.
+import type { PortRange } from '../capture/socket.ts';
 import type { MeshSnapshot } from '../workloads/model.ts';
 
 /** One identity this node serves: its key and chain, or why there is none yet. */
@@ -47,7 +48,8 @@ export interface DataPlaneSettings {
   handshakeTimeoutMs: number;
   drainMs: number;
   idleTimeoutMs: number;
-  preserveSource: boolean;
+  /** Deliveries to local pods from the source's address, on a port of `sourcePorts`; or not. */
+  preserveSource: { sourcePorts: PortRange } | false;
   /** Whether access-log lines are written (one per connection). */
   accessLog: boolean;
   limits: {

@@ -172,6 +172,15 @@ describe('config', () => {
     assert.throws(() => loadAgentConfig([...base, '--workers', 'auto'], {}), /--workers/);
   });
 
+  it('takes the delivery source ports below the pods\' ephemeral range by default, a wide unprivileged range only', () => {
+    const base = ['--node', 'n1', '--workloads', 'w', '--ca-dir', 'c'];
+    assert.deepEqual(loadAgentConfig(base, {}).sourcePorts, [1024, 32767]);
+    assert.deepEqual(loadAgentConfig([...base, '--source-ports', '61000-65535'], {}).sourcePorts, [61000, 65535]);
+    for (const bad of ['80-20000', '40000-30000', '60000-70000', '30000-30100', '1024', 'a-b']) {
+      assert.throws(() => loadAgentConfig([...base, '--source-ports', bad], {}), /--source-ports/, bad);
+    }
+  });
+
   it('takes the tunnel port\'s handshake limits and the non-TCP option, with safe defaults', () => {
     const base = ['--node', 'n1', '--workloads', 'w', '--ca-dir', 'c'];
     const d = loadAgentConfig(base, {});

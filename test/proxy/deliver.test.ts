@@ -4,7 +4,6 @@ import net from 'node:net';
 import { hasNetAdmin } from '../../src/capture/exec.ts';
 import { proxyContext } from '../support/proxy-context.ts';
 import { connectLocalPod } from '../../src/proxy/deliver.ts';
-import { ephemeralPortRange } from '../../src/capture/socket.ts';
 import { OpenRedirects } from '../../src/proxy/redirects.ts';
 import { onSocketData, readToEnd } from '../support/pooled-reads.ts';
 
@@ -22,8 +21,11 @@ async function reply(socket: net.Socket): Promise<string> {
   return all.toString();
 }
 
+/** Where deliveries pick their source ports here: away from the kernel's own (32768-60999). */
+const SOURCE_PORTS = [20_000, 21_023] as const;
+
 describe('deliveries to local pods', () => {
-  it('connect from the source address when preserving, and never from an open redirected 4-tuple', async (t) => {
+  it('connect from the source address and a port of the range when preserving, never from an open redirected 4-tuple', async (t) => {
     if (!hasNetAdmin()) { t.skip('IP_TRANSPARENT needs CAP_NET_ADMIN'); return; }
     const server = await whoamiServer();
     const port = (server.address() as net.AddressInfo).port;
@@ -35,11 +37,12 @@ describe('deliveries to local pods', () => {
       asked.push(`${srcIp}>${dstIp}:${dstPort}`);
       return asked.length === 1 || has(srcIp, srcPort, dstIp, dstPort);
     };
-    const ctx = proxyContext({ connectTimeoutMs: 2000, preserveSource: true, redirects });
+    const ctx = proxyContext({ connectTimeoutMs: 2000, preserveSource: { sourcePorts: SOURCE_PORTS }, redirects });
     try {
       // 127.0.0.2 stands for the source pod: loopback, so replies come back without policy routing.
       const from = (await reply(await connectLocalPod(ctx, '127.0.0.1', port, { ip: '127.0.0.2' }))).split(':');
       assert.equal(from[0], '127.0.0.2');
+      assert.ok(Number(from[1]) >= SOURCE_PORTS[0] && Number(from[1]) <= SOURCE_PORTS[1], `port ${from[1]} in ${SOURCE_PORTS}`);
       assert.deepEqual(asked, [`127.0.0.2>127.0.0.1:${port}`, `127.0.0.2>127.0.0.1:${port}`], 'asked about the delivery\'s own tuple, and took a second port');
       const plain = await reply(await connectLocalPod({ ...ctx, preserveSource: false }, '127.0.0.1', port, { ip: '127.0.0.2' }));
       assert.equal(plain.split(':')[0], '127.0.0.1', 'without preservation: from the agent\'s own address');
@@ -55,9 +58,9 @@ describe('deliveries to local pods', () => {
     const server = net.createServer((s) => { held.push(s); s.write(`${s.remotePort}`); });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const port = (server.address() as net.AddressInfo).port;
-    const ctx = proxyContext({ connectTimeoutMs: 2000, preserveSource: true });
+    const ctx = proxyContext({ connectTimeoutMs: 2000, preserveSource: { sourcePorts: SOURCE_PORTS } });
     // Make the agent's first pick of each delivery the same port.
-    const [lo, hi] = ephemeralPortRange();
+    const [lo, hi] = SOURCE_PORTS;
     const same = 0.5;
     const picked = lo + Math.floor(same * (hi - lo + 1));
     const random = Math.random;
