@@ -235,7 +235,7 @@ export class DataPlane {
       },
       agentPorts: new Set(s.agentPorts),
       preserveSource: s.preserveSource,
-      redirects: new OpenRedirects(),
+      redirects: new OpenRedirects(s.sharedSlots?.redirects),
       // A node agent's connection outside the mesh would leave as the node; a sidecar's leaves as its pod.
       outsideMesh: s.sidecar ? 'dial' : 'refuse',
       drainMs: s.drainMs,

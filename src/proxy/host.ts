@@ -4,6 +4,7 @@
 import type { LevelWithSilent } from 'pino';
 import type { Collection } from '../collect-garbage.ts';
 import type { DataPlane } from './data-plane.ts';
+import { sharedRedirectMemory } from './redirects.ts';
 import { sharedSlotMemory } from './shared-slots.ts';
 import type { DataPlaneSettings, DataPlaneSnapshot } from './snapshot.ts';
 import type { DataPlaneDump, DataPlaneGauges } from './view.ts';
@@ -40,7 +41,8 @@ export function inThisThread(data: DataPlane): DataPlaneHost {
 
 /**
  * What each of N workers is given. Connection and pending-handshake slots are counted in memory
- * they share (shared-slots.ts): the limits hold for the node. What is about each worker's own
+ * they share (shared-slots.ts): the limits hold for the node; so are the open redirected
+ * connections (redirects.ts), which any worker's delivery must avoid. What is about each worker's own
  * event loop or queues is split: a source's handshake rate (the kernel spreads its connections over
  * the workers by 4-tuple) and the tunnel send-queue budget, 1/N each, at least 1.
  */
@@ -50,6 +52,6 @@ export function workerSettings(s: DataPlaneSettings, workers: number): DataPlane
     ...s,
     limits: { ...s.limits, handshakeRate: share(s.limits.handshakeRate) },
     tunnelQueueBudgetBytes: share(s.tunnelQueueBudgetBytes),
-    sharedSlots: { connections: sharedSlotMemory(), pendingHandshakes: sharedSlotMemory() },
+    sharedSlots: { connections: sharedSlotMemory(), pendingHandshakes: sharedSlotMemory(), redirects: sharedRedirectMemory() },
   };
 }

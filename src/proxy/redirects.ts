@@ -2,36 +2,54 @@
 // 4-tuple. Each has a NAT entry in the kernel. A source-preserving delivery must not reuse one of
 // those 4-tuples: its SYN would be taken for a packet of the redirected connection and redirected
 // back to the agent (see openTransparentSocket). Entries of closed connections need no tracking: a
-// SYN that meets a closed or TIME_WAIT conntrack entry starts a new connection. Each data plane
-// knows its own only, and not the connections still in the kernel's accept queue: deliveries'
-// ports lie outside the pods' ephemeral range (--source-ports), and this is the check for
-// clients whose ports fall inside it anyway.
+// SYN that meets a closed or TIME_WAIT conntrack entry starts a new connection. Deliveries' ports
+// lie outside the pods' ephemeral range (--source-ports): this is the check for clients whose
+// ports fall inside it anyway (a pod that widened its range), and it cannot see connections still
+// in the kernel's accept queue.
+//
+// Kept as a counting filter in memory every data-plane worker shares (the kernel hands a pod's
+// connections to any worker, and any worker may deliver for it): two rows of counters, each tuple
+// adding to one counter per row under two hashes; a tuple is open while both its counters are
+// above zero. A false "open" costs a delivery another port, never a wrong connection.
+import { hash } from './shared-slots.ts';
+
+const ROW = 1 << 15;
+const BYTES = 4 * 2 * ROW;
+
+/** The memory OpenRedirects instances of several workers share: 256 KiB. */
+export function sharedRedirectMemory(): SharedArrayBuffer {
+  return new SharedArrayBuffer(BYTES);
+}
 
 export class OpenRedirects {
-  readonly #open = new Map<string, number>();
+  readonly #a: Int32Array;
+
+  /** `memory`: shared with other workers (sharedRedirectMemory); by default this instance's own. */
+  constructor(memory: ArrayBufferLike = new ArrayBuffer(BYTES)) {
+    this.#a = new Int32Array(memory);
+  }
 
   /** Records an open redirected connection; call the returned function when it closes. */
   add(srcIp: string, srcPort: number, dstIp: string, dstPort: number): () => void {
-    const key = tupleKey(srcIp, srcPort, dstIp, dstPort);
-    this.#open.set(key, (this.#open.get(key) ?? 0) + 1);
+    const [i, j] = cells(srcIp, srcPort, dstIp, dstPort);
+    Atomics.add(this.#a, i, 1);
+    Atomics.add(this.#a, j, 1);
     let released = false;
     return () => {
       if (released) return;
       released = true;
-      const n = (this.#open.get(key) ?? 1) - 1;
-      if (n > 0) this.#open.set(key, n); else this.#open.delete(key);
+      Atomics.sub(this.#a, i, 1);
+      Atomics.sub(this.#a, j, 1);
     };
   }
 
   has(srcIp: string, srcPort: number, dstIp: string, dstPort: number): boolean {
-    return this.#open.has(tupleKey(srcIp, srcPort, dstIp, dstPort));
-  }
-
-  get size(): number {
-    return this.#open.size;
+    const [i, j] = cells(srcIp, srcPort, dstIp, dstPort);
+    return Atomics.load(this.#a, i) > 0 && Atomics.load(this.#a, j) > 0;
   }
 }
 
-function tupleKey(srcIp: string, srcPort: number, dstIp: string, dstPort: number): string {
-  return `${srcIp}:${srcPort}>${dstIp}:${dstPort}`;
+function cells(srcIp: string, srcPort: number, dstIp: string, dstPort: number): [number, number] {
+  const key = `${srcIp}:${srcPort}>${dstIp}:${dstPort}`;
+  return [hash(key, 2166136261) % ROW, ROW + (hash(key, 374761393) % ROW)];
 }

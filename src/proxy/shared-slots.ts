@@ -19,7 +19,7 @@ export function sharedSlotMemory(): SharedArrayBuffer {
 }
 
 /** FNV-1a, 32 bits, from `seed`. */
-function hash(s: string, seed: number): number {
+export function hash(s: string, seed: number): number {
   let h = seed;
   for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 16777619);
   return h >>> 0;

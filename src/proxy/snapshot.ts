@@ -63,7 +63,8 @@ export interface DataPlaneSettings {
   tunnelQueueBudgetBytes: number;
   /**
    * With several workers: memory they share (shared-slots.ts), where the connection and pending
-   * handshake slots are counted, so the limits above hold for the node. Shared, not copied, by a post.
+   * handshake slots are counted, so the limits above hold for the node, and the open redirected
+   * connections (redirects.ts). Shared, not copied, by a post.
    */
-  sharedSlots?: { connections: SharedArrayBuffer; pendingHandshakes: SharedArrayBuffer };
+  sharedSlots?: { connections: SharedArrayBuffer; pendingHandshakes: SharedArrayBuffer; redirects: SharedArrayBuffer };
 }

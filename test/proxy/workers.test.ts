@@ -107,6 +107,7 @@ describe('data planes in worker threads', () => {
     assert.deepEqual(s.limits, { ...limits, handshakeRate: 100 });
     assert.equal(s.tunnelQueueBudgetBytes, 500);
     assert.ok(s.sharedSlots?.connections instanceof SharedArrayBuffer);
+    assert.ok(s.sharedSlots?.redirects instanceof SharedArrayBuffer, 'open redirects: one set for the node');
   });
 
   it('holds the node\'s connection limit across data planes in this thread and a worker', async () => {
