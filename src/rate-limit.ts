@@ -43,8 +43,13 @@ export class RateLimiter {
 /** At most one log line a second per key: a flood must not flood the log. The map is bounded. */
 export class LogThrottle {
   readonly #last = new Map<string, number>();
+  readonly #everyMs: number;
+  constructor(everyMs = 1000) {
+    this.#everyMs = everyMs;
+  }
+
   ready(key: string, now = Date.now()): boolean {
-    if (now - (this.#last.get(key) ?? 0) < 1000) return false;
+    if (now - (this.#last.get(key) ?? 0) < this.#everyMs) return false;
     if (this.#last.size > 10_000) this.#last.clear();
     this.#last.set(key, now);
     return true;

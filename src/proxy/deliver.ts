@@ -5,6 +5,7 @@ import { SelfCallError, UpstreamConnectError } from '../errors.ts';
 import type { SocketAddress } from '../capture/socket.ts';
 import { openTransparentSocket, plainIp } from '../capture/socket.ts';
 import type { ProxyContext } from './context.ts';
+import { LogThrottle } from '../rate-limit.ts';
 import { pooledConnect, pooledSocketOnFd } from './read-buffers.ts';
 
 /** Who a delivery to a local pod speaks for: the source address to keep. */
@@ -62,6 +63,25 @@ export async function connectFromSource(ctx: ProxyContext, podIp: string, port: 
       if (attempt >= SOURCE_PORT_TRIES || (err as { cause?: { code?: string } }).cause?.code !== 'EADDRNOTAVAIL') throw err;
     }
   }
+}
+
+/** Clients whose own ports lie in --source-ports, each said once a minute. */
+const overlapping = new LogThrottle(60_000);
+
+/**
+ * Records a redirected connection as open (its release comes back). One whose source port lies in
+ * the range deliveries take theirs from comes from a client whose kernel picks from that range
+ * too (a pod that widened ip_local_port_range): a delivery from its address may then share a
+ * 4-tuple with one of its connections, which hangs (capture/socket.ts openTransparentSocket). The
+ * operator is told, once a minute per client.
+ */
+export function holdRedirect(ctx: ProxyContext, srcIp: string, srcPort: number, dst: SocketAddress): () => void {
+  const range = ctx.preserveSource ? ctx.preserveSource.sourcePorts : undefined;
+  if (range && srcPort >= range[0] && srcPort <= range[1] && overlapping.ready(srcIp)) {
+    ctx.log.warn({ source: srcIp, sourcePort: srcPort, sourcePorts: `${range[0]}-${range[1]}` },
+      'a client picks source ports in --source-ports: a delivery from its address may hang on a shared 4-tuple; move --source-ports or its ip_local_port_range apart');
+  }
+  return ctx.redirects.add(srcIp, srcPort, dst.ip, dst.port);
 }
 
 /** How many source ports a delivery tries when each is busy with its own 4-tuple. */

@@ -8,7 +8,7 @@ import type { ConnectionHandle } from '../telemetry/connections.ts';
 import type { MeshService, ServicePort, Workload } from '../workloads/model.ts';
 import type { EndpointLease } from './balancer.ts';
 import type { ProxyContext } from './context.ts';
-import { assertNotSelf, connectFromSource, connectLocalPod, connectTcp } from './deliver.ts';
+import { assertNotSelf, connectFromSource, connectLocalPod, connectTcp, holdRedirect } from './deliver.ts';
 import { refusedAtConnect } from './tunnel/h2.ts';
 import { h2StreamEnd, relayConnection, socketEnd, type RelayEnd } from './relay.ts';
 import { current, enforce, enforceAndGuard } from './decision.ts';
@@ -26,7 +26,7 @@ export async function handleOutbound(socket: Socket, ctx: ProxyContext): Promise
     conn.set({ src: source });
     const dst = ctx.originalDestination(socket);
     assertNotSelf(dst, socket);
-    unregister = ctx.redirects.add(source.ip, socket.remotePort ?? 0, dst.ip, dst.port);
+    unregister = holdRedirect(ctx, source.ip, socket.remotePort ?? 0, dst);
     conn.set({ destination: `${dst.ip}:${dst.port}` });
     const service = ctx.registry.findService(dst.ip, dst.port);
     let upstream: RelayEnd;

@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import net from 'node:net';
+import pino from 'pino';
 import { hasNetAdmin } from '../../src/capture/exec.ts';
 import { proxyContext } from '../support/proxy-context.ts';
-import { connectLocalPod } from '../../src/proxy/deliver.ts';
+import { connectLocalPod, holdRedirect } from '../../src/proxy/deliver.ts';
 import { OpenRedirects } from '../../src/proxy/redirects.ts';
 import { onSocketData, readToEnd } from '../support/pooled-reads.ts';
 
@@ -83,5 +84,24 @@ describe('deliveries to local pods', () => {
       for (const s of [...sockets, ...held]) s.destroy();
       server.close();
     }
+  });
+
+  it('hold a redirected connection\'s 4-tuple, and tell the operator once a minute about a client whose ports are in the delivery range', () => {
+    const lines: Array<{ msg: string; source: string; sourcePort: number }> = [];
+    const log = pino({ level: 'warn' }, { write: (l: string) => { lines.push(JSON.parse(l)); } });
+    const ctx = proxyContext({ preserveSource: { sourcePorts: SOURCE_PORTS }, log });
+    const dst = { ip: '10.9.0.2', port: 8080, family: 4 } as const;
+    const releases = [
+      holdRedirect(ctx, '10.9.0.1', 40_000, dst),
+      holdRedirect(ctx, '10.9.0.1', 20_500, dst),
+      holdRedirect(ctx, '10.9.0.1', 20_501, dst),
+    ];
+    assert.equal(ctx.redirects.has('10.9.0.1', 20_500, '10.9.0.2', 8080), true);
+    assert.deepEqual(lines.map((l) => [l.source, l.sourcePort]), [['10.9.0.1', 20_500]], 'one line, for the port in the range');
+    assert.match(lines[0]!.msg, /--source-ports/);
+    for (const release of releases) release();
+    assert.equal(ctx.redirects.has('10.9.0.1', 20_500, '10.9.0.2', 8080), false);
+    holdRedirect({ ...ctx, preserveSource: false }, '10.9.0.3', 20_500, dst)();
+    assert.equal(lines.length, 1, 'no delivery range without source preservation');
   });
 });
