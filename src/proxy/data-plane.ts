@@ -99,7 +99,7 @@ export class DataPlane {
     const shared = settings.sharedSlots;
     this.#limiter = new ConnectionLimiter(
       { maxConnections: settings.limits.maxConnections, maxPerSource: settings.limits.maxPerSource },
-      shared ? new SharedSlotCounts(shared.connections) : undefined,
+      shared ? new SharedSlotCounts(shared.connections, { ...(settings.ownSlots ? { own: settings.ownSlots.connections } : {}) }) : undefined,
     );
     this.ctx = this.#context(deps);
     this.listeners = createDataListeners(this.ctx, {
@@ -215,7 +215,7 @@ export class DataPlane {
     const limiter = this.#limiter;
     const handshakes = new HandshakeGate({
       maxPending: s.limits.maxPendingHandshakes, maxPendingPerSource: s.limits.maxPendingPerSource, ratePerSecond: s.limits.handshakeRate,
-      ...(s.sharedSlots ? { counts: new SharedSlotCounts(s.sharedSlots.pendingHandshakes) } : {}),
+      ...(s.sharedSlots ? { counts: new SharedSlotCounts(s.sharedSlots.pendingHandshakes, { ...(s.ownSlots ? { own: s.ownSlots.pendingHandshakes } : {}) }) } : {}),
     });
     return {
       admit: (socket) => this.#admit(socket, 'destination'),
@@ -235,7 +235,7 @@ export class DataPlane {
       },
       agentPorts: new Set(s.agentPorts),
       preserveSource: s.preserveSource,
-      redirects: new OpenRedirects(s.sharedSlots?.redirects),
+      redirects: new OpenRedirects(s.sharedSlots?.redirects, s.ownSlots?.redirects),
       // A node agent's connection outside the mesh would leave as the node; a sidecar's leaves as its pod.
       outsideMesh: s.sidecar ? 'dial' : 'refuse',
       drainMs: s.drainMs,

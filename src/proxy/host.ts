@@ -6,7 +6,8 @@ import type { Collection } from '../collect-garbage.ts';
 import type { DataPlane } from './data-plane.ts';
 import { sharedRedirectMemory } from './redirects.ts';
 import { sharedSlotMemory } from './shared-slots.ts';
-import type { DataPlaneSettings, DataPlaneSnapshot } from './snapshot.ts';
+import { reclaim } from './shared-cells.ts';
+import type { DataPlaneSettings, DataPlaneSnapshot, SharedCounters } from './snapshot.ts';
 import type { DataPlaneDump, DataPlaneGauges } from './view.ts';
 
 export interface DataPlaneHost {
@@ -42,7 +43,8 @@ export function inThisThread(data: DataPlane): DataPlaneHost {
 /**
  * What each of N workers is given. Connection and pending-handshake slots are counted in memory
  * they share (shared-slots.ts): the limits hold for the node; so are the open redirected
- * connections (redirects.ts), which any worker's delivery must avoid. What is about each worker's own
+ * connections (redirects.ts), which any worker's delivery must avoid; each worker thread also
+ * mirrors its part (workers.ts gives it back if the thread dies). What is about each worker's own
  * event loop or queues is split: a source's handshake rate (the kernel spreads its connections over
  * the workers by 4-tuple) and the tunnel send-queue budget, 1/N each, at least 1.
  */
@@ -52,6 +54,16 @@ export function workerSettings(s: DataPlaneSettings, workers: number): DataPlane
     ...s,
     limits: { ...s.limits, handshakeRate: share(s.limits.handshakeRate) },
     tunnelQueueBudgetBytes: share(s.tunnelQueueBudgetBytes),
-    sharedSlots: { connections: sharedSlotMemory(), pendingHandshakes: sharedSlotMemory(), redirects: sharedRedirectMemory() },
+    sharedSlots: sharedCounters(),
   };
+}
+
+/** Memory for the counters workers share, or for one worker's mirror of its part (shared-cells.ts). */
+export function sharedCounters(): SharedCounters {
+  return { connections: sharedSlotMemory(), pendingHandshakes: sharedSlotMemory(), redirects: sharedRedirectMemory() };
+}
+
+/** Gives back into `shared` what the worker whose mirror is `own` held when it exited. */
+export function reclaimCounters(shared: SharedCounters, own: SharedCounters): void {
+  for (const k of ['connections', 'pendingHandshakes', 'redirects'] as const) reclaim(shared[k], own[k]);
 }

@@ -11,6 +11,7 @@
 // connections to any worker, and any worker may deliver for it): two rows of counters, each tuple
 // adding to one counter per row under two hashes; a tuple is open while both its counters are
 // above zero. A false "open" costs a delivery another port, never a wrong connection.
+import { SharedCells } from './shared-cells.ts';
 import { hash } from './shared-slots.ts';
 
 const ROW = 1 << 15;
@@ -22,30 +23,33 @@ export function sharedRedirectMemory(): SharedArrayBuffer {
 }
 
 export class OpenRedirects {
-  readonly #a: Int32Array;
+  readonly #a: SharedCells;
 
-  /** `memory`: shared with other workers (sharedRedirectMemory); by default this instance's own. */
-  constructor(memory: ArrayBufferLike = new ArrayBuffer(BYTES)) {
-    this.#a = new Int32Array(memory);
+  /**
+   * `memory`: shared with other workers (sharedRedirectMemory), by default this instance's own;
+   * `own`: this worker's mirror of what it added (shared-cells.ts).
+   */
+  constructor(memory: ArrayBufferLike = new ArrayBuffer(BYTES), own?: ArrayBufferLike) {
+    this.#a = new SharedCells(memory, own);
   }
 
   /** Records an open redirected connection; call the returned function when it closes. */
   add(srcIp: string, srcPort: number, dstIp: string, dstPort: number): () => void {
     const [i, j] = cells(srcIp, srcPort, dstIp, dstPort);
-    Atomics.add(this.#a, i, 1);
-    Atomics.add(this.#a, j, 1);
+    this.#a.add(i, 1);
+    this.#a.add(j, 1);
     let released = false;
     return () => {
       if (released) return;
       released = true;
-      Atomics.sub(this.#a, i, 1);
-      Atomics.sub(this.#a, j, 1);
+      this.#a.add(i, -1);
+      this.#a.add(j, -1);
     };
   }
 
   has(srcIp: string, srcPort: number, dstIp: string, dstPort: number): boolean {
     const [i, j] = cells(srcIp, srcPort, dstIp, dstPort);
-    return Atomics.load(this.#a, i) > 0 && Atomics.load(this.#a, j) > 0;
+    return this.#a.load(i) > 0 && this.#a.load(j) > 0;
   }
 }
 

@@ -10,6 +10,7 @@
 // two increments are not one step, and a take that ran whole between them (another worker's)
 // would see the first counter without it and the second with it, and each would let itself in.
 import type { Limits, SlotCounts } from '../rate-limit.ts';
+import { SharedCells } from './shared-cells.ts';
 
 const ROW = 1 << 15;
 
@@ -26,35 +27,38 @@ export function hash(s: string, seed: number): number {
 }
 
 export class SharedSlotCounts implements SlotCounts {
-  readonly #a: Int32Array;
+  readonly #cells: SharedCells;
   readonly #between: () => void;
 
-  /** `between`, for tests: runs between a take's two increments, where another worker's take may. */
-  constructor(memory: SharedArrayBuffer, between: () => void = () => undefined) {
-    this.#a = new Int32Array(memory);
-    this.#between = between;
+  /**
+   * `own`: this worker's mirror of what it holds (shared-cells.ts); `between`, for tests: runs
+   * between a take's two increments, where another worker's take may.
+   */
+  constructor(memory: SharedArrayBuffer, opts: { own?: SharedArrayBuffer; between?: () => void } = {}) {
+    this.#cells = new SharedCells(memory, opts.own);
+    this.#between = opts.between ?? (() => undefined);
   }
 
   get total(): number {
-    return Atomics.load(this.#a, 0);
+    return this.#cells.load(0);
   }
 
-  #cells(source: string): [number, number] {
+  #index(source: string): [number, number] {
     return [1 + (hash(source, 2166136261) % ROW), 1 + ROW + (hash(source, 374761393) % ROW)];
   }
 
   take(source: string, limits: Limits): 'total' | 'source' | undefined {
-    const a = this.#a;
-    if (Atomics.add(a, 0, 1) >= limits.maxConnections) {
-      Atomics.sub(a, 0, 1);
+    const c = this.#cells;
+    if (c.add(0, 1) >= limits.maxConnections) {
+      c.add(0, -1);
       return 'total';
     }
-    const [i, j] = this.#cells(source);
-    Atomics.add(a, i, 1);
+    const [i, j] = this.#index(source);
+    c.add(i, 1);
     this.#between();
-    Atomics.add(a, j, 1);
+    c.add(j, 1);
     // What the source holds besides this take, as both counters say now (see above).
-    const held = Math.min(Atomics.load(a, i), Atomics.load(a, j)) - 1;
+    const held = Math.min(c.load(i), c.load(j)) - 1;
     if (held >= limits.maxPerSource) {
       this.give(source);
       return 'source';
@@ -63,9 +67,10 @@ export class SharedSlotCounts implements SlotCounts {
   }
 
   give(source: string): void {
-    const [i, j] = this.#cells(source);
-    Atomics.sub(this.#a, 0, 1);
-    Atomics.sub(this.#a, i, 1);
-    Atomics.sub(this.#a, j, 1);
+    const [i, j] = this.#index(source);
+    const c = this.#cells;
+    c.add(0, -1);
+    c.add(i, -1);
+    c.add(j, -1);
   }
 }

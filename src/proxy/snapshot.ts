@@ -7,6 +7,9 @@
 import type { PortRange } from '../capture/socket.ts';
 import type { MeshSnapshot } from '../workloads/model.ts';
 
+/** The counters several workers share (or one worker's mirror of its part of them). */
+export interface SharedCounters { connections: SharedArrayBuffer; pendingHandshakes: SharedArrayBuffer; redirects: SharedArrayBuffer }
+
 /** One identity this node serves: its key and chain, or why there is none yet. */
 export type IdentityMaterial =
   | {
@@ -66,5 +69,7 @@ export interface DataPlaneSettings {
    * handshake slots are counted, so the limits above hold for the node, and the open redirected
    * connections (redirects.ts). Shared, not copied, by a post.
    */
-  sharedSlots?: { connections: SharedArrayBuffer; pendingHandshakes: SharedArrayBuffer; redirects: SharedArrayBuffer };
+  sharedSlots?: SharedCounters;
+  /** This worker's mirror of what it added to `sharedSlots` (shared-cells.ts): given back if it dies. */
+  ownSlots?: SharedCounters;
 }

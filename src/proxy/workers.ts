@@ -9,8 +9,8 @@ import type { LevelWithSilent, Logger } from 'pino';
 import type { TelemetryBatch } from '../telemetry/batch.ts';
 import { DataPlane, type DataPlaneDeps } from './data-plane.ts';
 import type { Collection } from '../collect-garbage.ts';
-import { type DataPlaneHost, inThisThread, workerSettings } from './host.ts';
-import type { DataPlaneSettings, DataPlaneSnapshot } from './snapshot.ts';
+import { type DataPlaneHost, inThisThread, reclaimCounters, sharedCounters, workerSettings } from './host.ts';
+import type { DataPlaneSettings, DataPlaneSnapshot, SharedCounters } from './snapshot.ts';
 import { mergeDumps, mergeGauges, type DataPlaneDump, type DataPlaneGauges } from './view.ts';
 import type { FromWorker, ToWorker, WorkerInit } from './worker.ts';
 
@@ -106,6 +106,7 @@ export class DataPlaneWorkers implements DataPlaneHost {
   readonly #all: DataPlaneHost[];
   readonly #log: Logger;
   readonly #start: (index: number) => DataPlaneWorker;
+  readonly #reclaim: (index: number) => void;
   /** What a replacement worker is given: the last snapshot, and whether to listen. */
   #snapshot: DataPlaneSnapshot | undefined;
   #listening = false;
@@ -118,8 +119,13 @@ export class DataPlaneWorkers implements DataPlaneHost {
     this.#log = opts.log;
     const settings = workerSettings(opts.settings, opts.workers);
     const entry = opts.entry ?? new URL('./worker-main.js', import.meta.url);
+    const mirrors = new Map<number, SharedCounters>();
+    this.#reclaim = (index) => {
+      const own = mirrors.get(index);
+      if (own && settings.sharedSlots) reclaimCounters(settings.sharedSlots, own);
+    };
     this.#start = (index) => new DataPlaneWorker(entry, {
-      settings, index, logLevel: opts.log.level as LevelWithSilent, logBase: opts.logBase,
+      settings: { ...settings, ownSlots: mirrors.get(index) ?? mirrors.set(index, sharedCounters()).get(index)! }, index, logLevel: opts.log.level as LevelWithSilent, logBase: opts.logBase,
       metrics: opts.absorb !== undefined, vouchFreshMs: opts.vouch?.freshMs ?? 0,
     }, opts, (code) => this.#exited(index, code));
     const local = opts.inThisThread;
@@ -134,6 +140,8 @@ export class DataPlaneWorkers implements DataPlaneHost {
   #exited(index: number, code: number): void {
     if (this.#closing) return;
     this.#log.error({ worker: index, code }, 'data-plane worker died; starting another');
+    // Its connections ended with it: their slots and redirects are free again.
+    this.#reclaim(index);
     const w = this.#start(index);
     this.#all[index] = w;
     this.replaced++;

@@ -24,9 +24,9 @@ describe('shared slot counts', () => {
     const other = new SharedSlotCounts(memory);
     let otherGot: string | undefined = 'not run';
     let once = true;
-    const racing = new SharedSlotCounts(memory, () => {
+    const racing = new SharedSlotCounts(memory, { between: () => {
       if (once) { once = false; otherGot = other.take('10.0.0.1', limits); }
-    });
+    } });
     for (let k = 0; k < 2; k++) assert.equal(other.take('10.0.0.1', limits), undefined);
     // One slot left: the other worker's take runs between this one's two increments.
     const got = racing.take('10.0.0.1', limits);

@@ -140,6 +140,47 @@ describe('data planes in worker threads', () => {
     }
   });
 
+  it('gives back the slots a worker held when it died, so the node\'s limit is whole again', async () => {
+    const own = { outbound: await freePort(), inboundPlaintext: await freePort(), tunnel: await freePort() };
+    const appPort = Number(process.env.MESHLET_TEST_APP_PORT);
+    const limited = new DataPlaneWorkers({
+      workers: 2, log: silent, logBase: {},
+      settings: testSettings('node-b', own.tunnel, { ports: own, agentPorts: Object.values(own), accessLog: false, limits: { ...testSettings('n', 1).limits, maxConnections: 10 } }),
+      entry: new URL('../support/workers-entry.ts', import.meta.url),
+      inThisThread: {
+        log: silent, stallProbe: { probe: () => undefined, reset: (s) => s.destroy() },
+        originalDestination: (s) => ({ ip: s.localAddress ?? '', port: s.localPort === own.inboundPlaintext ? appPort : s.localPort ?? 0, family: 4 }),
+      },
+    });
+    const held: net.Socket[] = [];
+    const fill = async (label: string) => {
+      const tries = await Promise.allSettled(Array.from({ length: 16 }, (_, i) => echoed(() => net.connect({ host: IP.db, port: own.inboundPlaintext, localAddress: IP.outside }), `${label} ${i}`)));
+      const got = tries.flatMap((t) => (t.status === 'fulfilled' ? [t.value] : []));
+      held.push(...got);
+      return got;
+    };
+    try {
+      limited.apply(snapshot(certsB));
+      await limited.listen();
+      assert.equal((await fill('before')).length, 10);
+      const onThread = (await limited.dump()).connections.open.filter((c) => c.worker === 1).length;
+      // 16 connections spread by their 4-tuples: all on one data plane with odds of 2^-15.
+      assert.ok(onThread > 0 && onThread < 10, `${onThread} of 10 on the worker thread`);
+      // The thread dies with its connections open (a bug would be why); a replacement starts.
+      const [dead] = limited.threads;
+      await dead!.terminate();
+      await eventually('a replacement', () => limited.replaced === 1 && limited.threads[0] !== dead);
+      for (const s of held.splice(0)) s.destroy();
+      await eventually('every connection closed', async () => (await limited.dump()).connections.open.length === 0);
+      // Before, the dead thread's slots stayed taken: 10 minus what it held were served.
+      const again = await fill('after');
+      assert.equal(again.length, 10, `${again.length} served after the thread that held ${onThread} died`);
+    } finally {
+      for (const s of held) s.destroy();
+      await limited.close(() => 0);
+    }
+  });
+
   it('asks the control plane\'s probe gate, and takes its word for a while', async () => {
     let now = 0;
     const asked: Array<[number, string]> = [];
