@@ -65,21 +65,21 @@ export async function connectFromSource(ctx: ProxyContext, podIp: string, port: 
   }
 }
 
-/** Clients whose own ports lie in --source-ports, each said once a minute. */
+/** Pods whose own ports lie in --source-ports, each said once a minute. */
 const overlapping = new LogThrottle(60_000);
 
 /**
- * Records a redirected connection as open (its release comes back). One whose source port lies in
- * the range deliveries take theirs from comes from a client whose kernel picks from that range
- * too (a pod that widened ip_local_port_range): a delivery from its address may then share a
- * 4-tuple with one of its connections, which hangs (capture/socket.ts openTransparentSocket). The
- * operator is told, once a minute per client.
+ * Records a captured pod's redirected connection as open (its release comes back). One whose
+ * source port lies in the range deliveries take theirs from comes from a pod whose kernel picks
+ * from that range too (it widened ip_local_port_range): a delivery from its address may then share
+ * a 4-tuple with one of its connections, which hangs (capture/socket.ts openTransparentSocket). The
+ * operator, who can move either range, is told once a minute per pod.
  */
 export function holdRedirect(ctx: ProxyContext, srcIp: string, srcPort: number, dst: SocketAddress): () => void {
   const range = ctx.preserveSource ? ctx.preserveSource.sourcePorts : undefined;
   if (range && srcPort >= range[0] && srcPort <= range[1] && overlapping.ready(srcIp)) {
     ctx.log.warn({ source: srcIp, sourcePort: srcPort, sourcePorts: `${range[0]}-${range[1]}` },
-      'a client picks source ports in --source-ports: a delivery from its address may hang on a shared 4-tuple; move --source-ports or its ip_local_port_range apart');
+      'a pod picks source ports in --source-ports: a delivery from its address may hang on a shared 4-tuple; move --source-ports or its ip_local_port_range apart');
   }
   return ctx.redirects.add(srcIp, srcPort, dst.ip, dst.port);
 }

@@ -5,7 +5,7 @@ import { plainIp } from '../capture/socket.ts';
 import { UnknownDestinationError } from '../errors.ts';
 import { plaintextRefusal } from '../policy/engine.ts';
 import type { ProxyContext } from './context.ts';
-import { assertNotSelf, connectLocalPod, holdRedirect } from './deliver.ts';
+import { assertNotSelf, connectLocalPod } from './deliver.ts';
 import { relayConnection, socketEnd } from './relay.ts';
 import { current, enforceAndGuard } from './decision.ts';
 
@@ -17,7 +17,9 @@ export async function handleInboundPlaintext(socket: Socket, ctx: ProxyContext):
   try {
     const dst = ctx.originalDestination(socket);
     assertNotSelf(dst, socket);
-    unregister = holdRedirect(ctx, sourceIp, socket.remotePort ?? 0, dst);
+    // Not holdRedirect: clients outside the mesh (NodePort traffic SNATed with random ports, too)
+    // pick their ports as they will; the open set still keeps deliveries off theirs.
+    unregister = ctx.redirects.add(sourceIp, socket.remotePort ?? 0, dst.ip, dst.port);
     conn.set({ destination: `${dst.ip}:${dst.port}`, route: 'inbound' });
     const found = ctx.registry.findWorkload(dst.ip);
     // Capture stops redirecting a released pod's traffic a moment after the registry lets it go

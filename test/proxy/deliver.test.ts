@@ -86,7 +86,7 @@ describe('deliveries to local pods', () => {
     }
   });
 
-  it('hold a redirected connection\'s 4-tuple, and tell the operator once a minute about a client whose ports are in the delivery range', () => {
+  it('hold a redirected connection\'s 4-tuple, and tell the operator once a minute about a pod whose ports are in the delivery range', () => {
     const lines: Array<{ msg: string; source: string; sourcePort: number }> = [];
     const log = pino({ level: 'warn' }, { write: (l: string) => { lines.push(JSON.parse(l)); } });
     const ctx = proxyContext({ preserveSource: { sourcePorts: SOURCE_PORTS }, log });
