@@ -110,37 +110,12 @@ describe('data planes in worker threads', () => {
     assert.ok(s.sharedSlots?.redirects instanceof SharedArrayBuffer, 'open redirects: one set for the node');
   });
 
-  it('holds the node\'s connection limit across data planes in this thread and a worker', async () => {
-    const own = { outbound: await freePort(), inboundPlaintext: await freePort(), tunnel: await freePort() };
-    const appPort = Number(process.env.MESHLET_TEST_APP_PORT);
-    const limited = new DataPlaneWorkers({
-      workers: 2, log: silent, logBase: {},
-      settings: testSettings('node-b', own.tunnel, { ports: own, agentPorts: Object.values(own), accessLog: false, limits: { ...testSettings('n', 1).limits, maxConnections: 10 } }),
-      entry: new URL('../support/workers-entry.ts', import.meta.url),
-      // Data plane 0 here, as the agent runs it, with the original destination the entry injects.
-      inThisThread: {
-        log: silent, stallProbe: { probe: () => undefined, reset: (s) => s.destroy() },
-        originalDestination: (s) => ({ ip: s.localAddress ?? '', port: s.localPort === own.inboundPlaintext ? appPort : s.localPort ?? 0, family: 4 }),
-      },
-    });
-    assert.equal(limited.threads.length, 1, 'one worker thread beside this one');
-    const held: net.Socket[] = [];
-    try {
-      limited.apply(snapshot(certsB));
-      await limited.listen();
-      const tries = await Promise.allSettled(Array.from({ length: 16 }, (_, i) => echoed(() => net.connect({ host: IP.db, port: own.inboundPlaintext, localAddress: IP.outside }), `try ${i}`)));
-      for (const t of tries) if (t.status === 'fulfilled') held.push(t.value);
-      assert.equal(held.length, 10, 'ten served in all, whichever data plane took each');
-      const dump = await limited.dump();
-      assert.equal(dump.connections.open.length, 10);
-      assert.equal(dump.connections.totals.failed, 6);
-    } finally {
-      for (const s of held) s.destroy();
-      await limited.close(() => 0);
-    }
-  });
-
-  it('gives back the slots a worker held when it died, so the node\'s limit is whole again', async () => {
+  /**
+   * node-b's data planes on ports of their own, one here (as the agent runs it, with the original
+   * destination the entry injects) and one in a thread, holding at most 10 connections; `fill`
+   * tries 16 plaintext connections and keeps those served in `held`.
+   */
+  async function limitedTo10(): Promise<{ limited: DataPlaneWorkers; held: net.Socket[]; fill(label: string): Promise<net.Socket[]> }> {
     const own = { outbound: await freePort(), inboundPlaintext: await freePort(), tunnel: await freePort() };
     const appPort = Number(process.env.MESHLET_TEST_APP_PORT);
     const limited = new DataPlaneWorkers({
@@ -159,6 +134,28 @@ describe('data planes in worker threads', () => {
       held.push(...got);
       return got;
     };
+    return { limited, held, fill };
+  }
+
+  it('holds the node\'s connection limit across data planes in this thread and a worker', async () => {
+    const { limited, held, fill } = await limitedTo10();
+    assert.equal(limited.threads.length, 1, 'one worker thread beside this one');
+    try {
+      limited.apply(snapshot(certsB));
+      await limited.listen();
+      await fill('try');
+      assert.equal(held.length, 10, 'ten served in all, whichever data plane took each');
+      const dump = await limited.dump();
+      assert.equal(dump.connections.open.length, 10);
+      assert.equal(dump.connections.totals.failed, 6);
+    } finally {
+      for (const s of held) s.destroy();
+      await limited.close(() => 0);
+    }
+  });
+
+  it('gives back the slots a worker held when it died, so the node\'s limit is whole again', async () => {
+    const { limited, held, fill } = await limitedTo10();
     try {
       limited.apply(snapshot(certsB));
       await limited.listen();
