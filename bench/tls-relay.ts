@@ -1,10 +1,11 @@
 // The references the benchmark compares meshlet with. The simplest secure relay we could write: one
 // mutual-TLS 1.3 connection per application connection (no HTTP/2, no pooling, no resumption),
-// certificates from the benchmark's CA with keys of its root's kind, plain pipes with allowHalfOpen on both ends. With
-// --plain the hop between the two relays is plain TCP: the cheapest a pair of Node.js relays can
-// be, the floor under any Node.js data plane on the machine. With --h2 every app connection is a
-// CONNECT stream on one pooled HTTP/2 session over mutual TLS (meshlet's tunnel, with its windows,
-// and nothing else: no capture, identity per pod, policy or telemetry): what node:http2 itself costs.
+// certificates from the benchmark's CA with keys of its root's kind, plain pipes with allowHalfOpen
+// on both ends. With --plain the hop between the two relays is plain TCP: the cheapest a pair of
+// Node.js relays can be, the floor under any Node.js data plane on the machine. With --h2 every app
+// connection is a CONNECT stream on one pooled HTTP/2 session over mutual TLS (meshlet's tunnel,
+// with its windows, and nothing else: no capture, identity per pod, policy or telemetry): what
+// node:http2 itself costs.
 //
 //   tls-relay entry --map 16080:8080,16081:8081 --exit HOST:PORT [--ca-dir DIR [--h2] | --plain]
 //       plain TCP in on each local port; TLS (or TCP) to the exit; the first 2 bytes name the target

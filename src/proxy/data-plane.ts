@@ -99,7 +99,7 @@ export class DataPlane {
     const shared = settings.sharedSlots;
     this.#limiter = new ConnectionLimiter(
       { maxConnections: settings.limits.maxConnections, maxPerSource: settings.limits.maxPerSource },
-      shared ? new SharedSlotCounts(shared.connections, { ...(settings.ownSlots ? { own: settings.ownSlots.connections } : {}) }) : undefined,
+      shared ? new SharedSlotCounts(shared.connections, { own: settings.ownSlots?.connections }) : undefined,
     );
     this.ctx = this.#context(deps);
     this.listeners = createDataListeners(this.ctx, {
@@ -215,7 +215,7 @@ export class DataPlane {
     const limiter = this.#limiter;
     const handshakes = new HandshakeGate({
       maxPending: s.limits.maxPendingHandshakes, maxPendingPerSource: s.limits.maxPendingPerSource, ratePerSecond: s.limits.handshakeRate,
-      ...(s.sharedSlots ? { counts: new SharedSlotCounts(s.sharedSlots.pendingHandshakes, { ...(s.ownSlots ? { own: s.ownSlots.pendingHandshakes } : {}) }) } : {}),
+      ...(s.sharedSlots ? { counts: new SharedSlotCounts(s.sharedSlots.pendingHandshakes, { own: s.ownSlots?.pendingHandshakes }) } : {}),
     });
     return {
       admit: (socket) => this.#admit(socket, 'destination'),

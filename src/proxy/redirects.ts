@@ -11,11 +11,9 @@
 // connections to any worker, and any worker may deliver for it): two rows of counters, each tuple
 // adding to one counter per row under two hashes; a tuple is open while both its counters are
 // above zero. A false "open" costs a delivery another port, never a wrong connection.
-import { SharedCells } from './shared-cells.ts';
-import { hash } from './shared-slots.ts';
+import { SharedCells, SKETCH_ROW, sketchCells } from './shared-cells.ts';
 
-const ROW = 1 << 15;
-const BYTES = 4 * 2 * ROW;
+const BYTES = 4 * 2 * SKETCH_ROW;
 
 /** The memory OpenRedirects instances of several workers share: 256 KiB. */
 export function sharedRedirectMemory(): SharedArrayBuffer {
@@ -29,7 +27,7 @@ export class OpenRedirects {
    * `memory`: shared with other workers (sharedRedirectMemory), by default this instance's own;
    * `own`: this worker's mirror of what it added (shared-cells.ts).
    */
-  constructor(memory: ArrayBufferLike = new ArrayBuffer(BYTES), own?: ArrayBufferLike) {
+  constructor(memory: ArrayBufferLike = new ArrayBuffer(BYTES), own?: ArrayBufferLike | undefined) {
     this.#a = new SharedCells(memory, own);
   }
 
@@ -54,6 +52,5 @@ export class OpenRedirects {
 }
 
 function cells(srcIp: string, srcPort: number, dstIp: string, dstPort: number): [number, number] {
-  const key = `${srcIp}:${srcPort}>${dstIp}:${dstPort}`;
-  return [hash(key, 2166136261) % ROW, ROW + (hash(key, 374761393) % ROW)];
+  return sketchCells(`${srcIp}:${srcPort}>${dstIp}:${dstPort}`, 0);
 }

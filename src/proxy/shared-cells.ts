@@ -8,13 +8,28 @@
 // The shared counters are written by every worker (Atomics); a mirror by its worker alone while it
 // runs, and by the control plane once it has exited.
 
+/** Counters per row of a two-row count-min sketch (shared-slots.ts, redirects.ts). */
+export const SKETCH_ROW = 1 << 15;
+
+/** FNV-1a, 32 bits, from `seed`. */
+function hash(s: string, seed: number): number {
+  let h = seed;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 16777619);
+  return h >>> 0;
+}
+
+/** `key`'s counter in each row of a sketch whose rows start at cell `base`: one under each of two hashes. */
+export function sketchCells(key: string, base: number): [number, number] {
+  return [base + (hash(key, 2166136261) % SKETCH_ROW), base + SKETCH_ROW + (hash(key, 374761393) % SKETCH_ROW)];
+}
+
 /** A worker's view of shared counters: what it adds goes to both the shared and its own. */
 export class SharedCells {
   readonly #shared: Int32Array;
   readonly #own: Int32Array | undefined;
 
   /** `own`: the worker's mirror, the same size; none for a data plane that cannot die alone. */
-  constructor(shared: ArrayBufferLike, own?: ArrayBufferLike) {
+  constructor(shared: ArrayBufferLike, own?: ArrayBufferLike | undefined) {
     this.#shared = new Int32Array(shared);
     this.#own = own ? new Int32Array(own) : undefined;
   }

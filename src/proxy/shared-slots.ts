@@ -10,20 +10,11 @@
 // two increments are not one step, and a take that ran whole between them (another worker's)
 // would see the first counter without it and the second with it, and each would let itself in.
 import type { Limits, SlotCounts } from '../rate-limit.ts';
-import { SharedCells } from './shared-cells.ts';
-
-const ROW = 1 << 15;
+import { SharedCells, SKETCH_ROW, sketchCells } from './shared-cells.ts';
 
 /** The memory a SharedSlotCounts works in: the total, then two rows. 256 KiB. */
 export function sharedSlotMemory(): SharedArrayBuffer {
-  return new SharedArrayBuffer(4 * (1 + 2 * ROW));
-}
-
-/** FNV-1a, 32 bits, from `seed`. */
-export function hash(s: string, seed: number): number {
-  let h = seed;
-  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 16777619);
-  return h >>> 0;
+  return new SharedArrayBuffer(4 * (1 + 2 * SKETCH_ROW));
 }
 
 export class SharedSlotCounts implements SlotCounts {
@@ -34,7 +25,7 @@ export class SharedSlotCounts implements SlotCounts {
    * `own`: this worker's mirror of what it holds (shared-cells.ts); `between`, for tests: runs
    * between a take's two increments, where another worker's take may.
    */
-  constructor(memory: SharedArrayBuffer, opts: { own?: SharedArrayBuffer; between?: () => void } = {}) {
+  constructor(memory: SharedArrayBuffer, opts: { own?: SharedArrayBuffer | undefined; between?: () => void } = {}) {
     this.#cells = new SharedCells(memory, opts.own);
     this.#between = opts.between ?? (() => undefined);
   }
@@ -43,17 +34,13 @@ export class SharedSlotCounts implements SlotCounts {
     return this.#cells.load(0);
   }
 
-  #index(source: string): [number, number] {
-    return [1 + (hash(source, 2166136261) % ROW), 1 + ROW + (hash(source, 374761393) % ROW)];
-  }
-
   take(source: string, limits: Limits): 'total' | 'source' | undefined {
     const c = this.#cells;
     if (c.add(0, 1) >= limits.maxConnections) {
       c.add(0, -1);
       return 'total';
     }
-    const [i, j] = this.#index(source);
+    const [i, j] = sketchCells(source, 1);
     c.add(i, 1);
     this.#between();
     c.add(j, 1);
@@ -67,7 +54,7 @@ export class SharedSlotCounts implements SlotCounts {
   }
 
   give(source: string): void {
-    const [i, j] = this.#index(source);
+    const [i, j] = sketchCells(source, 1);
     const c = this.#cells;
     c.add(0, -1);
     c.add(i, -1);

@@ -119,13 +119,16 @@ export class DataPlaneWorkers implements DataPlaneHost {
     this.#log = opts.log;
     const settings = workerSettings(opts.settings, opts.workers);
     const entry = opts.entry ?? new URL('./worker-main.js', import.meta.url);
+    // Each worker thread's mirror of its counts, kept for its replacements (shared-cells.ts).
     const mirrors = new Map<number, SharedCounters>();
-    this.#reclaim = (index) => {
-      const own = mirrors.get(index);
-      if (own && settings.sharedSlots) reclaimCounters(settings.sharedSlots, own);
+    const mirrorOf = (index: number) => {
+      let own = mirrors.get(index);
+      if (!own) mirrors.set(index, own = sharedCounters());
+      return own;
     };
+    this.#reclaim = (index) => reclaimCounters(settings.sharedSlots!, mirrorOf(index));
     this.#start = (index) => new DataPlaneWorker(entry, {
-      settings: { ...settings, ownSlots: mirrors.get(index) ?? mirrors.set(index, sharedCounters()).get(index)! }, index, logLevel: opts.log.level as LevelWithSilent, logBase: opts.logBase,
+      settings: { ...settings, ownSlots: mirrorOf(index) }, index, logLevel: opts.log.level as LevelWithSilent, logBase: opts.logBase,
       metrics: opts.absorb !== undefined, vouchFreshMs: opts.vouch?.freshMs ?? 0,
     }, opts, (code) => this.#exited(index, code));
     const local = opts.inThisThread;

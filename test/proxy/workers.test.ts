@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
 import type { CertificateManager } from '../../src/identity/certs.ts';
 import { DataPlane } from '../../src/proxy/data-plane.ts';
-import { workerSettings } from '../../src/proxy/host.ts';
+import { sharedCounters, workerSettings } from '../../src/proxy/host.ts';
 import type { DataPlaneSnapshot } from '../../src/proxy/snapshot.ts';
 import { WorkerVouching } from '../../src/proxy/worker.ts';
 import { DataPlaneWorkers } from '../../src/proxy/workers.ts';
@@ -108,6 +108,20 @@ describe('data planes in worker threads', () => {
     assert.equal(s.tunnelQueueBudgetBytes, 500);
     assert.ok(s.sharedSlots?.connections instanceof SharedArrayBuffer);
     assert.ok(s.sharedSlots?.redirects instanceof SharedArrayBuffer, 'open redirects: one set for the node');
+  });
+
+  it('gives every data plane of the node one set of open redirects, which a delivery on any of them avoids', async () => {
+    const s = workerSettings(testSettings('n', 0), 2);
+    const deps = { log: silent, stallProbe: { probe: () => undefined, reset: (x: net.Socket) => x.destroy() } };
+    const [one, two] = [new DataPlane(s, deps), new DataPlane({ ...s, ownSlots: sharedCounters() }, deps)];
+    try {
+      const release = two.ctx.redirects.add(IP.web, 40_000, IP.db, 8080);
+      assert.equal(one.ctx.redirects.has(IP.web, 40_000, IP.db, 8080), true, 'held on the other data plane');
+      release();
+      assert.equal(one.ctx.redirects.has(IP.web, 40_000, IP.db, 8080), false);
+    } finally {
+      await Promise.all([one.close(() => 0), two.close(() => 0)]);
+    }
   });
 
   /**
