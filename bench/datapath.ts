@@ -6,6 +6,8 @@
 //   tls-relay      our reference relay: one mutual-TLS connection per app connection, Node.js
 //   h2-relay       the same relays with meshlet's tunnel alone: CONNECT streams on one pooled
 //                  HTTP/2 session over mutual TLS (node:http2), nothing of the mesh around it
+//   framed-relay   the same streams on one mutual-TLS connection through a JavaScript framer of
+//                  our own (framed-tunnel.ts) instead of node:http2
 //   haproxy-relay  the same shape in C: two HAProxy 2.6 processes, mutual TLS between them
 //   meshlet        captured pods through both agents: iptables redirect, HTTP/2 CONNECT over mTLS
 // The CPU of each path's two proxies is measured the same way. Prints a table and writes
@@ -128,6 +130,10 @@ try {
     await spawnReady(nodeA.ns, RELAY, ['entry', '--map', `16380:${ECHO_PORT},16381:${HTTP_PORT}`, '--exit', `${nodeB.ip}:16743`, '--ca-dir', lab.caDir, '--h2']),
     await spawnReady(nodeB.ns, RELAY, ['exit', '--port', '16743', '--target', plainServer, '--ca-dir', lab.caDir, '--h2']),
   ];
+  const framedRelay = [
+    await spawnReady(nodeA.ns, RELAY, ['entry', '--map', `16480:${ECHO_PORT},16481:${HTTP_PORT}`, '--exit', `${nodeB.ip}:16843`, '--ca-dir', lab.caDir, '--framed']),
+    await spawnReady(nodeB.ns, RELAY, ['exit', '--port', '16843', '--target', plainServer, '--ca-dir', lab.caDir, '--framed']),
+  ];
   const tcpRelay = [
     await spawnReady(nodeA.ns, RELAY, ['entry', '--map', `16180:${ECHO_PORT},16181:${HTTP_PORT}`, '--exit', `${nodeB.ip}:16543`, '--plain']),
     await spawnReady(nodeB.ns, RELAY, ['exit', '--port', '16543', '--target', plainServer, '--plain']),
@@ -161,6 +167,7 @@ try {
     { name: 'tls-relay', pod: 'plain-client', host: nodeA.ip, echoPort: 16080, httpPort: 16081, proxies: pids(tlsRelay) },
     { name: 'haproxy-relay', pod: 'plain-client', host: nodeA.ip, echoPort: 16280, httpPort: 16281, proxies: pids(haproxy) },
     { name: 'h2-relay', pod: 'plain-client', host: nodeA.ip, echoPort: 16380, httpPort: 16381, proxies: pids(h2Relay) },
+    { name: 'framed-relay', pod: 'plain-client', host: nodeA.ip, echoPort: 16480, httpPort: 16481, proxies: pids(framedRelay) },
     { name: 'meshlet', pod: 'client', host: lab.pod('server').ip, echoPort: ECHO_PORT, httpPort: HTTP_PORT, proxies: agentPids },
     { name: 'tcp-relay', pod: 'plain-client', host: nodeA.ip, echoPort: 16180, httpPort: 16181, proxies: pids(tcpRelay) },
   ];
@@ -233,6 +240,7 @@ const m = results.paths.meshlet;
 const tcp = results.paths['tcp-relay'];
 const hap = results.paths['haproxy-relay'];
 const h2 = results.paths['h2-relay'];
+const framed = results.paths['framed-relay'];
 const f = (x: number, digits = 2) => (Number.isFinite(x) ? x.toFixed(digits) : 'n/a');
 results.summary = {
   addedP50Ms: m.latency.p50 - d.latency.p50,
@@ -244,6 +252,7 @@ results.summary = {
   tcpRelayVcpuPer1000Rps: tcp.proxies.vcpuPer1000Rps,
   tlsRelayVcpuPer1000Rps: r.proxies.vcpuPer1000Rps,
   h2RelayVcpuPer1000Rps: h2.proxies.vcpuPer1000Rps,
+  framedRelayVcpuPer1000Rps: framed.proxies.vcpuPer1000Rps,
   haproxyRelayVcpuPer1000Rps: hap.proxies.vcpuPer1000Rps,
 };
 writeFileSync(String(opts.out), `${JSON.stringify(results, null, 2)}\n`);
@@ -259,7 +268,7 @@ process.stdout.write(`${rows.map((row) => row.map((c, i) => c.padEnd(widths[i]!)
 process.stdout.write(`meshlet added latency: p50 ${f(results.summary.addedP50Ms, 3)} ms, p99 ${f(results.summary.addedP99Ms, 3)} ms\n`);
 process.stdout.write(`meshlet bulk: ${f(results.summary.bulkVsDirect * 100, 0)}% of direct, ${f(results.summary.bulkVsTlsRelay * 100, 0)}% of the TLS relay\n`);
 const sides = (e: any) => e.proxies.cpuSecondsPerGBSendReceive.map((x: number) => f(x, 2)).join(' / ');
-process.stdout.write(`bulk CPU s per GB, sending / receiving proxy: meshlet ${sides(m)}, TLS relay ${sides(r)}, HTTP/2 relay ${sides(h2)}, HAProxy ${sides(hap)}, TCP relay ${sides(tcp)}\n`);
+process.stdout.write(`bulk CPU s per GB, sending / receiving proxy: meshlet ${sides(m)}, TLS relay ${sides(r)}, HTTP/2 relay ${sides(h2)}, framed relay ${sides(framed)}, HAProxy ${sides(hap)}, TCP relay ${sides(tcp)}\n`);
 process.stdout.write(`agents (both): ${f(m.proxies.cpuSecondsPer1000Requests, 3)} CPU s per 1000 requests = ${f(m.proxies.vcpuPer1000Rps, 3)} vCPU per 1000 req/s; RSS ${m.proxies.rssMiB.map((x: number) => `${f(x, 0)} MiB`).join(', ')}\n`);
-process.stdout.write(`the same for the references' two proxies: Node.js TCP relays ${f(tcp.proxies.vcpuPer1000Rps, 3)}, Node.js TLS relays ${f(r.proxies.vcpuPer1000Rps, 3)}, Node.js HTTP/2 relays ${f(h2.proxies.vcpuPer1000Rps, 3)}, HAProxy TLS relays ${f(hap.proxies.vcpuPer1000Rps, 3)}\n`);
+process.stdout.write(`the same for the references' two proxies: Node.js TCP relays ${f(tcp.proxies.vcpuPer1000Rps, 3)}, Node.js TLS relays ${f(r.proxies.vcpuPer1000Rps, 3)}, Node.js HTTP/2 relays ${f(h2.proxies.vcpuPer1000Rps, 3)}, framed relays ${f(framed.proxies.vcpuPer1000Rps, 3)}, HAProxy TLS relays ${f(hap.proxies.vcpuPer1000Rps, 3)}\n`);
 process.stdout.write(`written to ${opts.out}\n`);

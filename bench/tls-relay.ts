@@ -5,12 +5,13 @@
 // Node.js relays can be, the floor under any Node.js data plane on the machine. With --h2 every app
 // connection is a CONNECT stream on one pooled HTTP/2 session over mutual TLS (meshlet's tunnel,
 // with its windows, and nothing else: no capture, identity per pod, policy or telemetry): what
-// node:http2 itself costs.
+// node:http2 itself costs. With --framed the streams share one mutual-TLS connection through a
+// framer of our own instead (framed-tunnel.ts): what node:http2 costs above a JavaScript framer.
 //
-//   tls-relay entry --map 16080:8080,16081:8081 --exit HOST:PORT [--ca-dir DIR [--h2] | --plain]
+//   tls-relay entry --map 16080:8080,16081:8081 --exit HOST:PORT [--ca-dir DIR [--h2 | --framed] | --plain]
 //       plain TCP in on each local port; TLS (or TCP) to the exit; the first 2 bytes name the target
 //       port (with --h2, the CONNECT's authority)
-//   tls-relay exit --port 16443 --target HOST [--ca-dir DIR [--h2] | --plain]
+//   tls-relay exit --port 16443 --target HOST [--ca-dir DIR [--h2 | --framed] | --plain]
 //       TLS (or TCP) in; plain TCP to HOST:<port from the preamble or the authority>
 import http2 from 'node:http2';
 import net from 'node:net';
@@ -19,6 +20,7 @@ import { parseArgs } from 'node:util';
 import { createCsr, generateKey, keyAlgorithmOf, signWorkloadCsr } from '../src/identity/ca.ts';
 import { DirRootStore, loadRootSet } from '../src/identity/roots.ts';
 import { h2Settings, WINDOW_BYTES } from '../src/proxy/tunnel/h2.ts';
+import { FramedTunnel } from './framed-tunnel.ts';
 
 const TRUST_DOMAIN = 'bench.local';
 
@@ -62,17 +64,36 @@ function h2Session(host: string, port: number, secureContext: tls.SecureContext)
   };
 }
 
+/** One framed mutual-TLS connection to the exit, opened again when it closes. */
+function framedTunnel(host: string, port: number, secureContext: tls.SecureContext): () => FramedTunnel {
+  let tunnel: FramedTunnel | undefined;
+  return () => {
+    if (tunnel && !tunnel.closed) return tunnel;
+    const hop = net.connect({ host, port, noDelay: true });
+    const socket = tls.connect({ socket: hop, secureContext, minVersion: 'TLSv1.3', checkServerIdentity: () => undefined });
+    tunnel = new FramedTunnel(socket);
+    return tunnel;
+  };
+}
+
+const flags = { 'ca-dir': { type: 'string' }, plain: { type: 'boolean', default: false }, h2: { type: 'boolean', default: false }, framed: { type: 'boolean', default: false } } as const;
+
 async function entry(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { map: { type: 'string' }, exit: { type: 'string' }, 'ca-dir': { type: 'string' }, plain: { type: 'boolean', default: false }, h2: { type: 'boolean', default: false } } });
+  const { values } = parseArgs({ args: argv, options: { map: { type: 'string' }, exit: { type: 'string' }, ...flags } });
   // One secure context for every connection (building one per connect re-parses the PEM).
   const secureContext = values.plain ? undefined : tls.createSecureContext({ ...await credentials(String(values['ca-dir']), 'relay-entry'), minVersion: 'TLSv1.3' });
   const [exitHost, exitPort] = String(values.exit).split(':');
   const session = values.h2 && secureContext ? h2Session(exitHost!, Number(exitPort), secureContext) : undefined;
+  const framed = values.framed && secureContext ? framedTunnel(exitHost!, Number(exitPort), secureContext) : undefined;
   for (const pair of String(values.map).split(',')) {
     const [listen, target] = pair.split(':').map(Number);
     const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (client) => {
       if (session) {
         pipeStream(client, session().request({ ':method': 'CONNECT', ':authority': `127.0.0.1:${target}` }));
+        return;
+      }
+      if (framed) {
+        framed().open(target ?? 0, client);
         return;
       }
       const preamble = Buffer.alloc(2);
@@ -88,7 +109,7 @@ async function entry(argv: string[]): Promise<void> {
 }
 
 async function exit(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { port: { type: 'string' }, target: { type: 'string' }, 'ca-dir': { type: 'string' }, plain: { type: 'boolean', default: false }, h2: { type: 'boolean', default: false } } });
+  const { values } = parseArgs({ args: argv, options: { port: { type: 'string' }, target: { type: 'string' }, ...flags } });
   const onPeer = (peer: net.Socket) => {
     peer.on('error', () => undefined);
     peer.once('readable', function first() {
@@ -113,10 +134,12 @@ async function exit(argv: string[]): Promise<void> {
     process.stdout.write('ready\n');
     return;
   }
+  const target = String(values.target);
+  const onFramed = (peer: tls.TLSSocket) => new FramedTunnel(peer, (port) => net.connect({ host: target, port, allowHalfOpen: true, noDelay: true }));
   // tls.createServer takes the PEM options (a ready-made secureContext option is not used by servers).
   const server = values.plain
     ? net.createServer({ allowHalfOpen: true, noDelay: true }, onPeer)
-    : tls.createServer({ ...await credentials(String(values['ca-dir']), 'relay-exit'), requestCert: true, rejectUnauthorized: true, allowHalfOpen: true, noDelay: true, minVersion: 'TLSv1.3' }, onPeer);
+    : tls.createServer({ ...await credentials(String(values['ca-dir']), 'relay-exit'), requestCert: true, rejectUnauthorized: true, allowHalfOpen: true, noDelay: true, minVersion: 'TLSv1.3' }, values.framed ? onFramed : onPeer);
   await new Promise<void>((r) => server.listen(Number(values.port), '0.0.0.0', r));
   process.stdout.write('ready\n');
 }
