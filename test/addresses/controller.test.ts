@@ -55,7 +55,8 @@ describe('address controller', () => {
     const controller = new AddressController({ kubeConfig: api.kubeConfig(), namespace: NS, identity: 'a', trustDomain: 'cluster.local', log: pino({ level: 'silent' }), batchMs: 20 });
     cleanups.push(() => controller.close());
     await controller.start();
-    await eventually('150 entries', () => published(api).size === 150);
+    // The stand-in holds a slice before the controller has its answer: wait for both creates counted.
+    await eventually('150 entries, both creates answered', () => published(api).size === 150 && controller.status().writes.create === 2);
     assert.equal(api.all('meshaddressslices').length, 2);
     assert.deepEqual(published(api).get('10.1.1.10'), { ip: '10.1.1.10', namespace: 'shop', serviceAccount: 'web', node: 'n1', captured: true, workload: 'web-0' });
     assert.equal(published(api).has('10.1.1.200'), false, 'a pod of a namespace not in the mesh was published');
