@@ -2,7 +2,7 @@
 # `npm run bench:memory` (root): idle RSS and PSS of one agent (10 local workloads, embedded CA) run
 # three ways, three starts each: type stripping at every start, the compile cache warm (src/main.js),
 # and that with the young generation the image uses; then the image's way with 1, 2 and 4 data-plane
-# workers (what each extra thread costs). Numbers in bench/README.md, "Agent memory".
+# workers (what each extra thread costs), all serving from the start. Numbers in bench/README.md, "Agent memory".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODE=$PWD/node_modules/.bin/node
@@ -30,5 +30,5 @@ NODE_COMPILE_CACHE=$D/cc $NODE src/main.js --help > /dev/null
 run "compile cache warm (node src/main.js)" env NODE_COMPILE_CACHE=$D/cc $NODE src/main.js
 run "compile cache + 1 MiB semi-spaces (bin/meshlet)" env NODE_COMPILE_CACHE=$D/cc $NODE --max-semi-space-size=1 src/main.js
 for w in 2 4; do
-  EXTRA="--workers $w" run "bin/meshlet --workers $w" env NODE_COMPILE_CACHE=$D/cc $NODE --max-semi-space-size=1 src/main.js
+  EXTRA="--workers $w --min-workers $w" run "bin/meshlet --workers $w --min-workers $w" env NODE_COMPILE_CACHE=$D/cc $NODE --max-semi-space-size=1 src/main.js
 done

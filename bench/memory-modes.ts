@@ -3,7 +3,7 @@
 // from a workloads file (the CA: a tokens file and the same workloads file) and from the Kubernetes
 // API (the stand-in, test/support/apiserver.ts; the CA: TokenReview, pods, its root in a Secret).
 // The same 1,000 pods (100 on the agent's node, so 100 certificates) and 20 Services; one
-// data-plane worker, or WORKERS; MESHLET_ARGS go to both processes (`--malloc-trim=0s`); RUNS and
+// data-plane worker, or WORKERS (all serving: MIN_WORKERS says fewer); MESHLET_ARGS go to both processes (`--malloc-trim=0s`); RUNS and
 // MODES (file,kubernetes) narrow it. Each run starts the CA, then the agent; once the agent is
 // ready and 10 s more, both are read: RSS, PSS, and the peak RSS since start; RSS again LATER seconds later (20).
 // Three runs each; the first of a mode fills the compile cache for that mode's modules. The agent and
@@ -30,6 +30,7 @@ const SERVICES = 20;
 const RUNS = Number(process.env.RUNS ?? 3);
 const MODES = (process.env.MODES ?? 'file,kubernetes').split(',');
 const WORKERS = process.env.WORKERS ?? '1';
+const MIN_WORKERS = process.env.MIN_WORKERS ?? WORKERS;
 const EXTRA = (process.env.MESHLET_ARGS ?? '').split(' ').filter(Boolean);
 const SHARED_BINARY = process.env.SHARED_BINARY === '1';
 const LATER_S = Number(process.env.LATER ?? 20);
@@ -86,7 +87,7 @@ async function measure(label: string, caArgs: string[], agentArgs: string[], bef
     try {
       await ready('CA', `https://127.0.0.1:${PORTS.ca}/healthz/ready`);
       await beforeAgent();
-      agent = meshlet(['agent', '--node', node(0), '--workers', WORKERS, '--ca-url', `https://127.0.0.1:${PORTS.ca}`,
+      agent = meshlet(['agent', '--node', node(0), '--workers', WORKERS, '--min-workers', MIN_WORKERS, '--ca-url', `https://127.0.0.1:${PORTS.ca}`,
         '--token-file', join(dir, 'token'), '--trust-bundle', join(dir, 'bundle.pem'), ...agentArgs]);
       await ready('agent', `http://127.0.0.1:${PORTS.readiness}/healthz/ready`);
       // As in a cluster while idle: kubelet's readiness probes and a Prometheus scrape every 10 s.

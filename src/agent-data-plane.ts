@@ -22,7 +22,7 @@ export function createDataPlane(config: AgentConfig, parts: DataPlaneParts): Dat
   if (config.workers === 1) return inThisThread(new DataPlane(settings, local));
   // Data plane 0 in this thread (a thread's memory saved), the others in worker threads.
   return new DataPlaneWorkers({
-    workers: config.workers, settings, log, inThisThread: local,
+    workers: config.workers, minWorkers: config.minWorkers, settings, log, inThisThread: local,
     logBase: { node: config.nodeName, ...(config.sidecar ? { sidecar: `${config.sidecar.namespace}/${config.sidecar.name}` } : {}) },
     ...(metrics ? { absorb: (batch) => metrics.absorb(batch) } : {}),
     // A quarter of the gate's TTL: an entry the gate vouches for lives half a TTL more at least (probe-gate.ts ensure).

@@ -122,7 +122,7 @@ export class Agent {
       addressController: () => this.#source.addressController?.(),
       ejectedEndpoints: () => this.#gauges.ejected.map((e) => ({ namespace: e.namespace, name: e.name, ejected: e.ips.length })),
       refusedAddresses: () => this.registry.snapshot?.refused ?? [],
-      tunnelQueuedBytes: () => this.#gauges.tunnelQueuedBytes,
+      tunnelQueuedBytes: () => this.#gauges.tunnelQueuedBytes, workers: () => this.data.workers,
       localWorkloads: () => this.registry.localCaptured().map((w) => `${w.namespace}/${w.workload}`),
     });
     this.readiness.add({ name: 'capture', done: () => this.capture.installed });
@@ -300,7 +300,7 @@ export class Agent {
       identityProvider: this.#provider.name,
       probeGate: this.probeGate.status(),
       heap: { headroomMiB: this.config.heapHeadroomMiB, growingPercent: this.#memory?.heap.percent(), target: this.#memory?.target.state() },
-      workers: this.data.workers,
+      workers: this.data.workers, maxWorkers: this.config.workers,
       certs: this.certs, data: await this.data.dump(),
     });
   }

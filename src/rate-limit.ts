@@ -2,8 +2,8 @@
 // average, bursts up to `burst`; the map is bounded: a flood from many addresses evicts the oldest
 // idle buckets instead of growing the heap. Slots in all and per source. A log throttle.
 export class RateLimiter {
-  readonly #rate: number;
-  readonly #burst: number;
+  #rate: number;
+  #burst: number;
   readonly #maxKeys: number;
   readonly #now: () => number;
   readonly #buckets = new Map<string, { tokens: number; at: number }>();
@@ -13,6 +13,12 @@ export class RateLimiter {
     this.#burst = opts.burst;
     this.#maxKeys = opts.maxKeys ?? 10_000;
     this.#now = opts.now ?? Date.now;
+  }
+
+  /** A new rate and burst from now on (buckets keep their tokens, capped at the new burst on their next take). */
+  setRate(ratePerSecond: number, burst: number): void {
+    this.#rate = ratePerSecond;
+    this.#burst = burst;
   }
 
   /** Takes one token for `key`: 0 when allowed, else the seconds until one is available. */

@@ -20,8 +20,9 @@ export interface ConfigDumpParts {
   identityProvider: string;
   probeGate: unknown;
   heap: { headroomMiB: number; growingPercent: number | undefined; target: MemoryPressure | undefined };
-  /** Data planes serving (worker threads, or 1: the agent's thread). */
+  /** Data planes serving (worker threads, or 1: the agent's thread), and the most that may (--workers). */
   workers: number;
+  maxWorkers: number;
   certs: CertificateManager;
   /** The data planes' state, merged (proxy/view.ts). */
   data: DataPlaneDump;
@@ -39,6 +40,7 @@ export function configDump(p: ConfigDumpParts): unknown {
     trustDomain: snapshot?.trustDomain,
     workloadSource: p.workloadSource,
     workers: p.workers,
+    maxWorkers: p.maxWorkers,
     policy: p.data.policy,
     identityProvider: p.identityProvider,
     probeGate: p.probeGate,

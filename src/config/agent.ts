@@ -65,6 +65,7 @@ export const AGENT_FLAGS = [
   { name: 'non-tcp-to-strict', type: 'one-of', values: ['allow', 'drop'], default: 'allow', help: 'drop UDP, SCTP and other non-TCP forwarded to STRICT pods (ICMP and the node\'s own pass)' },
   { name: 'probe-gate-ttl', type: 'duration', min: 2_000, max: 600_000, default: '4s', help: 'a dead or stalled agent\'s pods fail kubelet\'s probes this long after it stops' },
   { name: 'workers', type: 'int', arg: 'N', min: 1, max: 64, help: 'data planes, each a thread sharing the data ports; default: the CPU limit, else a quarter of the cores (at least 1); 1: the agent\'s own thread' },
+  { name: 'min-workers', type: 'int', arg: 'N', min: 1, max: 64, default: '1', help: 'data planes started at once; the others, up to --workers, start when those serving are busy' },
   { name: 'heap-headroom', type: 'int', arg: 'MIB', min: 0, max: 1024, default: '32', help: 'old-generation headroom above the live heap once up (fewer full GCs on bulk traffic); 0: V8\'s own' },
   MEMORY_TARGET_FLAG,
   MALLOC_TRIM_FLAG,
@@ -115,8 +116,10 @@ export interface AgentConfig {
   mallocTrimMs: number;
   releaseStartupPages: boolean;
   keyAlgorithm: KeyAlgorithm;
-  /** Data planes: 1 runs in the agent's thread, more run as worker threads (proxy/workers.ts). */
+  /** Data planes at most: 1 runs in the agent's thread, more run as worker threads (proxy/workers.ts). */
   workers: number;
+  /** Data planes started at once; the others start when those serving are busy (proxy/worker-demand.ts). */
+  minWorkers: number;
   capture: CaptureSettings;
 }
 
@@ -172,11 +175,13 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     releaseStartupPages: v['release-startup-pages'],
     keyAlgorithm: v['key-algorithm'],
     // A sidecar serves one pod: one thread, as the sidecars it stands for.
-    workers: v.workers ?? (sidecar ? 1 : defaultWorkers()),
+    workers: v.workers ?? (sidecar ? 1 : Math.max(defaultWorkers(), v['min-workers'])),
+    minWorkers: sidecar ? 1 : v['min-workers'],
     capture,
   };
   // A sidecar's own listeners are reached directly: the ones this agent really uses.
   if (sidecar) config.capture.passPorts = [config.ports.tunnel, config.ports.metrics, config.ports.readiness];
+  if (v.workers !== undefined && v['min-workers'] > v.workers) p.add(`--min-workers ${v['min-workers']} is more than --workers ${v.workers}`);
   p.throwIfAny();
   return config;
 }

@@ -51,9 +51,11 @@ export interface LabSpec {
   certTtl?: string;
   /**
    * Data-plane workers of each node agent (--workers; default 2: every suite and the demo run the
-   * threads, as a node of 8 cores would by default). Sidecars run one.
+   * threads, as a node of 8 cores would by default), all serving from the start unless
+   * `minWorkers` says fewer (--min-workers: the others start under load). Sidecars run one.
    */
   workers?: number;
+  minWorkers?: number;
   /** The root's and the agents' keys (their defaults: ECDSA P-256). */
   keyAlgorithm?: 'ecdsa-p256' | 'rsa-2048';
   agentArgs?: string[];

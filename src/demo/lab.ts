@@ -149,7 +149,7 @@ export class MeshLab {
       : ['--ca-dir', this.caDir, '--cert-ttl', this.spec.certTtl ?? '1h'];
     const agent: AgentProcess = { node, ...this.#spawnLogged(node.ns, `agent-${node.name}`, this.#command('agent', [
       'agent', '--node', node.name, ...(opts.workloads ?? ['--workloads', this.workloadsFile, '--workloads-poll', '100ms']), ...identity,
-      ...this.captureArgs, '--workers', String(this.spec.workers ?? 2), ...(this.spec.keyAlgorithm ? ['--key-algorithm', this.spec.keyAlgorithm] : []),
+      ...this.captureArgs, '--workers', String(this.spec.workers ?? 2), '--min-workers', String(this.spec.minWorkers ?? this.spec.workers ?? 2), ...(this.spec.keyAlgorithm ? ['--key-algorithm', this.spec.keyAlgorithm] : []),
       ...(this.spec.agentArgs ?? []), ...extraArgs,
     ])) };
     this.agents.set(node.name, agent);

@@ -18,6 +18,7 @@ import { ConnectionLimiter, HandshakeGate } from './limits.ts';
 import { createDataListeners, type DataListeners, listen } from './listeners.ts';
 import { OpenRedirects } from './redirects.ts';
 import { SharedSlotCounts } from './shared-slots.ts';
+import type { WorkerShares } from './host.ts';
 import type { DataPlaneSettings, DataPlaneSnapshot } from './snapshot.ts';
 import { TunnelPool } from './tunnel/pool.ts';
 import { StallWatch } from './tunnel/stall-watch.ts';
@@ -54,6 +55,7 @@ export class DataPlane {
   readonly listeners: DataListeners;
   readonly #log: Logger;
   readonly #limiter: ConnectionLimiter;
+  #handshakes: HandshakeGate | undefined;
   readonly #sockets = new Set<net.Socket>();
   readonly #listening: net.Server[] = [];
   #closing = false;
@@ -137,6 +139,12 @@ export class DataPlane {
     }
   }
 
+  /** This data plane's share of what is split among those serving (host.ts workerShares). */
+  reshare(shares: WorkerShares): void {
+    this.#handshakes?.setRate(shares.handshakeRate);
+    this.stalls.setBudget(shares.tunnelQueueBudgetBytes);
+  }
+
   /** What the metrics gauges read, now. */
   gauges(): DataPlaneGauges {
     return {
@@ -213,7 +221,7 @@ export class DataPlane {
   #context(deps: DataPlaneDeps): ProxyContext {
     const s = this.settings;
     const limiter = this.#limiter;
-    const handshakes = new HandshakeGate({
+    const handshakes = this.#handshakes = new HandshakeGate({
       maxPending: s.limits.maxPendingHandshakes, maxPendingPerSource: s.limits.maxPendingPerSource, ratePerSecond: s.limits.handshakeRate,
       ...(s.sharedSlots ? { counts: new SharedSlotCounts(s.sharedSlots.pendingHandshakes, { own: s.ownSlots?.pendingHandshakes }) } : {}),
     });

@@ -26,8 +26,19 @@ export interface DataPlaneHost {
   collectGarbage(type: Collection): void;
 }
 
+/** One data plane among several (workers.ts): told its share again as the number serving changes. */
+export interface ServingDataPlane extends DataPlaneHost {
+  reshare(shares: WorkerShares): void;
+}
+
+/** What is split among the data planes serving: each one's share. */
+export interface WorkerShares {
+  handshakeRate: number;
+  tunnelQueueBudgetBytes: number;
+}
+
 /** The data plane in the control plane's thread. */
-export function inThisThread(data: DataPlane): DataPlaneHost {
+export function inThisThread(data: DataPlane): ServingDataPlane {
   return {
     workers: 1,
     apply: (s) => data.apply(s),
@@ -37,6 +48,7 @@ export function inThisThread(data: DataPlane): DataPlaneHost {
     close: (drainUntil) => data.close(drainUntil),
     setLogLevel: () => undefined,
     collectGarbage: () => undefined,
+    reshare: (shares) => data.reshare(shares),
   };
 }
 
@@ -49,13 +61,18 @@ export function inThisThread(data: DataPlane): DataPlaneHost {
  * the workers by 4-tuple) and the tunnel send-queue budget, 1/N each, at least 1.
  */
 export function workerSettings(s: DataPlaneSettings, workers: number): DataPlaneSettings {
-  const share = (n: number) => Math.max(1, Math.floor(n / workers));
-  return {
-    ...s,
-    limits: { ...s.limits, handshakeRate: share(s.limits.handshakeRate) },
-    tunnelQueueBudgetBytes: share(s.tunnelQueueBudgetBytes),
-    sharedSlots: sharedCounters(),
-  };
+  return withShares({ ...s, sharedSlots: sharedCounters() }, workerShares(s, workers));
+}
+
+/** Each of `serving` data planes' share of the node's `s`. */
+export function workerShares(s: DataPlaneSettings, serving: number): WorkerShares {
+  const share = (n: number) => Math.max(1, Math.floor(n / serving));
+  return { handshakeRate: share(s.limits.handshakeRate), tunnelQueueBudgetBytes: share(s.tunnelQueueBudgetBytes) };
+}
+
+/** `s` with `shares` in place of the node's figures. */
+export function withShares(s: DataPlaneSettings, shares: WorkerShares): DataPlaneSettings {
+  return { ...s, limits: { ...s.limits, handshakeRate: shares.handshakeRate }, tunnelQueueBudgetBytes: shares.tunnelQueueBudgetBytes };
 }
 
 /** Memory for the counters workers share, or for one worker's mirror of its part (shared-cells.ts). */

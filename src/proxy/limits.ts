@@ -39,13 +39,19 @@ export class ConnectionLimiter extends SlotLimiter {
 export class HandshakeGate {
   readonly #pending: SlotLimiter;
   readonly #rate: RateLimiter;
-  readonly #perSecond: number;
+  #perSecond: number;
   readonly #throttle = new LogThrottle();
 
   constructor(opts: { maxPending: number; maxPendingPerSource: number; ratePerSecond: number; counts?: SlotCounts }) {
     this.#pending = new SlotLimiter({ maxConnections: opts.maxPending, maxPerSource: opts.maxPendingPerSource }, opts.counts);
     this.#rate = new RateLimiter({ ratePerSecond: opts.ratePerSecond, burst: 2 * opts.ratePerSecond });
     this.#perSecond = opts.ratePerSecond;
+  }
+
+  /** Each source's rate from now on (a worker's share changes with the number of workers). */
+  setRate(perSecond: number): void {
+    this.#rate.setRate(perSecond, 2 * perSecond);
+    this.#perSecond = perSecond;
   }
 
   /**

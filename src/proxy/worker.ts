@@ -9,6 +9,7 @@ import { type Collection, collectGarbage } from '../collect-garbage.ts';
 import { BatchedTelemetry, type TelemetryBatch } from '../telemetry/batch.ts';
 import { createLogger, setLogLevel } from '../telemetry/log.ts';
 import { DataPlane, type DataPlaneDeps } from './data-plane.ts';
+import type { WorkerShares } from './host.ts';
 import type { DataPlaneSettings, DataPlaneSnapshot } from './snapshot.ts';
 import type { DataPlaneDump, DataPlaneGauges } from './view.ts';
 
@@ -29,6 +30,7 @@ export type ToWorker =
   | { drainUntil: number }
   | { logLevel: LevelWithSilent }
   | { collect: Collection }
+  | { shares: WorkerShares }
   | { vouched: number; error?: string };
 
 export type FromWorker =
@@ -64,6 +66,7 @@ export function serveDataPlane(port: MessagePort, init: WorkerInit, deps: Pick<D
     else if ('drainUntil' in m) drainUntil = m.drainUntil;
     else if ('logLevel' in m) setLogLevel(log, m.logLevel);
     else if ('collect' in m) collectGarbage(m.collect);
+    else if ('shares' in m) data.reshare(m.shares);
     else if ('vouched' in m) vouch.settle(m.vouched, m.error);
     else if (m.what === 'listen') answer(m.ask, async () => { await data.listen(); return undefined; });
     // The batch first: a scrape that reads the gauges also sees every connection they count.

@@ -3,15 +3,19 @@
 // process keeps one PID, one RSS and one set of capabilities for the DaemonSet, and the kernel, not
 // this thread, spreads the connections. The control plane keeps everything fetched once per node
 // (certificates, the mesh, the probe gate) and hands the same snapshot to each. The one in this
-// thread saves a thread's memory (bench/README.md, "Agent memory").
+// thread saves a thread's memory (bench/README.md, "Agent memory"). With a minimum below N, the
+// others start only when those serving are busy (worker-demand.ts), and what is split among the
+// data planes is shared out again among those serving.
+import { type EventLoopUtilization, performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import type { LevelWithSilent, Logger } from 'pino';
 import type { TelemetryBatch } from '../telemetry/batch.ts';
 import { DataPlane, type DataPlaneDeps } from './data-plane.ts';
 import type { Collection } from '../collect-garbage.ts';
-import { type DataPlaneHost, inThisThread, reclaimCounters, sharedCounters, workerSettings } from './host.ts';
+import { type DataPlaneHost, inThisThread, type ServingDataPlane, reclaimCounters, sharedCounters, withShares, workerSettings, type WorkerShares, workerShares } from './host.ts';
 import type { DataPlaneSettings, DataPlaneSnapshot, SharedCounters } from './snapshot.ts';
 import { mergeDumps, mergeGauges, type DataPlaneDump, type DataPlaneGauges } from './view.ts';
+import { DEMAND_DEFAULTS, type DemandOptions, WorkerDemand } from './worker-demand.ts';
 import type { FromWorker, ToWorker, WorkerInit } from './worker.ts';
 
 export interface WorkersOptions {
@@ -27,18 +31,27 @@ export interface WorkersOptions {
   entry?: URL;
   /** Set: data plane 0 runs in this thread, built with these, and N-1 in threads. */
   inThisThread?: DataPlaneDeps;
+  /** Data planes started at once (default all); the rest start when those serving are busy. */
+  minWorkers?: number;
+  /** When (worker-demand.ts), how often it is sampled, and each data plane's utilization (tests inject it). */
+  demand?: Partial<DemandOptions> & { sampleMs?: number; utilization?(index: number): number };
 }
+
+/** How often the data planes' utilization is read while some have not started. */
+const SAMPLE_MS = 1_000;
 
 type Pending = { resolve(v: unknown): void; reject(err: Error): void };
 
 /** One data plane in a worker thread, driven through messages (worker.ts), seen as a host of its own. */
-class DataPlaneWorker implements DataPlaneHost {
+class DataPlaneWorker implements ServingDataPlane {
   readonly workers = 1;
   readonly thread: Worker;
   readonly #log: Logger;
   readonly #pending = new Map<number, Pending>();
   #next = 0;
   #exited: Error | undefined;
+  /** Told to close: its exit is the end asked for, not a death to replace. */
+  #ending = false;
 
   constructor(entry: URL, init: WorkerInit, opts: WorkersOptions, onExit: (code: number) => void) {
     this.#log = opts.log;
@@ -61,18 +74,20 @@ class DataPlaneWorker implements DataPlaneHost {
       this.#exited = new Error(`data-plane worker ${init.index} exited (code ${code})`);
       for (const p of this.#pending.values()) p.reject(this.#exited);
       this.#pending.clear();
-      onExit(code);
+      if (!this.#ending) onExit(code);
     });
   }
 
   apply(snapshot: DataPlaneSnapshot): void { this.#post({ snapshot }); }
   setLogLevel(level: LevelWithSilent): void { this.#post({ logLevel: level }); }
   collectGarbage(type: Collection): void { this.#post({ collect: type }); }
+  reshare(shares: WorkerShares): void { this.#post({ shares }); }
   async listen(): Promise<void> { await this.#ask('listen'); }
   gauges(): Promise<DataPlaneGauges> { return this.#ask('gauges'); }
   dump(): Promise<DataPlaneDump> { return this.#ask('dump'); }
 
   async close(drainUntil: () => number): Promise<void> {
+    this.#ending = true;
     // A destroy during the drain moves its end: the worker is told the new one.
     let told = drainUntil();
     this.#post({ drainUntil: told });
@@ -102,11 +117,21 @@ class DataPlaneWorker implements DataPlaneHost {
 }
 
 export class DataPlaneWorkers implements DataPlaneHost {
-  readonly workers: number;
-  readonly #all: DataPlaneHost[];
+  /** The most data planes this agent runs (--workers). */
+  readonly maxWorkers: number;
+  /** Those serving now, data plane i at index i. */
+  readonly #all: ServingDataPlane[];
   readonly #log: Logger;
-  readonly #start: (index: number) => DataPlaneWorker;
+  /** The node's settings, before they are shared out. */
+  readonly #node: DataPlaneSettings;
+  readonly #start: (index: number, serving: number) => DataPlaneWorker;
   readonly #reclaim: (index: number) => void;
+  readonly #demand: WorkerDemand;
+  readonly #utilization: (index: number) => number;
+  readonly #loops = new WeakMap<ServingDataPlane, EventLoopUtilization>();
+  readonly #sampleMs: number;
+  #sampling: NodeJS.Timeout | undefined;
+  #growing = false;
   /** What a replacement worker is given: the last snapshot, and whether to listen. */
   #snapshot: DataPlaneSnapshot | undefined;
   #listening = false;
@@ -115,9 +140,11 @@ export class DataPlaneWorkers implements DataPlaneHost {
   replaced = 0;
 
   constructor(opts: WorkersOptions) {
-    this.workers = opts.workers;
+    this.maxWorkers = opts.workers;
     this.#log = opts.log;
-    const settings = workerSettings(opts.settings, opts.workers);
+    this.#node = opts.settings;
+    const first = Math.min(opts.workers, Math.max(1, opts.minWorkers ?? opts.workers));
+    const settings = workerSettings(opts.settings, first);
     const entry = opts.entry ?? new URL('./worker-main.js', import.meta.url);
     // Each worker thread's mirror of its counts, kept for its replacements (shared-cells.ts).
     const mirrors = new Map<number, SharedCounters>();
@@ -127,12 +154,22 @@ export class DataPlaneWorkers implements DataPlaneHost {
       return own;
     };
     this.#reclaim = (index) => reclaimCounters(settings.sharedSlots!, mirrorOf(index));
-    this.#start = (index) => new DataPlaneWorker(entry, {
-      settings: { ...settings, ownSlots: mirrorOf(index) }, index, logLevel: opts.log.level as LevelWithSilent, logBase: opts.logBase,
+    // A worker starts with the share of those serving once it does.
+    this.#start = (index, serving) => new DataPlaneWorker(entry, {
+      settings: { ...withShares(settings, workerShares(opts.settings, serving)), ownSlots: mirrorOf(index) }, index, logLevel: opts.log.level as LevelWithSilent, logBase: opts.logBase,
       metrics: opts.absorb !== undefined, vouchFreshMs: opts.vouch?.freshMs ?? 0,
     }, opts, (code) => this.#exited(index, code));
     const local = opts.inThisThread;
-    this.#all = Array.from({ length: opts.workers }, (_, index) => (index === 0 && local ? inThisThread(new DataPlane(settings, local)) : this.#start(index)));
+    this.#all = [];
+    for (let index = 0; index < first; index++) this.#all.push(index === 0 && local ? inThisThread(new DataPlane(settings, local)) : this.#start(index, first));
+    this.#demand = new WorkerDemand({ ...DEMAND_DEFAULTS, now: Date.now, ...opts.demand });
+    this.#sampleMs = opts.demand?.sampleMs ?? SAMPLE_MS;
+    this.#utilization = opts.demand?.utilization ?? ((index) => this.#loopUtilization(index));
+  }
+
+  /** How many data planes serve now. */
+  get workers(): number {
+    return this.#all.length;
   }
 
   /**
@@ -145,7 +182,7 @@ export class DataPlaneWorkers implements DataPlaneHost {
     this.#log.error({ worker: index, code }, 'data-plane worker died; starting another');
     // Its connections ended with it: their slots and redirects are free again.
     this.#reclaim(index);
-    const w = this.#start(index);
+    const w = this.#start(index, this.#all.length);
     this.#all[index] = w;
     this.replaced++;
     if (this.#snapshot) w.apply(this.#snapshot);
@@ -167,6 +204,46 @@ export class DataPlaneWorkers implements DataPlaneHost {
   async listen(): Promise<void> {
     await Promise.all(this.#all.map((w) => w.listen()));
     this.#listening = true;
+    if (this.#all.length < this.maxWorkers && !this.#sampling) {
+      this.#sampling = setInterval(() => this.#sample(), this.#sampleMs);
+      this.#sampling.unref();
+    }
+  }
+
+  #sample(): void {
+    if (this.#closing || this.#growing || this.#all.length >= this.maxWorkers) return;
+    if (this.#demand.shouldStart(this.#all.map((_, index) => this.#utilization(index)))) this.#grow();
+  }
+
+  /** One more data plane: it listens, then those already serving give up their part of the shares. */
+  #grow(): void {
+    const index = this.#all.length;
+    const serving = index + 1;
+    const w = this.#start(index, serving);
+    this.#all.push(w);
+    this.#growing = true;
+    if (this.#snapshot) w.apply(this.#snapshot);
+    w.listen().then(() => {
+      const shares = workerShares(this.#node, serving);
+      for (const other of this.#all) if (other !== w) other.reshare(shares);
+      this.#log.info({ worker: index, serving, most: this.maxWorkers }, 'data planes busy: another started');
+      if (serving >= this.maxWorkers) clearInterval(this.#sampling);
+    }, (err: Error) => {
+      // Not serving: the node goes on with those it had, and may try again when busy.
+      this.#log.error({ worker: index, err: err.message }, 'a data plane started for the load cannot listen');
+      this.#all.splice(this.#all.indexOf(w), 1);
+      void w.close(() => 0);
+    }).finally(() => { this.#growing = false; });
+  }
+
+  /** The share of the last interval data plane `index`'s event loop spent running. */
+  #loopUtilization(index: number): number {
+    const w = this.#all[index]!;
+    const now = w instanceof DataPlaneWorker ? w.thread.performance.eventLoopUtilization() : performance.eventLoopUtilization();
+    const before = this.#loops.get(w);
+    this.#loops.set(w, now);
+    if (!before) return 0;
+    return (w instanceof DataPlaneWorker ? w.thread.performance.eventLoopUtilization(now, before) : performance.eventLoopUtilization(now, before)).utilization;
   }
 
   async gauges(): Promise<DataPlaneGauges> {
@@ -187,6 +264,7 @@ export class DataPlaneWorkers implements DataPlaneHost {
 
   async close(drainUntil: () => number): Promise<void> {
     this.#closing = true;
+    clearInterval(this.#sampling);
     await Promise.all(this.#all.map((w) => w.close(drainUntil)));
   }
 }

@@ -40,6 +40,8 @@ export interface MetricsSources {
   localWorkloads?(): readonly string[];
   /** With a memory target (memory-target.ts): whether the agent is pressed now, and how often it was. */
   memory?(): MemoryPressure | undefined;
+  /** Data planes serving now (with --min-workers below --workers, more start under load). */
+  workers?(): number;
 }
 
 export class MeshMetrics {
@@ -178,6 +180,11 @@ export class MeshMetrics {
       collect() { this.set(sources.tunnelQueuedBytes?.() ?? 0); },
     });
     registerMemoryMetrics(registers, () => sources.memory?.());
+    new Gauge({
+      name: 'meshlet_data_plane_workers', registers,
+      help: 'Data planes serving now: --min-workers at start, up to --workers as load needs them',
+      collect() { this.set(sources.workers?.() ?? 1); },
+    });
     // An agent up but not ready refuses its node's captured pods: the alert needs to see it.
     new Gauge({
       name: 'meshlet_agent_ready', help: 'Whether this agent is ready (1), or 0 with each readiness task still pending', labelNames: ['pending'], registers,

@@ -34,7 +34,7 @@ policies:
     const dump = configDump({
       node: 'node-a', mode: 'node', phase: 'starting', readiness, registry, workloadSource: { kind: 'file' },
       identityProvider: 'none', probeGate: { vouched: 1 }, heap: { headroomMiB: 32, growingPercent: undefined, target: undefined },
-      workers: 1, certs, data: data.dump(),
+      workers: 1, maxWorkers: 1, certs, data: data.dump(),
     }) as Record<string, any>;
     try {
       assert.equal(dump.ready, false);

@@ -7,6 +7,8 @@ import { loadInitConfig } from '../../src/config/capture.ts';
 import { parseDuration } from '../../src/config/flags.ts';
 import { ConfigError } from '../../src/errors.ts';
 
+const pick = (c: { workers: number; minWorkers: number }) => ({ workers: c.workers, minWorkers: c.minWorkers });
+
 describe('config', () => {
   it('parses durations', () => {
     assert.equal(parseDuration('500ms'), 500);
@@ -170,6 +172,16 @@ describe('config', () => {
     assert.equal(loadAgentConfig([...base, '--sidecar', 'shop/web'], {}).workers, 1);
     assert.throws(() => loadAgentConfig([...base, '--workers', '0'], {}), /--workers/);
     assert.throws(() => loadAgentConfig([...base, '--workers', 'auto'], {}), /--workers/);
+  });
+
+  it('starts one data plane unless --min-workers says more, never more than --workers', () => {
+    const base = ['--node', 'n1', '--workloads', 'w', '--ca-dir', 'c'];
+    assert.equal(loadAgentConfig([...base, '--workers', '4'], {}).minWorkers, 1);
+    assert.deepEqual(pick(loadAgentConfig([...base, '--workers', '4', '--min-workers', '4'], {})), { workers: 4, minWorkers: 4 });
+    assert.throws(() => loadAgentConfig([...base, '--workers', '2', '--min-workers', '3'], {}), /--min-workers 3 is more than --workers 2/);
+    // Without --workers, the default from the CPUs rises to the minimum asked for.
+    assert.equal(loadAgentConfig([...base, '--min-workers', '64'], {}).workers, 64);
+    assert.deepEqual(pick(loadAgentConfig([...base, '--sidecar', 'shop/web', '--min-workers', '3'], {})), { workers: 1, minWorkers: 1 });
   });
 
   it('takes the delivery source ports below the pods\' ephemeral range by default, a wide unprivileged range only', () => {

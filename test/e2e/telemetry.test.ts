@@ -227,4 +227,17 @@ describe('telemetry in network namespaces', { concurrency: false }, () => {
     const sent = await lab.client('web-7f9c', { host: lab.pod('db').ip, port: PORT, bytes: 5_000_000 });
     assert.ok(sent.ok, JSON.stringify(sent));
   });
+
+  it('shows the data planes serving: all of --workers, or --min-workers until load needs more', async () => {
+    assert.equal(sum(await scrape('node-a'), 'meshlet_data_plane_workers'), 2);
+    assert.equal(await lab.stopAgent('node-b'), 0);
+    // As the DaemonSet runs it: --workers 2, and the default minimum.
+    await lab.startAgent(lab.node('node-b'), ['--min-workers', '1']);
+    await lab.waitReady(lab.node('node-b'));
+    const dump = await lab.configDump(lab.node('node-b'));
+    assert.deepEqual([dump.workers, dump.maxWorkers], [1, 2]);
+    assert.equal(sum(await scrape('node-b'), 'meshlet_data_plane_workers'), 1);
+    const sent = await lab.client('web-7f9c', { host: lab.pod('db').ip, port: PORT, bytes: 1_000_000 });
+    assert.ok(sent.ok, JSON.stringify(sent));
+  });
 });

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { describe, it } from 'node:test';
-import { ConnectionLimiter } from '../../src/proxy/limits.ts';
+import { ConnectionLimiter, HandshakeGate } from '../../src/proxy/limits.ts';
 
 /** Just what admit() touches of a socket: its peer address, 'close', and the reset. */
 function fakeSocket(remoteAddress: string) {
@@ -56,5 +56,18 @@ describe('connection limits', () => {
     first.emit('close');
     assert.equal(limiter.total, 0);
     assert.equal(limiter.admit(fakeSocket('10.0.0.1') as unknown as net.Socket, onRefused), true);
+  });
+});
+
+describe('handshake gate', () => {
+  it('holds each source to a new rate once its worker\'s share changes', () => {
+    const gate = new HandshakeGate({ maxPending: 1000, maxPendingPerSource: 1000, ratePerSecond: 100 });
+    const admitted = (ip: string, n: number) => Array.from({ length: n }).filter(() => gate.admit(fakeSocket(ip) as unknown as net.Socket, () => undefined)).length;
+    assert.equal(admitted('10.0.0.1', 1), 1);
+    gate.setRate(1);
+    assert.equal(admitted('10.0.0.1', 5), 2, 'the tokens it had are capped at the new burst, twice the rate');
+    assert.equal(admitted('10.0.0.2', 5), 2);
+    gate.setRate(50);
+    assert.equal(admitted('10.0.0.3', 100), 100, 'a burst of twice the raised rate');
   });
 });

@@ -2,12 +2,13 @@
 // without root: node-b's data plane is two workers, node-a's an in-process one whose tunnels reach
 // them. The kernel spreads connections over the workers; the control plane sees one data plane.
 import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
 import type { CertificateManager } from '../../src/identity/certs.ts';
 import { DataPlane } from '../../src/proxy/data-plane.ts';
-import { sharedCounters, workerSettings } from '../../src/proxy/host.ts';
+import { sharedCounters, workerSettings, workerShares } from '../../src/proxy/host.ts';
 import type { DataPlaneSnapshot } from '../../src/proxy/snapshot.ts';
 import { WorkerVouching } from '../../src/proxy/worker.ts';
 import { DataPlaneWorkers } from '../../src/proxy/workers.ts';
@@ -110,6 +111,20 @@ describe('data planes in worker threads', () => {
     assert.ok(s.sharedSlots?.redirects instanceof SharedArrayBuffer, 'open redirects: one set for the node');
   });
 
+  it('holds a data plane to a new share of the handshake rate once the number serving changes', async () => {
+    const limits = { maxConnections: 16384, maxPerSource: 1024, maxPendingHandshakes: 100, maxPendingPerSource: 100, handshakeRate: 200 };
+    const data = new DataPlane(workerSettings(testSettings('n', 0, { limits }), 1), { log: silent, stallProbe: { probe: () => undefined, reset: (x: net.Socket) => x.destroy() } });
+    const fake = () => Object.assign(new EventEmitter(), { remoteAddress: IP.outside, resetAndDestroy() { return this; } }) as unknown as net.Socket;
+    const admitted = (n: number) => Array.from({ length: n }).filter(() => data.ctx.admitHandshake(fake())).length;
+    try {
+      assert.equal(admitted(10), 10, 'a burst of twice 200');
+      data.reshare(workerShares(testSettings('n', 0, { limits: { ...limits, handshakeRate: 2 } }), 2));
+      assert.equal(admitted(10), 2, 'one of two data planes: 1 a second, bursts of 2');
+    } finally {
+      await data.close(() => 0);
+    }
+  });
+
   it('gives every data plane of the node one set of open redirects, which a delivery on any of them avoids', async () => {
     const s = workerSettings(testSettings('n', 0), 2);
     const deps = { log: silent, stallProbe: { probe: () => undefined, reset: (x: net.Socket) => x.destroy() } };
@@ -189,6 +204,51 @@ describe('data planes in worker threads', () => {
     } finally {
       for (const s of held) s.destroy();
       await limited.close(() => 0);
+    }
+  });
+
+  it('starts a second data plane only once the first is busy, and the kernel then spreads connections to it', async () => {
+    const own = { outbound: await freePort(), inboundPlaintext: await freePort(), tunnel: await freePort() };
+    const appPort = Number(process.env.MESHLET_TEST_APP_PORT);
+    let busy = 0;
+    let samples = 0;
+    const grown = new DataPlaneWorkers({
+      workers: 2, minWorkers: 1, log: silent, logBase: {},
+      settings: testSettings('node-b', own.tunnel, { ports: own, agentPorts: Object.values(own), accessLog: false }),
+      entry: new URL('../support/workers-entry.ts', import.meta.url),
+      inThisThread: {
+        log: silent, stallProbe: { probe: () => undefined, reset: (s) => s.destroy() },
+        originalDestination: (s) => ({ ip: s.localAddress ?? '', port: s.localPort === own.inboundPlaintext ? appPort : s.localPort ?? 0, family: 4 }),
+      },
+      // The event loops' utilization, as the test says; busy at once counts.
+      demand: { sustainMs: 0, settleMs: 0, sampleMs: 20, utilization: () => { samples++; return busy; } },
+    });
+    const connect = (label: string) => Promise.all(Array.from({ length: 16 }, (_, i) => echoed(() => net.connect({ host: IP.db, port: own.inboundPlaintext, localAddress: IP.outside }), `${label} ${i}`)));
+    const workersOf = async (open: net.Socket[]) => {
+      const on = new Set((await grown.dump()).connections.open.map((c) => c.worker ?? 0));
+      for (const s of open) s.destroy();
+      await eventually('closed', async () => (await grown.dump()).connections.open.length === 0);
+      return on;
+    };
+    try {
+      grown.apply(snapshot(certsB));
+      await grown.listen();
+      await eventually('samples taken while quiet', () => samples >= 5);
+      assert.equal(grown.workers, 1, 'quiet: one data plane');
+      assert.equal(grown.threads.length, 0, 'and no worker thread');
+      assert.deepEqual(await workersOf(await connect('quiet')), new Set([0]));
+      busy = 0.9;
+      await eventually('a second data plane', () => grown.workers === 2);
+      assert.equal(grown.threads.length, 1);
+      // 16 connections by their 4-tuples: all on one of two data planes with odds of 2^-15.
+      const spread = await eventually('connections on both', async () => {
+        const on = await workersOf(await connect('busy'));
+        return on.size === 2 ? on : undefined;
+      }, 20_000, 100);
+      assert.deepEqual(spread, new Set([0, 1]));
+      assert.deepEqual([grown.workers, grown.threads.length], [2, 1], 'still busy, but never more than --workers');
+    } finally {
+      await grown.close(() => 0);
     }
   });
 

@@ -48,7 +48,7 @@ export class StallWatch {
   #timer: NodeJS.Timeout | undefined;
 
   constructor(opts: StallWatchOptions) {
-    this.#opts = opts;
+    this.#opts = { ...opts };
     this.#now = opts.now ?? Date.now;
   }
 
@@ -61,6 +61,11 @@ export class StallWatch {
       this.#timer = setInterval(() => this.check(), this.#opts.intervalMs);
       this.#timer.unref();
     }
+  }
+
+  /** The budget from the next check on (a worker's share changes with the number of workers). */
+  setBudget(bytes: number): void {
+    this.#opts.budgetBytes = bytes;
   }
 
   /** Bytes queued on all watched sockets at the last check. */
