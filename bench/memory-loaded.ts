@@ -2,8 +2,10 @@
 // (`npm run bench`: 1,000 requests/s over 16 keep-alive connections, then new connections, then one
 // bulk transfer), in Kubernetes mode with a mesh of 1,000 pods: the API stand-in holds the lab's
 // client (node-a) and server (node-b), 98 more pods on each of those nodes (100 certificates per
-// agent) and 800 on eight other nodes. For each worker count: both agents started, ready, 10 s
-// idle, RSS read; then RSS after each part of the load and 15 s after it, the peak RSS since start
+// agent) and 800 on eight other nodes. For each worker count (all serving from the start;
+// `--agent-args="--min-workers 1"` as the DaemonSet runs it, with the data planes serving after
+// each part): both agents started, ready, 10 s idle, RSS read; then RSS after each part of the
+// load and 15 s after it, the peak RSS since start
 // (VmHWM), the agents' CPU seconds per GB of the bulk transfer, and the major page faults the load
 // took (code read back from the Node binary). Each agent runs a copy of the Node binary of its own,
 // as each node's agent maps its image's alone (`--shared-binary`: all on this one, whose pages the
@@ -93,7 +95,7 @@ try {
   const server = lab.pod('server').ip;
 
   for (const workers of opts.workers.split(',')) {
-    for (const node of lab.meshNodes) await lab.startAgent(node, ['--workers', workers, ...opts['agent-args'].split(' ').filter(Boolean)], { workloads: ['--kubeconfig', kubeconfig, '--trust-domain', lab.trustDomain] });
+    for (const node of lab.meshNodes) await lab.startAgent(node, ['--workers', workers, '--min-workers', workers, ...opts['agent-args'].split(' ').filter(Boolean)], { workloads: ['--kubeconfig', kubeconfig, '--trust-domain', lab.trustDomain] });
     await Promise.all(lab.meshNodes.map((n) => lab.waitReady(n, 60_000)));
     const pids = lab.meshNodes.map((n) => lab.agents.get(n.name)!.child.pid!);
     await new Promise((r) => setTimeout(r, 10_000));
@@ -104,8 +106,12 @@ try {
     const warm = await run('client', ['latency', '--url', url, '--rate', '1000', '--seconds', '2', '--connections', '16']);
     const latency = await run('client', ['latency', '--url', url, '--rate', '1000', '--seconds', opts.seconds, '--connections', '16']);
     const afterLatency = pids.map(memory);
+    // Data planes serving after each part (with --min-workers below --workers, more start under load).
+    const serving = async () => (await Promise.all(lab.meshNodes.map(async (n) => (await lab.configDump(n)).workers as number))).join('/');
+    const servingAfter = [await serving()];
     await run('client', ['connrate', '--host', server, '--port', String(ECHO_PORT), '--seconds', '5', '--concurrency', '32']);
     const afterConnections = pids.map(memory);
+    servingAfter.push(await serving());
     // The agents' CPU on the bulk transfer: what the heap headroom and the malloc tuning trade memory for.
     const cpu0 = pids.map(processCpuSeconds);
     const faults0 = pids.map(processMinorFaults);
@@ -113,12 +119,13 @@ try {
     const bulkCpuPerGb = pids.map((pid, i) => ((processCpuSeconds(pid) - cpu0[i]!) / (Number(opts['bulk-mb']) / 1024)).toFixed(2));
     const bulkFaults = pids.map((pid, i) => processMinorFaults(pid) - faults0[i]!);
     const loaded = pids.map(memory);
+    servingAfter.push(await serving());
     const loadMajorFaults = pids.map((pid, i) => processMajorFaults(pid) - major0[i]!);
     // What stays once the load is over (the periodic malloc trim runs every 10 s by default).
     await new Promise((r) => setTimeout(r, 15_000));
     const settled = pids.map(memory);
     const rss = (ms: Array<{ rss: number }>) => ms.map((m) => m.rss).join(', ');
-    rows.push(`| ${workers} | ${rss(idle)} | ${rss(afterLatency)} | ${rss(afterConnections)} | ${rss(loaded)} | ${rss(settled)} | ${loaded.map((m) => m.peak).join(', ')} | ${bulkCpuPerGb.join(', ')} | ${bulkFaults.join(', ')} | ${loadMajorFaults.join(', ')} | ${latency.requests} | ${ms(warm.p99)}, ${ms(warm.max)} | ${ms(latency.p99)} |`);
+    rows.push(`| ${workers} | ${rss(idle)} | ${rss(afterLatency)} | ${rss(afterConnections)} | ${rss(loaded)} | ${rss(settled)} | ${loaded.map((m) => m.peak).join(', ')} | ${bulkCpuPerGb.join(', ')} | ${bulkFaults.join(', ')} | ${loadMajorFaults.join(', ')} | ${latency.requests} | ${ms(warm.p99)}, ${ms(warm.max)} | ${ms(latency.p99)} | ${servingAfter.join(', ')} |`);
     for (const node of lab.meshNodes) await lab.stopAgent(node.name);
   }
   http.kill();
@@ -127,5 +134,5 @@ try {
   await lab.destroy();
 }
 say('agents node-a (client side), node-b (server side), MiB:');
-console.log('| workers | idle RSS | after 1,000 req/s | after new connections | after bulk | 15 s later | peak RSS | bulk CPU s per GB | bulk minor faults | major faults, whole load | requests in the latency run | first 2 s p99, max ms | latency run p99 ms |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+console.log('| workers | idle RSS | after 1,000 req/s | after new connections | after bulk | 15 s later | peak RSS | bulk CPU s per GB | bulk minor faults | major faults, whole load | requests in the latency run | first 2 s p99, max ms | latency run p99 ms | data planes serving after 1,000 req/s, new connections, bulk |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
 console.log(rows.join('\n'));

@@ -9,8 +9,10 @@
 //             a core of its own; shared: nothing pinned.
 //   tunnel    wrk in a captured pod: both agents, HTTP/2 CONNECT over mTLS between them; shared.
 // Each with 1 and 2 workers per agent, side by side in one run, with the agents' CPU per request
-// and how their threads shared it (main thread against worker threads). Nothing is asserted;
-// bench/README.md has the numbers.
+// and how their threads shared it (main thread against worker threads); and the inbound path as the
+// DaemonSet runs it, 2 workers of which one starts under load, with the data planes serving after
+// each step. `--only NAME,...` runs some configurations. Nothing is asserted; bench/README.md has
+// the numbers.
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -28,6 +30,7 @@ const { values: opts } = parseArgs({ options: {
   'bound-ms': { type: 'string', default: '10' },
   seconds: { type: 'string', default: '5' },
   connections: { type: 'string', default: '2,4,8,16,32,64,128' },
+  only: { type: 'string' },
   out: { type: 'string', default: join(HERE, 'saturation-results.json') },
 } });
 const BOUND_MS = Number(opts['bound-ms']);
@@ -105,11 +108,14 @@ try {
     ['inbound-pinned-1', 'loadgen', 1, true], ['inbound-pinned-2', 'loadgen', 2, true],
     ['inbound-shared-1', 'loadgen', 1, false], ['inbound-shared-2', 'loadgen', 2, false],
     ['tunnel-shared-1', 'client', 1, false], ['tunnel-shared-2', 'client', 2, false],
+    // As the DaemonSet runs it: one data plane until the load needs the second (--min-workers 1).
+    ['inbound-demand-2', 'loadgen', 2, false, 1],
   ] as const;
-  for (const [name, from, workers, pinned] of configurations) {
+  for (const [name, from, workers, pinned, minWorkers = workers] of configurations) {
+    if (opts.only && !opts.only.split(',').includes(name)) continue;
     for (const node of nodes) {
       await lab.stopAgent(node.name);
-      await lab.startAgent(node, ['--workers', String(workers)]);
+      await lab.startAgent(node, ['--workers', String(workers), '--min-workers', String(minWorkers)]);
     }
     await Promise.all(nodes.map((n) => lab.waitReady(n)));
     // The agents in the path: node-b's alone from outside the mesh, both from a captured pod.
@@ -131,8 +137,10 @@ try {
       const threads: Record<string, number> = {};
       agents.forEach((pid, i) => { for (const [k, v] of Object.entries(threadCpu(pid))) threads[k] = (threads[k] ?? 0) + v - (threads0[i]![k] ?? 0); });
       const w = parseWrk(r.stdout);
-      steps.push({ connections: c, ...w, agentCpuPerSecond: cpu / SECONDS, agentCpuMsPerRequest: (cpu / (w.rps * SECONDS)) * 1000, threads });
-      say(`  ${Math.round(w.rps)} req/s, p50 ${w.p50.toFixed(2)} ms, p99 ${w.p99.toFixed(2)} ms, agent ${(cpu / SECONDS).toFixed(2)} CPU`);
+      // node-b's data planes serving after the step (more start under load below --workers).
+      const serving = (await lab.configDump(nodes[1]!)).workers as number;
+      steps.push({ connections: c, ...w, agentCpuPerSecond: cpu / SECONDS, agentCpuMsPerRequest: (cpu / (w.rps * SECONDS)) * 1000, threads, serving });
+      say(`  ${Math.round(w.rps)} req/s, p50 ${w.p50.toFixed(2)} ms, p99 ${w.p99.toFixed(2)} ms, agent ${(cpu / SECONDS).toFixed(2)} CPU, node-b serving with ${serving}`);
     }
     // The loaded figure for the memory requests and limits (bench/README.md): each agent's peak RSS.
     const peakRssMiB = agents.map((pid) => Math.round(processPeakRssMiB(pid)));
@@ -155,6 +163,9 @@ for (const [name, r] of Object.entries(c)) {
     `${r.at?.agentCpuMsPerRequest.toFixed(3) ?? '-'} agent CPU ms per request, main/worker threads ${busy ? `${Math.round((100 * (t.MainThread ?? 0)) / busy)}/${Math.round((100 * (t.WorkerThread ?? 0)) / busy)}%` : '-'}, ` +
     `peak RSS ${r.peakRssMiB.join(', ')} MiB`);
 }
-const ratio = (p: string) => (c[`${p}-2`]!.sustainedRps / c[`${p}-1`]!.sustainedRps).toFixed(2);
+const ratio = (p: string) => {
+  const [two, one] = [c[`${p}-2`], c[`${p}-1`]];
+  return two && one ? (two.sustainedRps / one.sustainedRps).toFixed(2) : '-';
+};
 say(`  2 workers / 1: inbound pinned ${ratio('inbound-pinned')}, inbound shared ${ratio('inbound-shared')}, tunnel shared ${ratio('tunnel-shared')}`);
 writeFileSync(opts.out, `${JSON.stringify(results, null, 2)}\n`);
