@@ -11,7 +11,7 @@
 // Each with 1 and 2 workers per agent, side by side in one run, with the agents' CPU per request
 // and how their threads shared it (main thread against worker threads); and the inbound path as the
 // DaemonSet runs it, 2 workers of which one starts under load, with the data planes serving after
-// each step. `--only NAME,...` runs some configurations. Nothing is asserted; bench/README.md has
+// each step, and then how long idle it took to retire and the agent's RSS before and after. `--only NAME,...` runs some configurations. Nothing is asserted; bench/README.md has
 // the numbers.
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -20,7 +20,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { MeshLab } from '../src/demo/lab.ts';
-import { processCpuSeconds, processPeakRssMiB } from '../src/demo/process-stats.ts';
+import { processCpuSeconds, processPeakRssMiB, processRssMiB } from '../src/demo/process-stats.ts';
 import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
 
 const HERE = resolve(fileURLToPath(import.meta.url), '..');
@@ -145,9 +145,23 @@ try {
     // The loaded figure for the memory requests and limits (bench/README.md): each agent's peak RSS.
     const peakRssMiB = agents.map((pid) => Math.round(processPeakRssMiB(pid)));
     say(`  agents' peak RSS ${peakRssMiB.join(', ')} MiB`);
+    // Started under load, a data plane retires once quiet (5 min by default): node-b's RSS before and after.
+    let retired: { afterSeconds: number; rssBeforeMiB: number; rssAfterMiB: number } | undefined;
+    if (minWorkers < workers) {
+      const pid = lab.agents.get('node-b')!.child.pid!;
+      const rssBeforeMiB = Math.round(processRssMiB(pid));
+      const t0 = Date.now();
+      say(`  idle until node-b retires its extra data plane (RSS now ${rssBeforeMiB} MiB) ...`);
+      while ((await lab.configDump(nodes[1]!)).workers > minWorkers && Date.now() - t0 < 600_000) await new Promise((r) => setTimeout(r, 1_000));
+      const afterSeconds = Math.round((Date.now() - t0) / 1000);
+      // The thread's exit, and the next malloc trim (every 10 s).
+      await new Promise((r) => setTimeout(r, 15_000));
+      retired = { afterSeconds, rssBeforeMiB, rssAfterMiB: Math.round(processRssMiB(pid)) };
+      say(`  retired after ${afterSeconds} s idle; RSS ${retired.rssAfterMiB} MiB 15 s later`);
+    }
     const within = steps.filter((s) => s.p99 <= BOUND_MS && s.errors === 0);
     const best = within.reduce<(typeof steps)[number] | undefined>((b, s) => (!b || s.rps > b.rps ? s : b), undefined);
-    (results.configurations as Record<string, unknown>)[name] = { path: from === 'client' ? 'tunnel' : 'inbound', agents: agents.length, workers, pinned, sustainedRps: best ? Math.round(best.rps) : 0, at: best, peakRssMiB, steps };
+    (results.configurations as Record<string, unknown>)[name] = { path: from === 'client' ? 'tunnel' : 'inbound', agents: agents.length, workers, pinned, sustainedRps: best ? Math.round(best.rps) : 0, at: best, peakRssMiB, retired, steps };
   }
   nginx.kill();
 } finally {

@@ -13,7 +13,7 @@ import type { TelemetryBatch } from '../telemetry/batch.ts';
 import { DataPlane, type DataPlaneDeps } from './data-plane.ts';
 import type { Collection } from '../collect-garbage.ts';
 import { type DataPlaneHost, inThisThread, type ServingDataPlane, reclaimCounters, sharedCounters, withShares, workerSettings, type WorkerShares, workerShares } from './host.ts';
-import type { DataPlaneSettings, DataPlaneSnapshot, SharedCounters } from './snapshot.ts';
+import type { DataPlaneSettings, DataPlaneSnapshot } from './snapshot.ts';
 import { mergeDumps, mergeGauges, type DataPlaneDump, type DataPlaneGauges } from './view.ts';
 import { DEMAND_DEFAULTS, type DemandOptions, WorkerDemand } from './worker-demand.ts';
 import type { FromWorker, ToWorker, WorkerInit } from './worker.ts';
@@ -50,10 +50,12 @@ class DataPlaneWorker implements ServingDataPlane {
   readonly #pending = new Map<number, Pending>();
   #next = 0;
   #exited: Error | undefined;
-  /** Told to close: its exit is the end asked for, not a death to replace. */
-  #ending = false;
+  /** Told to close (its exit is the end asked for, not a death to replace), and until when it drains. */
+  #closing: Promise<void> | undefined;
+  #drainUntil: () => number = () => 0;
 
-  constructor(entry: URL, init: WorkerInit, opts: WorkersOptions, onExit: (code: number) => void) {
+  /** `onExit`: the thread ended, as asked or not. */
+  constructor(entry: URL, init: WorkerInit, opts: WorkersOptions, onExit: (code: number, asked: boolean) => void) {
     this.#log = opts.log;
     this.thread = new Worker(entry, { workerData: init });
     this.thread.on('message', (m: FromWorker) => {
@@ -74,7 +76,7 @@ class DataPlaneWorker implements ServingDataPlane {
       this.#exited = new Error(`data-plane worker ${init.index} exited (code ${code})`);
       for (const p of this.#pending.values()) p.reject(this.#exited);
       this.#pending.clear();
-      if (!this.#ending) onExit(code);
+      onExit(code, this.#closing !== undefined);
     });
   }
 
@@ -86,13 +88,19 @@ class DataPlaneWorker implements ServingDataPlane {
   gauges(): Promise<DataPlaneGauges> { return this.#ask('gauges'); }
   dump(): Promise<DataPlaneDump> { return this.#ask('dump'); }
 
-  async close(drainUntil: () => number): Promise<void> {
-    this.#ending = true;
+  /** Asked again (a retiring worker when the agent stops), the drain's end is the new one's. */
+  close(drainUntil: () => number): Promise<void> {
+    this.#drainUntil = drainUntil;
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
     // A destroy during the drain moves its end: the worker is told the new one.
-    let told = drainUntil();
+    let told = this.#drainUntil();
     this.#post({ drainUntil: told });
     const watch = setInterval(() => {
-      if (drainUntil() !== told) this.#post({ drainUntil: told = drainUntil() });
+      if (this.#drainUntil() !== told) this.#post({ drainUntil: told = this.#drainUntil() });
     }, 50);
     try {
       await this.#ask('close').catch((err: Error) => this.#log.warn({ err: err.message }, 'data-plane worker did not close cleanly'));
@@ -121,11 +129,13 @@ export class DataPlaneWorkers implements DataPlaneHost {
   readonly maxWorkers: number;
   /** Those serving now, data plane i at index i. */
   readonly #all: ServingDataPlane[];
+  /** Retired: no new connections, finishing their open ones (still sent snapshots: policy holds). */
+  readonly #retiring = new Set<ServingDataPlane>();
   readonly #log: Logger;
   /** The node's settings, before they are shared out. */
   readonly #node: DataPlaneSettings;
+  readonly #min: number;
   readonly #start: (index: number, serving: number) => DataPlaneWorker;
-  readonly #reclaim: (index: number) => void;
   readonly #demand: WorkerDemand;
   readonly #utilization: (index: number) => number;
   readonly #loops = new WeakMap<ServingDataPlane, EventLoopUtilization>();
@@ -143,22 +153,22 @@ export class DataPlaneWorkers implements DataPlaneHost {
     this.maxWorkers = opts.workers;
     this.#log = opts.log;
     this.#node = opts.settings;
-    const first = Math.min(opts.workers, Math.max(1, opts.minWorkers ?? opts.workers));
+    const first = this.#min = Math.min(opts.workers, Math.max(1, opts.minWorkers ?? opts.workers));
     const settings = workerSettings(opts.settings, first);
     const entry = opts.entry ?? new URL('./worker-main.js', import.meta.url);
-    // Each worker thread's mirror of its counts, kept for its replacements (shared-cells.ts).
-    const mirrors = new Map<number, SharedCounters>();
-    const mirrorOf = (index: number) => {
-      let own = mirrors.get(index);
-      if (!own) mirrors.set(index, own = sharedCounters());
-      return own;
+    // Each worker thread mirrors its counts (shared-cells.ts), given back once it exits. A worker
+    // starts with the share of those serving once it does.
+    this.#start = (index, serving) => {
+      const own = sharedCounters();
+      const w: DataPlaneWorker = new DataPlaneWorker(entry, {
+        settings: { ...withShares(settings, workerShares(opts.settings, serving)), ownSlots: own }, index, logLevel: opts.log.level as LevelWithSilent, logBase: opts.logBase,
+        metrics: opts.absorb !== undefined, vouchFreshMs: opts.vouch?.freshMs ?? 0,
+      }, opts, (code, asked) => {
+        reclaimCounters(settings.sharedSlots!, own);
+        this.#exited(w, index, code, asked);
+      });
+      return w;
     };
-    this.#reclaim = (index) => reclaimCounters(settings.sharedSlots!, mirrorOf(index));
-    // A worker starts with the share of those serving once it does.
-    this.#start = (index, serving) => new DataPlaneWorker(entry, {
-      settings: { ...withShares(settings, workerShares(opts.settings, serving)), ownSlots: mirrorOf(index) }, index, logLevel: opts.log.level as LevelWithSilent, logBase: opts.logBase,
-      metrics: opts.absorb !== undefined, vouchFreshMs: opts.vouch?.freshMs ?? 0,
-    }, opts, (code) => this.#exited(index, code));
     const local = opts.inThisThread;
     this.#all = [];
     for (let index = 0; index < first; index++) this.#all.push(index === 0 && local ? inThisThread(new DataPlane(settings, local)) : this.#start(index, first));
@@ -177,11 +187,11 @@ export class DataPlaneWorkers implements DataPlaneHost {
    * its share of the open connections along; a new one takes its place in the port group, with the
    * last snapshot, so the node goes on serving at full strength.
    */
-  #exited(index: number, code: number): void {
-    if (this.#closing) return;
+  #exited(dead: DataPlaneWorker, index: number, code: number, asked: boolean): void {
+    // Its connections ended with it: their slots and redirects were given back (the caller).
+    this.#retiring.delete(dead);
+    if (asked || this.#closing || this.#all[index] !== dead) return;
     this.#log.error({ worker: index, code }, 'data-plane worker died; starting another');
-    // Its connections ended with it: their slots and redirects are free again.
-    this.#reclaim(index);
     const w = this.#start(index, this.#all.length);
     this.#all[index] = w;
     this.replaced++;
@@ -196,23 +206,38 @@ export class DataPlaneWorkers implements DataPlaneHost {
     return this.#all.flatMap((w) => (w instanceof DataPlaneWorker ? [w.thread] : []));
   }
 
+  /** Those serving, then those retiring (their open connections still count, and follow policy). */
+  get #everyone(): ServingDataPlane[] {
+    return [...this.#all, ...this.#retiring];
+  }
+
+  /** What each data plane answers; a retiring one that ended meanwhile is left out. */
+  #askEveryone<T>(ask: (w: ServingDataPlane) => Promise<T>): Promise<T[]> {
+    return Promise.all([
+      ...this.#all.map(ask),
+      ...[...this.#retiring].map((w) => ask(w).catch(() => undefined)),
+    ]).then((all) => all.filter((x): x is Awaited<T> => x !== undefined));
+  }
+
   apply(snapshot: DataPlaneSnapshot): void {
     this.#snapshot = snapshot;
-    for (const w of this.#all) w.apply(snapshot);
+    for (const w of this.#everyone) w.apply(snapshot);
   }
 
   async listen(): Promise<void> {
     await Promise.all(this.#all.map((w) => w.listen()));
     this.#listening = true;
-    if (this.#all.length < this.maxWorkers && !this.#sampling) {
+    if (this.#min < this.maxWorkers && !this.#sampling) {
       this.#sampling = setInterval(() => this.#sample(), this.#sampleMs);
       this.#sampling.unref();
     }
   }
 
   #sample(): void {
-    if (this.#closing || this.#growing || this.#all.length >= this.maxWorkers) return;
-    if (this.#demand.shouldStart(this.#all.map((_, index) => this.#utilization(index)))) this.#grow();
+    if (this.#closing || this.#growing) return;
+    const step = this.#demand.next(this.#all.map((_, index) => this.#utilization(index)), { min: this.#min, max: this.maxWorkers });
+    if (step === 'start') this.#grow();
+    else if (step === 'retire') this.#retire();
   }
 
   /** One more data plane: it listens, then those already serving give up their part of the shares. */
@@ -224,16 +249,33 @@ export class DataPlaneWorkers implements DataPlaneHost {
     this.#growing = true;
     if (this.#snapshot) w.apply(this.#snapshot);
     w.listen().then(() => {
-      const shares = workerShares(this.#node, serving);
-      for (const other of this.#all) if (other !== w) other.reshare(shares);
+      this.#reshare(w);
       this.#log.info({ worker: index, serving, most: this.maxWorkers }, 'data planes busy: another started');
-      if (serving >= this.maxWorkers) clearInterval(this.#sampling);
     }, (err: Error) => {
       // Not serving: the node goes on with those it had, and may try again when busy.
       this.#log.error({ worker: index, err: err.message }, 'a data plane started for the load cannot listen');
       this.#all.splice(this.#all.indexOf(w), 1);
       void w.close(() => 0);
     }).finally(() => { this.#growing = false; });
+  }
+
+  /**
+   * The last started stops taking connections (its listeners close; the kernel hands what waits in
+   * their queues to the others: tcp_migrate_req) and ends once its open ones have; its thread's
+   * memory goes with it.
+   */
+  #retire(): void {
+    const w = this.#all.pop()!;
+    this.#retiring.add(w);
+    this.#reshare();
+    this.#log.info({ worker: this.#all.length, serving: this.#all.length, least: this.#min }, 'data planes quiet: one retires once its connections end');
+    void w.close(() => Number.POSITIVE_INFINITY);
+  }
+
+  /** Each serving data plane's share, but `except`'s (started with it). */
+  #reshare(except?: ServingDataPlane): void {
+    const shares = workerShares(this.#node, this.#all.length);
+    for (const w of this.#all) if (w !== except) w.reshare(shares);
   }
 
   /** The share of the last interval data plane `index`'s event loop spent running. */
@@ -247,24 +289,24 @@ export class DataPlaneWorkers implements DataPlaneHost {
   }
 
   async gauges(): Promise<DataPlaneGauges> {
-    return mergeGauges(await Promise.all(this.#all.map((w) => w.gauges())));
+    return mergeGauges(await this.#askEveryone((w) => w.gauges()));
   }
 
   async dump(): Promise<DataPlaneDump> {
-    return mergeDumps(await Promise.all(this.#all.map((w) => w.dump())));
+    return mergeDumps(await this.#askEveryone((w) => w.dump()));
   }
 
   setLogLevel(level: LevelWithSilent): void {
-    for (const w of this.#all) w.setLogLevel(level);
+    for (const w of this.#everyone) w.setLogLevel(level);
   }
 
   collectGarbage(type: Collection): void {
-    for (const w of this.#all) w.collectGarbage(type);
+    for (const w of this.#everyone) w.collectGarbage(type);
   }
 
   async close(drainUntil: () => number): Promise<void> {
     this.#closing = true;
     clearInterval(this.#sampling);
-    await Promise.all(this.#all.map((w) => w.close(drainUntil)));
+    await Promise.all(this.#everyone.map((w) => w.close(drainUntil)));
   }
 }

@@ -50,6 +50,17 @@ async function echoed(connect: () => net.Socket, text: string): Promise<net.Sock
   return s;
 }
 
+/** Sends `text` on an open echo connection; resolves with what came back once that much did. */
+function again(s: net.Socket, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let got = '';
+    const onData = (d: Buffer) => { got += d.toString(); if (got.length >= text.length) { s.off('data', onData); resolve(got); } };
+    s.on('data', onData);
+    s.once('close', () => reject(new Error(`closed after ${JSON.stringify(got)}`)));
+    s.write(text);
+  });
+}
+
 describe('data planes in worker threads', () => {
   const ports = { outbound: 0, inboundPlaintext: 0, tunnel: 0 };
   let app: net.Server;
@@ -207,7 +218,7 @@ describe('data planes in worker threads', () => {
     }
   });
 
-  it('starts a second data plane only once the first is busy, and the kernel then spreads connections to it', async () => {
+  it('starts a second data plane only when the first is busy, and retires it when quiet without ending its connections', async () => {
     const own = { outbound: await freePort(), inboundPlaintext: await freePort(), tunnel: await freePort() };
     const appPort = Number(process.env.MESHLET_TEST_APP_PORT);
     let busy = 0;
@@ -220,16 +231,19 @@ describe('data planes in worker threads', () => {
         log: silent, stallProbe: { probe: () => undefined, reset: (s) => s.destroy() },
         originalDestination: (s) => ({ ip: s.localAddress ?? '', port: s.localPort === own.inboundPlaintext ? appPort : s.localPort ?? 0, family: 4 }),
       },
-      // The event loops' utilization, as the test says; busy at once counts.
-      demand: { sustainMs: 0, settleMs: 0, sampleMs: 20, utilization: () => { samples++; return busy; } },
+      // The event loops' utilization, as the test says; busy or quiet at once counts.
+      demand: { sustainMs: 0, retireAfterMs: 0, settleMs: 0, sampleMs: 20, utilization: () => { samples++; return busy; } },
     });
     const connect = (label: string) => Promise.all(Array.from({ length: 16 }, (_, i) => echoed(() => net.connect({ host: IP.db, port: own.inboundPlaintext, localAddress: IP.outside }), `${label} ${i}`)));
-    const workersOf = async (open: net.Socket[]) => {
-      const on = new Set((await grown.dump()).connections.open.map((c) => c.worker ?? 0));
+    const openOn = async () => (await grown.dump()).connections.open.map((c) => c.worker ?? 0);
+    // The data planes holding `open`, the connections just made (beside `others` held open), which then close.
+    const workersOf = async (open: net.Socket[], others = 0) => {
+      const all = await openOn();
       for (const s of open) s.destroy();
-      await eventually('closed', async () => (await grown.dump()).connections.open.length === 0);
-      return on;
+      await eventually('closed', async () => (await openOn()).length === others);
+      return new Set(all);
     };
+    const held: net.Socket[] = [];
     try {
       grown.apply(snapshot(certsB));
       await grown.listen();
@@ -237,17 +251,35 @@ describe('data planes in worker threads', () => {
       assert.equal(grown.workers, 1, 'quiet: one data plane');
       assert.equal(grown.threads.length, 0, 'and no worker thread');
       assert.deepEqual(await workersOf(await connect('quiet')), new Set([0]));
+
       busy = 0.9;
       await eventually('a second data plane', () => grown.workers === 2);
-      assert.equal(grown.threads.length, 1);
       // 16 connections by their 4-tuples: all on one of two data planes with odds of 2^-15.
-      const spread = await eventually('connections on both', async () => {
-        const on = await workersOf(await connect('busy'));
-        return on.size === 2 ? on : undefined;
+      await eventually('connections held on both', async () => {
+        held.push(...await connect('busy'));
+        if (new Set(await openOn()).size === 2) return true;
+        for (const s of held.splice(0)) s.destroy();
+        return false;
       }, 20_000, 100);
-      assert.deepEqual(spread, new Set([0, 1]));
       assert.deepEqual([grown.workers, grown.threads.length], [2, 1], 'still busy, but never more than --workers');
+      const [thread] = grown.threads;
+      const exited = new Promise((resolve) => thread!.once('exit', resolve));
+
+      busy = 0;
+      await eventually('one serving again', () => grown.workers === 1);
+      // The retired one takes no new connections, and finishes the ones it holds.
+      const onFirst = async () => (await openOn()).filter((w) => w === 0).length;
+      const heldOnFirst = await onFirst();
+      const after = await connect('after');
+      assert.equal(await onFirst(), heldOnFirst + after.length, 'every new connection on data plane 0');
+      await workersOf(after, held.length);
+      for (const [i, s] of held.entries()) assert.equal(await again(s, `still ${i}`), `still ${i}`);
+      assert.deepEqual(new Set(await openOn()), new Set([0, 1]), 'the retiring one still counts its connections');
+      for (const s of held.splice(0)) s.destroy();
+      await exited;
+      await eventually('every connection closed', async () => (await openOn()).length === 0);
     } finally {
+      for (const s of held) s.destroy();
       await grown.close(() => 0);
     }
   });
