@@ -21,6 +21,7 @@
 // too): the heap then regrows at most once per interval instead of once per TLS record, and an
 // idle agent holds what it uses (bench/README.md, "Agent memory in Kubernetes mode").
 import koffi from 'koffi';
+import { collectGarbage } from './collect-garbage.ts';
 
 // From glibc's malloc.h.
 const M_TRIM_THRESHOLD = -1;
@@ -58,10 +59,14 @@ export function trimMalloc(): boolean {
   return mallocTrim ? mallocTrim(0) === 1 : false;
 }
 
-/** Trims every `intervalMs` (0: never) on a timer that never keeps the process up; returns stop. */
+/**
+ * Trims every `intervalMs` (0: never) on a timer that never keeps the process up; returns stop.
+ * A young collection first: after a burst the dead chunks of tunnel data (buffers outside the heap,
+ * held by young objects) stay until the next collection, which an idle process never makes.
+ */
 export function trimMallocEvery(intervalMs: number): () => void {
   if (intervalMs <= 0) return () => undefined;
-  const timer = setInterval(trimMalloc, intervalMs);
+  const timer = setInterval(() => { collectGarbage('minor'); trimMalloc(); }, intervalMs);
   timer.unref();
   return () => clearInterval(timer);
 }
