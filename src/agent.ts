@@ -112,6 +112,7 @@ export class Agent {
       // A sidecar shares its pod's fate already: kubelet probes the pod, the gate has nothing to add.
       ...(config.sidecar ? {} : { vouchFor: (podIp: string) => this.probeGate.ensure(podIp) }),
     });
+    trimMallocEvery(config.mallocTrimMs, this.data);
     // Certificates and bundles reach the data plane in the next snapshot (one per burst).
     this.certs.on('change', () => this.#schedulePublish());
     metrics?.readFrom({
@@ -142,7 +143,6 @@ export class Agent {
     // Before the first buffer is allocated (malloc-tuning.ts).
     const malloc = tuneMalloc();
     deps.log.info({ ...malloc, trimEveryMs: config.mallocTrimMs }, malloc.applied ? 'malloc tuned' : 'malloc not tuned');
-    trimMallocEvery(config.mallocTrimMs);
     // First, while this process is small: the shell that runs every capture tool from now on.
     const tools = CaptureTools.throughShells();
     // Into the iptables kube-proxy and the CNI use, as init does (capture/iptables-mode.ts).

@@ -61,12 +61,13 @@ export function trimMalloc(): boolean {
 
 /**
  * Trims every `intervalMs` (0: never) on a timer that never keeps the process up; returns stop.
- * A young collection first: after a burst the dead chunks of tunnel data (buffers outside the heap,
- * held by young objects) stay until the next collection, which an idle process never makes.
+ * A young collection first, here and in the isolates `others` asks (the data-plane workers, whose
+ * memory the next trim hands back): after a burst the dead chunks of tunnel data (buffers outside
+ * the heap, held by young objects) stay until a collection, which an idle process never makes.
  */
-export function trimMallocEvery(intervalMs: number): () => void {
+export function trimMallocEvery(intervalMs: number, others?: { collectGarbage(type: 'minor'): void }): () => void {
   if (intervalMs <= 0) return () => undefined;
-  const timer = setInterval(() => { collectGarbage('minor'); trimMalloc(); }, intervalMs);
+  const timer = setInterval(() => { others?.collectGarbage('minor'); collectGarbage('minor'); trimMalloc(); }, intervalMs);
   timer.unref();
   return () => clearInterval(timer);
 }

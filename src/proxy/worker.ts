@@ -41,13 +41,6 @@ export type FromWorker =
 /** How often a worker sends what it counted when nobody scrapes: it holds at most this much. */
 const TELEMETRY_EVERY_MS = 1_000;
 
-/**
- * How often the worker's isolate collects its young generation: after a burst, the dead chunks of
- * tunnel data it held (buffers outside the heap) stay until a collection, which an idle worker never
- * makes; the control plane's malloc trim then hands the memory back (malloc-tuning.ts).
- */
-const YOUNG_COLLECTION_EVERY_MS = 10_000;
-
 export function serveDataPlane(port: MessagePort, init: WorkerInit, deps: Pick<DataPlaneDeps, 'originalDestination' | 'stallProbe'> = {}): void {
   const send = (m: FromWorker) => port.postMessage(m);
   const log = createLogger(init.logLevel, { ...init.logBase, worker: init.index });
@@ -60,8 +53,6 @@ export function serveDataPlane(port: MessagePort, init: WorkerInit, deps: Pick<D
     ...(init.vouchFreshMs > 0 ? { vouchFor: (ip: string) => vouch.ensure(ip) } : {}),
   });
   const timer = telemetry ? setInterval(flush, TELEMETRY_EVERY_MS) : undefined;
-  const young = setInterval(() => collectGarbage('minor'), YOUNG_COLLECTION_EVERY_MS);
-  young.unref();
   let drainUntil = Number.POSITIVE_INFINITY;
 
   const answer = (id: number, work: () => Promise<DataPlaneGauges | DataPlaneDump | undefined>) => {
@@ -85,7 +76,6 @@ export function serveDataPlane(port: MessagePort, init: WorkerInit, deps: Pick<D
       answer(m.ask, async () => {
         await data.close(() => drainUntil);
         clearInterval(timer);
-        clearInterval(young);
         flush();
         // Every line written before the control plane ends the thread.
         await new Promise<void>((resolve) => log.flush(() => resolve()));
