@@ -40,6 +40,8 @@ const { values: opts } = parseArgs({ options: {
   // The root's and every proxy's keys: meshlet's agents, the Node relays and HAProxy alike.
   'key-algorithm': { type: 'string', default: 'ecdsa-p256' },
   out: { type: 'string', default: join(HERE, 'results.json') },
+  // More agent flags, space-separated (e.g. "--heap-headroom 16"), for an A/B in the same setup.
+  'agent-args': { type: 'string', default: '' },
 } });
 const SECONDS = Number(opts.seconds);
 const RATE = Number(opts.rate);
@@ -59,6 +61,7 @@ const lab = await MeshLab.create({
     { name: 'node-a', pods: [{ name: 'client', namespace: 'bench' }, { name: 'plain-client', namespace: 'bench', captured: false }] },
     { name: 'node-b', pods: [{ name: 'server', namespace: 'bench' }, { name: 'plain-server', namespace: 'bench', captured: false }] },
   ],
+  agentArgs: opts['agent-args'].split(' ').filter(Boolean),
 });
 
 async function spawnReady(ns: string, script: string, args: string[]): Promise<ChildProcess> {
