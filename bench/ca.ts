@@ -5,7 +5,10 @@
 //                node-forge's JavaScript signing (what the CA would cost without native signatures)
 //   handshake    mutual TLS 1.3 handshakes in process, both ends on one core, with either kind of key
 //   ca-service   `meshlet ca serve` pinned to one core (taskset), a load generator on the other:
-//                CSRs per second over HTTPS with token checks, and latency
+//                CSRs per second over HTTPS with token checks, and latency; the CA's RSS idle
+//                (10 s after it listens: it hands back its start-up pages at 5 s) and its peak
+//                during the load (VmHWM, reset before it), on a copy of the Node binary of its own
+//                and with the image's Node flags, as in a cluster
 //   cold-start   an agent with 100 local workloads, from process start to all 100 certificates
 //                available: with the CA service (in its own namespace) and with the embedded CA,
 //                with ECDSA and with RSA workload keys
@@ -13,6 +16,8 @@
 // Prints a table and writes bench/ca-results.json. Numbers are for the report; nothing is asserted.
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
+import { copyFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import tls from 'node:tls';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,6 +25,8 @@ import { parseArgs } from 'node:util';
 import forge from 'node-forge';
 import { CaSigner, createCsr, createRootCa, generateKey, type KeyAlgorithm, parseWorkloadCsr, signWorkloadCsr } from '../src/identity/ca.ts';
 import { MeshLab, PEER } from '../src/demo/lab.ts';
+import { AGENT_NODE_FLAGS, CLI, processRunner } from '../src/demo/lab-spec.ts';
+import { processPeakRssMiB, processRssMiB } from '../src/demo/process-stats.ts';
 import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
 
 const HERE = resolve(fileURLToPath(import.meta.url), '..');
@@ -113,7 +120,11 @@ for (const alg of ALGORITHMS) {
 await assertNetnsPrerequisites();
 
 // --- ca-service and cold start, in namespaces --------------------------------------------------
-const lab = await MeshLab.create({ trustDomain: TD, identity: 'service', nodes: [{ name: 'node-a', pods: [] }], caArgs: ['--rate', '100000', '--burst', '100000'] });
+const lab = await MeshLab.create({
+  trustDomain: TD, identity: 'service', nodes: [{ name: 'node-a', pods: [] }], caArgs: ['--rate', '100000', '--burst', '100000'],
+  runner: { command: (role, args, labDir) => role === 'ca' ? { cmd: join(labDir, 'node-ca'), args: [...AGENT_NODE_FLAGS, CLI, ...args] } : processRunner.command(role, args, labDir) },
+});
+await copyFile(process.execPath, join(lab.dir, 'node-ca'));
 try {
   const node = lab.node('node-a');
   // Workloads need no namespaces to get certificates: addresses in a range no route uses.
@@ -126,14 +137,19 @@ try {
   // Pin the CA to core 0; the load generator below runs on core 1.
   await new Promise<void>((res) => spawn('taskset', ['-a', '-p', '-c', '0', String(caPid)], { stdio: 'ignore' }).once('exit', () => res()));
 
+  // Idle once its start-up pages are handed back (5 s after it listens); the peak from here on.
+  await sleep(10_000);
+  const idleMiB = processRssMiB(caPid);
+  writeFileSync(`/proc/${caPid}/clear_refs`, '5');
   // Load: CSRs for the node's own workloads with its token, from the node's namespace over the underlay.
   const gen = join(HERE, 'ca-load.ts');
   const r = await lab.topo.exec(node.ns, 'taskset', ['-c', '1', process.execPath, gen, '--url', lab.caUrl, '--token-file', lab.tokenFile('node-a'),
     '--trust-bundle', lab.trustBundleFile, '--seconds', String(SECONDS), '--concurrency', String(CONCURRENCY), '--td', TD]);
   if (r.code !== 0) throw new Error(`ca-load failed: ${r.stderr}`);
-  const service = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+  const service = { ...JSON.parse(r.stdout.trim().split('\n').at(-1)!), rssIdleMiB: Math.round(idleMiB), rssPeakLoadedMiB: Math.round(processPeakRssMiB(caPid)), rssAfterMiB: Math.round(processRssMiB(caPid)) };
   results.caService = service;
-  say(`ca-service (CA on one core): ${service.perSecond.toFixed(0)} CSRs/s, p50 ${service.p50.toFixed(1)} ms, p99 ${service.p99.toFixed(1)} ms, ${service.errors} errors`);
+  say(`ca-service (CA on one core): ${service.perSecond.toFixed(0)} CSRs/s, p50 ${service.p50.toFixed(1)} ms, p99 ${service.p99.toFixed(1)} ms, ${service.errors} errors;` +
+    ` RSS idle ${service.rssIdleMiB} MiB, peak under the load ${service.rssPeakLoadedMiB}, after it ${service.rssAfterMiB}`);
 
   // Cold start: spawn the agent, poll its config_dump until every certificate is available.
   const coldStart = async (identity: 'service' | 'local', alg: KeyAlgorithm): Promise<{ toListeningMs: number; toAllCertsMs: number }> => {
