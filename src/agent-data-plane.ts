@@ -46,5 +46,6 @@ function dataPlaneSettings(config: AgentConfig): DataPlaneSettings {
     },
     tunnelStallTimeoutMs: config.tunnelStallTimeoutMs,
     tunnelQueueBudgetBytes: config.tunnelQueueBudgetMiB * 1024 * 1024,
+    youngCollectionBytes: config.youngCollectionMiB * 1024 * 1024,
   };
 }

@@ -299,7 +299,7 @@ export class Agent {
       workloadSource: { kind: this.config.workloads.kind, ...this.#source.status?.() },
       identityProvider: this.#provider.name,
       probeGate: this.probeGate.status(),
-      heap: { headroomMiB: this.config.heapHeadroomMiB, growingPercent: this.#memory?.heap.percent(), target: this.#memory?.target.state() },
+      heap: { headroomMiB: this.config.heapHeadroomMiB, youngCollectionMiB: this.config.youngCollectionMiB, growingPercent: this.#memory?.heap.percent(), target: this.#memory?.target.state() },
       workers: this.data.workers, maxWorkers: this.config.workers,
       certs: this.certs, data: await this.data.dump(),
     });

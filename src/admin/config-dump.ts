@@ -19,7 +19,7 @@ export interface ConfigDumpParts {
   workloadSource: Record<string, unknown>;
   identityProvider: string;
   probeGate: unknown;
-  heap: { headroomMiB: number; growingPercent: number | undefined; target: MemoryPressure | undefined };
+  heap: { headroomMiB: number; youngCollectionMiB: number; growingPercent: number | undefined; target: MemoryPressure | undefined };
   /** Data planes serving (worker threads, or 1: the agent's thread), and the most that may (--workers). */
   workers: number;
   maxWorkers: number;

@@ -66,6 +66,7 @@ export const AGENT_FLAGS = [
   { name: 'probe-gate-ttl', type: 'duration', min: 2_000, max: 600_000, default: '4s', help: 'a dead or stalled agent\'s pods fail kubelet\'s probes this long after it stops' },
   { name: 'workers', type: 'int', arg: 'N', min: 1, max: 64, help: 'data planes, each a thread sharing the data ports; default: the CPU limit, else a quarter of the cores (at least 1); 1: the agent\'s own thread' },
   { name: 'min-workers', type: 'int', arg: 'N', min: 1, max: 64, default: '1', help: 'data planes started at once; the others, up to --workers, start when those serving are busy' },
+  { name: 'young-collection', type: 'int', arg: 'MIB', min: 0, max: 1024, default: '4', help: 'tunnel data relayed in new buffers between two young collections of a data plane (dead chunks freed, a smaller headroom enough); 0: V8 alone' },
   { name: 'heap-headroom', type: 'int', arg: 'MIB', min: 0, max: 1024, default: '32', help: 'old-generation headroom above the live heap once up (fewer full GCs on bulk traffic); 0: V8\'s own' },
   MEMORY_TARGET_FLAG,
   MALLOC_TRIM_FLAG,
@@ -103,6 +104,7 @@ export interface AgentConfig {
   handshakeRate: number;
   tunnelStallTimeoutMs: number;
   tunnelQueueBudgetMiB: number;
+  youngCollectionMiB: number;
   idleTimeoutMs: number;
   /** Off in sidecar mode, which delivers inside the pod. */
   preserveSourceIp: boolean;
@@ -164,6 +166,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentCo
     maxPendingHandshakes: v['max-pending-handshakes'], maxPendingHandshakesPerSource: v['max-pending-handshakes-per-source'],
     handshakeRate: v['handshake-rate'],
     tunnelStallTimeoutMs: v['tunnel-stall-timeout'], tunnelQueueBudgetMiB: v['tunnel-queue-budget'],
+    youngCollectionMiB: v['young-collection'],
     idleTimeoutMs: v['idle-timeout'],
     preserveSourceIp: v['preserve-source-ip'] && !sidecar,
     sourcePorts: portRange('--source-ports', v['source-ports'], p),

@@ -23,6 +23,7 @@ import type { DataPlaneSettings, DataPlaneSnapshot } from './snapshot.ts';
 import { TunnelPool } from './tunnel/pool.ts';
 import { StallWatch } from './tunnel/stall-watch.ts';
 import type { DataPlaneDump, DataPlaneGauges } from './view.ts';
+import { freshChunks } from './young-collection.ts';
 
 /** How often tunnel send queues are read for stalls (a few FFI calls per session). */
 const STALL_CHECK_MS = 1_000;
@@ -66,6 +67,7 @@ export class DataPlane {
   constructor(settings: DataPlaneSettings, deps: DataPlaneDeps) {
     const { log, telemetry } = deps;
     this.settings = settings;
+    freshChunks.setEvery(settings.youngCollectionBytes);
     this.#log = log.child({ component: 'agent', node: settings.nodeName });
     this.registry = new WorkloadRegistry(settings.nodeName, settings.sidecar);
     this.identities = new Identities(deps.now);

@@ -9,6 +9,7 @@ import { resetSocket } from '../capture/socket.ts';
 import { IdleTimeoutError } from '../errors.ts';
 import type { ConnectionHandle } from '../telemetry/connections.ts';
 import { findPooledReads, type PooledReads } from './read-buffers.ts';
+import { freshChunks } from './young-collection.ts';
 
 export interface RelayEnd {
   stream: Duplex;
@@ -100,8 +101,9 @@ function forward(from: RelayEnd, to: RelayEnd, count: (bytes: number) => void): 
   const reads = from.reads;
   if (!reads) {
     // One 'data' listener, not pipe's and a counter's: a chunk's turn is most of a request's CPU at
-    // keep-alive rates (bench/README.md, "CPU per request").
-    from.stream.on('data', (chunk: Buffer) => { if (!write(chunk)) from.stream.pause(); });
+    // keep-alive rates (bench/README.md, "CPU per request"). Each chunk is a buffer of its own,
+    // dead once written: young-collection.ts frees them every few MiB.
+    from.stream.on('data', (chunk: Buffer) => { freshChunks.note(chunk.length); if (!write(chunk)) from.stream.pause(); });
     return;
   }
   // A pooled socket hands over each chunk with the buffer's release, which the write's callback

@@ -64,6 +64,8 @@ export interface DataPlaneSettings {
   };
   tunnelStallTimeoutMs: number;
   tunnelQueueBudgetBytes: number;
+  /** Tunnel data relayed in new buffers between two young collections of the thread (young-collection.ts); 0: never. */
+  youngCollectionBytes: number;
   /**
    * With several workers: memory they share (shared-slots.ts), where the connection and pending
    * handshake slots are counted, so the limits above hold for the node, and the open redirected

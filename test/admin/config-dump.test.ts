@@ -33,7 +33,7 @@ policies:
     data.apply({ generation: 1, meshGeneration: 1, mesh: snapshot, identities: [] });
     const dump = configDump({
       node: 'node-a', mode: 'node', phase: 'starting', readiness, registry, workloadSource: { kind: 'file' },
-      identityProvider: 'none', probeGate: { vouched: 1 }, heap: { headroomMiB: 32, growingPercent: undefined, target: undefined },
+      identityProvider: 'none', probeGate: { vouched: 1 }, heap: { headroomMiB: 32, youngCollectionMiB: 4, growingPercent: undefined, target: undefined },
       workers: 1, maxWorkers: 1, certs, data: data.dump(),
     }) as Record<string, any>;
     try {

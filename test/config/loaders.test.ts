@@ -145,6 +145,13 @@ describe('config', () => {
     assert.throws(() => loadAgentConfig([...base, '--heap-headroom', '32MiB'], {}), /--heap-headroom/);
   });
 
+  it('takes the tunnel data between young collections in MiB, 0 for never', () => {
+    const base = ['--node', 'n1', '--workloads', 'w', '--ca-dir', 'c'];
+    assert.equal(loadAgentConfig(base, {}).youngCollectionMiB, 4);
+    assert.equal(loadAgentConfig([...base, '--young-collection', '0'], {}).youngCollectionMiB, 0);
+    assert.throws(() => loadAgentConfig([...base, '--young-collection', '-1'], {}), /--young-collection/);
+  });
+
   it('hands the start-up pages back unless told not to, agent and CA', () => {
     const base = ['--node', 'n1', '--workloads', 'w', '--ca-dir', 'c'];
     assert.equal(loadAgentConfig(base, {}).releaseStartupPages, true);

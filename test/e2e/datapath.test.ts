@@ -51,6 +51,8 @@ describe('data path in network namespaces', { concurrency: false }, () => {
     assert.equal(dump.ready, true);
     // Once up, the agent keeps its old-generation headroom (heap-headroom.ts).
     assert.equal(dump.heap.headroomMiB, 32);
+    // Its data plane frees the tunnel's dead chunks every 4 MiB (young-collection.ts).
+    assert.equal(dump.heap.youngCollectionMiB, 4);
     assert.ok(dump.heap.growingPercent > 0, JSON.stringify(dump.heap));
     assert.deepEqual(dump.certificates.map((c: any) => c.spiffeId).sort(), [id('shop', 'cart'), id('shop', 'web')]);
     for (const c of dump.certificates) assert.ok(Date.parse(c.notAfter) > Date.now(), `${c.spiffeId} valid`);

@@ -111,7 +111,7 @@ export function testSettings(nodeName: string, tunnelPort: number, overrides: Pa
     nodeName, ports: { outbound: 0, inboundPlaintext: 0, tunnel: tunnelPort }, agentPorts: [],
     connectTimeoutMs: 2_000, handshakeTimeoutMs: 2_000, drainMs: 1_000, idleTimeoutMs: 0, preserveSource: false, accessLog: true,
     limits: { maxConnections: 1e6, maxPerSource: 1e6, maxPendingHandshakes: 1e6, maxPendingPerSource: 1e6, handshakeRate: 1e6 },
-    tunnelStallTimeoutMs: 30_000, tunnelQueueBudgetBytes: 1 << 30,
+    tunnelStallTimeoutMs: 30_000, tunnelQueueBudgetBytes: 1 << 30, youngCollectionBytes: 4 << 20,
     ...overrides,
   };
 }
