@@ -4,10 +4,12 @@
 // Why: V8 counts the memory allocated outside its heap since the last full collection against the
 // old generation's limit (the "historic behaviour" of `--no-external-memory-accounted-in-global-
 // limit`, V8's default). Node's HTTP/2 reads every TLS record (16 KiB) of the tunnel into a new
-// buffer outside the heap; on a bulk transfer the young-generation collections free them within
-// milliseconds, but they still count. With the limit V8 gives a small heap, the receiving agent of a
-// bulk transfer ran full mark-compacts every few tens of milliseconds, a large share of its CPU
-// (bench/README.md, "What these say", bulk).
+// buffer outside the heap, dead once relayed but counted until a young collection frees it. With
+// the limit V8 gives a small heap, the receiving agent of a bulk transfer ran full mark-compacts
+// every few tens of milliseconds, a large share of its CPU (bench/README.md, "What these say",
+// bulk). Since the data plane frees them every few MiB (proxy/young-collection.ts), 16 MiB of
+// headroom does what 32 did, and new connections' garbage stays 16 MiB lower (bench/README.md,
+// "Dead chunks collected").
 //
 // How: after each full collection V8 sets the next limit at the live heap times a growing factor,
 // which `--heap-growing-percent` overrides and V8 reads afresh each time. Once the agent is up, this
@@ -24,10 +26,13 @@ const MIB = 1024 * 1024;
 /** V8's own factor never exceeds 4 (for the largest heaps); neither does this. */
 const MAX_PERCENT = 300;
 /**
- * Below 1.5 the override could undercut V8's own dynamic factor; from there on (a live heap of
- * twice the headroom and more) V8 decides alone (percent 0).
+ * Past this live heap V8 decides alone (percent 0), as it did before for a large mesh's agent. Below
+ * it the headroom holds even when it is a small share of the live heap: handed to V8 there, the
+ * agent's heap grew several times the headroom under load (bench/README.md, "Dead chunks collected").
  */
-const MIN_PERCENT = 50;
+const V8_ALONE_PAST_BYTES = 64 * MIB;
+/** A factor of 1.1, V8's smallest: the floor, and for a process short of memory (memory-target.ts). */
+export const PRESSED_MIN_PERCENT = 10;
 
 /**
  * The `--heap-growing-percent` that puts the next limit `headroomBytes` above `liveBytes`; 0: V8's
@@ -38,11 +43,8 @@ export function growingPercent(liveBytes: number, headroomBytes: number, floorPe
   if (headroomBytes <= 0) return 0;
   const percent = Math.round((100 * headroomBytes) / Math.max(liveBytes, 1));
   if (floorPercent !== undefined) return Math.min(Math.max(percent, floorPercent), MAX_PERCENT);
-  return percent < MIN_PERCENT ? 0 : Math.min(percent, MAX_PERCENT);
+  return liveBytes > V8_ALONE_PAST_BYTES ? 0 : Math.min(Math.max(percent, PRESSED_MIN_PERCENT), MAX_PERCENT);
 }
-
-/** A factor of 1.1, V8's smallest, for a process short of memory (memory-target.ts). */
-export const PRESSED_MIN_PERCENT = 10;
 
 export interface HeapHeadroom {
   /** The percent set now. */

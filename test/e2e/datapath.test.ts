@@ -50,7 +50,7 @@ describe('data path in network namespaces', { concurrency: false }, () => {
     const dump = await lab.configDump(a);
     assert.equal(dump.ready, true);
     // Once up, the agent keeps its old-generation headroom (heap-headroom.ts).
-    assert.equal(dump.heap.headroomMiB, 32);
+    assert.equal(dump.heap.headroomMiB, 16);
     // Its data plane frees the tunnel's dead chunks every 4 MiB (young-collection.ts).
     assert.equal(dump.heap.youngCollectionMiB, 4);
     assert.ok(dump.heap.growingPercent > 0, JSON.stringify(dump.heap));
