@@ -197,7 +197,7 @@ async function cmdCaServe(argv: string[]): Promise<number> {
   // In a cluster: MeshPolicy status, and the address slices when asked (ca/cluster-parts.ts).
   const parts = kubeConfig ? await (await import('./ca/cluster-parts.ts')).startClusterParts(kubeConfig, config, log) : [];
   releaseStartupPagesOnce(config.releaseStartupPages, log); // start-up is over (startup-pages.ts)
-  memory = keepMemory({ headroomMiB: 16, targetMiB: config.memoryTargetMiB, log }); // the agent's default; V8's own let a CSR burst take the CA to 137 MiB (bench/README.md, "Dead chunks collected")
+  memory = keepMemory({ headroomMiB: 16, targetMiB: config.memoryTargetMiB, log }); // the agent's default: under V8's own sizing a burst of CSRs took the CA past its goal (bench/README.md, "Dead chunks collected")
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', () => resolve());
     process.once('SIGINT', () => resolve());

@@ -28,7 +28,7 @@ const MAX_PERCENT = 300;
 /**
  * Past this live heap V8 decides alone (percent 0), as it did before for a large mesh's agent. Below
  * it the headroom holds even when it is a small share of the live heap: handed to V8 there, the
- * agent's heap grew several times the headroom under load (bench/README.md, "Dead chunks collected").
+ * agents' heaps grew far past the headroom under load (bench/README.md, "Dead chunks collected").
  */
 const V8_ALONE_PAST_BYTES = 64 * MIB;
 /** A factor of 1.1, V8's smallest: the floor, and for a process short of memory (memory-target.ts). */

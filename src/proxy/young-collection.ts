@@ -4,18 +4,17 @@
 //
 // Why: Node's HTTP/2 hands each DATA chunk over in a new buffer outside V8's heap (and a socket
 // without pooled reads, read-buffers.ts, a new one per read), freed only when a young collection
-// finds it dead. A 16 KiB chunk leaves only about a KiB of objects in the young generation, so a
-// bulk receiver collected once per ten-odd MiB of tunnel data: that much dead data resident at
-// once, and counted by V8 against the old generation's limit, the reason the heap's headroom had to
-// be large (heap-headroom.ts). Capped here, the headroom is half as large and the agent's loaded
-// peak lower, at a few more young collections per GB (bench/README.md, "Dead chunks collected").
+// finds it dead. A chunk of up to 16 KiB (a TLS record) leaves few objects in the young generation,
+// so a bulk receiver collected seldom: many MiB of dead data resident at once, and counted by V8
+// against the old generation's limit, the reason the heap's headroom had to be large
+// (heap-headroom.ts). Capped here, the headroom is half as large and the agent's loaded peak lower,
+// at a few more young collections per GB (bench/README.md, "Dead chunks collected").
 //
 // How: each thread (module state is per isolate) counts the bytes relay.ts forwards from such ends
 // and collects its young generation every `--young-collection` MiB, which its data plane sets (0:
 // never, V8 alone). A young collection is V8's cheapest (what it costs grows with the young objects
 // still alive, and between chunks there are few), but not free: its price per GB is in the README.
 import { collectGarbage } from '../collect-garbage.ts';
-
 
 export class YoungCollection {
   #since = 0;
