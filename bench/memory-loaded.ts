@@ -1,8 +1,9 @@
 // `npm run bench:memory-loaded` (root): the agents' memory under the data-path benchmark's load
 // (`npm run bench`: 1,000 requests/s over 16 keep-alive connections, then new connections, then one
-// bulk transfer), in Kubernetes mode with a mesh of 1,000 pods: the API stand-in holds the lab's
-// client (node-a) and server (node-b), 98 more pods on each of those nodes (100 certificates per
-// agent) and 800 on eight other nodes. For each worker count (all serving from the start;
+// bulk transfer), with a mesh of 1,000 pods: the lab's client (node-a) and server (node-b), 98 more
+// pods on each of those nodes (100 certificates per agent) and 800 on eight other nodes, read from
+// the API stand-in (Kubernetes mode) and from a workloads file with the same pods (`--modes`,
+// both by default, side by side). For each mode and worker count (all serving from the start;
 // `--agent-args="--min-workers 1"` as the DaemonSet runs it, with the data planes serving after
 // each part): both agents started, ready, 10 s idle, RSS read; then RSS after each part of the
 // load and 15 s after it, the peak RSS since start
@@ -37,6 +38,7 @@ const { values: opts } = parseArgs({ options: {
   'bulk-mb': { type: 'string', default: '256' },
   // More agent flags, space-separated (e.g. "--heap-headroom 0": what V8's own heap sizing keeps).
   'agent-args': { type: 'string', default: '' },
+  modes: { type: 'string', default: 'kubernetes,file' },
   'shared-binary': { type: 'boolean', default: false },
 } });
 await assertNetnsPrerequisites();
@@ -81,10 +83,17 @@ try {
     await put('pods', podObject({ name, namespace: NS, node: p.node.name, serviceAccount: name, ip: p.ip, hostIP: p.node.ip }));
   }
   // The rest of the mesh: addresses no interface holds, 98 on each lab node, 100 on each other node.
-  for (let i = 0; i < PODS - 2; i++) {
-    const node = i < 98 ? 'node-a' : i < 196 ? 'node-b' : others[(i - 196) % others.length]!;
-    await put('pods', podObject({ name: `p${i}`, namespace: NS, node, serviceAccount: `sa${i % 20}`, ip: `10.200.${Math.floor(i / 250)}.${(i % 250) + 1}` }));
-  }
+  const rest = Array.from({ length: PODS - 2 }, (_, i) => ({
+    name: `p${i}`, namespace: NS, serviceAccount: `sa${i % 20}`, ip: `10.200.${Math.floor(i / 250)}.${(i % 250) + 1}`,
+    node: i < 98 ? 'node-a' : i < 196 ? 'node-b' : others[(i - 196) % others.length]!,
+  }));
+  for (const pod of rest) await put('pods', podObject(pod));
+  // The same mesh as a workloads file (the other nodes at addresses no interface holds).
+  const doc = lab.workloadsDocument() as { nodes: object[]; workloads: object[] };
+  await lab.writeWorkloads({
+    ...doc, nodes: [...doc.nodes, ...others.map((name, i) => ({ name, ip: `10.199.0.${i + 1}` }))],
+    workloads: [...doc.workloads, ...rest.map((p) => ({ ...p, captured: true, labels: { app: p.serviceAccount } }))],
+  });
   const kubeconfig = join(lab.dir, 'kubeconfig');
   await writeFile(kubeconfig, standInKubeConfig(listening));
   for (const node of lab.meshNodes) await lab.initCapture(node);
@@ -94,14 +103,15 @@ try {
   await new Promise((r) => http.stdout!.once('data', r));
   const server = lab.pod('server').ip;
 
-  for (const workers of opts.workers.split(',')) {
-    for (const node of lab.meshNodes) await lab.startAgent(node, ['--workers', workers, '--min-workers', workers, ...opts['agent-args'].split(' ').filter(Boolean)], { workloads: ['--kubeconfig', kubeconfig, '--trust-domain', lab.trustDomain] });
+  for (const mode of opts.modes.split(',')) for (const workers of opts.workers.split(',')) {
+    const workloads = mode === 'file' ? {} : { workloads: ['--kubeconfig', kubeconfig, '--trust-domain', lab.trustDomain] };
+    for (const node of lab.meshNodes) await lab.startAgent(node, ['--workers', workers, '--min-workers', workers, ...opts['agent-args'].split(' ').filter(Boolean)], workloads);
     await Promise.all(lab.meshNodes.map((n) => lab.waitReady(n, 60_000)));
     const pids = lab.meshNodes.map((n) => lab.agents.get(n.name)!.child.pid!);
     await new Promise((r) => setTimeout(r, 10_000));
     const idle = pids.map(memory);
     const major0 = pids.map(processMajorFaults);
-    say(`${workers} worker(s): idle ${idle.map((m) => m.rss).join(', ')} MiB; load ...`);
+    say(`${mode}, ${workers} worker(s): idle ${idle.map((m) => m.rss).join(', ')} MiB; load ...`);
     const url = `http://${server}:${HTTP_PORT}/`;
     const warm = await run('client', ['latency', '--url', url, '--rate', '1000', '--seconds', '2', '--connections', '16']);
     const latency = await run('client', ['latency', '--url', url, '--rate', '1000', '--seconds', opts.seconds, '--connections', '16']);
@@ -109,7 +119,7 @@ try {
     // Data planes serving after each part (with --min-workers below --workers, more start under load).
     const serving = async () => (await Promise.all(lab.meshNodes.map(async (n) => (await lab.configDump(n)).workers as number))).join('/');
     const servingAfter = [await serving()];
-    await run('client', ['connrate', '--host', server, '--port', String(ECHO_PORT), '--seconds', '5', '--concurrency', '32']);
+    const conns = await run('client', ['connrate', '--host', server, '--port', String(ECHO_PORT), '--seconds', '5', '--concurrency', '32']);
     const afterConnections = pids.map(memory);
     servingAfter.push(await serving());
     // The agents' CPU on the bulk transfer: what the heap headroom and the malloc tuning trade memory for.
@@ -125,7 +135,7 @@ try {
     await new Promise((r) => setTimeout(r, 15_000));
     const settled = pids.map(memory);
     const rss = (ms: Array<{ rss: number }>) => ms.map((m) => m.rss).join(', ');
-    rows.push(`| ${workers} | ${rss(idle)} | ${rss(afterLatency)} | ${rss(afterConnections)} | ${rss(loaded)} | ${rss(settled)} | ${loaded.map((m) => m.peak).join(', ')} | ${bulkCpuPerGb.join(', ')} | ${bulkFaults.join(', ')} | ${loadMajorFaults.join(', ')} | ${latency.requests} | ${ms(warm.p99)}, ${ms(warm.max)} | ${ms(latency.p99)} | ${servingAfter.join(', ')} |`);
+    rows.push(`| ${mode} | ${workers} | ${rss(idle)} | ${rss(afterLatency)} | ${rss(afterConnections)} | ${rss(loaded)} | ${rss(settled)} | ${loaded.map((m) => m.peak).join(', ')} | ${bulkCpuPerGb.join(', ')} | ${bulkFaults.join(', ')} | ${loadMajorFaults.join(', ')} | ${latency.requests} | ${conns.connections} | ${ms(warm.p99)}, ${ms(warm.max)} | ${ms(latency.p99)} | ${servingAfter.join(', ')} |`);
     for (const node of lab.meshNodes) await lab.stopAgent(node.name);
   }
   http.kill();
@@ -134,5 +144,5 @@ try {
   await lab.destroy();
 }
 say('agents node-a (client side), node-b (server side), MiB:');
-console.log('| workers | idle RSS | after 1,000 req/s | after new connections | after bulk | 15 s later | peak RSS | bulk CPU s per GB | bulk minor faults | major faults, whole load | requests in the latency run | first 2 s p99, max ms | latency run p99 ms | data planes serving after 1,000 req/s, new connections, bulk |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+console.log('| workloads from | workers | idle RSS | after 1,000 req/s | after new connections | after bulk | 15 s later | peak RSS | bulk CPU s per GB | bulk minor faults | major faults, whole load | requests in the latency run | new connections | first 2 s p99, max ms | latency run p99 ms | data planes serving after 1,000 req/s, new connections, bulk |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
 console.log(rows.join('\n'));
