@@ -25,7 +25,7 @@ import { parseArgs } from 'node:util';
 import forge from 'node-forge';
 import { CaSigner, createCsr, createRootCa, generateKey, type KeyAlgorithm, parseWorkloadCsr, signWorkloadCsr } from '../src/identity/ca.ts';
 import { MeshLab, PEER } from '../src/demo/lab.ts';
-import { AGENT_NODE_FLAGS, CLI, processRunner } from '../src/demo/lab-spec.ts';
+import { AGENT_NODE_FLAGS, processRunner } from '../src/demo/lab-spec.ts';
 import { processPeakRssMiB, processRssMiB } from '../src/demo/process-stats.ts';
 import { assertNetnsPrerequisites } from '../src/netns/topology.ts';
 
@@ -122,10 +122,15 @@ await assertNetnsPrerequisites();
 // --- ca-service and cold start, in namespaces --------------------------------------------------
 const lab = await MeshLab.create({
   trustDomain: TD, identity: 'service', nodes: [{ name: 'node-a', pods: [] }], caArgs: ['--rate', '100000', '--burst', '100000'],
-  runner: { command: (role, args, labDir) => role === 'ca' ? { cmd: join(labDir, 'node-ca'), args: [...AGENT_NODE_FLAGS, CLI, ...args] } : processRunner.command(role, args, labDir) },
+  runner: {
+    command: (role, args, labDir) => {
+      const own = processRunner.command(role, args, labDir);
+      return role === 'ca' ? { cmd: join(labDir, 'node-ca'), args: [...AGENT_NODE_FLAGS, ...own.args] } : own;
+    },
+  },
 });
-await copyFile(process.execPath, join(lab.dir, 'node-ca'));
 try {
+  await copyFile(process.execPath, join(lab.dir, 'node-ca'));
   const node = lab.node('node-a');
   // Workloads need no namespaces to get certificates: addresses in a range no route uses.
   const workloads = Array.from({ length: WORKLOADS }, (_, i) => ({

@@ -4,7 +4,7 @@ import { cleanupCapture, dryRunText, installCapture, ipsetCreateArgs, sourceRout
 import { iptablesTool, resolveIptablesMode } from './capture/iptables-mode.ts';
 import { enableMigrateReq } from './capture/sysctl.ts';
 import { CaptureTools } from './capture/tools.ts';
-import { AGENT_FLAGS, loadAgentConfig } from './config/agent.ts';
+import { AGENT_FLAGS, HEAP_HEADROOM_MIB, loadAgentConfig } from './config/agent.ts';
 import { CA_INIT_FLAGS, CA_ROTATE_FLAGS, CA_SERVE_FLAGS, type CaBackend, loadCaInitConfig, loadCaRotateConfig, loadCaServeConfig } from './config/ca.ts';
 import { INIT_FLAGS, loadInitConfig } from './config/capture.ts';
 import { CHECK_FLAGS, COST_FLAGS, loadCheckConfig, loadCostConfig, loadPolicyCheckConfig, loadPolicySuggestConfig, loadStatusConfig, POLICY_CHECK_FLAGS, POLICY_SUGGEST_FLAGS, STATUS_FLAGS } from './config/commands.ts';
@@ -197,7 +197,7 @@ async function cmdCaServe(argv: string[]): Promise<number> {
   // In a cluster: MeshPolicy status, and the address slices when asked (ca/cluster-parts.ts).
   const parts = kubeConfig ? await (await import('./ca/cluster-parts.ts')).startClusterParts(kubeConfig, config, log) : [];
   releaseStartupPagesOnce(config.releaseStartupPages, log); // start-up is over (startup-pages.ts)
-  memory = keepMemory({ headroomMiB: 16, targetMiB: config.memoryTargetMiB, log }); // the agent's default: under V8's own sizing a burst of CSRs took the CA past its goal (bench/README.md, "Dead chunks collected")
+  memory = keepMemory({ headroomMiB: HEAP_HEADROOM_MIB, targetMiB: config.memoryTargetMiB, log }); // as the agent's: under V8's own sizing a burst of CSRs took the CA past its goal (bench/README.md, "Dead chunks collected")
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', () => resolve());
     process.once('SIGINT', () => resolve());

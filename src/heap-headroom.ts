@@ -31,8 +31,8 @@ const MAX_PERCENT = 300;
  * agents' heaps grew far past the headroom under load (bench/README.md, "Dead chunks collected").
  */
 const V8_ALONE_PAST_BYTES = 64 * MIB;
-/** A factor of 1.1, V8's smallest: the floor, and for a process short of memory (memory-target.ts). */
-export const PRESSED_MIN_PERCENT = 10;
+/** A factor of 1.1, V8's smallest: the floor, and what a process short of memory keeps (memory-target.ts). */
+export const MIN_GROWING_PERCENT = 10;
 
 /**
  * The `--heap-growing-percent` that puts the next limit `headroomBytes` above `liveBytes`; 0: V8's
@@ -40,10 +40,9 @@ export const PRESSED_MIN_PERCENT = 10;
  * could be far more.
  */
 export function growingPercent(liveBytes: number, headroomBytes: number, floorPercent?: number): number {
-  if (headroomBytes <= 0) return 0;
+  if (headroomBytes <= 0 || (floorPercent === undefined && liveBytes > V8_ALONE_PAST_BYTES)) return 0;
   const percent = Math.round((100 * headroomBytes) / Math.max(liveBytes, 1));
-  if (floorPercent !== undefined) return Math.min(Math.max(percent, floorPercent), MAX_PERCENT);
-  return liveBytes > V8_ALONE_PAST_BYTES ? 0 : Math.min(Math.max(percent, PRESSED_MIN_PERCENT), MAX_PERCENT);
+  return Math.min(Math.max(percent, floorPercent ?? MIN_GROWING_PERCENT), MAX_PERCENT);
 }
 
 export interface HeapHeadroom {

@@ -18,7 +18,7 @@
 // make rare. Below `RELAX_AT` the trades come back. The gap between the two keeps one burst from
 // flapping them. The price of each: bench/README.md, "A memory target".
 import { type Collection, collectGarbage } from './collect-garbage.ts';
-import { type HeapHeadroom, keepHeapHeadroom, PRESSED_MIN_PERCENT } from './heap-headroom.ts';
+import { type HeapHeadroom, keepHeapHeadroom, MIN_GROWING_PERCENT } from './heap-headroom.ts';
 import { trimMalloc } from './malloc-tuning.ts';
 
 export const PRESS_AT = 0.85;
@@ -92,7 +92,7 @@ export function processDials(heap: HeapHeadroom, headroomMiB: number, targetMiB:
   let pressed: number | undefined;
   const shrink = (rssMiB: number) => {
     pressed = pressedHeadroomMiB(rssMiB, targetMiB, headroomMiB);
-    heap.set(pressed, PRESSED_MIN_PERCENT);
+    heap.set(pressed, MIN_GROWING_PERCENT);
   };
   return {
     press: (rssMiB) => {

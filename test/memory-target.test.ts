@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import v8 from 'node:v8';
-import { growingPercent, keepHeapHeadroom, PRESSED_MIN_PERCENT } from '../src/heap-headroom.ts';
+import { growingPercent, keepHeapHeadroom, MIN_GROWING_PERCENT } from '../src/heap-headroom.ts';
 import { type MemoryDials, type MemoryPressure, nextPressure, PRESS_AT, MIN_HEADROOM_MIB, pressedHeadroomMiB, processDials, RELAX_AT, watchMemoryTarget } from '../src/memory-target.ts';
 
 const MIB = 1024 * 1024;
@@ -82,7 +82,7 @@ describe('memory target', () => {
       const live = v8.getHeapStatistics().used_heap_size;
       assert.ok(before - live > 8 * MIB, `the collection freed the garbage: ${(before / MIB).toFixed(1)} -> ${(live / MIB).toFixed(1)} MiB`);
       const pressedPercent = heap.percent();
-      assert.ok(Math.abs(pressedPercent - growingPercent(live, MIN_HEADROOM_MIB * MIB, PRESSED_MIN_PERCENT)) <= 2, `percent ${pressedPercent}`);
+      assert.ok(Math.abs(pressedPercent - growingPercent(live, MIN_HEADROOM_MIB * MIB, MIN_GROWING_PERCENT)) <= 2, `percent ${pressedPercent}`);
       dials.relax();
       assert.ok(heap.percent() > pressedPercent, `relaxed ${heap.percent()} against pressed ${pressedPercent}`);
       assert.ok(Math.abs(heap.percent() - growingPercent(v8.getHeapStatistics().used_heap_size, 32 * MIB)) <= 2);

@@ -8,6 +8,9 @@ import { CAPTURE_FLAGS, captureSettings } from './capture.ts';
 import { DNS_NAME, KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLevel, MALLOC_TRIM_FLAG, MEMORY_TARGET_FLAG, RELEASE_STARTUP_PAGES_FLAG, WORKLOADS_FLAGS, type WorkloadsConfig, workloadsConfig } from './common.ts';
 import { type Flag, type FlagValues, type Problems, readFlags } from './flags.ts';
 
+/** The old generation's headroom once up, MiB (heap-headroom.ts): the agent's default, and the CA's. */
+export const HEAP_HEADROOM_MIB = 16;
+
 export interface Ports {
   outbound: number;
   inboundPlaintext: number;
@@ -67,7 +70,7 @@ export const AGENT_FLAGS = [
   { name: 'workers', type: 'int', arg: 'N', min: 1, max: 64, help: 'data planes, each a thread sharing the data ports; default: the CPU limit, else a quarter of the cores (at least 1); 1: the agent\'s own thread' },
   { name: 'min-workers', type: 'int', arg: 'N', min: 1, max: 64, default: '1', help: 'data planes started at once; the others, up to --workers, start when those serving are busy' },
   { name: 'young-collection', type: 'int', arg: 'MIB', min: 0, max: 1024, default: '4', help: 'tunnel data relayed in new buffers between two young collections of a data plane (dead chunks freed, a smaller headroom enough); 0: V8 alone' },
-  { name: 'heap-headroom', type: 'int', arg: 'MIB', min: 0, max: 1024, default: '16', help: 'old-generation headroom above the live heap once up (fewer full GCs on bulk traffic); 0: V8\'s own' },
+  { name: 'heap-headroom', type: 'int', arg: 'MIB', min: 0, max: 1024, default: String(HEAP_HEADROOM_MIB), help: 'old-generation headroom above the live heap once up (fewer full GCs on bulk traffic); 0: V8\'s own' },
   MEMORY_TARGET_FLAG,
   MALLOC_TRIM_FLAG,
   RELEASE_STARTUP_PAGES_FLAG,

@@ -2,9 +2,12 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { describe, it } from 'node:test';
+import pino from 'pino';
+import { DataPlane } from '../../src/proxy/data-plane.ts';
 import { adoptForPooledReads, pooledConnect } from '../../src/proxy/read-buffers.ts';
 import { relay, type RelayResult, socketEnd } from '../../src/proxy/relay.ts';
 import { freshChunks, YoungCollection } from '../../src/proxy/young-collection.ts';
+import { testSettings } from '../support/proxy-context.ts';
 
 const MIB = 1024 * 1024;
 /** The agent's default (`--young-collection 4`). */
@@ -60,6 +63,23 @@ describe('young collections after every few MiB of fresh chunks', () => {
     const collected = churn(new YoungCollection(COLLECT_EVERY_BYTES), 48 * MIB);
     assert.ok(collected < COLLECT_EVERY_BYTES / MIB + 4, `with collections at most ${collected.toFixed(1)} MiB held`);
     assert.ok(alone > 16, `without, ${alone.toFixed(1)} MiB held (the control: V8 left them)`);
+  });
+});
+
+describe('a data plane sets its thread\'s interval from its settings (--young-collection)', () => {
+  it('collects every youngCollectionBytes once built, and never with 0', async () => {
+    const deps = { log: pino({ level: 'silent' }), stallProbe: { probe: () => undefined, reset: (s: net.Socket) => s.destroy() } };
+    for (const [every, expected] of [[2 * MIB, 3], [0, 0]] as const) {
+      const data = new DataPlane(testSettings('n', 0, { youngCollectionBytes: every }), deps);
+      try {
+        const before = freshChunks.collections();
+        for (let i = 0; i < 6; i++) freshChunks.note(MIB);
+        assert.equal(freshChunks.collections() - before, expected, `every ${every} bytes`);
+      } finally {
+        await data.close(() => 0);
+        freshChunks.setEvery(0);
+      }
+    }
   });
 });
 
