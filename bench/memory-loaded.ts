@@ -1,7 +1,8 @@
 // `npm run bench:memory-loaded` (root): the agents' memory under the data-path benchmark's load
 // (`npm run bench`: 1,000 requests/s over 16 keep-alive connections, then new connections, then one
 // bulk transfer), with a mesh of 1,000 pods: the lab's client (node-a) and server (node-b), 98 more
-// pods on each of those nodes (100 certificates per agent) and 800 on eight other nodes, read from
+// pods on each of those nodes, each its own service account (99 certificates per agent), and 800 on
+// eight other nodes, read from
 // the API stand-in (Kubernetes mode) and from a workloads file with the same pods (`--modes`,
 // both by default, side by side). For each mode and worker count (all serving from the start;
 // `--agent-args="--min-workers 1"` as the DaemonSet runs it, with the data planes serving after
@@ -82,9 +83,10 @@ try {
     const p = lab.pod(name);
     await put('pods', podObject({ name, namespace: NS, node: p.node.name, serviceAccount: name, ip: p.ip, hostIP: p.node.ip }));
   }
-  // The rest of the mesh: addresses no interface holds, 98 on each lab node, 100 on each other node.
+  // The rest of the mesh: addresses no interface holds, 98 on each lab node, 100 on each other node;
+  // a service account per pod on a lab node (an identity, so a certificate, is per service account).
   const rest = Array.from({ length: PODS - 2 }, (_, i) => ({
-    name: `p${i}`, namespace: NS, serviceAccount: `sa${i % 20}`, ip: `10.200.${Math.floor(i / 250)}.${(i % 250) + 1}`,
+    name: `p${i}`, namespace: NS, serviceAccount: `sa${i % 98}`, ip: `10.200.${Math.floor(i / 250)}.${(i % 250) + 1}`,
     node: i < 98 ? 'node-a' : i < 196 ? 'node-b' : others[(i - 196) % others.length]!,
   }));
   for (const pod of rest) await put('pods', podObject(pod));

@@ -2,7 +2,8 @@
 // runs them (the agent gets its certificates from the CA service), with the mesh read two ways:
 // from a workloads file (the CA: a tokens file and the same workloads file) and from the Kubernetes
 // API (the stand-in, test/support/apiserver.ts; the CA: TokenReview, pods, its root in a Secret).
-// The same 1,000 pods (100 on the agent's node, so 100 certificates) and 20 Services; one
+// The same 1,000 pods (100 on the agent's node, each its own service account, so 100 certificates:
+// an identity is per service account) and 20 Services; one
 // data-plane worker, or WORKERS (all serving: MIN_WORKERS says fewer); MESHLET_ARGS go to both processes (`--malloc-trim=0s`); RUNS and
 // MODES (file,kubernetes) narrow it. Each run starts the CA, then the agent; once the agent is
 // ready and 10 s more, both are read: RSS, PSS, and the peak RSS since start; RSS again LATER seconds later (20).
@@ -126,12 +127,12 @@ try {
   await sh('env', [`NODE_COMPILE_CACHE=${join(dir, 'cc')}`, process.execPath, CLI, '--help']);
 
   // The same mesh twice: as a workloads file, and as objects in the API stand-in.
-  const pods = Array.from({ length: PODS }, (_, i) => ({ name: `p${i}`, ip: podIp(i), node: node(i % NODES), app: app(i) }));
+  const pods = Array.from({ length: PODS }, (_, i) => ({ name: `p${i}`, ip: podIp(i), node: node(i % NODES), app: app(i), sa: `sa${Math.floor(i / NODES)}` }));
   const services = Array.from({ length: SERVICES }, (_, i) => ({ name: `s${i}`, clusterIP: `10.96.0.${i + 1}`, app: `app${i}` }));
   await writeFile(join(dir, 'w.yaml'), stringify({
     trustDomain: 'cluster.local',
     nodes: Array.from({ length: NODES }, (_, i) => ({ name: node(i), ip: `10.9.0.${i + 1}` })),
-    workloads: pods.map((p) => ({ name: p.name, namespace: 'shop', serviceAccount: p.app, ip: p.ip, node: p.node, labels: { app: p.app } })),
+    workloads: pods.map((p) => ({ name: p.name, namespace: 'shop', serviceAccount: p.sa, ip: p.ip, node: p.node, labels: { app: p.app } })),
     services: services.map((s) => ({ name: s.name, namespace: 'shop', clusterIP: s.clusterIP, ports: [{ name: 'http', port: 80, targetPort: 8080 }], selector: { app: s.app } })),
   }));
   await writeFile(join(dir, 'token'), TOKEN);
@@ -140,7 +141,7 @@ try {
   const { listening, token, call, put } = await driveStandIn(api);
   for (let i = 0; i < NODES; i++) await put('nodes', nodeObject(node(i)));
   await put('namespaces', namespaceObject('shop', 'enabled'));
-  for (const p of pods) await put('pods', podObject({ name: p.name, namespace: 'shop', node: p.node, ip: p.ip, serviceAccount: p.app, labels: { app: p.app } }));
+  for (const p of pods) await put('pods', podObject({ name: p.name, namespace: 'shop', node: p.node, ip: p.ip, serviceAccount: p.sa, labels: { app: p.app } }));
   for (const s of services) await put('services', serviceObject({ name: s.name, namespace: 'shop', clusterIP: s.clusterIP, ports: [{ name: 'http', port: 80, targetPort: 8080 }], selector: { app: s.app } }));
   // The agent's projected token, as TokenReview answers for it (bound to its node).
   await call({ op: 'token', token: TOKEN, info: { username: `system:serviceaccount:${SYSTEM_NS}:meshlet-agent`, audiences: ['meshlet-ca'], extra: { 'authentication.kubernetes.io/node-name': [node(0)] } } });
