@@ -1,6 +1,10 @@
 // The identities a data plane presents, built from the material its snapshots carry: one TLS secure
 // context per certificate revision (re-parsing PEM per connection would cost a large share of
 // handshake throughput: bench/README.md), and fail-closed when a certificate is missing or expired.
+// A context is built when a connection first needs it, not when the snapshot arrives: each holds
+// its key, chain and trust store in OpenSSL's memory, once per data-plane thread, whether or not
+// its pods talk, and building all of them at once stalled every data plane at a root rotation
+// (bench/README.md, "Contexts when first used"). A trust bundle is parsed once for all that share it.
 import type { X509Certificate } from 'node:crypto';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import { NoCertificateError } from '../errors.ts';
@@ -23,44 +27,58 @@ export interface IdentityView {
   secureContextFor(spiffeId: string): SecureContext;
 }
 
-type Entry = { state: 'available'; cert: ServingCert } | { state: 'missing'; reason: string };
+/**
+ * Issued: the material as published, nothing built yet (no connection has needed it). Available:
+ * its context built. Missing: none, or material that did not load (refused until a new revision).
+ */
+type Entry =
+  | { state: 'issued'; material: Material }
+  | { state: 'available'; cert: ServingCert }
+  | { state: 'missing'; reason: string; revision?: number };
+
+/** The revision an entry holds, and its trust bundle, if it holds a certificate. */
+const held = (e: Entry | undefined): { revision: number; trustBundlePem: string } | undefined =>
+  e?.state === 'issued' ? e.material : e?.state === 'available' ? e.cert : undefined;
 
 export class Identities implements IdentityView {
   #entries = new Map<string, Entry>();
+  /** Each trust bundle in use, parsed. */
+  #roots = new Map<string, X509Certificate[]>();
   readonly #now: () => number;
 
   constructor(now: () => number = Date.now) {
     this.#now = now;
   }
 
+  /** How many contexts are built (the identities connections have used since their last revision). */
+  get loaded(): number {
+    let n = 0;
+    for (const e of this.#entries.values()) if (e.state === 'available') n++;
+    return n;
+  }
+
   /**
-   * Takes a snapshot's identities; contexts are rebuilt only for new revisions. Returns whether any
-   * trust bundle changed (tunnel sessions resting on a removed root are then re-checked).
+   * Takes a snapshot's identities; an identity keeps what it built while its revision holds.
+   * Returns whether any trust bundle changed (tunnel sessions resting on a removed root are then
+   * re-checked).
    */
   update(materials: readonly IdentityMaterial[]): { bundleChanged: boolean } {
     const next = new Map<string, Entry>();
     let bundleChanged = false;
     for (const m of materials) {
-      const before = this.#entries.get(m.spiffeId);
-      const old = before?.state === 'available' ? before.cert : undefined;
       if (m.state === 'missing') {
         next.set(m.spiffeId, { state: 'missing', reason: m.reason });
         continue;
       }
+      const before = this.#entries.get(m.spiffeId);
+      const old = held(before);
       if (old && old.trustBundlePem !== m.trustBundlePem) bundleChanged = true;
-      if (old?.revision === m.revision) {
-        next.set(m.spiffeId, { state: 'available', cert: old });
-        continue;
-      }
-      // The control plane checked the material before publishing it; should it still not load, the
-      // identity is refused like a missing one, never served without TLS.
-      try {
-        next.set(m.spiffeId, { state: 'available', cert: serving(m) });
-      } catch (err) {
-        next.set(m.spiffeId, { state: 'missing', reason: `certificate unusable: ${(err as Error).message}` });
-      }
+      const sameRevision = (old?.revision ?? (before?.state === 'missing' ? before.revision : undefined)) === m.revision;
+      next.set(m.spiffeId, sameRevision && before ? before : { state: 'issued', material: m });
     }
     this.#entries = next;
+    const bundles = new Set([...next.values()].flatMap((e) => held(e)?.trustBundlePem ?? []));
+    for (const pem of this.#roots.keys()) if (!bundles.has(pem)) this.#roots.delete(pem);
     return { bundleChanged };
   }
 
@@ -68,8 +86,9 @@ export class Identities implements IdentityView {
     const entry = this.#entries.get(spiffeId);
     if (!entry) throw new NoCertificateError(spiffeId, 'identity is not managed on this node');
     if (entry.state === 'missing') throw new NoCertificateError(spiffeId, entry.reason);
-    if (this.#now() >= entry.cert.notAfter) throw new NoCertificateError(spiffeId, `certificate expired at ${new Date(entry.cert.notAfter).toISOString()}`);
-    return entry.cert;
+    const notAfter = entry.state === 'issued' ? entry.material.notAfter : entry.cert.notAfter;
+    if (this.#now() >= notAfter) throw new NoCertificateError(spiffeId, `certificate expired at ${new Date(notAfter).toISOString()}`);
+    return entry.state === 'available' ? entry.cert : this.#load(entry.material);
   }
 
   secureContextFor(spiffeId: string): SecureContext {
@@ -80,12 +99,23 @@ export class Identities implements IdentityView {
   rootsOf(spiffeId: string): X509Certificate[] | undefined {
     try { return this.assertAvailable(spiffeId).roots; } catch { return undefined; }
   }
-}
 
-function serving({ state: _state, ...m }: Material): ServingCert {
-  return {
-    ...m,
-    roots: parseBundle(m.trustBundlePem),
-    context: createSecureContext({ key: m.privateKeyPem, cert: m.certChainPem, ca: m.trustBundlePem, minVersion: 'TLSv1.3' }),
-  };
+  /**
+   * Builds what `m` needs to be presented. The control plane checked the material before it
+   * published it; should it still not load, the identity is refused like a missing one until its
+   * next revision, never served without TLS.
+   */
+  #load({ state: _state, ...m }: Material): ServingCert {
+    try {
+      let roots = this.#roots.get(m.trustBundlePem);
+      if (!roots) this.#roots.set(m.trustBundlePem, roots = parseBundle(m.trustBundlePem));
+      const cert = { ...m, roots, context: createSecureContext({ key: m.privateKeyPem, cert: m.certChainPem, ca: m.trustBundlePem, minVersion: 'TLSv1.3' }) };
+      this.#entries.set(m.spiffeId, { state: 'available', cert });
+      return cert;
+    } catch (err) {
+      const reason = `certificate unusable: ${(err as Error).message}`;
+      this.#entries.set(m.spiffeId, { state: 'missing', reason, revision: m.revision });
+      throw new NoCertificateError(m.spiffeId, reason);
+    }
+  }
 }
