@@ -7,9 +7,10 @@
 // buffer outside the heap, dead once relayed but counted until a young collection frees it. With
 // the limit V8 gives a small heap, the receiving agent of a bulk transfer ran full mark-compacts
 // every few tens of milliseconds, a large share of its CPU (bench/README.md, "What these say",
-// bulk). Since the data plane frees them every few MiB (proxy/young-collection.ts), 16 MiB of
-// headroom does what 32 did, and new connections' garbage stays 16 MiB lower (bench/README.md,
-// "Dead chunks collected").
+// bulk). Since the data plane frees them every few MiB (proxy/young-collection.ts), a headroom
+// far below the old one costs the bulk receiver no measurable CPU, and a burst of new connections,
+// whose per-connection objects outlive the young generation, leaves that much less garbage resident
+// (bench/README.md, "Dead chunks collected" and "A smaller headroom").
 //
 // How: after each full collection V8 sets the next limit at the live heap times a growing factor,
 // which `--heap-growing-percent` overrides and V8 reads afresh each time. Once the agent is up, this

@@ -9,7 +9,7 @@ import { DNS_NAME, KEY_ALGORITHMS, type KeyAlgorithm, LOG_LEVEL_FLAG, type LogLe
 import { type Flag, type FlagValues, type Problems, readFlags } from './flags.ts';
 
 /** The old generation's headroom once up, MiB (heap-headroom.ts): the agent's default, and the CA's. */
-export const HEAP_HEADROOM_MIB = 16;
+export const HEAP_HEADROOM_MIB = 8;
 
 export interface Ports {
   outbound: number;

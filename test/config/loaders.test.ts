@@ -140,7 +140,7 @@ describe('config', () => {
 
   it('takes the heap headroom in MiB, 0 to leave V8 alone', () => {
     const base = ['--node', 'n1', '--workloads', 'w', '--ca-dir', 'c'];
-    assert.equal(loadAgentConfig(base, {}).heapHeadroomMiB, 16);
+    assert.equal(loadAgentConfig(base, {}).heapHeadroomMiB, 8);
     assert.equal(loadAgentConfig([...base, '--heap-headroom', '0'], {}).heapHeadroomMiB, 0);
     assert.throws(() => loadAgentConfig([...base, '--heap-headroom', '32MiB'], {}), /--heap-headroom/);
   });

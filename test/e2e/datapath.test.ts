@@ -4,6 +4,7 @@
 // a test fails.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { HEAP_HEADROOM_MIB } from '../../src/config/agent.ts';
 import { MeshLab } from '../../src/demo/lab.ts';
 import { processCpuSeconds as cpuSeconds } from '../../src/demo/process-stats.ts';
 import { tlsRecordTypes } from '../../src/netns/pcap.ts';
@@ -50,7 +51,7 @@ describe('data path in network namespaces', { concurrency: false }, () => {
     const dump = await lab.configDump(a);
     assert.equal(dump.ready, true);
     // Once up, the agent keeps its old-generation headroom (heap-headroom.ts).
-    assert.equal(dump.heap.headroomMiB, 16);
+    assert.equal(dump.heap.headroomMiB, HEAP_HEADROOM_MIB);
     // Its data plane frees the tunnel's dead chunks every 4 MiB (young-collection.ts).
     assert.equal(dump.heap.youngCollectionMiB, 4);
     assert.ok(dump.heap.growingPercent > 0, JSON.stringify(dump.heap));
