@@ -12,6 +12,14 @@ import { CaUnavailableError } from '../errors.ts';
 import { parseBundle } from './pem.ts';
 import type { CertificateProvider, IssuedCertificate, TrustBundle } from './provider.ts';
 
+/**
+ * TLS connections to the CA at most; more requests wait for one (undici's queue). An agent asks for
+ * all of its node's certificates at once when it starts: without a cap undici opened a connection,
+ * so a TLS handshake on both sides, per request, and the CA refused those past its per-node
+ * signing slots, to be retried (bench/README.md, "Fewer connections to the CA").
+ */
+export const CA_CONNECTIONS = 4;
+
 export interface CaClientOptions {
   url: string;
   tokenFile: string;
@@ -49,7 +57,7 @@ export function createCaClientProvider(opts: CaClientOptions): CaClientProvider 
     const roots = learned && !fileRoots.includes(learned) ? `${fileRoots.trimEnd()}\n${learned}` : fileRoots;
     if (!dispatcher || roots !== dispatcherRoots) {
       const old = dispatcher;
-      dispatcher = new Agent({ connect: { ca: roots, rejectUnauthorized: true, timeout: opts.requestTimeoutMs }, keepAliveTimeout: 30_000 });
+      dispatcher = new Agent({ connect: { ca: roots, rejectUnauthorized: true, timeout: opts.requestTimeoutMs }, keepAliveTimeout: 30_000, connections: CA_CONNECTIONS });
       dispatcherRoots = roots;
       void old?.close().catch(() => undefined);
     }

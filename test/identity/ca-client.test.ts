@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
 import { CaUnavailableError } from '../../src/errors.ts';
-import { createCaClientProvider } from '../../src/identity/ca-client.ts';
+import { CA_CONNECTIONS, createCaClientProvider } from '../../src/identity/ca-client.ts';
 import { CertificateManager } from '../../src/identity/certs.ts';
 import type { TrustBundle } from '../../src/identity/provider.ts';
 import { rotateRoot } from '../../src/identity/roots.ts';
@@ -46,6 +46,24 @@ describe('CA client', () => {
       assert.throws(() => certs.assertAvailable(DB), /no certificate/);
     } finally {
       certs.close();
+      await p.close();
+    }
+  });
+
+  it('asks for many certificates at once over a few connections, none refused for want of a slot', async () => {
+    const p = provider();
+    let connections = 0;
+    const count = () => { connections++; };
+    ca.service.server.on('secureConnection', count);
+    try {
+      // A node's start: every pod's certificate at once, more than the CA's signing slots per node.
+      const csrs = await Promise.all(Array.from({ length: 40 }, () => workloadCsr(WEB)));
+      const issued = await Promise.all(csrs.map((csr) => p.issue(csr, WEB)));
+      assert.equal(issued.length, 40);
+      for (const c of issued) assert.ok(new X509Certificate(c.certChainPem).subjectAltName?.includes(WEB));
+      assert.ok(connections >= 1 && connections <= CA_CONNECTIONS, `${connections} TLS connections for 40 requests`);
+    } finally {
+      ca.service.server.off('secureConnection', count);
       await p.close();
     }
   });
