@@ -19,7 +19,7 @@ function limitAfter(headroomMiB: number): { heap: number; limit: number; percent
 describe('heap headroom', () => {
   it('puts the next limit the headroom above the live heap, within V8\'s own range of factors', () => {
     assert.equal(growingPercent(16 * MIB, 32 * MIB), 200, '16 MiB live: a factor of 3');
-    assert.equal(growingPercent(25 * MIB, 16 * MIB), 64, 'an agent of a 1,000-pod mesh, the default headroom');
+    assert.equal(growingPercent(25 * MIB, 16 * MIB), 64, 'an agent of a 1,000-pod mesh, 16 MiB of headroom');
     assert.equal(growingPercent(40 * MIB, 32 * MIB), 80, 'the Kubernetes client loaded: a factor of 1.8');
     assert.equal(growingPercent(4 * MIB, 32 * MIB), 300, 'never above V8\'s largest factor (4)');
     assert.equal(growingPercent(48 * MIB, 16 * MIB), 33, 'a small share of the live heap still holds');

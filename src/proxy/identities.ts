@@ -36,9 +36,12 @@ type Entry =
   | { state: 'available'; cert: ServingCert }
   | { state: 'missing'; reason: string; revision?: number };
 
-/** The revision an entry holds, and its trust bundle, if it holds a certificate. */
+/** The certificate an entry holds (its revision and trust bundle), if any. */
 const held = (e: Entry | undefined): { revision: number; trustBundlePem: string } | undefined =>
   e?.state === 'issued' ? e.material : e?.state === 'available' ? e.cert : undefined;
+
+/** The revision an entry stands for: its certificate's, or the one that did not load. */
+const revisionOf = (e: Entry | undefined): number | undefined => (e?.state === 'missing' ? e.revision : held(e)?.revision);
 
 export class Identities implements IdentityView {
   #entries = new Map<string, Entry>();
@@ -73,8 +76,7 @@ export class Identities implements IdentityView {
       const before = this.#entries.get(m.spiffeId);
       const old = held(before);
       if (old && old.trustBundlePem !== m.trustBundlePem) bundleChanged = true;
-      const sameRevision = (old?.revision ?? (before?.state === 'missing' ? before.revision : undefined)) === m.revision;
-      next.set(m.spiffeId, sameRevision && before ? before : { state: 'issued', material: m });
+      next.set(m.spiffeId, before && revisionOf(before) === m.revision ? before : { state: 'issued', material: m });
     }
     this.#entries = next;
     const bundles = new Set([...next.values()].flatMap((e) => held(e)?.trustBundlePem ?? []));

@@ -7,7 +7,7 @@
 // finds it dead. A chunk of up to 16 KiB (a TLS record) leaves few objects in the young generation,
 // so a bulk receiver collected seldom: many MiB of dead data resident at once, and counted by V8
 // against the old generation's limit, the reason the heap's headroom had to be large
-// (heap-headroom.ts). Capped here, the headroom is half as large and the agent's loaded peak lower,
+// (heap-headroom.ts). Capped here, a small headroom does and the agent's loaded peak is lower,
 // at a few more young collections per GB (bench/README.md, "Dead chunks collected").
 //
 // How: each thread (module state is per isolate) counts the bytes relay.ts forwards from such ends
